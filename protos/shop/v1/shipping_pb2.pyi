@@ -1,0 +1,24 @@
+from protos.shop.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScheduleShipmentRequest(_message.Message):
+    __slots__ = ("order_id", "user_id", "items")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    user_id: str
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
+    def __init__(self, order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
+
+class ScheduleShipmentResponse(_message.Message):
+    __slots__ = ("shipment_id",)
+    SHIPMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    shipment_id: str
+    def __init__(self, shipment_id: _Optional[str] = ...) -> None: ...

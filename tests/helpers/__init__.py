@@ -1,0 +1,1 @@
+"""Helpers shared by the whole suite: free ports, process control, waiting on gRPC servers."""

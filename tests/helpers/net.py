@@ -1,0 +1,25 @@
+"""Loopback networking helpers for tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_grpc(address: str, timeout_s: float = 15.0) -> None:
+    """Blocks until a gRPC server answers on address (channel ready), or raises TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError as e:
+            raise TimeoutError(f"no gRPC server on {address} after {timeout_s}s") from e
