@@ -1,0 +1,89 @@
+"""`python -m service_stubs` / `saga-stubs`: run stub services until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+from loguru import logger
+
+from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
+from service_stubs.server import serve
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
+    """The config and log level the command line asks for; exits with usage on bad flags."""
+    parser = argparse.ArgumentParser(
+        prog="saga-stubs",
+        description="Order, Inventory, Payment and Shipping stub services with durable state and fault injection.",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port (default %(default)s; port 0: any)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where order.db, inventory.db, ... live (default $SAGA_DATA_DIR/stubs, else ./.data/stubs)",
+    )
+    parser.add_argument(
+        "--services",
+        default=",".join(ALL_SERVICES),
+        help="comma-separated subset of %(default)s",
+    )
+    parser.add_argument(
+        "--stock",
+        action="append",
+        default=[],
+        metavar="ITEM=QTY",
+        help="starting stock of an item the data dir has no level for yet (repeatable)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="loguru level (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        config = StubConfig(
+            listen=args.listen,
+            data_dir=args.data_dir if args.data_dir is not None else default_data_dir(),
+            services=parse_services(args.services),
+            initial_stock=parse_stock(args.stock),
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    return config, str(args.log_level).upper()
+
+
+async def run(config: StubConfig) -> None:
+    """Serves until SIGTERM/SIGINT, then stops gracefully."""
+    server = await serve(config)
+    # One line on stdout, flushed: launchers and tests read it to know the process is ready and where.
+    print(
+        f"service_stubs listening on {server.address} services={','.join(config.services)} data_dir={config.data_dir}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        logger.info("signal received, stopping")
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, log_level = parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level=log_level)
+    try:
+        uvloop.run(run(config))
+    except (OSError, RuntimeError) as e:
+        logger.error("stubs failed: {}", e)
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The Inventory service: reserves stock for orders and releases it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+
+from protos.shop.v1 import common_pb2, inventory_pb2
+from service_stubs.faults import FaultInjector
+from service_stubs.idempotency import Decision, ShopService
+from service_stubs.keys import Answer, KeyRecord, derived_id
+from service_stubs.stats import CallStats
+from service_stubs.store import Loaded, Store
+from service_stubs.validation import require_id, require_items, units_per_item
+
+SOLD_OUT_PREFIX = "sold-out-"
+"""Test fixture: items whose id starts with this start with no stock."""
+
+
+class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
+    """Reserving more than is in stock, for any item, is FAILED_PRECONDITION and reserves nothing."""
+
+    name = "inventory"
+    grpc_service = "shop.v1.InventoryService"
+    forward_method = "ReserveInventory"
+    compensation_method = "ReleaseInventory"
+
+    def __init__(
+        self,
+        store: Store,
+        loaded: Loaded,
+        faults: FaultInjector,
+        stats: CallStats,
+        default_stock: int,
+        initial_stock: Mapping[str, int],
+    ) -> None:
+        self._default_stock = default_stock
+        self._initial_stock = dict(initial_stock)
+        self._stock: dict[str, int] = {}
+        """Levels of every item that changed since the data dir was created (the rest are at their initial level)."""
+        super().__init__(store, loaded, faults, stats)
+
+    async def ReserveInventory(
+        self, request: inventory_pb2.ReserveInventoryRequest, context: grpc.aio.ServicerContext
+    ) -> inventory_pb2.ReserveInventoryResponse:
+        return await self.forward(request, request.order_id, context, inventory_pb2.ReserveInventoryResponse)
+
+    async def ReleaseInventory(
+        self, request: common_pb2.CompensationRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CompensationResponse:
+        return await self.compensate(request, context)
+
+    def restore(self, loaded: Loaded) -> None:
+        self._stock.update(loaded.stock)
+
+    def level(self, item_id: str) -> int:
+        """Units of `item_id` in stock now."""
+        level = self._stock.get(item_id)
+        if level is not None:
+            return level
+        if item_id in self._initial_stock:
+            return self._initial_stock[item_id]
+        return 0 if item_id.startswith(SOLD_OUT_PREFIX) else self._default_stock
+
+    def set_levels(self, levels: Mapping[str, int]) -> list[tuple[str, int]]:
+        """Sets stock in memory (StubControl.SetStock); returns the levels to commit."""
+        self._stock.update(levels)
+        return list(levels.items())
+
+    def validate(self, request: inventory_pb2.ReserveInventoryRequest) -> None:
+        require_id(request.order_id, "order_id")
+        require_items(request.items)
+
+    def apply(self, key: str, request: inventory_pb2.ReserveInventoryRequest) -> Decision:
+        wanted = units_per_item(request.items)
+        # Check every item before taking any: a reservation is all or nothing.
+        for item_id, units in wanted.items():
+            available = self.level(item_id)
+            if units > available:
+                message = f"insufficient stock for {item_id}: {available} available, {units} requested"
+                return Decision(Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message))
+        changed = self._adjust(wanted, -1)
+        response = inventory_pb2.ReserveInventoryResponse(reservation_id=derived_id("res", key))
+        return Decision(Answer.success(response), effect=wanted, stock=changed)
+
+    def undo(self, record: KeyRecord) -> list[tuple[str, int]]:
+        return self._adjust(record.effect, +1)
+
+    def _adjust(self, units: Mapping[str, int], sign: int) -> list[tuple[str, int]]:
+        changed: list[tuple[str, int]] = []
+        for item_id, quantity in units.items():
+            level = self.level(item_id) + sign * quantity
+            assert level >= 0, f"stock of {item_id} would go negative"
+            self._stock[item_id] = level
+            changed.append((item_id, level))
+        return changed

@@ -1,0 +1,370 @@
+"""The stub services for tests: in-process (`running_stubs`), as a real process (`StubProcess`), and typed clients.
+
+    async with running_stubs(tmp_path) as stubs:               # data in tmp_path, a free port
+        async with ShopClient(stubs.address) as shop:
+            await shop.charge("o-1", key="k-1", token="tok_ok", amount_cents=500)
+        ledgers = await get_ledgers(stubs.address, ["o-1"])
+
+    with StubProcess(tmp_path / "stubs") as proc:              # python -m service_stubs on a free port
+        proc.kill()                                            # SIGKILL
+        proc.restart()                                         # same port, same data dir
+
+StubProcess methods block (up to a few seconds while the process starts); from async code that must keep serving
+in-process servers meanwhile, call them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+import service_stubs
+from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
+from protos.service_stubs.v1.control_pb2 import OrderLedger
+from protos.shop.v1 import (
+    common_pb2,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
+    shipping_pb2,
+    shipping_pb2_grpc,
+)
+from service_stubs import IDEMPOTENCY_KEY, StubServer
+from tests.helpers.net import free_port, wait_for_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+LEDGER_CHUNK = 1_000
+
+
+# ---------------------------------------------------------------- in-process
+
+
+@asynccontextmanager
+async def running_stubs(
+    data_dir: Path,
+    *,
+    services: Iterable[str] = service_stubs.ALL_SERVICES,
+    listen: str = "127.0.0.1:0",
+    initial_stock: Mapping[str, int] | None = None,
+    slow_token_delay_s: float = 2.0,
+) -> AsyncIterator[StubServer]:
+    """Stubs in this event loop, storing their SQLite files in `data_dir`; stopped on exit."""
+    server = await service_stubs.start(
+        listen=listen,
+        data_dir=data_dir,
+        services=services,
+        initial_stock=initial_stock,
+        slow_token_delay_s=slow_token_delay_s,
+        stop_grace_s=0.5,
+    )
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# ---------------------------------------------------------------- subprocess
+
+
+class StubProcess:
+    """`python -m service_stubs` as a child process on a fixed port, so a restart comes back at the same address."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        services: Sequence[str] | None = None,
+        stock: Mapping[str, int] | None = None,
+        log_path: Path | None = None,
+        start: bool = True,
+        ready_timeout_s: float = 15.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port if port is not None else free_port()
+        self.services = tuple(services) if services is not None else service_stubs.ALL_SERVICES
+        self.stock = dict(stock or {})
+        self.log_path = log_path if log_path is not None else self.data_dir.parent / f"stubs-{self.port}.log"
+        self.ready_timeout_s = ready_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "service_stubs", "--listen", self.address, "--data-dir", str(self.data_dir)]
+        args += ["--services", ",".join(self.services)]
+        for item_id, quantity in self.stock.items():
+            args += ["--stock", f"{item_id}={quantity}"]
+        return args
+
+    def start(self) -> None:
+        """Starts the process and blocks until it answers gRPC; raises (with its log) if it dies or times out."""
+        assert not self.running, "already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            # Output goes to a file, not a pipe: nobody drains a pipe, and a full pipe would stall the process.
+            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=REPO_ROOT, env=dict(os.environ))
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"stub process exited with {self._proc.returncode}:\n{self.log()}")
+            try:
+                wait_for_grpc(self.address, timeout_s=min(1.0, max(0.1, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise TimeoutError(f"stub process not ready after {self.ready_timeout_s}s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything, as in a crash."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM and wait: the graceful stop. Returns the exit code."""
+        assert self._proc is not None, "never started"
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return int(self._proc.returncode)
+
+    def restart(self) -> None:
+        """Stops the process if it still runs (gracefully), then starts it again on the same port and data dir."""
+        if self.running:
+            self.terminate()
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+# ---------------------------------------------------------------- clients
+
+
+def key_metadata(key: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying an idempotency key."""
+    return ((IDEMPOTENCY_KEY, key),)
+
+
+def items(*pairs: tuple[str, int]) -> list[common_pb2.Item]:
+    """items(("sku-1", 2), ("sku-2", 1)) -> order lines."""
+    return [common_pb2.Item(item_id=item_id, quantity=quantity) for item_id, quantity in pairs]
+
+
+class _Channel:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class ShopClient(_Channel):
+    """The four shop services on one address, with the idempotency key as an argument."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.order = order_pb2_grpc.OrderServiceStub(self.channel)
+        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self.channel)
+        self.payment = payment_pb2_grpc.PaymentServiceStub(self.channel)
+        self.shipping = shipping_pb2_grpc.ShippingServiceStub(self.channel)
+
+    async def create_order(
+        self,
+        order_id: str,
+        *,
+        key: str,
+        user_id: str = "u-1",
+        lines: Sequence[tuple[str, int]] = (("sku-1", 1),),
+        timeout_s: float = 10.0,
+    ) -> order_pb2.CreateOrderResponse:
+        request = order_pb2.CreateOrderRequest(order_id=order_id, user_id=user_id, items=items(*lines))
+        return await self.order.CreateOrder(request, metadata=key_metadata(key), timeout=timeout_s)
+
+    async def reserve(
+        self, order_id: str, *, key: str, lines: Sequence[tuple[str, int]] = (("sku-1", 1),), timeout_s: float = 10.0
+    ) -> inventory_pb2.ReserveInventoryResponse:
+        request = inventory_pb2.ReserveInventoryRequest(order_id=order_id, items=items(*lines))
+        return await self.inventory.ReserveInventory(request, metadata=key_metadata(key), timeout=timeout_s)
+
+    async def charge(
+        self,
+        order_id: str,
+        *,
+        key: str,
+        token: str = "tok_ok",
+        amount_cents: int = 1_000,
+        currency: str = "EUR",
+        user_id: str = "u-1",
+        timeout_s: float = 10.0,
+    ) -> payment_pb2.ChargePaymentResponse:
+        request = payment_pb2.ChargePaymentRequest(
+            order_id=order_id, user_id=user_id, payment_token=token, amount_cents=amount_cents, currency=currency
+        )
+        return await self.payment.ChargePayment(request, metadata=key_metadata(key), timeout=timeout_s)
+
+    async def schedule(
+        self,
+        order_id: str,
+        *,
+        key: str,
+        user_id: str = "u-1",
+        lines: Sequence[tuple[str, int]] = (("sku-1", 1),),
+        timeout_s: float = 10.0,
+    ) -> shipping_pb2.ScheduleShipmentResponse:
+        request = shipping_pb2.ScheduleShipmentRequest(order_id=order_id, user_id=user_id, items=items(*lines))
+        return await self.shipping.ScheduleShipment(request, metadata=key_metadata(key), timeout=timeout_s)
+
+    async def compensate(
+        self,
+        service: str,
+        order_id: str,
+        *,
+        key: str,
+        forward_key: str,
+        reason: str = "test",
+        timeout_s: float = 10.0,
+    ) -> common_pb2.CompensationResponse:
+        """service: "order", "inventory", "payment" or "shipping"."""
+        request = common_pb2.CompensationRequest(order_id=order_id, forward_idempotency_key=forward_key, reason=reason)
+        metadata = key_metadata(key)
+        if service == "order":
+            return await self.order.CancelOrder(request, metadata=metadata, timeout=timeout_s)
+        if service == "inventory":
+            return await self.inventory.ReleaseInventory(request, metadata=metadata, timeout=timeout_s)
+        if service == "payment":
+            return await self.payment.RefundPayment(request, metadata=metadata, timeout=timeout_s)
+        if service == "shipping":
+            return await self.shipping.CancelShipment(request, metadata=metadata, timeout=timeout_s)
+        raise ValueError(f"unknown service {service!r}")
+
+
+def fault_rule(method: str = "*", **fields: object) -> control_pb2.FaultRule:
+    """fault_rule("ChargePayment", error_rate=0.2, error_code="UNAVAILABLE") -> a FaultRule message."""
+    return control_pb2.FaultRule(method=method, **fields)
+
+
+class StubControlClient(_Channel):
+    """StubControl of one stub process."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.stub = control_pb2_grpc.StubControlStub(self.channel)
+
+    async def get_ledgers(self, order_ids: Iterable[str], timeout_s: float = 10.0) -> dict[str, OrderLedger]:
+        wanted = list(order_ids)
+        ledgers: dict[str, OrderLedger] = {}
+        # Chunked: the server bounds orders per call, and big ledgers would pass gRPC's 4 MB message limit.
+        for start in range(0, len(wanted), LEDGER_CHUNK):
+            request = control_pb2.GetLedgerRequest(order_ids=wanted[start : start + LEDGER_CHUNK])
+            reply = await self.stub.GetLedger(request, timeout=timeout_s)
+            ledgers.update((ledger.order_id, ledger) for ledger in reply.ledgers)
+        return ledgers
+
+    async def get_ledger(self, order_id: str, timeout_s: float = 10.0) -> OrderLedger:
+        return (await self.get_ledgers([order_id], timeout_s))[order_id]
+
+    async def set_faults(self, rules: Sequence[control_pb2.FaultRule], seed: int, timeout_s: float = 10.0) -> int:
+        reply = await self.stub.SetFaults(control_pb2.SetFaultsRequest(rules=rules, seed=seed), timeout=timeout_s)
+        return int(reply.rules)
+
+    async def clear_faults(self, timeout_s: float = 10.0) -> None:
+        await self.stub.ClearFaults(control_pb2.ClearFaultsRequest(), timeout=timeout_s)
+
+    async def get_stats(self, timeout_s: float = 10.0) -> dict[tuple[str, str], int]:
+        """(method, code) -> calls."""
+        reply = await self.stub.GetStats(control_pb2.GetStatsRequest(), timeout=timeout_s)
+        return {(stat.method, stat.code): int(stat.count) for stat in reply.stats}
+
+    async def set_stock(self, levels: Mapping[str, int], timeout_s: float = 10.0) -> None:
+        request = control_pb2.SetStockRequest(
+            levels=[control_pb2.StockLevel(item_id=item_id, quantity=qty) for item_id, qty in levels.items()]
+        )
+        await self.stub.SetStock(request, timeout=timeout_s)
+
+
+def merge_ledgers(into: OrderLedger, other: OrderLedger) -> None:
+    """Adds `other` (the same order, seen by another process hosting other services) into `into`."""
+    into.order_created |= other.order_created
+    into.order_cancelled |= other.order_cancelled
+    for item_id, units in other.reserved_net.items():
+        into.reserved_net[item_id] += units
+    into.charged_cents += other.charged_cents
+    into.refunded_cents += other.refunded_cents
+    into.shipment_scheduled |= other.shipment_scheduled
+    into.shipment_cancelled |= other.shipment_cancelled
+    into.keys.extend(other.keys)
+
+
+async def get_ledgers(addresses: str | Sequence[str], order_ids: Iterable[str]) -> dict[str, OrderLedger]:
+    """Ledgers of `order_ids`, merged over every stub process given (one address if all services share a process)."""
+    wanted = list(order_ids)
+    merged: dict[str, OrderLedger] = {order_id: OrderLedger(order_id=order_id) for order_id in wanted}
+    for address in [addresses] if isinstance(addresses, str) else addresses:
+        async with StubControlClient(address) as control:
+            for order_id, ledger in (await control.get_ledgers(wanted)).items():
+                merge_ledgers(merged[order_id], ledger)
+    return merged
+
+
+async def set_faults(addresses: str | Sequence[str], rules: Sequence[control_pb2.FaultRule], seed: int) -> None:
+    """Installs the same plan on every process given."""
+    for address in [addresses] if isinstance(addresses, str) else addresses:
+        async with StubControlClient(address) as control:
+            await control.set_faults(rules, seed)
+
+
+async def clear_faults(addresses: str | Sequence[str]) -> None:
+    for address in [addresses] if isinstance(addresses, str) else addresses:
+        async with StubControlClient(address) as control:
+            await control.clear_faults()
