@@ -1,0 +1,25 @@
+"""One saga coordinator shard: a durable saga engine over a WAL-mode SQLite journal, served over gRPC."""
+
+from .app import ShardApp
+from .clock import Clock, FakeClock, SystemClock
+from .config import ConfigError, Limits, RetryPolicy, Services, ShardConfig, load
+from .model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
+
+__all__ = [
+    "TRANSITIONS",
+    "Action",
+    "Clock",
+    "ConfigError",
+    "FakeClock",
+    "Limits",
+    "RetryPolicy",
+    "SagaState",
+    "Services",
+    "ShardApp",
+    "ShardConfig",
+    "Step",
+    "StepStatus",
+    "SystemClock",
+    "idempotency_key",
+    "load",
+]

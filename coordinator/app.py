@@ -1,0 +1,67 @@
+"""Assembles one shard process: journal, caller, shard, gRPC server; starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
+from loguru import logger
+
+from .caller import Caller, GrpcCaller
+from .clock import Clock, SystemClock
+from .config import ShardConfig
+from .journal import Journal
+from .sealing import Sealer, load_secret
+from .server import build_server, set_serving
+from .shard import Shard
+
+
+@dataclass
+class ShardApp:
+    cfg: ShardConfig
+    journal: Journal
+    shard: Shard
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    caller: Caller
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = self.cfg.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    @classmethod
+    async def start(cls, cfg: ShardConfig, clock: Clock | None = None, caller: Caller | None = None) -> ShardApp:
+        journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch)
+        await journal.open()
+        caller = caller or GrpcCaller(cfg.services)
+        sealer = Sealer(load_secret(cfg.journal_key, cfg.journal_path))
+        rng = random.Random(cfg.seed)
+        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng)
+        server, port, health_servicer = build_server(shard, cfg.listen)
+        resumed = await shard.start()
+        await server.start()
+        await set_serving(health_servicer, True)
+        logger.info(
+            "shard {} serving on {} (journal {}, {} sagas resumed)",
+            cfg.shard_id,
+            f"{cfg.listen.rpartition(':')[0]}:{port}",
+            cfg.journal_path,
+            resumed,
+        )
+        return cls(cfg, journal, shard, server, health_servicer, caller, port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stops accepting, ends in-flight RPCs within the grace period, stops the sagas (they resume at the next
+        start), commits what the journal holds, and closes."""
+        await set_serving(self.health, False)
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        await self.shard.stop()
+        await stopping
+        await self.journal.close()
+        await self.caller.close()
+        logger.info("shard {} stopped", self.cfg.shard_id)

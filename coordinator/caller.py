@@ -1,0 +1,122 @@
+"""Calls to the four downstream services: one long-lived channel per service, the idempotency key in metadata, the
+request built from the saga's payload. Every attempt has a deadline; replies become CallResults for the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from protos.saga.v1 import saga_pb2
+from protos.shop.v1 import (
+    common_pb2,
+    inventory_pb2,
+    inventory_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
+    payment_pb2,
+    payment_pb2_grpc,
+    shipping_pb2,
+    shipping_pb2_grpc,
+)
+
+from .config import Services
+from .errors import CallResult
+from .model import Action, Step, idempotency_key
+
+
+@dataclass(frozen=True, slots=True)
+class SagaPayload:
+    """What the steps need to build their requests (payment details opened from the journal only in memory)."""
+
+    saga_id: str
+    order_id: str
+    user_id: str
+    items: tuple[tuple[str, int], ...]
+    payment: saga_pb2.PaymentInfo
+
+
+class Caller(Protocol):
+    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult: ...
+
+    async def close(self) -> None: ...
+
+
+# Keepalive lets a channel notice a dead peer (half-open TCP) instead of waiting for the attempt deadline every time.
+_CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),  # retries are ours: journaled, keyed and bounded by the saga deadline
+)
+
+
+class GrpcCaller:
+    def __init__(self, services: Services) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+        def channel(addr: str) -> grpc.aio.Channel:
+            if addr not in self._channels:
+                self._channels[addr] = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            return self._channels[addr]
+
+        order = order_pb2_grpc.OrderServiceStub(channel(services.order))
+        inventory = inventory_pb2_grpc.InventoryServiceStub(channel(services.inventory))
+        payment = payment_pb2_grpc.PaymentServiceStub(channel(services.payment))
+        shipping = shipping_pb2_grpc.ShippingServiceStub(channel(services.shipping))
+        self._methods: dict[tuple[Step, Action], Any] = {
+            (Step.CREATE_ORDER, Action.FORWARD): order.CreateOrder,
+            (Step.CREATE_ORDER, Action.COMPENSATE): order.CancelOrder,
+            (Step.RESERVE_INVENTORY, Action.FORWARD): inventory.ReserveInventory,
+            (Step.RESERVE_INVENTORY, Action.COMPENSATE): inventory.ReleaseInventory,
+            (Step.PROCESS_PAYMENT, Action.FORWARD): payment.ChargePayment,
+            (Step.PROCESS_PAYMENT, Action.COMPENSATE): payment.RefundPayment,
+            (Step.SCHEDULE_SHIPMENT, Action.FORWARD): shipping.ScheduleShipment,
+            (Step.SCHEDULE_SHIPMENT, Action.COMPENSATE): shipping.CancelShipment,
+        }
+
+    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+        method = self._methods[(step, action)]
+        request = build_request(payload, step, action)
+        metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)),)
+        try:
+            await method(request, timeout=timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            return CallResult(e.code(), e.details() or "")
+        return CallResult(grpc.StatusCode.OK)
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+
+def build_request(payload: SagaPayload, step: Step, action: Action) -> Any:
+    if action is Action.COMPENSATE:
+        return common_pb2.CompensationRequest(
+            order_id=payload.order_id,
+            forward_idempotency_key=idempotency_key(payload.saga_id, step, Action.FORWARD),
+            reason="saga compensation",
+        )
+    if step is Step.CREATE_ORDER:
+        return order_pb2.CreateOrderRequest(order_id=payload.order_id, user_id=payload.user_id, items=_items(payload))
+    if step is Step.RESERVE_INVENTORY:
+        return inventory_pb2.ReserveInventoryRequest(order_id=payload.order_id, items=_items(payload))
+    if step is Step.PROCESS_PAYMENT:
+        p = payload.payment
+        return payment_pb2.ChargePaymentRequest(
+            order_id=payload.order_id,
+            user_id=payload.user_id,
+            payment_token=p.payment_token,
+            amount_cents=p.amount_cents,
+            currency=p.currency,
+        )
+    return shipping_pb2.ScheduleShipmentRequest(
+        order_id=payload.order_id, user_id=payload.user_id, items=_items(payload)
+    )
+
+
+def _items(payload: SagaPayload) -> list[common_pb2.Item]:
+    return [common_pb2.Item(item_id=i, quantity=q) for i, q in payload.items]

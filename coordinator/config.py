@@ -1,0 +1,220 @@
+"""Shard configuration: frozen dataclasses with defaults, read from one TOML file plus environment and flag overrides,
+validated once at load. Nothing else in the coordinator reads files for configuration or touches os.environ.
+
+Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_JOURNAL, SAGA_SERVICES (one address for all four
+services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR, SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY
+(hex or any string: the key that seals payment details in the journal), SAGA_LOG_JSON=1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one kind of call is retried: exponential backoff with full jitter, bounded by attempts (and deadline)."""
+
+    max_attempts: int = 5
+    """Attempts in all, the first included."""
+    initial_backoff_ms: int = 50
+    """Upper bound of the first jittered wait."""
+    max_backoff_ms: int = 2_000
+    """Cap of the exponential bound."""
+    multiplier: float = 2.0
+    """Growth of the bound per attempt."""
+    attempt_timeout_ms: int = 3_000
+    """gRPC deadline of one attempt."""
+
+    def validate(self, name: str) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"{name}.max_attempts must be >= 1")
+        if self.initial_backoff_ms < 0 or self.max_backoff_ms < self.initial_backoff_ms:
+            raise ConfigError(f"{name}: need 0 <= initial_backoff_ms <= max_backoff_ms")
+        if self.multiplier < 1.0:
+            raise ConfigError(f"{name}.multiplier must be >= 1")
+        if self.attempt_timeout_ms < 1:
+            raise ConfigError(f"{name}.attempt_timeout_ms must be >= 1")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on every input and queue of a shard."""
+
+    id_max_len: int = 128
+    """Longest order_id / user_id / item_id."""
+    max_items: int = 100
+    """Most items per order."""
+    max_quantity: int = 10_000
+    """Most units per item."""
+    max_amount_cents: int = 10**10
+    """Largest charge."""
+    max_in_flight: int = 2_000
+    """Non-terminal sagas running at once; past it PlaceOrder is shed with RESOURCE_EXHAUSTED."""
+    shed_retry_after_ms: int = 200
+    """Retry hint sent with a shed request."""
+    page_size_default: int = 50
+    """ListSagas / ListDeadLetters page size when the request says 0."""
+    page_size_max: int = 500
+    """Largest page a list call returns."""
+    journal_max_batch: int = 4_096
+    """Most records committed in one journal transaction."""
+    watchers_per_saga: int = 32
+    """Most concurrent WatchSaga streams on one saga."""
+    watch_queue: int = 256
+    """Events buffered per WatchSaga stream before it is ended as too slow."""
+    bulk_retry_max: int = 500
+    """Most dead letters one RetryDeadLetter(all) call resumes."""
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 1:
+                raise ConfigError(f"limits.{f.name} must be >= 1")
+        if self.page_size_default > self.page_size_max:
+            raise ConfigError("limits.page_size_default must be <= limits.page_size_max")
+
+
+@dataclass(frozen=True)
+class Services:
+    """Addresses (host:port) of the four downstream services."""
+
+    order: str = "127.0.0.1:50061"
+    inventory: str = "127.0.0.1:50061"
+    payment: str = "127.0.0.1:50061"
+    shipping: str = "127.0.0.1:50061"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard_id: str = "shard-1"
+    """This shard's name, shown in sagas and logs."""
+    listen: str = "127.0.0.1:50071"
+    """gRPC listen address."""
+    journal_path: str = ""
+    """SQLite journal file; default $SAGA_DATA_DIR/<shard_id>.db."""
+    journal_key: str = ""
+    """Secret that seals payment details in the journal; default: a random key kept in <journal>.key (mode 0600)."""
+    services: Services = field(default_factory=Services)
+    default_ttl_ms: int = 30_000
+    """Saga deadline when the request sets none."""
+    max_ttl_ms: int = 3_600_000
+    """Largest deadline a request may ask for (larger ones are capped)."""
+    forward: RetryPolicy = field(default_factory=RetryPolicy)
+    """Retries of forward steps."""
+    compensate: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(
+            max_attempts=12, initial_backoff_ms=100, max_backoff_ms=10_000, attempt_timeout_ms=5_000
+        )
+    )
+    """Retries of compensations (longer); when exhausted the saga is dead-lettered."""
+    dead_letter_redrive_s: int = 0
+    """Re-drive open dead letters automatically every this many seconds; 0 is off."""
+    limits: Limits = field(default_factory=Limits)
+    log_json: bool = False
+    """Logs as JSON lines instead of human-readable text."""
+    seed: int | None = None
+    """Seed of the backoff jitter (None: random); tests set it to replay a run."""
+
+    def validate(self) -> None:
+        if not self.shard_id or len(self.shard_id) > 64:
+            raise ConfigError("shard_id must be 1-64 characters")
+        _check_address("listen", self.listen)
+        for f in dataclasses.fields(self.services):
+            _check_address(f"services.{f.name}", getattr(self.services, f.name))
+        if not self.journal_path:
+            raise ConfigError("journal_path is required")
+        if not 1 <= self.default_ttl_ms <= self.max_ttl_ms:
+            raise ConfigError("need 1 <= default_ttl_ms <= max_ttl_ms")
+        if self.dead_letter_redrive_s < 0:
+            raise ConfigError("dead_letter_redrive_s must be >= 0")
+        self.forward.validate("forward")
+        self.compensate.validate("compensate")
+        self.limits.validate()
+
+
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be host:port, got {value!r}")
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {where}{key}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key} must be a table")
+            kwargs[key] = _build(type(default), value, f"{where}{key}.")
+        else:
+            expected = type(default) if default is not None else int
+            if expected is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"{where}{key} must be {expected.__name__}, got {value!r}")
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ShardConfig:
+    """Reads the TOML file (if any), applies environment then flag overrides, fills derived defaults, validates."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config {path} is not valid TOML: {e}") from e
+    cfg: ShardConfig = _build(ShardConfig, data, "")
+
+    changes: dict[str, Any] = {}
+    for var, key in (
+        ("SAGA_SHARD_ID", "shard_id"),
+        ("SAGA_LISTEN", "listen"),
+        ("SAGA_JOURNAL", "journal_path"),
+        ("SAGA_JOURNAL_KEY", "journal_key"),
+    ):
+        if env.get(var):
+            changes[key] = env[var]
+    if env.get("SAGA_LOG_JSON"):
+        changes["log_json"] = env["SAGA_LOG_JSON"] not in ("0", "false", "")
+    services = cfg.services
+    if env.get("SAGA_SERVICES"):
+        a = env["SAGA_SERVICES"]
+        services = Services(a, a, a, a)
+    for name in ("order", "inventory", "payment", "shipping"):
+        if env.get(f"SAGA_{name.upper()}_ADDR"):
+            services = dataclasses.replace(services, **{name: env[f"SAGA_{name.upper()}_ADDR"]})
+    changes["services"] = services
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "services":
+            changes["services"] = Services(value, value, value, value)
+        else:
+            changes[key] = value
+    cfg = dataclasses.replace(cfg, **changes)
+    if not cfg.journal_path:
+        data_dir = Path(env.get("SAGA_DATA_DIR") or ".data")
+        cfg = dataclasses.replace(cfg, journal_path=str(data_dir / f"{cfg.shard_id}.db"))
+    cfg.validate()
+    return cfg

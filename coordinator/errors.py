@@ -1,0 +1,129 @@
+"""Every error the coordinator raises or classifies, with its retry semantics, mapped to gRPC in one place.
+
+    SagaError                       base; .status is what a client of ours sees
+    ├── InvalidRequest              bad input; names the field (INVALID_ARGUMENT + google.rpc.BadRequest)
+    ├── PayloadMismatch             same order_id, different payload (ALREADY_EXISTS)
+    ├── Overloaded                  in-flight limit reached; carries retry_after_ms (RESOURCE_EXHAUSTED)
+    ├── SagaNotFound                no saga for that order (NOT_FOUND)
+    ├── WrongState                  admin action on a saga in the wrong state (FAILED_PRECONDITION)
+    ├── JournalUnavailable          the journal cannot commit (disk full, I/O error): nothing acknowledged (UNAVAILABLE)
+    └── ShuttingDown                the shard is stopping (UNAVAILABLE)
+
+Replies of downstream services are classified by DOWNSTREAM_CLASS, one table: a CallClass says whether to retry and
+whether the call may have taken effect.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import grpc
+
+
+class SagaError(Exception):
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(SagaError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class PayloadMismatch(SagaError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Overloaded(SagaError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class SagaNotFound(SagaError):
+    status = grpc.StatusCode.NOT_FOUND
+
+
+class WrongState(SagaError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class JournalUnavailable(SagaError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class ShuttingDown(SagaError):
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class CallClass(enum.Enum):
+    """What a downstream reply means for the saga."""
+
+    OK = "ok"
+    # Try again with the same key: the service may or may not have applied it.
+    TRANSIENT = "transient"
+    # The service refused and applied nothing (business rejection, bad request): do not retry, do not compensate.
+    REJECTED = "rejected"
+    # Do not retry, but the effect is unknown: compensate this step too.
+    UNKNOWN = "unknown"
+
+    @property
+    def retryable(self) -> bool:
+        return self is CallClass.TRANSIENT
+
+    @property
+    def may_have_applied(self) -> bool:
+        return self is not CallClass.REJECTED
+
+
+_C = grpc.StatusCode
+DOWNSTREAM_CLASS: dict[grpc.StatusCode, CallClass] = {
+    _C.OK: CallClass.OK,
+    _C.UNAVAILABLE: CallClass.TRANSIENT,
+    _C.DEADLINE_EXCEEDED: CallClass.TRANSIENT,
+    _C.RESOURCE_EXHAUSTED: CallClass.TRANSIENT,
+    _C.ABORTED: CallClass.TRANSIENT,
+    _C.FAILED_PRECONDITION: CallClass.REJECTED,
+    _C.INVALID_ARGUMENT: CallClass.REJECTED,
+    _C.OUT_OF_RANGE: CallClass.REJECTED,
+    _C.NOT_FOUND: CallClass.REJECTED,
+    _C.PERMISSION_DENIED: CallClass.REJECTED,
+    _C.UNAUTHENTICATED: CallClass.REJECTED,
+    _C.UNIMPLEMENTED: CallClass.REJECTED,
+    # A key reused with another request, or a server bug: whatever happened under that key may have applied.
+    _C.ALREADY_EXISTS: CallClass.UNKNOWN,
+    _C.INTERNAL: CallClass.UNKNOWN,
+    _C.UNKNOWN: CallClass.UNKNOWN,
+    _C.DATA_LOSS: CallClass.UNKNOWN,
+    _C.CANCELLED: CallClass.UNKNOWN,
+}
+
+
+def classify(code: grpc.StatusCode) -> CallClass:
+    return DOWNSTREAM_CLASS.get(code, CallClass.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """The reply of one downstream attempt: a status code and its message."""
+
+    code: grpc.StatusCode
+    message: str = ""
+
+    @property
+    def cls(self) -> CallClass:
+        return classify(self.code)
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK

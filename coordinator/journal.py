@@ -1,0 +1,509 @@
+"""The saga journal: one SQLite file in WAL mode, synchronous=FULL, owned by this module alone (every SQL statement and
+the schema live here).
+
+Writes go through exactly one writer task. Callers hand it records with submit(); it commits everything pending in one
+transaction (group commit: the batch is whatever piled up while the previous commit ran, not a timer) and only then
+resolves the callers' futures. Reads use a second connection, so they only ever see committed data: nothing is reported
+to a client before it is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+from loguru import logger
+
+from . import crashpoints
+from .errors import JournalUnavailable
+from .model import TERMINAL_STATES, SagaState, check_transition
+from .saga import Event, SagaRecord, fold_steps
+
+# Numbered migrations, applied in order at start-up in one transaction each; schema_version holds the last applied.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE sagas (
+        saga_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL,
+        request BLOB NOT NULL,
+        payment_sealed BLOB NOT NULL,
+        payload_hash TEXT NOT NULL,
+        state INTEGER NOT NULL CHECK (state BETWEEN 1 AND 6),
+        created_at_epoch_ms INTEGER NOT NULL,
+        updated_at_epoch_ms INTEGER NOT NULL,
+        deadline_epoch_ms INTEGER NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sagas_by_created ON sagas (created_at_epoch_ms, saga_id);
+    CREATE INDEX sagas_by_state ON sagas (state, created_at_epoch_ms, saga_id);
+    CREATE TABLE saga_events (
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at_epoch_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        action INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        code TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        PRIMARY KEY (saga_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL REFERENCES sagas (saga_id),
+        order_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        parked_at_epoch_ms INTEGER NOT NULL,
+        closed_at_epoch_ms INTEGER,
+        closed_note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX dead_letters_by_parked ON dead_letters (parked_at_epoch_ms, id);
+    CREATE UNIQUE INDEX dead_letters_one_open ON dead_letters (saga_id) WHERE closed_at_epoch_ms IS NULL;
+    """,
+)
+
+_SAGA_COLUMNS = (
+    "saga_id, order_id, user_id, request, payment_sealed, payload_hash, state, created_at_epoch_ms, "
+    "updated_at_epoch_ms, deadline_epoch_ms, last_error"
+)
+_EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state"
+
+
+@dataclass(frozen=True, slots=True)
+class NewSaga:
+    saga: SagaRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    saga_id: str
+    expected: SagaState
+    new: SagaState
+    last_error: str
+    at_epoch_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOpen:
+    saga_id: str
+    order_id: str
+    step: int
+    last_error: str
+    attempts: int
+    at_epoch_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterClose:
+    saga_id: str
+    note: str
+    at_epoch_ms: int
+
+
+Record = NewSaga | Event | StateChange | DeadLetterOpen | DeadLetterClose
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    saga_id: str
+    order_id: str
+    step: int
+    last_error: str
+    attempts: int
+    parked_at_epoch_ms: int
+    closed_at_epoch_ms: int | None
+    closed_note: str
+
+
+@dataclass(slots=True)
+class JournalStats:
+    commits: int = 0
+    records: int = 0
+    failed_commits: int = 0
+
+
+class TransitionConflict(JournalUnavailable):
+    """A guarded state change found the saga in another state than expected: a bug, surfaced loudly."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _read(fn: _F) -> _F:
+    """Counts reads in flight, so `busy` covers them."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        self._reads += 1
+        try:
+            return await fn(self, *args, **kwargs)
+        finally:
+            self._reads -= 1
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Journal:
+    def __init__(self, path: str, max_batch: int = 4096) -> None:
+        self.path = path
+        self._max_batch = max_batch
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._pending: deque[tuple[Sequence[Record], asyncio.Future[None]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._committing = False
+        self._reads = 0
+        self.stats = JournalStats()
+
+    @property
+    def busy(self) -> bool:
+        """Records are waiting or being committed, or a read is under way (tests with a fake clock wait on this)."""
+        return bool(self._pending) or self._committing or self._reads > 0
+
+    # ---- life cycle ---------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._w = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._w.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit returns only once the WAL is fsynced, so an acknowledged state survives power loss.
+        await self._w.execute("PRAGMA synchronous=FULL")
+        await self._w.execute("PRAGMA foreign_keys=ON")
+        await self._w.execute("PRAGMA busy_timeout=5000")
+        await self._migrate(self._w)
+        self._r = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        await self._r.execute("PRAGMA busy_timeout=5000")
+        self._writer = asyncio.create_task(self._run(), name=f"journal-writer:{self.path}")
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(f"journal {self.path} has schema v{current}, newer than this build (v{len(MIGRATIONS)})")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[version - 1].split(";"):
+                    if stmt.strip():
+                        await db.execute(stmt)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            logger.info("journal {} migrated to schema v{}", self.path, version)
+
+    async def close(self) -> None:
+        """Commits what is pending, then closes."""
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+        for db in (self._r, self._w):
+            if db is not None:
+                await db.close()
+        self._r = self._w = None
+
+    # ---- writes -----------------------------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queues records for the next commit; the future resolves once they are durable (or fails with
+        JournalUnavailable). Order is kept: records submitted earlier commit in the same or an earlier transaction."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            fut.set_exception(JournalUnavailable("journal is closing"))
+            return fut
+        self._pending.append((records, fut))
+        self._wakeup.set()
+        return fut
+
+    async def write(self, records: Sequence[Record]) -> None:
+        await self.submit(records)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch: list[tuple[Sequence[Record], asyncio.Future[None]]] = []
+                size = 0
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max_batch):
+                    item = self._pending.popleft()
+                    batch.append(item)
+                    size += len(item[0])
+                self._committing = True
+                try:
+                    await self._commit_batch(batch)
+                finally:
+                    self._committing = False
+            if self._closing and not self._pending:
+                return
+
+    async def _commit_batch(self, batch: list[tuple[Sequence[Record], asyncio.Future[None]]]) -> None:
+        records = [r for recs, _ in batch for r in recs]
+        try:
+            await self._commit(records)
+        except TransitionConflict:
+            # Find the offending submissions one by one; commit the innocent ones.
+            for recs, fut in batch:
+                try:
+                    await self._commit(list(recs))
+                except Exception as e:
+                    _fail(fut, e)
+                else:
+                    _ok(fut)
+            return
+        except Exception as e:
+            self.stats.failed_commits += 1
+            logger.error("journal commit of {} records failed: {}", len(records), e)
+            err = e if isinstance(e, JournalUnavailable) else JournalUnavailable(f"journal write failed: {e}")
+            for _, fut in batch:
+                _fail(fut, err)
+            return
+        self.stats.commits += 1
+        self.stats.records += len(records)
+        for _, fut in batch:
+            _ok(fut)
+
+    async def _commit(self, records: list[Record]) -> None:
+        db = self._w
+        assert db is not None, "journal not open"
+        sagas, events, changes, dl_open, dl_close = [], [], [], [], []
+        for r in records:
+            if isinstance(r, Event):
+                events.append(
+                    (r.saga_id, r.seq, r.at_epoch_ms, r.kind, r.step, r.action, r.attempt, r.code, r.detail, r.state)
+                )
+            elif isinstance(r, StateChange):
+                check_transition(r.expected, r.new)
+                changes.append((r.new, r.last_error, r.at_epoch_ms, r.saga_id, r.expected))
+            elif isinstance(r, NewSaga):
+                s = r.saga
+                sagas.append(
+                    (
+                        s.saga_id,
+                        s.order_id,
+                        s.user_id,
+                        s.request,
+                        s.payment_sealed,
+                        s.payload_hash,
+                        int(s.state),
+                        s.created_at_epoch_ms,
+                        s.updated_at_epoch_ms,
+                        s.deadline_epoch_ms,
+                        s.last_error,
+                    )
+                )
+            elif isinstance(r, DeadLetterOpen):
+                dl_open.append((r.saga_id, r.order_id, r.step, r.last_error, r.attempts, r.at_epoch_ms))
+            else:
+                dl_close.append((r.at_epoch_ms, r.note, r.saga_id))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if sagas:
+                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", sagas)
+            if events:
+                await db.executemany(f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", events)
+            if changes:
+                # Pair assertion: the engine checked the transition; SQL checks the saga is in the expected state.
+                cur = await db.executemany(
+                    "UPDATE sagas SET state = ?, last_error = ?, updated_at_epoch_ms = ? "
+                    "WHERE saga_id = ? AND state = ?",
+                    changes,
+                )
+                if cur.rowcount != len(changes):
+                    raise TransitionConflict(
+                        f"{len(changes) - cur.rowcount} state change(s) found the saga in an unexpected state"
+                    )
+            if dl_close:
+                await db.executemany(
+                    "UPDATE dead_letters SET closed_at_epoch_ms = ?, closed_note = ? "
+                    "WHERE saga_id = ? AND closed_at_epoch_ms IS NULL",
+                    dl_close,
+                )
+            if dl_open:
+                await db.executemany(
+                    "INSERT INTO dead_letters (saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms) "
+                    "VALUES (?,?,?,?,?,?)",
+                    dl_open,
+                )
+            crashpoints.hit("mid_commit")
+            await db.execute("COMMIT")
+        except BaseException:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    # ---- reads (committed data only) ----------------------------------------------------------------------------
+
+    @property
+    def _reader(self) -> aiosqlite.Connection:
+        assert self._r is not None, "journal not open"
+        return self._r
+
+    @_read
+    async def get_by_order(self, order_id: str, with_events: bool = True) -> SagaRecord | None:
+        async with self._reader.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        rec = _saga_from_row(row)
+        if with_events:
+            events = await self.events(rec.saga_id)
+            rec.steps = fold_steps(events)
+            rec.next_seq = (events[-1].seq + 1) if events else 1
+        return rec
+
+    @_read
+    async def events(self, saga_id: str) -> list[Event]:
+        async with self._reader.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM saga_events WHERE saga_id = ? ORDER BY seq", (saga_id,)
+        ) as cur:
+            return [_event_from_row(r) for r in await cur.fetchall()]
+
+    @_read
+    async def events_for(self, saga_ids: Sequence[str]) -> dict[str, list[Event]]:
+        out: dict[str, list[Event]] = {sid: [] for sid in saga_ids}
+        if not saga_ids:
+            return out
+        marks = ",".join("?" * len(saga_ids))
+        async with self._reader.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM saga_events WHERE saga_id IN ({marks}) ORDER BY saga_id, seq",
+            tuple(saga_ids),
+        ) as cur:
+            for r in await cur.fetchall():
+                out[r[0]].append(_event_from_row(r))
+        return out
+
+    @_read
+    async def unfinished(self) -> list[SagaRecord]:
+        """Every saga that still has work to do (RUNNING or COMPENSATING), with its steps folded from its log."""
+        states = (int(SagaState.RUNNING), int(SagaState.COMPENSATING))
+        async with self._reader.execute(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE state IN (?, ?) ORDER BY created_at_epoch_ms", states
+        ) as cur:
+            recs = [_saga_from_row(r) for r in await cur.fetchall()]
+        for i in range(0, len(recs), 500):
+            chunk = recs[i : i + 500]
+            events = await self.events_for([r.saga_id for r in chunk])
+            for rec in chunk:
+                evs = events[rec.saga_id]
+                rec.steps = fold_steps(evs)
+                rec.next_seq = (evs[-1].seq + 1) if evs else 1
+        return recs
+
+    @_read
+    async def list_sagas(self, state: SagaState | None, limit: int, before: tuple[int, str] | None) -> list[SagaRecord]:
+        """Newest first; `before` is the (created_at_epoch_ms, saga_id) of the last saga of the previous page."""
+        where: list[str] = []
+        args: list[object] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(int(state))
+        if before is not None:
+            where.append("(created_at_epoch_ms, saga_id) < (?, ?)")
+            args.extend(before)
+        sql = f"SELECT {_SAGA_COLUMNS} FROM sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at_epoch_ms DESC, saga_id DESC LIMIT ?"
+        args.append(limit)
+        async with self._reader.execute(sql, tuple(args)) as cur:
+            recs = [_saga_from_row(r) for r in await cur.fetchall()]
+        events = await self.events_for([r.saga_id for r in recs])
+        for rec in recs:
+            rec.steps = fold_steps(events[rec.saga_id])
+        return recs
+
+    @_read
+    async def dead_letters(self, step: int, include_closed: bool, limit: int, after_id: int) -> list[DeadLetterRow]:
+        """Oldest first (by id, which follows parking order)."""
+        sql = (
+            "SELECT id, saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms, closed_at_epoch_ms, "
+            "closed_note FROM dead_letters WHERE id > ?"
+        )
+        args: list[object] = [after_id]
+        if step:
+            sql += " AND step = ?"
+            args.append(step)
+        if not include_closed:
+            sql += " AND closed_at_epoch_ms IS NULL"
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        async with self._reader.execute(sql, tuple(args)) as cur:
+            return [DeadLetterRow(*r) for r in await cur.fetchall()]
+
+    @_read
+    async def state_counts(self) -> dict[SagaState, int]:
+        async with self._reader.execute("SELECT state, count(*) FROM sagas GROUP BY state") as cur:
+            return {SagaState(s): n for s, n in await cur.fetchall()}
+
+    @_read
+    async def integrity_check(self) -> str:
+        async with self._reader.execute("PRAGMA integrity_check") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else "no answer"
+
+
+def _saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
+    return SagaRecord(
+        saga_id=str(r[0]),
+        order_id=str(r[1]),
+        user_id=str(r[2]),
+        request=bytes(r[3]),  # type: ignore[arg-type]
+        payment_sealed=bytes(r[4]),  # type: ignore[arg-type]
+        payload_hash=str(r[5]),
+        state=SagaState(int(r[6])),  # type: ignore[arg-type]
+        created_at_epoch_ms=int(r[7]),  # type: ignore[arg-type]
+        updated_at_epoch_ms=int(r[8]),  # type: ignore[arg-type]
+        deadline_epoch_ms=int(r[9]),  # type: ignore[arg-type]
+        last_error=str(r[10]),
+    )
+
+
+def _event_from_row(r: sqlite3.Row | tuple[object, ...]) -> Event:
+    return Event(
+        saga_id=str(r[0]),
+        seq=int(r[1]),  # type: ignore[arg-type]
+        at_epoch_ms=int(r[2]),  # type: ignore[arg-type]
+        kind=str(r[3]),
+        step=int(r[4]),  # type: ignore[arg-type]
+        action=int(r[5]),  # type: ignore[arg-type]
+        attempt=int(r[6]),  # type: ignore[arg-type]
+        code=str(r[7]),
+        detail=str(r[8]),
+        state=SagaState(int(r[9])),  # type: ignore[arg-type]
+    )
+
+
+def _ok(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)
+        # A failed write nobody awaits (fire-and-forget event) must not log "exception never retrieved".
+        fut.exception()
+
+
+__all__ = ["TERMINAL_STATES", "Journal"]

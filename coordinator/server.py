@@ -1,0 +1,190 @@
+"""The shard's gRPC face: saga.v1.SagaCoordinator and saga.v1.SagaAdmin over a Shard, plus health and reflection.
+
+Errors become gRPC statuses here and only here (to_status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from loguru import logger
+
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+
+from . import convert
+from .errors import InvalidRequest, Overloaded, SagaError
+from .model import SagaState
+from .shard import Shard
+from .validation import check_id
+
+SERVICE_NAMES = (
+    saga_pb2.DESCRIPTOR.services_by_name["SagaCoordinator"].full_name,
+    saga_pb2.DESCRIPTOR.services_by_name["SagaAdmin"].full_name,
+)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> NoReturn:
+    """The one place our errors become gRPC statuses."""
+    if isinstance(err, InvalidRequest):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.description)
+                ]
+            )
+        )
+        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=err.message, details=[detail])
+        await context.abort_with_status(rpc_status.to_status(status))
+        raise AssertionError("abort_with_status returned")
+    trailing: tuple[tuple[str, str], ...] = ()
+    if isinstance(err, Overloaded):
+        trailing = (("retry-after-ms", str(err.retry_after_ms)),)
+    await context.abort(err.status, err.message, trailing_metadata=trailing)
+    raise AssertionError("abort returned")
+
+
+def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key in ("x-operator", "x-user") and value:
+            return str(value)[:128]
+    return f"peer {context.peer()}"
+
+
+class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    async def PlaceOrder(
+        self, request: saga_pb2.PlaceOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.PlaceOrderResponse:
+        try:
+            placed = await self._shard.place_order(request)
+        except SagaError as e:
+            await abort(context, e)
+        return convert.place_order_response(placed.saga, placed.pending)
+
+    async def GetSaga(
+        self, request: saga_pb2.GetSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.Saga:
+        try:
+            check_id("order_id", request.order_id, self._shard.cfg.limits)
+            rec, events = await self._shard.get(request.order_id, request.include_events)
+        except SagaError as e:
+            await abort(context, e)
+        return convert.saga_message(rec, self._shard.cfg.shard_id, events)
+
+    async def ListSagas(
+        self, request: saga_pb2.ListSagasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.ListSagasResponse:
+        limits = self._shard.cfg.limits
+        try:
+            size = convert.page_size(request.page_size, limits.page_size_default, limits.page_size_max)
+            cursor = convert.saga_cursor(request.page_token)
+            if request.state and request.state not in SagaState._value2member_map_:
+                raise InvalidRequest("state", "is not a known saga state")
+            state = SagaState(request.state) if request.state else None
+            recs = await self._shard.list_sagas(state, size + 1, cursor)
+        except SagaError as e:
+            await abort(context, e)
+        resp = saga_pb2.ListSagasResponse()
+        for rec in recs[:size]:
+            resp.sagas.append(convert.saga_message(rec, self._shard.cfg.shard_id))
+        if len(recs) > size:
+            last = recs[size - 1]
+            resp.next_page_token = convert.encode_token(f"{last.created_at_epoch_ms}:{last.saga_id}")
+        return resp
+
+    async def WatchSaga(
+        self, request: saga_pb2.WatchSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[saga_pb2.SagaUpdate]:
+        shard_id = self._shard.cfg.shard_id
+        try:
+            check_id("order_id", request.order_id, self._shard.cfg.limits)
+            async for rec, ev in self._shard.watch(request.order_id):
+                update = saga_pb2.SagaUpdate(saga=convert.saga_message(rec, shard_id))
+                if ev is not None:
+                    update.event.CopyFrom(convert.event_message(ev))
+                yield update
+        except SagaError as e:
+            await abort(context, e)
+
+
+class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    async def ListDeadLetters(
+        self, request: saga_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.ListDeadLettersResponse:
+        limits = self._shard.cfg.limits
+        try:
+            size = convert.page_size(request.page_size, limits.page_size_default, limits.page_size_max)
+            after = convert.dead_letter_cursor(request.page_token)
+            rows = await self._shard.dead_letters(request.step, request.include_closed, size + 1, after)
+        except SagaError as e:
+            await abort(context, e)
+        resp = saga_pb2.ListDeadLettersResponse(
+            dead_letters=[convert.dead_letter_message(r, self._shard.cfg.shard_id) for r in rows[:size]]
+        )
+        if len(rows) > size:
+            resp.next_page_token = convert.encode_token(f"dl:{rows[size - 1].id}")
+        return resp
+
+    async def RetryDeadLetter(
+        self, request: saga_pb2.RetryDeadLetterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.RetryDeadLetterResponse:
+        who = caller_identity(context)
+        try:
+            if request.all:
+                if request.order_id:
+                    raise InvalidRequest("order_id", "must be empty when all is set")
+                order_ids = await self._shard.retry_all_dead_letters(request.step, who, request.reason)
+            else:
+                check_id("order_id", request.order_id, self._shard.cfg.limits)
+                await self._shard.retry_dead_letter(request.order_id, who, request.reason)
+                order_ids = [request.order_id]
+        except SagaError as e:
+            await abort(context, e)
+        return saga_pb2.RetryDeadLetterResponse(order_ids=order_ids)
+
+    async def ResolveDeadLetter(
+        self, request: saga_pb2.ResolveDeadLetterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.ResolveDeadLetterResponse:
+        try:
+            check_id("order_id", request.order_id, self._shard.cfg.limits)
+            if not request.reason.strip():
+                raise InvalidRequest("reason", "is required: say what was done by hand")
+            if len(request.reason) > 1000:
+                raise InvalidRequest("reason", "must be at most 1000 characters")
+            rec = await self._shard.resolve_dead_letter(request.order_id, caller_identity(context), request.reason)
+        except SagaError as e:
+            await abort(context, e)
+        return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
+
+
+def build_server(shard: Shard, listen: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+    saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
+    saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    logger.debug("gRPC server bound to port {}", port)
+    return server, port, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, status)

@@ -1,0 +1,369 @@
+"""A shard's saga registry: accepts PlaceOrder (idempotently, with load shedding), runs each saga as its own task,
+resumes unfinished sagas at start, answers queries, and performs the operators' dead-letter actions.
+
+One asyncio loop, no locks: every check-then-act on the registry happens without an await in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from loguru import logger
+
+from protos.saga.v1 import saga_pb2
+
+from .caller import Caller, SagaPayload
+from .clock import Clock
+from .config import ShardConfig
+from .engine import Engine, SagaRun
+from .errors import JournalUnavailable, Overloaded, PayloadMismatch, SagaNotFound, ShuttingDown, WrongState
+from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, StateChange
+from .logs import saga_context
+from .model import SagaState, check_transition
+from .saga import ADMIN_RESOLVE, ADMIN_RETRY, CREATED, Event, SagaRecord
+from .sealing import Sealer
+from .validation import validate_place_order
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """PlaceOrder's answer: the saga as durably known, and whether the caller asked not to wait."""
+
+    saga: SagaRecord
+    pending: bool
+
+
+class Shard:
+    def __init__(
+        self,
+        cfg: ShardConfig,
+        journal: Journal,
+        caller: Caller,
+        clock: Clock,
+        sealer: Sealer,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.clock = clock
+        self._caller = caller
+        self._sealer = sealer
+        self._engine = Engine(cfg, journal, caller, clock, rng or random.Random(cfg.seed))
+        self._live: dict[str, SagaRun] = {}
+        self._creating: dict[str, asyncio.Future[None]] = {}
+        self._claimed: set[str] = set()  # dead letters an admin call is acting on right now
+        self._stopping = False
+        self._redrive: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    # ---- life cycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Resumes every unfinished saga in the journal; returns how many."""
+        recs = await self.journal.unfinished()
+        for rec in recs:
+            self._launch(rec, created=None)
+        if recs:
+            logger.info("resumed {} unfinished sagas", len(recs))
+        if self.cfg.dead_letter_redrive_s > 0:
+            self._redrive = asyncio.create_task(self._redrive_loop(), name="dead-letter-redrive")
+        return len(recs)
+
+    async def stop(self) -> None:
+        """Stops driving sagas (they resume at the next start) and lets queued journal writes commit."""
+        self._stopping = True
+        if self._redrive:
+            self._redrive.cancel()
+        tasks = [r.task for r in self._live.values() if r.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for run in self._live.values():
+            if not run.done.done():
+                run.done.set_exception(ShuttingDown("shard is shutting down; retry PlaceOrder to get the outcome"))
+                run.done.exception()
+
+    # ---- PlaceOrder -----------------------------------------------------------------------------------------------
+
+    async def place_order(self, req: saga_pb2.PlaceOrderRequest) -> Placed:
+        validate_place_order(req, self.cfg.limits)
+        payload_hash = self._payload_hash(req)
+        while True:
+            if self._stopping:
+                raise ShuttingDown("shard is shutting down")
+            run = self._live.get(req.order_id)
+            if run is not None:
+                self._check_same(run.record, payload_hash)
+                return await self._answer(run, req.no_wait)
+            creating = self._creating.get(req.order_id)
+            if creating is None:
+                break
+            # A concurrent PlaceOrder for the same order is creating it: wait, then join it.
+            await asyncio.shield(creating)
+        if self.in_flight + len(self._creating) >= self.cfg.limits.max_in_flight:
+            raise Overloaded(
+                f"shard {self.cfg.shard_id} has {self.cfg.limits.max_in_flight} sagas in flight",
+                self.cfg.limits.shed_retry_after_ms,
+            )
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._creating[req.order_id] = gate
+        try:
+            existing = await self.journal.get_by_order(req.order_id, with_events=False)
+            if existing is not None:
+                self._check_same(existing, payload_hash)
+                return Placed(existing, pending=False)
+            run = self._create(req, payload_hash)
+        finally:
+            del self._creating[req.order_id]
+            gate.set_result(None)
+        return await self._answer(run, req.no_wait)
+
+    def _create(self, req: saga_pb2.PlaceOrderRequest, payload_hash: str) -> SagaRun:
+        now = self.clock.now_epoch_ms()
+        ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
+        stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
+        rec = SagaRecord(
+            saga_id=uuid.uuid4().hex,
+            order_id=req.order_id,
+            user_id=req.user_id,
+            request=stripped.SerializeToString(deterministic=True),
+            payment_sealed=self._sealer.seal(req.payment_info.SerializeToString(deterministic=True)),
+            payload_hash=payload_hash,
+            state=SagaState.RUNNING,
+            created_at_epoch_ms=now,
+            updated_at_epoch_ms=now,
+            deadline_epoch_ms=now + ttl_ms,
+        )
+        created = Event(rec.saga_id, 1, now, CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
+        rec.next_seq = 2
+        # Not awaited here: the saga task's first write-ahead record joins the same commit. The caller is answered
+        # only once this future resolves, so nothing is acknowledged before it is durable.
+        creation = self.journal.submit([NewSaga(rec.copy()), created])
+        run = self._launch(rec, created=creation)
+        creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
+        return run
+
+    def _launch(self, rec: SagaRecord, created: asyncio.Future[None] | None) -> SagaRun:
+        payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.payment_sealed))
+        req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
+        payload = SagaPayload(
+            rec.saga_id, rec.order_id, rec.user_id, tuple((i.item_id, i.quantity) for i in req.items), payment
+        )
+        remaining_s = (rec.deadline_epoch_ms - self.clock.now_epoch_ms()) / 1000
+        loop = asyncio.get_running_loop()
+        run = SagaRun(
+            record=rec,
+            payload=payload,
+            deadline_mono=self.clock.monotonic() + remaining_s,
+            view=rec.copy(),
+            done=loop.create_future(),
+            created=created,
+        )
+        self._live[rec.order_id] = run
+        run.task = asyncio.create_task(self._supervise(run, created), name=f"saga:{rec.order_id}")
+        return run
+
+    async def _supervise(self, run: SagaRun, created: asyncio.Future[None] | None) -> None:
+        """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
+        pause_s = 0.05
+        try:
+            while True:
+                try:
+                    if created is not None:
+                        await asyncio.shield(created)
+                        created = None
+                    await self._engine.drive(run)
+                    break
+                except Exception as e:
+                    # A journal failure (disk full, I/O error), or a bug: either way the journal holds the truth, so
+                    # the saga is re-driven from it after a pause rather than left half-done in memory.
+                    with saga_context(run.record.saga_id, run.record.order_id):
+                        if isinstance(e, JournalUnavailable):
+                            logger.error("journal write failed; re-driving from the journal in {:.2f}s: {}", pause_s, e)
+                        else:
+                            logger.exception("saga driver failed; re-driving from the journal in {:.2f}s", pause_s)
+                    await self.clock.sleep(pause_s)
+                    pause_s = min(pause_s * 2, 5.0)
+                    fresh = await self.journal.get_by_order(run.record.order_id)
+                    if fresh is None:
+                        # The saga's creation never reached the disk: it was never acknowledged, so it never existed.
+                        if self._live.get(run.record.order_id) is run:
+                            del self._live[run.record.order_id]
+                        _fail(run.done, e if isinstance(e, JournalUnavailable) else JournalUnavailable(str(e)))
+                        return
+                    run.record, run.view, run.write_error = fresh, fresh.copy(), None
+        finally:
+            if not (run.task is not None and run.task.cancelled()) and self._live.get(run.record.order_id) is run:
+                if run.record.state is not SagaState.RUNNING and run.record.state is not SagaState.COMPENSATING:
+                    del self._live[run.record.order_id]
+            if not run.done.done() and not self._stopping:
+                run.done.set_result(None)
+
+    async def _answer(self, run: SagaRun, no_wait: bool) -> Placed:
+        if run.created is not None:
+            # Creator and joiners alike are answered only once the saga's creation is durable.
+            await asyncio.shield(run.created)
+        if no_wait:
+            return Placed(run.view.copy(), pending=True)
+        await asyncio.shield(run.done)
+        return Placed(run.view.copy(), pending=False)
+
+    def _payload_hash(self, req: saga_pb2.PlaceOrderRequest) -> str:
+        # ttl_ms and no_wait are how to run the order, not the order: a retry may change them.
+        canon = saga_pb2.PlaceOrderRequest(
+            order_id=req.order_id, user_id=req.user_id, items=req.items, payment_info=req.payment_info
+        )
+        return self._sealer.payload_hash(canon.SerializeToString(deterministic=True))
+
+    @staticmethod
+    def _check_same(rec: SagaRecord, payload_hash: str) -> None:
+        if rec.payload_hash != payload_hash:
+            raise PayloadMismatch(f"order {rec.order_id} already exists with a different payload")
+
+    # ---- queries ----------------------------------------------------------------------------------------------------
+
+    async def get(self, order_id: str, with_events: bool = False) -> tuple[SagaRecord, list[Event]]:
+        run = self._live.get(order_id)
+        if run is not None and (run.created is None or run.created.done()) and run.view.next_seq > 1:
+            rec = run.view.copy()
+        else:
+            found = await self.journal.get_by_order(order_id)
+            if found is None:
+                raise SagaNotFound(f"no saga for order {order_id}")
+            rec = found
+        events = await self.journal.events(rec.saga_id) if with_events else []
+        return rec, events
+
+    async def list_sagas(self, state: SagaState | None, limit: int, before: tuple[int, str] | None) -> list[SagaRecord]:
+        return await self.journal.list_sagas(state, limit, before)
+
+    async def watch(self, order_id: str) -> AsyncIterator[tuple[SagaRecord, Event | None]]:
+        """The current snapshot, then one item per committed event, until the saga is terminal or parked."""
+        rec, _ = await self.get(order_id)
+        run = self._live.get(order_id)
+        if run is None or rec.state not in (SagaState.RUNNING, SagaState.COMPENSATING):
+            yield rec, None
+            return
+        if len(run.listeners) >= self.cfg.limits.watchers_per_saga:
+            raise Overloaded(f"too many watchers on order {order_id}", self.cfg.limits.shed_retry_after_ms)
+        queue: asyncio.Queue[tuple[SagaRecord, Event] | None] = asyncio.Queue(self.cfg.limits.watch_queue)
+
+        def listener(ev: Event, view: SagaRecord) -> None:
+            try:
+                queue.put_nowait((view.copy(), ev))
+                if view.state not in (SagaState.RUNNING, SagaState.COMPENSATING):
+                    queue.put_nowait(None)
+            except asyncio.QueueFull:
+                # A watcher that cannot keep up is ended rather than buffered without bound.
+                run.listeners.remove(listener) if listener in run.listeners else None
+                queue.put_nowait(None) if not queue.full() else None
+
+        run.listeners.append(listener)
+        try:
+            yield run.view.copy(), None
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            if listener in run.listeners:
+                run.listeners.remove(listener)
+
+    # ---- dead letters -----------------------------------------------------------------------------------------------
+
+    async def dead_letters(self, step: int, include_closed: bool, limit: int, after_id: int) -> list[DeadLetterRow]:
+        return await self.journal.dead_letters(step, include_closed, limit, after_id)
+
+    async def retry_dead_letter(self, order_id: str, who: str, reason: str) -> SagaRecord:
+        rec = await self._claim_parked(order_id)
+        try:
+            return await self._retry_claimed(rec, who, reason)
+        finally:
+            self._claimed.discard(order_id)
+
+    async def _retry_claimed(self, rec: SagaRecord, who: str, reason: str) -> SagaRecord:
+        order_id = rec.order_id
+        now = self.clock.now_epoch_ms()
+        note = f"retried by {who}: {reason or 'no reason given'}"
+        ev = Event(rec.saga_id, rec.next_seq, now, ADMIN_RETRY, SagaState.COMPENSATING, detail=note)
+        check_transition(rec.state, SagaState.COMPENSATING)
+        await self.journal.write(
+            [
+                ev,
+                StateChange(rec.saga_id, rec.state, SagaState.COMPENSATING, rec.last_error, now),
+                DeadLetterClose(rec.saga_id, note, now),
+            ]
+        )
+        rec.apply(ev)
+        self._launch(rec, created=None)
+        logger.info("dead letter of order {} retried by {}", order_id, who)
+        return rec
+
+    async def retry_all_dead_letters(self, step: int, who: str, reason: str) -> list[str]:
+        rows = await self.journal.dead_letters(step, False, self.cfg.limits.bulk_retry_max, 0)
+        retried = []
+        for row in rows:
+            try:
+                await self.retry_dead_letter(row.order_id, who, reason)
+                retried.append(row.order_id)
+            except WrongState:
+                continue  # retried concurrently by someone else
+        return retried
+
+    async def resolve_dead_letter(self, order_id: str, who: str, reason: str) -> SagaRecord:
+        rec = await self._claim_parked(order_id)
+        try:
+            return await self._resolve_claimed(rec, who, reason)
+        finally:
+            self._claimed.discard(order_id)
+
+    async def _resolve_claimed(self, rec: SagaRecord, who: str, reason: str) -> SagaRecord:
+        order_id = rec.order_id
+        now = self.clock.now_epoch_ms()
+        note = f"resolved by {who}: {reason}"
+        check_transition(rec.state, SagaState.RESOLVED)
+        ev = Event(rec.saga_id, rec.next_seq, now, ADMIN_RESOLVE, SagaState.RESOLVED, detail=note)
+        await self.journal.write(
+            [
+                ev,
+                StateChange(rec.saga_id, rec.state, SagaState.RESOLVED, rec.last_error, now),
+                DeadLetterClose(rec.saga_id, note, now),
+            ]
+        )
+        rec.apply(ev)
+        logger.info("dead letter of order {} resolved by {}", order_id, who)
+        return rec
+
+    async def _claim_parked(self, order_id: str) -> SagaRecord:
+        """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""
+        rec = await self.journal.get_by_order(order_id)
+        if rec is None:
+            raise SagaNotFound(f"no saga for order {order_id}")
+        # Checked after the read, with no await before the claim: this is the check-then-act.
+        if order_id in self._live or order_id in self._claimed:
+            raise WrongState(f"saga of order {order_id} is being acted on already")
+        if rec.state is not SagaState.DEAD_LETTERED:
+            raise WrongState(f"saga of order {order_id} is {rec.state.name}, not DEAD_LETTERED")
+        self._claimed.add(order_id)
+        return rec
+
+    async def _redrive_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.cfg.dead_letter_redrive_s)
+            try:
+                n = await self.retry_all_dead_letters(0, "auto-redrive", "periodic re-drive")
+                if n:
+                    logger.info("auto re-drive resumed {} dead letters", len(n))
+            except Exception as e:  # keep the loop alive; it retries next period
+                logger.error("auto re-drive failed: {}", e)
+
+
+def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)
+        fut.exception()

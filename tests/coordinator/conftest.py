@@ -1,0 +1,97 @@
+"""Fixtures for the coordinator's tests: an in-process shard over a real journal file with a fake caller and clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.clock import FakeClock
+from coordinator.config import Limits, RetryPolicy, ShardConfig
+from coordinator.journal import Journal
+from coordinator.sealing import Sealer
+from coordinator.shard import Shard
+from protos.saga.v1 import saga_pb2
+
+from .fakes import FakeCaller
+
+FAST_FORWARD = RetryPolicy(max_attempts=4, initial_backoff_ms=10, max_backoff_ms=100, attempt_timeout_ms=1000)
+FAST_COMPENSATE = RetryPolicy(max_attempts=5, initial_backoff_ms=10, max_backoff_ms=100, attempt_timeout_ms=1000)
+
+
+def order(order_id: str = "o-1", token: str = "tok_ok", **kw: Any) -> saga_pb2.PlaceOrderRequest:
+    return saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id=kw.pop("user_id", "u-1"),
+        items=kw.pop("items", [saga_pb2.Item(item_id="sku-1", quantity=2)]),
+        payment_info=saga_pb2.PaymentInfo(payment_token=token, amount_cents=kw.pop("amount", 1999), currency="EUR"),
+        **kw,
+    )
+
+
+class Harness:
+    """Builds shards over one journal file, as a restarted process would."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / "shard.db")
+        self.clock = FakeClock()
+        self.caller = FakeCaller()
+        self.cfg = ShardConfig(
+            journal_path=self.path,
+            forward=FAST_FORWARD,
+            compensate=FAST_COMPENSATE,
+            default_ttl_ms=30_000,
+            limits=Limits(max_in_flight=100),
+            seed=7,
+        )
+        self.shard: Shard | None = None
+        self.journal: Journal | None = None
+        self.clock.settle = self.quiesce
+
+    async def quiesce(self) -> None:
+        """Returns once every task is blocked on the fake clock or a hung call: the journal is idle and stays so."""
+        idle_rounds = 0
+        for _ in range(5000):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if self.journal is None or not self.journal.busy:
+                idle_rounds += 1
+                if idle_rounds >= 3:
+                    return
+            else:
+                idle_rounds = 0
+                await asyncio.sleep(0.0005)
+        raise AssertionError("the shard never went idle")
+
+    async def start(self, **cfg: Any) -> Shard:
+        if cfg:
+            self.cfg = dataclasses.replace(self.cfg, **cfg)
+        self.journal = Journal(self.path)
+        await self.journal.open()
+        self.shard = Shard(self.cfg, self.journal, self.caller, self.clock, Sealer(b"k" * 32), random.Random(7))
+        await self.shard.start()
+        return self.shard
+
+    async def stop(self) -> None:
+        if self.shard is not None:
+            await self.shard.stop()
+        if self.journal is not None:
+            await self.journal.close()
+        self.shard = self.journal = None
+
+    async def restart(self, **cfg: Any) -> Shard:
+        await self.stop()
+        return await self.start(**cfg)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    await h.start()
+    yield h
+    await h.stop()
