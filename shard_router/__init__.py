@@ -1,0 +1,29 @@
+"""The shard router: a thin, stateless gRPC front that consistent-hashes order_id onto coordinator shards.
+
+Modules, one concept each: config (the shards file), ring (consistent hashing), epochs (earlier rings, persisted),
+topology (one routing snapshot), channels (one channel per shard), forwarding (relaying a call as bytes), routing (the
+epoch rule: which shard gets a call about an order), fanout (merged list pages, bulk retry), reload (installing rings
+live), server (the gRPC server), metrics (the seam for Prometheus), epochs_cli (`saga-router epochs`).
+"""
+
+from .config import ConfigError, RingSpec, RouterConfig, RouterSettings, ShardSpec, load
+from .epochs import Epoch, EpochError, EpochHistory
+from .ring import HashRing, stable_hash
+from .server import RouterServer
+from .topology import Topology
+
+__all__ = [
+    "ConfigError",
+    "Epoch",
+    "EpochError",
+    "EpochHistory",
+    "HashRing",
+    "RingSpec",
+    "RouterConfig",
+    "RouterServer",
+    "RouterSettings",
+    "ShardSpec",
+    "Topology",
+    "load",
+    "stable_hash",
+]

@@ -1,0 +1,78 @@
+"""saga-router: the shard router process, and the `epochs` admin command.
+
+    python -m shard_router --listen 127.0.0.1:50051 --config deploy/local/shards.toml [--epochs PATH] [--log-json]
+    python -m shard_router epochs list --config deploy/local/shards.toml
+    python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--force]
+
+SIGTERM/SIGINT stop the router gracefully; SIGHUP reloads the config now (it is also polled about once a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvloop
+from loguru import logger
+
+from . import epochs_cli, logs
+from .config import ConfigError, RouterConfig, load
+from .epochs import EpochError
+from .reload import RingChangeRefused
+from .server import RouterServer
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="saga-router",
+        description="Routes saga.v1 calls to coordinator shards by consistent hashing of order_id.",
+        epilog="Subcommand: `saga-router epochs {list,drop} ...` inspects or trims the earlier rings.",
+    )
+    p.add_argument("--listen", help="host:port to serve on (default 127.0.0.1:50051, or $SAGA_ROUTER_LISTEN)")
+    p.add_argument("--config", help="the shards TOML file (or $SAGA_ROUTER_CONFIG)")
+    p.add_argument("--epochs", help="the epochs state file (default: <config>.epochs.json beside it)")
+    p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+    return p
+
+
+async def _serve(config: RouterConfig) -> int:
+    server = RouterServer(config)
+    try:
+        port = await server.start()
+    except (ConfigError, EpochError, RingChangeRefused) as e:
+        logger.error("cannot start: {}", e)
+        return 2
+    host = config.listen.rpartition(":")[0]
+    logger.info("listening on {}:{} (config {}, epochs {})", host, port, config.config_path, config.epochs_path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
+    await stop.wait()
+    logger.info("stopping: draining in-flight calls for up to {}s", config.settings.shutdown_grace_s)
+    await server.stop()
+    logger.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["epochs"]:
+        return epochs_cli.main(args[1:])
+    ns = _parser().parse_args(args)
+    try:
+        config = load(ns.config, listen=ns.listen, epochs_path=ns.epochs, log_json=ns.log_json)
+    except ConfigError as e:
+        print(f"saga-router: {e}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_json)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""One long-lived grpc.aio channel per shard address, shared by every call to that shard.
+
+Channels are created on first use and kept across ring changes (a reload that keeps a shard keeps its connection).
+A channel whose address no config or epoch mentions any more is closed after a grace period, so calls still running on
+it finish first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from loguru import logger
+
+from protos.saga.v1 import saga_pb2_grpc
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # The default reconnect backoff grows to 120 s: a restarted shard would stay UNAVAILABLE through the router long
+        # after it is back. Two seconds bounds that.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+class ShardClient:
+    """The channel to one shard address, with its multicallables cached (creating one per call costs a lookup)."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.coordinator = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
+        self.admin = saga_pb2_grpc.SagaAdminStub(self.channel)
+        self._unary: dict[str, Any] = {}
+        self._stream: dict[str, Any] = {}
+
+    def unary(self, method: str) -> Any:
+        """A bytes-in, bytes-out unary multicallable for method ("/package.Service/Method")."""
+        call = self._unary.get(method)
+        if call is None:
+            call = self._unary[method] = self.channel.unary_unary(method, _registered_method=True)
+        return call
+
+    def stream(self, method: str) -> Any:
+        """A bytes-in, bytes-out server-streaming multicallable for method."""
+        call = self._stream.get(method)
+        if call is None:
+            call = self._stream[method] = self.channel.unary_stream(method, _registered_method=True)
+        return call
+
+
+class ChannelPool:
+    def __init__(self, max_message_bytes: int, close_grace_s: float) -> None:
+        self._max_message_bytes = max_message_bytes
+        self._close_grace_s = close_grace_s
+        self._clients: dict[str, ShardClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, address: str) -> ShardClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = ShardClient(address, self._max_message_bytes)
+        return client
+
+    def retain(self, addresses: Iterable[str]) -> None:
+        """Closes, after the grace period, the channels of every address not in addresses."""
+        keep = set(addresses)
+        for address in [a for a in self._clients if a not in keep]:
+            client = self._clients.pop(address)
+            logger.info("closing channel to {} in {}s: no shard uses it any more", address, self._close_grace_s)
+            task = asyncio.create_task(client.channel.close(self._close_grace_s))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Closes every channel now (in-flight calls are cancelled): the router is stopping."""
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.channel.close(None) for c in clients), *self._closing, return_exceptions=True)

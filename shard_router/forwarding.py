@@ -1,0 +1,136 @@
+"""Relaying one call to one shard as raw bytes, so the router never re-encodes a request or a response.
+
+What a forwarded call keeps from the caller: its deadline (the time remaining when the router forwards, so hops share
+one budget) and its metadata, minus what gRPC itself owns (pseudo-headers, "grpc-*" reserved keys, user-agent,
+content-type, te). What it brings back unchanged: the shard's status code, details, and initial and trailing
+metadata, including google.rpc.Status details ("grpc-status-details-bin") and "retry-after-ms".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .channels import ChannelPool
+from .errors import Metadata, RouterError, ShardStatus
+from .metrics import Metrics
+
+SAGA_SERVICE = "saga.v1.SagaCoordinator"
+ADMIN_SERVICE = "saga.v1.SagaAdmin"
+PLACE_ORDER = f"/{SAGA_SERVICE}/PlaceOrder"
+GET_SAGA = f"/{SAGA_SERVICE}/GetSaga"
+WATCH_SAGA = f"/{SAGA_SERVICE}/WatchSaga"
+RETRY_DEAD_LETTER = f"/{ADMIN_SERVICE}/RetryDeadLetter"
+RESOLVE_DEAD_LETTER = f"/{ADMIN_SERVICE}/ResolveDeadLetter"
+
+# Connection-level headers of the caller's hop: gRPC sets its own on the next hop (and ignores or rejects ours).
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection"})
+
+
+def forwardable(metadata: Any) -> Metadata:
+    """The caller's invocation metadata that travels on to the shard."""
+    if not metadata:
+        return ()
+    return tuple(
+        (key, value) for key, value in metadata if not key.startswith((":", "grpc-")) and key not in _NOT_FORWARDED
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What every call made on behalf of one incoming call inherits."""
+
+    metadata: Metadata
+    """Forwarded metadata."""
+    deadline_monotonic: float | None
+    """When the caller stops waiting (time.monotonic()), or None if it set no deadline."""
+
+    @classmethod
+    def from_context(cls, context: Any) -> Caller:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return cls(forwardable(context.invocation_metadata()), deadline)
+
+    def timeout_s(self, cap_s: float | None = None) -> float | None:
+        """Seconds left for the next hop (at most cap_s); DEADLINE_EXCEEDED if none are left."""
+        if self.deadline_monotonic is None:
+            return cap_s
+        remaining = self.deadline_monotonic - time.monotonic()
+        if remaining <= 0:
+            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the router could forward")
+        return remaining if cap_s is None else min(remaining, cap_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A shard's OK answer to a unary call."""
+
+    body: bytes
+    initial_metadata: Metadata
+    trailing_metadata: Metadata
+
+
+def _status(shard_id: str, e: grpc.aio.AioRpcError) -> ShardStatus:
+    return ShardStatus(shard_id, e.code(), e.details() or "", tuple(e.trailing_metadata() or ()))
+
+
+class ShardStream:
+    """A server stream opened on one shard; read() relays its messages as bytes."""
+
+    def __init__(self, shard_id: str, call: Any) -> None:
+        self.shard_id = shard_id
+        self._call = call
+
+    async def read(self) -> bytes | None:
+        """The next message, or None once the shard ended the stream with OK. Raises ShardStatus otherwise."""
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            raise _status(self.shard_id, e) from None
+        return None if message is grpc.aio.EOF else bytes(message)
+
+    async def initial_metadata(self) -> Metadata:
+        return tuple(await self._call.initial_metadata() or ())
+
+    async def trailing_metadata(self) -> Metadata:
+        return tuple(await self._call.trailing_metadata() or ())
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class Forwarder:
+    """Sends raw requests to shards by id and address through the shared channels."""
+
+    def __init__(self, pool: ChannelPool, metrics: Metrics) -> None:
+        self.pool = pool
+        self._metrics = metrics
+
+    async def unary(
+        self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, *, cap_s: float | None = None
+    ) -> Reply:
+        """Relays one unary call; raises ShardStatus with the shard's status if it is not OK."""
+        multicallable = self.pool.get(address).unary(method)
+        timeout = caller.timeout_s(cap_s)
+        started = time.perf_counter()
+        call = multicallable(request, metadata=caller.metadata, timeout=timeout)
+        try:
+            body = await call
+        except grpc.aio.AioRpcError as e:
+            self._metrics.forwarded(method, shard_id, e.code().name, time.perf_counter() - started)
+            raise _status(shard_id, e) from None
+        self._metrics.forwarded(method, shard_id, "OK", time.perf_counter() - started)
+        return Reply(
+            bytes(body),
+            tuple(await call.initial_metadata() or ()),
+            tuple(await call.trailing_metadata() or ()),
+        )
+
+    def stream(self, shard_id: str, address: str, method: str, request: bytes, caller: Caller) -> ShardStream:
+        """Opens a server stream; nothing is awaited until the first read()."""
+        multicallable = self.pool.get(address).stream(method)
+        call = multicallable(request, metadata=caller.metadata, timeout=caller.timeout_s())
+        return ShardStream(shard_id, call)

@@ -1,0 +1,172 @@
+"""Which shard a call about one order goes to: the current owner, unless an earlier ring put the order elsewhere.
+
+The epoch rule (DESIGN contract 7). The current ring decides where a *new* order goes; earlier rings
+(shard_router.epochs) decide where an *existing* order may already be:
+
+- PlaceOrder: for every shard an earlier ring placed the order on (other than its current owner), the router asks that
+  shard GetSaga(order_id), all at once. If one holds the saga, the PlaceOrder goes there (the shard joins the existing
+  saga), so a client retry after a re-shard never starts a second saga. If every one answers NOT_FOUND, the order goes
+  to its current owner. If one does not answer (down, overloaded, deadline), the router fails the call with that shard's
+  status rather than guess: a retry later is safe, a second saga is not.
+- GetSaga, WatchSaga, ResolveDeadLetter and RetryDeadLetter for one order: the current owner first, then the earlier
+  owners in turn; the first answer other than NOT_FOUND wins. A saga lives on exactly one shard, so a shard's answer
+  that it holds (or judges) the saga is authoritative; NOT_FOUND is returned only if every candidate said so.
+
+Also, within one router a PlaceOrder arriving while another PlaceOrder for the same order is still in flight goes to the
+same shard, so a client that retries during a ring change cannot slip between "not there yet" and "accepted".
+With no earlier epoch (the usual steady state) none of this costs anything: the owner is one ring lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from protos.saga.v1 import saga_pb2
+
+from .errors import InvalidArgument, Outcome, ShardStatus, outcome
+from .forwarding import GET_SAGA, PLACE_ORDER, WATCH_SAGA, Caller, Forwarder, Reply, ShardStream
+from .topology import Topology
+
+
+class _Placing:
+    """PlaceOrder calls in flight on this router: order id -> (shard id, address, number of calls)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, tuple[str, str, int]] = {}
+
+    def get(self, order_id: str) -> tuple[str, str] | None:
+        entry = self._calls.get(order_id)
+        return None if entry is None else (entry[0], entry[1])
+
+    def join(self, order_id: str, shard_id: str, address: str) -> tuple[str, str]:
+        """Registers a call; if one is already in flight for the order, the new one joins its shard."""
+        entry = self._calls.get(order_id)
+        if entry is not None:
+            shard_id, address = entry[0], entry[1]
+        self._calls[order_id] = (shard_id, address, (entry[2] if entry else 0) + 1)
+        return shard_id, address
+
+    def leave(self, order_id: str) -> None:
+        shard_id, address, n = self._calls[order_id]
+        if n == 1:
+            del self._calls[order_id]
+        else:
+            self._calls[order_id] = (shard_id, address, n - 1)
+
+
+def parse_order_id(
+    message: type[saga_pb2.PlaceOrderRequest]
+    | type[saga_pb2.GetSagaRequest]
+    | type[saga_pb2.WatchSagaRequest]
+    | type[saga_pb2.ResolveDeadLetterRequest],
+    request: bytes,
+) -> str:
+    """The order_id of a raw request (field 1 of every request routed by order)."""
+    try:
+        return str(message.FromString(request).order_id)
+    except DecodeError:
+        raise InvalidArgument("request", f"not a valid {message.DESCRIPTOR.full_name}") from None
+
+
+class Router:
+    """Routes calls about one order, using whatever topology is current when each call starts."""
+
+    def __init__(self, topology: Callable[[], Topology], forwarder: Forwarder, probe_timeout_s: float) -> None:
+        self._topology = topology
+        self._forwarder = forwarder
+        self._probe_timeout_s = probe_timeout_s
+        self._placing = _Placing()
+
+    async def place_order(self, order_id: str, request: bytes, caller: Caller) -> Reply:
+        topo = self._topology()
+        target = self._placing.get(order_id)
+        if target is None:
+            shard_id = await self._placement(topo, order_id, caller)
+            target = (shard_id, topo.addresses[shard_id])
+        shard_id, address = self._placing.join(order_id, *target)
+        try:
+            return await self._forwarder.unary(shard_id, address, PLACE_ORDER, request, caller)
+        finally:
+            self._placing.leave(order_id)
+
+    async def _placement(self, topo: Topology, order_id: str, caller: Caller) -> str:
+        earlier = topo.earlier_owners(order_id)
+        if not earlier or not order_id:  # an empty order_id is the owner's to refuse
+            return topo.owner(order_id)
+        probe = saga_pb2.GetSagaRequest(order_id=order_id).SerializeToString()
+        answers = await asyncio.gather(*(self._probe(topo, sid, probe, caller) for sid, _ in earlier))
+        for (sid, _), (result, _) in zip(earlier, answers, strict=True):
+            if result is Outcome.FOUND:
+                return sid
+        for (sid, epoch), (result, error) in zip(earlier, answers, strict=True):
+            if error is not None and result is Outcome.UNKNOWN:
+                raise error.with_context(
+                    f"order {order_id!r} may already be on shard {sid} (its owner in ring epoch {epoch}), which did"
+                    " not answer; not placing it elsewhere"
+                )
+        for _, (result, error) in zip(earlier, answers, strict=True):
+            if error is not None and result is Outcome.FINAL:
+                raise error
+        return topo.owner(order_id)
+
+    async def _probe(
+        self, topo: Topology, shard_id: str, probe: bytes, caller: Caller
+    ) -> tuple[Outcome, ShardStatus | None]:
+        try:
+            await self._forwarder.unary(
+                shard_id, topo.addresses[shard_id], GET_SAGA, probe, caller, cap_s=self._probe_timeout_s
+            )
+        except ShardStatus as e:
+            return outcome(e.code), e
+        return Outcome.FOUND, None
+
+    async def to_holder(self, order_id: str, method: str, request: bytes, caller: Caller) -> Reply:
+        """Relays a call about an existing saga to the shard that holds it."""
+        topo = self._topology()
+        absent: ShardStatus | None = None
+        unknown: ShardStatus | None = None
+        for shard_id, epoch in self._candidates(topo, order_id):
+            try:
+                return await self._forwarder.unary(shard_id, topo.addresses[shard_id], method, request, caller)
+            except ShardStatus as e:
+                absent, unknown = self._keep_looking(e, absent, unknown, epoch, topo.epoch, order_id)
+        raise unknown or absent or AssertionError("no candidate shard")
+
+    async def open_watch(self, order_id: str, request: bytes, caller: Caller) -> tuple[ShardStream, bytes | None]:
+        """Opens WatchSaga on the shard that holds the saga: the stream and its first message (None if it ended)."""
+        topo = self._topology()
+        absent: ShardStatus | None = None
+        unknown: ShardStatus | None = None
+        for shard_id, epoch in self._candidates(topo, order_id):
+            stream = self._forwarder.stream(shard_id, topo.addresses[shard_id], WATCH_SAGA, request, caller)
+            try:
+                return stream, await stream.read()
+            except ShardStatus as e:
+                absent, unknown = self._keep_looking(e, absent, unknown, epoch, topo.epoch, order_id)
+        raise unknown or absent or AssertionError("no candidate shard")
+
+    @staticmethod
+    def _candidates(topo: Topology, order_id: str) -> list[tuple[str, int]]:
+        return [(topo.owner(order_id), topo.epoch), *topo.earlier_owners(order_id)]
+
+    @staticmethod
+    def _keep_looking(
+        e: ShardStatus,
+        absent: ShardStatus | None,
+        unknown: ShardStatus | None,
+        epoch: int,
+        current_epoch: int,
+        order_id: str,
+    ) -> tuple[ShardStatus | None, ShardStatus | None]:
+        """Remembers a NOT_FOUND or an unanswered candidate and lets the search go on; re-raises a final answer."""
+        result = outcome(e.code)
+        if result is Outcome.ABSENT:
+            return absent or e, unknown
+        if result is Outcome.UNKNOWN:
+            if epoch != current_epoch:  # the owner's own failure is relayed as is; an earlier owner's needs explaining
+                e = e.with_context(f"order {order_id!r} may be on shard {e.shard_id} (its owner in ring epoch {epoch})")
+            return absent, unknown or e
+        raise e

@@ -1,0 +1,226 @@
+"""The router's gRPC server: saga.v1.SagaCoordinator and saga.v1.SagaAdmin as a shard serves them, plus the health
+service and server reflection, so a client (or grpcurl) cannot tell the router from a shard.
+
+Every method is registered with bytes in and bytes out: requests routed by order are relayed without re-encoding
+(only their order_id is read), and list calls are decoded only because their pages must be merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from loguru import logger
+
+from protos.saga.v1 import saga_pb2
+
+from .channels import ChannelPool
+from .config import ConfigError, RouterConfig
+from .config import load as load_config
+from .errors import InvalidArgument, RouterError
+from .fanout import FanOut
+from .forwarding import (
+    ADMIN_SERVICE,
+    GET_SAGA,
+    RESOLVE_DEAD_LETTER,
+    RETRY_DEAD_LETTER,
+    SAGA_SERVICE,
+    Caller,
+    Forwarder,
+    Reply,
+)
+from .metrics import Metrics, NullMetrics
+from .reload import TopologyManager
+from .routing import Router, parse_order_id
+
+UnaryHandler = Callable[[bytes, Caller], Awaitable[Reply | bytes]]
+
+
+async def _abort(context: Any, e: RouterError) -> None:
+    await context.abort(e.code, e.details, e.trailing_metadata)
+
+
+def _unary(fn: UnaryHandler, name: str) -> Any:
+    async def handler(request: bytes, context: Any) -> bytes:
+        try:
+            reply = await fn(request, Caller.from_context(context))
+        except RouterError as e:
+            await _abort(context, e)
+            raise  # unreachable: abort raises
+        except Exception:
+            logger.exception("router error in {}", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"router error in {name}")
+            raise
+        if isinstance(reply, bytes):
+            return reply
+        if reply.initial_metadata:
+            await context.send_initial_metadata(reply.initial_metadata)
+        if reply.trailing_metadata:
+            context.set_trailing_metadata(reply.trailing_metadata)
+        return reply.body
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class RouterServicer:
+    """The handlers: each turns one call into routing (by order) or fan-out (every shard)."""
+
+    def __init__(self, router: Router, fanout: FanOut) -> None:
+        self._router = router
+        self._fanout = fanout
+
+    async def place_order(self, request: bytes, caller: Caller) -> Reply:
+        order_id = parse_order_id(saga_pb2.PlaceOrderRequest, request)
+        return await self._router.place_order(order_id, request, caller)
+
+    async def get_saga(self, request: bytes, caller: Caller) -> Reply:
+        order_id = parse_order_id(saga_pb2.GetSagaRequest, request)
+        return await self._router.to_holder(order_id, GET_SAGA, request, caller)
+
+    async def list_sagas(self, request: bytes, caller: Caller) -> bytes:
+        parsed = _decode(saga_pb2.ListSagasRequest, request)
+        return bytes((await self._fanout.list_sagas(parsed, caller)).SerializeToString())
+
+    async def watch_saga(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        try:
+            order_id = parse_order_id(saga_pb2.WatchSagaRequest, request)
+            stream, message = await self._router.open_watch(order_id, request, Caller.from_context(context))
+        except RouterError as e:
+            await _abort(context, e)
+            raise
+        try:
+            initial = await stream.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(initial)
+            while message is not None:
+                yield message
+                message = await stream.read()
+            trailing = await stream.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(trailing)
+        except RouterError as e:
+            await _abort(context, e)
+        finally:
+            stream.cancel()  # no-op once the shard ended the stream; stops it if our caller went away
+
+    async def list_dead_letters(self, request: bytes, caller: Caller) -> bytes:
+        parsed = _decode(saga_pb2.ListDeadLettersRequest, request)
+        return bytes((await self._fanout.list_dead_letters(parsed, caller)).SerializeToString())
+
+    async def retry_dead_letter(self, request: bytes, caller: Caller) -> Reply | bytes:
+        parsed = _decode(saga_pb2.RetryDeadLetterRequest, request)
+        if parsed.all:
+            return bytes((await self._fanout.retry_all(request, caller)).SerializeToString())
+        return await self._router.to_holder(parsed.order_id, RETRY_DEAD_LETTER, request, caller)
+
+    async def resolve_dead_letter(self, request: bytes, caller: Caller) -> Reply:
+        order_id = parse_order_id(saga_pb2.ResolveDeadLetterRequest, request)
+        return await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, request, caller)
+
+    def handlers(self) -> tuple[Any, ...]:
+        return (
+            grpc.method_handlers_generic_handler(
+                SAGA_SERVICE,
+                {
+                    "PlaceOrder": _unary(self.place_order, "PlaceOrder"),
+                    "GetSaga": _unary(self.get_saga, "GetSaga"),
+                    "ListSagas": _unary(self.list_sagas, "ListSagas"),
+                    "WatchSaga": grpc.unary_stream_rpc_method_handler(self.watch_saga),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                ADMIN_SERVICE,
+                {
+                    "ListDeadLetters": _unary(self.list_dead_letters, "ListDeadLetters"),
+                    "RetryDeadLetter": _unary(self.retry_dead_letter, "RetryDeadLetter"),
+                    "ResolveDeadLetter": _unary(self.resolve_dead_letter, "ResolveDeadLetter"),
+                },
+            ),
+        )
+
+
+def _decode(message: Any, request: bytes) -> Any:
+    try:
+        return message.FromString(request)
+    except DecodeError:
+        raise InvalidArgument("request", f"not a valid {message.DESCRIPTOR.full_name}") from None
+
+
+class RouterServer:
+    """One router: the gRPC server, its rings and their reloading. start() binds and serves; stop() drains."""
+
+    def __init__(self, config: RouterConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        settings = config.settings
+        self._metrics = metrics or NullMetrics()
+        self.pool = ChannelPool(settings.max_message_bytes, settings.channel_close_grace_s)
+        # Reloads re-read the same file with the same overrides the process started with.
+        self.topologies = TopologyManager(
+            lambda: load_config(
+                config.config_path, listen=config.listen, epochs_path=config.epochs_path, log_json=config.log_json
+            ),
+            self.pool,
+            self._metrics,
+        )
+        forwarder = Forwarder(self.pool, self._metrics)
+        current = lambda: self.topologies.current  # noqa: E731 - read at the start of each call
+        self.router = Router(current, forwarder, settings.probe_timeout_s)
+        self._servicer = RouterServicer(self.router, FanOut(current, forwarder, settings))
+        self._health = health.aio.HealthServicer()
+        self._server: Any = None
+        self._watch: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Installs the ring, binds and serves; returns the bound port. Raises ConfigError & co. if it cannot."""
+        await self.topologies.start()
+        settings = self.config.settings
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second router on the same port must fail to start, not share it
+            ],
+        )
+        server.add_generic_rpc_handlers(self._servicer.handlers())
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (SAGA_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(services, server)
+        try:
+            self.port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as e:
+            await self.pool.close()
+            raise ConfigError(f"cannot listen on {self.config.listen}: {e}") from e
+        await server.start()
+        self._server = server
+        for name in ("", SAGA_SERVICE, ADMIN_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._watch = asyncio.create_task(self.topologies.watch(settings.reload_interval_s))
+        return int(self.port)
+
+    async def reload(self) -> bool:
+        """Re-reads the config now (what the file watch and SIGHUP do)."""
+        return await self.topologies.reload()
+
+    def request_reload(self) -> None:
+        self.topologies.request_reload()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish within the grace period, then closes every channel."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(self.config.settings.shutdown_grace_s if grace_s is None else grace_s)
+        await self.pool.close()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

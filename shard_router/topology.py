@@ -1,0 +1,68 @@
+"""An immutable snapshot of where orders live: the current ring, the earlier ones, and every shard's address.
+
+A call takes the snapshot once and uses it to the end, so installing a new one (a config reload) never changes the
+routing of a call already in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .config import RingSpec
+from .epochs import EpochHistory
+from .ring import HashRing
+
+
+@dataclass(frozen=True)
+class Topology:
+    epoch: int
+    """Number of the current ring."""
+    ring: HashRing
+    """The current ring: new orders go to its owner."""
+    older: tuple[tuple[int, HashRing], ...]
+    """Earlier rings still retained, newest first."""
+    addresses: Mapping[str, str]
+    """Every known shard id to its address: the config file first, else the address an epoch recorded."""
+    shard_ids: tuple[str, ...]
+    """Every shard that may hold sagas (ring, draining, and only-in-an-earlier-epoch shards): list calls ask all."""
+
+    @classmethod
+    def build(cls, ring: RingSpec, history: EpochHistory) -> Topology:
+        current = history.current
+        if current is None or not current.same_placement(ring):
+            raise ValueError("the history's current epoch must be the config's ring")
+        addresses: dict[str, str] = {}
+        for epoch in history.epochs:
+            addresses.update(epoch.shards)
+        addresses.update(ring.addresses)  # the file wins: a shard may have moved since an epoch recorded it
+        older = tuple((e.number, HashRing(e.shard_ids, e.vnodes)) for e in history.older)
+        config_ids = [s.id for s in ring.shards]
+        others = sorted(set(addresses) - set(config_ids))
+        return cls(
+            epoch=current.number,
+            ring=HashRing(ring.ring_ids, ring.vnodes),
+            older=older,
+            addresses=MappingProxyType(addresses),
+            shard_ids=(*config_ids, *others),
+        )
+
+    def owner(self, order_id: str) -> str:
+        """The shard the current ring assigns order_id to."""
+        return self.ring.owner(order_id)
+
+    def earlier_owners(self, order_id: str) -> tuple[tuple[str, int], ...]:
+        """(shard id, epoch) of each distinct shard an earlier ring placed order_id on, other than the current owner,
+        newest epoch first. Empty for most orders, and always when there is no earlier ring."""
+        if not self.older:
+            return ()
+        current = self.ring.owner(order_id)
+        seen = {current}
+        found: list[tuple[str, int]] = []
+        for number, ring in self.older:
+            sid = ring.owner(order_id)
+            if sid not in seen:
+                seen.add(sid)
+                found.append((sid, number))
+        return tuple(found)

@@ -1,0 +1,99 @@
+"""Fixtures for router tests: fake shards and in-process routers on 127.0.0.1, all stopped at the end of each test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.saga.v1 import saga_pb2_grpc
+from shard_router import RouterServer, load
+
+from .fake_shard import FakeShard
+
+
+def write_shards(path: Path, shards: Sequence[tuple[str, str] | tuple[str, str, bool]], extra: str = "") -> None:
+    """Writes a shards.toml listing (id, address[, draining])."""
+    lines = [extra] if extra else []
+    for entry in shards:
+        lines += ["[[shards]]", f'id = "{entry[0]}"', f'address = "{entry[1]}"']
+        if len(entry) > 2 and entry[2]:
+            lines.append("draining = true")
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Cluster:
+    """Fake shards plus routers over them, for one test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.config_path = tmp_path / "shards.toml"
+        self.epochs_path = tmp_path / "shards.epochs.json"
+        self.shards: dict[str, FakeShard] = {}
+        self.routers: list[RouterServer] = []
+        self.channels: list[grpc.aio.Channel] = []
+
+    async def add_shard(self, shard_id: str) -> FakeShard:
+        shard = FakeShard(shard_id)
+        await shard.start()
+        self.shards[shard_id] = shard
+        return shard
+
+    def write_config(self, ids: Sequence[str] | None = None, draining: Sequence[str] = (), extra: str = "") -> None:
+        ids = list(self.shards) if ids is None else ids
+        write_shards(self.config_path, [(i, self.shards[i].address, i in draining) for i in ids], extra)
+
+    async def start_router(self, extra: str = "[router]\nreload_interval_s = 0.1") -> RouterServer:
+        if not self.config_path.exists():
+            self.write_config(extra=extra)
+        config = load(self.config_path, listen="127.0.0.1:0", epochs_path=self.epochs_path, env={})
+        router = RouterServer(config)
+        await router.start()
+        self.routers.append(router)
+        return router
+
+    def channel(self, router: RouterServer) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+        self.channels.append(channel)
+        return channel
+
+    def stubs(self, router: RouterServer) -> tuple[saga_pb2_grpc.SagaCoordinatorStub, saga_pb2_grpc.SagaAdminStub]:
+        channel = self.channel(router)
+        return saga_pb2_grpc.SagaCoordinatorStub(channel), saga_pb2_grpc.SagaAdminStub(channel)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+        for router in self.routers:
+            await router.stop(0)
+        for shard in self.shards.values():
+            await shard.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Polls check until it is true, or fails the test after timeout_s."""
+    import asyncio
+    import inspect
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.05)
