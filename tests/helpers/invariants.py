@@ -1,0 +1,47 @@
+"""Invariants over what the services actually applied (the stubs' ledgers), not over the calls the coordinator made."""
+
+from __future__ import annotations
+
+from protos.saga.v1 import saga_pb2
+from protos.service_stubs.v1.control_pb2 import OrderLedger
+
+
+def ledger_violations(
+    order_id: str, status: int, ledger: OrderLedger, items: dict[str, int] | None = None
+) -> list[str]:
+    """SUCCESS => every effect exactly once, nothing compensated; FAILED => net zero everywhere; never a key twice."""
+    out = []
+    for k in ledger.keys:
+        if k.applied_count > 1:
+            out.append(f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times")
+    reserved = {i: q for i, q in ledger.reserved_net.items() if q}
+    if status == saga_pb2.SUCCESS:
+        if not ledger.order_created or ledger.order_cancelled:
+            out.append(
+                f"{order_id}: SUCCESS but order created={ledger.order_created} cancelled={ledger.order_cancelled}"
+            )
+        if items is not None and reserved != items:
+            out.append(f"{order_id}: SUCCESS but reserved {reserved} != {items}")
+        if ledger.charged_cents <= 0 or ledger.refunded_cents:
+            out.append(f"{order_id}: SUCCESS but charged {ledger.charged_cents} refunded {ledger.refunded_cents}")
+        if not ledger.shipment_scheduled or ledger.shipment_cancelled:
+            out.append(f"{order_id}: SUCCESS but shipment scheduled/cancelled wrong")
+        for method in ("CreateOrder", "ReserveInventory", "ChargePayment", "ScheduleShipment"):
+            applied = sum(k.applied_count for k in ledger.keys if k.method == method)
+            if applied != 1:
+                out.append(f"{order_id}: SUCCESS but {method} applied {applied} times")
+        compensations = [k for k in ledger.keys if k.idempotency_key.endswith("/compensate") and k.applied_count]
+        if compensations:
+            out.append(f"{order_id}: SUCCESS but compensations applied: {[k.idempotency_key for k in compensations]}")
+    elif status == saga_pb2.FAILED:
+        if ledger.order_created and not ledger.order_cancelled:
+            out.append(f"{order_id}: FAILED but the order is still created")
+        if reserved:
+            out.append(f"{order_id}: FAILED but still reserved {reserved}")
+        if ledger.charged_cents != ledger.refunded_cents:
+            out.append(f"{order_id}: FAILED but charged {ledger.charged_cents} refunded {ledger.refunded_cents}")
+        if ledger.shipment_scheduled and not ledger.shipment_cancelled:
+            out.append(f"{order_id}: FAILED but the shipment is still scheduled")
+    else:
+        out.append(f"{order_id}: status {status} is neither SUCCESS nor FAILED")
+    return out
