@@ -17,6 +17,7 @@ from protos.shop.v1 import inventory_pb2_grpc, order_pb2_grpc, payment_pb2_grpc,
 from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig
 from service_stubs.control import StubControlService
 from service_stubs.faults import FaultInjector
+from service_stubs.group_commit import GroupCommitter
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
 from service_stubs.order import OrderService
@@ -39,6 +40,7 @@ class StubServer:
         services: Mapping[str, ShopService[Any]],
         control: StubControlService | None,
         health_servicer: health.aio.HealthServicer,
+        committer: GroupCommitter,
         stores: list[Store],
     ) -> None:
         self.config = config
@@ -48,6 +50,7 @@ class StubServer:
         self.control = control
         self._server = server
         self._health = health_servicer
+        self._committer = committer
         self._stores = stores
         self._stopping: asyncio.Task[None] | None = None
 
@@ -77,8 +80,10 @@ class StubServer:
     async def _stop(self, grace_s: float) -> None:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
+        # Calls cancelled by the stop may have left rows behind: they were applied, so they must reach the disk.
+        await self._committer.close()
         for store in self._stores:
-            await store.close()
+            store.close()
         logger.info("stubs on {} stopped", self.address)
 
     async def wait_for_termination(self) -> None:
@@ -112,21 +117,19 @@ async def serve(config: StubConfig) -> StubServer:
     opened: list[tuple[Store, Loaded]] = []
     try:
         for name in shop_names:
-            opened.append(await asyncio.to_thread(Store.open, config.data_dir / f"{name}.db", config.max_batch_rows))
+            opened.append(await asyncio.to_thread(Store.open, config.data_dir / f"{name}.db"))
         return await _start_server(config, shop_names, opened)
     except BaseException:
         for store, _ in opened:
-            await store.close()
+            store.close()
         raise
 
 
 async def _start_server(config: StubConfig, shop_names: list[str], opened: list[tuple[Store, Loaded]]) -> StubServer:
-    loop = asyncio.get_running_loop()
     faults = FaultInjector()
     stats = CallStats()
     services: dict[str, ShopService[Any]] = {}
     for name, (store, loaded) in zip(shop_names, opened, strict=True):
-        store.start(loop)
         services[name] = _build_service(name, store, loaded, faults, stats, config)
 
     server = grpc.aio.server(
@@ -154,8 +157,15 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
-    await server.start()
-    stub = StubServer(config, server, port, services, control, health_servicer, [s for s, _ in opened])
+    committer = GroupCommitter(asyncio.get_running_loop(), config.max_batch_rows)
+    for store, _ in opened:
+        store.attach(committer)
+    try:
+        await server.start()
+    except BaseException:
+        await committer.close()
+        raise
+    stub = StubServer(config, server, port, services, control, health_servicer, committer, [s for s, _ in opened])
     loaded_keys = sum(len(service.keys) for service in services.values())
     logger.info("stubs on {} serving {} ({} keys loaded)", stub.address, ",".join(config.services), loaded_keys)
     return stub

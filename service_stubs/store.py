@@ -1,9 +1,8 @@
-"""Durable state of one service: one SQLite file (WAL, synchronous=FULL) and a group-commit writer thread.
+"""Durable state of one service: one SQLite file (WAL, synchronous=FULL). Owns every SQL statement and the schema.
 
-Owns every SQL statement and the schema. Reads never come here after start-up: the service keeps its records in memory
-and asks the store to make changes durable; `commit()` resolves only once they are on disk, so a call is answered only
-after its records are durable. One writer thread takes everything pending and commits it in one transaction, so the
-number of fsyncs per second stays small however many calls are in flight.
+Reads never come here after start-up: the service keeps its records in memory and asks the store to make changes
+durable. `commit()` resolves only once they are on disk (group_commit.py batches them), so a call is answered only
+after its records are durable.
 """
 
 from __future__ import annotations
@@ -11,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from loguru import logger
+from typing import TYPE_CHECKING
 
 from service_stubs.errors import StoreFailed
 from service_stubs.keys import Answer, KeyRecord
+
+if TYPE_CHECKING:
+    from service_stubs.group_commit import GroupCommitter
 
 # Numbered migrations, applied in order at start-up in one transaction; never edit one that has shipped, add the next.
 MIGRATIONS: tuple[str, ...] = (
@@ -70,8 +69,8 @@ _SELECT_KEYS = """
 """
 _SELECT_STOCK = "SELECT item_id, quantity FROM stock"
 
-_KeyRow = tuple[str, str, str, str | None, str | None, str, bytes, int, int, str, str | None, int]
-_StockRow = tuple[str, int, int]
+KeyRow = tuple[str, str, str, str | None, str | None, str, bytes, int, int, str, str | None, int]
+StockRow = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -82,22 +81,11 @@ class Loaded:
     stock: dict[str, int]
 
 
-@dataclass
-class _Pending:
-    keys: list[_KeyRow]
-    stock: list[_StockRow]
-    future: asyncio.Future[None]
-
-    @property
-    def rows(self) -> int:
-        return len(self.keys) + len(self.stock)
-
-
 def _epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _key_row(record: KeyRecord, now_ms: int) -> _KeyRow:
+def _key_row(record: KeyRecord, now_ms: int) -> KeyRow:
     answer = record.answer
     return (
         record.key,
@@ -109,7 +97,7 @@ def _key_row(record: KeyRecord, now_ms: int) -> _KeyRow:
         b"" if answer is None else answer.response,
         record.applied_count,
         int(record.tombstoned),
-        json.dumps(dict(record.effect), sort_keys=True),
+        json.dumps(dict(record.effect), sort_keys=True) if record.effect else "{}",  # most records: cheap path
         record.undone_by,
         now_ms,
     )
@@ -150,24 +138,21 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """One service's SQLite file. `open()` and `close()` block; run them off the event loop."""
+    """One service's SQLite file. `open()` and `close()` block (run them off the event loop); rows reach `write()`
+    through the process's GroupCommitter, which calls it from its writer thread."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, max_batch_rows: int) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
-        self._max_batch_rows = max_batch_rows
-        self._cond = threading.Condition()
-        self._pending: deque[_Pending] = deque()
-        self._closing = False
-        self._failure: str | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._committer: GroupCommitter | None = None
+        self.failure: str | None = None
+        """Why the store stopped committing, or None while it is healthy. Set by the writer thread."""
         self.transactions = 0
         """Transactions committed: far fewer than calls under load, which is the point of group commit."""
         self.rows_written = 0
 
     @classmethod
-    def open(cls, path: Path, max_batch_rows: int) -> tuple[Store, Loaded]:
+    def open(cls, path: Path) -> tuple[Store, Loaded]:
         """Opens (creating and migrating if needed) the file and loads everything it holds."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False: loaded here, written by
@@ -186,19 +171,11 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, max_batch_rows), Loaded(records, stock)
+        return cls(path, conn), Loaded(records, stock)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Starts the writer thread; commits resolve their futures on `loop`."""
-        assert self._thread is None, "store already started"
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run_writer, name=f"store-{self.path.stem}", daemon=True)
-        self._thread.start()
-
-    @property
-    def failure(self) -> str | None:
-        """Why the store stopped committing, or None if it is healthy."""
-        return self._failure
+    def attach(self, committer: GroupCommitter) -> None:
+        assert self._committer is None, "store already attached"
+        self._committer = committer
 
     def commit(self, records: Sequence[KeyRecord], stock: Sequence[tuple[str, int]] = ()) -> asyncio.Future[None]:
         """Makes the current state of `records` and the stock levels durable; await the result before answering.
@@ -206,86 +183,31 @@ class Store:
         The rows are copied now, so later in-memory changes to a record go out with their own, later commit.
         Commits are applied in call order, so a later row for the same key always wins.
         """
-        loop = self._loop
-        assert loop is not None, "store not started"
-        if self._failure is not None:
-            raise StoreFailed(self._failure)
+        assert self._committer is not None, "store not attached to a committer"
+        if self.failure is not None:
+            raise StoreFailed(self.failure)
         now_ms = _epoch_ms()
-        pending = _Pending(
-            keys=[_key_row(record, now_ms) for record in records],
-            stock=[(item_id, quantity, now_ms) for item_id, quantity in stock],
-            future=loop.create_future(),
-        )
-        with self._cond:
-            if self._closing:
-                raise StoreFailed(f"{self.path.name}: store is closing")
-            self._pending.append(pending)
-            self._cond.notify()
-        return pending.future
+        key_rows = [_key_row(record, now_ms) for record in records]
+        stock_rows = [(item_id, quantity, now_ms) for item_id, quantity in stock]
+        return self._committer.submit(self, key_rows, stock_rows)
 
-    async def close(self) -> None:
-        """Commits whatever is pending, stops the writer and closes the file."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-        self._conn.close()
-
-    def _take_batch(self) -> list[_Pending] | None:
-        with self._cond:
-            while not self._pending and not self._closing:
-                self._cond.wait()
-            if not self._pending:
-                return None
-            batch: list[_Pending] = []
-            rows = 0
-            # At least one request per batch, even one larger than the bound, so nothing waits forever.
-            while self._pending and (not batch or rows + self._pending[0].rows <= self._max_batch_rows):
-                item = self._pending.popleft()
-                batch.append(item)
-                rows += item.rows
-            return batch
-
-    def _run_writer(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            error: str | None = self._failure
-            if error is None:
-                try:
-                    self._write(batch)
-                except Exception as e:  # any failure leaves memory ahead of disk: stop committing for good
-                    error = f"{self.path.name}: commit failed: {e!r}"
-                    self._failure = error
-                    logger.error("stub store failed, answering UNAVAILABLE until restarted: {}", error)
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(_resolve, batch, error)
-            except RuntimeError:  # the loop is gone (process exiting); the rows are durable regardless
-                return
-
-    def _write(self, batch: list[_Pending]) -> None:
+    def write(self, key_rows: Sequence[KeyRow], stock_rows: Sequence[StockRow]) -> None:
+        """One transaction (writer thread only)."""
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            for item in batch:
-                if item.keys:
-                    conn.executemany(_UPSERT_KEY, item.keys)
-                if item.stock:
-                    conn.executemany(_UPSERT_STOCK, item.stock)
+            if key_rows:
+                conn.executemany(_UPSERT_KEY, key_rows)
+            if stock_rows:
+                conn.executemany(_UPSERT_STOCK, stock_rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self.transactions += 1
-        self.rows_written += sum(item.rows for item in batch)
+        self.rows_written += len(key_rows) + len(stock_rows)
 
-
-def _resolve(batch: list[_Pending], error: str | None) -> None:
-    for item in batch:
-        if item.future.done():  # the caller was cancelled (deadline); its rows are durable all the same
-            continue
-        if error is None:
-            item.future.set_result(None)
-        else:
-            item.future.set_exception(StoreFailed(error))
+    def close(self) -> None:
+        """Closes the file; the committer must have drained first."""
+        self._conn.close()
