@@ -120,6 +120,8 @@ class RouterConfig:
 
 
 def check_address(name: str, value: object) -> str:
+    if value is None:
+        raise ConfigError(f"{name} is required (host:port)")
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string host:port, got {value!r}")
     host, sep, port = value.rpartition(":")

@@ -24,6 +24,9 @@ def write_shards(path: Path, shards: Sequence[tuple[str, str] | tuple[str, str, 
     path.write_text("\n".join(lines) + "\n")
 
 
+FAST = "[router]\nreload_interval_s = 0.1"
+
+
 class Cluster:
     """Fake shards plus routers over them, for one test."""
 
@@ -41,13 +44,14 @@ class Cluster:
         self.shards[shard_id] = shard
         return shard
 
-    def write_config(self, ids: Sequence[str] | None = None, draining: Sequence[str] = (), extra: str = "") -> None:
+    def write_config(self, ids: Sequence[str] | None = None, draining: Sequence[str] = (), extra: str = FAST) -> None:
+        """Lists the given fake shards (default: all) in the shards file; the [router] table polls every 0.1 s."""
         ids = list(self.shards) if ids is None else ids
         write_shards(self.config_path, [(i, self.shards[i].address, i in draining) for i in ids], extra)
 
-    async def start_router(self, extra: str = "[router]\nreload_interval_s = 0.1") -> RouterServer:
+    async def start_router(self) -> RouterServer:
         if not self.config_path.exists():
-            self.write_config(extra=extra)
+            self.write_config()
         config = load(self.config_path, listen="127.0.0.1:0", epochs_path=self.epochs_path, env={})
         router = RouterServer(config)
         await router.start()
@@ -55,7 +59,10 @@ class Cluster:
         return router
 
     def channel(self, router: RouterServer) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+        return self.channel_to(f"127.0.0.1:{router.port}")
+
+    def channel_to(self, address: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address)
         self.channels.append(channel)
         return channel
 
