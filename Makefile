@@ -23,13 +23,17 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Also writes protos/descriptor_set.binpb (with comments) for server reflection: grpcurl describe shows the docs.
+PROTOC = -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
+	--include_source_info --include_imports --descriptor_set_out=protos/descriptor_set.binpb
+
 proto: setup
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(PY) $(PROTOC) $(PROTOS)
 
 # Fails if the committed generated code differs from what `make proto` produces.
 proto-check: setup
 	@tmp=$$(mktemp -d) && cp -r protos $$tmp/ && cd $$tmp && \
-	  $(CURDIR)/$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS) && \
+	  $(CURDIR)/$(PY) $(PROTOC) $(PROTOS) && \
 	  diff -r $(CURDIR)/protos $$tmp/protos -x __pycache__ && echo "generated code is fresh"; \
 	  rc=$$?; rm -rf $$tmp; exit $$rc
 

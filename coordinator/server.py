@@ -12,10 +12,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from loguru import logger
 
+from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
 from . import convert
@@ -176,7 +176,7 @@ def build_server(shard: Shard, listen: str) -> tuple[grpc.aio.Server, int, healt
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
