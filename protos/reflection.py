@@ -35,7 +35,7 @@ class _CommentedFile:
     def dependencies(self) -> list[_CommentedFile]:
         return [_CommentedFile(d) for d in self._real.dependencies]
 
-    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:  # noqa: N802 (protobuf's name)
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:
         commented = _commented_files().get(self.name)
         if commented is not None:
             proto.CopyFrom(commented)
@@ -47,10 +47,10 @@ class _CommentedPool:
     def __init__(self, base: descriptor_pool.DescriptorPool) -> None:
         self._base = base
 
-    def FindFileByName(self, name: str) -> _CommentedFile:  # noqa: N802
+    def FindFileByName(self, name: str) -> _CommentedFile:
         return _CommentedFile(self._base.FindFileByName(name))
 
-    def FindFileContainingSymbol(self, symbol: str) -> _CommentedFile:  # noqa: N802
+    def FindFileContainingSymbol(self, symbol: str) -> _CommentedFile:
         return _CommentedFile(self._base.FindFileContainingSymbol(symbol))
 
     def __getattr__(self, name: str) -> Any:
