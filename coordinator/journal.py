@@ -225,6 +225,9 @@ class Journal:
     def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
         """Queues records for the next commit; the future resolves once they are durable (or fails with
         JournalUnavailable). Order is kept: records submitted earlier commit in the same or an earlier transaction."""
+        for r in records:
+            if isinstance(r, StateChange):
+                check_transition(r.expected, r.new)  # a bug in the caller: raise at it, not at the whole batch
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closing:
             fut.set_exception(JournalUnavailable("journal is closing"))
@@ -291,7 +294,6 @@ class Journal:
                     (r.saga_id, r.seq, r.at_epoch_ms, r.kind, r.step, r.action, r.attempt, r.code, r.detail, r.state)
                 )
             elif isinstance(r, StateChange):
-                check_transition(r.expected, r.new)
                 changes.append((r.new, r.last_error, r.at_epoch_ms, r.saga_id, r.expected))
             elif isinstance(r, NewSaga):
                 s = r.saga

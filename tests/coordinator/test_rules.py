@@ -1,0 +1,132 @@
+"""Pure tables: transitions, reply classification, input validation, configuration, sealing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.config import ConfigError, Limits, load
+from coordinator.errors import CallClass, InvalidRequest, classify
+from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, check_transition
+from coordinator.sealing import Sealer, SealError
+from coordinator.validation import validate_place_order
+from protos.saga.v1 import saga_pb2
+
+from .conftest import order
+
+
+def test_transition_table() -> None:
+    legal = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
+    assert legal == {
+        (SagaState.RUNNING, SagaState.SUCCEEDED),
+        (SagaState.RUNNING, SagaState.COMPENSATING),
+        (SagaState.COMPENSATING, SagaState.FAILED),
+        (SagaState.COMPENSATING, SagaState.DEAD_LETTERED),
+        (SagaState.DEAD_LETTERED, SagaState.COMPENSATING),
+        (SagaState.DEAD_LETTERED, SagaState.RESOLVED),
+    }
+    for a in SagaState:
+        for b in SagaState:
+            if (a, b) in legal:
+                check_transition(a, b)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check_transition(a, b)
+    assert {s for s in SagaState if s.terminal} == {SagaState.SUCCEEDED, SagaState.FAILED, SagaState.RESOLVED}
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("OK", CallClass.OK),
+        ("UNAVAILABLE", CallClass.TRANSIENT),
+        ("DEADLINE_EXCEEDED", CallClass.TRANSIENT),
+        ("RESOURCE_EXHAUSTED", CallClass.TRANSIENT),
+        ("ABORTED", CallClass.TRANSIENT),
+        ("FAILED_PRECONDITION", CallClass.REJECTED),
+        ("INVALID_ARGUMENT", CallClass.REJECTED),
+        ("INTERNAL", CallClass.UNKNOWN),
+        ("ALREADY_EXISTS", CallClass.UNKNOWN),
+        ("UNKNOWN", CallClass.UNKNOWN),
+    ],
+)
+def test_reply_classification(code: str, cls: CallClass) -> None:
+    assert classify(grpc.StatusCode[code]) is cls
+    assert cls.may_have_applied == (cls is not CallClass.REJECTED)
+
+
+def test_every_status_code_is_classified() -> None:
+    for code in grpc.StatusCode:
+        assert isinstance(classify(code), CallClass)
+
+
+@pytest.mark.parametrize(
+    ("field", "mutate"),
+    [
+        ("order_id", lambda r: setattr(r, "order_id", "a b")),
+        ("user_id", lambda r: setattr(r, "user_id", "")),
+        ("items", lambda r: [r.items.add(item_id=f"i{i}", quantity=1) for i in range(100)]),
+        ("items[1].item_id", lambda r: r.items.add(item_id="sku-1", quantity=1)),
+        ("payment_info.payment_token", lambda r: setattr(r.payment_info, "payment_token", "4242424242424242")),
+        ("payment_info.payment_token", lambda r: setattr(r.payment_info, "payment_token", "tok\n")),
+        ("payment_info.amount_cents", lambda r: setattr(r.payment_info, "amount_cents", 10**10 + 1)),
+        ("payment_info.currency", lambda r: setattr(r.payment_info, "currency", "EURO")),
+    ],
+)
+def test_validation_names_the_field(field: str, mutate) -> None:
+    req = order()
+    mutate(req)
+    with pytest.raises(InvalidRequest) as e:
+        validate_place_order(req, Limits())
+    assert e.value.field == field
+
+
+@given(
+    order_id=st.text(max_size=200),
+    qty=st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    amount=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    token=st.text(max_size=300),
+)
+def test_validation_never_crashes(order_id: str, qty: int, amount: int, token: str) -> None:
+    req = saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id="u",
+        items=[saga_pb2.Item(item_id="i", quantity=qty)],
+        payment_info=saga_pb2.PaymentInfo(payment_token=token, amount_cents=amount, currency="EUR"),
+    )
+    try:
+        validate_place_order(req, Limits())
+    except InvalidRequest as e:
+        assert e.field
+
+
+def test_config_layers_and_errors(tmp_path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('shard_id = "s-9"\ndefault_ttl_ms = 1000\n[forward]\nmax_attempts = 3\n')
+    cfg = load(f, env={"SAGA_SERVICES": "127.0.0.1:1", "SAGA_DATA_DIR": str(tmp_path)}, overrides={"listen": None})
+    assert cfg.shard_id == "s-9" and cfg.forward.max_attempts == 3 and cfg.services.payment == "127.0.0.1:1"
+    assert cfg.journal_path == str(tmp_path / "s-9.db")
+    for text, message in [
+        ("bogus = 1", "unknown setting bogus"),
+        ("default_ttl_ms = 'x'", "default_ttl_ms must be int"),
+        ("[forward]\nmax_attempts = 0", "forward.max_attempts"),
+        ("listen = 'nope'", "listen must be host:port"),
+        ("default_ttl_ms = 5\nmax_ttl_ms = 1", "default_ttl_ms <= max_ttl_ms"),
+        ("[limits]\nmax_in_flight = 0", "limits.max_in_flight"),
+        ("x = [", "not valid TOML"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load(f, env={})
+
+
+def test_sealing_round_trip_and_tamper() -> None:
+    s = Sealer(b"secret")
+    blob = s.seal(b"tok_ok|2599|EUR")
+    assert b"tok_ok" not in blob and s.open(blob) == b"tok_ok|2599|EUR"
+    with pytest.raises(SealError):
+        s.open(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(SealError):
+        Sealer(b"other").open(blob)
