@@ -46,7 +46,9 @@ async def _serve(config: RouterConfig) -> int:
         logger.error("cannot start: {}", e)
         return 2
     host = config.listen.rpartition(":")[0]
-    logger.info("listening on {}:{} (config {}, epochs {})", host, port, config.config_path, config.epochs_path)
+    logger.info("config {}, epochs {}", config.config_path, config.epochs_path)
+    # One line on stdout, flushed, like the shards and stubs print: launchers and scripts read it to know where.
+    print(f"shard_router listening on {host}:{port}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,146 @@
+"""The local launcher as a process: starts what cluster.toml lists, stops every child on SIGTERM, fails loudly when a
+child dies, and a second run resumes from the same journals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from tests.helpers.net import free_port
+
+from .conftest import write_shards
+
+REPO = Path(__file__).parents[2]
+HAVE_SYSTEM = all((REPO / m / "__main__.py").exists() for m in ("coordinator", "service_stubs"))
+
+
+def _launch(tmp_path: Path, cluster_toml: str) -> tuple[subprocess.Popen[bytes], Path]:
+    (tmp_path / "cluster.toml").write_text(cluster_toml)
+    log = tmp_path / "launcher.log"
+    env = {**os.environ, "SAGA_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.local", "--config", str(tmp_path / "cluster.toml")],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    return proc, log
+
+
+def _wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not re.search(pattern, text := log.read_text()):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"{pattern!r} not in the launcher's output (exit {proc.poll()}):\n{text}")
+        time.sleep(0.1)
+    return text
+
+
+def _pids(text: str) -> list[int]:
+    return [int(p) for p in re.findall(r"\(pid (\d+)\) listening on", text)]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _router_entry(name: str, port: int) -> str:
+    return (
+        f'[[process]]\nname = "{name}"\nmodule = "shard_router"\nlisten = "127.0.0.1:{port}"\n'
+        'args = ["--listen", "{listen}", "--config", "{here}/shards.toml",'
+        f' "--epochs", "{{data_dir}}/{name}.json"]\n'
+    )
+
+
+def test_starts_everything_and_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+    write_shards(tmp_path / "shards.toml", [("shard-1", "127.0.0.1:1")])
+    proc, log = _launch(tmp_path, _router_entry("router-a", free_port()) + _router_entry("router-b", free_port()))
+    try:
+        text = _wait_for(log, r"all 2 processes up", proc)
+        pids = _pids(text)
+        assert len(pids) == 2 and not any(_gone(p) for p in pids)
+        assert re.search(r"router-a \| .*ring epoch 1 installed", text)  # children's lines carry their names
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    assert all(_gone(p) for p in pids)
+    text = log.read_text()
+    assert text.index("router-b stopped") < text.index("router-a stopped")  # reverse order
+
+
+def test_a_child_that_dies_stops_the_rest_and_fails_the_launcher(tmp_path: Path) -> None:
+    write_shards(tmp_path / "shards.toml", [("shard-1", "127.0.0.1:1")])
+    broken = '[[process]]\nname = "broken"\nmodule = "shard_router"\nlisten = "127.0.0.1:9"\n'
+    broken += 'args = ["--config", "/nonexistent.toml"]\n'
+    proc, log = _launch(tmp_path, _router_entry("router", free_port()) + broken)
+    assert proc.wait(timeout=60) == 1
+    text = log.read_text()
+    assert "broken exited with code 2 before it was ready" in text
+    assert all(_gone(p) for p in _pids(text))
+
+
+def test_a_bad_cluster_file_is_refused(tmp_path: Path) -> None:
+    proc, log = _launch(tmp_path, '[[process]]\nname = "x"\nmodule = "shard_router"\nlisten = "nope"\n')
+    assert proc.wait(timeout=30) == 2
+    assert "process[0].listen must be host:port" in log.read_text()
+
+
+@pytest.mark.skipif(not HAVE_SYSTEM, reason="needs coordinator/ and service_stubs/")
+def test_the_whole_system_serves_orders_and_resumes_from_its_journals(tmp_path: Path) -> None:
+    stubs, s1, s2, router = (free_port() for _ in range(4))
+    write_shards(tmp_path / "shards.toml", [("shard-1", f"127.0.0.1:{s1}"), ("shard-2", f"127.0.0.1:{s2}")])
+    shard = (
+        '[[process]]\nname = "{0}"\nmodule = "coordinator"\nlisten = "127.0.0.1:{1}"\n'
+        'args = ["--shard-id", "{0}", "--listen", "{{listen}}", "--journal", "{{data_dir}}/{0}.db",'
+        ' "--services", "{{listen:stubs}}"]\n'
+    )
+    cluster = (
+        f'[[process]]\nname = "stubs"\nmodule = "service_stubs"\nlisten = "127.0.0.1:{stubs}"\n'
+        'args = ["--listen", "{listen}", "--data-dir", "{data_dir}/stubs"]\n'
+        + shard.format("shard-1", s1)
+        + shard.format("shard-2", s2)
+        + _router_entry("router", router)
+    )
+    order = saga_pb2.PlaceOrderRequest(
+        order_id="launcher-o-1",
+        user_id="u-1",
+        items=[saga_pb2.Item(item_id="sku-1", quantity=1)],
+        payment_info=saga_pb2.PaymentInfo(payment_token="tok_ok", amount_cents=100, currency="EUR"),
+    )
+    for run in (1, 2):
+        proc, log = _launch(tmp_path, cluster)
+        try:
+            text = _wait_for(log, r"all 4 processes up", proc)
+            with grpc.insecure_channel(f"127.0.0.1:{router}") as channel:
+                stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+                if run == 1:
+                    assert stub.PlaceOrder(order, timeout=30).status == saga_pb2.SUCCESS
+                saga = stub.GetSaga(saga_pb2.GetSagaRequest(order_id="launcher-o-1"), timeout=10)
+                assert saga.state == saga_pb2.SAGA_STATE_SUCCEEDED  # on the second run: read back from the journal
+        finally:
+            code = _stop(proc)
+        assert code == 0
+        assert all(_gone(p) for p in _pids(text))
