@@ -75,6 +75,8 @@ class Limits:
     """Events buffered per WatchSaga stream before it is ended as too slow."""
     bulk_retry_max: int = 500
     """Most dead letters one RetryDeadLetter(all) call resumes."""
+    max_concurrent_rpcs: int = 20_000
+    """Most RPCs the gRPC server handles at once (PlaceOrder joiners and watchers included); gRPC sheds the rest."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

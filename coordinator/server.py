@@ -171,7 +171,9 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
 
 
 def build_server(shard: Shard, listen: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+    server = grpc.aio.server(
+        options=(("grpc.so_reuseport", 0),), maximum_concurrent_rpcs=shard.cfg.limits.max_concurrent_rpcs
+    )
     saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
     health_servicer = health.aio.HealthServicer()

@@ -124,10 +124,11 @@ async def test_deadline_that_passed_during_downtime_compensates_at_recovery(harn
     assert harness.caller.steps_called("o-1", C) == [S.RESERVE_INVENTORY, S.CREATE_ORDER]
 
 
-async def _wait_terminal(h: Harness, order_id: str) -> None:
+async def _wait_terminal(h: Harness, order_id: str, states: frozenset[SagaState] | None = None) -> None:
+    wanted = states or frozenset({SagaState.SUCCEEDED, SagaState.FAILED, SagaState.RESOLVED, SagaState.DEAD_LETTERED})
     while True:
         rec, _ = await h.shard.get(order_id)
-        if rec.state.terminal or rec.state is SagaState.DEAD_LETTERED:
+        if rec.state in wanted:
             return
         await asyncio.sleep(0.001)
 
@@ -221,3 +222,17 @@ async def test_restart_resumes_in_flight_step_with_the_same_key(harness: Harness
     # Restarting again on a finished journal does nothing.
     await harness.restart()
     assert harness.shard.in_flight == 0
+
+
+async def test_automatic_redrive_of_dead_letters(harness: Harness) -> None:
+    harness.caller.fail_with(S.CREATE_ORDER, F, grpc.StatusCode.INTERNAL)
+    harness.caller.fail_with(S.CREATE_ORDER, C, grpc.StatusCode.UNAVAILABLE, times=5)
+    await harness.restart(dead_letter_redrive_s=60)
+    placed = await settle(harness, asyncio.create_task(harness.shard.place_order(order())))
+    assert placed.saga.state is SagaState.DEAD_LETTERED
+    # The compensation works again by now (only its first 5 attempts failed); the next re-drive finishes it.
+    done = _wait_terminal(harness, "o-1", frozenset({SagaState.FAILED}))
+    await settle(harness, asyncio.create_task(done), step_s=1.0)
+    rec, events = await harness.shard.get("o-1", with_events=True)
+    assert rec.state is SagaState.FAILED
+    assert any(e.kind == "admin_retry" and "auto-redrive" in e.detail for e in events)

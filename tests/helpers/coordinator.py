@@ -89,7 +89,14 @@ def place_request(
 class ShardProcess:
     """`python -m coordinator` as a child process on a fixed port, restartable on the same journal."""
 
-    def __init__(self, tmp_path: Path, services: str, shard_id: str = "shard-p", env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        services: str,
+        shard_id: str = "shard-p",
+        env: dict[str, str] | None = None,
+        extra_config: str = "",
+    ):
         self.port = free_port()
         self.shard_id = shard_id
         self.journal = tmp_path / f"{shard_id}.db"
@@ -100,6 +107,7 @@ class ShardProcess:
             "default_ttl_ms = 60000\n"
             "[forward]\nmax_attempts = 6\ninitial_backoff_ms = 5\nmax_backoff_ms = 100\nattempt_timeout_ms = 3000\n"
             "[compensate]\nmax_attempts = 50\ninitial_backoff_ms = 5\nmax_backoff_ms = 200\nattempt_timeout_ms = 3000\n"
+            + extra_config
         )
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,6 +147,14 @@ class ShardProcess:
                 self.proc.kill()
                 return self.proc.wait(timeout=5)
         return self.proc.returncode
+
+    def rss_kib(self) -> int:
+        """Resident memory of the shard process (Linux /proc)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
