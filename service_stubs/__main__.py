@@ -41,6 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
         metavar="ITEM=QTY",
         help="starting stock of an item the data dir has no level for yet (repeatable)",
     )
+    parser.add_argument("--metrics-listen", default=None, help="host:port for Prometheus /metrics (default: none)")
     parser.add_argument("--log-level", default="INFO", help="loguru level (default %(default)s)")
     args = parser.parse_args(argv)
     try:
@@ -49,6 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
             data_dir=args.data_dir if args.data_dir is not None else default_data_dir(),
             services=parse_services(args.services),
             initial_stock=parse_stock(args.stock),
+            metrics_listen=args.metrics_listen,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -59,8 +61,10 @@ async def run(config: StubConfig) -> None:
     """Serves until SIGTERM/SIGINT, then stops gracefully."""
     server = await serve(config)
     # One line on stdout, flushed: launchers and tests read it to know the process is ready and where.
+    metrics = f" metrics=:{server.metrics.port}" if server.metrics is not None else ""
     print(
-        f"service_stubs listening on {server.address} services={','.join(config.services)} data_dir={config.data_dir}",
+        f"service_stubs listening on {server.address} services={','.join(config.services)} "
+        f"data_dir={config.data_dir}{metrics}",
         flush=True,
     )
     stop = asyncio.Event()

@@ -53,14 +53,16 @@ class StubConfig:
     """Rules one fault plan may hold."""
     stop_grace_s: float = 5.0
     """How long a graceful stop lets calls in flight finish before cancelling them."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus /metrics endpoint (port 0: any); None: no endpoint."""
 
     def __post_init__(self) -> None:
         self._validate()
 
     def _validate(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen must be host:port, got {self.listen!r}")
+        _check_address("listen", self.listen)
+        if self.metrics_listen is not None:
+            _check_address("metrics_listen", self.metrics_listen)
         if not self.services:
             raise ValueError("services must name at least one service")
         unknown = sorted(set(self.services) - set(ALL_SERVICES))
@@ -80,6 +82,12 @@ class StubConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.stop_grace_s < 0:
             raise ValueError("stop_grace_s must be >= 0")
+
+
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name} must be host:port, got {value!r}")
 
 
 def parse_services(text: str) -> tuple[str, ...]:

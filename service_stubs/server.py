@@ -20,6 +20,7 @@ from service_stubs.faults import FaultInjector
 from service_stubs.group_commit import GroupCommitter
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
+from service_stubs.metrics import MetricsEndpoint, StubCollector
 from service_stubs.order import OrderService
 from service_stubs.payment import PaymentService
 from service_stubs.shipping import ShippingService
@@ -42,6 +43,7 @@ class StubServer:
         health_servicer: health.aio.HealthServicer,
         committer: GroupCommitter,
         stores: list[Store],
+        metrics: MetricsEndpoint | None,
     ) -> None:
         self.config = config
         self.port = port
@@ -52,6 +54,8 @@ class StubServer:
         self._health = health_servicer
         self._committer = committer
         self._stores = stores
+        self.metrics = metrics
+        """The Prometheus endpoint (`.port`), if config.metrics_listen asked for one."""
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -84,6 +88,8 @@ class StubServer:
         await self._committer.close()
         for store in self._stores:
             store.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)  # blocks up to the HTTP server's poll interval
         logger.info("stubs on {} stopped", self.address)
 
     async def wait_for_termination(self) -> None:
@@ -98,6 +104,7 @@ async def start(
     initial_stock: Mapping[str, int] | None = None,
     slow_token_delay_s: float = 2.0,
     stop_grace_s: float = 1.0,
+    metrics_listen: str | None = None,
 ) -> StubServer:
     """Starts stubs in this event loop (tests); `serve()` takes a full StubConfig."""
     config = StubConfig(
@@ -107,6 +114,7 @@ async def start(
         initial_stock=dict(initial_stock or {}),
         slow_token_delay_s=slow_token_delay_s,
         stop_grace_s=stop_grace_s,
+        metrics_listen=metrics_listen,
     )
     return await serve(config)
 
@@ -160,12 +168,18 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     committer = GroupCommitter(asyncio.get_running_loop(), config.max_batch_rows)
     for store, _ in opened:
         store.attach(committer)
+    metrics: MetricsEndpoint | None = None
     try:
+        if config.metrics_listen is not None:
+            metrics = MetricsEndpoint(config.metrics_listen, StubCollector(stats, services))
         await server.start()
     except BaseException:
+        if metrics is not None:
+            metrics.close()
         await committer.close()
         raise
-    stub = StubServer(config, server, port, services, control, health_servicer, committer, [s for s, _ in opened])
+    stores = [store for store, _ in opened]
+    stub = StubServer(config, server, port, services, control, health_servicer, committer, stores, metrics)
     loaded_keys = sum(len(service.keys) for service in services.values())
     logger.info("stubs on {} serving {} ({} keys loaded)", stub.address, ",".join(config.services), loaded_keys)
     return stub

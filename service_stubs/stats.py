@@ -18,5 +18,6 @@ class CallStats:
         self._counts[(method, code)] += 1
 
     def snapshot(self) -> list[tuple[str, str, int]]:
-        """(method, code, count), sorted by method then code."""
-        return [(method, code, count) for (method, code), count in sorted(self._counts.items())]
+        """(method, code, count), sorted by method then code. Safe from another thread (the metrics endpoint)."""
+        counts = dict.copy(self._counts)  # one C call under the GIL: never sees the dict mid-update
+        return [(method, code, count) for (method, code), count in sorted(counts.items())]

@@ -61,6 +61,7 @@ async def running_stubs(
     listen: str = "127.0.0.1:0",
     initial_stock: Mapping[str, int] | None = None,
     slow_token_delay_s: float = 2.0,
+    metrics_listen: str | None = None,
 ) -> AsyncIterator[StubServer]:
     """Stubs in this event loop, storing their SQLite files in `data_dir`; stopped on exit."""
     server = await service_stubs.start(
@@ -70,6 +71,7 @@ async def running_stubs(
         initial_stock=initial_stock,
         slow_token_delay_s=slow_token_delay_s,
         stop_grace_s=0.5,
+        metrics_listen=metrics_listen,
     )
     try:
         yield server

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -69,6 +70,17 @@ async def test_files_are_sqlite_in_wal_mode(stubs: StubServer, shop: ShopClient)
     with sqlite3.connect(stubs.data_dir / "payment.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 1
+
+
+async def test_prometheus_metrics(tmp_path: Path) -> None:
+    async with running_stubs(tmp_path, metrics_listen="127.0.0.1:0") as stubs, ShopClient(stubs.address) as shop:
+        await shop.charge("o-1", key="k1", token="tok_secret_token", amount_cents=123_456)
+        assert stubs.metrics is not None
+        url = f"http://127.0.0.1:{stubs.metrics.port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'saga_stub_calls_total{code="OK",method="ChargePayment"} 1.0' in text
+    assert 'saga_stub_store_rows_total{service="payment"} 1.0' in text
+    assert "tok_secret_token" not in text and "123456" not in text
 
 
 @pytest.mark.parametrize(
