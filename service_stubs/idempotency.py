@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from loguru import logger
 
 from protos.shop.v1 import common_pb2
-from service_stubs.errors import StoreFailed, StubError, abort
+from service_stubs.errors import InvalidArgument, StoreFailed, StubError, abort
 from service_stubs.faults import Fault, FaultAction, FaultInjector, hang_forever
 from service_stubs.keys import Answer, KeyRecord, KeyTable, request_digest
 from service_stubs.stats import CANCELLED, HANG, CallStats
@@ -139,6 +139,8 @@ class ShopService(abc.ABC, Generic[Req]):
         async def body(call: Call) -> Answer:
             key = idempotency_key(context)
             require_compensation(request)
+            if request.forward_idempotency_key == key:
+                raise InvalidArgument("forward_idempotency_key", "must differ from the call's own idempotency-key")
             self._check_store()
             fault = await self._inject(request.order_id, call)
             digest = request_digest(method, request)

@@ -99,6 +99,11 @@ BAD_REQUESTS: list[tuple[str, BadCall, str]] = [
         lambda s: s.compensate("payment", "o", key="k", forward_key=""),
         "forward_idempotency_key",
     ),
+    (
+        "compensation: its own key as forward key",
+        lambda s: s.compensate("payment", "o", key="k", forward_key="k"),
+        "forward_idempotency_key",
+    ),
     ("compensation: empty order_id", lambda s: s.compensate("order", "", key="k", forward_key="f"), "order_id"),
     ("missing idempotency key", lambda s: s.charge("o", key=""), "idempotency-key"),
 ]

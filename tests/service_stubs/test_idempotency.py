@@ -7,15 +7,18 @@ import asyncio
 import grpc
 
 from protos.shop.v1 import payment_pb2
-from service_stubs import DECLINED_MESSAGE
+from service_stubs import DECLINED_MESSAGE, StubServer
 from tests.helpers.stubs import ShopClient, StubControlClient
 from tests.service_stubs.conftest import rpc_error
 
 
-async def test_fifty_concurrent_duplicate_reservations_apply_once(shop: ShopClient, control: StubControlClient) -> None:
+async def test_fifty_concurrent_duplicate_reservations_apply_once(
+    shop: ShopClient, control: StubControlClient, stubs: StubServer
+) -> None:
     await control.set_stock({"sku-dup": 100})
     replies = await asyncio.gather(*(shop.reserve("o-dup", key="k-dup", lines=[("sku-dup", 10)]) for _ in range(50)))
     assert len({reply.reservation_id for reply in replies}) == 1
+    assert stubs.services["inventory"].keys.keys_locked == 0
 
     ledger = await control.get_ledger("o-dup")
     assert dict(ledger.reserved_net) == {"sku-dup": 10}
@@ -43,7 +46,7 @@ async def test_same_key_with_another_request_is_already_exists(shop: ShopClient,
     await shop.charge("o-1", key="k-1", amount_cents=100)
     await rpc_error(shop.charge("o-1", key="k-1", amount_cents=200), grpc.StatusCode.ALREADY_EXISTS)
     # Another method of the same service shares its key space; other services have their own.
-    await rpc_error(shop.compensate("payment", "o-1", key="k-1", forward_key="k-1"), grpc.StatusCode.ALREADY_EXISTS)
+    await rpc_error(shop.compensate("payment", "o-1", key="k-1", forward_key="another"), grpc.StatusCode.ALREADY_EXISTS)
     assert (await control.get_ledger("o-1")).charged_cents == 100
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from service_stubs import TOMBSTONED_MESSAGE
+from service_stubs import TOMBSTONED_MESSAGE, StubServer
 from tests.helpers.stubs import ShopClient, StubControlClient
 from tests.service_stubs.conftest import rpc_error
 
@@ -117,7 +117,9 @@ async def test_slow_charge_is_refused_when_the_refund_lands_during_its_wait(
     assert (ledger.charged_cents, ledger.refunded_cents) == (0, 0)
 
 
-async def test_slow_charge_without_refund_charges(shop: ShopClient, control: StubControlClient, stubs: Any) -> None:
+async def test_slow_charge_without_refund_charges(
+    shop: ShopClient, control: StubControlClient, stubs: StubServer
+) -> None:
     # The wait is configurable for other suites; here it must be the documented 2 s.
     assert stubs.config.slow_token_delay_s == 2.0
     started = time.monotonic()
@@ -137,7 +139,9 @@ async def test_hanging_charge_ends_at_the_deadline_with_nothing_applied(
     assert (await control.get_stats())[("ChargePayment", "HANG")] == 1
 
 
-async def test_refund_does_not_wait_behind_a_hanging_charge(shop: ShopClient, control: StubControlClient) -> None:
+async def test_refund_does_not_wait_behind_a_hanging_charge(
+    shop: ShopClient, control: StubControlClient, stubs: StubServer
+) -> None:
     charge = asyncio.create_task(shop.charge("o-hang", key="fwd", token="tok_hang", timeout_s=5.0))
     await asyncio.sleep(0.2)
     refund = await shop.compensate("payment", "o-hang", key="comp", forward_key="fwd", timeout_s=1.0)
@@ -148,3 +152,4 @@ async def test_refund_does_not_wait_behind_a_hanging_charge(shop: ShopClient, co
     # Once tombstoned, the key is refused at once, even with the hanging token.
     await rpc_error(shop.charge("o-hang", key="fwd", token="tok_hang", timeout_s=2.0), grpc.StatusCode.ABORTED)
     assert (await control.get_ledger("o-hang")).charged_cents == 0
+    assert stubs.services["payment"].keys.keys_locked == 0
