@@ -7,8 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
-from protos.saga.v1 import saga_pb2_grpc
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from shard_router import RouterServer, load
 
 from .fake_shard import FakeShard
@@ -104,3 +106,29 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.05)
+
+
+def order(order_id: str) -> saga_pb2.PlaceOrderRequest:
+    """A valid PlaceOrder request (fake shards accept anything; this one a real shard accepts too)."""
+    return saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id="u-1",
+        items=[saga_pb2.Item(item_id="sku-1", quantity=1)],
+        payment_info=saga_pb2.PaymentInfo(payment_token="tok_ok", amount_cents=100, currency="EUR"),
+    )
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a failed call carried in "grpc-status-details-bin", if any."""
+
+    class _Call:  # rpc_status.from_call wants the sync-call shape: methods, not coroutines
+        def code(self) -> grpc.StatusCode:
+            return error.code()
+
+        def details(self) -> str:
+            return error.details() or ""
+
+        def trailing_metadata(self) -> object:
+            return tuple(error.trailing_metadata())
+
+    return rpc_status.from_call(_Call())

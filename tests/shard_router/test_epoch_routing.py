@@ -11,8 +11,7 @@ import pytest
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing, epochs_cli
 
-from .conftest import Cluster, eventually
-from .test_forwarding import _order
+from .conftest import Cluster, eventually, order
 
 THREE = ["shard-1", "shard-2", "shard-3"]
 RING3 = HashRing(THREE, 1024)
@@ -42,7 +41,7 @@ async def test_orders_placed_before_a_new_shard_are_found_on_their_old_owner(clu
     for order_id in MOVED:
         saga = await coordinator.GetSaga(saga_pb2.GetSagaRequest(order_id=order_id), timeout=5)
         assert saga.shard_id == RING3.owner(order_id)
-        retry = await coordinator.PlaceOrder(_order(order_id), timeout=5)  # a client retry after the re-shard
+        retry = await coordinator.PlaceOrder(order(order_id), timeout=5)  # a client retry after the re-shard
         assert retry.saga_id == f"saga-{order_id}"
     new_shard = cluster.shards["shard-4"]
     assert not new_shard.sagas and not new_shard.calls_to("PlaceOrder")
@@ -50,7 +49,7 @@ async def test_orders_placed_before_a_new_shard_are_found_on_their_old_owner(clu
     assert watched[0].saga.shard_id == RING3.owner(MOVED[0])
 
     fresh = next(o for o in (f"new-{i}" for i in range(100)) if RING4.owner(o) == "shard-4")
-    await coordinator.PlaceOrder(_order(fresh), timeout=5)
+    await coordinator.PlaceOrder(order(fresh), timeout=5)
     assert fresh in new_shard.sagas
 
 
@@ -60,7 +59,7 @@ async def test_a_restarted_router_still_knows_the_earlier_ring(cluster: Cluster)
     router = await cluster.start_router()
     assert router.topologies.current.epoch == 2 and [n for n, _ in router.topologies.current.older] == [1]
     coordinator, _ = cluster.stubs(router)
-    await coordinator.PlaceOrder(_order(MOVED[0]), timeout=5)
+    await coordinator.PlaceOrder(order(MOVED[0]), timeout=5)
     assert not cluster.shards["shard-4"].sagas
 
 
@@ -70,7 +69,7 @@ async def test_an_old_owner_that_does_not_answer_blocks_placing_elsewhere(cluste
     order_id = next(o for o in MOVED if RING3.owner(o) == "shard-1")
     await cluster.shards["shard-1"].stop()
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await coordinator.PlaceOrder(_order(order_id), timeout=5)
+        await coordinator.PlaceOrder(order(order_id), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "may already be on shard shard-1" in e.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -87,13 +86,13 @@ async def test_a_retry_during_the_ring_change_joins_the_call_in_flight(cluster: 
     old_owner.place_delay_s = 1.0  # the saga becomes visible on its shard only after a while
     router = await cluster.start_router()
     coordinator, _ = cluster.stubs(router)
-    first = asyncio.ensure_future(coordinator.PlaceOrder(_order(order_id), timeout=10))
+    first = asyncio.ensure_future(coordinator.PlaceOrder(order(order_id), timeout=10))
     await eventually(lambda: len(old_owner.calls_to("PlaceOrder")) == 1)
     await cluster.add_shard("shard-4")
     cluster.write_config()
     assert await router.reload()
     # The old owner would still answer NOT_FOUND to a probe: only the router's memory of the call in flight helps.
-    retry = await coordinator.PlaceOrder(_order(order_id), timeout=10)
+    retry = await coordinator.PlaceOrder(order(order_id), timeout=10)
     assert retry.saga_id == (await first).saga_id
     assert not cluster.shards["shard-4"].calls_to("PlaceOrder")
     assert len(old_owner.calls_to("PlaceOrder")) == 2

@@ -14,17 +14,8 @@ from grpc_status import rpc_status
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing
 
-from .conftest import Cluster
+from .conftest import Cluster, order, rich_status
 from .fake_shard import Failure
-
-
-def _order(order_id: str) -> saga_pb2.PlaceOrderRequest:
-    return saga_pb2.PlaceOrderRequest(
-        order_id=order_id,
-        user_id="u-1",
-        items=[saga_pb2.Item(item_id="sku-1", quantity=1)],
-        payment_info=saga_pb2.PaymentInfo(payment_token="tok_ok", amount_cents=100, currency="EUR"),
-    )
 
 
 async def _three(cluster: Cluster) -> HashRing:
@@ -39,7 +30,7 @@ async def test_each_order_goes_to_its_owner_with_the_callers_metadata_and_deadli
     metadata = (("x-request-id", "r-42"), ("authorization", "Bearer t"), ("x-trace-bin", b"\x00\x01\xff"))
     for i in range(30):
         order_id = f"order-{i}"
-        reply = await coordinator.PlaceOrder(_order(order_id), metadata=metadata, timeout=5)
+        reply = await coordinator.PlaceOrder(order(order_id), metadata=metadata, timeout=5)
         assert reply.status == saga_pb2.SUCCESS
         owner = cluster.shards[ring.owner(order_id)]
         call = owner.calls_to("PlaceOrder")[-1]
@@ -64,13 +55,13 @@ async def test_status_details_and_trailing_metadata_come_back_unchanged(cluster:
     owner.failures["PlaceOrder"] = Failure(
         grpc.StatusCode.INVALID_ARGUMENT, bad.details, (*bad.trailing_metadata, ("x-shard", owner.shard_id)), times=1
     )
-    call = coordinator.PlaceOrder(_order("order-bad"))
+    call = coordinator.PlaceOrder(order("order-bad"))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await call
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert e.value.details() == bad.details
     assert dict(e.value.trailing_metadata())["x-shard"] == owner.shard_id
-    status = rpc_status.from_call(_Sync(e.value))
+    status = rich_status(e.value)
     assert status is not None
     violation = error_details_pb2.BadRequest()
     status.details[0].Unpack(violation)
@@ -80,7 +71,7 @@ async def test_status_details_and_trailing_metadata_come_back_unchanged(cluster:
         grpc.StatusCode.RESOURCE_EXHAUSTED, "shard overloaded", (("retry-after-ms", "250"),), times=1
     )
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await coordinator.PlaceOrder(_order("order-bad"))
+        await coordinator.PlaceOrder(order("order-bad"))
     assert (e.value.code(), e.value.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "shard overloaded")
     assert dict(e.value.trailing_metadata())["retry-after-ms"] == "250"
 
@@ -93,7 +84,7 @@ async def test_trailing_metadata_of_a_success_comes_back(cluster: Cluster) -> No
     ring = await _three(cluster)
     cluster.shards[ring.owner("o-1")].reply_metadata = (("x-saga-shard", "yes"),)
     coordinator, _ = cluster.stubs(await cluster.start_router())
-    call = coordinator.PlaceOrder(_order("o-1"))
+    call = coordinator.PlaceOrder(order("o-1"))
     await call
     assert dict(await call.trailing_metadata())["x-saga-shard"] == "yes"
 
@@ -106,10 +97,10 @@ async def test_a_down_shard_fails_its_own_keys_only(cluster: Cluster) -> None:
         order_id = f"order-{i}"
         if ring.owner(order_id) == "shard-2":
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await coordinator.PlaceOrder(_order(order_id), timeout=5)
+                await coordinator.PlaceOrder(order(order_id), timeout=5)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         else:
-            assert (await coordinator.PlaceOrder(_order(order_id), timeout=5)).status == saga_pb2.SUCCESS
+            assert (await coordinator.PlaceOrder(order(order_id), timeout=5)).status == saga_pb2.SUCCESS
     # Nothing was re-routed: the live shards saw only their own keys.
     for sid in ("shard-1", "shard-3"):
         assert all(ring.owner(c.order_id) == sid for c in cluster.shards[sid].calls_to("PlaceOrder"))
@@ -180,19 +171,3 @@ def _bad_request(field: str, description: str) -> object:
     )
     status.details.add().Pack(bad)
     return status
-
-
-class _Sync:
-    """rpc_status.from_call wants the sync-call shape (methods, not coroutines)."""
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        self._error = error
-
-    def code(self) -> grpc.StatusCode:
-        return self._error.code()
-
-    def details(self) -> str:
-        return self._error.details() or ""
-
-    def trailing_metadata(self) -> object:
-        return tuple(self._error.trailing_metadata())

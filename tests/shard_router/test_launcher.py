@@ -88,7 +88,7 @@ def test_starts_everything_and_stops_every_child_on_sigterm(tmp_path: Path) -> N
     assert code == 0
     assert all(_gone(p) for p in pids)
     text = log.read_text()
-    assert text.index("router-b stopped") < text.index("router-a stopped")  # reverse order
+    assert "router-a stopped (exit code 0)" in text and "router-b stopped (exit code 0)" in text
 
 
 def test_a_child_that_dies_stops_the_rest_and_fails_the_launcher(tmp_path: Path) -> None:
@@ -144,3 +144,5 @@ def test_the_whole_system_serves_orders_and_resumes_from_its_journals(tmp_path: 
             code = _stop(proc)
         assert code == 0
         assert all(_gone(p) for p in _pids(text))
+        text = log.read_text()  # front to back: the router, then the shards, the stubs last
+        assert text.index("router stopped") < text.index("shard-1 stopped") < text.index("stubs stopped")

@@ -9,8 +9,7 @@ import pytest
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing
 
-from .conftest import Cluster, eventually
-from .test_forwarding import _order
+from .conftest import Cluster, eventually, order
 
 THREE = ["shard-1", "shard-2", "shard-3"]
 
@@ -20,7 +19,7 @@ async def test_an_edit_adds_a_shard_without_a_restart_or_a_dropped_call(cluster:
         (await cluster.add_shard(sid)).place_delay_s = 0.5
     router = await cluster.start_router()
     coordinator, _ = cluster.stubs(router)
-    in_flight = [asyncio.ensure_future(coordinator.PlaceOrder(_order(f"slow-{i}"), timeout=10)) for i in range(30)]
+    in_flight = [asyncio.ensure_future(coordinator.PlaceOrder(order(f"slow-{i}"), timeout=10)) for i in range(30)]
     await eventually(lambda: sum(len(s.calls_to("PlaceOrder")) for s in cluster.shards.values()) == 30)
 
     await cluster.add_shard("shard-4")
@@ -36,7 +35,7 @@ async def test_an_edit_adds_a_shard_without_a_restart_or_a_dropped_call(cluster:
 
     ring4 = HashRing([*THREE, "shard-4"], 1024)
     fresh = [f"fresh-{i}" for i in range(40)]
-    await asyncio.gather(*(coordinator.PlaceOrder(_order(o), timeout=10) for o in fresh))
+    await asyncio.gather(*(coordinator.PlaceOrder(order(o), timeout=10) for o in fresh))
     assert {o for o in fresh if ring4.owner(o) == "shard-4"} == set(cluster.shards["shard-4"].sagas)
     assert cluster.shards["shard-4"].sagas
 
@@ -49,7 +48,7 @@ async def test_a_bad_edit_keeps_the_old_ring(cluster: Cluster) -> None:
     cluster.config_path.write_text("[[shards]]\nid = 'shard-1'\naddress = 'no port'\n")
     assert not await router.reload()
     assert router.topologies.current.epoch == 1 and router.topologies.current.ring.shard_ids == tuple(THREE)
-    assert (await coordinator.PlaceOrder(_order("o-1"), timeout=5)).status == saga_pb2.SUCCESS
+    assert (await coordinator.PlaceOrder(order("o-1"), timeout=5)).status == saga_pb2.SUCCESS
 
 
 async def test_removing_a_shard_is_refused_while_it_has_unfinished_sagas(cluster: Cluster) -> None:
@@ -92,7 +91,7 @@ async def test_a_draining_shard_gets_no_new_orders_but_keeps_its_own(cluster: Cl
     cluster.write_config(draining=["shard-3"])
     assert await router.reload()
     assert router.topologies.current.ring.shard_ids == ("shard-1", "shard-2")
-    await asyncio.gather(*(coordinator.PlaceOrder(_order(f"n-{i}"), timeout=5) for i in range(30)))
+    await asyncio.gather(*(coordinator.PlaceOrder(order(f"n-{i}"), timeout=5) for i in range(30)))
     assert not cluster.shards["shard-3"].calls_to("PlaceOrder")
     saga = await coordinator.GetSaga(saga_pb2.GetSagaRequest(order_id=old_on_3), timeout=5)
     assert saga.shard_id == "shard-3"
