@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
+from protos.reflection import enable_reflection
 from protos.service_stubs.v1 import control_pb2_grpc
 from protos.shop.v1 import inventory_pb2_grpc, order_pb2_grpc, payment_pb2_grpc, shipping_pb2_grpc
 from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig
@@ -160,7 +160,7 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    enable_reflection(names, server)
 
     port = server.add_insecure_port(config.listen)
     if port == 0:
