@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-id", help="this shard's id (env SAGA_SHARD_ID)")
     p.add_argument("--listen", help="gRPC listen address host:port (env SAGA_LISTEN)")
     p.add_argument("--journal", help="SQLite journal path (env SAGA_JOURNAL; default $SAGA_DATA_DIR/<shard-id>.db)")
+    p.add_argument("--metrics-listen", help="host:port of the Prometheus /metrics endpoint (env SAGA_METRICS_LISTEN)")
     p.add_argument("--services", help="one host:port serving all four downstream services (env SAGA_SERVICES)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
     return p.parse_args(argv)
@@ -33,7 +34,10 @@ async def run(cfg: ShardConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"coordinator {cfg.shard_id} listening on {app.address}", flush=True)
+    metrics = ""
+    if app.metrics_server is not None:
+        metrics = f" metrics http://{cfg.metrics_listen.rpartition(':')[0]}:{app.metrics_server.port}/metrics"
+    print(f"coordinator {cfg.shard_id} listening on {app.address}{metrics}", flush=True)
     await stop.wait()
     logger.info("signal received, stopping")
     await app.stop()
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             overrides={
                 "shard_id": args.shard_id,
                 "listen": args.listen,
+                "metrics_listen": args.metrics_listen,
                 "journal_path": args.journal,
                 "services": args.services,
                 "log_json": args.log_json,
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as e:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
-    logs.setup(cfg.shard_id, json_lines=cfg.log_json)
+    logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
     uvloop.run(run(cfg))
 
 

@@ -14,6 +14,7 @@ from .caller import Caller, GrpcCaller
 from .clock import Clock, SystemClock
 from .config import ShardConfig
 from .journal import Journal
+from .metrics import MetricsServer, ShardMetrics
 from .sealing import Sealer, load_secret
 from .server import build_server, set_serving
 from .shard import Shard
@@ -28,6 +29,7 @@ class ShardApp:
     health: health.aio.HealthServicer
     caller: Caller
     port: int
+    metrics_server: MetricsServer | None = None
 
     @property
     def address(self) -> str:
@@ -36,24 +38,27 @@ class ShardApp:
 
     @classmethod
     async def start(cls, cfg: ShardConfig, clock: Clock | None = None, caller: Caller | None = None) -> ShardApp:
-        journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch)
+        metrics = ShardMetrics()
+        journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch, metrics=metrics)
         await journal.open()
         caller = caller or GrpcCaller(cfg.services)
         sealer = Sealer(load_secret(cfg.journal_key, cfg.journal_path))
         rng = random.Random(cfg.seed)
-        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng)
+        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
         server, port, health_servicer = build_server(shard, cfg.listen)
         resumed = await shard.start()
+        metrics_server = MetricsServer(cfg.metrics_listen, metrics.registry) if cfg.metrics_listen else None
         await server.start()
         await set_serving(health_servicer, True)
         logger.info(
-            "shard {} serving on {} (journal {}, {} sagas resumed)",
+            "shard {} serving on {} (journal {}, {} sagas resumed){}",
             cfg.shard_id,
             f"{cfg.listen.rpartition(':')[0]}:{port}",
             cfg.journal_path,
             resumed,
+            f", metrics on {cfg.metrics_listen.rpartition(':')[0]}:{metrics_server.port}" if metrics_server else "",
         )
-        return cls(cfg, journal, shard, server, health_servicer, caller, port)
+        return cls(cfg, journal, shard, server, health_servicer, caller, port, metrics_server)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stops accepting, ends in-flight RPCs within the grace period, stops the sagas (they resume at the next
@@ -64,4 +69,6 @@ class ShardApp:
         await stopping
         await self.journal.close()
         await self.caller.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
         logger.info("shard {} stopped", self.cfg.shard_id)

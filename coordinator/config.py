@@ -1,9 +1,10 @@
 """Shard configuration: frozen dataclasses with defaults, read from one TOML file plus environment and flag overrides,
 validated once at load. Nothing else in the coordinator reads files for configuration or touches os.environ.
 
-Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_JOURNAL, SAGA_SERVICES (one address for all four
-services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR, SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY
-(hex or any string: the key that seals payment details in the journal), SAGA_LOG_JSON=1.
+Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_METRICS_LISTEN, SAGA_JOURNAL,
+SAGA_SERVICES (one address for all four services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR,
+SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY (the secret that seals payment details in the journal),
+SAGA_LOG_JSON=1, SAGA_LOG_LEVEL.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class ShardConfig:
     """This shard's name, shown in sagas and logs."""
     listen: str = "127.0.0.1:50071"
     """gRPC listen address."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus /metrics endpoint; empty: none."""
     journal_path: str = ""
     """SQLite journal file; default $SAGA_DATA_DIR/<shard_id>.db."""
     journal_key: str = ""
@@ -124,6 +127,8 @@ class ShardConfig:
     limits: Limits = field(default_factory=Limits)
     log_json: bool = False
     """Logs as JSON lines instead of human-readable text."""
+    log_level: str = "INFO"
+    """Lowest level logged: DEBUG shows every step attempt."""
     seed: int | None = None
     """Seed of the backoff jitter (None: random); tests set it to replay a run."""
 
@@ -131,12 +136,16 @@ class ShardConfig:
         if not self.shard_id or len(self.shard_id) > 64:
             raise ConfigError("shard_id must be 1-64 characters")
         _check_address("listen", self.listen)
+        if self.metrics_listen:
+            _check_address("metrics_listen", self.metrics_listen)
         for f in dataclasses.fields(self.services):
             _check_address(f"services.{f.name}", getattr(self.services, f.name))
         if not self.journal_path:
             raise ConfigError("journal_path is required")
         if not 1 <= self.default_ttl_ms <= self.max_ttl_ms:
             raise ConfigError("need 1 <= default_ttl_ms <= max_ttl_ms")
+        if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level {self.log_level!r} is not a loguru level")
         if self.dead_letter_redrive_s < 0:
             raise ConfigError("dead_letter_redrive_s must be >= 0")
         self.forward.validate("forward")
@@ -192,8 +201,10 @@ def load(
     for var, key in (
         ("SAGA_SHARD_ID", "shard_id"),
         ("SAGA_LISTEN", "listen"),
+        ("SAGA_METRICS_LISTEN", "metrics_listen"),
         ("SAGA_JOURNAL", "journal_path"),
         ("SAGA_JOURNAL_KEY", "journal_key"),
+        ("SAGA_LOG_LEVEL", "log_level"),
     ):
         if env.get(var):
             changes[key] = env[var]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ from .clock import Clock
 from .config import RetryPolicy, ShardConfig
 from .errors import CallClass, CallResult
 from .journal import DeadLetterOpen, Journal, Record, StateChange
-from .logs import saga_context
+from .logs import at_step, saga_context
+from .metrics import ShardMetrics
 from .model import Action, SagaState, Step, check_transition
 from .saga import DEADLINE, FAILED, RETRYING, STARTED, STATE, SUCCEEDED, Event, SagaRecord
 
@@ -52,7 +54,16 @@ class SagaRun:
 
 
 class Engine:
-    def __init__(self, cfg: ShardConfig, journal: Journal, caller: Caller, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self,
+        cfg: ShardConfig,
+        journal: Journal,
+        caller: Caller,
+        clock: Clock,
+        rng: random.Random,
+        metrics: ShardMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or ShardMetrics()
         self._cfg = cfg
         self._journal = journal
         self._caller = caller
@@ -101,6 +112,7 @@ class Engine:
             remaining = run.deadline_mono - self._clock.monotonic()
             if remaining <= 0:
                 return _EXPIRED, ""
+            at_step(step.label, "forward", attempt)
             await self._append(run, [self._event(run, STARTED, step, Action.FORWARD, attempt)], wait=True)
             crashpoints.hit("after_intent_before_rpc")
             result = await self._call(run, step, Action.FORWARD, min(policy.attempt_timeout_ms / 1000, remaining))
@@ -120,6 +132,7 @@ class Engine:
                 if self._clock.monotonic() + delay < run.deadline_mono:
                     ev = self._event(run, RETRYING, step, Action.FORWARD, attempt, code, detail)
                     await self._append(run, [ev], wait=False)
+                    self._metrics.step_retries.labels(step.label, "forward", code).inc()
                     logger.debug(
                         "step {} attempt {} got {}; retrying in {:.0f} ms", step.label, attempt, code, delay * 1e3
                     )
@@ -138,6 +151,7 @@ class Engine:
     async def _expire(self, run: SagaRun, step: Step, in_flight: bool) -> None:
         ttl_ms = run.record.deadline_epoch_ms - run.record.created_at_epoch_ms
         where = "during" if in_flight else "before"
+        self._metrics.ttl_expired.inc()
         await self._transition(run, SagaState.COMPENSATING, f"deadline passed {where} {step.label} (ttl {ttl_ms} ms)")
 
     # ---- compensation -----------------------------------------------------------------------------------------------
@@ -152,6 +166,7 @@ class Engine:
                 )
                 message = f"{rec.last_error}; {reason}" if rec.last_error else reason
                 park = DeadLetterOpen(rec.saga_id, rec.order_id, int(step), last, attempts, self._clock.now_epoch_ms())
+                self._metrics.compensation_failures.labels(step.label).inc()
                 await self._transition(run, SagaState.DEAD_LETTERED, message, extra=[park])
                 logger.warning("saga dead-lettered: {}", reason)
                 return
@@ -165,6 +180,7 @@ class Engine:
         last = ""
         for made in range(1, policy.max_attempts + 1):
             attempt += 1
+            at_step(step.label, "compensate", attempt)
             await self._append(run, [self._event(run, STARTED, step, Action.COMPENSATE, attempt)], wait=True)
             result = await self._call(run, step, Action.COMPENSATE, policy.attempt_timeout_ms / 1000)
             crashpoints.hit("mid_compensation")
@@ -178,6 +194,7 @@ class Engine:
             if made < policy.max_attempts:
                 ev = self._event(run, RETRYING, step, Action.COMPENSATE, attempt, code, last)
                 await self._append(run, [ev], wait=False)
+                self._metrics.step_retries.labels(step.label, "compensate", code).inc()
                 await self._clock.sleep(self._rng.uniform(0, next(waits)))
         ev = self._event(run, FAILED, step, Action.COMPENSATE, attempt, last.partition(":")[0], last)
         await self._append(run, [ev], wait=False)
@@ -186,7 +203,19 @@ class Engine:
     # ---- plumbing -------------------------------------------------------------------------------------------------
 
     async def _call(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult | None:
-        """One attempt. Forward calls race the saga deadline (None: the deadline won); compensations do not."""
+        """One attempt, measured. Forward calls race the saga deadline (None: the deadline won); compensations do
+        not."""
+        started = time.perf_counter()
+        result = await self._attempt(run, step, action, timeout_s)
+        elapsed_s = time.perf_counter() - started
+        m = self._metrics
+        m.step_duration.labels(step.label, action.label).observe(elapsed_s)
+        code = result.code.name if result is not None else "DEADLINE_EXCEEDED"
+        m.step_attempts.labels(step.label, action.label, code).inc()
+        logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, code, elapsed_s * 1e3)
+        return result
+
+    async def _attempt(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult | None:
         call = self._caller.call(run.payload, step, action, timeout_s)
         if action is Action.COMPENSATE:
             try:
@@ -244,6 +273,13 @@ class Engine:
         change = StateChange(rec.saga_id, rec.state, new, last_error, ev.at_epoch_ms)
         await self._append(run, [ev, change, *extra], wait=True)
         logger.info("saga {} {}", new.name, last_error)
+        if new is not SagaState.COMPENSATING:
+            outcome = new.name.lower()
+            self._metrics.completed.labels(outcome).inc()
+            elapsed_s = (ev.at_epoch_ms - rec.created_at_epoch_ms) / 1000
+            self._metrics.duration.labels(outcome).observe(max(0.0, elapsed_s))
+            if new is SagaState.DEAD_LETTERED:
+                self._metrics.dead_letters_open.inc()
 
     async def _append(self, run: SagaRun, records: Sequence[Record], wait: bool) -> None:
         """Applies the records' events to the working record now, to the durable view once committed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from loguru import logger
 
 from . import crashpoints
 from .errors import JournalUnavailable
+from .metrics import ShardMetrics
 from .model import TERMINAL_STATES, SagaState, check_transition
 from .saga import Event, SagaRecord, fold_steps
 
@@ -156,8 +158,9 @@ def _read(fn: _F) -> _F:
 
 
 class Journal:
-    def __init__(self, path: str, max_batch: int = 4096) -> None:
+    def __init__(self, path: str, max_batch: int = 4096, metrics: ShardMetrics | None = None) -> None:
         self.path = path
+        self._metrics = metrics
         self._max_batch = max_batch
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
@@ -260,6 +263,7 @@ class Journal:
 
     async def _commit_batch(self, batch: list[tuple[Sequence[Record], asyncio.Future[None]]]) -> None:
         records = [r for recs, _ in batch for r in recs]
+        started = time.perf_counter()
         try:
             await self._commit(records)
         except TransitionConflict:
@@ -281,6 +285,10 @@ class Journal:
             return
         self.stats.commits += 1
         self.stats.records += len(records)
+        if self._metrics is not None:
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._metrics.batch_records.observe(len(records))
+            self._metrics.commits.inc()
         for _, fut in batch:
             _ok(fut)
 
@@ -452,6 +460,12 @@ class Journal:
         args.append(limit)
         async with self._reader.execute(sql, tuple(args)) as cur:
             return [DeadLetterRow(*r) for r in await cur.fetchall()]
+
+    @_read
+    async def open_dead_letters(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM dead_letters WHERE closed_at_epoch_ms IS NULL") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     @_read
     async def state_counts(self) -> dict[SagaState, int]:

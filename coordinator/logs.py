@@ -26,6 +26,13 @@ def saga_context(saga_id: str, order_id: str, **fields: Any) -> Iterator[None]:
         _saga.reset(token)
 
 
+def at_step(step: str, action: str, attempt: int) -> None:
+    """Marks the rest of this saga task's lines with the step, action and attempt it is on (task-local)."""
+    current = _saga.get()
+    if current is not None:
+        _saga.set({**current, "step": step, "action": action, "attempt": attempt})
+
+
 def _patch(record: Any) -> None:
     fields = _saga.get()
     if fields:

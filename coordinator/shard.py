@@ -23,6 +23,7 @@ from .engine import Engine, SagaRun
 from .errors import JournalUnavailable, Overloaded, PayloadMismatch, SagaNotFound, ShuttingDown, WrongState
 from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, StateChange
 from .logs import saga_context
+from .metrics import ShardMetrics
 from .model import SagaState, check_transition
 from .saga import ADMIN_RESOLVE, ADMIN_RETRY, CREATED, Event, SagaRecord
 from .sealing import Sealer
@@ -46,18 +47,27 @@ class Shard:
         clock: Clock,
         sealer: Sealer,
         rng: random.Random | None = None,
+        metrics: ShardMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or ShardMetrics()
         self.cfg = cfg
         self.journal = journal
         self.clock = clock
         self._caller = caller
         self._sealer = sealer
-        self._engine = Engine(cfg, journal, caller, clock, rng or random.Random(cfg.seed))
+        self._engine = Engine(cfg, journal, caller, clock, rng or random.Random(cfg.seed), self.metrics)
         self._live: dict[str, SagaRun] = {}
         self._creating: dict[str, asyncio.Future[None]] = {}
         self._claimed: set[str] = set()  # dead letters an admin call is acting on right now
         self._stopping = False
         self._redrive: asyncio.Task[None] | None = None
+
+    def _live_ages(self) -> list[tuple[str, float]]:
+        now = self.clock.now_epoch_ms()
+        return [
+            (run.record.state.name.lower(), max(0, now - run.record.created_at_epoch_ms) / 1000)
+            for run in self._live.values()
+        ]
 
     @property
     def in_flight(self) -> int:
@@ -67,6 +77,8 @@ class Shard:
 
     async def start(self) -> int:
         """Resumes every unfinished saga in the journal; returns how many."""
+        self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
+        self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
         recs = await self.journal.unfinished()
         for rec in recs:
             self._launch(rec, created=None)
@@ -108,6 +120,7 @@ class Shard:
             # A concurrent PlaceOrder for the same order is creating it: wait, then join it.
             await asyncio.shield(creating)
         if self.in_flight + len(self._creating) >= self.cfg.limits.max_in_flight:
+            self.metrics.shed.inc()
             raise Overloaded(
                 f"shard {self.cfg.shard_id} has {self.cfg.limits.max_in_flight} sagas in flight",
                 self.cfg.limits.shed_retry_after_ms,
@@ -147,6 +160,7 @@ class Shard:
         # only once this future resolves, so nothing is acknowledged before it is durable.
         creation = self.journal.submit([NewSaga(rec.copy()), created])
         run = self._launch(rec, created=creation)
+        self.metrics.started.inc()
         creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
         return run
 
@@ -300,6 +314,7 @@ class Shard:
             ]
         )
         rec.apply(ev)
+        self.metrics.dead_letters_open.dec()
         self._launch(rec, created=None)
         logger.info("dead letter of order {} retried by {}", order_id, who)
         return rec
@@ -336,6 +351,8 @@ class Shard:
             ]
         )
         rec.apply(ev)
+        self.metrics.dead_letters_open.dec()
+        self.metrics.completed.labels("resolved").inc()
         logger.info("dead letter of order {} resolved by {}", order_id, who)
         return rec
 

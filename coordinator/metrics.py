@@ -1,0 +1,118 @@
+"""Prometheus metrics of one shard, in a registry of its own (several shards may share a test process).
+
+Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: step, action, gRPC code name,
+outcome, state. Never an order id, a key, a token or an amount.
+
+    saga_started_total                              sagas accepted
+    saga_completed_total{outcome}                   succeeded | failed | dead_lettered | resolved
+    saga_in_flight{state}                           running | compensating (live now)
+    saga_dead_letters_open                          parked sagas an operator must look at
+    saga_oldest_in_flight_age_seconds               age of the oldest live saga (stuck-saga detector)
+    saga_duration_seconds{outcome}                  acceptance to terminal/parked
+    saga_ttl_expired_total                          sagas whose deadline made them compensate
+    saga_shed_total                                 PlaceOrder refused with RESOURCE_EXHAUSTED
+    saga_step_duration_seconds{step,action}         one downstream attempt
+    saga_step_attempts_total{step,action,code}      downstream attempts by reply code
+    saga_step_retries_total{step,action,code}       attempts that were retried
+    saga_compensation_failures_total{step}          compensations that exhausted their policy
+    saga_journal_commit_seconds                     one group commit (execute + fsync)
+    saga_journal_batch_records                      records per commit
+    saga_journal_commits_total                      transactions committed (each ends in an fsync: synchronous=FULL)
+    saga_journal_wal_bytes                          size of the -wal file
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SAGA_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class ShardMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.started = Counter("saga_started", "Sagas accepted", registry=r)
+        self.completed = Counter("saga_completed", "Sagas ended or parked, by outcome", ["outcome"], registry=r)
+        self.duration = Histogram(
+            "saga_duration_seconds", "Saga acceptance to end", ["outcome"], buckets=_SAGA_BUCKETS, registry=r
+        )
+        self.ttl_expired = Counter("saga_ttl_expired", "Sagas whose deadline passed", registry=r)
+        self.shed = Counter("saga_shed", "PlaceOrder refused for overload", registry=r)
+        self.step_duration = Histogram(
+            "saga_step_duration_seconds",
+            "One downstream attempt",
+            ["step", "action"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.step_attempts = Counter(
+            "saga_step_attempts", "Downstream attempts by reply code", ["step", "action", "code"], registry=r
+        )
+        self.step_retries = Counter(
+            "saga_step_retries", "Downstream attempts that were retried", ["step", "action", "code"], registry=r
+        )
+        self.compensation_failures = Counter(
+            "saga_compensation_failures", "Compensations that exhausted their retry policy", ["step"], registry=r
+        )
+        self.commit_seconds = Histogram(
+            "saga_journal_commit_seconds", "One journal group commit", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_records = Histogram(
+            "saga_journal_batch_records", "Records per journal commit", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.commits = Counter("saga_journal_commits", "Journal transactions (one fsync each)", registry=r)
+        self.dead_letters_open = Gauge("saga_dead_letters_open", "Open dead letters", registry=r)
+
+    def watch_live(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
+        """Gauges computed at scrape time from the shard's live sagas: (state name, age in seconds) pairs."""
+        self.registry.register(_LiveCollector(live, wal_path))
+
+
+class _LiveCollector(Collector):
+    def __init__(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
+        self._live = live
+        self._wal = wal_path
+
+    def collect(self) -> Iterable[Metric]:
+        counts = {"running": 0, "compensating": 0}
+        oldest = 0.0
+        for state, age_s in list(self._live()):
+            counts[state] = counts.get(state, 0) + 1
+            oldest = max(oldest, age_s)
+        g = GaugeMetricFamily("saga_in_flight", "Live sagas by state", labels=["state"])
+        for state, n in counts.items():
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily("saga_oldest_in_flight_age_seconds", "Age of the oldest live saga", value=oldest)
+        try:
+            wal = os.path.getsize(self._wal)
+        except OSError:
+            wal = 0
+        yield GaugeMetricFamily("saga_journal_wal_bytes", "Size of the journal's WAL file", value=wal)
+
+
+class MetricsServer:
+    """/metrics on its own daemon thread."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        host, _, port = listen.rpartition(":")
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
