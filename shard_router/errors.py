@@ -16,7 +16,6 @@ it, so the router must not send the order anywhere else.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -89,10 +88,3 @@ OUTCOMES: dict[grpc.StatusCode, Outcome] = {
 
 def outcome(code: grpc.StatusCode) -> Outcome:
     return OUTCOMES.get(code, Outcome.UNKNOWN)
-
-
-def first_unknown(errors: Sequence[ShardStatus]) -> ShardStatus | None:
-    for e in errors:
-        if outcome(e.code) is Outcome.UNKNOWN:
-            return e
-    return None

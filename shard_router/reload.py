@@ -33,6 +33,7 @@ from .shard_checks import first_unfinished
 from .topology import Topology
 
 _CHECK_TIMEOUT_S = 5.0
+"""Bound on asking a departing shard about its sagas; a reload should never hang on a sick shard."""
 
 
 class RingChangeRefused(Exception):
@@ -108,7 +109,10 @@ class TopologyManager:
             kicked = self._kick.is_set()
             self._kick.clear()
             if kicked or self._read_signatures() != self._signatures:
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # a bug must not end the watch: the next edit would go unnoticed
+                    logger.exception("reload failed; keeping epoch {}", self.current.epoch)
 
     def _read_signatures(self) -> tuple[object, object]:
         cfg = self._config

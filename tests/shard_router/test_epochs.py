@@ -75,3 +75,10 @@ def test_a_shard_known_only_from_an_epoch_keeps_its_recorded_address() -> None:
     topo = Topology.build(_ring("a"), history)
     assert topo.shard_ids == ("a", "b")
     assert topo.addresses["b"] == "127.0.0.1:50071"
+
+
+def test_an_unwritable_epochs_file_is_an_epoch_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(EpochError, match="cannot write epochs file"):
+        epochs.write(blocker / "e.json", EpochHistory().advance(_ring("a"), 1))
