@@ -82,7 +82,11 @@ async def _drop(config: RouterConfig, history: EpochHistory, through: int, force
         window = config.settings.place_order_retry_window_s if window_s is None else window_s
         if not await _safe_to_drop(config, dropped, after, window):
             return 1
-    epochs.write(config.epochs_path, remaining)
+    try:
+        epochs.write(config.epochs_path, remaining)
+    except EpochError as e:
+        print(f"saga-router epochs: {e}")
+        return 2
     print(f"dropped epochs {[e.number for e in dropped]}; running routers pick this up at their next reload")
     return 0
 
