@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from loguru import logger
 
+from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2
 
 from .channels import ChannelPool
@@ -190,8 +190,7 @@ class RouterServer:
         )
         server.add_generic_rpc_handlers(self._servicer.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        services = (SAGA_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(services, server)
+        enable_reflection((SAGA_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME), server)
         try:
             self.port = server.add_insecure_port(self.config.listen)
         except RuntimeError as e:

@@ -1,0 +1,1 @@
+"""Benchmark harness: the local cluster under load, a table and one JSON line of figures (make bench)."""

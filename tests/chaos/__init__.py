@@ -1,0 +1,1 @@
+"""Chaos suite: seeded faults against the local cluster, invariants checked over what the services applied."""
