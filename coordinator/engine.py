@@ -32,6 +32,7 @@ from .saga import DEADLINE, FAILED, RETRYING, STARTED, STATE, SUCCEEDED, Event, 
 
 # How a forward step ended.
 _OK = "ok"
+_PARKED = "; parked for an operator"
 _FAILED = "failed"
 _EXPIRED = "expired"
 
@@ -161,9 +162,7 @@ class Engine:
         for step in rec.to_compensate():
             ok, attempts, last = await self._compensate_step(run, step)
             if not ok:
-                reason = (
-                    f"compensation of {step.label} failed after {attempts} attempts ({last}); parked for an operator"
-                )
+                reason = f"compensation of {step.label} failed after {attempts} attempts ({last}){_PARKED}"
                 message = f"{rec.last_error}; {reason}" if rec.last_error else reason
                 park = DeadLetterOpen(rec.saga_id, rec.order_id, int(step), last, attempts, self._clock.now_epoch_ms())
                 self._metrics.compensation_failures.labels(step.label).inc()
@@ -171,6 +170,14 @@ class Engine:
                 logger.warning("saga dead-lettered: {}", reason)
                 return
         await self._transition(run, SagaState.FAILED, rec.last_error)
+
+    @staticmethod
+    def failure_cause(last_error: str) -> str:
+        """The saga's own failure without the dead-letter note _compensate appended: what it says once retried."""
+        if not last_error.endswith(_PARKED):
+            return last_error
+        cause, sep, _ = last_error.rpartition("; compensation of ")
+        return cause if sep else ""
 
     async def _compensate_step(self, run: SagaRun, step: Step) -> tuple[bool, int, str]:
         """Compensations are not bounded by the deadline and retry on any error, until their own policy runs out."""

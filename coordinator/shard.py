@@ -304,16 +304,18 @@ class Shard:
         order_id = rec.order_id
         now = self.clock.now_epoch_ms()
         note = f"retried by {who}: {reason or 'no reason given'}"
+        cause = Engine.failure_cause(rec.last_error)  # the parked note no longer holds once compensation resumes
         ev = Event(rec.saga_id, rec.next_seq, now, ADMIN_RETRY, SagaState.COMPENSATING, detail=note)
         check_transition(rec.state, SagaState.COMPENSATING)
         await self.journal.write(
             [
                 ev,
-                StateChange(rec.saga_id, rec.state, SagaState.COMPENSATING, rec.last_error, now),
+                StateChange(rec.saga_id, rec.state, SagaState.COMPENSATING, cause, now),
                 DeadLetterClose(rec.saga_id, note, now),
             ]
         )
         rec.apply(ev)
+        rec.last_error = cause
         self.metrics.dead_letters_open.dec()
         self._launch(rec, created=None)
         logger.info("dead letter of order {} retried by {}", order_id, who)

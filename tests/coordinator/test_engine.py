@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 
+from coordinator.engine import Engine
 from coordinator.errors import Overloaded, PayloadMismatch, ShuttingDown
 from coordinator.model import STEPS, Action, SagaState, Step, StepStatus
 
@@ -150,6 +151,10 @@ async def test_failing_compensation_dead_letters_then_retry_finishes(harness: Ha
     await settle(harness, asyncio.create_task(_wait_terminal(harness, "o-1")))
     rec, events = await harness.shard.get("o-1", with_events=True)
     assert rec.state is SagaState.FAILED
+    # Once retried, the saga says why it failed, not that it was parked (and so does a restart).
+    assert rec.last_error == "schedule_shipment failed: unshippable"
+    await harness.restart()
+    assert (await harness.shard.get("o-1"))[0].last_error == "schedule_shipment failed: unshippable"
     assert any(e.kind == "admin_retry" and "alice" in e.detail for e in events)
     assert await harness.shard.dead_letters(0, False, 10, 0) == []
     # Exactly one refund, one release, one cancel: the net effect is zero everywhere.
@@ -236,3 +241,10 @@ async def test_automatic_redrive_of_dead_letters(harness: Harness) -> None:
     rec, events = await harness.shard.get("o-1", with_events=True)
     assert rec.state is SagaState.FAILED
     assert any(e.kind == "admin_retry" and "auto-redrive" in e.detail for e in events)
+
+
+def test_failure_cause_strips_only_the_parked_note() -> None:
+    parked = "compensation of create_order failed after 3 attempts (UNAVAILABLE: x; y); parked for an operator"
+    assert Engine.failure_cause(f"payment declined; {parked}") == "payment declined"
+    assert Engine.failure_cause(parked) == ""
+    assert Engine.failure_cause("payment declined; try again") == "payment declined; try again"
