@@ -159,17 +159,20 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be host:port, got {value!r}")
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type[Any], data: Mapping[str, Any], where: str, base: Any = None) -> Any:
+    """A `cls` with `data` laid over `base` (default: cls()): a table names only what it changes."""
+    base = cls() if base is None else base
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"unknown setting {where}{key}")
-        default = getattr(cls(), key)
+        default = getattr(base, key)
         if dataclasses.is_dataclass(default):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}{key} must be a table")
-            kwargs[key] = _build(type(default), value, f"{where}{key}.")
+            # [compensate] max_attempts = 4 keeps the other compensate defaults, not RetryPolicy's.
+            kwargs[key] = _build(type(default), value, f"{where}{key}.", default)
         else:
             expected = type(default) if default is not None else int
             if expected is float and isinstance(value, int):
@@ -177,7 +180,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"{where}{key} must be {expected.__name__}, got {value!r}")
             kwargs[key] = value
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def load(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.config import ConfigError, Limits, load
+from coordinator.config import ConfigError, Limits, ShardConfig, load
 from coordinator.errors import CallClass, InvalidRequest, classify
 from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, check_transition
 from coordinator.sealing import Sealer, SealError
@@ -108,6 +108,10 @@ def test_config_layers_and_errors(tmp_path) -> None:
     cfg = load(f, env={"SAGA_SERVICES": "127.0.0.1:1", "SAGA_DATA_DIR": str(tmp_path)}, overrides={"listen": None})
     assert cfg.shard_id == "s-9" and cfg.forward.max_attempts == 3 and cfg.services.payment == "127.0.0.1:1"
     assert cfg.journal_path == str(tmp_path / "s-9.db")
+    # A partial table changes what it names and keeps that table's own defaults for the rest.
+    f.write_text("[compensate]\nmax_attempts = 4\n")
+    compensate = load(f, env={}).compensate
+    assert (compensate.max_attempts, compensate.max_backoff_ms) == (4, ShardConfig().compensate.max_backoff_ms)
     for text, message in [
         ("bogus = 1", "unknown setting bogus"),
         ("default_ttl_ms = 'x'", "default_ttl_ms must be int"),
