@@ -1,0 +1,265 @@
+"""`python -m bench` (`make bench BENCH_ARGS="..."`): the local cluster under load, a table, one final JSON line.
+
+    make bench                                          closed loop, 64 callers, 2,000 sagas, 3 shards
+    make bench BENCH_ARGS="--concurrency 1 --sagas 500" one caller: latency floor
+    make bench BENCH_ARGS="--rate 500"                  open loop: 500 orders/s, latency from each order's due time
+    make bench BENCH_ARGS="--fail-rate 0.1"             10% declined at payment; ledgers prove the compensations ran
+    make bench BENCH_ARGS="--shards 1 --repeat 3"       three fresh runs, the median of each figure
+    make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
+    make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
+    make bench BENCH_ARGS="profile-summary /tmp/prof"   summarise py-spy recordings again
+
+The JSON line is also written to bench/results/<UTC timestamp>-<mode>.json. Exit status 1 if any call failed or a
+ledger disagrees with what the client was told, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import journal_bench, profile_summary
+from .cluster import REPO_ROOT, ClusterError
+from .run import KINDS, BenchError, RunConfig, run
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+# (figure, target, "min"|"max", the run it applies to): from issue 7. Shown next to the figures, never asserted.
+TARGETS: tuple[tuple[str, float, str, str], ...] = (
+    ("throughput_sagas_per_s", 1_000, "min", "closed-c64"),
+    ("p99_ms", 100, "max", "closed-c64"),
+    ("p50_ms", 3, "max", "closed-c1"),
+    ("cpu_ms_per_saga.shard", 0.5, "max", "any"),
+    ("fsyncs_per_saga", 0.1, "max", "any"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("what", nargs="*", default=["cluster"], help="cluster (default) | journal | profile-summary DIR")
+    p.add_argument("--shards", type=int, default=3, help="coordinator shards (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=64, help="closed loop: concurrent callers (default %(default)s)")
+    p.add_argument("--sagas", type=int, default=2_000, help="measured sagas (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=200, help="sagas before measuring (default %(default)s)")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop at this many orders/s (default: closed loop)")
+    p.add_argument("--max-outstanding", type=int, default=5_000, help="open loop: most calls in flight")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of orders declined at payment (0..1)")
+    p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
+    p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
+    p.add_argument("--profile", metavar="DIR", default="", help="py-spy every server process into DIR, summarise")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes (default bench/results)")
+    p.add_argument("--journal-sagas", type=int, default=2_000, help="journal: sagas per group-commit case")
+    p.add_argument("--journal-writers", type=int, default=64, help="journal: concurrent writer tasks")
+    return p
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad input: a message naming the flag (argparse exits 2), never a traceback."""
+    what = args.what[0]
+    if what not in ("cluster", "journal", "profile-summary"):
+        p.error(f"unknown benchmark {what!r}: cluster, journal or profile-summary DIR")
+    if what == "profile-summary" and len(args.what) != 2:
+        p.error("profile-summary takes one directory: profile-summary DIR")
+    if what != "profile-summary" and len(args.what) != 1:
+        p.error(f"unexpected argument(s) {args.what[1:]}")
+    for flag, value, low, high in (
+        ("--shards", args.shards, 1, 16),
+        ("--concurrency", args.concurrency, 1, 10_000),
+        ("--sagas", args.sagas, 1, 1_000_000),
+        ("--warmup", args.warmup, 0, 1_000_000),
+        ("--max-outstanding", args.max_outstanding, 1, 100_000),
+        ("--loadgen-procs", args.loadgen_procs, 1, 16),
+        ("--repeat", args.repeat, 1, 20),
+        ("--journal-sagas", args.journal_sagas, 1, 1_000_000),
+        ("--journal-writers", args.journal_writers, 1, 10_000),
+    ):
+        if not low <= value <= high:
+            p.error(f"{flag} must be between {low} and {high}, got {value}")
+    if args.rate < 0 or args.rate > 100_000:
+        p.error(f"--rate must be between 0 (closed loop) and 100000 orders/s, got {args.rate:g}")
+    if not 0.0 <= args.fail_rate <= 1.0:
+        p.error(f"--fail-rate must be between 0 and 1, got {args.fail_rate:g}")
+    if args.concurrency < args.loadgen_procs and not args.rate:
+        p.error("--concurrency must be at least --loadgen-procs (each process needs a caller)")
+
+
+def _get(figures: dict[str, Any], dotted: str) -> Any:
+    value: Any = figures
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _target_marks(figures: dict[str, Any]) -> dict[str, str]:
+    label = str(figures.get("label", ""))
+    marks = {}
+    for name, target, kind, applies in TARGETS:
+        if applies != "any" and not label.startswith(applies + "-"):
+            continue
+        value = _get(figures, name)
+        if not isinstance(value, int | float):
+            continue
+        ok = value >= target if kind == "min" else value <= target
+        marks[name] = f"{'>=' if kind == 'min' else '<='} {target:g}  {'met' if ok else 'MISSED'}"
+    return marks
+
+
+def _table(figures: dict[str, Any], title: str) -> str:
+    marks = _target_marks(figures)
+    rows: list[tuple[str, str]] = []
+    for name in (
+        "throughput_sagas_per_s",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "outcomes",
+        *(f"cpu_ms_per_saga.{k}" for k in KINDS),
+        *(f"cpu_cores_busy.{k}" for k in KINDS),
+        "journal_commits_per_saga",
+        "fsyncs_per_saga",
+        "stub_commits_per_saga",
+        "ledger_violations",
+    ):
+        value = _get(figures, name)
+        if value is None:
+            continue
+        shown = (
+            json.dumps(value) if isinstance(value, dict) else f"{value:g}" if isinstance(value, float) else str(value)
+        )
+        rows.append((name, shown + (f"   (target {marks[name]})" if name in marks else "")))
+    width = max(len(n) for n, _ in rows)
+    lines = [title, "-" * len(title)] + [f"{n:<{width}}  {v}" for n, v in rows]
+    return "\n".join(lines)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over the runs (nested dicts too); the rest from the first run."""
+
+    def merge(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, dict) and all(isinstance(v, dict) for v in values):
+            keys = {k for v in values for k in v}
+            return {k: merge([v.get(k, 0) for v in values]) for k in sorted(keys)}
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            m = statistics.median(values)
+            return round(m, 3) if isinstance(m, float) else m
+        return first
+
+    out: dict[str, Any] = merge(runs)
+    out["repeat"] = len(runs)
+    out["runs"] = runs
+    return out
+
+
+def _save(figures: dict[str, Any], results_dir: Path, mode: str) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = results_dir / f"{stamp}-{mode}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    return path
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C: every process the run started is stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    _check(p, args)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    what = args.what[0]
+    try:
+        if what == "profile-summary":
+            return _summaries(Path(args.what[1]))
+        if what == "journal":
+            return _journal(args)
+        return _cluster(args)
+    except KeyboardInterrupt:
+        print("interrupted: everything this run started has been stopped", file=sys.stderr)
+        return 130
+    except (BenchError, ClusterError, OSError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+
+
+def _summaries(directory: Path) -> int:
+    files = sorted(directory.glob("*.txt"))
+    if not files:
+        print(f"bench: no py-spy recordings (*.txt) in {directory}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(profile_summary.render(profile_summary.summarise(f)))
+    return 0
+
+
+def _journal(args: argparse.Namespace) -> int:
+    figures = journal_bench.run(args.journal_sagas, args.journal_writers)
+    rows = figures["cases"]
+    cols = (
+        "case",
+        "writers",
+        "max_batch",
+        "transitions_per_s",
+        "commits_per_s",
+        "records_per_commit",
+        "fsyncs_per_saga",
+        "cpu_us_per_transition",
+    )
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("journal micro-benchmark (synchronous=FULL, WAL; 5 awaited transitions = 12 records per saga)")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    figures["results_file"] = str(_save(figures, args.results_dir, "journal"))
+    print(json.dumps(figures))
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    cfg = RunConfig(
+        mode="open" if args.rate else "closed",
+        shards=args.shards,
+        concurrency=args.max_outstanding if args.rate else args.concurrency,
+        sagas=args.sagas,
+        warmup=args.warmup,
+        rate=args.rate,
+        fail_rate=args.fail_rate,
+        loadgen_procs=args.loadgen_procs,
+        seed=args.seed,
+        keep=args.keep,
+        profile_dir=args.profile,
+    )
+    runs = []
+    for i in range(args.repeat):
+        figures = run(replace(cfg, seed=cfg.seed + i))
+        runs.append(figures)
+        print(_table(figures, f"run {i + 1}/{args.repeat}: {cfg.label}"), flush=True)
+    summary = runs[0] if len(runs) == 1 else _median(runs)
+    if len(runs) > 1:
+        print(_table(summary, f"median of {len(runs)} runs: {cfg.label}"), flush=True)
+    if args.profile:
+        _summaries(Path(args.profile))
+    summary["results_file"] = str(_save(summary, args.results_dir, cfg.label))
+    print(json.dumps(summary), flush=True)
+    bad = any(r["errors"] or r["ledger_violations"] for r in runs)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""After a run, what the services actually applied (StubControl.GetLedger), checked against what the client was told:
+SUCCESS means every effect exactly once and nothing compensated; FAILED means the compensations ran, net zero on every
+service; an order paid with the declined token must not succeed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
+from protos.service_stubs.v1.control_pb2 import OrderLedger
+
+_CHUNK = 1_000  # orders per GetLedger call (the stubs allow up to 10,000)
+_FORWARD = ("CreateOrder", "ReserveInventory", "ChargePayment", "ScheduleShipment")
+
+
+@dataclass
+class LedgerCheck:
+    checked: int = 0
+    failed_checked: int = 0
+    """FAILED orders whose compensations were verified (net zero)."""
+    violations: list[str] = field(default_factory=list)
+
+
+def violations(order_id: str, outcome: str, declined: bool, ledger: OrderLedger) -> list[str]:
+    out = [
+        f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times"
+        for k in ledger.keys
+        if k.applied_count > 1
+    ]
+    reserved = {item: qty for item, qty in ledger.reserved_net.items() if qty}
+    if outcome == "SUCCESS":
+        if declined:
+            out.append(f"{order_id}: paid with the declined token but SUCCESS")
+        for method in _FORWARD:
+            applied = sum(k.applied_count for k in ledger.keys if k.method == method)
+            if applied != 1:
+                out.append(f"{order_id}: SUCCESS but {method} applied {applied} times")
+        if ledger.order_cancelled or ledger.refunded_cents or ledger.shipment_cancelled:
+            out.append(f"{order_id}: SUCCESS but an effect was compensated")
+    elif outcome == "FAILED":
+        if ledger.order_created and not ledger.order_cancelled:
+            out.append(f"{order_id}: FAILED but the order is still created")
+        if reserved:
+            out.append(f"{order_id}: FAILED but still reserved {reserved}")
+        if ledger.charged_cents != ledger.refunded_cents:
+            out.append(f"{order_id}: FAILED but charged {ledger.charged_cents}, refunded {ledger.refunded_cents}")
+        if ledger.shipment_scheduled and not ledger.shipment_cancelled:
+            out.append(f"{order_id}: FAILED but the shipment is still scheduled")
+    return out
+
+
+def check(
+    stubs_address: str, order_ids: Sequence[str], outcomes: Sequence[str], declined: Sequence[bool]
+) -> LedgerCheck:
+    """Checks every order that got an answer (calls that errored have no promised outcome to hold the ledger to)."""
+    result = LedgerCheck()
+    wanted = [
+        (o, out, d) for o, out, d in zip(order_ids, outcomes, declined, strict=True) if out in ("SUCCESS", "FAILED")
+    ]
+    with grpc.insecure_channel(stubs_address) as channel:
+        control = control_pb2_grpc.StubControlStub(channel)
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            reply = control.GetLedger(control_pb2.GetLedgerRequest(order_ids=[o for o, _, _ in chunk]), timeout=30.0)
+            ledgers = {ledger.order_id: ledger for ledger in reply.ledgers}
+            for order_id, outcome, was_declined in chunk:
+                ledger = ledgers.get(order_id, OrderLedger(order_id=order_id))
+                result.violations += violations(order_id, outcome, was_declined, ledger)
+                result.checked += 1
+                result.failed_checked += outcome == "FAILED"
+    return result

@@ -1,0 +1,212 @@
+"""The load generator: one process (`python -m bench.loadgen SPEC_JSON`), one grpc.aio channel, uvloop, many
+concurrent PlaceOrder calls to the router.
+
+It talks to the harness over its standard streams: warms up, prints `ready`, waits for `go` on stdin (so the harness
+can read every process's CPU time at the start of the measured window), runs, writes its results to the file the spec
+names, prints `done`.
+
+Closed loop: `concurrency` callers, each sending its next order as soon as the previous one is answered.
+Open loop: orders are due at fixed times (rate per second); each call's latency is measured from when it was due, not
+from when it was sent, so a stall of the system shows up in the figures instead of silently delaying the arrivals
+(coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+
+from protos.saga.v1 import saga_pb2
+
+TOKEN_OK = "tok_ok"
+TOKEN_DECLINED = "tok_declined"
+CALL_TIMEOUT_S = 30.0
+PLACE_ORDER = "/saga.v1.SagaCoordinator/PlaceOrder"
+_ITEMS = (("bench-widget", 1), ("bench-gadget", 2))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one load generator process does (sent as JSON on its command line)."""
+
+    router: str
+    run_id: str
+    worker: int
+    mode: str
+    """closed | open"""
+    sagas: int
+    """Measured sagas this process sends."""
+    warmup: int
+    """Sagas sent before `ready`, not measured."""
+    concurrency: int
+    """Closed loop: callers; open loop: most calls outstanding before arrivals wait (a memory bound)."""
+    rate: float
+    """Open loop: orders per second this process sends."""
+    fail_rate: float
+    """Fraction of orders paid with the declined token."""
+    seed: int
+    result_path: str
+
+
+@dataclass
+class Result:
+    worker: int
+    started_mono: float
+    ended_mono: float
+    latencies_ms: list[float]
+    outcomes: list[str]
+    """SUCCESS | FAILED | PENDING, or the gRPC status code name of a call that failed."""
+    order_ids: list[str]
+    declined: list[bool]
+    lag_max_ms: float
+    """Open loop: how late the generator itself was in sending a due order (its own saturation)."""
+
+
+def place_request(order_id: str, index: int, declined: bool) -> saga_pb2.PlaceOrderRequest:
+    return saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id=f"bench-user-{index % 97}",
+        items=[saga_pb2.Item(item_id=item, quantity=qty) for item, qty in _ITEMS],
+        payment_info=saga_pb2.PaymentInfo(
+            payment_token=TOKEN_DECLINED if declined else TOKEN_OK, amount_cents=1299, currency="EUR"
+        ),
+    )
+
+
+class Generator:
+    def __init__(self, spec: Spec, channel: grpc.aio.Channel) -> None:
+        self.spec = spec
+        # Bytes in, bytes out: requests are encoded before the measured window, so it holds calls, not encoding.
+        self._place = channel.unary_unary(PLACE_ORDER, _registered_method=True)
+        self._rng = random.Random(spec.seed * 1_000 + spec.worker)
+
+    def _requests(self, prefix: str, n: int) -> list[tuple[str, bool, bytes]]:
+        out = []
+        for i in range(n):
+            order_id = f"{self.spec.run_id}-{prefix}{self.spec.worker}-{i}"
+            declined = self._rng.random() < self.spec.fail_rate
+            out.append((order_id, declined, place_request(order_id, i, declined).SerializeToString()))
+        return out
+
+    async def _call(self, body: bytes) -> str:
+        try:
+            raw = await self._place(body, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            return str(e.code().name)
+        reply = saga_pb2.PlaceOrderResponse.FromString(raw)
+        return str(saga_pb2.PlaceOrderStatus.Name(reply.status))
+
+    async def closed(self, prefix: str, n: int, concurrency: int) -> Result:
+        requests = self._requests(prefix, n)
+        latencies = [0.0] * n
+        outcomes = [""] * n
+        next_index = 0
+
+        async def caller() -> None:
+            nonlocal next_index
+            while next_index < n:
+                i = next_index
+                next_index += 1
+                started = time.perf_counter()
+                outcomes[i] = await self._call(requests[i][2])
+                latencies[i] = (time.perf_counter() - started) * 1e3
+
+        started = time.monotonic()
+        await asyncio.gather(*(caller() for _ in range(min(concurrency, n))))
+        return self._result(started, requests, latencies, outcomes, 0.0)
+
+    async def open(self, n: int, rate: float, max_outstanding: int) -> Result:
+        requests = self._requests("m", n)
+        latencies = [0.0] * n
+        outcomes = [""] * n
+        slots = asyncio.Semaphore(max_outstanding)
+        lag_max = 0.0
+
+        async def one(i: int, due: float) -> None:
+            try:
+                outcomes[i] = await self._call(requests[i][2])
+                latencies[i] = (time.perf_counter() - due) * 1e3
+            finally:
+                slots.release()
+
+        tasks = []
+        started = time.monotonic()
+        t0 = time.perf_counter()
+        for i in range(n):
+            due = t0 + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await slots.acquire()
+            lag_max = max(lag_max, time.perf_counter() - due)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        return self._result(started, requests, latencies, outcomes, lag_max * 1e3)
+
+    def _result(
+        self,
+        started: float,
+        requests: list[tuple[str, bool, bytes]],
+        latencies: list[float],
+        outcomes: list[str],
+        lag_max_ms: float,
+    ) -> Result:
+        return Result(
+            worker=self.spec.worker,
+            started_mono=started,
+            ended_mono=time.monotonic(),
+            latencies_ms=latencies,
+            outcomes=outcomes,
+            order_ids=[r[0] for r in requests],
+            declined=[r[1] for r in requests],
+            lag_max_ms=lag_max_ms,
+        )
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def run(spec: Spec) -> Result | None:
+    # One channel per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
+    async with grpc.aio.insecure_channel(spec.router) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
+        gen = Generator(spec, channel)
+        if spec.warmup:
+            warm = await gen.closed("w", spec.warmup, spec.concurrency)
+            bad = [o for o in warm.outcomes if o not in ("SUCCESS", "FAILED")]
+            if bad:
+                _say(f"warning: {len(bad)} warm-up calls failed, e.g. {bad[0]}")
+        _say("ready")
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if line.strip() != "go":
+            return None  # the harness gave up (its stdin closed): leave quietly
+        if spec.mode == "open":
+            result = await gen.open(spec.sagas, spec.rate, spec.concurrency)
+        else:
+            result = await gen.closed("m", spec.sagas, spec.concurrency)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    data: dict[str, Any] = json.loads(args[0])
+    spec = Spec(**data)
+    result = uvloop.run(run(spec))
+    if result is not None:
+        Path(spec.result_path).write_text(json.dumps(asdict(result)))
+        _say("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Summarises py-spy raw recordings (collapsed stacks, `frame;frame;... count`): the functions with the most samples
+on CPU, by self time (the frame on top) and by total time (anywhere on the stack), as % of the process's samples.
+
+py-spy only keeps samples of threads that were running (not idle), so the percentages are shares of the CPU the
+process used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+_LINE = re.compile(r"^(.*) (\d+)$")
+_LINE_NO = re.compile(r":\d+\)$")
+
+
+@dataclass
+class Summary:
+    name: str
+    samples: int
+    self_top: list[tuple[str, int]]
+    total_top: list[tuple[str, int]]
+    by_file: list[tuple[str, int]]
+
+
+def _short(frame: str) -> str:
+    # "fn (/abs/path/.venv/lib/python3.11/site-packages/grpc/aio/_call.py:123)" -> "fn (grpc/aio/_call.py:123)"
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        i = frame.find(marker)
+        if i >= 0:
+            start = frame.rfind("(", 0, i) + 1
+            return frame[:start] + frame[i + len(marker) :]
+    return frame
+
+
+def _file_of(frame: str) -> str:
+    inside = frame[frame.rfind("(") + 1 : -1] if frame.endswith(")") else frame
+    return _LINE_NO.sub("", inside + ")").rstrip(")") or frame
+
+
+def summarise(path: Path, top: int = 15) -> Summary:
+    self_counts: Counter[str] = Counter()
+    total_counts: Counter[str] = Counter()
+    file_counts: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        frames = [_short(f) for f in m.group(1).split(";")]
+        if frames and frames[0].startswith(("thread ", "process ")):
+            frames = frames[1:]
+        while frames and frames[0].startswith(("thread ", "process ")):
+            frames = frames[1:]
+        if not frames:
+            continue
+        n = int(m.group(2))
+        samples += n
+        self_counts[frames[-1]] += n
+        file_counts[_file_of(frames[-1])] += n
+        for f in set(frames):
+            total_counts[f] += n
+    return Summary(
+        path.stem, samples, self_counts.most_common(top), total_counts.most_common(top), file_counts.most_common(top)
+    )
+
+
+def render(s: Summary) -> str:
+    lines = [f"== {s.name}: {s.samples} samples on CPU"]
+    for title, rows in (("self", s.self_top), ("total", s.total_top), ("self by file", s.by_file)):
+        lines.append(f"  -- {title}")
+        for frame, n in rows:
+            lines.append(f"  {100 * n / max(s.samples, 1):5.1f}%  {frame}")
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""One benchmark run: a fresh cluster, load generator processes, CPU and /metrics read at both ends of the measured
+window, the services' ledgers checked afterwards, everything started stopped again (also on Ctrl-C and errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import ledger
+from .cluster import REPO_ROOT, Cluster
+from .loadgen import Spec
+from .probes import cpu_seconds, metric_sum
+from .profiling import Profiler
+
+KINDS = ("router", "shard", "stubs", "loadgen")
+
+
+class BenchError(RuntimeError):
+    """The run could not be measured (a process died, a worker failed); the message says which."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    mode: str = "closed"
+    """closed | open"""
+    shards: int = 3
+    concurrency: int = 64
+    """Closed loop: callers in all; open loop: bound on calls outstanding."""
+    sagas: int = 2_000
+    """Measured sagas."""
+    warmup: int = 200
+    """Sagas before the measured window (the same concurrency), not measured."""
+    rate: float = 0.0
+    """Open loop: orders per second in all."""
+    fail_rate: float = 0.0
+    """Fraction of orders paid with the declined token (they compensate)."""
+    loadgen_procs: int = 1
+    seed: int = 1
+    keep: bool = False
+    """Keep the run's directory (journals, logs) instead of deleting it."""
+    profile_dir: str = ""
+    """If set: py-spy records every router, shard and stubs process over the measured window into this directory."""
+
+    @property
+    def label(self) -> str:
+        if self.mode == "open":
+            base = f"open-r{self.rate:g}"
+        else:
+            base = f"closed-c{self.concurrency}"
+        if self.fail_rate:
+            base += f"-fail{self.fail_rate:g}"
+        return f"{base}-s{self.shards}"
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest rank."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, int(-(-q * len(sorted_values) // 1)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _cpu_by_kind(pids: dict[str, list[int]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for kind, kind_pids in pids.items():
+        total = 0.0
+        for pid in kind_pids:
+            try:
+                total += cpu_seconds(pid)
+            except OSError as e:
+                raise BenchError(f"{kind} process {pid} is gone: {e}") from e
+        out[kind] = total
+    return out
+
+
+def _counters(cluster: Cluster) -> dict[str, float]:
+    shard_text = [c.metrics_text() for c in cluster.of_kind("shard")]
+    stubs_text = cluster.of_kind("stubs")[0].metrics_text()
+    return {
+        "journal_commits": sum(metric_sum(t, "saga_journal_commits_total") for t in shard_text),
+        "sagas_started": sum(metric_sum(t, "saga_started_total") for t in shard_text),
+        "stub_transactions": metric_sum(stubs_text, "saga_stub_store_transactions_total"),
+        "stub_calls": metric_sum(stubs_text, "saga_stub_calls_total"),
+    }
+
+
+def _read_line(proc: subprocess.Popen[str], name: str, expect: str) -> None:
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait()
+            raise BenchError(f"{name} exited with code {proc.returncode} before saying {expect!r}")
+        if line.strip() == expect:
+            return
+        print(f"  {name}: {line.rstrip()}", file=sys.stderr)
+
+
+def _specs(cfg: RunConfig, router: str, workdir: Path) -> list[Spec]:
+    n = cfg.loadgen_procs
+    run_id = f"b{int(time.time() * 1000) % 10**10}"
+    specs = []
+    for w in range(n):
+        share = cfg.sagas // n + (1 if w < cfg.sagas % n else 0)
+        specs.append(
+            Spec(
+                router=router,
+                run_id=run_id,
+                worker=w,
+                mode=cfg.mode,
+                sagas=share,
+                warmup=cfg.warmup // n + (1 if w < cfg.warmup % n else 0),
+                concurrency=max(1, cfg.concurrency // n + (1 if w < cfg.concurrency % n else 0)),
+                rate=cfg.rate / n,
+                fail_rate=cfg.fail_rate,
+                seed=cfg.seed,
+                result_path=str(workdir / f"loadgen-{w}.json"),
+            )
+        )
+    return specs
+
+
+def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
+    """Runs the benchmark once; returns the figures (the JSON line's content)."""
+    workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+    cluster = Cluster(workdir, cfg.shards)
+    workers: list[subprocess.Popen[str]] = []
+    profiler: Profiler | None = None
+    try:
+        print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
+        cluster.start()
+        specs = _specs(cfg, cluster.router_address, workdir)
+        for spec in specs:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],
+                    cwd=REPO_ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        print(f"warming up ({cfg.warmup} sagas), then measuring {cfg.sagas} sagas ({cfg.label})", file=log)
+        for i, w in enumerate(workers):
+            _read_line(w, f"loadgen-{i}", "ready")
+        pids = {kind: [c.pid for c in cluster.of_kind(kind)] for kind in ("router", "shard", "stubs")}
+        pids["loadgen"] = [w.pid for w in workers]
+        if cfg.profile_dir:
+            profiler = Profiler(Path(cfg.profile_dir), {c.name: c.pid for c in cluster.children})
+            profiler.start()
+        counters_before = _counters(cluster)
+        cpu_before = _cpu_by_kind(pids)
+        window_start = time.monotonic()
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        for i, w in enumerate(workers):
+            _read_line(w, f"loadgen-{i}", "done")
+        window_s = time.monotonic() - window_start
+        cpu_after = _cpu_by_kind(pids)
+        counters_after = _counters(cluster)
+        if profiler is not None:
+            profiler.stop()
+        results = [json.loads(Path(s.result_path).read_text()) for s in specs]
+        figures = _figures(cfg, results, cpu_before, cpu_after, counters_before, counters_after, window_s)
+        print("checking the services' ledgers", file=log)
+        order_ids = [o for r in results for o in r["order_ids"]]
+        outcomes = [o for r in results for o in r["outcomes"]]
+        declined = [d for r in results for d in r["declined"]]
+        checked = ledger.check(cluster.stubs_address, order_ids, outcomes, declined)
+        figures["ledger_checked"] = checked.checked
+        figures["ledger_failed_verified"] = checked.failed_checked
+        figures["ledger_violations"] = len(checked.violations)
+        if checked.violations:
+            for v in checked.violations[:10]:
+                print(f"  ledger violation: {v}", file=log)
+        if profiler is not None:
+            figures["profiles"] = profiler.outputs
+        return figures
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+            for stream in (w.stdin, w.stdout):
+                if stream is not None:
+                    stream.close()
+        cluster.stop()
+        if cfg.keep:
+            print(f"kept {workdir}", file=log)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _figures(
+    cfg: RunConfig,
+    results: list[dict[str, Any]],
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    before: dict[str, float],
+    after: dict[str, float],
+    window_s: float,
+) -> dict[str, Any]:
+    outcomes: Counter[str] = Counter()
+    latencies: list[float] = []
+    for r in results:
+        for outcome, latency in zip(r["outcomes"], r["latencies_ms"], strict=True):
+            outcomes[outcome] += 1
+            if outcome in ("SUCCESS", "FAILED", "PENDING"):
+                latencies.append(latency)
+    latencies.sort()
+    answered = len(latencies)
+    errors = sum(n for o, n in outcomes.items() if o not in ("SUCCESS", "FAILED", "PENDING"))
+    started = min(r["started_mono"] for r in results)
+    ended = max(r["ended_mono"] for r in results)
+    elapsed_s = max(ended - started, 1e-9)
+    per = max(answered, 1)
+    commits = after["journal_commits"] - before["journal_commits"]
+    return {
+        "mode": cfg.mode,
+        "label": cfg.label,
+        "shards": cfg.shards,
+        "concurrency": cfg.concurrency,
+        "rate": cfg.rate,
+        "fail_rate": cfg.fail_rate,
+        "loadgen_procs": cfg.loadgen_procs,
+        "sagas": sum(outcomes.values()),
+        "elapsed_s": round(elapsed_s, 3),
+        "throughput_sagas_per_s": round(answered / elapsed_s, 1),
+        "p50_ms": round(_percentile(latencies, 0.50), 2),
+        "p95_ms": round(_percentile(latencies, 0.95), 2),
+        "p99_ms": round(_percentile(latencies, 0.99), 2),
+        "max_ms": round(latencies[-1] if latencies else 0.0, 2),
+        "mean_ms": round(sum(latencies) / per, 2),
+        "errors": errors,
+        "outcomes": dict(sorted(outcomes.items())),
+        "cpu_ms_per_saga": {k: round((cpu_after[k] - cpu_before[k]) * 1e3 / per, 3) for k in KINDS},
+        "cpu_cores_busy": {k: round((cpu_after[k] - cpu_before[k]) / window_s, 2) for k in KINDS},
+        "journal_commits_per_saga": round(commits / per, 3),
+        # synchronous=FULL in WAL mode: each commit ends in one fsync of the WAL (checkpoints, every ~1000 pages,
+        # add two more and are not counted here).
+        "fsyncs_per_saga": round(commits / per, 3),
+        "shard_sagas_started": int(after["sagas_started"] - before["sagas_started"]),
+        "stub_calls_per_saga": round((after["stub_calls"] - before["stub_calls"]) / per, 2),
+        "stub_commits_per_saga": round((after["stub_transactions"] - before["stub_transactions"]) / per, 3),
+        "open_loop_sender_lag_max_ms": round(max(r["lag_max_ms"] for r in results), 2),
+        "cores": os.cpu_count() or 0,
+    }

@@ -1,0 +1,72 @@
+"""The benchmark harness end to end at toy sizes: every figure present, outcomes adding up, the ledgers checked.
+No timing is asserted: the figures only have to exist and be consistent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+KEYS = {
+    "throughput_sagas_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "errors",
+    "outcomes",
+    "cpu_ms_per_saga",
+    "journal_commits_per_saga",
+    "fsyncs_per_saga",
+    "cores",
+    "ledger_violations",
+    "results_file",
+}
+
+
+def _bench(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_cluster_run_reports_every_figure(tmp_path: Path) -> None:
+    proc = _bench(
+        "--sagas", "20", "--warmup", "2", "--shards", "1", "--concurrency", "4", "--fail-rate", "0.3",
+        "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert KEYS <= set(figures), KEYS - set(figures)
+    assert set(figures["cpu_ms_per_saga"]) == {"router", "shard", "stubs", "loadgen"}
+    assert sum(figures["outcomes"].values()) == figures["sagas"] == 20
+    assert figures["errors"] == 0
+    assert figures["outcomes"].get("FAILED", 0) > 0, "a 30% decline rate over 20 orders declined none (seed 1)"
+    assert figures["ledger_checked"] == 20 and figures["ledger_violations"] == 0
+    assert figures["shard_sagas_started"] == 20
+    assert figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    saved = json.loads(Path(figures["results_file"]).read_text())
+    assert saved["outcomes"] == figures["outcomes"]
+
+
+def test_journal_micro_benchmark_reports_each_case(tmp_path: Path) -> None:
+    proc = _bench("journal", "--journal-sagas", "10", "--journal-writers", "4", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    cases = {c["case"]: c for c in figures["cases"]}
+    assert set(cases) == {"group commit", "no group commit", "one writer"}
+    assert cases["no group commit"]["records_per_commit"] <= 2  # one submission per transaction
+    assert all(c["transitions_per_s"] > 0 for c in cases.values())
+
+
+def test_bad_flag_is_named_not_a_traceback() -> None:
+    proc = _bench("--fail-rate", "1.5", timeout_s=20)
+    assert proc.returncode == 2
+    assert "--fail-rate" in proc.stderr and "Traceback" not in proc.stderr
