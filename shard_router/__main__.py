@@ -1,6 +1,7 @@
 """saga-router: the shard router process, and the `epochs` admin command.
 
     python -m shard_router --listen 127.0.0.1:50051 --config deploy/local/shards.toml [--epochs PATH] [--log-json]
+        [--metrics-listen 127.0.0.1:9051] [--dashboard-listen 127.0.0.1:8051]
     python -m shard_router epochs list --config deploy/local/shards.toml
     python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--force]
 
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the shards TOML file (or $SAGA_ROUTER_CONFIG)")
     p.add_argument("--epochs", help="the epochs state file (default: <config>.epochs.json beside it)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+    p.add_argument(
+        "--metrics-listen", help="host:port of the Prometheus /metrics endpoint (or $SAGA_ROUTER_METRICS_LISTEN)"
+    )
+    p.add_argument(
+        "--dashboard-listen", help="host:port of the web dashboard and its JSON API (or $SAGA_ROUTER_DASHBOARD_LISTEN)"
+    )
     return p
 
 
@@ -48,7 +55,12 @@ async def _serve(config: RouterConfig) -> int:
     host = config.listen.rpartition(":")[0]
     logger.info("config {}, epochs {}", config.config_path, config.epochs_path)
     # One line on stdout, flushed, like the shards and stubs print: launchers and scripts read it to know where.
-    print(f"shard_router listening on {host}:{port}", flush=True)
+    extra = ""
+    if server.metrics_port is not None and config.metrics_listen:
+        extra += f" metrics http://{config.metrics_listen.rpartition(':')[0]}:{server.metrics_port}/metrics"
+    if server.dashboard_port is not None and config.dashboard_listen:
+        extra += f" dashboard http://{config.dashboard_listen.rpartition(':')[0]}:{server.dashboard_port}/"
+    print(f"shard_router listening on {host}:{port}{extra}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,7 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return epochs_cli.main(args[1:])
     ns = _parser().parse_args(args)
     try:
-        config = load(ns.config, listen=ns.listen, epochs_path=ns.epochs, log_json=ns.log_json)
+        config = load(
+            ns.config,
+            listen=ns.listen,
+            epochs_path=ns.epochs,
+            log_json=ns.log_json,
+            metrics_listen=ns.metrics_listen,
+            dashboard_listen=ns.dashboard_listen,
+        )
     except ConfigError as e:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2

@@ -11,10 +11,11 @@ The file (``deploy/local/shards.toml`` is an example)::
     [[shards]]                     # the ring: order ids are consistent-hashed onto these ids
     id = "shard-1"
     address = "127.0.0.1:50071"
+    metrics = "127.0.0.1:9071"     # optional: its /metrics, which the dashboard scrapes for step latencies
     # draining = true              # owns no keys any more, still answers for orders earlier rings placed on it
 
 Environment overrides (each optional): SAGA_ROUTER_LISTEN, SAGA_ROUTER_CONFIG, SAGA_ROUTER_EPOCHS (the epochs file),
-SAGA_LOG_JSON=1. Command-line flags override the environment.
+SAGA_ROUTER_METRICS_LISTEN, SAGA_ROUTER_DASHBOARD_LISTEN, SAGA_LOG_JSON=1. Command-line flags override the environment.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class ShardSpec:
     """host:port of its gRPC server."""
     draining: bool = False
     """Out of the ring (owns no keys) but still reachable for orders that earlier rings placed on it."""
+    metrics: str | None = None
+    """host:port of its Prometheus /metrics, if the dashboard should read it (not part of placement)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class RingSpec:
     @property
     def addresses(self) -> dict[str, str]:
         return {s.id: s.address for s in self.shards}
+
+    @property
+    def metrics_addresses(self) -> dict[str, str]:
+        """Shard id to host:port of its /metrics, for the shards that list one."""
+        return {s.id: s.metrics for s in self.shards if s.metrics}
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,14 @@ class RouterSettings:
     """On SIGTERM, in-flight calls get this long to finish before they are cancelled."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest request or response relayed (a 500-saga page with steps fits well within it)."""
+    health_check_interval_s: float = 1.0
+    """How often every shard's gRPC health is checked (saga_router_shard_up; NOT_SERVING when none is up)."""
+    health_check_timeout_s: float = 1.0
+    """Bound of one shard health check; no answer within it counts as down."""
+    dashboard_sample_interval_s: float = 2.0
+    """With a dashboard: how often the shards' /metrics are scraped for rates and percentiles."""
+    dashboard_history_s: float = 600.0
+    """With a dashboard: how far back rates are kept (memory is samples x shards x series, a few hundred KB)."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -117,6 +133,10 @@ class RouterConfig:
     """The [router] table."""
     log_json: bool = False
     """Logs as JSON lines instead of human-readable text."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus /metrics endpoint; None: no endpoint."""
+    dashboard_listen: str | None = None
+    """host:port of the dashboard (HTML page and JSON API); None: no dashboard."""
 
 
 def check_address(name: str, value: object) -> str:
@@ -141,6 +161,8 @@ def load(
     listen: str | None = None,
     epochs_path: str | os.PathLike[str] | None = None,
     log_json: bool | None = None,
+    metrics_listen: str | None = None,
+    dashboard_listen: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> RouterConfig:
     """Reads the file named by the argument (else SAGA_ROUTER_CONFIG), applies environment then argument overrides,
@@ -167,8 +189,21 @@ def load(
     epochs = Path(raw_epochs) if raw_epochs else default_epochs_path(path)
     if log_json is None:
         log_json = env.get("SAGA_LOG_JSON", "") not in ("", "0", "false")
+    metrics_listen = metrics_listen or env.get("SAGA_ROUTER_METRICS_LISTEN") or None
+    dashboard_listen = dashboard_listen or env.get("SAGA_ROUTER_DASHBOARD_LISTEN") or None
+    if metrics_listen is not None:
+        check_address("metrics_listen", metrics_listen)
+    if dashboard_listen is not None:
+        check_address("dashboard_listen", dashboard_listen)
     return RouterConfig(
-        listen=listen, config_path=path, epochs_path=epochs, ring=ring, settings=settings, log_json=log_json
+        listen=listen,
+        config_path=path,
+        epochs_path=epochs,
+        ring=ring,
+        settings=settings,
+        log_json=log_json,
+        metrics_listen=metrics_listen,
+        dashboard_listen=dashboard_listen,
     )
 
 
@@ -201,7 +236,7 @@ def _parse_shard(index: int, entry: object) -> ShardSpec:
     where = f"shards[{index}]"
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(entry) - {"id", "address", "draining"}
+    unknown = set(entry) - {"id", "address", "draining", "metrics"}
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
     shard_id = entry.get("id")
@@ -211,7 +246,10 @@ def _parse_shard(index: int, entry: object) -> ShardSpec:
     draining = entry.get("draining", False)
     if not isinstance(draining, bool):
         raise ConfigError(f"{where}.draining must be true or false, got {draining!r}")
-    return ShardSpec(id=shard_id, address=address, draining=draining)
+    metrics = entry.get("metrics")
+    if metrics is not None:
+        check_address(f"{where}.metrics", metrics)
+    return ShardSpec(id=shard_id, address=address, draining=draining, metrics=metrics)
 
 
 def _parse_settings(table: object) -> RouterSettings:

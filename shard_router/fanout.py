@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -197,10 +198,13 @@ class FanOut:
         async def fetch(sid: str, token: str, n: int) -> tuple[Sequence[saga_pb2.Saga], str]:
             stub = self._forwarder.pool.get(topo.addresses[sid]).coordinator
             shard_request = saga_pb2.ListSagasRequest(state=request.state, page_size=n, page_token=token)
+            started = time.perf_counter()
             try:
                 resp = await stub.ListSagas(shard_request, metadata=caller.metadata, timeout=caller.timeout_s())
             except grpc.aio.AioRpcError as e:
+                self._forwarder.metrics.forwarded("ListSagas", sid, e.code().name, time.perf_counter() - started)
                 raise _shard_failure(e, sid, "ListSagas") from None
+            self._forwarder.metrics.forwarded("ListSagas", sid, "OK", time.perf_counter() - started)
             return resp.sagas, resp.next_page_token
 
         def newest_first(s: saga_pb2.Saga) -> tuple[int, ...]:
@@ -222,10 +226,13 @@ class FanOut:
             shard_request = saga_pb2.ListDeadLettersRequest(
                 step=request.step, include_closed=request.include_closed, page_size=n, page_token=token
             )
+            started = time.perf_counter()
             try:
                 resp = await stub.ListDeadLetters(shard_request, metadata=caller.metadata, timeout=caller.timeout_s())
             except grpc.aio.AioRpcError as e:
+                self._forwarder.metrics.forwarded("ListDeadLetters", sid, e.code().name, time.perf_counter() - started)
                 raise _shard_failure(e, sid, "ListDeadLetters") from None
+            self._forwarder.metrics.forwarded("ListDeadLetters", sid, "OK", time.perf_counter() - started)
             return resp.dead_letters, resp.next_page_token
 
         def oldest_first(d: saga_pb2.DeadLetter) -> tuple[int, ...]:

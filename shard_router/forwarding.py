@@ -107,7 +107,7 @@ class Forwarder:
 
     def __init__(self, pool: ChannelPool, metrics: Metrics) -> None:
         self.pool = pool
-        self._metrics = metrics
+        self.metrics = metrics
 
     async def unary(
         self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, *, cap_s: float | None = None
@@ -120,9 +120,9 @@ class Forwarder:
         try:
             body = await call
         except grpc.aio.AioRpcError as e:
-            self._metrics.forwarded(method, shard_id, e.code().name, time.perf_counter() - started)
+            self.metrics.forwarded(method, shard_id, e.code().name, time.perf_counter() - started)
             raise _status(shard_id, e) from None
-        self._metrics.forwarded(method, shard_id, "OK", time.perf_counter() - started)
+        self.metrics.forwarded(method, shard_id, "OK", time.perf_counter() - started)
         return Reply(
             bytes(body),
             tuple(await call.initial_metadata() or ()),

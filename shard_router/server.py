@@ -22,6 +22,7 @@ from protos.saga.v1 import saga_pb2
 from .channels import ChannelPool
 from .config import ConfigError, RouterConfig
 from .config import load as load_config
+from .dashboard import Dashboard
 from .errors import InvalidArgument, RouterError
 from .fanout import FanOut
 from .forwarding import (
@@ -34,9 +35,11 @@ from .forwarding import (
     Forwarder,
     Reply,
 )
-from .metrics import Metrics, NullMetrics
+from .metrics import Metrics, MetricsServer, NullMetrics, RouterMetrics
 from .reload import TopologyManager
 from .routing import Router, parse_order_id
+from .shard_health import ShardHealth
+from .shard_stats import ShardStats
 
 UnaryHandler = Callable[[bytes, Caller], Awaitable[Reply | bytes]]
 
@@ -152,12 +155,17 @@ def _decode(message: Any, request: bytes) -> Any:
 
 
 class RouterServer:
-    """One router: the gRPC server, its rings and their reloading. start() binds and serves; stop() drains."""
+    """One router: the gRPC server, its rings and their reloading, shard health checks, and (if configured) the
+    Prometheus endpoint and the dashboard. start() binds and serves; stop() drains."""
 
     def __init__(self, config: RouterConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         settings = config.settings
+        self.prometheus: RouterMetrics | None = None
+        if metrics is None and config.metrics_listen is not None:
+            metrics = self.prometheus = RouterMetrics()
         self._metrics = metrics or NullMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.pool = ChannelPool(settings.max_message_bytes, settings.channel_close_grace_s)
         # Reloads re-read the same file with the same overrides the process started with.
         self.topologies = TopologyManager(
@@ -170,10 +178,23 @@ class RouterServer:
         forwarder = Forwarder(self.pool, self._metrics)
         current = lambda: self.topologies.current  # noqa: E731 - read at the start of each call
         self.router = Router(current, forwarder, settings.probe_timeout_s)
-        self._servicer = RouterServicer(self.router, FanOut(current, forwarder, settings))
+        fanout = FanOut(current, forwarder, settings)
+        self._servicer = RouterServicer(self.router, fanout)
         self._health = health.aio.HealthServicer()
+        self.shard_health = ShardHealth(
+            current,
+            self.pool,
+            self._metrics,
+            self._health,
+            (SAGA_SERVICE, ADMIN_SERVICE),
+            settings.health_check_timeout_s,
+        )
+        self.dashboard: Dashboard | None = None
+        if config.dashboard_listen is not None:
+            stats = ShardStats(current, settings.dashboard_history_s)
+            self.dashboard = Dashboard(current, self.router, fanout, self.shard_health, stats)
         self._server: Any = None
-        self._watch: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
     async def start(self) -> int:
@@ -196,12 +217,33 @@ class RouterServer:
         except RuntimeError as e:
             await self.pool.close()
             raise ConfigError(f"cannot listen on {self.config.listen}: {e}") from e
+        try:
+            if self.prometheus is not None and self.config.metrics_listen is not None:
+                self.metrics_server = MetricsServer(self.config.metrics_listen, self.prometheus.registry)
+            if self.dashboard is not None and self.config.dashboard_listen is not None:
+                await self.dashboard.start(self.config.dashboard_listen)
+        except OSError as e:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            await self.pool.close()
+            raise ConfigError(f"cannot listen for metrics or dashboard: {e}") from e
         await server.start()
         self._server = server
         for name in ("", SAGA_SERVICE, ADMIN_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._watch = asyncio.create_task(self.topologies.watch(settings.reload_interval_s))
+        self._tasks.append(asyncio.create_task(self.topologies.watch(settings.reload_interval_s)))
+        self._tasks.append(asyncio.create_task(self.shard_health.run(settings.health_check_interval_s)))
+        if self.dashboard is not None:
+            self._tasks.append(asyncio.create_task(self.dashboard.stats.run(settings.dashboard_sample_interval_s)))
         return int(self.port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server is not None else None
+
+    @property
+    def dashboard_port(self) -> int | None:
+        return self.dashboard.port if self.dashboard is not None else None
 
     async def reload(self) -> bool:
         """Re-reads the config now (what the file watch and SIGHUP do)."""
@@ -212,9 +254,15 @@ class RouterServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within the grace period, then closes every channel."""
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.dashboard is not None:
+            await self.dashboard.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.config.settings.shutdown_grace_s if grace_s is None else grace_s)

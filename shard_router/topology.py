@@ -7,7 +7,7 @@ routing of a call already in flight.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .config import RingSpec
@@ -27,6 +27,8 @@ class Topology:
     """Every known shard id to its address: the config file first, else the address an epoch recorded."""
     shard_ids: tuple[str, ...]
     """Every shard that may hold sagas (ring, draining, and only-in-an-earlier-epoch shards): list calls ask all."""
+    metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Shard id to the host:port of its /metrics, for shards whose config entry names one (the dashboard reads them)."""
 
     @classmethod
     def build(cls, ring: RingSpec, history: EpochHistory) -> Topology:
@@ -46,6 +48,7 @@ class Topology:
             older=older,
             addresses=MappingProxyType(addresses),
             shard_ids=(*config_ids, *others),
+            metrics=MappingProxyType(ring.metrics_addresses),
         )
 
     def owner(self, order_id: str) -> str:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).with_name("cluster.toml")
-_PLACEHOLDER = re.compile(r"\{(listen|data_dir|here)(?::([A-Za-z0-9._-]+))?\}")
+_PLACEHOLDER = re.compile(r"\{(listen|metrics|dashboard|data_dir|here)(?::([A-Za-z0-9._-]+))?\}")
+_ADDRESS = re.compile(r"^[^:]+:\d{1,5}$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 
 
@@ -32,6 +33,10 @@ class ProcessSpec:
     """Command-line arguments, placeholders resolved."""
     env: Mapping[str, str]
     """Extra environment variables."""
+    metrics: str | None = None
+    """host:port of its Prometheus /metrics ({metrics} in args), listed by the launcher."""
+    dashboard: str | None = None
+    """host:port of its web dashboard ({dashboard} in args), listed by the launcher."""
 
 
 @dataclass(frozen=True)
@@ -79,20 +84,30 @@ def _parse(data: Mapping[str, Any], data_dir: Path, here: Path) -> ClusterSpec:
     if not isinstance(raw, list) or not raw:
         raise ClusterConfigError("no [[process]] tables")
     listens: dict[str, str] = {}
+    addresses: dict[tuple[str, str], str] = {}
     for i, entry in enumerate(raw):
         name, listen = entry.get("name"), entry.get("listen")
         if not isinstance(name, str) or not _NAME.match(name) or name in listens:
             raise ClusterConfigError(f"process[{i}].name must be a unique 1-32 character name, got {name!r}")
-        if not isinstance(listen, str) or not re.match(r"^[^:]+:\d{1,5}$", listen):
+        if not isinstance(listen, str) or not _ADDRESS.match(listen):
             raise ClusterConfigError(f"process[{i}].listen must be host:port, got {listen!r}")
         listens[name] = listen
-    processes = tuple(_process(i, entry, listens, data_dir, here) for i, entry in enumerate(raw))
+        addresses[("listen", name)] = listen
+        for key in ("metrics", "dashboard"):
+            value = entry.get(key)
+            if value is not None:
+                if not isinstance(value, str) or not _ADDRESS.match(value):
+                    raise ClusterConfigError(f"process[{i}].{key} must be host:port, got {value!r}")
+                addresses[(key, name)] = value
+    processes = tuple(_process(i, entry, addresses, data_dir, here) for i, entry in enumerate(raw))
     return ClusterSpec(processes, data_dir, **timeouts)
 
 
-def _process(i: int, entry: Mapping[str, Any], listens: Mapping[str, str], data_dir: Path, here: Path) -> ProcessSpec:
+def _process(
+    i: int, entry: Mapping[str, Any], addresses: Mapping[tuple[str, str], str], data_dir: Path, here: Path
+) -> ProcessSpec:
     where = f"process[{i}]"
-    unknown = set(entry) - {"name", "module", "listen", "args", "env"}
+    unknown = set(entry) - {"name", "module", "listen", "metrics", "dashboard", "args", "env"}
     if unknown:
         raise ClusterConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
     module, args, env = entry.get("module"), entry.get("args", []), entry.get("env", {})
@@ -105,10 +120,12 @@ def _process(i: int, entry: Mapping[str, Any], listens: Mapping[str, str], data_
 
     def resolve(match: re.Match[str]) -> str:
         key, ref = match.group(1), match.group(2)
-        if key == "listen":
-            if ref is not None and ref not in listens:
-                raise ClusterConfigError(f"{where}.args: no process named {ref!r} for {match.group(0)}")
-            return listens[ref or entry["name"]]
+        if key in ("listen", "metrics", "dashboard"):
+            address = addresses.get((key, ref or entry["name"]))
+            if address is None:
+                who = f"process named {ref!r}" if ref is not None else "setting of its own"
+                raise ClusterConfigError(f"{where}.args: no {key} {who} for {match.group(0)}")
+            return address
         if ref is not None:
             raise ClusterConfigError(f"{where}.args: {match.group(0)} takes no name")
         return str(data_dir if key == "data_dir" else here)
@@ -119,4 +136,6 @@ def _process(i: int, entry: Mapping[str, Any], listens: Mapping[str, str], data_
         listen=entry["listen"],
         args=tuple(_PLACEHOLDER.sub(resolve, a) for a in args),
         env=dict(env),
+        metrics=entry.get("metrics"),
+        dashboard=entry.get("dashboard"),
     )

@@ -26,6 +26,15 @@ from .cluster import ClusterSpec, ProcessSpec
 _LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
 
 
+def _urls(spec: ProcessSpec) -> str:
+    urls = ""
+    if spec.metrics:
+        urls += f", metrics http://{spec.metrics}/metrics"
+    if spec.dashboard:
+        urls += f", dashboard http://{spec.dashboard}/"
+    return urls
+
+
 @dataclass
 class Child:
     spec: ProcessSpec
@@ -58,8 +67,14 @@ class Supervisor:
                 child = await self._spawn(spec)
                 if not await self._ready(child):
                     return 0 if self._stop.is_set() else 1
-                self._say(f"{spec.name} (pid {child.proc.pid}) listening on {spec.listen}")
+                self._say(f"{spec.name} (pid {child.proc.pid}) listening on {spec.listen}{_urls(spec)}")
             self._say(f"all {len(self._children)} processes up, data in {self._cluster.data_dir}; Ctrl-C stops them")
+            for spec in self._cluster.processes:
+                if spec.dashboard:
+                    self._say(f"dashboard: http://{spec.dashboard}/")
+            metrics = [f"{p.name} http://{p.metrics}/metrics" for p in self._cluster.processes if p.metrics]
+            if metrics:
+                self._say("metrics: " + ", ".join(metrics))
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([stop, *(c.exited for c in self._children)], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()

@@ -1,0 +1,315 @@
+"""The dashboard: a static page and a JSON API served by the router on its own port (--dashboard-listen).
+
+    GET  /                                  the page (shard_router/static/dashboard.html)
+    GET  /api/summary                       everything the page's overview shows, one call (polled every 2 s)
+    GET  /api/sagas?state=RUNNING&limit=50  sagas, newest first, merged across shards
+    GET  /api/dead-letters                  open dead letters, oldest first
+    GET  /api/sagas/{order_id}              one saga with its steps and event log (the page polls it while open)
+    POST /api/dead-letters/{order_id}/retry    {"reason": "..."} (optional)
+    POST /api/dead-letters/{order_id}/resolve  {"reason": "..."} (required)
+
+Sagas, dead letters and actions go through the router's own routing and fan-out (the same channels and rules as gRPC
+clients get); rates, percentiles and retries come from scraping the shards' /metrics (shard_router.shard_stats).
+Payment details are not in any of it: shards never return them.
+
+POSTs must be `Content-Type: application/json`: a cross-site form cannot send that without a CORS preflight, which this
+server does not grant, so another web page open in the operator's browser cannot press the buttons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from protos.saga.v1 import saga_pb2
+
+from . import shard_checks
+from .errors import RouterError
+from .fanout import FanOut
+from .forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, Caller
+from .http import HttpError, HttpServer, Request, Response
+from .routing import Router
+from .shard_health import ShardHealth
+from .shard_stats import ShardStats
+from .topology import Topology
+
+PAGE = Path(__file__).with_name("static") / "dashboard.html"
+CALL_TIMEOUT_S = 5.0
+"""Bound of the gRPC calls one dashboard request makes."""
+SCAN_LIMIT = 500
+"""Sagas per state read to find the stuck ones, and recent sagas read to find the slowest (one page each)."""
+STUCK_AFTER_S = 10.0
+"""A live saga older than this is listed as stuck."""
+TOP_N = 10
+_ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATUS_HTTP = {
+    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.CONFLICT,
+    grpc.StatusCode.ALREADY_EXISTS: HTTPStatus.CONFLICT,
+}
+
+
+def _enum(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix)
+
+
+def _ts(t: Any) -> float | None:
+    return t.seconds + t.nanos / 1e9 if t.seconds or t.nanos else None
+
+
+def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
+    created, updated = _ts(s.created_at), _ts(s.updated_at)
+    state = _enum(saga_pb2.SagaState, s.state, "SAGA_STATE_")
+    live = state in ("RUNNING", "COMPENSATING")
+    end = time.time() if live else updated
+    return {
+        "order_id": s.order_id,
+        "saga_id": s.saga_id,
+        "shard_id": s.shard_id,
+        "user_id": s.user_id,
+        "state": state,
+        "created_at": created,
+        "updated_at": updated,
+        "deadline": _ts(s.deadline),
+        "age_seconds": None if created is None or end is None else max(0.0, end - created),
+        "last_error": s.last_error,
+        "items": [{"item_id": i.item_id, "quantity": i.quantity} for i in s.items],
+        "steps": [
+            {
+                "step": _enum(saga_pb2.Step, st.step, "STEP_").lower(),
+                "status": _enum(saga_pb2.StepStatus, st.status, "STEP_STATUS_"),
+                "forward_attempts": st.forward_attempts,
+                "compensate_attempts": st.compensate_attempts,
+                "last_error": st.last_error,
+                "started_at": _ts(st.started_at),
+                "updated_at": _ts(st.updated_at),
+            }
+            for st in s.steps
+        ],
+        "events": [
+            {
+                "seq": e.seq,
+                "at": _ts(e.at),
+                "kind": e.kind,
+                "step": _enum(saga_pb2.Step, e.step, "STEP_").lower() if e.step else "",
+                "action": _enum(saga_pb2.Action, e.action, "ACTION_").lower() if e.action else "",
+                "attempt": e.attempt,
+                "code": e.code,
+                "detail": e.detail,
+                "state": _enum(saga_pb2.SagaState, e.state, "SAGA_STATE_") if e.state else "",
+            }
+            for e in s.events
+        ],
+    }
+
+
+def dead_letter_json(d: saga_pb2.DeadLetter) -> dict[str, Any]:
+    return {
+        "order_id": d.order_id,
+        "saga_id": d.saga_id,
+        "shard_id": d.shard_id,
+        "step": _enum(saga_pb2.Step, d.step, "STEP_").lower(),
+        "last_error": d.last_error,
+        "attempts": d.attempts,
+        "parked_at": _ts(d.parked_at),
+        "closed": d.closed,
+        "closed_note": d.closed_note,
+    }
+
+
+def _http_error(e: RouterError) -> HttpError:
+    return HttpError(_STATUS_HTTP.get(e.code, HTTPStatus.BAD_GATEWAY), f"{e.code.name}: {e.details}")
+
+
+class Dashboard:
+    def __init__(
+        self,
+        topology: Callable[[], Topology],
+        router: Router,
+        fanout: FanOut,
+        health: ShardHealth,
+        stats: ShardStats,
+    ) -> None:
+        self._topology = topology
+        self._router = router
+        self._fanout = fanout
+        self._health = health
+        self.stats = stats
+        self._http = HttpServer(self.handle)
+        self._page = PAGE.read_bytes()
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    async def start(self, listen: str) -> int:
+        return await self._http.start(listen)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    @staticmethod
+    def _caller() -> Caller:
+        return Caller((), time.monotonic() + CALL_TIMEOUT_S)
+
+    async def handle(self, req: Request) -> Response:
+        path = req.path.rstrip("/") or "/"
+        if req.method == "GET":
+            if path in ("/", "/index.html"):
+                return Response(200, self._page, "text/html; charset=utf-8")
+            if path == "/api/summary":
+                return Response.of_json(await self.summary())
+            if path == "/api/sagas":
+                return Response.of_json(await self.list_sagas(req.query))
+            if path == "/api/dead-letters":
+                return Response.of_json({"dead_letters": await self.dead_letters()})
+            if path.startswith("/api/sagas/"):
+                return Response.of_json(await self.saga(_order_id(path.removeprefix("/api/sagas/"))))
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+        if req.method == "POST":
+            m = re.fullmatch(r"/api/dead-letters/([^/]+)/(retry|resolve)", path)
+            if m is None:
+                raise HttpError(HTTPStatus.NOT_FOUND, f"no such action: {path}")
+            if req.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "content-type must be application/json")
+            body = req.json()
+            reason = body.get("reason", "") if isinstance(body, dict) else ""
+            if not isinstance(reason, str) or len(reason) > 1000:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "reason: must be a string of at most 1000 characters")
+            order_id = _order_id(m.group(1))
+            if m.group(2) == "retry":
+                return Response.of_json(await self.retry(order_id, reason))
+            if not reason.strip():
+                raise HttpError(HTTPStatus.BAD_REQUEST, "reason: required to resolve a dead letter")
+            return Response.of_json(await self.resolve(order_id, reason))
+        raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {req.method} not allowed")
+
+    # ---- reads ----------------------------------------------------------------------------------------------------
+
+    async def _list(self, state: int, page_size: int) -> list[saga_pb2.Saga]:
+        req = saga_pb2.ListSagasRequest(state=state, page_size=page_size)
+        try:
+            return list((await self._fanout.list_sagas(req, self._caller())).sagas)
+        except RouterError as e:
+            raise _http_error(e) from None
+
+    async def list_sagas(self, query: dict[str, str]) -> dict[str, Any]:
+        state_name = query.get("state", "").upper()
+        state = 0
+        if state_name:
+            try:
+                state = saga_pb2.SagaState.Value(f"SAGA_STATE_{state_name}")
+            except ValueError:
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"state: unknown state {state_name!r}") from None
+        limit_text = query.get("limit", "50")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "limit: must be 1-500")
+        return {"sagas": [saga_json(s) for s in await self._list(state, int(limit_text))]}
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        req = saga_pb2.ListDeadLettersRequest(page_size=100)
+        try:
+            resp = await self._fanout.list_dead_letters(req, self._caller())
+        except RouterError as e:
+            raise _http_error(e) from None
+        return [dead_letter_json(d) for d in resp.dead_letters]
+
+    async def saga(self, order_id: str) -> dict[str, Any]:
+        req = saga_pb2.GetSagaRequest(order_id=order_id, include_events=True).SerializeToString()
+        try:
+            reply = await self._router.to_holder(order_id, GET_SAGA, req, self._caller())
+        except RouterError as e:
+            raise _http_error(e) from None
+        return saga_json(saga_pb2.Saga.FromString(reply.body))
+
+    async def summary(self) -> dict[str, Any]:
+        """The overview. Lists that fail (a shard down) are reported as errors beside the rest, not as a failed page."""
+        topo = self._topology()
+        errors: dict[str, str] = {}
+
+        async def sagas(name: str, state: int) -> list[saga_pb2.Saga]:
+            try:
+                return await self._list(state, SCAN_LIMIT)
+            except HttpError as e:
+                errors[name] = e.message
+                return []
+
+        async def letters() -> list[dict[str, Any]]:
+            try:
+                return await self.dead_letters()
+            except HttpError as e:
+                errors["dead_letters"] = e.message
+                return []
+
+        recent, running, compensating, dead = await asyncio.gather(
+            sagas("recent", 0),
+            sagas("running", saga_pb2.SAGA_STATE_RUNNING),
+            sagas("compensating", saga_pb2.SAGA_STATE_COMPENSATING),
+            letters(),
+        )
+        now = time.time()
+        live = [saga_json(s) for s in [*running, *compensating]]
+        stuck = sorted((s for s in live if (s["age_seconds"] or 0) >= STUCK_AFTER_S), key=lambda s: -s["age_seconds"])
+        done = [saga_json(s) for s in recent if s.state not in shard_checks.UNFINISHED[:2]]
+        slowest = sorted(done, key=lambda s: -(s["age_seconds"] or 0))[:TOP_N]
+        return {
+            "now": now,
+            "epoch": topo.epoch,
+            "shards": [
+                {
+                    "id": sid,
+                    "address": topo.addresses[sid],
+                    "up": self._health.up.get(sid),
+                    "metrics": topo.metrics.get(sid),
+                    "metrics_ok": (st.ok if (st := self.stats.status.get(sid)) else None),
+                    "metrics_error": st.error if st else "",
+                }
+                for sid in topo.shard_ids
+            ],
+            "gauges": self.stats.now(),
+            "throughput": self.stats.throughput(),
+            "latency": self.stats.step_latency(),
+            "retries": self.stats.retries(),
+            "recent": [saga_json(s) for s in recent[:20]],
+            "stuck": stuck[:TOP_N],
+            "stuck_after_seconds": STUCK_AFTER_S,
+            "live_count": {"running": len(running), "compensating": len(compensating)},
+            "slowest": slowest,
+            "dead_letters": dead,
+            "errors": errors,
+        }
+
+    # ---- actions --------------------------------------------------------------------------------------------------
+
+    async def retry(self, order_id: str, reason: str) -> dict[str, Any]:
+        req = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason or "retried from the dashboard")
+        try:
+            reply = await self._router.to_holder(order_id, RETRY_DEAD_LETTER, req.SerializeToString(), self._caller())
+        except RouterError as e:
+            raise _http_error(e) from None
+        return {"order_ids": list(saga_pb2.RetryDeadLetterResponse.FromString(reply.body).order_ids)}
+
+    async def resolve(self, order_id: str, reason: str) -> dict[str, Any]:
+        req = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason)
+        try:
+            reply = await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, req.SerializeToString(), self._caller())
+        except RouterError as e:
+            raise _http_error(e) from None
+        return {"saga": saga_json(saga_pb2.ResolveDeadLetterResponse.FromString(reply.body).saga)}
+
+
+def _order_id(raw: str) -> str:
+    if not _ORDER_ID.match(raw):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "order_id: 1-128 characters of [A-Za-z0-9._:-]")
+    return raw
+
+
+__all__ = ["Dashboard", "dead_letter_json", "saga_json"]
