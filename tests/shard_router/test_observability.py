@@ -160,5 +160,5 @@ def test_the_prometheus_config_scrapes_every_metrics_port_make_run_opens() -> No
 
     cluster = load(REPO / "deploy/local/cluster.toml", env={})
     opened = {p.metrics for p in cluster.processes if p.metrics}
-    scraped = set(re.findall(r"\d+\.\d+\.\d+\.\d+:\d+", (REPO / "deploy/grafana/prometheus.yml").read_text()))
+    scraped = set(re.findall(r"\"(\d+\.\d+\.\d+\.\d+:\d+)\"", (REPO / "deploy/grafana/prometheus.yml").read_text()))
     assert opened == scraped and len(opened) == len(cluster.processes)
