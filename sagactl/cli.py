@@ -1,0 +1,282 @@
+"""sagactl's commands and exit codes.
+
+    sagactl place [ORDER_ID] --item sku-1=2 [--token tok_ok] [--amount-cents 2500] [--no-wait]
+    sagactl get ORDER_ID [--events]
+    sagactl list [--state running] [--page-size 50] [--limit N]
+    sagactl watch ORDER_ID
+    sagactl dlq list [--step process_payment] [--include-closed]
+    sagactl dlq retry ORDER_ID [--reason R]      |  sagactl dlq retry --all [--step S] [--reason R]
+    sagactl dlq resolve ORDER_ID --reason R
+    sagactl top [--interval 2] [--once]
+
+Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. --json prints JSON (proto field names) instead of
+tables. Exit codes (EXIT_CODES): 0 ok; 1 the saga did not succeed (place answered FAILED, watch ended other than
+SUCCEEDED); 2 usage or a request the server called invalid; 3 unavailable: the router is unreachable, or a shard behind
+it, or no answer in time (retry later); 4 not found; 5 refused by the server (e.g. retrying a saga that is not
+dead-lettered, ALREADY_EXISTS, RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+
+from protos.saga.v1 import saga_pb2
+
+from . import render, top
+from .client import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SAGA_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CallFailed,
+    Client,
+    UsageError,
+)
+
+DEFAULT_ROUTER = "127.0.0.1:50051"
+CALL_TIMEOUT_S = 10.0
+PLACE_TIMEOUT_S = 60.0
+"""PlaceOrder waits for the whole saga (a slow payment, retries)."""
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_SAGA_FAILED: "the saga did not succeed",
+    EXIT_USAGE: "usage error or invalid request",
+    EXIT_UNREACHABLE: "unavailable (router or a shard unreachable, or no answer in time)",
+    EXIT_NOT_FOUND: "not found",
+    EXIT_REFUSED: "refused by the server",
+}
+_STATES = {n.removeprefix("SAGA_STATE_").lower(): v for n, v in saga_pb2.SagaState.items() if v}
+_STEPS = {n.removeprefix("STEP_").lower(): v for n, v in saga_pb2.Step.items() if v}
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after the command name. After it, their defaults are suppressed so
+    they do not overwrite a value given before it (argparse copies subparser defaults over the parent's)."""
+    common = argparse.ArgumentParser(add_help=False)
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    common.add_argument(
+        "--router", default=default(None), help=f"router host:port (default $SAGA_ROUTER or {DEFAULT_ROUTER})"
+    )
+    common.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
+    common.add_argument("--timeout", type=float, default=default(None), help="seconds per call (default 10; place: 60)")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
+    epilog = "exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+    p = argparse.ArgumentParser(
+        prog="sagactl",
+        description="Operate the saga coordinator through its router.",
+        epilog=epilog,
+        parents=[_common(suppress=False)],
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    place = sub.add_parser("place", parents=[common], help="place an order (runs its saga)", epilog=epilog)
+    place.add_argument("order_id", nargs="?", help="order id (default: a fresh ctl-<random> id)")
+    place.add_argument("--user", default="sagactl", help="buyer id (default sagactl)")
+    place.add_argument(
+        "--item", action="append", metavar="ITEM=QTY", help="an order line, repeatable (default sku-1=1)"
+    )
+    place.add_argument("--token", default="tok_ok", help="payment token (default tok_ok; never printed)")
+    place.add_argument("--amount-cents", type=int, default=2500, help="amount in minor units (default 2500)")
+    place.add_argument("--currency", default="EUR", help="ISO 4217 code (default EUR)")
+    place.add_argument("--ttl-ms", type=int, help="saga deadline in ms (default: the shard's)")
+    place.add_argument("--no-wait", action="store_true", help="answer PENDING once accepted; then `sagactl watch`")
+
+    get = sub.add_parser("get", parents=[common], help="one saga, its steps (and --events)", epilog=epilog)
+    get.add_argument("order_id")
+    get.add_argument("--events", action="store_true", help="also show the saga's event log")
+
+    ls = sub.add_parser("list", parents=[common], help="sagas, newest first", epilog=epilog)
+    ls.add_argument("--state", choices=sorted(_STATES), help="only sagas in this state")
+    ls.add_argument("--page-size", type=int, default=50, help="sagas per call, 1-500 (default 50)")
+    ls.add_argument("--limit", type=int, help="follow pages up to this many sagas (default: one page)")
+
+    watch = sub.add_parser("watch", parents=[common], help="follow a saga until it ends", epilog=epilog)
+    watch.add_argument("order_id")
+
+    dlq = sub.add_parser("dlq", help="dead letters: sagas whose compensation failed for good")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", parents=[common], help="open dead letters, oldest first", epilog=epilog)
+    dl.add_argument("--step", choices=sorted(_STEPS), help="only this step's")
+    dl.add_argument("--include-closed", action="store_true", help="also retried and resolved ones")
+    dl.add_argument("--page-size", type=int, default=100, help="at most this many, 1-500 (default 100)")
+    dr = dsub.add_parser("retry", parents=[common], help="resume compensation of one (or --all)", epilog=epilog)
+    dr.add_argument("order_id", nargs="?")
+    dr.add_argument("--all", action="store_true", help="every open dead letter (of --step)")
+    dr.add_argument("--step", choices=sorted(_STEPS), help="with --all: only this step's")
+    dr.add_argument("--reason", default="", help="written to the saga's event log")
+    dv = dsub.add_parser("resolve", parents=[common], help="mark one as fixed by hand", epilog=epilog)
+    dv.add_argument("order_id")
+    dv.add_argument("--reason", required=True, help="what was done (required; written to the saga's event log)")
+
+    t = sub.add_parser("top", parents=[common], help="live view of in-flight sagas and step latencies", epilog=epilog)
+    t.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    t.add_argument("--once", action="store_true", help="print one frame and exit (with --json: one JSON object)")
+    t.add_argument("--rows", type=int, default=15, help="in-flight sagas shown (default 15)")
+    return p
+
+
+def _items(specs: Sequence[str] | None) -> list[saga_pb2.Item]:
+    out = []
+    for spec in specs or ["sku-1=1"]:
+        item_id, sep, qty = spec.rpartition("=")
+        if not sep or not item_id or not qty.isdigit():
+            raise UsageError(f"--item: expected ITEM=QTY (e.g. sku-1=2), got {spec!r}")
+        out.append(saga_pb2.Item(item_id=item_id, quantity=int(qty)))
+    return out
+
+
+def _place(c: Client, ns: argparse.Namespace) -> int:
+    order_id = ns.order_id or f"ctl-{uuid.uuid4().hex[:12]}"
+    req = saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id=ns.user,
+        items=_items(ns.item),
+        payment_info=saga_pb2.PaymentInfo(payment_token=ns.token, amount_cents=ns.amount_cents, currency=ns.currency),
+        no_wait=ns.no_wait,
+    )
+    if ns.ttl_ms is not None:
+        req.ttl_ms = ns.ttl_ms
+    resp = c.call(f"place {order_id}", c.saga.PlaceOrder, req, ns.timeout or PLACE_TIMEOUT_S)
+    status = str(saga_pb2.PlaceOrderStatus.Name(resp.status))
+    if ns.json:
+        render.print_json(render.to_dict(resp))
+    else:
+        line = f"{order_id}: {status} (saga {resp.saga_id}, {render.state(resp.state)})"
+        print(line + (f": {resp.error_message}" if resp.error_message else ""))
+    return EXIT_SAGA_FAILED if resp.status == saga_pb2.FAILED else EXIT_OK
+
+
+def _get(c: Client, ns: argparse.Namespace) -> int:
+    s = c.call(
+        f"get {ns.order_id}", c.saga.GetSaga, saga_pb2.GetSagaRequest(order_id=ns.order_id, include_events=ns.events)
+    )
+    if ns.json:
+        render.print_json(render.to_dict(s))
+    else:
+        render.saga_detail(s)
+    return EXIT_OK
+
+
+def _list(c: Client, ns: argparse.Namespace) -> int:
+    if not 1 <= ns.page_size <= 500:
+        raise UsageError("--page-size: must be 1-500")
+    if ns.limit is not None and ns.limit < 1:
+        raise UsageError("--limit: must be >= 1")
+    sagas, token = c.list_sagas(_STATES.get(ns.state or "", 0), ns.page_size, ns.limit)
+    if ns.json:
+        render.print_json({"sagas": [render.to_dict(s) for s in sagas], "next_page_token": token})
+    else:
+        render.table(render.saga_rows(sagas), render.SAGA_HEADERS)
+        if token:
+            print(f"(more: --limit {len(sagas) + ns.page_size} shows the next page)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _watch(c: Client, ns: argparse.Namespace) -> int:
+    last: saga_pb2.Saga | None = None
+    t0: float | None = None
+    for update in c.watch(ns.order_id):
+        last = update.saga
+        if t0 is None:
+            t0 = render.seconds(update.saga.created_at)
+        if ns.json:
+            print(render.json_line(update), flush=True)
+        elif not update.HasField("event"):
+            print(f"{ns.order_id}: {render.state(update.saga.state)} on {update.saga.shard_id}", flush=True)
+        else:
+            row = render.event_row(update.event, t0)
+            print("  ".join(str(c) for c in row if c != ""), flush=True)
+    if last is None:
+        return EXIT_NOT_FOUND
+    if not ns.json:
+        print(f"{ns.order_id}: {render.state(last.state)}" + (f": {last.last_error}" if last.last_error else ""))
+    return EXIT_OK if last.state == saga_pb2.SAGA_STATE_SUCCEEDED else EXIT_SAGA_FAILED
+
+
+def _dlq(c: Client, ns: argparse.Namespace) -> int:
+    if ns.dlq_command == "list":
+        if not 1 <= ns.page_size <= 500:
+            raise UsageError("--page-size: must be 1-500")
+        req = saga_pb2.ListDeadLettersRequest(
+            step=_STEPS.get(ns.step or "", 0), include_closed=ns.include_closed, page_size=ns.page_size
+        )
+        resp = c.call("dlq list", c.admin.ListDeadLetters, req)
+        if ns.json:
+            render.print_json({"dead_letters": [render.to_dict(d) for d in resp.dead_letters]})
+        else:
+            render.table(render.dead_letter_rows(resp.dead_letters), render.DEAD_LETTER_HEADERS)
+        return EXIT_OK
+    if ns.dlq_command == "retry":
+        if bool(ns.order_id) == bool(ns.all):
+            raise UsageError("dlq retry: give one ORDER_ID, or --all (not both)")
+        if ns.step and not ns.all:
+            raise UsageError("--step: only with --all")
+        retry = saga_pb2.RetryDeadLetterRequest(
+            order_id=ns.order_id or "", all=ns.all, step=_STEPS.get(ns.step or "", 0), reason=ns.reason
+        )
+        resp = c.call("dlq retry", c.admin.RetryDeadLetter, retry)
+        if ns.json:
+            render.print_json(render.to_dict(resp))
+        else:
+            ids = list(resp.order_ids)
+            print(f"compensation resumed for {len(ids)} saga(s)" + (": " + ", ".join(ids) if ids else ""))
+        return EXIT_OK
+    if not ns.reason.strip():
+        raise UsageError("--reason: required (what was fixed by hand)")
+    resolve = saga_pb2.ResolveDeadLetterRequest(order_id=ns.order_id, reason=ns.reason)
+    resp = c.call(f"dlq resolve {ns.order_id}", c.admin.ResolveDeadLetter, resolve)
+    if ns.json:
+        render.print_json(render.to_dict(resp))
+    else:
+        print(f"{ns.order_id}: {render.state(resp.saga.state)}")
+    return EXIT_OK
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    parser = _parser()
+    ns = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    router = ns.router or env.get("SAGA_ROUTER") or DEFAULT_ROUTER
+    host, sep, port = router.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        print(f"sagactl: --router: expected HOST:PORT, got {router!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if ns.timeout is not None and ns.timeout <= 0:
+        print("sagactl: --timeout: must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    client = Client(router, ns.timeout or CALL_TIMEOUT_S)
+    commands = {"place": _place, "get": _get, "list": _list, "watch": _watch, "dlq": _dlq, "top": top.run}
+    try:
+        return commands[ns.command](client, ns)
+    except UsageError as e:
+        print(f"sagactl: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CallFailed as e:
+        if ns.json:
+            render.print_json({"error": e.message, "code": e.code, "exit_code": e.exit_code}, sys.stderr)
+        else:
+            print(f"sagactl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(list(sys.argv[1:] if argv is None else argv), os.environ)
+
+
+__all__ = ["EXIT_CODES", "EXIT_NOT_FOUND", "EXIT_REFUSED", "EXIT_UNREACHABLE", "main", "run"]

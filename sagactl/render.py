@@ -1,0 +1,151 @@
+"""How sagactl prints: aligned tables for people, JSON (proto field names) for scripts. Sagas never carry payment
+details (the coordinator does not return them), so nothing here has to hide any."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from protos.saga.v1 import saga_pb2
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def table(
+    rows: Iterable[Sequence[object]], headers: Sequence[str], out: TextIO = sys.stdout, max_width: int = 60
+) -> None:
+    cells = [[_cut(str(c), max_width) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    out.write("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def state(value: int) -> str:
+    return str(saga_pb2.SagaState.Name(value)).removeprefix("SAGA_STATE_")
+
+
+def step(value: int) -> str:
+    return str(saga_pb2.Step.Name(value)).removeprefix("STEP_").lower()
+
+
+def step_status(value: int) -> str:
+    return str(saga_pb2.StepStatus.Name(value)).removeprefix("STEP_STATUS_")
+
+
+def action(value: int) -> str:
+    return str(saga_pb2.Action.Name(value)).removeprefix("ACTION_").lower()
+
+
+def seconds(ts: Any) -> float:
+    return float(ts.seconds + ts.nanos / 1e9)
+
+
+def clock(ts: Any) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds(ts))) if ts.seconds else "-"
+
+
+def age(s: saga_pb2.Saga, now: float | None = None) -> float:
+    """Seconds from creation to now (live sagas) or to the last change (finished ones)."""
+    live = s.state in (saga_pb2.SAGA_STATE_RUNNING, saga_pb2.SAGA_STATE_COMPENSATING)
+    end = (now or time.time()) if live else seconds(s.updated_at)
+    return max(0.0, end - seconds(s.created_at))
+
+
+def duration(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.1f}ms"
+    if value < 120:
+        return f"{value:.1f}s"
+    return f"{value / 60:.1f}m"
+
+
+def saga_rows(sagas: Iterable[saga_pb2.Saga]) -> list[list[object]]:
+    return [
+        [s.order_id, state(s.state), s.shard_id, clock(s.created_at), duration(age(s)), s.last_error] for s in sagas
+    ]
+
+
+SAGA_HEADERS = ("order", "state", "shard", "created", "took/age", "error")
+
+
+def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout) -> None:
+    out.write(f"order     {s.order_id}\n")
+    out.write(f"saga      {s.saga_id}\n")
+    out.write(f"state     {state(s.state)}\n")
+    out.write(f"shard     {s.shard_id}\n")
+    out.write(f"user      {s.user_id}\n")
+    out.write(f"items     {', '.join(f'{i.quantity} x {i.item_id}' for i in s.items)}\n")
+    out.write(f"created   {clock(s.created_at)}   age {duration(age(s))}   deadline {clock(s.deadline)}\n")
+    if s.last_error:
+        out.write(f"error     {s.last_error}\n")
+    out.write("\n")
+    rows = []
+    for st in s.steps:
+        took = seconds(st.updated_at) - seconds(st.started_at) if st.started_at.seconds else None
+        rows.append(
+            [
+                step(st.step),
+                step_status(st.status),
+                st.forward_attempts,
+                st.compensate_attempts,
+                duration(took),
+                st.last_error,
+            ]
+        )
+    table(rows, ("step", "status", "fwd", "comp", "took", "last error"), out)
+    if s.events:
+        out.write("\n")
+        t0 = seconds(s.created_at)
+        table(
+            [event_row(e, t0) for e in s.events], ("seq", "at", "event", "step", "action", "try", "code", "detail"), out
+        )
+
+
+def event_row(e: saga_pb2.SagaEvent, t0: float) -> list[object]:
+    return [
+        e.seq,
+        f"+{duration(max(0.0, seconds(e.at) - t0))}",
+        e.kind + (f" -> {state(e.state)}" if e.kind == "state" else ""),
+        step(e.step) if e.step else "",
+        action(e.action) if e.action else "",
+        e.attempt or "",
+        e.code,
+        e.detail,
+    ]
+
+
+def dead_letter_rows(letters: Iterable[saga_pb2.DeadLetter]) -> list[list[object]]:
+    return [
+        [d.order_id, step(d.step), d.shard_id, clock(d.parked_at), d.attempts, d.closed_note or "open", d.last_error]
+        for d in letters
+    ]
+
+
+DEAD_LETTER_HEADERS = ("order", "step", "shard", "parked", "attempts", "status", "last error")
+
+
+def json_line(message: Message) -> str:
+    """One message as compact JSON on one line (streams: one line per update)."""
+    return json.dumps(to_dict(message), separators=(",", ":"))

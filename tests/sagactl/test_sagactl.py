@@ -1,0 +1,131 @@
+"""sagactl as an operator runs it: a subprocess against a real cluster (stubs, two shards, router as processes),
+checking what it prints, its JSON, and the exit codes scripts rely on. One cluster for the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
+from tests.helpers.live_cluster import LiveCluster
+from tests.helpers.net import free_port
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
+    with LiveCluster(tmp_path_factory.mktemp("ctl"), shards=2, dashboard=False) as c:
+        yield c
+
+
+def ctl(live: LiveCluster | None, *args: str, router: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAGA_ROUTER": router or (live.router if live else "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sagactl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def set_faults(live: LiveCluster, *rules: control_pb2.FaultRule) -> None:
+    with grpc.insecure_channel(live.stubs) as channel:
+        control = control_pb2_grpc.StubControlStub(channel)
+        if rules:
+            control.SetFaults(control_pb2.SetFaultsRequest(rules=rules, seed=1), timeout=10)
+        else:
+            control.ClearFaults(control_pb2.ClearFaultsRequest(), timeout=10)
+
+
+def test_place_get_and_list(live: LiveCluster) -> None:
+    ok = ctl(live, "place", "ctl-ok", "--item", "sku-1=2", "--item", "sku-2=1", "--token", "tok_ok_Secret42")
+    assert ok.returncode == 0 and "ctl-ok: SUCCESS" in ok.stdout
+    declined = ctl(live, "place", "ctl-declined", "--token", "tok_declined", "--json")
+    assert declined.returncode == 1
+    assert json.loads(declined.stdout)["status"] == "FAILED"
+
+    got = ctl(live, "get", "ctl-ok", "--events", "--json")
+    assert got.returncode == 0
+    saga = json.loads(got.stdout)
+    assert saga["state"] == "SAGA_STATE_SUCCEEDED" and len(saga["events"]) >= 9
+    assert "tok_ok_Secret42" not in got.stdout and "payment_info" not in got.stdout
+    human = ctl(live, "get", "ctl-ok")
+    assert "SUCCEEDED" in human.stdout and "schedule_shipment" in human.stdout
+
+    failed = json.loads(ctl(live, "list", "--state", "failed", "--json").stdout)
+    assert [s["order_id"] for s in failed["sagas"]] == ["ctl-declined"]
+    table = ctl(live, "list", "--page-size", "1")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["ORDER", "STATE"]
+    assert len(table.stdout.splitlines()) == 2 and "more" in table.stderr
+
+
+def test_exit_codes_for_bad_input_missing_sagas_and_a_router_that_is_down(live: LiveCluster) -> None:
+    missing = ctl(live, "get", "ctl-nope")
+    assert missing.returncode == 4 and "NOT_FOUND" in missing.stderr
+    assert ctl(live, "place", "--item", "no-quantity").returncode == 2
+    server_says_invalid = ctl(live, "place", "ctl-bad", "--user", "")
+    assert server_says_invalid.returncode == 2 and "user_id" in server_says_invalid.stderr
+    assert ctl(live, "list", "--page-size", "0").returncode == 2
+    assert ctl(live, "dlq", "resolve", "ctl-ok").returncode == 2  # --reason is required
+    assert ctl(live, "bogus").returncode == 2
+    down = ctl(None, "list", router=f"127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "cannot reach the router" in down.stderr and "SAGA_ROUTER" in down.stderr
+    down_json = ctl(None, "get", "x", "--json", router=f"127.0.0.1:{free_port()}")
+    assert down_json.returncode == 3 and json.loads(down_json.stderr)["exit_code"] == 3
+
+
+def test_watch_follows_a_saga_to_its_end(live: LiveCluster) -> None:
+    placed = ctl(live, "place", "ctl-watch", "--no-wait", "--json", "--token", "tok_slow")  # payment waits 2 s
+    assert placed.returncode == 0 and json.loads(placed.stdout)["status"] == "PENDING"
+    watched = ctl(live, "watch", "ctl-watch")
+    assert watched.returncode == 0
+    assert "succeeded" in watched.stdout and watched.stdout.strip().endswith("ctl-watch: SUCCEEDED")
+    lines = ctl(live, "watch", "ctl-declined", "--json").stdout.splitlines()
+    assert json.loads(lines[-1])["saga"]["state"] == "SAGA_STATE_FAILED"
+
+
+def test_dead_letters_listed_retried_and_resolved(live: LiveCluster) -> None:
+    set_faults(
+        live,
+        control_pb2.FaultRule(method="RefundPayment", order_id_prefix="ctl-dlq", error_rate=1.0, error_code="INTERNAL"),
+    )
+    try:
+        for order_id in ("ctl-dlq-1", "ctl-dlq-2"):
+            parked = ctl(live, "place", order_id, "--item", "unshippable-x=1", "--json")
+            assert parked.returncode == 1 and json.loads(parked.stdout)["state"] == "SAGA_STATE_DEAD_LETTERED"
+        letters = json.loads(ctl(live, "dlq", "list", "--json").stdout)["dead_letters"]
+        assert {d["order_id"] for d in letters} == {"ctl-dlq-1", "ctl-dlq-2"}
+        table = ctl(live, "dlq", "list", "--step", "process_payment")
+        assert "ctl-dlq-1" in table.stdout and "INTERNAL" in table.stdout
+    finally:
+        set_faults(live)
+
+    retried = ctl(live, "dlq", "retry", "ctl-dlq-1", "--reason", "refunds work again")
+    assert retried.returncode == 0 and "ctl-dlq-1" in retried.stdout
+    deadline = time.monotonic() + 15
+    while json.loads(ctl(live, "get", "ctl-dlq-1", "--json").stdout)["state"] != "SAGA_STATE_FAILED":
+        assert time.monotonic() < deadline, "retried saga did not finish compensating"
+        time.sleep(0.2)
+    assert ctl(live, "dlq", "retry", "ctl-dlq-1").returncode == 5  # no longer dead-lettered: refused
+
+    resolved = ctl(live, "dlq", "resolve", "ctl-dlq-2", "--reason", "refunded by hand in the PSP console")
+    assert resolved.returncode == 0 and "RESOLVED" in resolved.stdout
+    assert json.loads(ctl(live, "dlq", "list", "--json").stdout)["dead_letters"] == []
+
+
+def test_top_shows_in_flight_sagas_and_step_latencies(live: LiveCluster) -> None:
+    frame = ctl(live, "top", "--once", "--json")
+    assert frame.returncode == 0
+    data = json.loads(frame.stdout)
+    assert set(data["in_flight"]) == {"running", "compensating"}
+    assert {s["step"] for s in data["steps"]} >= {"create_order", "process_payment"}
+    text = ctl(live, "top", "--once").stdout
+    assert "STEP (FORWARD)" in text and "P99" in text and "dead letters open" in text
