@@ -1,0 +1,151 @@
+"""The router's dashboard against a real cluster (stubs, two shards, router as processes): its JSON API, and the page
+in headless Chromium: orders appear, the step latency table fills from the shards' metrics, a dead letter shows up and
+a click on Retry (after the fault is cleared) sends it back to compensation, and the saga detail view shows its
+timeline. One cluster for the module; the browser test skips only if /usr/bin/chromium is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
+from tests.helpers.coordinator import place_request
+from tests.helpers.live_cluster import LiveCluster
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SECRET_TOKEN = "tok_ok_DashSecret77"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
+    with LiveCluster(tmp_path_factory.mktemp("dash"), shards=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def saga(live: LiveCluster) -> Iterator[saga_pb2_grpc.SagaCoordinatorStub]:
+    with live.channel() as channel:
+        yield saga_pb2_grpc.SagaCoordinatorStub(channel)
+
+
+def http(live: LiveCluster, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(live.dashboard_url + path, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            raw, status = r.read(), r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    return status, json.loads(raw) if raw.startswith((b"{", b"[")) else raw.decode()
+
+
+def set_faults(live: LiveCluster, *rules: control_pb2.FaultRule) -> None:
+    with grpc.insecure_channel(live.stubs) as channel:
+        control = control_pb2_grpc.StubControlStub(channel)
+        if rules:
+            control.SetFaults(control_pb2.SetFaultsRequest(rules=rules, seed=1), timeout=10)
+        else:
+            control.ClearFaults(control_pb2.ClearFaultsRequest(), timeout=10)
+
+
+def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) -> None:
+    assert saga.PlaceOrder(place_request("api-1", token=SECRET_TOKEN), timeout=30).status == saga_pb2.SUCCESS
+    status, summary = http(live, "/api/summary")
+    assert status == 200
+    assert [s["id"] for s in summary["shards"]] == live.shard_ids
+    assert "api-1" in [s["order_id"] for s in summary["recent"]]
+    assert summary["errors"] == {}
+    status, one = http(live, "/api/sagas/api-1")
+    assert status == 200 and one["state"] == "SUCCEEDED" and len(one["steps"]) == 4 and one["events"]
+    assert SECRET_TOKEN not in json.dumps(one) and SECRET_TOKEN not in json.dumps(summary)
+    status, listed = http(live, "/api/sagas?state=succeeded&limit=5")
+    assert status == 200 and all(s["state"] == "SUCCEEDED" for s in listed["sagas"])
+
+    assert http(live, "/api/sagas/api-missing")[0] == 404
+    assert http(live, "/api/sagas/bad%20id")[0] == 400
+    assert http(live, "/api/sagas?state=nope")[0] == 400
+    assert http(live, "/nope")[0] == 404
+    # Actions: JSON only (a cross-site form cannot send it), a reason to resolve, and the shard's own refusal.
+    assert http(live, "/api/dead-letters/api-1/retry", {}, content_type="text/plain")[0] == 415
+    status, err = http(live, "/api/dead-letters/api-1/resolve", {"reason": " "})
+    assert status == 400 and "reason" in err["error"]
+    status, err = http(live, "/api/dead-letters/api-1/retry", {})
+    assert status == 409 and "FAILED_PRECONDITION" in err["error"]
+    status, page = http(live, "/")
+    assert status == 200 and "<title>" in page
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (Debian package chromium)")
+def test_the_page_shows_orders_and_retries_a_dead_letter(
+    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live.dashboard_url + "/")
+            expect(page.locator("#shards [data-shard]")).to_have_count(2)
+
+            for i in range(3):
+                saga.PlaceOrder(place_request(f"web-{i}", token=SECRET_TOKEN), timeout=30)
+            saga.PlaceOrder(place_request("web-declined", token="tok_declined"), timeout=30)
+            recent = page.get_by_test_id("recent")
+            for order_id in ("web-0", "web-1", "web-2"):
+                expect(recent.locator(f'[data-saga="{order_id}"]')).to_contain_text("SUCCEEDED")
+            expect(recent.locator('[data-saga="web-declined"]')).to_contain_text("FAILED")
+            # Step latencies come from the shards' /metrics; every forward step has run by now.
+            expect(page.get_by_test_id("latency").locator('[data-step="process_payment/forward"]')).to_be_visible()
+
+            set_faults(
+                live,
+                control_pb2.FaultRule(
+                    method="RefundPayment", order_id_prefix="web-dlq", error_rate=1.0, error_code="INTERNAL"
+                ),
+            )
+            try:
+                answer = saga.PlaceOrder(place_request("web-dlq", items=[("unshippable-x", 1)]), timeout=30)
+                assert answer.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+            finally:
+                set_faults(live)
+            row = page.get_by_test_id("dead-letters").locator('[data-dead-letter="web-dlq"]')
+            expect(row).to_contain_text("process_payment")
+            row.locator('[data-action="retry"]').click()
+            expect(row).to_have_count(0)  # no longer an open dead letter
+            expect(page.locator("#toast")).to_contain_text("Retried web-dlq")
+
+            # The detail view: its state after the retry, and the timeline with the failed refunds and the retry.
+            recent.locator('a[data-order="web-dlq"]').click()
+            detail = page.get_by_test_id("detail")
+            expect(detail.get_by_test_id("detail-state")).to_have_text("FAILED")
+            timeline = detail.get_by_test_id("timeline")
+            expect(timeline).to_contain_text("admin_retry")
+            expect(timeline).to_contain_text(re.compile(r"retrying process_payment compensate attempt 1 INTERNAL"))
+            assert SECRET_TOKEN not in page.content()
+            assert errors == []
+        finally:
+            browser.close()
