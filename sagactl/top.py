@@ -60,7 +60,8 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
         "in_flight": {"running": len(running), "compensating": len(compensating)},
         "in_flight_capped": len(running) >= SCAN or len(compensating) >= SCAN,
         "dead_letters_open": len(letters),
-        "started_last_minute": len(last_minute) if len(recent) < RECENT or last_minute != recent else None,
+        "started_last_minute": len(last_minute),
+        "started_last_minute_capped": len(recent) >= RECENT and len(last_minute) == len(recent),
         "recent_outcomes": outcomes,
         "steps": [
             {
@@ -91,7 +92,9 @@ def frame(data: dict[str, Any]) -> str:
     f = data["in_flight"]
     cap = "+" if data["in_flight_capped"] else ""
     started = data["started_last_minute"]
-    rate = "?" if started is None else f"{started} ({started / 60:.1f}/s)"
+    rate = f"{started} ({started / 60:.1f}/s)"
+    if data["started_last_minute_capped"]:
+        rate = f"at least {started} (the last {RECENT} sagas all started within it)"
     lines.append(
         f"in flight: {f['running']}{cap} running, {f['compensating']}{cap} compensating   "
         f"dead letters open: {data['dead_letters_open']}   started in the last minute: {rate}"
