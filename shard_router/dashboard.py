@@ -144,13 +144,18 @@ class Dashboard:
         self._health = health
         self.stats = stats
         self._http = HttpServer(self.handle)
-        self._page = PAGE.read_bytes()
+        self._page = b""
 
     @property
     def port(self) -> int:
         return self._http.port
 
     async def start(self, listen: str) -> int:
+        """Binds listen; OSError (naming the file) if the page is missing, e.g. package data left out of an install."""
+        try:
+            self._page = PAGE.read_bytes()
+        except OSError as e:
+            raise OSError(f"dashboard page {PAGE} not readable: {e.strerror}") from e
         return await self._http.start(listen)
 
     async def close(self) -> None:
@@ -256,10 +261,12 @@ class Dashboard:
             letters(),
         )
         now = time.time()
-        live = [saga_json(s) for s in [*running, *compensating]]
-        stuck = sorted((s for s in live if (s["age_seconds"] or 0) >= STUCK_AFTER_S), key=lambda s: -s["age_seconds"])
-        done = [saga_json(s) for s in recent if s.state not in shard_checks.UNFINISHED[:2]]
-        slowest = sorted(done, key=lambda s: -(s["age_seconds"] or 0))[:TOP_N]
+        # Sort on the protos and convert only what is shown: this runs on the router's loop, between relayed calls.
+        live = sorted([*running, *compensating], key=lambda s: _ts(s.created_at) or now)
+        stuck = [saga_json(s) for s in live[:TOP_N] if now - (_ts(s.created_at) or now) >= STUCK_AFTER_S]
+        done = [s for s in recent if s.state not in shard_checks.UNFINISHED[:2]]
+        done.sort(key=lambda s: (_ts(s.created_at) or 0) - (_ts(s.updated_at) or 0))
+        slowest = [saga_json(s) for s in done[:TOP_N]]
         return {
             "now": now,
             "epoch": topo.epoch,
