@@ -81,6 +81,10 @@ class Loaded:
     stock: dict[str, int]
 
 
+# One encoder for every row: json.dumps(..., sort_keys=True) builds a new JSONEncoder on each call.
+_effect_json = json.JSONEncoder(sort_keys=True).encode
+
+
 def _epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -97,7 +101,7 @@ def _key_row(record: KeyRecord, now_ms: int) -> KeyRow:
         b"" if answer is None else answer.response,
         record.applied_count,
         int(record.tombstoned),
-        json.dumps(dict(record.effect), sort_keys=True) if record.effect else "{}",  # most records: cheap path
+        _effect_json(dict(record.effect)) if record.effect else "{}",  # most records: cheap path
         record.undone_by,
         now_ms,
     )
