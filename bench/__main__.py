@@ -7,6 +7,8 @@
     make bench BENCH_ARGS="--shards 1 --repeat 3"       three fresh runs, the median of each figure
     make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
     make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
+    make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
+    make bench BENCH_ARGS="grpc"                        the floor: an empty unary call's CPU, server and client
     make bench BENCH_ARGS="profile-summary /tmp/prof"   summarise py-spy recordings again
 
 The JSON line is also written to bench/results/<UTC timestamp>-<mode>.json. Exit status 1 if any call failed or a
@@ -27,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import journal_bench, profile_summary
+from . import grpc_floor, journal_bench, profile_summary, stub_bench
 from .cluster import REPO_ROOT, ClusterError
 from .run import KINDS, BenchError, RunConfig, run
 
@@ -47,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("what", nargs="*", default=["cluster"], help="cluster (default) | journal | profile-summary DIR")
+    p.add_argument(
+        "what", nargs="*", default=["cluster"], help="cluster (default) | journal | stubs | profile-summary DIR"
+    )
     p.add_argument("--shards", type=int, default=3, help="coordinator shards (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="closed loop: concurrent callers (default %(default)s)")
     p.add_argument("--sagas", type=int, default=2_000, help="measured sagas (default %(default)s)")
@@ -60,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
     p.add_argument("--profile", metavar="DIR", default="", help="py-spy every server process into DIR, summarise")
+    p.add_argument("--native", action="store_true", help="with --profile: native frames too (gRPC core, SQLite)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes (default bench/results)")
     p.add_argument("--journal-sagas", type=int, default=2_000, help="journal: sagas per group-commit case")
     p.add_argument("--journal-writers", type=int, default=64, help="journal: concurrent writer tasks")
@@ -69,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad input: a message naming the flag (argparse exits 2), never a traceback."""
     what = args.what[0]
-    if what not in ("cluster", "journal", "profile-summary"):
-        p.error(f"unknown benchmark {what!r}: cluster, journal or profile-summary DIR")
+    if what not in ("cluster", "journal", "stubs", "grpc", "profile-summary"):
+        p.error(f"unknown benchmark {what!r}: cluster, journal, stubs, grpc or profile-summary DIR")
     if what == "profile-summary" and len(args.what) != 2:
         p.error("profile-summary takes one directory: profile-summary DIR")
     if what != "profile-summary" and len(args.what) != 1:
@@ -134,6 +139,7 @@ def _table(figures: dict[str, Any], title: str) -> str:
         "fsyncs_per_saga",
         "stub_commits_per_saga",
         "ledger_violations",
+        "other_cores_busy",
     ):
         value = _get(figures, name)
         if value is None:
@@ -189,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _summaries(Path(args.what[1]))
         if what == "journal":
             return _journal(args)
+        if what == "stubs":
+            return _stubs(args)
+        if what == "grpc":
+            return _grpc(args)
         return _cluster(args)
     except KeyboardInterrupt:
         print("interrupted: everything this run started has been stopped", file=sys.stderr)
@@ -231,6 +241,29 @@ def _journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stubs(args: argparse.Namespace) -> int:
+    runs = [stub_bench.run(args.sagas, args.concurrency, args.warmup) for _ in range(args.repeat)]
+    summary = runs[0] if len(runs) == 1 else _median(runs)
+    print(
+        f"stubs alone: {summary['calls_per_s']} calls/s, {summary['stubs_cpu_us_per_call']} us CPU per call, "
+        f"{summary['stubs_commits_per_call']} commits per call (median of {len(runs)})"
+    )
+    summary["results_file"] = str(_save(summary, args.results_dir, "stubs"))
+    print(json.dumps(summary))
+    return 1 if any(r["errors"] for r in runs) else 0
+
+
+def _grpc(args: argparse.Namespace) -> int:
+    figures = grpc_floor.run(args.sagas * 5, args.concurrency)
+    print(
+        f"empty unary call, grpc {figures['grpc_version']}: {figures['calls_per_s']} calls/s, "
+        f"server {figures['server_cpu_us_per_call']} us CPU per call, client {figures['client_cpu_us_per_call']} us"
+    )
+    figures["results_file"] = str(_save(figures, args.results_dir, "grpc"))
+    print(json.dumps(figures))
+    return 0
+
+
 def _cluster(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         mode="open" if args.rate else "closed",
@@ -244,6 +277,7 @@ def _cluster(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep=args.keep,
         profile_dir=args.profile,
+        profile_native=args.native,
     )
     runs = []
     for i in range(args.repeat):

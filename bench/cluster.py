@@ -78,7 +78,15 @@ class Cluster:
             self.stop()
             raise
 
-    def _start(self) -> None:
+    def start_stubs_only(self) -> None:
+        """Just the stub process (the stub micro-benchmark)."""
+        try:
+            self._start_stubs()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_stubs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         stubs_port, stubs_metrics = free_port(), free_port()
         self.stubs_address = f"127.0.0.1:{stubs_port}"
@@ -91,6 +99,9 @@ class Cluster:
             ["--data-dir", str(self.workdir / "stubs")],
         )
         self._wait_ready(stubs)
+
+    def _start(self) -> None:
+        self._start_stubs()
         stubs_addr = self.stubs_address
         shard_lines = ["vnodes = 1024", ""]
         shards = []

@@ -1,8 +1,10 @@
 """Summarises py-spy raw recordings (collapsed stacks, `frame;frame;... count`): the functions with the most samples
 on CPU, by self time (the frame on top) and by total time (anywhere on the stack), as % of the process's samples.
 
-py-spy only keeps samples of threads that were running (not idle), so the percentages are shares of the CPU the
-process used.
+py-spy is meant to drop idle threads, but on this machine it keeps threads blocked in select(), Condition.wait(),
+queue.get() and native waits: those samples are set aside (`idle`), and so are samples whose only Python frame is the
+event loop's run() or a thread's run() (`native`: uvloop and gRPC core working, or waiting; py-spy cannot tell which,
+use perf for that split). The percentages are shares of the remaining samples: Python code running.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from pathlib import Path
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 _LINE_NO = re.compile(r":\d+\)$")
+_IDLE_LEAVES = (
+    "_PollLikeSelector.select (",
+    "Condition.wait (",
+    "_connection_worker_thread (aiosqlite/core.py:59)",
+    "_worker (concurrent/futures/thread.py:81)",
+    "Event.wait (",
+    "Thread.join (",
+)
+_NATIVE_LEAVES = ("Runner.run (", "Thread.run (", "run (uvloop/__init__.py")
 
 
 @dataclass
 class Summary:
     name: str
     samples: int
+    idle: int
+    native: int
     self_top: list[tuple[str, int]]
     total_top: list[tuple[str, int]]
     by_file: list[tuple[str, int]]
@@ -44,7 +57,7 @@ def summarise(path: Path, top: int = 15) -> Summary:
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
     file_counts: Counter[str] = Counter()
-    samples = 0
+    samples = idle = native = 0
     for line in path.read_text(errors="replace").splitlines():
         m = _LINE.match(line)
         if m is None:
@@ -57,18 +70,30 @@ def summarise(path: Path, top: int = 15) -> Summary:
         if not frames:
             continue
         n = int(m.group(2))
+        if frames[-1].startswith(_IDLE_LEAVES):
+            idle += n
+            continue
+        if frames[-1].startswith(_NATIVE_LEAVES):
+            native += n
+            continue
         samples += n
         self_counts[frames[-1]] += n
         file_counts[_file_of(frames[-1])] += n
         for f in set(frames):
             total_counts[f] += n
     return Summary(
-        path.stem, samples, self_counts.most_common(top), total_counts.most_common(top), file_counts.most_common(top)
+        path.stem,
+        samples,
+        idle,
+        native,
+        self_counts.most_common(top),
+        total_counts.most_common(top),
+        file_counts.most_common(top),
     )
 
 
 def render(s: Summary) -> str:
-    lines = [f"== {s.name}: {s.samples} samples on CPU"]
+    lines = [f"== {s.name}: {s.samples} samples in Python code ({s.native} native/loop, {s.idle} idle set aside)"]
     for title, rows in (("self", s.self_top), ("total", s.total_top), ("self by file", s.by_file)):
         lines.append(f"  -- {title}")
         for frame, n in rows:

@@ -1,8 +1,12 @@
 """py-spy over the measured window (`--profile DIR`): one recording per process, in py-spy's raw (collapsed stack)
 format, plus a summary of the hottest functions (bench/profile_summary.py reads them again later).
 
-py-spy samples from outside the process, so the code under test is not changed, but its own CPU is not free on two
-cores: profile in separate runs from the ones whose figures you report.
+Only the thread holding the GIL is sampled (--gil): on this machine py-spy's idle detection counts threads blocked in
+queue.get / select / Condition.wait as busy, which buried the real costs. Native time spent without the GIL (SQLite's
+fsync, gRPC core's poller) is then not in these profiles: use `perf record -g -p PID` for that.
+
+py-spy samples from outside the process without pausing it (--nonblocking), so the code under test is not changed,
+but py-spy's own CPU is not free on two cores: profile in separate runs from the ones whose figures you report.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ def py_spy() -> str:
 
 
 class Profiler:
-    def __init__(self, out_dir: Path, pids: dict[str, int], rate_hz: int = 250) -> None:
+    def __init__(self, out_dir: Path, pids: dict[str, int], rate_hz: int = 250, native: bool = False) -> None:
+        self._native = native
         self._out_dir = out_dir
         self._pids = pids
         self._rate_hz = rate_hz

@@ -18,7 +18,7 @@ from typing import IO, Any
 from . import ledger
 from .cluster import REPO_ROOT, Cluster
 from .loadgen import Spec
-from .probes import cpu_seconds, metric_sum
+from .probes import cpu_seconds, machine_busy_seconds, metric_sum
 from .profiling import Profiler
 
 KINDS = ("router", "shard", "stubs", "loadgen")
@@ -49,6 +49,8 @@ class RunConfig:
     """Keep the run's directory (journals, logs) instead of deleting it."""
     profile_dir: str = ""
     """If set: py-spy records every router, shard and stubs process over the measured window into this directory."""
+    profile_native: bool = False
+    """py-spy --native: C/C++ frames too (gRPC core, uvloop, SQLite); slower sampling, larger files."""
 
     @property
     def label(self) -> str:
@@ -156,10 +158,13 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
         pids = {kind: [c.pid for c in cluster.of_kind(kind)] for kind in ("router", "shard", "stubs")}
         pids["loadgen"] = [w.pid for w in workers]
         if cfg.profile_dir:
-            profiler = Profiler(Path(cfg.profile_dir), {c.name: c.pid for c in cluster.children})
+            profiler = Profiler(
+                Path(cfg.profile_dir), {c.name: c.pid for c in cluster.children}, native=cfg.profile_native
+            )
             profiler.start()
         counters_before = _counters(cluster)
         cpu_before = _cpu_by_kind(pids)
+        cpu_before["machine"] = machine_busy_seconds()
         window_start = time.monotonic()
         for w in workers:
             assert w.stdin is not None
@@ -169,6 +174,7 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
             _read_line(w, f"loadgen-{i}", "done")
         window_s = time.monotonic() - window_start
         cpu_after = _cpu_by_kind(pids)
+        cpu_after["machine"] = machine_busy_seconds()
         counters_after = _counters(cluster)
         if profiler is not None:
             profiler.stop()
@@ -229,6 +235,8 @@ def _figures(
     elapsed_s = max(ended - started, 1e-9)
     per = max(answered, 1)
     commits = after["journal_commits"] - before["journal_commits"]
+    ours = sum(cpu_after[k] - cpu_before[k] for k in KINDS)
+    others = max(0.0, cpu_after["machine"] - cpu_before["machine"] - ours)
     return {
         "mode": cfg.mode,
         "label": cfg.label,
@@ -256,6 +264,9 @@ def _figures(
         "shard_sagas_started": int(after["sagas_started"] - before["sagas_started"]),
         "stub_calls_per_saga": round((after["stub_calls"] - before["stub_calls"]) / per, 2),
         "stub_commits_per_saga": round((after["stub_transactions"] - before["stub_transactions"]) / per, 3),
+        # CPU that processes outside this run used meanwhile (other tests on a shared machine): if it is not near
+        # zero, throughput and latency are understated; CPU per saga is not affected.
+        "other_cores_busy": round(others / window_s, 2),
         "open_loop_sender_lag_max_ms": round(max(r["lag_max_ms"] for r in results), 2),
         "cores": os.cpu_count() or 0,
     }
