@@ -8,9 +8,10 @@
     POST /api/dead-letters/{order_id}/retry    {"reason": "..."} (optional)
     POST /api/dead-letters/{order_id}/resolve  {"reason": "..."} (required)
 
-Sagas, dead letters and actions go through the router's own routing and fan-out (the same channels and rules as gRPC
-clients get); rates, percentiles and retries come from scraping the shards' /metrics (shard_router.shard_stats).
-Payment details are not in any of it: shards never return them.
+Lists ask every shard through the router's channels and show what the shards that answer hold (a shard that does not is
+named in "errors"); saga detail and actions go through the router's own routing (the rules gRPC clients get); rates,
+percentiles and retries come from scraping the shards' /metrics (shard_router.shard_stats). Payment details are not in
+any of it: shards never return them.
 
 POSTs must be `Content-Type: application/json`: a cross-site form cannot send that without a CORS preflight, which this
 server does not grant, so another web page open in the operator's browser cannot press the buttons.
@@ -21,18 +22,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from protos.saga.v1 import saga_pb2
 
 from . import shard_checks
+from .channels import ChannelPool, ShardClient
 from .errors import RouterError
-from .fanout import FanOut
 from .forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, Caller
 from .http import HttpError, HttpServer, Request, Response
 from .routing import Router
@@ -48,6 +49,9 @@ SCAN_LIMIT = 500
 STUCK_AFTER_S = 10.0
 """A live saga older than this is listed as stuck."""
 TOP_N = 10
+DEAD_LETTERS_SHOWN = 100
+"""Open dead letters listed (oldest first); the count in the gauges covers all of them."""
+T = TypeVar("T")
 _ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUS_HTTP = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
@@ -134,13 +138,13 @@ class Dashboard:
         self,
         topology: Callable[[], Topology],
         router: Router,
-        fanout: FanOut,
+        pool: ChannelPool,
         health: ShardHealth,
         stats: ShardStats,
     ) -> None:
         self._topology = topology
         self._router = router
-        self._fanout = fanout
+        self._pool = pool
         self._health = health
         self.stats = stats
         self._http = HttpServer(self.handle)
@@ -175,7 +179,8 @@ class Dashboard:
             if path == "/api/sagas":
                 return Response.of_json(await self.list_sagas(req.query))
             if path == "/api/dead-letters":
-                return Response.of_json({"dead_letters": await self.dead_letters()})
+                letters, errors = await self.dead_letters()
+                return Response.of_json({"dead_letters": letters, "errors": errors})
             if path.startswith("/api/sagas/"):
                 return Response.of_json(await self.saga(_order_id(path.removeprefix("/api/sagas/"))))
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
@@ -198,13 +203,34 @@ class Dashboard:
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {req.method} not allowed")
 
     # ---- reads ----------------------------------------------------------------------------------------------------
+    #
+    # Lists ask each shard on its own and merge, rather than through the router's strict fan-out (which fails a page
+    # if any shard does not answer, so that no client silently misses sagas): an operator looking at the page while a
+    # shard is down should still see every other shard, with the down one named in "errors".
 
-    async def _list(self, state: int, page_size: int) -> list[saga_pb2.Saga]:
+    async def _each_shard(self, call: Callable[[ShardClient], Awaitable[T]]) -> tuple[list[T], dict[str, str]]:
+        topo = self._topology()
+        ids = topo.shard_ids
+        calls = (call(self._pool.get(topo.addresses[sid])) for sid in ids)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        out: list[T] = []
+        errors: dict[str, str] = {}
+        for sid, r in zip(ids, results, strict=True):
+            if isinstance(r, grpc.aio.AioRpcError):
+                errors[sid] = f"{r.code().name}: {r.details()}"
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                out.append(r)
+        return out, errors
+
+    async def _list(self, state: int, page_size: int) -> tuple[list[saga_pb2.Saga], dict[str, str]]:
+        """Up to page_size sagas, newest first, from every shard that answers; and {shard: error} for the others."""
         req = saga_pb2.ListSagasRequest(state=state, page_size=page_size)
-        try:
-            return list((await self._fanout.list_sagas(req, self._caller())).sagas)
-        except RouterError as e:
-            raise _http_error(e) from None
+        pages, errors = await self._each_shard(lambda c: c.coordinator.ListSagas(req, timeout=CALL_TIMEOUT_S))
+        sagas = [s for page in pages for s in page.sagas]
+        sagas.sort(key=lambda s: (s.created_at.seconds, s.created_at.nanos), reverse=True)
+        return sagas[:page_size], errors
 
     async def list_sagas(self, query: dict[str, str]) -> dict[str, Any]:
         state_name = query.get("state", "").upper()
@@ -217,15 +243,16 @@ class Dashboard:
         limit_text = query.get("limit", "50")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
             raise HttpError(HTTPStatus.BAD_REQUEST, "limit: must be 1-500")
-        return {"sagas": [saga_json(s) for s in await self._list(state, int(limit_text))]}
+        sagas, errors = await self._list(state, int(limit_text))
+        return {"sagas": [saga_json(s) for s in sagas], "errors": errors}
 
-    async def dead_letters(self) -> list[dict[str, Any]]:
-        req = saga_pb2.ListDeadLettersRequest(page_size=100)
-        try:
-            resp = await self._fanout.list_dead_letters(req, self._caller())
-        except RouterError as e:
-            raise _http_error(e) from None
-        return [dead_letter_json(d) for d in resp.dead_letters]
+    async def dead_letters(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Open dead letters, oldest first, from every shard that answers; and {shard: error} for the others."""
+        req = saga_pb2.ListDeadLettersRequest(page_size=DEAD_LETTERS_SHOWN)
+        pages, errors = await self._each_shard(lambda c: c.admin.ListDeadLetters(req, timeout=CALL_TIMEOUT_S))
+        letters = [d for page in pages for d in page.dead_letters]
+        letters.sort(key=lambda d: (d.parked_at.seconds, d.parked_at.nanos))
+        return [dead_letter_json(d) for d in letters[:DEAD_LETTERS_SHOWN]], errors
 
     async def saga(self, order_id: str) -> dict[str, Any]:
         req = saga_pb2.GetSagaRequest(order_id=order_id, include_events=True).SerializeToString()
@@ -236,30 +263,15 @@ class Dashboard:
         return saga_json(saga_pb2.Saga.FromString(reply.body))
 
     async def summary(self) -> dict[str, Any]:
-        """The overview. Lists that fail (a shard down) are reported as errors beside the rest, not as a failed page."""
+        """The overview. A shard that does not answer is named in "errors"; the rest is shown all the same."""
         topo = self._topology()
-        errors: dict[str, str] = {}
-
-        async def sagas(name: str, state: int) -> list[saga_pb2.Saga]:
-            try:
-                return await self._list(state, SCAN_LIMIT)
-            except HttpError as e:
-                errors[name] = e.message
-                return []
-
-        async def letters() -> list[dict[str, Any]]:
-            try:
-                return await self.dead_letters()
-            except HttpError as e:
-                errors["dead_letters"] = e.message
-                return []
-
-        recent, running, compensating, dead = await asyncio.gather(
-            sagas("recent", 0),
-            sagas("running", saga_pb2.SAGA_STATE_RUNNING),
-            sagas("compensating", saga_pb2.SAGA_STATE_COMPENSATING),
-            letters(),
+        (recent, e1), (running, e2), (compensating, e3), (dead, e4) = await asyncio.gather(
+            self._list(0, SCAN_LIMIT),
+            self._list(saga_pb2.SAGA_STATE_RUNNING, SCAN_LIMIT),
+            self._list(saga_pb2.SAGA_STATE_COMPENSATING, SCAN_LIMIT),
+            self.dead_letters(),
         )
+        errors = {f"shard {sid}": message for e in (e4, e3, e2, e1) for sid, message in e.items()}
         now = time.time()
         # Sort on the protos and convert only what is shown: this runs on the router's loop, between relayed calls.
         live = sorted([*running, *compensating], key=lambda s: _ts(s.created_at) or now)

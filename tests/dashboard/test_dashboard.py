@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -149,3 +150,21 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
             assert errors == []
         finally:
             browser.close()
+
+
+def test_a_shard_down_is_named_and_the_other_shards_still_shown(live: LiveCluster) -> None:
+    """Last in the module: it kills a shard."""
+    before = {s["order_id"]: s["shard_id"] for s in http(live, "/api/summary")[1]["recent"]}
+    assert set(before.values()) == set(live.shard_ids)
+    live.kill("shard-2")
+    deadline = time.monotonic() + 10
+    while True:
+        status, summary = http(live, "/api/summary")
+        down = [s["id"] for s in summary["shards"] if s["up"] is False]
+        if down == ["shard-2"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200 and down == ["shard-2"]
+    assert "shard shard-2" in summary["errors"] and "UNAVAILABLE" in summary["errors"]["shard shard-2"]
+    shown = {s["order_id"] for s in summary["recent"]}
+    assert shown == {o for o, sid in before.items() if sid == "shard-1"}
