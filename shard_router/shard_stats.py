@@ -38,6 +38,8 @@ WANTED = frozenset(
         "saga_compensation_failures_total",
     }
 )
+_MAXED = frozenset({"saga_oldest_in_flight_age_seconds"})
+"""Gauges whose across-shard value is the largest, not the sum."""
 OUTCOMES = ("succeeded", "failed", "dead_lettered", "resolved")
 PERCENTILE_WINDOW_S = 60.0
 """Percentiles and retry counts cover about the last minute (all time if nothing happened in it)."""
@@ -88,7 +90,7 @@ class Sample:
     at_s: float
     """Wall-clock seconds."""
     values: Mapping[Key, float]
-    """Summed over the shards that answered."""
+    """Summed over the shards that answered (the oldest-saga age: the largest)."""
     shards: frozenset[str]
     """Which shards answered; an interval whose set changed gives no rate (a missing shard is not a drop to zero)."""
 
@@ -134,7 +136,10 @@ class ShardStats:
                 continue
             answered.add(sid)
             for key, v in values.items():
-                total[key] = total.get(key, 0.0) + v
+                if key[0] in _MAXED:
+                    total[key] = max(total.get(key, 0.0), v)
+                else:
+                    total[key] = total.get(key, 0.0) + v
         sample = Sample(time.time(), total, frozenset(answered))
         self.samples.append(sample)
         while self.samples and self.samples[0].at_s < sample.at_s - self._history_s:

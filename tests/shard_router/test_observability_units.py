@@ -108,3 +108,33 @@ async def test_http_layer_refuses_oversized_and_malformed_requests() -> None:
         assert (await send(b"GET / HTTP/1.1\r\n" + b"X: " + b"y" * 20_000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
     finally:
         await server.close()
+
+
+async def test_samples_sum_counters_but_take_the_oldest_age_across_shards() -> None:
+    pages = {
+        "a": "saga_started_total 3.0\nsaga_oldest_in_flight_age_seconds 12.5\n",
+        "b": "saga_started_total 4.0\nsaga_oldest_in_flight_age_seconds 30.0\n",
+    }
+    servers = []
+
+    async def serve(text: str) -> str:
+        async def handler(req: Request) -> Response:
+            return Response(200, text.encode(), "text/plain")
+
+        server = HttpServer(handler)
+        servers.append(server)
+        return f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+
+    addresses = {sid: await serve(text) for sid, text in pages.items()}
+
+    class Topo:
+        metrics = addresses
+
+    try:
+        stats = ShardStats(lambda: Topo, history_s=60)  # type: ignore[arg-type,return-value]
+        sample = await stats.sample_once()
+        assert sample.shards == {"a", "b"}
+        assert stats.now()["started_total"] == 7 and stats.now()["oldest_in_flight_age_seconds"] == 30
+    finally:
+        for server in servers:
+            await server.close()
