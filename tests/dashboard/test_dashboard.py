@@ -129,15 +129,26 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
                 ),
             )
             try:
-                answer = saga.PlaceOrder(place_request("web-dlq", items=[("unshippable-x", 1)]), timeout=30)
-                assert answer.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+                for order_id in ("web-dlq", "web-dlq-resolve"):
+                    answer = saga.PlaceOrder(place_request(order_id, items=[("unshippable-x", 1)]), timeout=30)
+                    assert answer.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
             finally:
                 set_faults(live)
-            row = page.get_by_test_id("dead-letters").locator('[data-dead-letter="web-dlq"]')
+            letters = page.get_by_test_id("dead-letters")
+            row = letters.locator('[data-dead-letter="web-dlq"]')
             expect(row).to_contain_text("process_payment")
             row.locator('[data-action="retry"]').click()
             expect(row).to_have_count(0)  # no longer an open dead letter
             expect(page.locator("#toast")).to_contain_text("Retried web-dlq")
+
+            other = letters.locator('[data-dead-letter="web-dlq-resolve"]')
+            other.locator('[data-action="resolve"]').click()  # no reason yet: refused in the page
+            expect(page.locator("#toast")).to_contain_text("needs a reason")
+            expect(other).to_have_count(1)
+            other.locator('[data-reason="web-dlq-resolve"]').fill("refunded by hand in the PSP console")
+            other.locator('[data-action="resolve"]').click()
+            expect(other).to_have_count(0)
+            expect(page.get_by_test_id("recent").locator('[data-saga="web-dlq-resolve"]')).to_contain_text("RESOLVED")
 
             # The detail view: its state after the retry, and the timeline with the failed refunds and the retry.
             recent.locator('a[data-order="web-dlq"]').click()
