@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from loguru import logger
 
 from coordinator.journal import Journal, NewSaga, StateChange
 from coordinator.model import Action, SagaState, Step
@@ -116,6 +118,8 @@ async def _run_case(case: JournalCase, sagas: int, workdir: Path) -> dict[str, A
 
 
 def run(sagas: int, writers: int, workdir_root: str | None = None) -> dict[str, Any]:
+    logger.remove()  # the journal's INFO lines (one migration per case) would break up the table
+    logger.add(sys.stderr, level="WARNING")
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-journal-", dir=workdir_root))
     try:
         rows = []
