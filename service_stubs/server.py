@@ -142,8 +142,16 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
 
     server = grpc.aio.server(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        # Without this, two processes can bind the same port and split the traffic silently.
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            # Without this, two processes can bind the same port and split the traffic silently.
+            ("grpc.so_reuseport", 0),
+            # Accept the coordinator's keepalive pings (every 10 s, with or without calls). gRPC's server default
+            # (pings without calls are strikes, at most one per 5 min) answers them with GOAWAY "too_many_pings":
+            # every idle channel was dropped after ~30 s, and the client doubles its keepalive time each time, so a
+            # half-open connection went unnoticed for a minute instead of ~15 s.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ],
     )
     names: list[str] = []
     for service in services.values():
