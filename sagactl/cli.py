@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--events", action="store_true", help="also show the saga's event log")
 
     ls = sub.add_parser("list", parents=[common], help="sagas, newest first", epilog=epilog)
-    ls.add_argument("--state", choices=sorted(_STATES), help="only sagas in this state")
+    ls.add_argument("--state", type=str.lower, choices=sorted(_STATES), help="only sagas in this state (any case)")
     ls.add_argument("--page-size", type=int, default=50, help="sagas per call, 1-500 (default 50)")
     ls.add_argument("--limit", type=int, help="follow pages up to this many sagas (default: one page)")
 
@@ -109,13 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="dead letters: sagas whose compensation failed for good")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("list", parents=[common], help="open dead letters, oldest first", epilog=epilog)
-    dl.add_argument("--step", choices=sorted(_STEPS), help="only this step's")
+    dl.add_argument("--step", type=str.lower, choices=sorted(_STEPS), help="only this step's")
     dl.add_argument("--include-closed", action="store_true", help="also retried and resolved ones")
     dl.add_argument("--page-size", type=int, default=100, help="at most this many, 1-500 (default 100)")
     dr = dsub.add_parser("retry", parents=[common], help="resume compensation of one (or --all)", epilog=epilog)
     dr.add_argument("order_id", nargs="?")
     dr.add_argument("--all", action="store_true", help="every open dead letter (of --step)")
-    dr.add_argument("--step", choices=sorted(_STEPS), help="with --all: only this step's")
+    dr.add_argument("--step", type=str.lower, choices=sorted(_STEPS), help="with --all: only this step's")
     dr.add_argument("--reason", default="", help="written to the saga's event log")
     dv = dsub.add_parser("resolve", parents=[common], help="mark one as fixed by hand", epilog=epilog)
     dv.add_argument("order_id")
@@ -276,7 +276,12 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(list(sys.argv[1:] if argv is None else argv), os.environ)
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv), os.environ)
+    except BrokenPipeError:
+        # `sagactl list | head`: the reader left. Point stdout at /dev/null so the exit flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 __all__ = ["EXIT_CODES", "EXIT_NOT_FOUND", "EXIT_REFUSED", "EXIT_UNREACHABLE", "main", "run"]

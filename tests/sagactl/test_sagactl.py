@@ -62,6 +62,21 @@ def test_place_get_and_list(live: LiveCluster) -> None:
 
     failed = json.loads(ctl(live, "list", "--state", "failed", "--json").stdout)
     assert [s["order_id"] for s in failed["sagas"]] == ["ctl-declined"]
+    # States as the API spells them work too.
+    assert json.loads(ctl(live, "list", "--state", "FAILED", "--json").stdout) == failed
+    # A reader that leaves early (`sagactl get ... | head -1`) is not an error: the pipe is closed before sagactl
+    # has its answer, so its first write finds no reader.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagactl", "get", "ctl-ok", "--events"],
+        cwd=REPO,
+        env={**os.environ, "SAGA_ROUTER": live.router},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == b""
     table = ctl(live, "list", "--page-size", "1")
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["ORDER", "STATE"]
     assert len(table.stdout.splitlines()) == 2 and "more" in table.stderr
