@@ -190,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _check(p, args)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Explicitly, because a shell starts background jobs with SIGINT ignored and Python then keeps it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     what = args.what[0]
     try:
         if what == "profile-summary":
