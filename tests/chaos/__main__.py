@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.chaos.scenarios import SCENARIOS, Result, run_scenario
+from tests.chaos.scenarios import SCENARIOS, Result, can_run, run_scenario
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -79,8 +79,13 @@ async def main_async(ns: argparse.Namespace) -> int:
     base = ns.seed if ns.seed is not None else random.randrange(1 << 30)
     print(f"chaos: base seed {base}, {ns.duration:g} s of faults per scenario", flush=True)
     results = []
+    skipped: list[str] = []
     for k, name in enumerate(ns.names):
         seed = base + k
+        if reason := can_run(name):
+            print(f"== {name} SKIPPED: {reason}", flush=True)
+            skipped.append(name)
+            continue
         root = Path(tempfile.mkdtemp(prefix=f"chaos-{name}-"))
         print(f"== {name} seed={seed} data={root}", flush=True)
         r = await run_scenario(name, seed, ns.duration, root, short=ns.short)
@@ -99,6 +104,8 @@ async def main_async(ns: argparse.Namespace) -> int:
     print(table(results))
     bad = [r.name for r in results if not r.passed]
     print(f"\n{'FAIL: ' + ', '.join(bad) if bad else 'PASS'}: {len(results)} scenarios, base seed {base}")
+    if skipped:
+        print(f"skipped (see above why): {', '.join(skipped)}")
     return 1 if bad else 0
 
 

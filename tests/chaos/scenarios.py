@@ -11,7 +11,9 @@ seed replays the same schedule of faults, not the same interleaving of every cal
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,11 +23,13 @@ from pathlib import Path
 import grpc
 
 from coordinator.crashpoints import POINTS
+from coordinator.model import Action, Step
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.helpers.cluster import Cluster, ShardSettings
-from tests.helpers.cluster_invariants import Report, check_cluster, holdings
+from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
+from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
 from tests.helpers.coordinator import place_request
-from tests.helpers.load import ITEMS, Answer, Load, Order
+from tests.helpers.load import ITEMS, Load, Order
+from tests.helpers.shard_clockskew import write_offset
 from tests.helpers.stubs import StubControlClient, fault_rule, get_ledgers
 from tests.helpers.tcp_proxy import Mode, TcpProxy
 
@@ -101,10 +105,13 @@ async def run_frame(
     fail_share: float = 0.3,
     twins: bool = False,
     quiesce_s: float = 90.0,
+    ttl_ms: int | None = None,
 ) -> Report:
     """Load for duration_s + after_s, `faults(ctx, until)` during the first duration_s, then drain and check."""
     cluster = ctx.cluster
-    load = Load([cluster.router.address], ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins)
+    load = Load(
+        [cluster.router.address], ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins, ttl_ms=ttl_ms
+    )
     load.give_up_s = 60.0 if ctx.short else 180.0
     ctx.loads.append(load)
     started = time.monotonic()
@@ -518,18 +525,13 @@ async def overload(ctx: Ctx) -> None:
     shed: set[str] = set()
     recoveries: list[float] = []
 
-    async def one(order_id_order: object) -> None:
+    async def one() -> None:
         order = burst.new_order()
-        stub = burst._stubs[0]
-        try:
-            resp = await stub.PlaceOrder(order.request, timeout=60)
-        except grpc.aio.AioRpcError as e:
-            if e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                shed.add(order.request.order_id)
-            else:
-                ctx.violation(f"overload: {order.request.order_id} got {e.code().name}: {e.details()}")
-            return
-        burst.answers[order.request.order_id] = Answer(int(resp.status), resp.saga_id, int(resp.state), 0.0)
+        outcome = await burst.place_once(order)
+        if outcome is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            shed.add(order.request.order_id)
+        elif isinstance(outcome, grpc.StatusCode):
+            ctx.violation(f"overload: {order.request.order_id} got {outcome.name}")
 
     async def sample_rss(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -544,7 +546,7 @@ async def overload(ctx: Ctx) -> None:
             await asyncio.sleep(ctx.rng.uniform(0.5, 1.5))
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_rss(stop))
-            await asyncio.gather(*(one(i) for i in range(burst_size)))
+            await asyncio.gather(*(one() for _ in range(burst_size)))
             ctx.result.faults["burst_calls"] += burst_size
             stop.set()
             await sampler
@@ -577,6 +579,158 @@ async def overload(ctx: Ctx) -> None:
             ctx.violation(f"overload: {shard_id} grew {mib} MiB during a burst (unbounded queue?)")
 
 
+# ---------------------------------------------------------------- 10. clock jumps
+
+
+async def clock_jumps(ctx: Ctx) -> None:
+    """The shards' wall clocks jump forward and back by minutes to hours (seeded), some followed by a SIGKILL and
+    restart (which re-reads every unfinished saga's deadline against the jumped clock), under load with 2 s TTLs:
+    no saga expires twice, none moves again once terminal, every event log follows the state machine."""
+    cluster = ctx.cluster
+    offsets = [0] * len(cluster.nodes)
+    async with StubControlClient(cluster.stub_address) as control:
+        rules = [fault_rule("ChargePayment", latency_ms=300), fault_rule("*", latency_ms=30)]
+        await control.set_faults(rules, seed=ctx.result.seed)
+
+    async def faults(ctx: Ctx, until: float) -> None:
+        jumps = 0
+        while time.monotonic() + 1 < until:
+            await asyncio.sleep(ctx.rng.uniform(0.7, 1.5))
+            i = ctx.rng.randrange(len(cluster.nodes))
+            direction = ctx.rng.choice((1, -1))
+            offsets[i] += direction * ctx.rng.randint(60_000, 7_200_000)
+            write_offset(cluster.nodes[i].clock_file, offsets[i])
+            ctx.result.faults["clock_jump_forward" if direction > 0 else "clock_jump_back"] += 1
+            jumps += 1
+            if jumps % 2 == 0:
+                await cluster.kill_shard(i)
+                ctx.result.faults["shard_sigkill"] += 1
+                await cluster.start_shard(i)
+
+    await run_frame(ctx, faults, after_s=after(ctx), ttl_ms=2_000)
+    expired = 0
+    for node in cluster.nodes:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            for saga in await list_all_sagas(node.address):
+                full = await stub.GetSaga(S.GetSagaRequest(order_id=saga.order_id, include_events=True), timeout=20)
+                problems, deadlines = event_log_problems(full)
+                expired += deadlines > 0
+                ctx.result.violations.extend(f"clock_jumps: {saga.order_id}: {p}" for p in problems)
+    ctx.result.faults["sagas_expired"] = expired
+    ctx.result.notes.append(f"clock offsets at the end (ms): {offsets}")
+
+
+LEGAL = {
+    S.SAGA_STATE_RUNNING: {S.SAGA_STATE_COMPENSATING, S.SAGA_STATE_SUCCEEDED},
+    S.SAGA_STATE_COMPENSATING: {S.SAGA_STATE_FAILED, S.SAGA_STATE_DEAD_LETTERED},
+    S.SAGA_STATE_DEAD_LETTERED: {S.SAGA_STATE_COMPENSATING, S.SAGA_STATE_RESOLVED},
+}
+
+
+def event_log_problems(saga: saga_pb2.Saga) -> tuple[list[str], int]:
+    """Problems in one saga's event log (illegal or repeated transitions, events after the end), and how many times
+    its deadline made it compensate."""
+    problems: list[str] = []
+    state = S.SAGA_STATE_RUNNING
+    deadlines = 0
+    ended_at = 0
+    for ev in saga.events:
+        if ended_at:
+            problems.append(f"event {ev.seq} ({ev.kind}) after the saga ended at event {ended_at}")
+            break
+        if ev.state and ev.state != state:  # a "state" event, or an operator's retry/resolve
+            if ev.state not in LEGAL.get(state, set()):
+                problems.append(f"event {ev.seq}: {S.SagaState.Name(state)} -> {S.SagaState.Name(ev.state)}")
+            if ev.state == S.SAGA_STATE_COMPENSATING and "deadline passed" in ev.detail:
+                deadlines += 1  # (the terminal FAILED event repeats the same reason as its last error)
+            state = ev.state
+            if state in (S.SAGA_STATE_SUCCEEDED, S.SAGA_STATE_FAILED, S.SAGA_STATE_RESOLVED):
+                ended_at = ev.seq
+    if deadlines > 1:
+        problems.append(f"expired {deadlines} times")
+    if state != saga.state:
+        problems.append(f"event log ends in {S.SagaState.Name(state)}, saga says {S.SagaState.Name(saga.state)}")
+    return problems, deadlines
+
+
+# ---------------------------------------------------------------- 11. journal disk full
+
+DISK_MIB = 48
+
+
+def mount_tmpfs(path: Path, size_mib: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)], check=True)
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(path: Path) -> int:
+    """Fills the file system of `path` with one file until ENOSPC; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * (256 << 10)
+    with (path / "filler").open("wb", buffering=0) as f:
+        while True:
+            try:
+                written += f.write(chunk)
+            except OSError:
+                return written
+
+
+async def disk_full(ctx: Ctx) -> None:
+    """shard-1's journal lives on a small tmpfs that a filler file fills up mid-load: PlaceOrders it owns get a clear
+    status (never UNKNOWN/INTERNAL), nothing reaches a service without its intent in the journal, the shard survives,
+    and when the filler is deleted it works again."""
+    cluster = ctx.cluster
+    disk = cluster.journal_dirs["shard-1"]
+    node = cluster.nodes[0]
+
+    async def faults(ctx: Ctx, until: float) -> None:
+        await asyncio.sleep(min(1.0, (until - time.monotonic()) / 4))
+        ctx.result.faults["disk_full_bytes"] = await asyncio.to_thread(fill, disk)
+        ctx.result.faults["disk_full"] += 1
+        await sleep_until(until)
+        if not node.running:
+            ctx.violation(f"disk_full: shard-1 died while its disk was full (exit {node.exit_code()})")
+        (disk / "filler").unlink()
+        if not node.running:
+            await cluster.start_shard(0)
+
+    await run_frame(ctx, faults, after_s=after(ctx))
+    load = ctx.loads[0]
+    ctx.result.notes.append(f"clients saw: {dict(load.errors)}, e.g. {load.error_samples}")
+    await check_write_ahead(ctx, [node])
+
+
+async def check_write_ahead(ctx: Ctx, nodes: list[ShardChild]) -> None:
+    """Every effect a service applied for a saga has its "started" intent in the saga's journal (contract 1)."""
+    labels = {int(step): step.label for step in Step}
+    actions = {int(action): action.label for action in Action}
+    checked = 0
+    for node in nodes:
+        sagas = await list_all_sagas(node.address)
+        ledgers = await get_ledgers(ctx.cluster.stub_address, [s.order_id for s in sagas])
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            for saga in sagas:
+                full = await stub.GetSaga(S.GetSagaRequest(order_id=saga.order_id, include_events=True), timeout=20)
+                intents = {
+                    f"{full.saga_id}/{labels[ev.step]}/{actions[ev.action]}"
+                    for ev in full.events
+                    if ev.kind == "started" and ev.step in labels and ev.action in actions
+                }
+                for key in ledgers[saga.order_id].keys:
+                    checked += 1
+                    if key.applied_count and key.idempotency_key not in intents:
+                        ctx.violation(
+                            f"write-ahead: {saga.order_id}: {key.idempotency_key} applied, no intent journaled"
+                        )
+    ctx.result.notes.append(f"write-ahead checked for {checked} keys")
+
+
 # ---------------------------------------------------------------- 12. fuzzing
 
 
@@ -604,6 +758,13 @@ async def _no_faults(ctx: Ctx, until: float) -> None:
 # ---------------------------------------------------------------- registry and runner
 
 
+def can_run(name: str) -> str:
+    """Why scenario `name` cannot run here ("" if it can)."""
+    if SCENARIOS[name].needs_root and os.geteuid() != 0:
+        return "needs root to mount a small tmpfs for the journal"
+    return ""
+
+
 def after(ctx: Ctx) -> float:
     return 2.0 if ctx.short else max(5.0, ctx.duration_s / 4)
 
@@ -616,6 +777,9 @@ class Scenario:
     min_success_per_s: float = 2.0
     """Successful sagas needed per second of fault time (throughput floor under faults, not a timing claim)."""
     proxy_payment: bool = False
+    shard_module: str = "tests.helpers.shard_probe"
+    needs_root: bool = False
+    """Mounts a tmpfs (disk_full); without root the scenario is skipped with that reason."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -638,6 +802,8 @@ SCENARIOS: dict[str, Scenario] = {
             ShardSettings(extra=f"[limits]\nmax_in_flight = {OVERLOAD_IN_FLIGHT}\nshed_retry_after_ms = 50\n"),
             min_success_per_s=1.0,
         ),
+        Scenario("clock_jumps", clock_jumps, min_success_per_s=1.0, shard_module="tests.helpers.shard_clockskew"),
+        Scenario("disk_full", disk_full, min_success_per_s=1.0, needs_root=True),
         Scenario("fuzz", fuzz, min_success_per_s=1.0),
     )
 }
@@ -647,10 +813,15 @@ async def run_scenario(name: str, seed: int, duration_s: float, root: Path, shor
     spec = SCENARIOS[name]
     result = Result(name, seed, duration_s, root=str(root))
     result.min_success = max(3, int(spec.min_success_per_s * duration_s))
-    cluster = Cluster(root, shards=3, settings=spec.settings)
+    cluster = Cluster(root, shards=3, settings=spec.settings, shard_module=spec.shard_module)
     proxy: TcpProxy | None = None
     started = time.monotonic()
+    disk: Path | None = None
     try:
+        if spec.needs_root:
+            disk = root / "disk-shard-1"
+            mount_tmpfs(disk, DISK_MIB)
+            cluster.journal_dirs["shard-1"] = disk
         if spec.proxy_payment:
             proxy = TcpProxy(cluster.stub_address, seed=seed)
             await proxy.start()
@@ -669,10 +840,12 @@ async def run_scenario(name: str, seed: int, duration_s: float, root: Path, shor
         cluster.kill_all()
         if proxy is not None:
             await proxy.stop()
+        if disk is not None:
+            umount(disk)
         result.wall_s = time.monotonic() - started
     if result.successes < result.min_success:
         result.violations.append(f"{name}: only {result.successes} sagas succeeded, needs {result.min_success}")
     return result
 
 
-__all__ = ["SCENARIOS", "Result", "run_scenario"]
+__all__ = ["SCENARIOS", "Result", "can_run", "run_scenario"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.scenarios import SCENARIOS, run_scenario
+from tests.chaos.scenarios import SCENARIOS, can_run, run_scenario
 
 SEED = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 30)))
 SHORT_S = float(os.environ.get("CHAOS_SHORT_S", "4"))
@@ -18,6 +18,8 @@ SHORT_S = float(os.environ.get("CHAOS_SHORT_S", "4"))
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_scenario_short(name: str, tmp_path: Path) -> None:
+    if reason := can_run(name):
+        pytest.skip(reason)
     seed = SEED + list(SCENARIOS).index(name)
     print(f"chaos {name} seed={seed} (CHAOS_SEED={SEED})")
     result = await run_scenario(name, seed, SHORT_S, tmp_path, short=True)

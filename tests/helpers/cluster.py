@@ -135,9 +135,17 @@ class Child:
 
 
 class ShardChild(Child):
-    def __init__(self, root: Path, shard_id: str, services: Mapping[str, str], settings: ShardSettings) -> None:
+    def __init__(
+        self,
+        root: Path,
+        shard_id: str,
+        services: Mapping[str, str],
+        settings: ShardSettings,
+        module: str = "tests.helpers.shard_probe",
+        journal_dir: Path | None = None,
+    ) -> None:
         self.shard_id = shard_id
-        self.journal = root / f"{shard_id}.db"
+        self.journal = (journal_dir or root) / f"{shard_id}.db"
         self.task_file = root / f"{shard_id}.tasks"
         config = root / f"{shard_id}.toml"
         config.write_text(settings.toml())
@@ -145,10 +153,12 @@ class ShardChild(Child):
         args = ["--config", str(config), "--shard-id", shard_id, "--listen", f"127.0.0.1:{port}"]
         # Addresses go in the environment, one per service: a --services flag would override them all.
         args += ["--journal", str(self.journal)]
-        super().__init__(shard_id, "tests.helpers.shard_probe", args, port, root / f"{shard_id}.log")
+        self.clock_file = root / f"{shard_id}.clock"
+        super().__init__(shard_id, module, args, port, root / f"{shard_id}.log")
         self.env = {
             "SAGA_JOURNAL_KEY": "chaos-secret",
             "SAGA_TASK_PROBE": str(self.task_file),
+            "SAGA_CLOCK_OFFSET_FILE": str(self.clock_file),  # read by tests.helpers.shard_clockskew only
             **{f"SAGA_{name.upper()}_ADDR": addr for name, addr in services.items()},
         }
 
@@ -177,6 +187,10 @@ class Cluster:
     """Per-service address overrides (e.g. payment through a proxy); the rest go to the stubs."""
     reload_interval_s: float = 0.2
     stock: dict[str, int] = field(default_factory=dict)
+    shard_module: str = "tests.helpers.shard_probe"
+    """What runs a shard: shard_probe, or shard_clockskew for a wall clock the test can move."""
+    journal_dirs: dict[str, Path] = field(default_factory=dict)
+    """Shard id -> directory of its journal (default: root), e.g. a small tmpfs."""
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -209,7 +223,10 @@ class Cluster:
         return {**base, **self.services}
 
     def _new_node(self) -> ShardChild:
-        node = ShardChild(self.root, f"shard-{len(self.nodes) + 1}", self._service_map(), self.settings)
+        shard_id = f"shard-{len(self.nodes) + 1}"
+        node = ShardChild(
+            self.root, shard_id, self._service_map(), self.settings, self.shard_module, self.journal_dirs.get(shard_id)
+        )
         self.nodes.append(node)
         return node
 

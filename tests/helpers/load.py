@@ -87,6 +87,8 @@ class Load:
     unexpected: list[str] = field(default_factory=list)
     """Statuses a valid PlaceOrder must never get (INTERNAL, UNKNOWN, ALREADY_EXISTS for the same payload, ...)."""
     pending_answers: int = 0
+    error_samples: dict[str, str] = field(default_factory=dict)
+    """The first message seen with each non-answer status."""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -119,6 +121,7 @@ class Load:
                 resp = await stub.PlaceOrder(order.request, timeout=self.attempt_timeout_s)
             except grpc.aio.AioRpcError as e:
                 self.errors[e.code().name] += 1
+                self.error_samples.setdefault(e.code().name, e.details() or "")
                 if e.code() not in RETRYABLE:
                     self.unexpected.append(f"{order.request.order_id}: {e.code().name} {e.details()}")
                     return None
@@ -137,6 +140,18 @@ class Load:
             await asyncio.sleep(delay_s * (0.5 + self._rng.random()))
             delay_s = min(delay_s * 1.6, 0.5)
         return None
+
+    async def place_once(self, order: Order, timeout_s: float = 60.0) -> Answer | grpc.StatusCode:
+        """One PlaceOrder, no retry: the answer (recorded), or the status code it failed with."""
+        try:
+            resp = await self._stubs[0].PlaceOrder(order.request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            self.errors[e.code().name] += 1
+            return e.code()
+        answer = Answer(int(resp.status), resp.saga_id, int(resp.state), self.now_s())
+        if resp.status in (saga_pb2.SUCCESS, saga_pb2.FAILED):
+            self.answers.setdefault(order.request.order_id, answer)
+        return answer
 
     async def _worker(self, index: int) -> None:
         while not self._stop_new.is_set():
