@@ -5,6 +5,7 @@
     make bench BENCH_ARGS="--rate 500"                  open loop: 500 orders/s, latency from each order's due time
     make bench BENCH_ARGS="--fail-rate 0.1"             10% declined at payment; ledgers prove the compensations ran
     make bench BENCH_ARGS="--shards 1 --repeat 3"       three fresh runs, the median of each figure
+    make bench BENCH_ARGS="--direct"                    clients route by the ring themselves: no router hop
     make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
     make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
     make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-outstanding", type=int, default=5_000, help="open loop: most calls in flight")
     p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of orders declined at payment (0..1)")
     p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (default %(default)s)")
+    p.add_argument("--direct", action="store_true", help="call the owning shard directly (no router hop)")
     p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
     p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
@@ -277,6 +279,7 @@ def _cluster(args: argparse.Namespace) -> int:
         rate=args.rate,
         fail_rate=args.fail_rate,
         loadgen_procs=args.loadgen_procs,
+        direct=args.direct,
         seed=args.seed,
         keep=args.keep,
         profile_dir=args.profile,

@@ -14,10 +14,12 @@ from when it was sent, so a stall of the system shows up in the figures instead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,10 @@ class Spec:
     """Fraction of orders paid with the declined token."""
     seed: int
     result_path: str
+    shards: tuple[tuple[str, str], ...] = ()
+    """(shard id, address) of every shard: with `direct`, orders go straight to their owner, past the router."""
+    direct: bool = False
+    vnodes: int = 1024
 
 
 @dataclass
@@ -82,24 +88,28 @@ def place_request(order_id: str, index: int, declined: bool) -> saga_pb2.PlaceOr
     )
 
 
+Place = Callable[..., Any]
+Request = tuple[str, bool, bytes, Place]
+
+
 class Generator:
-    def __init__(self, spec: Spec, channel: grpc.aio.Channel) -> None:
+    def __init__(self, spec: Spec, place_for: Callable[[str], Place]) -> None:
         self.spec = spec
-        # Bytes in, bytes out: requests are encoded before the measured window, so it holds calls, not encoding.
-        self._place = channel.unary_unary(PLACE_ORDER, _registered_method=True)
+        self._place_for = place_for
         self._rng = random.Random(spec.seed * 1_000 + spec.worker)
 
-    def _requests(self, prefix: str, n: int) -> list[tuple[str, bool, bytes]]:
+    def _requests(self, prefix: str, n: int) -> list[Request]:
         out = []
         for i in range(n):
             order_id = f"{self.spec.run_id}-{prefix}{self.spec.worker}-{i}"
             declined = self._rng.random() < self.spec.fail_rate
-            out.append((order_id, declined, place_request(order_id, i, declined).SerializeToString()))
+            body = place_request(order_id, i, declined).SerializeToString()
+            out.append((order_id, declined, body, self._place_for(order_id)))
         return out
 
-    async def _call(self, body: bytes) -> str:
+    async def _call(self, request: Request) -> str:
         try:
-            raw = await self._place(body, timeout=CALL_TIMEOUT_S)
+            raw = await request[3](request[2], timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
             return str(e.code().name)
         reply = saga_pb2.PlaceOrderResponse.FromString(raw)
@@ -117,7 +127,7 @@ class Generator:
                 i = next_index
                 next_index += 1
                 started = time.perf_counter()
-                outcomes[i] = await self._call(requests[i][2])
+                outcomes[i] = await self._call(requests[i])
                 latencies[i] = (time.perf_counter() - started) * 1e3
 
         started = time.monotonic()
@@ -133,7 +143,7 @@ class Generator:
 
         async def one(i: int, due: float) -> None:
             try:
-                outcomes[i] = await self._call(requests[i][2])
+                outcomes[i] = await self._call(requests[i])
                 latencies[i] = (time.perf_counter() - due) * 1e3
             finally:
                 slots.release()
@@ -155,7 +165,7 @@ class Generator:
     def _result(
         self,
         started: float,
-        requests: list[tuple[str, bool, bytes]],
+        requests: list[Request],
         latencies: list[float],
         outcomes: list[str],
         lag_max_ms: float,
@@ -177,11 +187,32 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+def _placer(channel: grpc.aio.Channel) -> Place:
+    # Bytes in, bytes out: requests are encoded before the measured window, so it holds calls, not encoding.
+    place: Place = channel.unary_unary(PLACE_ORDER, _registered_method=True)
+    return place
+
+
 async def run(spec: Spec) -> Result | None:
-    # One channel per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
-    async with grpc.aio.insecure_channel(spec.router) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
-        gen = Generator(spec, channel)
+    async with contextlib.AsyncExitStack() as stack:
+        if spec.direct:
+            # Client-side routing (what dropping the router hop would look like): one channel per shard, the router's
+            # own ring to pick the owner.
+            from shard_router.ring import HashRing
+
+            places = {}
+            for shard_id, address in spec.shards:
+                channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+                await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
+                places[shard_id] = _placer(channel)
+            ring = HashRing(places, spec.vnodes)
+            gen = Generator(spec, lambda order_id: places[ring.owner(order_id)])
+        else:
+            # One channel per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(spec.router))
+            await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
+            place = _placer(channel)
+            gen = Generator(spec, lambda order_id: place)
         if spec.warmup:
             warm = await gen.closed("w", spec.warmup, spec.concurrency)
             bad = [o for o in warm.outcomes if o not in ("SUCCESS", "FAILED")]
@@ -201,6 +232,7 @@ async def run(spec: Spec) -> Result | None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     data: dict[str, Any] = json.loads(args[0])
+    data["shards"] = tuple(tuple(pair) for pair in data.get("shards", ()))
     spec = Spec(**data)
     result = uvloop.run(run(spec))
     if result is not None:

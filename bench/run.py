@@ -44,6 +44,8 @@ class RunConfig:
     fail_rate: float = 0.0
     """Fraction of orders paid with the declined token (they compensate)."""
     loadgen_procs: int = 1
+    direct: bool = False
+    """Load generators call the owning shard directly (client-side routing), not through the router."""
     seed: int = 1
     keep: bool = False
     """Keep the run's directory (journals, logs) instead of deleting it."""
@@ -60,6 +62,8 @@ class RunConfig:
             base = f"closed-c{self.concurrency}"
         if self.fail_rate:
             base += f"-fail{self.fail_rate:g}"
+        if self.direct:
+            base += "-direct"
         return f"{base}-s{self.shards}"
 
 
@@ -107,7 +111,9 @@ def _read_line(proc: subprocess.Popen[str], name: str, expect: str) -> None:
         print(f"  {name}: {line.rstrip()}", file=sys.stderr)
 
 
-def _specs(cfg: RunConfig, router: str, workdir: Path) -> list[Spec]:
+def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path) -> list[Spec]:
+    router = cluster.router_address
+    shards = tuple((c.name, c.address) for c in cluster.of_kind("shard"))
     n = cfg.loadgen_procs
     run_id = f"b{int(time.time() * 1000) % 10**10}"
     specs = []
@@ -126,6 +132,8 @@ def _specs(cfg: RunConfig, router: str, workdir: Path) -> list[Spec]:
                 fail_rate=cfg.fail_rate,
                 seed=cfg.seed,
                 result_path=str(workdir / f"loadgen-{w}.json"),
+                shards=shards,
+                direct=cfg.direct,
             )
         )
     return specs
@@ -140,7 +148,7 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     try:
         print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
         cluster.start()
-        specs = _specs(cfg, cluster.router_address, workdir)
+        specs = _specs(cfg, cluster, workdir)
         for spec in specs:
             workers.append(
                 subprocess.Popen(
@@ -245,6 +253,7 @@ def _figures(
         "rate": cfg.rate,
         "fail_rate": cfg.fail_rate,
         "loadgen_procs": cfg.loadgen_procs,
+        "direct": cfg.direct,
         "sagas": sum(outcomes.values()),
         "elapsed_s": round(elapsed_s, 3),
         "throughput_sagas_per_s": round(answered / elapsed_s, 1),
