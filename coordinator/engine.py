@@ -133,7 +133,7 @@ class Engine:
                 if self._clock.monotonic() + delay < run.deadline_mono:
                     ev = self._event(run, RETRYING, step, Action.FORWARD, attempt, code, detail)
                     await self._append(run, [ev], wait=False)
-                    self._metrics.step_retries.labels(step.label, "forward", code).inc()
+                    self._metrics.child(self._metrics.step_retries, step.label, "forward", code).inc()
                     logger.debug(
                         "step {} attempt {} got {}; retrying in {:.0f} ms", step.label, attempt, code, delay * 1e3
                     )
@@ -165,7 +165,7 @@ class Engine:
                 reason = f"compensation of {step.label} failed after {attempts} attempts ({last}){_PARKED}"
                 message = f"{rec.last_error}; {reason}" if rec.last_error else reason
                 park = DeadLetterOpen(rec.saga_id, rec.order_id, int(step), last, attempts, self._clock.now_epoch_ms())
-                self._metrics.compensation_failures.labels(step.label).inc()
+                self._metrics.child(self._metrics.compensation_failures, step.label).inc()
                 await self._transition(run, SagaState.DEAD_LETTERED, message, extra=[park])
                 logger.warning("saga dead-lettered: {}", reason)
                 return
@@ -201,7 +201,7 @@ class Engine:
             if made < policy.max_attempts:
                 ev = self._event(run, RETRYING, step, Action.COMPENSATE, attempt, code, last)
                 await self._append(run, [ev], wait=False)
-                self._metrics.step_retries.labels(step.label, "compensate", code).inc()
+                self._metrics.child(self._metrics.step_retries, step.label, "compensate", code).inc()
                 await self._clock.sleep(self._rng.uniform(0, next(waits)))
         ev = self._event(run, FAILED, step, Action.COMPENSATE, attempt, last.partition(":")[0], last)
         await self._append(run, [ev], wait=False)
@@ -216,9 +216,9 @@ class Engine:
         result = await self._attempt(run, step, action, timeout_s)
         elapsed_s = time.perf_counter() - started
         m = self._metrics
-        m.step_duration.labels(step.label, action.label).observe(elapsed_s)
+        m.child(m.step_duration, step.label, action.label).observe(elapsed_s)
         code = result.code.name if result is not None else "DEADLINE_EXCEEDED"
-        m.step_attempts.labels(step.label, action.label, code).inc()
+        m.child(m.step_attempts, step.label, action.label, code).inc()
         logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, code, elapsed_s * 1e3)
         return result
 
@@ -282,9 +282,9 @@ class Engine:
         logger.info("saga {} {}", new.name, last_error)
         if new is not SagaState.COMPENSATING:
             outcome = new.name.lower()
-            self._metrics.completed.labels(outcome).inc()
+            self._metrics.child(self._metrics.completed, outcome).inc()
             elapsed_s = (ev.at_epoch_ms - rec.created_at_epoch_ms) / 1000
-            self._metrics.duration.labels(outcome).observe(max(0.0, elapsed_s))
+            self._metrics.child(self._metrics.duration, outcome).observe(max(0.0, elapsed_s))
             if new is SagaState.DEAD_LETTERED:
                 self._metrics.dead_letters_open.inc()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -35,6 +36,8 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SAGA_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+M = TypeVar("M", Counter, Histogram)
 
 
 class ShardMetrics:
@@ -71,6 +74,16 @@ class ShardMetrics:
         )
         self.commits = Counter("saga_journal_commits", "Journal transactions (one fsync each)", registry=r)
         self.dead_letters_open = Gauge("saga_dead_letters_open", "Open dead letters", registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
+
+    def child(self, metric: M, *labels: str) -> M:
+        """metric.labels(*labels), remembered: labels() takes the metric's lock and builds tuples on every call, and
+        the engine asks several times per step. Every label here is bounded (steps, actions, codes, outcomes)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def watch_live(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
         """Gauges computed at scrape time from the shard's live sagas: (state name, age in seconds) pairs."""
