@@ -116,6 +116,8 @@ class Engine:
             at_step(step.label, "forward", attempt)
             await self._append(run, [self._event(run, STARTED, step, Action.FORWARD, attempt)], wait=True)
             crashpoints.hit("after_intent_before_rpc")
+            # Measured after the intent's commit, so that the call's own deadline is the saga's.
+            remaining = max(run.deadline_mono - self._clock.monotonic(), 0.001)
             result = await self._call(run, step, Action.FORWARD, min(policy.attempt_timeout_ms / 1000, remaining))
             crashpoints.hit("after_reply_before_outcome")
             if result is None or self._clock.monotonic() >= run.deadline_mono:
@@ -224,7 +226,9 @@ class Engine:
 
     async def _attempt(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult | None:
         call = self._caller.call(run.payload, step, action, timeout_s)
-        if action is Action.COMPENSATE:
+        if action is Action.COMPENSATE or self._clock.ends_rpcs:
+            # Compensations are not bound by the deadline; forward calls on the real clock already carry it as their
+            # gRPC timeout (_forward_step), so racing them against a timer would only cost two tasks per attempt.
             try:
                 return await call
             except Exception as e:  # a bug or a broken channel must not kill the saga: treat as transient
@@ -308,6 +312,10 @@ class Engine:
         fut.add_done_callback(committed)
         if wait:
             await asyncio.shield(fut)
+            if run.created is not None:
+                # A new saga is driven while its creation commits. Commits keep submission order, so by now the
+                # creation is settled; if it failed, nothing of this saga may go out (it was never acknowledged).
+                await asyncio.shield(run.created)
         if run.write_error is not None:
             # Something this saga wrote did not reach the disk: stop; the shard re-drives it from the journal.
             raise run.write_error

@@ -245,6 +245,9 @@ class Journal:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            # One turn of the loop before taking a batch: every task already runnable (a saga just created, replies
+            # that just arrived) submits first and shares this commit. Sized by what is pending, not by a timer.
+            await asyncio.sleep(0)
             self._wakeup.clear()
             while self._pending:
                 batch: list[tuple[Sequence[Record], asyncio.Future[None]]] = []

@@ -5,7 +5,6 @@ The event log is the truth: recovery, GetSaga and the engine all derive step pro
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import grpc
@@ -52,6 +51,18 @@ class StepProgress:
     forward_code: str = ""
     started_at_epoch_ms: int = 0
     updated_at_epoch_ms: int = 0
+
+    def copy(self) -> StepProgress:
+        return StepProgress(
+            self.step,
+            self.status,
+            self.forward_attempts,
+            self.compensate_attempts,
+            self.last_error,
+            self.forward_code,
+            self.started_at_epoch_ms,
+            self.updated_at_epoch_ms,
+        )
 
     @property
     def may_have_applied(self) -> bool:
@@ -135,9 +146,22 @@ class SagaRecord:
         apply_event(self.steps, ev)
 
     def copy(self) -> SagaRecord:
-        c = dataclasses.replace(self)
-        c.steps = {s: dataclasses.replace(p) for s, p in self.steps.items()}
-        return c
+        # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path: 3 copies a saga).
+        return SagaRecord(
+            self.saga_id,
+            self.order_id,
+            self.user_id,
+            self.request,
+            self.payment_sealed,
+            self.payload_hash,
+            self.state,
+            self.created_at_epoch_ms,
+            self.updated_at_epoch_ms,
+            self.deadline_epoch_ms,
+            self.last_error,
+            {s: p.copy() for s, p in self.steps.items()},
+            self.next_seq,
+        )
 
     def to_compensate(self) -> list[Step]:
         """Steps that may have taken effect and are not yet undone, last first."""

@@ -156,8 +156,9 @@ class Shard:
         )
         created = Event(rec.saga_id, 1, now, CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
         rec.next_seq = 2
-        # Not awaited here: the saga task's first write-ahead record joins the same commit. The caller is answered
-        # only once this future resolves, so nothing is acknowledged before it is durable.
+        # Not awaited here: the saga task's first write-ahead record joins the same commit (the journal's writer lets
+        # ready tasks submit before it takes a batch). The engine sends nothing, and the caller is answered nothing,
+        # before this future resolves: nothing goes out or is acknowledged before the saga is durable.
         creation = self.journal.submit([NewSaga(rec.copy()), created])
         run = self._launch(rec, created=creation)
         self.metrics.started.inc()
@@ -181,18 +182,15 @@ class Shard:
             created=created,
         )
         self._live[rec.order_id] = run
-        run.task = asyncio.create_task(self._supervise(run, created), name=f"saga:{rec.order_id}")
+        run.task = asyncio.create_task(self._supervise(run), name=f"saga:{rec.order_id}")
         return run
 
-    async def _supervise(self, run: SagaRun, created: asyncio.Future[None] | None) -> None:
+    async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
         pause_s = 0.05
         try:
             while True:
                 try:
-                    if created is not None:
-                        await asyncio.shield(created)
-                        created = None
                     await self._engine.drive(run)
                     break
                 except Exception as e:

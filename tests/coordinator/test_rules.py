@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 from hypothesis import given
@@ -9,7 +11,8 @@ from hypothesis import strategies as st
 
 from coordinator.config import ConfigError, Limits, ShardConfig, load
 from coordinator.errors import CallClass, InvalidRequest, classify
-from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, check_transition
+from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, check_transition
+from coordinator.saga import SagaRecord
 from coordinator.sealing import Sealer, SealError
 from coordinator.validation import validate_place_order
 from protos.saga.v1 import saga_pb2
@@ -134,3 +137,16 @@ def test_sealing_round_trip_and_tamper() -> None:
         s.open(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(SealError):
         Sealer(b"other").open(blob)
+
+
+def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
+    rec = SagaRecord("s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", next_seq=7)
+    rec.steps[Step.PROCESS_PAYMENT].forward_attempts = 2
+    # Every field holds a value other than its default (a field added later must be set here, and in copy()) ...
+    assert all(getattr(rec, f.name) != f.default for f in dataclasses.fields(rec))
+    c = rec.copy()
+    # ... and is carried over ...
+    assert c == rec and c == dataclasses.replace(rec)
+    # ... and the steps are the copy's own.
+    c.steps[Step.PROCESS_PAYMENT].forward_attempts = 3
+    assert rec.steps[Step.PROCESS_PAYMENT].forward_attempts == 2
