@@ -232,13 +232,17 @@ async def crash_points(ctx: Ctx) -> None:
                     ctx.violation(f"crash_points: {node.shard_id} exited {code} armed at {armed[i]}, not by SIGKILL")
                 ctx.result.faults[f"crash@{point}"] += 1
                 await start_armed(i)
+
         # Heal: every shard restarted unarmed (a SIGKILL too, counted apart).
-        for i in range(len(cluster.nodes)):
+        async def unarm(i: int) -> None:
             await cluster.kill_shard(i)
             ctx.result.faults["shard_sigkill"] += 1
             await cluster.start_shard(i)
 
+        await asyncio.gather(*(unarm(i) for i in range(len(cluster.nodes))))
+
     await run_frame(ctx, faults, after_s=after(ctx), fail_share=0.5)
+    await check_write_ahead(ctx, cluster.nodes)
     for point in points:
         if ctx.result.faults[f"crash@{point}"] == 0:
             ctx.violation(f"crash_points: {point} never fired")
@@ -446,8 +450,14 @@ async def network(ctx: Ctx) -> None:
 
     await run_frame(ctx, faults, after_s=after(ctx), quiesce_s=120)
     stats = dict(proxy.stats)
-    detect = f"{max(proxy.detect_s):.1f}" if proxy.detect_s else "-"
-    ctx.result.notes.append(f"proxy: {stats}; slowest half-open detection {detect} s")
+
+    def slowest(xs: list[float]) -> str:
+        return f"{max(xs):.1f} s" if xs else "-"
+
+    ctx.result.notes.append(
+        f"proxy: {stats}; slowest detection of a silenced connection: established {slowest(proxy.detect_s)}, "
+        f"opened while half-open {slowest(proxy.detect_new_s)}"
+    )
     if proxy.silent_open():
         ctx.violation(f"network: {proxy.silent_open()} half-open connections never noticed by their client (keepalive)")
 
@@ -766,7 +776,7 @@ def can_run(name: str) -> str:
 
 
 def after(ctx: Ctx) -> float:
-    return 2.0 if ctx.short else max(5.0, ctx.duration_s / 4)
+    return 1.5 if ctx.short else max(5.0, ctx.duration_s / 4)
 
 
 @dataclass(frozen=True)

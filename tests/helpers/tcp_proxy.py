@@ -48,6 +48,8 @@ class _Conn:
     dead: bool = False
     """Half-open: nothing is forwarded any more, and the proxy never closes it."""
     silenced_at: float = 0.0
+    born_silent: bool = False
+    """Accepted while half-open: TCP connected, but the HTTP/2 handshake never completes."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -73,7 +75,9 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self.detect_s: list[float] = []
-        """For each silenced connection its client closed: seconds from silence to the close."""
+        """For each established connection silenced and then closed by its client: seconds from silence to close."""
+        self.detect_new_s: list[float] = []
+        """The same for connections accepted while half-open (no handshake ever completes on them)."""
         self.stats: Counter[str] = Counter()
         """accepted, dropped, reset, silenced, client_closed_silent (a client gave up on a silent connection)."""
 
@@ -146,6 +150,7 @@ class TcpProxy:
             return
         self._conns.add(conn)
         if mode is Mode.HALF_OPEN:
+            conn.born_silent = True
             self._silence(conn)
         else:
             try:
@@ -181,7 +186,8 @@ class TcpProxy:
                 # The client closed a connection that had gone silent: keepalive (or its own deadline) noticed.
                 if conn in self._conns:
                     self.stats["client_closed_silent"] += 1
-                    self.detect_s.append(time.monotonic() - conn.silenced_at)
+                    waited = time.monotonic() - conn.silenced_at
+                    (self.detect_new_s if conn.born_silent else self.detect_s).append(waited)
                     self._conns.discard(conn)
                     for w in (conn.client, conn.upstream):
                         if w is not None and not w.is_closing():
