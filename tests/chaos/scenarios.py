@@ -147,6 +147,10 @@ async def check(ctx: Ctx, quiesce_s: float = 90.0) -> Report:
     r.sagas = report.sagas
     r.outcomes.update(report.states)
     r.answered = sum(len(load.answers) for load in ctx.loads)
+    for node in cluster.nodes:
+        # A service refusing the shards' keepalive pings drops their connections and slows dead-peer detection.
+        if "too_many_pings" in node.log():
+            r.violations.append(f"{node.shard_id}: a service answered its keepalive pings with GOAWAY too_many_pings")
     for load in ctx.loads:
         if load.pending_answers:
             r.notes.append(f"{load.pending_answers} PENDING answers to waiting PlaceOrders (retried)")
