@@ -50,6 +50,10 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Any ping unacknowledged this long ends the connection. gRPC's default is 60 s, and a ping already in flight
+    # (sent after a call's deadline cancels its stream) holds back the keepalive ping, so a half-open connection
+    # under steady calls lived 60 s whatever keepalive_timeout_ms said: every attempt in that minute timed out.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.enable_retries", 0),  # retries are ours: journaled, keyed and bounded by the saga deadline
 )
 
