@@ -416,6 +416,9 @@ async def retry_all(router: str) -> set[str]:
 # ---------------------------------------------------------------- 6. network faults
 
 
+DEAD_PEER_BOUND_S = 45.0
+
+
 async def network(ctx: Ctx) -> None:
     """Payment calls of every shard go through a TCP proxy that delays, drops, resets and black-holes (half-open)
     connections on a seeded schedule. Keepalive must notice the half-open connections (the client closes them)."""
@@ -464,6 +467,11 @@ async def network(ctx: Ctx) -> None:
     )
     if proxy.silent_open():
         ctx.violation(f"network: {proxy.silent_open()} half-open connections never noticed by their client (keepalive)")
+    # Keepalive is 10 s + 5 s and a connection that never completes its handshake gives up after 20 s: 45 s is a
+    # generous bound that still catches a dead connection kept for gRPC's default one-minute ping timeout.
+    slow = [round(s, 1) for s in (*proxy.detect_s, *proxy.detect_new_s) if s > DEAD_PEER_BOUND_S]
+    if slow:
+        ctx.violation(f"network: half-open connections noticed only after {slow} s (bound {DEAD_PEER_BOUND_S} s)")
 
 
 # ---------------------------------------------------------------- 7. router kill loop
