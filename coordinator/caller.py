@@ -54,6 +54,12 @@ _CHANNEL_OPTIONS = (
     # (sent after a call's deadline cancels its stream) holds back the keepalive ping, so a half-open connection
     # under steady calls lived 60 s whatever keepalive_timeout_ms said: every attempt in that minute timed out.
     ("grpc.http2.ping_timeout_ms", 5_000),
+    # gRPC's reconnect backoff grows to 120 s, and meanwhile every call fails at once ("failed to connect"): a few
+    # seconds of network trouble burnt a compensation's whole retry policy and parked the saga. Two seconds bounds it
+    # (the router does the same for its shards).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 0),  # retries are ours: journaled, keyed and bounded by the saga deadline
 )
 
