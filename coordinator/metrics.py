@@ -23,6 +23,7 @@ outcome, state. Never an order id, a key, a token or an amount.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -86,14 +87,18 @@ class ShardMetrics:
         return found  # type: ignore[return-value]
 
     def watch_live(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
-        """Gauges computed at scrape time from the shard's live sagas: (state name, age in seconds) pairs."""
-        self.registry.register(_LiveCollector(live, wal_path))
+        """Gauges computed at scrape time from the shard's live sagas: (state name, age in seconds) pairs. Call it on
+        the shard's event loop: the task count is read from that loop."""
+        self.registry.register(_LiveCollector(live, wal_path, asyncio.get_running_loop()))
 
 
 class _LiveCollector(Collector):
-    def __init__(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
+    def __init__(
+        self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._live = live
         self._wal = wal_path
+        self._loop = loop
 
     def collect(self) -> Iterable[Metric]:
         counts = {"running": 0, "compensating": 0}
@@ -111,6 +116,10 @@ class _LiveCollector(Collector):
         except OSError:
             wal = 0
         yield GaugeMetricFamily("saga_journal_wal_bytes", "Size of the journal's WAL file", value=wal)
+        # Leak detector: back to its idle level once the load and the faults stop (asyncio.all_tasks retries if the
+        # loop changes its task set while this scrape thread copies it).
+        tasks = len(asyncio.all_tasks(self._loop))
+        yield GaugeMetricFamily("saga_asyncio_tasks", "Tasks alive on the shard's event loop", value=tasks)
 
 
 class MetricsServer:

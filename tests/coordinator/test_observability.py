@@ -57,6 +57,9 @@ async def test_metrics_and_logs(tmp_path: Path) -> None:
     ]:
         assert name in text, f"{name} missing from /metrics"
     assert "m-1" not in text and SECRET_TOKEN not in text and str(SECRET_AMOUNT) not in text
+    # Idle after the orders: a handful of tasks (server, journal writer, ...), none per finished saga.
+    tasks = [float(line.split()[1]) for line in text.splitlines() if line.startswith("saga_asyncio_tasks ")]
+    assert tasks and 0 < tasks[0] < 30, tasks
 
     log = shard.log()
     assert SECRET_TOKEN not in log and str(SECRET_AMOUNT) not in log
