@@ -123,7 +123,8 @@ class _LiveCollector(Collector):
 
 
 class MetricsServer:
-    """/metrics on its own daemon thread."""
+    """Prometheus text on GET /metrics from prometheus-client's own daemon thread, which never touches the event loop.
+    The shard and the router both serve theirs with it."""
 
     def __init__(self, listen: str, registry: CollectorRegistry) -> None:
         host, _, port = listen.rpartition(":")

@@ -17,11 +17,9 @@ method names), shard (ids from the shards file), code (gRPC status code names). 
 
 from __future__ import annotations
 
-import threading
 from typing import Protocol
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # From 100 µs (a relay adds ~that) to 10 s (a PlaceOrder waits for the whole saga).
 _FORWARD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -122,21 +120,3 @@ class RouterMetrics:
         for shard_id, is_up in up.items():
             self.shard_up.labels(shard_id).set(1 if is_up else 0)
         self.shards_up.set(sum(up.values()))
-
-
-class MetricsServer:
-    """Prometheus text on GET /metrics, served by prometheus-client's own daemon thread (it never touches the loop)."""
-
-    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
-        host, _, port = listen.rpartition(":")
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from coordinator.metrics import MetricsServer
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2
 
@@ -35,7 +36,7 @@ from .forwarding import (
     Forwarder,
     Reply,
 )
-from .metrics import Metrics, MetricsServer, NullMetrics, RouterMetrics
+from .metrics import Metrics, NullMetrics, RouterMetrics
 from .reload import TopologyManager
 from .routing import Router, parse_order_id
 from .shard_health import ShardHealth
