@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from protos.service_stubs.v1.control_pb2 import OrderLedger
+from service_stubs.invariants import ledger_violations
 
 _CHUNK = 1_000  # orders per GetLedger call (the stubs allow up to 10,000)
-_FORWARD = ("CreateOrder", "ReserveInventory", "ChargePayment", "ScheduleShipment")
 
 
 @dataclass
@@ -25,30 +26,9 @@ class LedgerCheck:
 
 
 def violations(order_id: str, outcome: str, declined: bool, ledger: OrderLedger) -> list[str]:
-    out = [
-        f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times"
-        for k in ledger.keys
-        if k.applied_count > 1
-    ]
-    reserved = {item: qty for item, qty in ledger.reserved_net.items() if qty}
-    if outcome == "SUCCESS":
-        if declined:
-            out.append(f"{order_id}: paid with the declined token but SUCCESS")
-        for method in _FORWARD:
-            applied = sum(k.applied_count for k in ledger.keys if k.method == method)
-            if applied != 1:
-                out.append(f"{order_id}: SUCCESS but {method} applied {applied} times")
-        if ledger.order_cancelled or ledger.refunded_cents or ledger.shipment_cancelled:
-            out.append(f"{order_id}: SUCCESS but an effect was compensated")
-    elif outcome == "FAILED":
-        if ledger.order_created and not ledger.order_cancelled:
-            out.append(f"{order_id}: FAILED but the order is still created")
-        if reserved:
-            out.append(f"{order_id}: FAILED but still reserved {reserved}")
-        if ledger.charged_cents != ledger.refunded_cents:
-            out.append(f"{order_id}: FAILED but charged {ledger.charged_cents}, refunded {ledger.refunded_cents}")
-        if ledger.shipment_scheduled and not ledger.shipment_cancelled:
-            out.append(f"{order_id}: FAILED but the shipment is still scheduled")
+    out = ledger_violations(order_id, saga_pb2.SUCCESS if outcome == "SUCCESS" else saga_pb2.FAILED, ledger)
+    if outcome == "SUCCESS" and declined:
+        out.append(f"{order_id}: paid with the declined token but SUCCESS")
     return out
 
 

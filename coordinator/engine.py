@@ -316,6 +316,7 @@ class Engine:
                 # A new saga is driven while its creation commits. Commits keep submission order, so by now the
                 # creation is settled; if it failed, nothing of this saga may go out (it was never acknowledged).
                 await asyncio.shield(run.created)
+                run.created = None  # durable: later appends (and PlaceOrder joiners) need not wait for it again
         if run.write_error is not None:
             # Something this saga wrote did not reach the disk: stop; the shard re-drives it from the journal.
             raise run.write_error

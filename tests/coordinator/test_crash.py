@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from protos.saga.v1 import saga_pb2
+from service_stubs.invariants import ledger_violations
 from tests.helpers.coordinator import SagaClient, ShardProcess, place_request
-from tests.helpers.invariants import ledger_violations
 from tests.helpers.stubs import StubControlClient, fault_rule, running_stubs
 
 SEED = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))

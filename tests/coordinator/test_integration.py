@@ -13,8 +13,8 @@ from grpc_status import rpc_status
 
 from coordinator.config import Limits
 from protos.saga.v1 import saga_pb2
+from service_stubs.invariants import ledger_violations
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
-from tests.helpers.invariants import ledger_violations
 from tests.helpers.stubs import StubControlClient, fault_rule, running_stubs
 
 

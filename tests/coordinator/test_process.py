@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 
 from protos.saga.v1 import saga_pb2
+from service_stubs.invariants import ledger_violations
 from tests.helpers.coordinator import REPO_ROOT, SagaClient, ShardProcess, place_request
-from tests.helpers.invariants import ledger_violations
 from tests.helpers.stubs import StubControlClient, fault_rule, running_stubs
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.net import free_port, wait_for_grpc
+from tests.helpers.net import free_port, wait_until_serving
 from tests.helpers.shard_probe import read_task_count
 from tests.helpers.stubs import StubProcess
 
@@ -96,17 +96,11 @@ class Child:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, *self.args], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
             )
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                wait_for_grpc(self.address, timeout_s=min(1.0, max(0.1, deadline - time.monotonic())))
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise TimeoutError(f"{self.name} not ready after {ready_timeout_s}s") from None
+        try:
+            wait_until_serving(self.proc, self.address, time.monotonic() + ready_timeout_s, self.log)
+        except (RuntimeError, TimeoutError) as e:
+            self.kill()
+            raise type(e)(f"{self.name} {e}") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -23,7 +23,7 @@ import grpc
 
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1.control_pb2 import OrderLedger
-from tests.helpers.invariants import ledger_violations
+from service_stubs.invariants import ledger_violations
 from tests.helpers.load import Load
 from tests.helpers.stubs import get_ledgers
 

@@ -21,7 +21,7 @@ from types import TracebackType
 
 import grpc
 
-from tests.helpers.net import free_port, wait_for_grpc
+from tests.helpers.net import free_port, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,18 +106,11 @@ class LiveCluster:
         self._spawn("router", router)
         deadline = time.monotonic() + 30
         for name, address in [("stubs", self.stubs), *self.grpc.items(), ("router", self.router)]:
-            while True:
-                proc = self.procs[name]
-                if proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
-                try:
-                    wait_for_grpc(address, timeout_s=1.0)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise TimeoutError(f"{name} not ready on {address}:\n{self.log(name)[-3000:]}") from None
+            try:
+                wait_until_serving(self.procs[name], address, deadline, lambda n=name: self.log(n))
+            except (RuntimeError, TimeoutError) as e:
+                self.stop()
+                raise type(e)(f"{name} {e}") from None
 
     def kill(self, name: str) -> None:
         proc = self.procs.get(name)

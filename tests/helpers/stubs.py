@@ -43,7 +43,7 @@ from protos.shop.v1 import (
     shipping_pb2_grpc,
 )
 from service_stubs import IDEMPOTENCY_KEY, StubServer
-from tests.helpers.net import free_port, wait_for_grpc
+from tests.helpers.net import free_port, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,17 +132,11 @@ class StubProcess:
         with self.log_path.open("ab") as log:
             # Output goes to a file, not a pipe: nobody drains a pipe, and a full pipe would stall the process.
             self._proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=REPO_ROOT, env=dict(os.environ))
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"stub process exited with {self._proc.returncode}:\n{self.log()}")
-            try:
-                wait_for_grpc(self.address, timeout_s=min(1.0, max(0.1, deadline - time.monotonic())))
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise TimeoutError(f"stub process not ready after {self.ready_timeout_s}s:\n{self.log()}") from None
+        try:
+            wait_until_serving(self._proc, self.address, time.monotonic() + self.ready_timeout_s, self.log)
+        except (RuntimeError, TimeoutError) as e:
+            self.kill()
+            raise type(e)(f"stub process {e}") from None
 
     def kill(self) -> None:
         """SIGKILL: no graceful anything, as in a crash."""

@@ -1,4 +1,5 @@
-"""Invariants over what the services actually applied (the stubs' ledgers), not over the calls the coordinator made."""
+"""What the stubs' ledger must show for a saga's answer: invariants over what the services actually applied, not over
+the calls the coordinator made. Shared by the tests, the chaos suite and the benchmark's ledger check."""
 
 from __future__ import annotations
 
