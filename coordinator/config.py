@@ -78,6 +78,8 @@ class Limits:
     """Most dead letters one RetryDeadLetter(all) call resumes."""
     max_concurrent_rpcs: int = 20_000
     """Most RPCs the gRPC server handles at once (PlaceOrder joiners and watchers included); gRPC sheds the rest."""
+    reason_max_len: int = 1_000
+    """Longest operator reason on RetryDeadLetter / ResolveDeadLetter (it is stored in the audit trail)."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

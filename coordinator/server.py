@@ -143,6 +143,8 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
     ) -> saga_pb2.RetryDeadLetterResponse:
         who = caller_identity(context)
         try:
+            if len(request.reason) > self._shard.cfg.limits.reason_max_len:
+                raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
             if request.all:
                 if request.order_id:
                     raise InvalidRequest("order_id", "must be empty when all is set")
@@ -162,8 +164,8 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
             check_id("order_id", request.order_id, self._shard.cfg.limits)
             if not request.reason.strip():
                 raise InvalidRequest("reason", "is required: say what was done by hand")
-            if len(request.reason) > 1000:
-                raise InvalidRequest("reason", "must be at most 1000 characters")
+            if len(request.reason) > self._shard.cfg.limits.reason_max_len:
+                raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
             rec = await self._shard.resolve_dead_letter(request.order_id, caller_identity(context), request.reason)
         except SagaError as e:
             await abort(context, e)
