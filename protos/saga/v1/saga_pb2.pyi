@@ -146,7 +146,7 @@ class StepInfo(_message.Message):
     def __init__(self, step: _Optional[_Union[Step, str]] = ..., status: _Optional[_Union[StepStatus, str]] = ..., forward_attempts: _Optional[int] = ..., compensate_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SagaEvent(_message.Message):
-    __slots__ = ("seq", "at", "kind", "step", "action", "attempt", "code", "detail", "state")
+    __slots__ = ("seq", "at", "kind", "step", "action", "attempt", "code", "detail", "state", "next_attempt_at")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class SagaEvent(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at: _timestamp_pb2.Timestamp
     kind: str
@@ -165,10 +166,11 @@ class SagaEvent(_message.Message):
     code: str
     detail: str
     state: SagaState
-    def __init__(self, seq: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., attempt: _Optional[int] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ...) -> None: ...
+    next_attempt_at: _timestamp_pb2.Timestamp
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., attempt: _Optional[int] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Saga(_message.Message):
-    __slots__ = ("saga_id", "order_id", "user_id", "state", "steps", "items", "created_at", "updated_at", "deadline", "last_error", "shard_id", "events")
+    __slots__ = ("saga_id", "order_id", "user_id", "state", "steps", "items", "created_at", "updated_at", "deadline", "last_error", "shard_id", "events", "parked_note")
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +183,7 @@ class Saga(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PARKED_NOTE_FIELD_NUMBER: _ClassVar[int]
     saga_id: str
     order_id: str
     user_id: str
@@ -193,7 +196,8 @@ class Saga(_message.Message):
     last_error: str
     shard_id: str
     events: _containers.RepeatedCompositeFieldContainer[SagaEvent]
-    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., steps: _Optional[_Iterable[_Union[StepInfo, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., shard_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[SagaEvent, _Mapping]]] = ...) -> None: ...
+    parked_note: str
+    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., steps: _Optional[_Iterable[_Union[StepInfo, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., shard_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[SagaEvent, _Mapping]]] = ..., parked_note: _Optional[str] = ...) -> None: ...
 
 class GetSagaRequest(_message.Message):
     __slots__ = ("order_id", "include_events")
