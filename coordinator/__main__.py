@@ -11,7 +11,9 @@ import sys
 import uvloop
 from loguru import logger
 
-from . import crashpoints, logs
+from common import logs
+
+from . import crashpoints
 from .app import ShardApp
 from .config import ConfigError, ShardConfig, load
 

@@ -10,11 +10,13 @@ import grpc
 from grpc_health.v1 import health
 from loguru import logger
 
+from common.metrics_http import MetricsServer
+
 from .caller import Caller, GrpcCaller
 from .clock import Clock, SystemClock
 from .config import ShardConfig
 from .journal import Journal
-from .metrics import MetricsServer, ShardMetrics
+from .metrics import ShardMetrics
 from .sealing import Sealer, load_secret
 from .server import build_server, set_serving
 from .shard import Shard

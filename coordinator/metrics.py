@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -120,22 +118,3 @@ class _LiveCollector(Collector):
         # loop changes its task set while this scrape thread copies it).
         tasks = len(asyncio.all_tasks(self._loop))
         yield GaugeMetricFamily("saga_asyncio_tasks", "Tasks alive on the shard's event loop", value=tasks)
-
-
-class MetricsServer:
-    """Prometheus text on GET /metrics from prometheus-client's own daemon thread, which never touches the event loop.
-    The shard and the router both serve theirs with it."""
-
-    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
-        host, _, port = listen.rpartition(":")
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -1,6 +1,7 @@
 """The shard's gRPC face: saga.v1.SagaCoordinator and saga.v1.SagaAdmin over a Shard, plus health and reflection.
 
-Errors become gRPC statuses here and only here (to_status).
+Errors become gRPC statuses here and only here (abort); bad input gets common.rpc_errors's BadRequest status, the one
+every process sends.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from loguru import logger
 
+from common.rpc_errors import bad_request
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
@@ -33,16 +32,7 @@ SERVICE_NAMES = (
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> NoReturn:
     """The one place our errors become gRPC statuses."""
     if isinstance(err, InvalidRequest):
-        detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.description)
-                ]
-            )
-        )
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=err.message, details=[detail])
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(bad_request(err.field, err.description))
         raise AssertionError("abort_with_status returned")
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(err, Overloaded):
