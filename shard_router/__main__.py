@@ -19,7 +19,9 @@ from collections.abc import Sequence
 import uvloop
 from loguru import logger
 
-from . import epochs_cli, logs
+from common import logs
+
+from . import epochs_cli
 from .config import ConfigError, RouterConfig, load
 from .epochs import EpochError
 from .reload import RingChangeRefused
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
-    logs.configure(config.log_json)
+    logs.setup("router", json_lines=config.log_json)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config))
 

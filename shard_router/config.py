@@ -23,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from common.tomlfile import read_toml
 
 _SHARD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -172,12 +173,7 @@ def load(
     if not raw_path:
         raise ConfigError("no shards config: pass --config PATH or set SAGA_ROUTER_CONFIG")
     path = Path(raw_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read shards config {path}: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"shards config {path} is not valid TOML: {e}") from e
+    data = read_toml(path, what="shards config", error=ConfigError)
     try:
         ring, settings = _parse(data)
     except ConfigError as e:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import enum
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from common.rpc_errors import bad_request
 
 Metadata = tuple[tuple[str, str | bytes], ...]
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class RouterError(Exception):
@@ -47,16 +47,11 @@ class ShardStatus(RouterError):
 
 
 class InvalidArgument(RouterError):
-    """Bad input caught by the router; names the field like a shard does."""
+    """Bad input caught by the router; names the field like a shard does (the same common.rpc_errors status)."""
 
     def __init__(self, field: str, description: str) -> None:
-        message = f"{field}: {description}"
-        bad = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
-        )
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
-        status.details.add().Pack(bad)
-        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, message, ((STATUS_DETAILS_KEY, status.SerializeToString()),))
+        status = bad_request(field, description)
+        super().__init__(status.code, status.details, status.trailing_metadata)
 
 
 class Outcome(enum.Enum):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import grpc
 from loguru import logger
 
+from common.loops import run_every
 from protos.saga.v1 import saga_pb2
 
 from . import epochs
@@ -100,19 +101,28 @@ class TopologyManager:
         self._kick.set()
 
     async def watch(self, interval_s: float) -> None:
-        """Reloads whenever a file changes or a reload is requested. Runs until cancelled."""
-        while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), interval_s)
-            except TimeoutError:
-                pass
-            kicked = self._kick.is_set()
-            self._kick.clear()
-            if kicked or self._read_signatures() != self._signatures:
-                try:
-                    await self.reload()
-                except Exception:  # a bug must not end the watch: the next edit would go unnoticed
-                    logger.exception("reload failed; keeping epoch {}", self.current.epoch)
+        """Reloads whenever a file changes or a reload is requested. Runs until cancelled; a reload that fails with a
+        bug is logged and the previous ring stays (the watch goes on, or the next edit would go unnoticed)."""
+        await run_every(
+            interval_s,
+            self._reload_if_changed,
+            name="reload (the ring in use stays)",
+            sleep=self._until_kicked,
+            wait_first=True,
+        )
+
+    async def _until_kicked(self, timeout_s: float) -> None:
+        """The watch's pause: until a reload is requested (SIGHUP) or timeout_s has passed."""
+        try:
+            await asyncio.wait_for(self._kick.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def _reload_if_changed(self) -> None:
+        kicked = self._kick.is_set()
+        self._kick.clear()
+        if kicked or self._read_signatures() != self._signatures:
+            await self.reload()
 
     def _read_signatures(self) -> tuple[object, object]:
         cfg = self._config

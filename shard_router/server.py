@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
-from coordinator.metrics import MetricsServer
+from common.metrics_http import MetricsServer
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2
 

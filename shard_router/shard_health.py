@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.loops import run_every
+
 from .channels import ChannelPool
 from .metrics import Metrics
 from .topology import Topology
@@ -74,12 +76,5 @@ class ShardHealth:
         return up
 
     async def run(self, interval_s: float) -> None:
-        """Checks forever; a failing round is logged and the next one runs on time."""
-        while True:
-            try:
-                await self.check_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("shard health round failed")
-            await asyncio.sleep(interval_s)
+        """Checks until cancelled; a failing round is logged and the next one runs on time."""
+        await run_every(interval_s, self.check_once, name="shard health round")

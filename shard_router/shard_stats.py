@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loguru import logger
+from common.loops import run_every
 
 from .http import get_text
 from .topology import Topology
@@ -147,14 +147,8 @@ class ShardStats:
         return sample
 
     async def run(self, interval_s: float) -> None:
-        while True:
-            try:
-                await self.sample_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("dashboard: sampling shard metrics failed")
-            await asyncio.sleep(interval_s)
+        """Samples until cancelled; a failing round is logged and the next one runs on time."""
+        await run_every(interval_s, self.sample_once, name="dashboard: sampling shard metrics")
 
     # ---- what the dashboard shows ----------------------------------------------------------------------------------
 
