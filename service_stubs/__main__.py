@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import gc
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 from loguru import logger
 
+from common import logs
 from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
 from service_stubs.server import serve
 
@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # with the default thresholds (700, 10, 10) the collector runs every few calls and keeps re-walking the tables.
     # Measured with `make bench BENCH_ARGS="stubs"`: see the commit that set this.
     gc.set_threshold(50_000, 50, 100)
-    logger.remove()
-    logger.add(sys.stderr, level=log_level)
+    logs.setup("stubs", level=log_level)
     try:
         uvloop.run(run(config))
     except (OSError, RuntimeError) as e:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+
+from common.rpc_errors import bad_request
 
 
 class StubError(Exception):
@@ -52,10 +51,6 @@ def status_code(name: str) -> grpc.StatusCode:
 async def abort(context: grpc.aio.ServicerContext, error: StubError) -> NoReturn:
     """Ends the call with `error`: the only place our errors become gRPC statuses."""
     if isinstance(error, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(bad_request(error.field, error.description))
     await context.abort(error.code, error.message)
     raise AssertionError("unreachable: context.abort raises")

@@ -1,17 +1,15 @@
 """Prometheus metrics of a stub process, read at scrape time from the counters the stubs keep anyway.
 
 A collector rather than instrumented counters: the hot path pays nothing, and the numbers cannot drift from GetStats.
-Labels are method, status code and service only; no order ids, keys, tokens or amounts.
+Labels are method, status code and service only; no order ids, keys, tokens or amounts. The endpoint that serves it is
+common.metrics_http.MetricsServer, every process's.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,25 +41,3 @@ class StubCollector(Collector):
         yield transactions
         yield rows
         yield keys
-
-
-class MetricsEndpoint:
-    """The /metrics HTTP endpoint on its own daemon thread, with a registry of its own (several stub servers may
-    share a test process)."""
-
-    def __init__(self, listen: str, collector: Collector) -> None:
-        host, _, port = listen.rpartition(":")
-        self.registry = CollectorRegistry()
-        self.registry.register(collector)
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(int(port), addr=host, registry=self.registry)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

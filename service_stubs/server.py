@@ -10,7 +10,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
+from prometheus_client import CollectorRegistry
 
+from common.metrics_http import MetricsServer
 from protos.reflection import enable_reflection
 from protos.service_stubs.v1 import control_pb2_grpc
 from protos.shop.v1 import inventory_pb2_grpc, order_pb2_grpc, payment_pb2_grpc, shipping_pb2_grpc
@@ -20,7 +22,7 @@ from service_stubs.faults import FaultInjector
 from service_stubs.group_commit import GroupCommitter
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
-from service_stubs.metrics import MetricsEndpoint, StubCollector
+from service_stubs.metrics import StubCollector
 from service_stubs.order import OrderService
 from service_stubs.payment import PaymentService
 from service_stubs.shipping import ShippingService
@@ -43,7 +45,7 @@ class StubServer:
         health_servicer: health.aio.HealthServicer,
         committer: GroupCommitter,
         stores: list[Store],
-        metrics: MetricsEndpoint | None,
+        metrics: MetricsServer | None,
     ) -> None:
         self.config = config
         self.port = port
@@ -176,10 +178,12 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     committer = GroupCommitter(asyncio.get_running_loop(), config.max_batch_rows)
     for store, _ in opened:
         store.attach(committer)
-    metrics: MetricsEndpoint | None = None
+    metrics: MetricsServer | None = None
     try:
         if config.metrics_listen is not None:
-            metrics = MetricsEndpoint(config.metrics_listen, StubCollector(stats, services))
+            registry = CollectorRegistry()  # one per server: several may share a test process
+            registry.register(StubCollector(stats, services))
+            metrics = MetricsServer(config.metrics_listen, registry)
         await server.start()
     except BaseException:
         if metrics is not None:
