@@ -1,5 +1,8 @@
 """Relaying one call to one shard as raw bytes, so the router never re-encodes a request or a response.
 
+Fan-out calls whose answer the router reads (list pages, bulk retry) go through the same relay (Forwarder.call): one
+place times, counts and maps the errors of every call to a shard.
+
 What a forwarded call keeps from the caller: its deadline (the time remaining when the router forwards, so hops share
 one budget) and its metadata, minus what gRPC itself owns (pseudo-headers, "grpc-*" reserved keys, user-agent,
 content-type, te). What it brings back unchanged: the shard's status code, details, and initial and trailing
@@ -9,8 +12,9 @@ metadata, including google.rpc.Status details ("grpc-status-details-bin") and "r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -22,9 +26,13 @@ SAGA_SERVICE = "saga.v1.SagaCoordinator"
 ADMIN_SERVICE = "saga.v1.SagaAdmin"
 PLACE_ORDER = f"/{SAGA_SERVICE}/PlaceOrder"
 GET_SAGA = f"/{SAGA_SERVICE}/GetSaga"
+LIST_SAGAS = f"/{SAGA_SERVICE}/ListSagas"
 WATCH_SAGA = f"/{SAGA_SERVICE}/WatchSaga"
+LIST_DEAD_LETTERS = f"/{ADMIN_SERVICE}/ListDeadLetters"
 RETRY_DEAD_LETTER = f"/{ADMIN_SERVICE}/RetryDeadLetter"
 RESOLVE_DEAD_LETTER = f"/{ADMIN_SERVICE}/ResolveDeadLetter"
+
+R = TypeVar("R")
 
 # Connection-level headers of the caller's hop: gRPC sets its own on the next hop (and ignores or rejects ours).
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection"})
@@ -73,6 +81,21 @@ class Reply:
     trailing_metadata: Metadata
 
 
+@dataclass(frozen=True, slots=True)
+class Method(Generic[R]):
+    """A unary shard method whose answer the router reads, with the parser of that answer."""
+
+    path: str
+    """"/package.Service/Method"."""
+    decode: Callable[[bytes], R]
+    """Parses the response body, e.g. saga_pb2.ListSagasResponse.FromString."""
+
+    @property
+    def name(self) -> str:
+        """The method's short name ("ListSagas"), for messages to operators."""
+        return self.path.rpartition("/")[2]
+
+
 def _status(shard_id: str, e: grpc.aio.AioRpcError) -> ShardStatus:
     return ShardStatus(shard_id, e.code(), e.details() or "", tuple(e.trailing_metadata() or ()))
 
@@ -113,6 +136,20 @@ class Forwarder:
         self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, *, cap_s: float | None = None
     ) -> Reply:
         """Relays one unary call; raises ShardStatus with the shard's status if it is not OK."""
+        call, body = await self._relay(shard_id, address, method, request, caller, cap_s)
+        return Reply(body, tuple(await call.initial_metadata() or ()), tuple(await call.trailing_metadata() or ()))
+
+    async def call(self, shard_id: str, address: str, method: Method[R], request: bytes, caller: Caller) -> R:
+        """One unary call whose answer the router reads (fan-out): the shard's response, decoded; raises ShardStatus
+        with the shard's status if it is not OK."""
+        _, body = await self._relay(shard_id, address, method.path, request, caller, None)
+        return method.decode(body)
+
+    async def _relay(
+        self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, cap_s: float | None
+    ) -> tuple[Any, bytes]:
+        """The finished call and its response body. The one place a unary call to a shard is timed, counted, and its
+        failure turned into ShardStatus."""
         multicallable = self.pool.get(address).unary(method)
         timeout = caller.timeout_s(cap_s)
         started = time.perf_counter()
@@ -123,11 +160,7 @@ class Forwarder:
             self.metrics.forwarded(method, shard_id, e.code().name, time.perf_counter() - started)
             raise _status(shard_id, e) from None
         self.metrics.forwarded(method, shard_id, "OK", time.perf_counter() - started)
-        return Reply(
-            bytes(body),
-            tuple(await call.initial_metadata() or ()),
-            tuple(await call.trailing_metadata() or ()),
-        )
+        return call, bytes(body)
 
     def stream(self, shard_id: str, address: str, method: str, request: bytes, caller: Caller) -> ShardStream:
         """Opens a server stream; nothing is awaited until the first read()."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -13,6 +15,10 @@ from grpc_status import rpc_status
 
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing
+from shard_router.channels import ChannelPool
+from shard_router.errors import RouterError, ShardStatus
+from shard_router.forwarding import GET_SAGA, LIST_SAGAS, Caller, Forwarder, Method
+from shard_router.metrics import NullMetrics
 
 from .conftest import Cluster, order, rich_status
 from .fake_shard import Failure
@@ -160,6 +166,88 @@ async def test_health_and_reflection_look_like_a_shard(cluster: Cluster) -> None
     services, file_name = await asyncio.wait_for(asyncio.to_thread(reflect), 10)
     assert {"saga.v1.SagaCoordinator", "saga.v1.SagaAdmin", "grpc.health.v1.Health"} <= services
     assert file_name == "protos/saga/v1/saga.proto"
+
+
+class _Recorded(NullMetrics):
+    """Keeps every forwarded() report."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def forwarded(self, method: str, shard_id: str, code: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.calls.append((method, shard_id, code))
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ChannelPool]:
+    p = ChannelPool(4 * 1024 * 1024, 0)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+_LIST_SAGAS = Method(LIST_SAGAS, saga_pb2.ListSagasResponse.FromString)
+
+
+async def test_call_returns_the_decoded_answer_and_is_counted_like_a_relay(cluster: Cluster, pool: ChannelPool) -> None:
+    shard = await cluster.add_shard("shard-1")
+    shard.add_saga("o-1")
+    metrics = _Recorded()
+    forwarder = Forwarder(pool, metrics)
+    caller = Caller((("x-request-id", "r-1"),), time.monotonic() + 5)
+    request = saga_pb2.ListSagasRequest(page_size=10).SerializeToString()
+
+    page = await forwarder.call("shard-1", shard.address, _LIST_SAGAS, request, caller)
+    assert isinstance(page, saga_pb2.ListSagasResponse)
+    assert [s.order_id for s in page.sagas] == ["o-1"] and page.next_page_token == ""
+    sent = shard.calls_to("ListSagas")[-1]
+    assert sent.metadata["x-request-id"] == "r-1"
+    assert sent.time_remaining is not None and 4.0 < sent.time_remaining <= 5.1
+
+    # The unary relay and the typed call report through the same code: same method label, same codes.
+    await forwarder.unary(
+        "shard-1", shard.address, GET_SAGA, saga_pb2.GetSagaRequest(order_id="o-1").SerializeToString(), caller
+    )
+    assert metrics.calls == [(LIST_SAGAS, "shard-1", "OK"), (GET_SAGA, "shard-1", "OK")]
+
+
+async def test_call_raises_the_shards_status_whole(cluster: Cluster, pool: ChannelPool) -> None:
+    shard = await cluster.add_shard("shard-1")
+    shard.failures["ListSagas"] = Failure(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "shard overloaded", (("retry-after-ms", "250"),), times=1
+    )
+    metrics = _Recorded()
+    forwarder = Forwarder(pool, metrics)
+    with pytest.raises(ShardStatus) as e:
+        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), None))
+    assert (e.value.shard_id, e.value.code, e.value.details) == (
+        "shard-1",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "shard overloaded",
+    )
+    assert dict(e.value.trailing_metadata)["retry-after-ms"] == "250"
+    assert metrics.calls == [(LIST_SAGAS, "shard-1", "RESOURCE_EXHAUSTED")]
+
+    await shard.stop()
+    with pytest.raises(ShardStatus) as e:
+        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), time.monotonic() + 5))
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert metrics.calls[-1] == (LIST_SAGAS, "shard-1", "UNAVAILABLE")
+
+
+async def test_call_past_the_callers_deadline_is_not_sent(cluster: Cluster, pool: ChannelPool) -> None:
+    shard = await cluster.add_shard("shard-1")
+    metrics = _Recorded()
+    with pytest.raises(RouterError) as e:
+        await Forwarder(pool, metrics).call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), time.monotonic()))
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not isinstance(e.value, ShardStatus)
+    assert shard.calls == [] and metrics.calls == []
+
+
+def test_a_method_is_named_by_its_short_name() -> None:
+    assert _LIST_SAGAS.name == "ListSagas"
 
 
 def _bad_request(field: str, description: str) -> object:
