@@ -19,18 +19,15 @@ import asyncio
 import base64
 import binascii
 import json
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-import grpc
+from typing import Any, Generic, Protocol, TypeVar
 
 from protos.saga.v1 import saga_pb2
 
 from .config import RouterSettings
 from .errors import InvalidArgument, ShardStatus
-from .forwarding import RETRY_DEAD_LETTER, Caller, Forwarder
+from .forwarding import LIST_DEAD_LETTERS, LIST_SAGAS, RETRY_DEAD_LETTER, Caller, Forwarder, Method
 from .topology import Topology
 
 T = TypeVar("T")
@@ -87,12 +84,38 @@ def decode_token(token: str, filter_key: str, page_size_max: int) -> dict[str, C
 
 
 @dataclass
-class _Buffer(Generic[T]):
+class Buffer(Generic[T]):
+    """One fetched shard page and how much of it the merge has used."""
+
     token: str
+    """The shard page token that fetched items."""
     size: int
+    """The page size it was fetched with (a resumed page must be fetched the same way to skip the same items)."""
     items: Sequence[T]
     pos: int
+    """Items before pos are already in the merged page."""
     next_token: str
+    """The shard's token for its next page; empty on its last page."""
+
+    @property
+    def drained(self) -> bool:
+        return self.pos >= len(self.items)
+
+    def head(self) -> T:
+        return self.items[self.pos]
+
+    def take(self) -> T:
+        """The head, now counted as returned."""
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def after(self, page_size: int) -> Cursor | None:
+        """Where this shard resumes next call: the unread rest of this page, else its next page, else nowhere."""
+        if not self.drained:
+            return Cursor(self.token, self.pos, self.size)
+        if self.next_token:
+            return Cursor(self.next_token, 0, page_size)
+        return None
 
 
 Fetch = Callable[[str, str, int], Awaitable[tuple[Sequence[T], str]]]
@@ -109,6 +132,48 @@ async def run_all(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
+def start_cursors(shard_ids: Sequence[str], cursors: Cursors, page_size: int) -> dict[str, Cursor | None]:
+    """Every current shard's cursor. A shard absent from the token joined after the first page: it is listed from its
+    start. A shard in the token but not in shard_ids left: it is forgotten."""
+    fresh = Cursor("", 0, page_size)
+    return {sid: cursors.get(sid, fresh) for sid in shard_ids}
+
+
+async def load(fetch: Fetch[T], wanted: Sequence[tuple[str, Cursor]]) -> dict[str, Buffer[T]]:
+    """The wanted pages, fetched concurrently, each positioned past the items its cursor already returned. A page
+    shorter than skip (the shard's list shrank) is simply used up."""
+
+    async def one(sid: str, cursor: Cursor) -> tuple[str, Buffer[T]]:
+        items, next_token = await fetch(sid, cursor.token, cursor.size)
+        return sid, Buffer(cursor.token, cursor.size, items, min(cursor.skip, len(items)), next_token)
+
+    return dict(await run_all([one(sid, c) for sid, c in wanted]))
+
+
+def refills(buffers: Mapping[str, Buffer[T]], page_size: int) -> list[tuple[str, Cursor]]:
+    """The next pages of shards whose buffer is used up but whose list goes on. Any of them may hold the smallest
+    item, so the merge must fetch them before it chooses the next one."""
+    return [(sid, Cursor(b.next_token, 0, page_size)) for sid, b in buffers.items() if b.drained and b.next_token]
+
+
+def smallest(
+    buffers: Mapping[str, Buffer[T]], rank: Mapping[str, int], sort_key: Callable[[T], tuple[int, ...]]
+) -> str | None:
+    """The shard whose next item comes first, or None when every buffer is used up. Equal keys go to the shard ranked
+    first, so the same data always merges into the same pages."""
+    live = [sid for sid, b in buffers.items() if not b.drained]
+    if not live:
+        return None
+    return min(live, key=lambda sid: (sort_key(buffers[sid].head()), rank[sid]))
+
+
+def cursors_after(
+    start: Mapping[str, Cursor | None], buffers: Mapping[str, Buffer[T]], page_size: int
+) -> dict[str, Cursor | None]:
+    """Every shard's cursor for the next page; a shard this call did not fetch keeps the cursor it started with."""
+    return {sid: buffers[sid].after(page_size) if sid in buffers else c for sid, c in start.items()}
+
+
 async def merge_page(
     shard_ids: Sequence[str],
     cursors: Cursors,
@@ -118,54 +183,22 @@ async def merge_page(
 ) -> tuple[list[T], dict[str, Cursor | None]]:
     """One merged page of at most page_size items (smallest sort_key first) and every shard's cursor after it."""
     rank = {sid: i for i, sid in enumerate(shard_ids)}
-    buffers: dict[str, _Buffer[T]] = {}
-
-    async def load(sid: str, cursor: Cursor) -> tuple[str, _Buffer[T]]:
-        items, next_token = await fetch(sid, cursor.token, cursor.size)
-        return sid, _Buffer(cursor.token, cursor.size, items, min(cursor.skip, len(items)), next_token)
-
-    # A shard absent from the token joined after the first page: list it from its start.
-    start = {
-        sid: cursors.get(sid, Cursor("", 0, page_size)) if cursors else Cursor("", 0, page_size) for sid in shard_ids
-    }
-    pending = [(sid, c) for sid, c in start.items() if c is not None]
+    start = start_cursors(shard_ids, cursors, page_size)
+    wanted = [(sid, c) for sid, c in start.items() if c is not None]
+    buffers = await load(fetch, wanted)
     # Bounds the fetches of one call, in case a shard keeps answering empty pages that still have a next token.
-    fetch_budget = 2 * len(shard_ids) + page_size
+    fetch_budget = 2 * len(shard_ids) + page_size - len(wanted)
     out: list[T] = []
-    while True:
-        if pending:
-            fetch_budget -= len(pending)
-            for sid, buffer in await run_all([load(sid, c) for sid, c in pending]):
-                buffers[sid] = buffer
-        if len(out) >= page_size or fetch_budget <= 0:
-            break
-        # A shard with more pages but nothing buffered might hold the next item: fetch before choosing.
-        pending = [
-            (sid, Cursor(b.next_token, 0, page_size))
-            for sid, b in buffers.items()
-            if b.pos >= len(b.items) and b.next_token
-        ]
-        if pending:
+    while len(out) < page_size and fetch_budget > 0:
+        if wanted := refills(buffers, page_size):
+            fetch_budget -= len(wanted)
+            buffers.update(await load(fetch, wanted))
             continue
-        live = [sid for sid, b in buffers.items() if b.pos < len(b.items)]
-        if not live:
+        best = smallest(buffers, rank, sort_key)
+        if best is None:
             break
-        best = min(live, key=lambda sid: (sort_key(buffers[sid].items[buffers[sid].pos]), rank[sid]))
-        out.append(buffers[best].items[buffers[best].pos])
-        buffers[best].pos += 1
-
-    after: dict[str, Cursor | None] = {}
-    for sid in shard_ids:
-        b = buffers.get(sid)
-        if b is None:
-            after[sid] = start[sid]
-        elif b.pos < len(b.items):
-            after[sid] = Cursor(b.token, b.pos, b.size)
-        elif b.next_token:
-            after[sid] = Cursor(b.next_token, 0, page_size)
-        else:
-            after[sid] = None
-    return out, after
+        out.append(buffers[best].take())
+    return out, cursors_after(start, buffers, page_size)
 
 
 def _page_size(requested: int, settings: RouterSettings) -> int:
@@ -178,9 +211,40 @@ def _page_size(requested: int, settings: RouterSettings) -> int:
     return requested
 
 
-def _shard_failure(e: grpc.aio.AioRpcError, shard_id: str, what: str) -> ShardStatus:
-    status = ShardStatus(shard_id, e.code(), e.details() or "", tuple(e.trailing_metadata() or ()))
-    return status.with_context(f"{what} needs every shard; shard {shard_id} did not answer")
+class _PageRequest(Protocol):
+    page_size: int
+    page_token: str
+
+
+class _ShardPage(Protocol):
+    next_page_token: str
+
+
+P = TypeVar("P", bound=_ShardPage)
+
+
+@dataclass(frozen=True)
+class _Listing(Generic[P, T]):
+    """What one merged list needs to know of its shard method."""
+
+    method: Method[P]
+    items: Callable[[P], Sequence[T]]
+    """The items of one shard page."""
+    sort_key: Callable[[T], tuple[int, ...]]
+    """The order the shards list items in, so the merge keeps it."""
+
+
+_SAGAS: _Listing[Any, saga_pb2.Saga] = _Listing(
+    Method(LIST_SAGAS, saga_pb2.ListSagasResponse.FromString),
+    lambda page: page.sagas,
+    lambda s: (-s.created_at.seconds, -s.created_at.nanos),  # newest first
+)
+_DEAD_LETTERS: _Listing[Any, saga_pb2.DeadLetter] = _Listing(
+    Method(LIST_DEAD_LETTERS, saga_pb2.ListDeadLettersResponse.FromString),
+    lambda page: page.dead_letters,
+    lambda d: (d.parked_at.seconds, d.parked_at.nanos),  # oldest first
+)
+_RETRY_DEAD_LETTER = Method(RETRY_DEAD_LETTER, saga_pb2.RetryDeadLetterResponse.FromString)
 
 
 class FanOut:
@@ -190,56 +254,54 @@ class FanOut:
         self._settings = settings
 
     async def list_sagas(self, request: saga_pb2.ListSagasRequest, caller: Caller) -> saga_pb2.ListSagasResponse:
-        topo = self._topology()
-        size = _page_size(request.page_size, self._settings)
+        def shard_request(token: str, n: int) -> bytes:
+            shard = saga_pb2.ListSagasRequest(state=request.state, page_size=n, page_token=token)
+            return bytes(shard.SerializeToString())
+
         filter_key = f"sagas:{request.state}"
-        cursors = decode_token(request.page_token, filter_key, self._settings.page_size_max)
-
-        async def fetch(sid: str, token: str, n: int) -> tuple[Sequence[saga_pb2.Saga], str]:
-            stub = self._forwarder.pool.get(topo.addresses[sid]).coordinator
-            shard_request = saga_pb2.ListSagasRequest(state=request.state, page_size=n, page_token=token)
-            started = time.perf_counter()
-            try:
-                resp = await stub.ListSagas(shard_request, metadata=caller.metadata, timeout=caller.timeout_s())
-            except grpc.aio.AioRpcError as e:
-                self._forwarder.metrics.forwarded("ListSagas", sid, e.code().name, time.perf_counter() - started)
-                raise _shard_failure(e, sid, "ListSagas") from None
-            self._forwarder.metrics.forwarded("ListSagas", sid, "OK", time.perf_counter() - started)
-            return resp.sagas, resp.next_page_token
-
-        def newest_first(s: saga_pb2.Saga) -> tuple[int, ...]:
-            return (-s.created_at.seconds, -s.created_at.nanos)
-
-        sagas, after = await merge_page(topo.shard_ids, cursors, size, fetch, newest_first)
-        return saga_pb2.ListSagasResponse(sagas=sagas, next_page_token=encode_token(filter_key, after))
+        sagas, next_token = await self._merged(_SAGAS, request, filter_key, shard_request, caller)
+        return saga_pb2.ListSagasResponse(sagas=sagas, next_page_token=next_token)
 
     async def list_dead_letters(
         self, request: saga_pb2.ListDeadLettersRequest, caller: Caller
     ) -> saga_pb2.ListDeadLettersResponse:
-        topo = self._topology()
-        size = _page_size(request.page_size, self._settings)
-        filter_key = f"dead_letters:{request.step}:{int(request.include_closed)}"
-        cursors = decode_token(request.page_token, filter_key, self._settings.page_size_max)
-
-        async def fetch(sid: str, token: str, n: int) -> tuple[Sequence[saga_pb2.DeadLetter], str]:
-            stub = self._forwarder.pool.get(topo.addresses[sid]).admin
-            shard_request = saga_pb2.ListDeadLettersRequest(
+        def shard_request(token: str, n: int) -> bytes:
+            shard = saga_pb2.ListDeadLettersRequest(
                 step=request.step, include_closed=request.include_closed, page_size=n, page_token=token
             )
-            started = time.perf_counter()
+            return bytes(shard.SerializeToString())
+
+        filter_key = f"dead_letters:{request.step}:{int(request.include_closed)}"
+        letters, next_token = await self._merged(_DEAD_LETTERS, request, filter_key, shard_request, caller)
+        return saga_pb2.ListDeadLettersResponse(dead_letters=letters, next_page_token=next_token)
+
+    async def _merged(
+        self,
+        listing: _Listing[P, T],
+        request: _PageRequest,
+        filter_key: str,
+        shard_request: Callable[[str, int], bytes],
+        caller: Caller,
+    ) -> tuple[list[T], str]:
+        """The merged page a list request asks for (its page_size and page_token) and the next_page_token.
+
+        filter_key binds the token to the request's filter; shard_request(shard token, page size) is the request
+        for one shard page."""
+        topo = self._topology()
+        size = _page_size(request.page_size, self._settings)
+        cursors = decode_token(request.page_token, filter_key, self._settings.page_size_max)
+
+        async def fetch(sid: str, token: str, n: int) -> tuple[Sequence[T], str]:
             try:
-                resp = await stub.ListDeadLetters(shard_request, metadata=caller.metadata, timeout=caller.timeout_s())
-            except grpc.aio.AioRpcError as e:
-                self._forwarder.metrics.forwarded("ListDeadLetters", sid, e.code().name, time.perf_counter() - started)
-                raise _shard_failure(e, sid, "ListDeadLetters") from None
-            self._forwarder.metrics.forwarded("ListDeadLetters", sid, "OK", time.perf_counter() - started)
-            return resp.dead_letters, resp.next_page_token
+                page = await self._forwarder.call(
+                    sid, topo.addresses[sid], listing.method, shard_request(token, n), caller
+                )
+            except ShardStatus as e:
+                raise e.with_context(f"{listing.method.name} needs every shard; shard {sid} did not answer") from None
+            return listing.items(page), page.next_page_token
 
-        def oldest_first(d: saga_pb2.DeadLetter) -> tuple[int, ...]:
-            return (d.parked_at.seconds, d.parked_at.nanos)
-
-        letters, after = await merge_page(topo.shard_ids, cursors, size, fetch, oldest_first)
-        return saga_pb2.ListDeadLettersResponse(dead_letters=letters, next_page_token=encode_token(filter_key, after))
+        items, after = await merge_page(topo.shard_ids, cursors, size, fetch, listing.sort_key)
+        return items, encode_token(filter_key, after)
 
     async def retry_all(self, request: bytes, caller: Caller) -> saga_pb2.RetryDeadLetterResponse:
         """RetryDeadLetter(all=true) on every shard; the order ids of all of them, shard by shard.
@@ -249,7 +311,7 @@ class FanOut:
         topo = self._topology()
         replies = await asyncio.gather(
             *(
-                self._forwarder.unary(sid, topo.addresses[sid], RETRY_DEAD_LETTER, request, caller)
+                self._forwarder.call(sid, topo.addresses[sid], _RETRY_DEAD_LETTER, request, caller)
                 for sid in topo.shard_ids
             ),
             return_exceptions=True,
@@ -263,7 +325,7 @@ class FanOut:
             elif isinstance(reply, BaseException):
                 raise reply
             else:
-                order_ids.extend(saga_pb2.RetryDeadLetterResponse.FromString(reply.body).order_ids)
+                order_ids.extend(reply.order_ids)
                 done.append(sid)
         if failures:
             first = failures[0]

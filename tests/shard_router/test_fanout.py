@@ -9,9 +9,15 @@ import grpc
 import pytest
 
 from protos.saga.v1 import saga_pb2
-from shard_router.fanout import Cursor, Fetch, decode_token, encode_token, merge_page
+from shard_router import HashRing, RouterSettings, Topology
+from shard_router.channels import ChannelPool
+from shard_router.errors import ShardStatus
+from shard_router.fanout import Cursor, FanOut, Fetch, decode_token, encode_token, merge_page
+from shard_router.forwarding import Caller, Forwarder
+from shard_router.metrics import RouterMetrics
 
 from .conftest import Cluster
+from .fake_shard import Failure
 
 
 def _offset_pages(shards: dict[str, list[int]], shard_page: dict[str, int]) -> Fetch[int]:
@@ -154,3 +160,30 @@ async def test_retry_all_fans_out_and_merges_order_ids(cluster: Cluster) -> None
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await admin.RetryDeadLetter(saga_pb2.RetryDeadLetterRequest(all=True, reason="x"), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "shard-3" in e.value.details()
+
+
+async def test_fan_out_calls_shards_through_the_forwarder(cluster: Cluster) -> None:
+    """Pages are fetched by Forwarder.call: counted under the method's name, failures relayed with the shard named."""
+    for i in (1, 2):
+        (await cluster.add_shard(f"shard-{i}")).add_dead_letter(f"dl-{i}", parked_ns=i)
+    addresses = {sid: s.address for sid, s in cluster.shards.items()}
+    topology = Topology(1, HashRing(list(addresses), 16), (), addresses, tuple(addresses))
+    metrics = RouterMetrics()
+    pool = ChannelPool(4 * 1024 * 1024, 0)
+    try:
+        fanout = FanOut(lambda: topology, Forwarder(pool, metrics), RouterSettings())
+        page = await fanout.list_dead_letters(saga_pb2.ListDeadLettersRequest(), Caller((), None))
+        assert [d.order_id for d in page.dead_letters] == ["dl-1", "dl-2"] and not page.next_page_token
+        for sid in addresses:
+            labels = {"method": "ListDeadLetters", "shard": sid}
+            assert metrics.registry.get_sample_value("saga_router_forward_seconds_count", labels) == 1
+
+        cluster.shards["shard-2"].failures["ListSagas"] = Failure(grpc.StatusCode.INTERNAL, "disk on fire", times=1)
+        with pytest.raises(ShardStatus) as e:
+            await fanout.list_sagas(saga_pb2.ListSagasRequest(), Caller((), None))
+        assert (e.value.shard_id, e.value.code) == ("shard-2", grpc.StatusCode.INTERNAL)
+        assert e.value.details == "ListSagas needs every shard; shard shard-2 did not answer: disk on fire"
+        errors = {"method": "ListSagas", "shard": "shard-2", "code": "INTERNAL"}
+        assert metrics.registry.get_sample_value("saga_router_forward_errors_total", errors) == 1
+    finally:
+        await pool.close()
