@@ -25,7 +25,7 @@ from loguru import logger
 
 from coordinator.journal import Journal, NewSaga, StateChange
 from coordinator.model import Action, SagaState, Step
-from coordinator.saga import CREATED, STARTED, STATE, SUCCEEDED, Event, SagaRecord
+from coordinator.saga import Event, EventKind, SagaRecord
 
 AWAITED_PER_SAGA = 5
 RECORDS_PER_SAGA = 12
@@ -61,19 +61,23 @@ async def _saga(journal: Journal, saga_id: str) -> None:
         deadline_epoch_ms=now + 30_000,
     )
     seq = 1
-    journal.submit([NewSaga(rec), Event(saga_id, seq, now, CREATED, SagaState.RUNNING, detail="ttl 30000 ms")])
+    journal.submit(
+        [NewSaga(rec), Event(saga_id, seq, now, EventKind.CREATED, SagaState.RUNNING, detail="ttl 30000 ms")]
+    )
     for step in Step:
         seq += 1
-        await journal.submit([Event(saga_id, seq, now, STARTED, SagaState.RUNNING, int(step), int(Action.FORWARD), 1)])
+        await journal.submit(
+            [Event(saga_id, seq, now, EventKind.STARTED, SagaState.RUNNING, int(step), int(Action.FORWARD), 1)]
+        )
         seq += 1
         journal.submit(
-            [Event(saga_id, seq, now, SUCCEEDED, SagaState.RUNNING, int(step), int(Action.FORWARD), 1, "OK")]
+            [Event(saga_id, seq, now, EventKind.SUCCEEDED, SagaState.RUNNING, int(step), int(Action.FORWARD), 1, "OK")]
         )
     seq += 1
     await journal.submit(
         [
-            Event(saga_id, seq, now, STATE, SagaState.SUCCEEDED),
-            StateChange(saga_id, SagaState.RUNNING, SagaState.SUCCEEDED, "", now),
+            Event(saga_id, seq, now, EventKind.STATE, SagaState.SUCCEEDED),
+            StateChange(saga_id, SagaState.RUNNING, SagaState.SUCCEEDED, "", "", now),
         ]
     )
 

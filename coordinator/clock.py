@@ -21,15 +21,8 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Sleeps on the monotonic clock."""
 
-    @property
-    def ends_rpcs(self) -> bool:
-        """True when an RPC given a timeout on this clock ends by itself when it runs out (the real clock, which gRPC
-        deadlines share). A fake clock is not gRPC's: the engine must race each call against this clock's timer."""
-
 
 class SystemClock:
-    ends_rpcs = True
-
     def monotonic(self) -> float:
         return time.monotonic()
 
@@ -42,8 +35,6 @@ class SystemClock:
 
 class FakeClock:
     """A clock tests advance by hand: sleeping tasks wake when advance() passes their wake-up time."""
-
-    ends_rpcs = False
 
     def __init__(self, start_epoch_ms: int = 1_700_000_000_000) -> None:
         # Awaited between wake-ups so that real I/O (the journal's thread) finishes before time moves on again.

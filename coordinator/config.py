@@ -24,22 +24,31 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one kind of call is retried: exponential backoff with full jitter, bounded by attempts (and deadline)."""
+    """How one kind of call is retried: exponential backoff with full jitter, bounded by attempts and by retry time
+    (and, going forward, by the saga deadline). Both bounds are counted from the journal, so restarts do not reset them.
 
-    max_attempts: int = 5
-    """Attempts in all, the first included."""
+    The defaults are the forward steps': they ride out an outage of a downstream service of up to about 9 s (the
+    10 s window less the last wait) within the saga's 30 s deadline."""
+
+    max_attempts: int = 30
+    """Attempts in all, the first included (an upper bound; max_elapsed_ms usually ends the retries first)."""
     initial_backoff_ms: int = 50
     """Upper bound of the first jittered wait."""
-    max_backoff_ms: int = 2_000
+    max_backoff_ms: int = 1_000
     """Cap of the exponential bound."""
     multiplier: float = 2.0
     """Growth of the bound per attempt."""
     attempt_timeout_ms: int = 3_000
     """gRPC deadline of one attempt."""
+    max_elapsed_ms: int = 10_000
+    """Retry window: no further attempt once the time spent on attempts and waits would pass it (0: attempts only).
+    Time while no shard process runs does not count."""
 
     def validate(self, name: str) -> None:
         if self.max_attempts < 1:
             raise ConfigError(f"{name}.max_attempts must be >= 1")
+        if self.max_elapsed_ms < 0:
+            raise ConfigError(f"{name}.max_elapsed_ms must be >= 0 (0: bounded by attempts only)")
         if self.initial_backoff_ms < 0 or self.max_backoff_ms < self.initial_backoff_ms:
             raise ConfigError(f"{name}: need 0 <= initial_backoff_ms <= max_backoff_ms")
         if self.multiplier < 1.0:
@@ -120,10 +129,15 @@ class ShardConfig:
     """Retries of forward steps."""
     compensate: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(
-            max_attempts=12, initial_backoff_ms=100, max_backoff_ms=10_000, attempt_timeout_ms=5_000
+            max_attempts=100,
+            initial_backoff_ms=100,
+            max_backoff_ms=15_000,
+            attempt_timeout_ms=5_000,
+            max_elapsed_ms=300_000,
         )
     )
-    """Retries of compensations (longer); when exhausted the saga is dead-lettered."""
+    """Retries of compensations, on any error: they keep trying for 5 minutes (a refund API down that long is common),
+    then the saga is dead-lettered for an operator."""
     dead_letter_redrive_s: int = 0
     """Re-drive open dead letters automatically every this many seconds; 0 is off."""
     limits: Limits = field(default_factory=Limits)

@@ -12,7 +12,7 @@ from protos.saga.v1 import saga_pb2
 from .errors import InvalidRequest
 from .journal import DeadLetterRow
 from .model import STEPS, SagaState
-from .saga import Event, SagaRecord
+from .saga import Event, EventKind, SagaRecord
 
 CLIENT_STATUS = {
     SagaState.SUCCEEDED: saga_pb2.SUCCESS,
@@ -40,6 +40,7 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
         updated_at=ts(rec.updated_at_epoch_ms),
         deadline=ts(rec.deadline_epoch_ms),
         last_error=rec.last_error,
+        parked_note=rec.parked_note,
         shard_id=shard_id,
     )
     for s in STEPS:
@@ -60,18 +61,21 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
     return msg
 
 
-def event_message(ev: Event) -> saga_pb2.SagaEvent:
-    return saga_pb2.SagaEvent(
-        seq=ev.seq,
-        at=ts(ev.at_epoch_ms),
-        kind=ev.kind,
-        step=ev.step,
-        action=ev.action,
-        attempt=ev.attempt,
-        code=ev.code,
-        detail=ev.detail,
-        state=int(ev.state),
+def event_message(event: Event) -> saga_pb2.SagaEvent:
+    msg = saga_pb2.SagaEvent(
+        seq=event.seq,
+        at=ts(event.at_epoch_ms),
+        kind=str(event.kind),
+        step=event.step,
+        action=event.action,
+        attempt=event.attempt,
+        code=event.code,
+        detail=event.detail,
+        state=int(event.state),
     )
+    if event.kind is EventKind.RETRYING:
+        msg.next_attempt_at.CopyFrom(ts(event.at_epoch_ms + event.wait_ms))
+    return msg
 
 
 def place_order_response(rec: SagaRecord, pending: bool) -> saga_pb2.PlaceOrderResponse:
@@ -82,7 +86,7 @@ def place_order_response(rec: SagaRecord, pending: bool) -> saga_pb2.PlaceOrderR
     return saga_pb2.PlaceOrderResponse(
         order_id=rec.order_id,
         status=status,
-        error_message="" if status in (saga_pb2.SUCCESS, saga_pb2.PENDING) else rec.last_error,
+        error_message="" if status in (saga_pb2.SUCCESS, saga_pb2.PENDING) else rec.message,
         saga_id=rec.saga_id,
         state=int(rec.state),
     )

@@ -2,39 +2,58 @@
 
 Write-ahead (DESIGN contract 1): "step k, attempt n, started" is durable before the RPC leaves; the outcome is queued
 right after the reply and committed together with the next intent (or the terminal state), so it is durable before the
-next step starts, at one commit per step. Retries follow exponential backoff with full jitter (the `backoff` package's
-schedule, our seeded Random for the jitter), bounded by attempts and, going forward, by the saga deadline.
+next step starts, at one commit per step. Retries follow the durable schedule of retry.py: the budget (attempts and
+retry time) and the due time of the next attempt come from the journal, so a restart neither resets the budget nor
+fires the next attempt early. Forward retries are also bounded by the saga deadline; compensations are not.
+
+Every call ends by itself: the Caller gives each attempt its timeout (forward: never past the saga deadline), as gRPC
+deadlines do, so the engine never races a call against a timer of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import backoff
-import grpc
 from loguru import logger
 
-from . import crashpoints
+from . import crashpoints, retry, transitions
 from .caller import Caller, SagaPayload
 from .clock import Clock
-from .config import RetryPolicy, ShardConfig
+from .config import ShardConfig
 from .errors import CallClass, CallResult
-from .journal import DeadLetterOpen, Journal, Record, StateChange
+from .journal import DeadLetterOpen, Journal, Record
 from .logs import at_step, saga_context
 from .metrics import ShardMetrics
-from .model import Action, SagaState, Step, check_transition
-from .saga import DEADLINE, FAILED, RETRYING, STARTED, STATE, SUCCEEDED, Event, SagaRecord
+from .model import Action, SagaState, Step, StepStatus
+from .saga import Event, EventKind, SagaRecord
 
-# How a forward step ended.
-_OK = "ok"
-_PARKED = "; parked for an operator"
-_FAILED = "failed"
-_EXPIRED = "expired"
+
+class StepOutcome(enum.Enum):
+    """How a forward step ended."""
+
+    DONE = "done"
+    FAILED = "failed"  # for good: compensate
+    EXPIRED = "expired"  # the saga deadline passed: compensate, this step included
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    outcome: StepOutcome
+    message: str = ""
+    """Why the step failed (the saga's failure cause); empty unless FAILED."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationResult:
+    done: bool
+    attempts: int
+    """Attempts of this compensation ever made (all rounds): what the dead letter reports."""
+    last_error: str = ""
 
 
 @dataclass(eq=False)
@@ -73,241 +92,239 @@ class Engine:
 
     async def drive(self, run: SagaRun) -> None:
         """Moves the saga on until it is terminal or parked. Cancelling it is safe: the journal holds where it was."""
-        rec = run.record
-        with saga_context(rec.saga_id, rec.order_id):
-            if rec.state is SagaState.RUNNING:
+        saga = run.record
+        with saga_context(saga.saga_id, saga.order_id):
+            if saga.state is SagaState.RUNNING:
                 await self._forward(run)
-            if rec.state is SagaState.COMPENSATING:
+            if saga.state is SagaState.COMPENSATING:
                 await self._compensate(run)
 
     # ---- forward --------------------------------------------------------------------------------------------------
 
     async def _forward(self, run: SagaRun) -> None:
-        rec = run.record
-        while (step := rec.next_forward()) is not None:
-            progress = rec.steps[step]
-            if progress.forward_code and progress.forward_code != "OK":
+        saga = run.record
+        while (step := saga.next_forward()) is not None:
+            progress = saga.steps[step]
+            if progress.status is StepStatus.FAILED:
                 # The failure is journaled but the move to COMPENSATING is not (crash in between).
-                await self._transition(run, SagaState.COMPENSATING, progress.last_error or f"{step.label} failed")
+                await self._move(run, SagaState.COMPENSATING, cause=progress.last_error or f"{step.label} failed")
                 return
             if self._clock.monotonic() >= run.deadline_mono:
                 await self._expire(run, step, in_flight=progress.forward_attempts > 0)
                 return
-            outcome, message = await self._forward_step(run, step)
-            if outcome == _EXPIRED:
+            result = await self._forward_step(run, step)
+            if result.outcome is StepOutcome.EXPIRED:
                 await self._expire(run, step, in_flight=True)
                 return
-            if outcome == _FAILED:
-                await self._transition(run, SagaState.COMPENSATING, message)
+            if result.outcome is StepOutcome.FAILED:
+                await self._move(run, SagaState.COMPENSATING, cause=result.message)
                 return
-        await self._transition(run, SagaState.SUCCEEDED, "")
+        await self._move(run, SagaState.SUCCEEDED, cause="")
 
-    async def _forward_step(self, run: SagaRun, step: Step) -> tuple[str, str]:
+    async def _forward_step(self, run: SagaRun, step: Step) -> ForwardResult:
         policy = self._cfg.forward
-        waits = _schedule(policy)
-        attempt = run.record.steps[step].forward_attempts
-        made = 0
         while True:
-            attempt += 1
-            made += 1
-            remaining = run.deadline_mono - self._clock.monotonic()
-            if remaining <= 0:
-                return _EXPIRED, ""
+            progress = run.record.steps[step]
+            wait_s = self._due_in_s(*progress.retry_due(Action.FORWARD))
+            if self._clock.monotonic() + wait_s >= run.deadline_mono:
+                return ForwardResult(StepOutcome.EXPIRED)
+            await self._clock.sleep(wait_s)
+            attempt = progress.forward_attempts + 1
+            spent_before_ms = progress.forward_spent_ms
+            began = self._clock.monotonic()
             at_step(step.label, "forward", attempt)
-            await self._append(run, [self._event(run, STARTED, step, Action.FORWARD, attempt)], wait=True)
+            await self._append(run, [self._event(run, EventKind.STARTED, step, Action.FORWARD, attempt)], wait=True)
             crashpoints.hit("after_intent_before_rpc")
             # Measured after the intent's commit, so that the call's own deadline is the saga's.
-            remaining = max(run.deadline_mono - self._clock.monotonic(), 0.001)
-            result = await self._call(run, step, Action.FORWARD, min(policy.attempt_timeout_ms / 1000, remaining))
+            remaining_s = max(run.deadline_mono - self._clock.monotonic(), 0.001)
+            result = await self._call(run, step, Action.FORWARD, min(policy.attempt_timeout_ms / 1000, remaining_s))
             crashpoints.hit("after_reply_before_outcome")
-            if result is None or self._clock.monotonic() >= run.deadline_mono:
-                # The deadline ended the call: its effect is unknown, so the step will be compensated.
-                ev = self._event(run, DEADLINE, step, Action.FORWARD, attempt, "DEADLINE_EXCEEDED", "saga deadline")
-                await self._append(run, [ev], wait=False)
-                return _EXPIRED, ""
-            code = result.code.name
+            if self._clock.monotonic() >= run.deadline_mono:
+                # The deadline ended the call (or came with its reply): its effect is unknown, so it is compensated.
+                deadline = self._event(
+                    run, EventKind.DEADLINE, step, Action.FORWARD, attempt, result.code.name, "saga deadline"
+                )
+                await self._append(run, [deadline], wait=False)
+                return ForwardResult(StepOutcome.EXPIRED)
             if result.ok:
-                await self._append(run, [self._event(run, SUCCEEDED, step, Action.FORWARD, attempt, code)], wait=False)
-                return _OK, ""
-            detail = result.message or code
-            if result.cls is CallClass.TRANSIENT and made < policy.max_attempts:
-                delay = self._rng.uniform(0, next(waits))
-                if self._clock.monotonic() + delay < run.deadline_mono:
-                    ev = self._event(run, RETRYING, step, Action.FORWARD, attempt, code, detail)
-                    await self._append(run, [ev], wait=False)
-                    self._metrics.child(self._metrics.step_retries, step.label, "forward", code).inc()
-                    logger.debug(
-                        "step {} attempt {} got {}; retrying in {:.0f} ms", step.label, attempt, code, delay * 1e3
-                    )
-                    await self._clock.sleep(delay)
-                    continue
+                done = self._event(run, EventKind.SUCCEEDED, step, Action.FORWARD, attempt, result.code.name)
+                await self._append(run, [done], wait=False)
+                return ForwardResult(StepOutcome.DONE)
+            if result.cls is not CallClass.TRANSIENT:
+                await self._append(run, [self._failed(run, step, Action.FORWARD, attempt, result)], wait=False)
+                return ForwardResult(StepOutcome.FAILED, f"{step.label} failed: {result.summary}")
+            spent_ms = spent_before_ms + self._elapsed_ms(began)
+            decision = retry.decide(policy, attempt, spent_ms, self._rng)
+            if not decision.retry:
+                await self._append(run, [self._failed(run, step, Action.FORWARD, attempt, result)], wait=False)
+                message = f"{step.label} failed after {attempt} attempts: {result.summary}"
+                return ForwardResult(StepOutcome.FAILED, message)
+            if self._clock.monotonic() + decision.wait_ms / 1000 >= run.deadline_mono:
                 # Never sleep past the deadline: the saga expires now instead.
-                ev = self._event(run, DEADLINE, step, Action.FORWARD, attempt, code, "retry would pass the deadline")
-                await self._append(run, [ev], wait=False)
-                return _EXPIRED, ""
-            ev = self._event(run, FAILED, step, Action.FORWARD, attempt, code, detail)
-            await self._append(run, [ev], wait=False)
-            if result.cls is CallClass.TRANSIENT:
-                return _FAILED, f"{step.label} failed after {made} attempts: {detail}"
-            return _FAILED, f"{step.label} failed: {detail}"
+                code = result.code.name
+                late = self._event(
+                    run, EventKind.DEADLINE, step, Action.FORWARD, attempt, code, "retry would pass the deadline"
+                )
+                await self._append(run, [late], wait=False)
+                return ForwardResult(StepOutcome.EXPIRED)
+            await self._retrying(run, step, Action.FORWARD, attempt, result, decision)
 
     async def _expire(self, run: SagaRun, step: Step, in_flight: bool) -> None:
-        ttl_ms = run.record.deadline_epoch_ms - run.record.created_at_epoch_ms
+        saga = run.record
+        ttl_ms = saga.deadline_epoch_ms - saga.created_at_epoch_ms
         where = "during" if in_flight else "before"
         self._metrics.ttl_expired.inc()
-        await self._transition(run, SagaState.COMPENSATING, f"deadline passed {where} {step.label} (ttl {ttl_ms} ms)")
+        await self._move(run, SagaState.COMPENSATING, cause=f"deadline passed {where} {step.label} (ttl {ttl_ms} ms)")
 
     # ---- compensation -----------------------------------------------------------------------------------------------
 
     async def _compensate(self, run: SagaRun) -> None:
-        rec = run.record
-        for step in rec.to_compensate():
-            ok, attempts, last = await self._compensate_step(run, step)
-            if not ok:
-                reason = f"compensation of {step.label} failed after {attempts} attempts ({last}){_PARKED}"
-                message = f"{rec.last_error}; {reason}" if rec.last_error else reason
-                park = DeadLetterOpen(rec.saga_id, rec.order_id, int(step), last, attempts, self._clock.now_epoch_ms())
+        saga = run.record
+        for step in saga.to_compensate():
+            result = await self._compensate_step(run, step)
+            if not result.done:
+                note = (
+                    f"compensation of {step.label} failed after {result.attempts} attempts "
+                    f"({result.last_error}); parked for an operator"
+                )
+                now = self._clock.now_epoch_ms()
+                park = DeadLetterOpen(saga.saga_id, saga.order_id, int(step), result.last_error, result.attempts, now)
                 self._metrics.child(self._metrics.compensation_failures, step.label).inc()
-                await self._transition(run, SagaState.DEAD_LETTERED, message, extra=[park])
-                logger.warning("saga dead-lettered: {}", reason)
+                await self._move(run, SagaState.DEAD_LETTERED, note=note, extra=[park])
+                logger.warning("saga dead-lettered: {}", note)
                 return
-        await self._transition(run, SagaState.FAILED, rec.last_error)
+        await self._move(run, SagaState.FAILED)
 
-    @staticmethod
-    def failure_cause(last_error: str) -> str:
-        """The saga's own failure without the dead-letter note _compensate appended: what it says once retried."""
-        if not last_error.endswith(_PARKED):
-            return last_error
-        cause, sep, _ = last_error.rpartition("; compensation of ")
-        return cause if sep else ""
-
-    async def _compensate_step(self, run: SagaRun, step: Step) -> tuple[bool, int, str]:
+    async def _compensate_step(self, run: SagaRun, step: Step) -> CompensationResult:
         """Compensations are not bounded by the deadline and retry on any error, until their own policy runs out."""
         policy = self._cfg.compensate
-        waits = _schedule(policy)
-        attempt = run.record.steps[step].compensate_attempts
-        last = ""
-        for made in range(1, policy.max_attempts + 1):
-            attempt += 1
+        while True:
+            progress = run.record.steps[step]
+            await self._clock.sleep(self._due_in_s(*progress.retry_due(Action.COMPENSATE)))
+            made, spent_before_ms = progress.budget_used(Action.COMPENSATE)
+            attempt = progress.compensate_attempts + 1
+            began = self._clock.monotonic()
             at_step(step.label, "compensate", attempt)
-            await self._append(run, [self._event(run, STARTED, step, Action.COMPENSATE, attempt)], wait=True)
+            await self._append(run, [self._event(run, EventKind.STARTED, step, Action.COMPENSATE, attempt)], wait=True)
             result = await self._call(run, step, Action.COMPENSATE, policy.attempt_timeout_ms / 1000)
             crashpoints.hit("mid_compensation")
-            assert result is not None
-            code = result.code.name
             if result.ok:
-                ev = self._event(run, SUCCEEDED, step, Action.COMPENSATE, attempt, code)
-                await self._append(run, [ev], wait=False)
-                return True, made, ""
-            last = f"{code}: {result.message}" if result.message else code
-            if made < policy.max_attempts:
-                ev = self._event(run, RETRYING, step, Action.COMPENSATE, attempt, code, last)
-                await self._append(run, [ev], wait=False)
-                self._metrics.child(self._metrics.step_retries, step.label, "compensate", code).inc()
-                await self._clock.sleep(self._rng.uniform(0, next(waits)))
-        ev = self._event(run, FAILED, step, Action.COMPENSATE, attempt, last.partition(":")[0], last)
-        await self._append(run, [ev], wait=False)
-        return False, policy.max_attempts, last
+                done = self._event(run, EventKind.SUCCEEDED, step, Action.COMPENSATE, attempt, result.code.name)
+                await self._append(run, [done], wait=False)
+                return CompensationResult(True, attempt)
+            decision = retry.decide(policy, made + 1, spent_before_ms + self._elapsed_ms(began), self._rng)
+            if not decision.retry:
+                await self._append(run, [self._failed(run, step, Action.COMPENSATE, attempt, result)], wait=False)
+                return CompensationResult(False, attempt, result.summary)
+            await self._retrying(run, step, Action.COMPENSATE, attempt, result, decision)
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
 
-    async def _call(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult | None:
-        """One attempt, measured. Forward calls race the saga deadline (None: the deadline won); compensations do
-        not."""
-        started = time.perf_counter()
-        result = await self._attempt(run, step, action, timeout_s)
-        elapsed_s = time.perf_counter() - started
-        m = self._metrics
-        m.child(m.step_duration, step.label, action.label).observe(elapsed_s)
-        code = result.code.name if result is not None else "DEADLINE_EXCEEDED"
-        m.child(m.step_attempts, step.label, action.label, code).inc()
-        logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, code, elapsed_s * 1e3)
-        return result
+    def _due_in_s(self, due_at_epoch_ms: int, wait_ms: int) -> float:
+        return retry.remaining_wait_s(due_at_epoch_ms, wait_ms, self._clock.now_epoch_ms())
 
-    async def _attempt(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult | None:
-        call = self._caller.call(run.payload, step, action, timeout_s)
-        if action is Action.COMPENSATE or self._clock.ends_rpcs:
-            # Compensations are not bound by the deadline; forward calls on the real clock already carry it as their
-            # gRPC timeout (_forward_step), so racing them against a timer would only cost two tasks per attempt.
-            try:
-                return await call
-            except Exception as e:  # a bug or a broken channel must not kill the saga: treat as transient
-                return CallResult(grpc.StatusCode.UNAVAILABLE, f"call failed: {e!r}")
-        call_task = asyncio.ensure_future(call)
-        timer = asyncio.ensure_future(self._clock.sleep(run.deadline_mono - self._clock.monotonic()))
+    def _elapsed_ms(self, began_mono: float) -> int:
+        return round((self._clock.monotonic() - began_mono) * 1000)
+
+    async def _retrying(
+        self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult, decision: retry.RetryDecision
+    ) -> None:
+        """Journals the failed attempt with the wait it drew (the next attempt's due time); the caller's loop then
+        waits until that time, as a restarted shard would."""
+        code = result.code.name
+        event = self._event(
+            run, EventKind.RETRYING, step, action, attempt, code, result.summary, decision.wait_ms, decision.spent_ms
+        )
+        await self._append(run, [event], wait=False)
+        self._metrics.child(self._metrics.step_retries, step.label, action.label, code).inc()
+        logger.debug(
+            "{} {} attempt {} got {}; next in {} ms", step.label, action.label, attempt, code, decision.wait_ms
+        )
+
+    def _failed(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> Event:
+        return self._event(run, EventKind.FAILED, step, action, attempt, result.code.name, result.summary)
+
+    async def _call(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult:
+        """One attempt, measured. It ends within timeout_s (the Caller's contract); an exception from the caller (a bug
+        or a broken channel) must not kill the saga, so it counts as transient."""
+        started = time.perf_counter()
         try:
-            await asyncio.wait((call_task, timer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-            if not call_task.done():
-                call_task.cancel()
-                # Wait for the cancelled call to unwind (without raising), so nothing of it outlives the attempt.
-                await asyncio.wait((call_task,))
-        if call_task.cancelled():
-            return None
-        exc = call_task.exception()
-        if exc is not None:
-            return CallResult(grpc.StatusCode.UNAVAILABLE, f"call failed: {exc!r}")
-        return call_task.result()
+            result = await self._caller.call(run.payload, step, action, timeout_s)
+        except Exception as e:
+            result = CallResult.failed_to_call(e)
+        elapsed_s = time.perf_counter() - started
+        metrics = self._metrics
+        metrics.child(metrics.step_duration, step.label, action.label).observe(elapsed_s)
+        metrics.child(metrics.step_attempts, step.label, action.label, result.code.name).inc()
+        logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, result.code.name, elapsed_s * 1e3)
+        return result
 
     def _event(
         self,
         run: SagaRun,
-        kind: str,
-        step: Step | None = None,
-        action: Action | None = None,
-        attempt: int = 0,
+        kind: EventKind,
+        step: Step,
+        action: Action,
+        attempt: int,
         code: str = "",
         detail: str = "",
-        state: SagaState | None = None,
+        wait_ms: int = 0,
+        spent_ms: int = 0,
     ) -> Event:
-        rec = run.record
-        ev = Event(
-            saga_id=rec.saga_id,
-            seq=rec.next_seq,
+        saga = run.record
+        event = Event(
+            saga_id=saga.saga_id,
+            seq=saga.next_seq,
             at_epoch_ms=self._clock.now_epoch_ms(),
             kind=kind,
-            state=state or rec.state,
-            step=int(step) if step else 0,
-            action=int(action) if action else 0,
+            state=saga.state,
+            step=int(step),
+            action=int(action),
             attempt=attempt,
             code=code,
             detail=detail,
+            wait_ms=wait_ms,
+            spent_ms=spent_ms,
         )
-        rec.next_seq += 1
-        return ev
+        saga.next_seq += 1
+        return event
 
-    async def _transition(self, run: SagaRun, new: SagaState, last_error: str, extra: Sequence[Record] = ()) -> None:
-        rec = run.record
-        check_transition(rec.state, new)
-        ev = self._event(run, STATE, detail=last_error, state=new)
-        change = StateChange(rec.saga_id, rec.state, new, last_error, ev.at_epoch_ms)
-        await self._append(run, [ev, change, *extra], wait=True)
-        logger.info("saga {} {}", new.name, last_error)
-        if new is not SagaState.COMPENSATING:
-            outcome = new.name.lower()
-            self._metrics.child(self._metrics.completed, outcome).inc()
-            elapsed_s = (ev.at_epoch_ms - rec.created_at_epoch_ms) / 1000
-            self._metrics.child(self._metrics.duration, outcome).observe(max(0.0, elapsed_s))
-            if new is SagaState.DEAD_LETTERED:
-                self._metrics.dead_letters_open.inc()
+    async def _move(
+        self,
+        run: SagaRun,
+        new: SagaState,
+        cause: str | None = None,
+        note: str = "",
+        extra: Sequence[Record] = (),
+    ) -> None:
+        await transitions.move(
+            run.record,
+            new,
+            self._clock.now_epoch_ms(),
+            lambda records: self._append(run, records, wait=True),
+            self._metrics,
+            cause=cause,
+            note=note,
+            extra=extra,
+        )
+        logger.info("saga {} {}", new.name, run.record.message)
 
     async def _append(self, run: SagaRun, records: Sequence[Record], wait: bool) -> None:
         """Applies the records' events to the working record now, to the durable view once committed."""
-        for r in records:
-            if isinstance(r, Event):
-                run.record.apply(r)
+        for record in records:
+            if isinstance(record, Event):
+                run.record.apply(record)
         fut = self._journal.submit(records)
 
         def committed(f: asyncio.Future[None]) -> None:
             if f.cancelled() or f.exception() is not None:
                 run.write_error = run.write_error or (f.exception() or asyncio.CancelledError())
                 return
-            for r in records:
-                if isinstance(r, Event):
-                    run.view.apply(r)
+            for record in records:
+                if isinstance(record, Event):
+                    run.view.apply(record)
                     for listener in list(run.listeners):
-                        listener(r, run.view)
+                        listener(record, run.view)
 
         fut.add_done_callback(committed)
         if wait:
@@ -320,12 +337,3 @@ class Engine:
         if run.write_error is not None:
             # Something this saga wrote did not reach the disk: stop; the shard re-drives it from the journal.
             raise run.write_error
-
-
-def _schedule(policy: RetryPolicy) -> Generator[float, Any, None]:
-    """Upper bounds of the jittered waits: initial, initial*multiplier, ..., capped."""
-    gen = backoff.expo(
-        base=policy.multiplier, factor=policy.initial_backoff_ms / 1000, max_value=policy.max_backoff_ms / 1000
-    )
-    next(gen)  # backoff's generators are primed with one next() before yielding values
-    return gen

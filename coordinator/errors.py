@@ -10,12 +10,14 @@
     └── ShuttingDown                the shard is stopping (UNAVAILABLE)
 
 Replies of downstream services are classified by DOWNSTREAM_CLASS, one table: a CallClass says whether to retry and
-whether the call may have taken effect.
+whether the call may have taken effect. What a reply says is kept only as CallResult.summary: the status code the engine
+classified, then a bounded detail with anything that looks like a card number or a token scrubbed out.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -109,8 +111,32 @@ DOWNSTREAM_CLASS: dict[grpc.StatusCode, CallClass] = {
 }
 
 
+_CLASS_BY_NAME: dict[str, CallClass] = {code.name: cls for code, cls in DOWNSTREAM_CLASS.items()}
+
+
 def classify(code: grpc.StatusCode) -> CallClass:
     return DOWNSTREAM_CLASS.get(code, CallClass.UNKNOWN)
+
+
+def may_have_applied(code_name: str) -> bool:
+    """Whether a call that ended with the status named `code_name` (as journaled) may have taken effect."""
+    return _CLASS_BY_NAME.get(code_name, CallClass.UNKNOWN).may_have_applied
+
+
+DETAIL_MAX_CHARS = 200
+"""Longest downstream error text kept in the journal and shown to users: a service's message is not ours to store."""
+
+# A run of 12+ digits (spaces or dashes allowed between them) looks like a card number; tok_... / long opaque strings
+# look like payment tokens or secrets. Either is replaced, whatever the service meant by it.
+_CARD_LIKE = re.compile(r"\b(?:\d[ -]?){12,19}\b")
+_TOKEN_LIKE = re.compile(r"\b(?:tok|pm|card|sk|pk)_[A-Za-z0-9_-]+|\b[A-Za-z0-9_-]{40,}\b")
+
+
+def scrub(text: str, limit: int = DETAIL_MAX_CHARS) -> str:
+    """`text` bounded to `limit` characters, with card-number-like and token-like runs replaced by [redacted]."""
+    cleaned = _TOKEN_LIKE.sub("[redacted]", _CARD_LIKE.sub("[redacted]", text))
+    cleaned = " ".join(cleaned.split())  # one line: connection errors span several
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +153,15 @@ class CallResult:
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
+
+    @classmethod
+    def failed_to_call(cls, e: Exception) -> CallResult:
+        """An attempt that raised instead of answering (a broken channel, a bug): transient, and only the exception's
+        type is kept (its text may quote the request)."""
+        return cls(grpc.StatusCode.UNAVAILABLE, f"call failed: {type(e).__name__}")
+
+    @property
+    def summary(self) -> str:
+        """The classified code first, then the service's bounded, scrubbed text: "UNAVAILABLE: failed to connect"."""
+        detail = scrub(self.message)
+        return f"{self.code.name}: {detail}" if detail else self.code.name

@@ -10,14 +10,12 @@ to a client before it is on disk.
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import aiosqlite
 from loguru import logger
@@ -25,11 +23,11 @@ from loguru import logger
 from . import crashpoints
 from .errors import JournalUnavailable
 from .metrics import ShardMetrics
-from .model import TERMINAL_STATES, SagaState, check_transition
-from .saga import Event, SagaRecord, fold_steps
+from .model import SagaState, check_transition
+from .saga import Event, EventKind, SagaRecord, fold_steps
 
 # Numbered migrations, applied in order at start-up in one transaction each; schema_version holds the last applied.
-MIGRATIONS: tuple[str, ...] = (
+_MIGRATION_SQL: tuple[str, ...] = (
     """
     CREATE TABLE sagas (
         saga_id TEXT PRIMARY KEY,
@@ -73,13 +71,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX dead_letters_by_parked ON dead_letters (parked_at_epoch_ms, id);
     CREATE UNIQUE INDEX dead_letters_one_open ON dead_letters (saga_id) WHERE closed_at_epoch_ms IS NULL;
     """,
+    # v2: the dead-letter note apart from the failure's cause (it was appended to last_error as
+    # "<cause>; compensation of <step> failed after ...; parked for an operator"), and the retry schedule on events.
+    """
+    ALTER TABLE sagas ADD COLUMN parked_note TEXT NOT NULL DEFAULT '';
+    ALTER TABLE saga_events ADD COLUMN wait_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE saga_events ADD COLUMN spent_ms INTEGER NOT NULL DEFAULT 0;
+    UPDATE sagas SET
+        parked_note = substr(last_error, instr(last_error, 'compensation of ')),
+        last_error = CASE WHEN instr(last_error, '; compensation of ') > 0
+                          THEN substr(last_error, 1, instr(last_error, '; compensation of ') - 1)
+                          ELSE '' END
+    WHERE last_error LIKE '%; parked for an operator' AND instr(last_error, 'compensation of ') > 0
+    """,
+)
+# Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
+MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(stmt for stmt in sql.split(";\n") if stmt.strip()) for sql in _MIGRATION_SQL
 )
 
 _SAGA_COLUMNS = (
     "saga_id, order_id, user_id, request, payment_sealed, payload_hash, state, created_at_epoch_ms, "
-    "updated_at_epoch_ms, deadline_epoch_ms, last_error"
+    "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note"
 )
-_EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state"
+_EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +104,13 @@ class NewSaga:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
+    """A guarded row update: applies only if the saga is in `expected` (built by transitions.records_for)."""
+
     saga_id: str
     expected: SagaState
     new: SagaState
     last_error: str
+    parked_note: str
     at_epoch_ms: int
 
 
@@ -140,23 +158,6 @@ class TransitionConflict(JournalUnavailable):
     """A guarded state change found the saga in another state than expected: a bug, surfaced loudly."""
 
 
-_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
-
-
-def _read(fn: _F) -> _F:
-    """Counts reads in flight, so `busy` covers them."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
-        self._reads += 1
-        try:
-            return await fn(self, *args, **kwargs)
-        finally:
-            self._reads -= 1
-
-    return wrapper  # type: ignore[return-value]
-
-
 class Journal:
     def __init__(self, path: str, max_batch: int = 4096, metrics: ShardMetrics | None = None) -> None:
         self.path = path
@@ -168,14 +169,7 @@ class Journal:
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._committing = False
-        self._reads = 0
         self.stats = JournalStats()
-
-    @property
-    def busy(self) -> bool:
-        """Records are waiting or being committed, or a read is under way (tests with a fake clock wait on this)."""
-        return bool(self._pending) or self._committing or self._reads > 0
 
     # ---- life cycle ---------------------------------------------------------------------------------------------
 
@@ -202,9 +196,8 @@ class Journal:
         for version in range(current + 1, len(MIGRATIONS) + 1):
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in MIGRATIONS[version - 1].split(";"):
-                    if stmt.strip():
-                        await db.execute(stmt)
+                for stmt in MIGRATIONS[version - 1]:
+                    await db.execute(stmt)
                 await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 await db.execute("COMMIT")
             except BaseException:
@@ -256,11 +249,7 @@ class Journal:
                     item = self._pending.popleft()
                     batch.append(item)
                     size += len(item[0])
-                self._committing = True
-                try:
-                    await self._commit_batch(batch)
-                finally:
-                    self._committing = False
+                await self._commit_batch(batch)
             if self._closing and not self._pending:
                 return
 
@@ -299,44 +288,63 @@ class Journal:
         db = self._w
         assert db is not None, "journal not open"
         sagas, events, changes, dl_open, dl_close = [], [], [], [], []
-        for r in records:
-            if isinstance(r, Event):
+        for record in records:
+            if isinstance(record, Event):
+                ev = record
                 events.append(
-                    (r.saga_id, r.seq, r.at_epoch_ms, r.kind, r.step, r.action, r.attempt, r.code, r.detail, r.state)
-                )
-            elif isinstance(r, StateChange):
-                changes.append((r.new, r.last_error, r.at_epoch_ms, r.saga_id, r.expected))
-            elif isinstance(r, NewSaga):
-                s = r.saga
-                sagas.append(
                     (
-                        s.saga_id,
-                        s.order_id,
-                        s.user_id,
-                        s.request,
-                        s.payment_sealed,
-                        s.payload_hash,
-                        int(s.state),
-                        s.created_at_epoch_ms,
-                        s.updated_at_epoch_ms,
-                        s.deadline_epoch_ms,
-                        s.last_error,
+                        ev.saga_id,
+                        ev.seq,
+                        ev.at_epoch_ms,
+                        str(ev.kind),
+                        ev.step,
+                        ev.action,
+                        ev.attempt,
+                        ev.code,
+                        ev.detail,
+                        ev.state,
+                        ev.wait_ms,
+                        ev.spent_ms,
                     )
                 )
-            elif isinstance(r, DeadLetterOpen):
-                dl_open.append((r.saga_id, r.order_id, r.step, r.last_error, r.attempts, r.at_epoch_ms))
+            elif isinstance(record, StateChange):
+                ch = record
+                changes.append((ch.new, ch.last_error, ch.parked_note, ch.at_epoch_ms, ch.saga_id, ch.expected))
+            elif isinstance(record, NewSaga):
+                saga = record.saga
+                sagas.append(
+                    (
+                        saga.saga_id,
+                        saga.order_id,
+                        saga.user_id,
+                        saga.request,
+                        saga.payment_sealed,
+                        saga.payload_hash,
+                        int(saga.state),
+                        saga.created_at_epoch_ms,
+                        saga.updated_at_epoch_ms,
+                        saga.deadline_epoch_ms,
+                        saga.last_error,
+                        saga.parked_note,
+                    )
+                )
+            elif isinstance(record, DeadLetterOpen):
+                dl = record
+                dl_open.append((dl.saga_id, dl.order_id, dl.step, dl.last_error, dl.attempts, dl.at_epoch_ms))
             else:
-                dl_close.append((r.at_epoch_ms, r.note, r.saga_id))
+                dl_close.append((record.at_epoch_ms, record.note, record.saga_id))
         await db.execute("BEGIN IMMEDIATE")
         try:
             if sagas:
-                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", sagas)
+                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
             if events:
-                await db.executemany(f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", events)
+                await db.executemany(
+                    f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", events
+                )
             if changes:
                 # Pair assertion: the engine checked the transition; SQL checks the saga is in the expected state.
                 cur = await db.executemany(
-                    "UPDATE sagas SET state = ?, last_error = ?, updated_at_epoch_ms = ? "
+                    "UPDATE sagas SET state = ?, last_error = ?, parked_note = ?, updated_at_epoch_ms = ? "
                     "WHERE saga_id = ? AND state = ?",
                     changes,
                 )
@@ -372,7 +380,6 @@ class Journal:
         assert self._r is not None, "journal not open"
         return self._r
 
-    @_read
     async def get_by_order(self, order_id: str, with_events: bool = True) -> SagaRecord | None:
         async with self._reader.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)) as cur:
             row = await cur.fetchone()
@@ -385,14 +392,12 @@ class Journal:
             rec.next_seq = (events[-1].seq + 1) if events else 1
         return rec
 
-    @_read
     async def events(self, saga_id: str) -> list[Event]:
         async with self._reader.execute(
             f"SELECT {_EVENT_COLUMNS} FROM saga_events WHERE saga_id = ? ORDER BY seq", (saga_id,)
         ) as cur:
             return [_event_from_row(r) for r in await cur.fetchall()]
 
-    @_read
     async def events_for(self, saga_ids: Sequence[str]) -> dict[str, list[Event]]:
         out: dict[str, list[Event]] = {sid: [] for sid in saga_ids}
         if not saga_ids:
@@ -406,7 +411,6 @@ class Journal:
                 out[r[0]].append(_event_from_row(r))
         return out
 
-    @_read
     async def unfinished(self) -> list[SagaRecord]:
         """Every saga that still has work to do (RUNNING or COMPENSATING), with its steps folded from its log."""
         states = (int(SagaState.RUNNING), int(SagaState.COMPENSATING))
@@ -423,7 +427,6 @@ class Journal:
                 rec.next_seq = (evs[-1].seq + 1) if evs else 1
         return recs
 
-    @_read
     async def list_sagas(self, state: SagaState | None, limit: int, before: tuple[int, str] | None) -> list[SagaRecord]:
         """Newest first; `before` is the (created_at_epoch_ms, saga_id) of the last saga of the previous page."""
         where: list[str] = []
@@ -446,7 +449,6 @@ class Journal:
             rec.steps = fold_steps(events[rec.saga_id])
         return recs
 
-    @_read
     async def dead_letters(self, step: int, include_closed: bool, limit: int, after_id: int) -> list[DeadLetterRow]:
         """Oldest first (by id, which follows parking order)."""
         sql = (
@@ -464,18 +466,15 @@ class Journal:
         async with self._reader.execute(sql, tuple(args)) as cur:
             return [DeadLetterRow(*r) for r in await cur.fetchall()]
 
-    @_read
     async def open_dead_letters(self) -> int:
         async with self._reader.execute("SELECT count(*) FROM dead_letters WHERE closed_at_epoch_ms IS NULL") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    @_read
     async def state_counts(self) -> dict[SagaState, int]:
         async with self._reader.execute("SELECT state, count(*) FROM sagas GROUP BY state") as cur:
             return {SagaState(s): n for s, n in await cur.fetchall()}
 
-    @_read
     async def integrity_check(self) -> str:
         async with self._reader.execute("PRAGMA integrity_check") as cur:
             row = await cur.fetchone()
@@ -495,6 +494,7 @@ def _saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
         updated_at_epoch_ms=int(r[8]),  # type: ignore[arg-type]
         deadline_epoch_ms=int(r[9]),  # type: ignore[arg-type]
         last_error=str(r[10]),
+        parked_note=str(r[11]),
     )
 
 
@@ -503,13 +503,15 @@ def _event_from_row(r: sqlite3.Row | tuple[object, ...]) -> Event:
         saga_id=str(r[0]),
         seq=int(r[1]),  # type: ignore[arg-type]
         at_epoch_ms=int(r[2]),  # type: ignore[arg-type]
-        kind=str(r[3]),
+        kind=EventKind(str(r[3])),
         step=int(r[4]),  # type: ignore[arg-type]
         action=int(r[5]),  # type: ignore[arg-type]
         attempt=int(r[6]),  # type: ignore[arg-type]
         code=str(r[7]),
         detail=str(r[8]),
         state=SagaState(int(r[9])),  # type: ignore[arg-type]
+        wait_ms=int(r[10]),  # type: ignore[arg-type]
+        spent_ms=int(r[11]),  # type: ignore[arg-type]
     )
 
 
@@ -525,4 +527,15 @@ def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
         fut.exception()
 
 
-__all__ = ["TERMINAL_STATES", "Journal"]
+__all__ = [
+    "MIGRATIONS",
+    "DeadLetterClose",
+    "DeadLetterOpen",
+    "DeadLetterRow",
+    "Journal",
+    "JournalStats",
+    "NewSaga",
+    "Record",
+    "StateChange",
+    "TransitionConflict",
+]

@@ -1,16 +1,34 @@
 """One saga in memory: its journaled row, its events folded into step progress, and what it must do next.
 
-The event log is the truth: recovery, GetSaga and the engine all derive step progress from it with fold_steps().
+The event log is the truth: recovery, GetSaga and the engine all derive step progress from it with fold_steps(),
+including each step's retry budget and the due time of its next attempt (so a restart keeps the same schedule).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-import grpc
-
-from .errors import classify
+from .errors import may_have_applied
 from .model import STEPS, Action, SagaState, Step, StepStatus
+
+
+class EventKind(enum.StrEnum):
+    """What an event records. The values are what the journal stores and saga.v1 SagaEvent.kind shows."""
+
+    CREATED = "created"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    STATE = "state"
+    DEADLINE = "deadline"
+    ADMIN_RETRY = "admin_retry"
+    ADMIN_RESOLVE = "admin_resolve"
+
+
+# Events that move the saga between states (each journaled beside a guarded StateChange).
+STATE_KINDS = frozenset({EventKind.STATE, EventKind.ADMIN_RETRY, EventKind.ADMIN_RESOLVE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,25 +38,17 @@ class Event:
     saga_id: str
     seq: int
     at_epoch_ms: int
-    kind: str
+    kind: EventKind
     state: SagaState
     step: int = 0
     action: int = 0
     attempt: int = 0
     code: str = ""
     detail: str = ""
-
-
-# Event kinds.
-CREATED = "created"
-STARTED = "started"
-SUCCEEDED = "succeeded"
-RETRYING = "retrying"
-FAILED = "failed"
-STATE = "state"
-DEADLINE = "deadline"
-ADMIN_RETRY = "admin_retry"
-ADMIN_RESOLVE = "admin_resolve"
+    wait_ms: int = 0
+    """On RETRYING: the backoff drawn before the next attempt, which is due at at_epoch_ms + wait_ms."""
+    spent_ms: int = 0
+    """On RETRYING: retry time this step and action have spent of their policy so far, this wait included."""
 
 
 @dataclass(slots=True)
@@ -51,8 +61,19 @@ class StepProgress:
     forward_code: str = ""
     started_at_epoch_ms: int = 0
     updated_at_epoch_ms: int = 0
+    compensate_base: int = 0
+    """Compensation attempts made before the last operator retry: the policy's budget counts from here."""
+    forward_spent_ms: int = 0
+    """Retry time spent on the forward call, as last journaled (RETRYING.spent_ms)."""
+    compensate_spent_ms: int = 0
+    """Retry time spent on the compensation since the last operator retry."""
+    next_attempt_at_epoch_ms: int = 0
+    """When the next attempt is due after a RETRYING; 0 once it started."""
+    next_attempt_wait_ms: int = 0
+    """The wait that RETRYING drew: a resumed saga never waits longer than this (the wall clock may have jumped)."""
 
     def copy(self) -> StepProgress:
+        # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path).
         return StepProgress(
             self.step,
             self.status,
@@ -62,6 +83,11 @@ class StepProgress:
             self.forward_code,
             self.started_at_epoch_ms,
             self.updated_at_epoch_ms,
+            self.compensate_base,
+            self.forward_spent_ms,
+            self.compensate_spent_ms,
+            self.next_attempt_at_epoch_ms,
+            self.next_attempt_wait_ms,
         )
 
     @property
@@ -70,52 +96,82 @@ class StepProgress:
         if self.status is StepStatus.PENDING:
             return False
         if self.status is StepStatus.FAILED:
-            return classify(_code(self.forward_code)).may_have_applied
+            return may_have_applied(self.forward_code)
         return True
 
+    def attempts(self, action: Action) -> int:
+        """Attempts of `action` ever made (the attempt number of the last one started)."""
+        return self.forward_attempts if action is Action.FORWARD else self.compensate_attempts
 
-def _code(name: str) -> grpc.StatusCode:
-    return grpc.StatusCode[name] if name in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
+    def retry_due(self, action: Action) -> tuple[int, int]:
+        """(due at epoch ms, wait ms) of a journaled retry of `action` not yet started; (0, 0) if none. A forward
+        retry is pending only while the step is in flight: a compensation never waits out a forward's backoff."""
+        pending = StepStatus.IN_FLIGHT if action is Action.FORWARD else StepStatus.COMPENSATING
+        if self.status is not pending:
+            return 0, 0
+        return self.next_attempt_at_epoch_ms, self.next_attempt_wait_ms
+
+    def budget_used(self, action: Action) -> tuple[int, int]:
+        """(attempts, retry ms) spent of the policy's budget for `action`: forward since the first attempt,
+        compensation since the last operator retry."""
+        if action is Action.FORWARD:
+            return self.forward_attempts, self.forward_spent_ms
+        return self.compensate_attempts - self.compensate_base, self.compensate_spent_ms
 
 
 def new_steps() -> dict[Step, StepProgress]:
     return {s: StepProgress(s) for s in STEPS}
 
 
-def apply_event(steps: dict[Step, StepProgress], ev: Event) -> None:
+def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
     """Folds one event into the steps' progress."""
-    if not ev.step:
+    if event.kind is EventKind.ADMIN_RETRY:
+        # An operator's retry grants every compensation a fresh budget.
+        for progress in steps.values():
+            progress.compensate_base = progress.compensate_attempts
+            progress.compensate_spent_ms = 0
+            progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
         return
-    p = steps[Step(ev.step)]
-    p.updated_at_epoch_ms = ev.at_epoch_ms
-    forward = ev.action == Action.FORWARD
-    if ev.kind == STARTED:
+    if not event.step:
+        return
+    progress = steps[Step(event.step)]
+    progress.updated_at_epoch_ms = event.at_epoch_ms
+    forward = event.action == Action.FORWARD
+    kind = event.kind
+    if kind is EventKind.STARTED:
+        progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
         if forward:
-            p.status = StepStatus.IN_FLIGHT
-            p.forward_attempts = max(p.forward_attempts, ev.attempt)
-            p.started_at_epoch_ms = p.started_at_epoch_ms or ev.at_epoch_ms
+            progress.status = StepStatus.IN_FLIGHT
+            progress.forward_attempts = max(progress.forward_attempts, event.attempt)
+            progress.started_at_epoch_ms = progress.started_at_epoch_ms or event.at_epoch_ms
         else:
-            p.status = StepStatus.COMPENSATING
-            p.compensate_attempts = max(p.compensate_attempts, ev.attempt)
-    elif ev.kind == SUCCEEDED:
-        p.status = StepStatus.SUCCEEDED if forward else StepStatus.COMPENSATED
+            progress.status = StepStatus.COMPENSATING
+            progress.compensate_attempts = max(progress.compensate_attempts, event.attempt)
+    elif kind is EventKind.SUCCEEDED:
+        progress.status = StepStatus.SUCCEEDED if forward else StepStatus.COMPENSATED
         if forward:
-            p.forward_code = "OK"
-    elif ev.kind == RETRYING:
-        p.last_error = ev.detail
-    elif ev.kind in (FAILED, DEADLINE):
-        p.last_error = ev.detail
+            progress.forward_code = "OK"
+    elif kind is EventKind.RETRYING:
+        progress.last_error = event.detail
+        progress.next_attempt_at_epoch_ms = event.at_epoch_ms + event.wait_ms
+        progress.next_attempt_wait_ms = event.wait_ms
         if forward:
-            p.status = StepStatus.FAILED
-            p.forward_code = ev.code
+            progress.forward_spent_ms = event.spent_ms
         else:
-            p.status = StepStatus.COMPENSATION_FAILED
+            progress.compensate_spent_ms = event.spent_ms
+    elif kind is EventKind.FAILED or kind is EventKind.DEADLINE:
+        progress.last_error = event.detail
+        if forward:
+            progress.status = StepStatus.FAILED
+            progress.forward_code = event.code
+        else:
+            progress.status = StepStatus.COMPENSATION_FAILED
 
 
 def fold_steps(events: list[Event]) -> dict[Step, StepProgress]:
     steps = new_steps()
-    for ev in events:
-        apply_event(steps, ev)
+    for event in events:
+        apply_event(steps, event)
     return steps
 
 
@@ -134,16 +190,32 @@ class SagaRecord:
     updated_at_epoch_ms: int
     deadline_epoch_ms: int
     last_error: str = ""
+    """Why the saga failed (its cause), never the dead-letter note."""
+    parked_note: str = ""
+    """Why it waits for an operator: set when DEAD_LETTERED, cleared by an operator retry, kept once RESOLVED."""
     steps: dict[Step, StepProgress] = field(default_factory=new_steps)
     next_seq: int = 1
 
-    def apply(self, ev: Event) -> None:
-        self.next_seq = max(self.next_seq, ev.seq + 1)
-        self.updated_at_epoch_ms = ev.at_epoch_ms
-        self.state = ev.state
-        if ev.kind == STATE and ev.detail:
-            self.last_error = ev.detail
-        apply_event(self.steps, ev)
+    def apply(self, event: Event) -> None:
+        self.next_seq = max(self.next_seq, event.seq + 1)
+        self.updated_at_epoch_ms = event.at_epoch_ms
+        self.state = event.state
+        if event.kind in STATE_KINDS:
+            # Mirrors what transitions.move() writes to the sagas row, so a live view and a re-read agree.
+            if event.state is SagaState.DEAD_LETTERED:
+                self.parked_note = event.detail
+            elif event.kind is EventKind.ADMIN_RETRY:
+                self.parked_note = ""
+            elif event.kind is EventKind.STATE and event.detail:
+                self.last_error = event.detail
+        apply_event(self.steps, event)
+
+    @property
+    def message(self) -> str:
+        """What a client is told: the cause, then the dead-letter note when there is one."""
+        if not self.parked_note:
+            return self.last_error
+        return f"{self.last_error}; {self.parked_note}" if self.last_error else self.parked_note
 
     def copy(self) -> SagaRecord:
         # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path: 3 copies a saga).
@@ -159,7 +231,8 @@ class SagaRecord:
             self.updated_at_epoch_ms,
             self.deadline_epoch_ms,
             self.last_error,
-            {s: p.copy() for s, p in self.steps.items()},
+            self.parked_note,
+            {step: progress.copy() for step, progress in self.steps.items()},
             self.next_seq,
         )
 

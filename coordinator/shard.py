@@ -9,23 +9,24 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
 
 from protos.saga.v1 import saga_pb2
 
+from . import transitions
 from .caller import Caller, SagaPayload
 from .clock import Clock
 from .config import ShardConfig
 from .engine import Engine, SagaRun
 from .errors import JournalUnavailable, Overloaded, PayloadMismatch, SagaNotFound, ShuttingDown, WrongState
-from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, StateChange
+from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
 from .logs import saga_context
 from .metrics import ShardMetrics
-from .model import SagaState, check_transition
-from .saga import ADMIN_RESOLVE, ADMIN_RETRY, CREATED, Event, SagaRecord
+from .model import SagaState
+from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
 from .validation import validate_place_order
 
@@ -154,7 +155,7 @@ class Shard:
             updated_at_epoch_ms=now,
             deadline_epoch_ms=now + ttl_ms,
         )
-        created = Event(rec.saga_id, 1, now, CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
+        created = Event(rec.saga_id, 1, now, EventKind.CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
         rec.next_seq = 2
         # Not awaited here: the saga task's first write-ahead record joins the same commit (the journal's writer lets
         # ready tasks submit before it takes a batch). The engine sends nothing, and the caller is answered nothing,
@@ -298,26 +299,22 @@ class Shard:
         finally:
             self._claimed.discard(order_id)
 
-    async def _retry_claimed(self, rec: SagaRecord, who: str, reason: str) -> SagaRecord:
-        order_id = rec.order_id
+    async def _retry_claimed(self, saga: SagaRecord, who: str, reason: str) -> SagaRecord:
         now = self.clock.now_epoch_ms()
         note = f"retried by {who}: {reason or 'no reason given'}"
-        cause = Engine.failure_cause(rec.last_error)  # the parked note no longer holds once compensation resumes
-        ev = Event(rec.saga_id, rec.next_seq, now, ADMIN_RETRY, SagaState.COMPENSATING, detail=note)
-        check_transition(rec.state, SagaState.COMPENSATING)
-        await self.journal.write(
-            [
-                ev,
-                StateChange(rec.saga_id, rec.state, SagaState.COMPENSATING, cause, now),
-                DeadLetterClose(rec.saga_id, note, now),
-            ]
+        await transitions.move(
+            saga,
+            SagaState.COMPENSATING,
+            now,
+            self._admin_writer(saga),
+            self.metrics,
+            kind=EventKind.ADMIN_RETRY,
+            note=note,
+            extra=[DeadLetterClose(saga.saga_id, note, now)],
         )
-        rec.apply(ev)
-        rec.last_error = cause
-        self.metrics.dead_letters_open.dec()
-        self._launch(rec, created=None)
-        logger.info("dead letter of order {} retried by {}", order_id, who)
-        return rec
+        self._launch(saga, created=None)
+        logger.info("dead letter of order {} retried by {}", saga.order_id, who)
+        return saga
 
     async def retry_all_dead_letters(self, step: int, who: str, reason: str) -> list[str]:
         rows = await self.journal.dead_letters(step, False, self.cfg.limits.bulk_retry_max, 0)
@@ -337,24 +334,32 @@ class Shard:
         finally:
             self._claimed.discard(order_id)
 
-    async def _resolve_claimed(self, rec: SagaRecord, who: str, reason: str) -> SagaRecord:
-        order_id = rec.order_id
+    async def _resolve_claimed(self, saga: SagaRecord, who: str, reason: str) -> SagaRecord:
         now = self.clock.now_epoch_ms()
         note = f"resolved by {who}: {reason}"
-        check_transition(rec.state, SagaState.RESOLVED)
-        ev = Event(rec.saga_id, rec.next_seq, now, ADMIN_RESOLVE, SagaState.RESOLVED, detail=note)
-        await self.journal.write(
-            [
-                ev,
-                StateChange(rec.saga_id, rec.state, SagaState.RESOLVED, rec.last_error, now),
-                DeadLetterClose(rec.saga_id, note, now),
-            ]
+        await transitions.move(
+            saga,
+            SagaState.RESOLVED,
+            now,
+            self._admin_writer(saga),
+            self.metrics,
+            kind=EventKind.ADMIN_RESOLVE,
+            note=note,
+            extra=[DeadLetterClose(saga.saga_id, note, now)],
         )
-        rec.apply(ev)
-        self.metrics.dead_letters_open.dec()
-        self.metrics.completed.labels("resolved").inc()
-        logger.info("dead letter of order {} resolved by {}", order_id, who)
-        return rec
+        logger.info("dead letter of order {} resolved by {}", saga.order_id, who)
+        return saga
+
+    def _admin_writer(self, saga: SagaRecord) -> transitions.Write:
+        """Operators act on a parked saga that no task drives: commit, then fold the events into its record."""
+
+        async def write(records: Sequence[Record]) -> None:
+            await self.journal.write(records)
+            for record in records:
+                if isinstance(record, Event):
+                    saga.apply(record)
+
+        return write
 
     async def _claim_parked(self, order_id: str) -> SagaRecord:
         """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""

@@ -100,6 +100,8 @@ def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout) -> None:
     out.write(f"created   {clock(s.created_at)}   age {duration(age(s))}   deadline {clock(s.deadline)}\n")
     if s.last_error:
         out.write(f"error     {s.last_error}\n")
+    if s.parked_note:
+        out.write(f"parked    {s.parked_note}\n")
     out.write("\n")
     rows = []
     for st in s.steps:

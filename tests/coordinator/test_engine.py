@@ -8,7 +8,6 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.engine import Engine
 from coordinator.errors import Overloaded, PayloadMismatch, ShuttingDown
 from coordinator.model import STEPS, Action, SagaState, Step, StepStatus
 
@@ -41,7 +40,8 @@ async def test_decline_compensates_earlier_steps_in_reverse(harness: Harness) ->
     harness.caller.fail_with(S.PROCESS_PAYMENT, F, grpc.StatusCode.FAILED_PRECONDITION, msg="payment declined")
     placed = await harness.shard.place_order(order(token="tok_declined"))
     assert placed.saga.state is SagaState.FAILED
-    assert placed.saga.last_error == "process_payment failed: payment declined"
+    # The classified status code leads, then the service's words.
+    assert placed.saga.last_error == "process_payment failed: FAILED_PRECONDITION: payment declined"
     # The rejected step applied nothing, so only the two before it are undone, last first.
     assert harness.caller.steps_called("o-1", C) == [S.RESERVE_INVENTORY, S.CREATE_ORDER]
     assert all(v == 0 for (o, _), v in harness.caller.net.items() if o == "o-1")
@@ -140,7 +140,13 @@ async def test_failing_compensation_dead_letters_then_retry_finishes(harness: Ha
     task = asyncio.create_task(harness.shard.place_order(order()))
     placed = await settle(harness, task)
     assert placed.saga.state is SagaState.DEAD_LETTERED
-    assert "parked for an operator" in placed.saga.last_error
+    # The cause and the dead-letter note are separate fields; the client sees both.
+    assert placed.saga.last_error == "schedule_shipment failed: FAILED_PRECONDITION: unshippable"
+    assert placed.saga.parked_note == (
+        "compensation of process_payment failed after 5 attempts (INTERNAL: refund service broken); "
+        "parked for an operator"
+    )
+    assert placed.saga.message == f"{placed.saga.last_error}; {placed.saga.parked_note}"
     rows = await harness.shard.dead_letters(0, False, 10, 0)
     assert [(r.order_id, r.step, r.attempts) for r in rows] == [("o-1", int(S.PROCESS_PAYMENT), 5)]
     # A dead letter survives a restart and is not resumed by it.
@@ -152,9 +158,10 @@ async def test_failing_compensation_dead_letters_then_retry_finishes(harness: Ha
     rec, events = await harness.shard.get("o-1", with_events=True)
     assert rec.state is SagaState.FAILED
     # Once retried, the saga says why it failed, not that it was parked (and so does a restart).
-    assert rec.last_error == "schedule_shipment failed: unshippable"
+    assert rec.last_error == "schedule_shipment failed: FAILED_PRECONDITION: unshippable" and rec.parked_note == ""
     await harness.restart()
-    assert (await harness.shard.get("o-1"))[0].last_error == "schedule_shipment failed: unshippable"
+    again = (await harness.shard.get("o-1"))[0]
+    assert (again.last_error, again.parked_note) == (rec.last_error, "")
     assert any(e.kind == "admin_retry" and "alice" in e.detail for e in events)
     assert await harness.shard.dead_letters(0, False, 10, 0) == []
     # Exactly one refund, one release, one cancel: the net effect is zero everywhere.
@@ -241,10 +248,3 @@ async def test_automatic_redrive_of_dead_letters(harness: Harness) -> None:
     rec, events = await harness.shard.get("o-1", with_events=True)
     assert rec.state is SagaState.FAILED
     assert any(e.kind == "admin_retry" and "auto-redrive" in e.detail for e in events)
-
-
-def test_failure_cause_strips_only_the_parked_note() -> None:
-    parked = "compensation of create_order failed after 3 attempts (UNAVAILABLE: x; y); parked for an operator"
-    assert Engine.failure_cause(f"payment declined; {parked}") == "payment declined"
-    assert Engine.failure_cause(parked) == ""
-    assert Engine.failure_cause("payment declined; try again") == "payment declined; try again"

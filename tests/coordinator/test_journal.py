@@ -52,9 +52,9 @@ async def test_wal_and_full_sync(journal: Journal, tmp_path: Path) -> None:
 
 async def test_guarded_transition_fails_only_the_offender(journal: Journal) -> None:
     await journal.write([NewSaga(saga(1)), NewSaga(saga(2))])
-    good = journal.submit([StateChange("s-1", SagaState.RUNNING, SagaState.SUCCEEDED, "", 5)])
+    good = journal.submit([StateChange("s-1", SagaState.RUNNING, SagaState.SUCCEEDED, "", "", 5)])
     # s-2 is RUNNING, not COMPENSATING: the SQL guard refuses it.
-    bad = journal.submit([StateChange("s-2", SagaState.COMPENSATING, SagaState.FAILED, "", 5)])
+    bad = journal.submit([StateChange("s-2", SagaState.COMPENSATING, SagaState.FAILED, "", "", 5)])
     await good
     with pytest.raises(TransitionConflict):
         await bad
@@ -65,7 +65,7 @@ async def test_guarded_transition_fails_only_the_offender(journal: Journal) -> N
 async def test_illegal_transition_is_refused_before_sql(journal: Journal) -> None:
     await journal.write([NewSaga(saga(1))])
     with pytest.raises(IllegalTransition):
-        await journal.write([StateChange("s-1", SagaState.RUNNING, SagaState.RESOLVED, "", 5)])
+        await journal.write([StateChange("s-1", SagaState.RUNNING, SagaState.RESOLVED, "", "", 5)])
 
 
 async def test_events_fold_into_steps_on_read(journal: Journal) -> None:
@@ -87,7 +87,10 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
         await j.open()
         await j.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT max(version), count(*) FROM schema_version").fetchone() == (len(MIGRATIONS), 1)
+        assert db.execute("SELECT max(version), count(*) FROM schema_version").fetchone() == (
+            len(MIGRATIONS),
+            len(MIGRATIONS),
+        )
         db.execute("INSERT INTO schema_version VALUES (999)")
     j = Journal(path)
     with pytest.raises(RuntimeError, match="newer than this build"):

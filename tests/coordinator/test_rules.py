@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from coordinator.config import ConfigError, Limits, ShardConfig, load
 from coordinator.errors import CallClass, InvalidRequest, classify
-from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, check_transition
-from coordinator.saga import SagaRecord
+from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
+from coordinator.saga import SagaRecord, StepProgress
 from coordinator.sealing import Sealer, SealError
 from coordinator.validation import validate_place_order
 from protos.saga.v1 import saga_pb2
@@ -140,7 +140,7 @@ def test_sealing_round_trip_and_tamper() -> None:
 
 
 def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
-    rec = SagaRecord("s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", next_seq=7)
+    rec = SagaRecord("s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", "parked", next_seq=7)
     rec.steps[Step.PROCESS_PAYMENT].forward_attempts = 2
     # Every field holds a value other than its default (a field added later must be set here, and in copy()) ...
     assert all(getattr(rec, f.name) != f.default for f in dataclasses.fields(rec))
@@ -150,3 +150,9 @@ def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
     # ... and the steps are the copy's own.
     c.steps[Step.PROCESS_PAYMENT].forward_attempts = 3
     assert rec.steps[Step.PROCESS_PAYMENT].forward_attempts == 2
+
+
+def test_step_progress_copy_is_complete() -> None:
+    progress = StepProgress(Step.PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 10))
+    assert all(getattr(progress, f.name) != f.default for f in dataclasses.fields(progress))
+    assert progress.copy() == progress and progress.copy() is not progress
