@@ -8,7 +8,6 @@ stop, 1 if a process failed to start or exited on its own, 2 for a bad config fi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,13 +15,6 @@ from pathlib import Path
 
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .supervisor import Supervisor
-
-
-async def _run(supervisor: Supervisor) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, supervisor.request_stop)
-    return await supervisor.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterConfigError as e:
         print(f"deploy.local: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(Supervisor(cluster)))
+    supervisor = Supervisor(cluster)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _sig, _frame: supervisor.request_stop())
+    return supervisor.run()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The local launcher as a process: starts what cluster.toml lists, stops every child on SIGTERM, fails loudly when a
-child dies, and a second run resumes from the same journals."""
+child dies, and a second run resumes from the same journals. In code (LocalSystem, what tests and benchmarks start):
+the same processes and flags as cluster.toml, a shard killed and restarted on its port and journal, a shard added."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from deploy.local import DEFAULT_CONFIG, ClusterSpec, LocalSystem, SystemOptions, load
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from tests.helpers.coordinator import place_request
 from tests.helpers.net import free_port
+from tests.helpers.scrape import scrape, value
 
 from .conftest import write_shards
 
@@ -146,3 +150,50 @@ def test_the_whole_system_serves_orders_and_resumes_from_its_journals(tmp_path: 
         assert all(_gone(p) for p in _pids(text))
         text = log.read_text()  # front to back: the router, then the shards, the stubs last
         assert text.index("router stopped") < text.index("shard-1 stopped") < text.index("stubs stopped")
+
+
+def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str]]]:
+    """name -> (module, flag -> value), each address replaced by whose it is, the router's file path dropped."""
+    owner = {}
+    for p in cluster.processes:
+        owner.update({p.listen: f"<listen:{p.name}>", p.metrics: f"<metrics:{p.name}>", p.dashboard: "<dashboard>"})
+    shapes = {}
+    for p in cluster.processes:
+        flags = dict(zip(p.args[::2], p.args[1::2], strict=True))
+        flags = {k: owner.get(v, v) for k, v in flags.items()}
+        if p.module == "shard_router":
+            flags["--config"] = "<shards file>"
+        shapes[p.name] = (p.module, flags)
+    return shapes
+
+
+def test_local_system_runs_the_processes_and_flags_cluster_toml_lists(tmp_path: Path) -> None:
+    from_file = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
+    in_code = LocalSystem(SystemOptions(tmp_path, shards=3)).supervisor.cluster
+    assert _shape(in_code) == _shape(from_file)
+    assert (in_code.ready_timeout_s, in_code.stop_timeout_s) == (from_file.ready_timeout_s, from_file.stop_timeout_s)
+
+
+@pytest.mark.skipif(not HAVE_SYSTEM, reason="needs coordinator/ and service_stubs/")
+def test_local_system_restarts_a_killed_shard_on_its_journal_and_adds_a_shard(tmp_path: Path) -> None:
+    options = SystemOptions(tmp_path / "data", shards=1, dashboard=False, router_settings={"reload_interval_s": 0.1})
+    with LocalSystem(options, log_dir=tmp_path, cwd=REPO) as system:
+        shard = system["shard-1"]
+        with grpc.insecure_channel(system.router.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            assert stub.PlaceOrder(place_request("ls-1"), timeout=30).status == saga_pb2.SUCCESS
+            port, pid = shard.address, shard.pid
+            system.kill("shard-1")
+            assert shard.exit_code() == -signal.SIGKILL
+            system.restart("shard-1")
+            assert shard.address == port and shard.pid != pid
+            saga = stub.GetSaga(saga_pb2.GetSagaRequest(order_id="ls-1"), timeout=10)
+            assert saga.state == saga_pb2.SAGA_STATE_SUCCEEDED  # read back from the same journal
+            assert shard.spec.metrics is not None and value(scrape(shard.spec.metrics), "saga_asyncio_tasks") > 0
+            added = system.add_shard()
+            assert added.name == "shard-2" and added.running
+            assert 'id = "shard-2"' in system.router_config.read_text()
+        pids = [c.pid for c in system.processes]
+    assert all(p is not None and _gone(p) for p in pids)
+    launcher = (tmp_path / "launcher.log").read_text()
+    assert "shard-1 (pid" in launcher and "(restarted)" in launcher and "shard-2 stopped" in launcher

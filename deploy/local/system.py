@@ -1,0 +1,210 @@
+"""The local system built in code rather than read from cluster.toml: stubs, N coordinator shards and the router, on
+free loopback ports, for a program that embeds the launcher (tests, benchmarks). The same processes with the same
+flags as cluster.toml (a test compares the two); what differs is data, in SystemOptions.
+
+    with LocalSystem(SystemOptions(tmp / "data", shards=2), log_dir=tmp) as system:
+        system.router.address, system.stubs.address, system.shards[0].spec.metrics
+        system.kill("shard-1"); system.restart("shard-1")     # SIGKILL, then the same port and journal
+        system.add_shard()                                     # shard-3, then listed in the router's file
+
+The router's shard list is a file it re-reads (<data_dir>/shards.toml), rewritten when a shard is added; the shards'
+settings file (--config) is <data_dir>/shard.toml when SystemOptions.shard_config is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TextIO
+
+from .cluster import ClusterSpec, ProcessSpec
+from .supervisor import Child, Supervisor
+
+SERVICES = ("order", "inventory", "payment", "shipping")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on host that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class SystemOptions:
+    """What one local system is made of, beyond cluster.toml's fixed ports."""
+
+    data_dir: Path
+    """Journals, the stubs' data, the router's files ($SAGA_DATA_DIR of every child)."""
+    shards: int = 3
+    """Coordinator shards, shard-1..shard-N; 0 starts the stubs alone (a router needs a shard to route to)."""
+    host: str = "127.0.0.1"
+    """Every process listens on this host."""
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """gRPC port by process name where it must be known in advance; the others (and every /metrics) are free ports."""
+    metrics: bool = True
+    """Every process serves Prometheus /metrics on a port of its own."""
+    dashboard: bool = True
+    """The router serves its web dashboard."""
+    shard_config: str = ""
+    """TOML for the shards' --config (coordinator/config.py); "" runs them on their defaults."""
+    shard_module: str = "coordinator"
+    """What runs a shard: `python -m <shard_module>`, taking the coordinator's flags."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment of every process."""
+    process_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Extra environment by process name (stubs, shard-N, router), after `env`."""
+    services: Mapping[str, str] = field(default_factory=dict)
+    """Downstream address by service name (order, inventory, payment, shipping) where it is not the stubs."""
+    journal_dirs: Mapping[str, Path] = field(default_factory=dict)
+    """Directory of a shard's journal by shard id, where it is not data_dir."""
+    stubs_args: tuple[str, ...] = ()
+    """More flags for the stubs (e.g. --stock sku=N)."""
+    router_settings: Mapping[str, bool | int | float | str] = field(default_factory=dict)
+    """The [router] table of the router's shards file (shard_router/config.py), e.g. reload_interval_s."""
+    vnodes: int = 1024
+    """Points per shard on the router's hash ring, as deploy/local/shards.toml sets it."""
+    ready_timeout_s: float = 30.0
+    """How long a process may take to answer its health check."""
+    stop_timeout_s: float = 15.0
+    """After SIGTERM, how long a process may take to exit before SIGKILL."""
+
+    def __post_init__(self) -> None:
+        if self.shards < 0:
+            raise ValueError(f"shards must be >= 0, got {self.shards}")
+        unknown = set(self.services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown service(s) {sorted(unknown)}; known: {', '.join(SERVICES)}")
+
+
+class LocalSystem:
+    """Builds the processes SystemOptions describe and runs them with a Supervisor (start, stop, kill, restart, add a
+    shard). Supervisor's log_dir, out and cwd are passed on. Blocking: from async code, call through to_thread."""
+
+    def __init__(
+        self,
+        options: SystemOptions,
+        *,
+        log_dir: Path | None = None,
+        out: TextIO | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.absolute()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.router_config = self.data_dir / "shards.toml"
+        self.shard_config: Path | None = None
+        if options.shard_config:
+            self.shard_config = self.data_dir / "shard.toml"
+            self.shard_config.write_text(options.shard_config)
+        stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
+        self._stubs_address = stubs.listen
+        specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
+        if options.shards:
+            self._write_router_config(specs[1:])
+            router_args = ["--config", str(self.router_config), "--epochs", str(self.data_dir / "router.epochs.json")]
+            specs.append(self._spec("router", "shard_router", router_args, dashboard=options.dashboard))
+        cluster = ClusterSpec(tuple(specs), self.data_dir, options.ready_timeout_s, options.stop_timeout_s)
+        self.supervisor = Supervisor(cluster, out=out, log_dir=log_dir, cwd=cwd)
+
+    def _spec(self, name: str, module: str, args: list[str], dashboard: bool = False) -> ProcessSpec:
+        host, o = self.options.host, self.options
+        listen = f"{host}:{o.ports.get(name) or free_port(host)}"
+        metrics = f"{host}:{free_port(host)}" if o.metrics else None
+        board = f"{host}:{free_port(host)}" if dashboard else None
+        args = ["--listen", listen, *args]
+        if metrics:
+            args += ["--metrics-listen", metrics]
+        if board:
+            args += ["--dashboard-listen", board]
+        env = {**o.env, **o.process_env.get(name, {})}
+        return ProcessSpec(name, module, listen, tuple(args), env, metrics, board)
+
+    def _shard_spec(self, shard_id: str, env: Mapping[str, str] | None = None) -> ProcessSpec:
+        o = self.options
+        journal = o.journal_dirs.get(shard_id, self.data_dir) / f"{shard_id}.db"
+        args = ["--shard-id", shard_id, "--journal", str(journal)]
+        if self.shard_config is not None:
+            args += ["--config", str(self.shard_config)]
+        service_env: dict[str, str] = {}
+        if o.services:
+            # One variable per service: --services would set all four to the stubs.
+            service_env = {f"SAGA_{s.upper()}_ADDR": o.services.get(s, self._stubs_address) for s in SERVICES}
+        else:
+            args += ["--services", self._stubs_address]
+        spec = self._spec(shard_id, o.shard_module, args)
+        return ProcessSpec(
+            spec.name, spec.module, spec.listen, spec.args, {**service_env, **spec.env, **(env or {})}, spec.metrics
+        )
+
+    def _write_router_config(self, shards: list[ProcessSpec]) -> None:
+        lines = [f"vnodes = {self.options.vnodes}", "", "[router]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.options.router_settings.items()]
+        for s in shards:
+            lines += ["", "[[shards]]", f"id = {json.dumps(s.name)}", f"address = {json.dumps(s.listen)}"]
+            if s.metrics:
+                lines.append(f"metrics = {json.dumps(s.metrics)}")
+        # Written whole, then renamed, as an editor saves it: the router never reads half a file.
+        tmp = self.router_config.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.router_config)
+
+    # ------------------------------------------------------------ the processes
+
+    @property
+    def stubs(self) -> Child:
+        return self.supervisor["stubs"]
+
+    @property
+    def router(self) -> Child:
+        return self.supervisor["router"]
+
+    @property
+    def shards(self) -> list[Child]:
+        """shard-1, shard-2, ... (added ones last)."""
+        return sorted((c for c in self.supervisor.children if c.name.startswith("shard-")), key=_shard_number)
+
+    @property
+    def processes(self) -> tuple[Child, ...]:
+        return self.supervisor.children
+
+    def __getitem__(self, name: str) -> Child:
+        return self.supervisor[name]
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self.supervisor.start()
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+
+    def kill(self, name: str) -> None:
+        self.supervisor.kill(name)
+
+    def restart(self, name: str, env: Mapping[str, str] | None = None) -> Child:
+        return self.supervisor.restart(name, env)
+
+    def add_shard(self, env: Mapping[str, str] | None = None) -> Child:
+        """Starts shard-<N+1> and, once it is healthy, lists it in the router's file (the router reloads it)."""
+        shard_id = f"shard-{len(self.shards) + 1}"
+        spec = self._shard_spec(shard_id, env)
+        child = self.supervisor.add(spec)
+        self._write_router_config([c.spec for c in self.shards])
+        return child
+
+    def __enter__(self) -> LocalSystem:
+        self.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _shard_number(child: Child) -> int:
+    return int(child.name.rpartition("-")[2])
