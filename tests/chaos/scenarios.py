@@ -799,7 +799,7 @@ class Scenario:
     min_success_per_s: float = 2.0
     """Successful sagas needed per second of fault time (throughput floor under faults, not a timing claim)."""
     proxy_payment: bool = False
-    shard_module: str = "tests.helpers.shard_probe"
+    shard_module: str = "coordinator"
     needs_root: bool = False
     """Mounts a tmpfs (disk_full); without root the scenario is skipped with that reason."""
 

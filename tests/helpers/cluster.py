@@ -1,33 +1,27 @@
-"""The whole system as real processes for chaos tests: stubs, N coordinator shards and the router, on free loopback
-ports, each restartable on its own port and journal; every restart checks the journal with PRAGMA integrity_check.
+"""The whole system for chaos tests, started by the launcher users run (deploy.local.LocalSystem) with the chaos
+settings: fast retry policies, a journal key, a clock-offset file per shard; every restart checks the journal with
+PRAGMA integrity_check (I6).
 
     cluster = Cluster(tmp_path, shards=3)
     await cluster.start()
-    await cluster.kill_shard(1); await cluster.start_shard(1)   # SIGKILL, restart on the same journal
+    await cluster.kill_shard(0); await cluster.start_shard(0)   # SIGKILL, restart on the same port and journal
     await cluster.add_shard()                                   # a 4th process, then listed in the router's file
     await cluster.stop()                                        # everything it started, by pid
 
-Shards run through tests.helpers.shard_probe, so each writes its asyncio task count to <data>/<shard>.tasks.
-Process methods block briefly; the async wrappers run them in a thread so in-process servers (a TCP proxy, say) keep
-serving meanwhile.
+A shard's asyncio task count comes from its /metrics (saga_asyncio_tasks). Process control blocks briefly, so the
+async methods run it in a thread: in-process servers (a TCP proxy, say) keep serving meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.net import free_port, wait_until_serving
-from tests.helpers.shard_probe import read_task_count
-from tests.helpers.stubs import StubProcess
+from deploy.local import Child, LocalSystem, SystemOptions, free_port
+from tests.helpers.scrape import scrape, value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,107 +63,43 @@ def integrity(path: Path) -> str:
         return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
 
-class Child:
-    """One `python -m module ...` process on a fixed port; start() blocks until it answers gRPC."""
+class ShardChild:
+    """One shard process as the scenarios see it: the launcher's child plus its journal and clock-offset file."""
 
-    def __init__(self, name: str, module: str, args: Sequence[str], port: int, log_path: Path) -> None:
-        self.name = name
-        self.module = module
-        self.args = list(args)
-        self.port = port
-        self.log_path = log_path
-        self.env: dict[str, str] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, child: Child, journal: Path, clock_file: Path) -> None:
+        self.child = child
+        self.shard_id = child.name
+        self.journal = journal
+        self.clock_file = clock_file
+
+    @property
+    def name(self) -> str:
+        return self.child.name
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.child.address
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, extra_env: Mapping[str, str] | None = None, ready_timeout_s: float = 30.0) -> None:
-        assert not self.running, f"{self.name} already running"
-        env = {**os.environ, **self.env, **(extra_env or {})}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
-            )
-        try:
-            wait_until_serving(self.proc, self.address, time.monotonic() + ready_timeout_s, self.log)
-        except (RuntimeError, TimeoutError) as e:
-            self.kill()
-            raise type(e)(f"{self.name} {e}") from None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def terminate(self, timeout_s: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return self.child.running
 
     def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        return self.child.exit_code()
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
-class ShardChild(Child):
-    def __init__(
-        self,
-        root: Path,
-        shard_id: str,
-        services: Mapping[str, str],
-        settings: ShardSettings,
-        module: str = "tests.helpers.shard_probe",
-        journal_dir: Path | None = None,
-    ) -> None:
-        self.shard_id = shard_id
-        self.journal = (journal_dir or root) / f"{shard_id}.db"
-        self.task_file = root / f"{shard_id}.tasks"
-        config = root / f"{shard_id}.toml"
-        config.write_text(settings.toml())
-        port = free_port()
-        args = ["--config", str(config), "--shard-id", shard_id, "--listen", f"127.0.0.1:{port}"]
-        # Addresses go in the environment, one per service: a --services flag would override them all.
-        args += ["--journal", str(self.journal)]
-        self.clock_file = root / f"{shard_id}.clock"
-        super().__init__(shard_id, module, args, port, root / f"{shard_id}.log")
-        self.env = {
-            "SAGA_JOURNAL_KEY": "chaos-secret",
-            "SAGA_TASK_PROBE": str(self.task_file),
-            "SAGA_CLOCK_OFFSET_FILE": str(self.clock_file),  # read by tests.helpers.shard_clockskew only
-            **{f"SAGA_{name.upper()}_ADDR": addr for name, addr in services.items()},
-        }
-
-    def task_count(self) -> int | None:
-        return read_task_count(self.task_file)
+        return self.child.log()
 
     def rss_kib(self) -> int:
-        """Resident memory (Linux /proc); 0 if the process is not running."""
-        if not self.running or self.proc is None:
-            return 0
+        return self.child.rss_kib()
+
+    def task_count(self) -> int | None:
+        """Tasks alive on its event loop (its /metrics); None if it does not answer."""
+        assert self.child.spec.metrics is not None
         try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+            return int(value(scrape(self.child.spec.metrics, timeout_s=2.0), "saga_asyncio_tasks"))
         except OSError:
-            pass
-        return 0
+            return None
 
 
 @dataclass
@@ -180,82 +110,76 @@ class Cluster:
     services: dict[str, str] = field(default_factory=dict)
     """Per-service address overrides (e.g. payment through a proxy); the rest go to the stubs."""
     reload_interval_s: float = 0.2
-    stock: dict[str, int] = field(default_factory=dict)
-    shard_module: str = "tests.helpers.shard_probe"
-    """What runs a shard: shard_probe, or shard_clockskew for a wall clock the test can move."""
+    shard_module: str = "coordinator"
+    """What runs a shard: the coordinator, or tests.helpers.shard_clockskew for a wall clock the test can move."""
     journal_dirs: dict[str, Path] = field(default_factory=dict)
     """Shard id -> directory of its journal (default: root), e.g. a small tmpfs."""
+    system: LocalSystem | None = None
+    integrity_checks: int = 0
+    integrity_failures: list[str] = field(default_factory=list)
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.stubs = StubProcess(self.root / "stubs", stock=self.stock, start=False, log_path=self.root / "stubs.log")
         self.nodes: list[ShardChild] = []
-        self.shards_toml = self.root / "shards.toml"
-        self.epochs = self.root / "router.epochs.json"
-        self.router = Child(
-            "router",
-            "shard_router",
-            ["--listen", "", "--config", str(self.shards_toml), "--epochs", str(self.epochs)],
-            free_port(),
-            self.root / "router.log",
+        # Known before start: a scenario may put a proxy in front of the stubs first.
+        self.stubs_port = free_port()
+
+    def _clock_env(self, shard_id: str) -> dict[str, str]:
+        # Read by tests.helpers.shard_clockskew only.
+        return {"SAGA_CLOCK_OFFSET_FILE": str(self.root / f"{shard_id}.clock")}
+
+    def _node(self, child: Child) -> ShardChild:
+        journal = self.journal_dirs.get(child.name, self.root) / f"{child.name}.db"
+        return ShardChild(child, journal, self.root / f"{child.name}.clock")
+
+    def _build(self) -> LocalSystem:
+        # Built at start, not at construction: scenarios set services and journal_dirs in between.
+        options = SystemOptions(
+            self.root,
+            shards=self.shards,
+            ports={"stubs": self.stubs_port},
+            dashboard=False,
+            shard_config=self.settings.toml(),
+            shard_module=self.shard_module,
+            env={"SAGA_JOURNAL_KEY": "chaos-secret"},
+            process_env={f"shard-{i}": self._clock_env(f"shard-{i}") for i in range(1, self.shards + 1)},
+            services=self.services,
+            journal_dirs=self.journal_dirs,
+            router_settings={"reload_interval_s": self.reload_interval_s},
         )
-        self.router.args[1] = self.router.address
-        self.integrity_checks = 0
-        self.integrity_failures: list[str] = []
-        self.restarts = 0
+        return LocalSystem(options, log_dir=self.root, cwd=REPO_ROOT)
+
+    @property
+    def router(self) -> Child:
+        assert self.system is not None, "not started"
+        return self.system.router
 
     @property
     def stub_address(self) -> str:
-        return self.stubs.address
+        return f"127.0.0.1:{self.stubs_port}"
 
     @property
     def shard_addresses(self) -> list[str]:
         return [n.address for n in self.nodes]
 
-    def _service_map(self) -> dict[str, str]:
-        base = {name: self.stubs.address for name in ("order", "inventory", "payment", "shipping")}
-        return {**base, **self.services}
-
-    def _new_node(self) -> ShardChild:
-        shard_id = f"shard-{len(self.nodes) + 1}"
-        node = ShardChild(
-            self.root, shard_id, self._service_map(), self.settings, self.shard_module, self.journal_dirs.get(shard_id)
-        )
-        self.nodes.append(node)
-        return node
-
-    def write_shards_toml(self, count: int | None = None) -> None:
-        """Lists the first `count` shards (default all) for the router; written then renamed, as an editor saves."""
-        nodes = self.nodes[: count if count is not None else len(self.nodes)]
-        lines = [f"[router]\nreload_interval_s = {self.reload_interval_s}\n"]
-        for n in nodes:
-            lines.append(f'[[shards]]\nid = "{n.shard_id}"\naddress = "{n.address}"\n')
-        tmp = self.shards_toml.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines))
-        os.replace(tmp, self.shards_toml)
-
     async def start(self) -> None:
-        await asyncio.to_thread(self.stubs.start)
-        for _ in range(self.shards):
-            self._new_node()
-        await asyncio.gather(*(asyncio.to_thread(n.start) for n in self.nodes))
-        self.write_shards_toml()
-        await asyncio.to_thread(self.router.start)
+        self.system = self._build()
+        await asyncio.to_thread(self.system.start)
+        self.nodes = [self._node(c) for c in self.system.shards]
 
     async def stop(self) -> None:
         """Stops everything this cluster started (each by its pid), then checks every journal once more."""
-        await asyncio.to_thread(self.router.terminate)
-        await asyncio.gather(*(asyncio.to_thread(n.terminate) for n in self.nodes))
-        await asyncio.to_thread(self.stubs.kill)
+        if self.system is not None:
+            await asyncio.to_thread(self.system.stop)
         for n in self.nodes:
             self.check_journal(n)
 
     def kill_all(self) -> None:
         """Last-resort cleanup (SIGKILL by pid) for a scenario that failed half-way."""
-        self.router.kill()
-        for n in self.nodes:
-            n.kill()
-        self.stubs.kill()
+        if self.system is not None:
+            for child in self.system.processes:
+                child.kill()
 
     def check_journal(self, node: ShardChild) -> None:
         if not node.journal.exists():
@@ -269,24 +193,28 @@ class Cluster:
             self.integrity_failures.append(f"I6 {node.shard_id} journal after restart {self.restarts}: {result}")
 
     async def kill_shard(self, i: int) -> None:
-        await asyncio.to_thread(self.nodes[i].kill)
+        await asyncio.to_thread(self.nodes[i].child.kill)
 
     async def start_shard(self, i: int, extra_env: Mapping[str, str] | None = None) -> None:
-        """(Re)starts shard i on its port and journal; checks the journal once it is back (I6)."""
+        """(Re)starts shard i on its port and journal; checks the journal once it is back (I6). LaunchError (a
+        RuntimeError) if it does not come up."""
         node = self.nodes[i]
-        await asyncio.to_thread(node.start, extra_env)
+        assert self.system is not None
+        await asyncio.to_thread(self.system.restart, node.shard_id, extra_env)
         self.restarts += 1
         self.check_journal(node)
 
     async def restart_router(self) -> None:
-        await asyncio.to_thread(self.router.kill)
-        await asyncio.to_thread(self.router.start)
+        assert self.system is not None
+        await asyncio.to_thread(self.system.restart, "router")
 
     async def add_shard(self) -> ShardChild:
         """Starts one more shard process and lists it in the router's file (the router reloads without a restart)."""
-        node = self._new_node()
-        await asyncio.to_thread(node.start)
-        self.write_shards_toml()
+        assert self.system is not None
+        shard_id = f"shard-{len(self.nodes) + 1}"
+        child = await asyncio.to_thread(self.system.add_shard, self._clock_env(shard_id))
+        node = self._node(child)
+        self.nodes.append(node)
         return node
 
     def logs_tail(self, chars: int = 2000) -> str:
@@ -294,4 +222,4 @@ class Cluster:
         return "\n".join(parts)
 
 
-__all__ = ["Child", "Cluster", "ShardChild", "ShardSettings", "integrity"]
+__all__ = ["Cluster", "ShardChild", "ShardSettings", "integrity"]

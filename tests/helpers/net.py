@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 
 import grpc
 
+from deploy.local import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "wait_for_grpc", "wait_until_serving"]
 
 
 def wait_for_grpc(address: str, timeout_s: float = 15.0) -> None:

@@ -1,4 +1,4 @@
-"""`python -m tests.helpers.shard_clockskew <coordinator args>`: tests.helpers.shard_probe (a real shard) whose wall
+"""`python -m tests.helpers.shard_clockskew <coordinator args>`: a real shard (coordinator.__main__) whose wall
 clock is offset by the number of milliseconds in $SAGA_CLOCK_OFFSET_FILE, re-read at most every 20 ms, so a test makes
 the wall clock jump forward or back while the shard runs (libfaketime is not installed here; this is the injected
 clock). Only the wall clock moves: timers run on the monotonic clock, as the coordinator's design says they must.
@@ -10,8 +10,8 @@ import os
 import time
 from pathlib import Path
 
+import coordinator.__main__ as shard_main
 import coordinator.clock
-from tests.helpers import shard_probe
 
 _REREAD_NS = 20_000_000
 
@@ -45,4 +45,4 @@ if __name__ == "__main__":
     skew = os.environ.get("SAGA_CLOCK_OFFSET_FILE", "")
     if skew:
         install(Path(skew))
-    shard_probe.main()
+    shard_main.main()
