@@ -161,10 +161,16 @@ async def check(ctx: Ctx, quiesce_s: float = 90.0) -> Report:
 
 
 async def crash_loop(ctx: Ctx) -> None:
-    """SIGKILL a random shard every 2 s under load; restart it on the same journal at once."""
+    """SIGKILL a random shard every 2 s under load; restart it on the same journal at once. Calls fail transiently
+    now and then (refunds often), so retries straddle the kills: no step may make more attempts than its policy allows,
+    however many restarts it lived through (issue 20: the budget is durable)."""
     async with StubControlClient(ctx.cluster.stub_address) as control:
         # A little latency on every call keeps sagas in flight, so every kill lands mid-saga.
-        await control.set_faults([fault_rule("*", latency_ms=15)], seed=ctx.result.seed)
+        rules = [
+            fault_rule("RefundPayment", latency_ms=15, error_rate=0.5, error_code="UNAVAILABLE"),
+            fault_rule("*", latency_ms=15, error_rate=0.1, error_code="UNAVAILABLE"),
+        ]
+        await control.set_faults(rules, seed=ctx.result.seed)
 
     async def faults(ctx: Ctx, until: float) -> None:
         while time.monotonic() + 2.0 < until:
@@ -179,6 +185,39 @@ async def crash_loop(ctx: Ctx) -> None:
     ctx.result.notes.append(f"{resumed} restarts resumed unfinished sagas")
     if ctx.result.faults["shard_sigkill"] and not resumed:
         ctx.violation("crash_loop: no restart found an unfinished saga: the kills did not land mid-flight")
+    settings = ctx.cluster.settings
+    most: Counter[str] = Counter()
+    for node in ctx.cluster.nodes:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            for saga in await list_all_sagas(node.address):
+                full = await stub.GetSaga(S.GetSagaRequest(order_id=saga.order_id, include_events=True), timeout=20)
+                for (step, action), n in attempts_per_budget(full).items():
+                    label = "forward" if action == Action.FORWARD else "compensate"
+                    most[label] = max(most[label], n)
+                    limit = settings.forward_attempts if action == Action.FORWARD else settings.compensate_attempts
+                    if n > limit:
+                        ctx.violation(f"crash_loop: {saga.order_id}: {n} {label} attempts of step {step} > {limit}")
+    ctx.result.notes.append(
+        f"most attempts of one step: forward {most['forward']} (policy {settings.forward_attempts}), "
+        f"compensate {most['compensate']} (policy {settings.compensate_attempts})"
+    )
+
+
+def attempts_per_budget(saga: saga_pb2.Saga) -> Counter[tuple[int, int]]:
+    """The most attempts any (step, action) made within one budget: forward over the saga's life, a compensation
+    between operator retries (each grants a fresh budget)."""
+    used: Counter[tuple[int, int]] = Counter()
+    most: Counter[tuple[int, int]] = Counter()
+    for ev in saga.events:
+        if ev.kind == "admin_retry":
+            for key in [k for k in used if k[1] == Action.COMPENSATE]:
+                used[key] = 0
+        elif ev.kind == "started":
+            key = (ev.step, ev.action)
+            used[key] += 1
+            most[key] = max(most[key], used[key])
+    return most
 
 
 # ---------------------------------------------------------------- 2. crash points
