@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.tomlfile import read_toml
 
 
 class ConfigError(ValueError):
@@ -208,12 +209,7 @@ def load(
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config {path} is not valid TOML: {e}") from e
+        data = read_toml(path, what="config", error=ConfigError)
     cfg: ShardConfig = _build(ShardConfig, data, "")
 
     changes: dict[str, Any] = {}

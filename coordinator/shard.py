@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from common.loops import run_every
 from protos.saga.v1 import saga_pb2
 
 from . import transitions
@@ -375,14 +376,18 @@ class Shard:
         return rec
 
     async def _redrive_loop(self) -> None:
-        while True:
-            await self.clock.sleep(self.cfg.dead_letter_redrive_s)
-            try:
-                n = await self.retry_all_dead_letters(0, "auto-redrive", "periodic re-drive")
-                if n:
-                    logger.info("auto re-drive resumed {} dead letters", len(n))
-            except Exception as e:  # keep the loop alive; it retries next period
-                logger.error("auto re-drive failed: {}", e)
+        await run_every(
+            self.cfg.dead_letter_redrive_s,
+            self._redrive_once,
+            name="auto re-drive",
+            sleep=self.clock.sleep,
+            wait_first=True,
+        )
+
+    async def _redrive_once(self) -> None:
+        n = await self.retry_all_dead_letters(0, "auto-redrive", "periodic re-drive")
+        if n:
+            logger.info("auto re-drive resumed {} dead letters", len(n))
 
 
 def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
