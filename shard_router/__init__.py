@@ -4,7 +4,8 @@ Modules, one concept each: config (the shards file), ring (consistent hashing), 
 topology (one routing snapshot), channels (one channel per shard), forwarding (relaying a call as bytes), routing (the
 epoch rule: which shard gets a call about an order), fanout (merged list pages, bulk retry), reload (installing rings
 live), shard_checks (asking shards about their sagas before forgetting anything), server (the gRPC server), metrics
-(the seam for Prometheus), logs (log set-up), epochs_cli (`saga-router epochs`).
+(the seam for Prometheus), epochs_cli (`saga-router epochs`). Log set-up, the /metrics server and the periodic
+loops come from `common`.
 """
 
 from .config import ConfigError, RingSpec, RouterConfig, RouterSettings, ShardSpec, load

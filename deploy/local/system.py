@@ -8,7 +8,7 @@ flags as cluster.toml (a test compares the two); what differs is data, in System
         system.add_shard()                                     # shard-3, then listed in the router's file
 
 The router's shard list is a file it re-reads (<data_dir>/shards.toml), rewritten when a shard is added; the shards'
-settings file (--config) is <data_dir>/shard.toml when SystemOptions.shard_config is given.
+settings file (--config) is <data_dir>/shard.toml: SystemOptions.shard_config, or a copy of deploy/local/shard.toml.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .cluster import ClusterSpec, ProcessSpec
 from .supervisor import Child, Supervisor
 
 SERVICES = ("order", "inventory", "payment", "shipping")
+DEFAULT_SHARD_CONFIG = Path(__file__).with_name("shard.toml")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,7 +53,7 @@ class SystemOptions:
     dashboard: bool = True
     """The router serves its web dashboard."""
     shard_config: str = ""
-    """TOML for the shards' --config (coordinator/config.py); "" runs them on their defaults."""
+    """TOML for the shards' --config (coordinator/config.py); "" uses deploy/local/shard.toml, as `make run` does."""
     shard_module: str = "coordinator"
     """What runs a shard: `python -m <shard_module>`, taking the coordinator's flags."""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -98,10 +99,8 @@ class LocalSystem:
         self.data_dir = options.data_dir.absolute()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.router_config = self.data_dir / "shards.toml"
-        self.shard_config: Path | None = None
-        if options.shard_config:
-            self.shard_config = self.data_dir / "shard.toml"
-            self.shard_config.write_text(options.shard_config)
+        self.shard_config = self.data_dir / "shard.toml"
+        self.shard_config.write_text(options.shard_config or DEFAULT_SHARD_CONFIG.read_text())
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
         specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
@@ -129,8 +128,7 @@ class LocalSystem:
         o = self.options
         journal = o.journal_dirs.get(shard_id, self.data_dir) / f"{shard_id}.db"
         args = ["--shard-id", shard_id, "--journal", str(journal)]
-        if self.shard_config is not None:
-            args += ["--config", str(self.shard_config)]
+        args += ["--config", str(self.shard_config)]
         service_env: dict[str, str] = {}
         if o.services:
             # One variable per service: --services would set all four to the stubs.

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator import retry
-from coordinator.config import RetryPolicy
+from coordinator.config import RetryPolicy, ShardConfig
 from coordinator.errors import CallResult
 from coordinator.model import Action, SagaState, Step
 from coordinator.saga import Event, EventKind
@@ -199,3 +199,29 @@ async def test_forward_step_gives_up_at_its_retry_window(harness: Harness) -> No
     assert placed.saga.last_error.endswith("attempts: UNAVAILABLE: down")
     # It stopped within the 10 s window (and well before the 30 s deadline).
     assert 5.0 < harness.clock.monotonic() <= 10.5
+
+
+@pytest.mark.parametrize(("outage_s", "parked"), [(240.0, False), (360.0, True)])
+async def test_default_compensation_rides_out_minutes_then_parks(
+    harness: Harness, outage_s: float, parked: bool
+) -> None:
+    """The default compensation policy keeps trying for 5 minutes: a refund API down for 4 minutes is ridden out, one
+    down for 6 minutes parks the saga for an operator."""
+    await harness.restart(compensate=ShardConfig().compensate)
+    clock = harness.clock
+    harness.caller.fail_with(S.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION, msg="unshippable")
+    harness.caller.script(
+        S.PROCESS_PAYMENT,
+        C,
+        lambda p, n: (
+            CallResult(grpc.StatusCode.UNAVAILABLE, "down")
+            if clock.monotonic() < outage_s
+            else CallResult(grpc.StatusCode.OK)
+        ),
+    )
+    await harness.shard.place_order(order(no_wait=True))
+    await _advance_until(harness, lambda: harness.shard.in_flight == 0, step_s=0.5, limit_s=900)
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.state is (SagaState.DEAD_LETTERED if parked else SagaState.FAILED)
+    if parked:
+        assert 300 - 15 <= clock.monotonic() <= 300 + 5  # the 5-minute window, less at most one 15 s wait

@@ -163,6 +163,8 @@ def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str]]]:
         flags = {k: owner.get(v, v) for k, v in flags.items()}
         if p.module == "shard_router":
             flags["--config"] = "<shards file>"
+        elif "--config" in flags:
+            flags["--config"] = Path(flags["--config"]).read_text()  # the shards' settings: the same text
         shapes[p.name] = (p.module, flags)
     return shapes
 
