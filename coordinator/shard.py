@@ -301,18 +301,7 @@ class Shard:
             self._claimed.discard(order_id)
 
     async def _retry_claimed(self, saga: SagaRecord, who: str, reason: str) -> SagaRecord:
-        now = self.clock.now_epoch_ms()
-        note = f"retried by {who}: {reason or 'no reason given'}"
-        await transitions.move(
-            saga,
-            SagaState.COMPENSATING,
-            now,
-            self._admin_writer(saga),
-            self.metrics,
-            kind=EventKind.ADMIN_RETRY,
-            note=note,
-            extra=[DeadLetterClose(saga.saga_id, note, now)],
-        )
+        await self._operator_move(saga, SagaState.COMPENSATING, f"retried by {who}: {reason or 'no reason given'}")
         self._launch(saga, created=None)
         logger.info("dead letter of order {} retried by {}", saga.order_id, who)
         return saga
@@ -336,23 +325,15 @@ class Shard:
             self._claimed.discard(order_id)
 
     async def _resolve_claimed(self, saga: SagaRecord, who: str, reason: str) -> SagaRecord:
-        now = self.clock.now_epoch_ms()
-        note = f"resolved by {who}: {reason}"
-        await transitions.move(
-            saga,
-            SagaState.RESOLVED,
-            now,
-            self._admin_writer(saga),
-            self.metrics,
-            kind=EventKind.ADMIN_RESOLVE,
-            note=note,
-            extra=[DeadLetterClose(saga.saga_id, note, now)],
-        )
+        await self._operator_move(saga, SagaState.RESOLVED, f"resolved by {who}: {reason}")
         logger.info("dead letter of order {} resolved by {}", saga.order_id, who)
         return saga
 
-    def _admin_writer(self, saga: SagaRecord) -> transitions.Write:
-        """Operators act on a parked saga that no task drives: commit, then fold the events into its record."""
+    async def _operator_move(self, saga: SagaRecord, new: SagaState, note: str) -> None:
+        """An operator's retry or resolve: the state event names what they did, and their dead letter closes with it
+        in the same commit. Such a saga has no task driving it, so its record is folded here once committed."""
+        now = self.clock.now_epoch_ms()
+        kind = EventKind.ADMIN_RETRY if new is SagaState.COMPENSATING else EventKind.ADMIN_RESOLVE
 
         async def write(records: Sequence[Record]) -> None:
             await self.journal.write(records)
@@ -360,7 +341,8 @@ class Shard:
                 if isinstance(record, Event):
                     saga.apply(record)
 
-        return write
+        close = DeadLetterClose(saga.saga_id, note, now)
+        await transitions.move(saga, new, now, write, self.metrics, kind=kind, note=note, extra=[close])
 
     async def _claim_parked(self, order_id: str) -> SagaRecord:
         """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""

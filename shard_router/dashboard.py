@@ -88,6 +88,7 @@ def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
         "deadline": _ts(s.deadline),
         "age_seconds": None if created is None or end is None else max(0.0, end - created),
         "last_error": s.last_error,
+        "parked_note": s.parked_note,
         "items": [{"item_id": i.item_id, "quantity": i.quantity} for i in s.items],
         "steps": [
             {
