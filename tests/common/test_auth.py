@@ -84,7 +84,12 @@ def test_jwt_static_token_and_certificate_identify_callers(tmp_path: Path) -> No
         (lambda key, other: _token(other, "bob", ["client"], aud="saga"), "bad_token"),  # signed by another key
         (lambda key, other: _token(key, "bob", ["client"], aud="other"), "bad_token"),
         (lambda key, other: _token(key, "bob", ["client"], aud="saga")[:-5], "bad_token"),  # truncated
-        (lambda key, other: _token(b"guess-a-shared-secret-of-32-bytes!!", "bob", ["client"], alg="HS256", aud="saga"), "bad_token"),
+        (
+            lambda key, other: _token(
+                b"guess-a-shared-secret-of-32-bytes!!", "bob", ["client"], alg="HS256", aud="saga"
+            ),
+            "bad_token",
+        ),
         (lambda key, other: "not-a-token", "bad_token"),
     ],
 )
