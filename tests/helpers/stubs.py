@@ -1,4 +1,5 @@
-"""The stub services for tests: in-process (`running_stubs`), as a real process (`StubProcess`), and typed clients.
+"""The stub services for tests: in-process (`running_stubs`), as a real process run by the launcher (`StubProcess`), and
+typed clients.
 
     async with running_stubs(tmp_path) as stubs:               # data in tmp_path, a free port
         async with ShopClient(stubs.address) as shop:
@@ -15,11 +16,6 @@ in-process servers meanwhile, call them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Self
 import grpc
 
 import service_stubs
+from deploy.local import ClusterSpec, ProcessSpec, Supervisor, free_port
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from protos.service_stubs.v1.control_pb2 import OrderLedger
 from protos.shop.v1 import (
@@ -43,7 +40,6 @@ from protos.shop.v1 import (
     shipping_pb2_grpc,
 )
 from service_stubs import IDEMPOTENCY_KEY, StubServer
-from tests.helpers.net import free_port, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +79,8 @@ async def running_stubs(
 
 
 class StubProcess:
-    """`python -m service_stubs` as a child process on a fixed port, so a restart comes back at the same address."""
+    """`python -m service_stubs` on a fixed port, so a restart comes back at the same address: one process run by the
+    launcher's Supervisor (deploy.local), its output appended to `log_path` (which must end in .log)."""
 
     def __init__(
         self,
@@ -101,60 +98,45 @@ class StubProcess:
         self.services = tuple(services) if services is not None else service_stubs.ALL_SERVICES
         self.stock = dict(stock or {})
         self.log_path = log_path if log_path is not None else self.data_dir.parent / f"stubs-{self.port}.log"
-        self.ready_timeout_s = ready_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        if self.log_path.suffix != ".log":
+            raise ValueError(f"log_path must end in .log (the launcher names it <name>.log), got {self.log_path}")
+        args = ["--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir)]
+        args += ["--services", ",".join(self.services)]
+        for item_id, quantity in self.stock.items():
+            args += ["--stock", f"{item_id}={quantity}"]
+        spec = ProcessSpec(self.log_path.stem, "service_stubs", f"127.0.0.1:{self.port}", tuple(args), {})
+        cluster = ClusterSpec((spec,), self.data_dir, ready_timeout_s=ready_timeout_s, stop_timeout_s=10.0)
+        self.supervisor = Supervisor(cluster, log_dir=self.log_path.parent, cwd=REPO_ROOT)
+        self.child = self.supervisor[spec.name]
         if start:
             self.start()
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.child.address
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self.child.pid
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def command(self) -> list[str]:
-        args = [sys.executable, "-m", "service_stubs", "--listen", self.address, "--data-dir", str(self.data_dir)]
-        args += ["--services", ",".join(self.services)]
-        for item_id, quantity in self.stock.items():
-            args += ["--stock", f"{item_id}={quantity}"]
-        return args
+        return self.child.running
 
     def start(self) -> None:
-        """Starts the process and blocks until it answers gRPC; raises (with its log) if it dies or times out."""
-        assert not self.running, "already running"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            # Output goes to a file, not a pipe: nobody drains a pipe, and a full pipe would stall the process.
-            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=REPO_ROOT, env=dict(os.environ))
-        try:
-            wait_until_serving(self._proc, self.address, time.monotonic() + self.ready_timeout_s, self.log)
-        except (RuntimeError, TimeoutError) as e:
-            self.kill()
-            raise type(e)(f"stub process {e}") from None
+        """Starts the process and blocks until it is healthy; LaunchError (with its log's tail) if it is not."""
+        self.supervisor.start()
 
     def kill(self) -> None:
         """SIGKILL: no graceful anything, as in a crash."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=10)
+        self.supervisor.kill(self.child.name)
 
-    def terminate(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM and wait: the graceful stop. Returns the exit code."""
-        assert self._proc is not None, "never started"
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return int(self._proc.returncode)
+    def terminate(self) -> int:
+        """SIGTERM and wait (SIGKILL after 10 s): the graceful stop. Returns the exit code."""
+        self.supervisor.stop()
+        code = self.child.exit_code()
+        assert code is not None, "never started"
+        return code
 
     def restart(self) -> None:
         """Stops the process if it still runs (gracefully), then starts it again on the same port and data dir."""
@@ -163,10 +145,7 @@ class StubProcess:
         self.start()
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.child.log()
 
     def __enter__(self) -> Self:
         return self
