@@ -1,12 +1,9 @@
-"""Coordinator shards for tests: in-process (`running_shard`) and as real processes (`ShardProcess`), plus clients."""
+"""Coordinator shards for tests: in-process (`running_shard`) and as real processes run by the launcher
+(`ShardProcess`), plus clients."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,8 +13,8 @@ import grpc
 
 from coordinator import ShardApp, ShardConfig
 from coordinator.config import Limits, RetryPolicy, Services
+from deploy.local import ClusterSpec, ProcessSpec, Supervisor, free_port
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.helpers.net import free_port, wait_for_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +84,8 @@ def place_request(
 
 
 class ShardProcess:
-    """`python -m coordinator` as a child process on a fixed port, restartable on the same journal."""
+    """`python -m coordinator` on a fixed port, restartable on the same journal: one process run by the launcher's
+    Supervisor (deploy.local), its output appended to <tmp_path>/<shard_id>.log."""
 
     def __init__(
         self,
@@ -110,54 +108,47 @@ class ShardProcess:
             + extra_config
         )
         self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        listen = f"127.0.0.1:{self.port}"
+        args = [
+            "--config", str(self.config_path), "--shard-id", shard_id, "--listen", listen,
+            "--journal", str(self.journal), "--services", services,
+        ]  # fmt: skip
+        # An empty crash point disarms one inherited from the test run's environment: only start() arms it.
+        env = {"SAGA_CRASH_POINT": "", **self.env, "SAGA_JOURNAL_KEY": "test-secret"}
+        spec = ProcessSpec(shard_id, "coordinator", listen, tuple(args), env)
+        cluster = ClusterSpec((spec,), tmp_path, ready_timeout_s=20.0, stop_timeout_s=15.0)
+        self.supervisor = Supervisor(cluster, log_dir=tmp_path, cwd=REPO_ROOT)
+        self.child = self.supervisor[shard_id]
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.child.address
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, **self.env, **(extra_env or {}), "SAGA_JOURNAL_KEY": "test-secret"}
-        env.pop("SAGA_CRASH_POINT", None) if "SAGA_CRASH_POINT" not in (extra_env or {}) else None
-        cmd = [
-            sys.executable, "-m", "coordinator", "--config", str(self.config_path), "--shard-id", self.shard_id,
-            "--listen", self.address, "--journal", str(self.journal), "--services", self.services,
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_grpc(self.address, timeout_s=20)
+        """Starts it (SIGKILLing it first if it still runs) and blocks until it is healthy; LaunchError (with its log's
+        tail) if it does not get there. `extra_env` (e.g. SAGA_CRASH_POINT) is for this start only."""
+        # restart(), not start(): only it takes an environment for one start.
+        self.supervisor.restart(self.shard_id, extra_env)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.supervisor.kill(self.shard_id)
 
     def wait_exit(self, timeout_s: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout_s)
+        assert self.child.proc is not None, "never started"
+        return self.child.proc.wait(timeout=timeout_s)
 
     def terminate(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait(timeout=5)
-        return self.proc.returncode
+        """SIGTERM and wait (SIGKILL after 15 s). Returns the exit code (0 if it never started)."""
+        self.supervisor.stop()
+        return self.child.exit_code() or 0
 
     def rss_kib(self) -> int:
         """Resident memory of the shard process (Linux /proc)."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
+        assert self.child.running, "not running"
+        return self.child.rss_kib()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.child.log()
 
 
 __all__ = ["Limits", "SagaClient", "ShardProcess", "place_request", "running_shard", "shard_config"]
