@@ -3,8 +3,8 @@ validated once at load. Nothing else in the coordinator reads files for configur
 
 Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_METRICS_LISTEN, SAGA_JOURNAL,
 SAGA_SERVICES (one address for all four services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR,
-SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY (the secret that seals payment details in the journal),
-SAGA_LOG_JSON=1, SAGA_LOG_LEVEL.
+SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY_FILE (the keys that seal payment details in the journal),
+SAGA_JOURNAL_KEY (the secret of older builds, to open what they sealed), SAGA_LOG_JSON=1, SAGA_LOG_LEVEL.
 """
 
 from __future__ import annotations
@@ -119,8 +119,11 @@ class ShardConfig:
     """host:port of the Prometheus /metrics endpoint; empty: none."""
     journal_path: str = ""
     """SQLite journal file; default $SAGA_DATA_DIR/<shard_id>.db."""
+    journal_key_file: str = ""
+    """Key file sealing payment details in the journal (format: coordinator/sealing.py); keep it, and back it up,
+    apart from the journal. Default: <journal>.keys, created (mode 0600) at the first start of a new journal."""
     journal_key: str = ""
-    """Secret that seals payment details in the journal; default: a random key kept in <journal>.key (mode 0600)."""
+    """Secret of builds before key files; only opens blobs they sealed (re-sealed at start); default <journal>.key."""
     services: Services = field(default_factory=Services)
     default_ttl_ms: int = 30_000
     """Saga deadline when the request sets none."""
@@ -219,6 +222,7 @@ def load(
         ("SAGA_METRICS_LISTEN", "metrics_listen"),
         ("SAGA_JOURNAL", "journal_path"),
         ("SAGA_JOURNAL_KEY", "journal_key"),
+        ("SAGA_JOURNAL_KEY_FILE", "journal_key_file"),
         ("SAGA_LOG_LEVEL", "log_level"),
     ):
         if env.get(var):

@@ -84,6 +84,14 @@ _MIGRATION_SQL: tuple[str, ...] = (
                           ELSE '' END
     WHERE last_error LIKE '%; parked for an operator' AND instr(last_error, 'compensation of ') > 0
     """,
+    # v3: a fingerprint of the key that hashes payloads (coordinator/sealing.py), so a start with another key file than
+    # the one the journal was written with is refused instead of answering every retried PlaceOrder "different payload".
+    """
+    CREATE TABLE key_fingerprints (
+        purpose TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL
+    )
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -474,6 +482,53 @@ class Journal:
     async def state_counts(self) -> dict[SagaState, int]:
         async with self._reader.execute("SELECT state, count(*) FROM sagas GROUP BY state") as cur:
             return {SagaState(s): n for s, n in await cur.fetchall()}
+
+    # ---- sealed payment blobs (coordinator/sealing.py decides what they hold) ------------------------------------
+
+    async def sealed_page(self, after_saga_id: str, limit: int) -> list[tuple[str, SagaState, bytes]]:
+        """(saga_id, state, payment_sealed) of every saga, by saga_id, `limit` at a time after `after_saga_id`."""
+        async with self._reader.execute(
+            "SELECT saga_id, state, payment_sealed FROM sagas WHERE saga_id > ? ORDER BY saga_id LIMIT ?",
+            (after_saga_id, limit),
+        ) as cur:
+            return [(str(r[0]), SagaState(int(r[1])), bytes(r[2])) for r in await cur.fetchall()]
+
+    async def replace_sealed(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """Swaps (saga_id, old blob, new blob) where the saga still holds the old blob; returns how many swapped.
+
+        Its own short transaction on its own connection: it never interleaves with the writer task's batches, and is
+        safe beside a shard process writing the same file (SQLite serialises writers; the old blob is the guard)."""
+        if not rows:
+            return 0
+        async with aiosqlite.connect(self.path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                swapped = 0
+                for saga_id, old, new in rows:
+                    cur = await db.execute(
+                        "UPDATE sagas SET payment_sealed = ? WHERE saga_id = ? AND payment_sealed = ?",
+                        (new, saga_id, old),
+                    )
+                    swapped += cur.rowcount
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return swapped
+
+    async def key_fingerprint(self, purpose: str, fingerprint: str) -> str:
+        """The fingerprint the journal holds for `purpose`, recording `fingerprint` first if it holds none."""
+        async with aiosqlite.connect(self.path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute(
+                "INSERT INTO key_fingerprints (purpose, fingerprint) VALUES (?, ?) ON CONFLICT (purpose) DO NOTHING",
+                (purpose, fingerprint),
+            )
+            async with db.execute("SELECT fingerprint FROM key_fingerprints WHERE purpose = ?", (purpose,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
 
     async def integrity_check(self) -> str:
         async with self._reader.execute("PRAGMA integrity_check") as cur:

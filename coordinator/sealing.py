@@ -1,72 +1,395 @@
 """Payment details are sealed before they reach the journal, so the SQLite file never holds them in clear.
 
-The cipher is built only from the standard library (no extra dependency): an HMAC-SHA256 keystream in counter mode under
-a random 16-byte nonce, then encrypt-then-MAC with a separate HMAC-SHA256 key. Both keys derive from one shard secret.
-The payload hash used to compare a retried PlaceOrder with the original is keyed too, so it cannot be brute-forced from
-the journal alone.
+Blob (format v2): b"SJv2" | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) | AES-256-GCM ciphertext and tag.
+The associated data is the header and the saga id: a blob copied into another saga's row does not open.
+
+Keys live in a key file (a Kubernetes Secret, a systemd credential, or by default `<journal>.keys` beside the journal):
+
+    # comments and blank lines are ignored
+    hash=<base64 of 32 bytes>     keys the payload hash; never changes
+    k1=<base64 of 32 bytes>       sealing keys, oldest first: the last one seals, every one opens
+    k2=<base64 of 32 bytes>
+
+The payload hash (sagas.payload_hash) compares a retried PlaceOrder with the original. It is keyed, so the journal alone
+does not let anyone test guesses of a card token against it, and its key is its own entry that rotation never touches:
+a client retrying after a rotation must get the same hash, or its order would be refused as "a different payload".
+The journal records a fingerprint of that key (journal v3), so a start with another key file is refused.
+
+Blobs written before key rings (an HMAC keystream under one secret: SAGA_JOURNAL_KEY, else `<journal>.key`) still open
+with that secret; a start reseals them, and a migrated key file takes its hash key from that secret, so stored hashes
+keep matching.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
+import re
 import secrets
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-_NONCE = 16
-_TAG = 32
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from loguru import logger
+
+from .config import ShardConfig
+from .journal import Journal
+from .model import SagaState
+
+MAGIC = b"SJv2"
+LEGACY = "legacy"
+"""The name `key_usage` gives to blobs in the pre-v2 format."""
+HASH_ENTRY = "hash"
+_KEY_BYTES = 32
+_NONCE = 12
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_UNFINISHED = frozenset({SagaState.RUNNING, SagaState.COMPENSATING, SagaState.DEAD_LETTERED})
+_FINGERPRINT_PURPOSE = "payload_hash"
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed, too widely readable, or lacks a key the journal needs. The message names the
+    file and never holds key material; a shard start that raises it exits with status 2."""
 
 
 class SealError(ValueError):
-    """A sealed blob was tampered with or sealed under another key."""
+    """A sealed blob was tampered with, belongs to another saga, or was sealed under a key this shard does not hold."""
 
 
-class Sealer:
-    def __init__(self, secret: bytes) -> None:
-        self._enc_key = hmac.new(secret, b"saga-journal-enc", hashlib.sha256).digest()
-        self._mac_key = hmac.new(secret, b"saga-journal-mac", hashlib.sha256).digest()
-        self._hash_key = hmac.new(secret, b"saga-payload-hash", hashlib.sha256).digest()
+@dataclass(frozen=True)
+class KeyRing:
+    path: str
+    hash_key: bytes
+    seal_keys: tuple[tuple[str, bytes], ...]
+    """Oldest first; the last one seals."""
 
-    def _keystream(self, nonce: bytes, n: int) -> bytes:
-        blocks = []
-        for counter in range((n + 31) // 32):
-            blocks.append(hmac.new(self._enc_key, nonce + counter.to_bytes(8, "big"), hashlib.sha256).digest())
-        return b"".join(blocks)[:n]
+    @property
+    def newest(self) -> str:
+        return self.seal_keys[-1][0]
 
-    def seal(self, plaintext: bytes) -> bytes:
-        nonce = secrets.token_bytes(_NONCE)
-        ct = bytes(a ^ b for a, b in zip(plaintext, self._keystream(nonce, len(plaintext)), strict=True))
-        tag = hmac.new(self._mac_key, nonce + ct, hashlib.sha256).digest()
-        return nonce + ct + tag
-
-    def open(self, blob: bytes) -> bytes:
-        if len(blob) < _NONCE + _TAG:
-            raise SealError("sealed blob too short")
-        nonce, ct, tag = blob[:_NONCE], blob[_NONCE:-_TAG], blob[-_TAG:]
-        if not hmac.compare_digest(tag, hmac.new(self._mac_key, nonce + ct, hashlib.sha256).digest()):
-            raise SealError("sealed blob failed authentication (wrong key or tampered)")
-        return bytes(a ^ b for a, b in zip(ct, self._keystream(nonce, len(ct)), strict=True))
-
-    def payload_hash(self, data: bytes) -> str:
-        return hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()
+    def key(self, kid: str) -> bytes | None:
+        return next((k for name, k in self.seal_keys if name == kid), None)
 
 
-def load_secret(configured: str, journal_path: str) -> bytes:
-    """The configured secret, else the one kept beside the journal (created on first start, mode 0600)."""
-    if configured:
-        return configured.encode()
-    key_path = Path(journal_path + ".key")
-    if key_path.exists():
-        return key_path.read_bytes()
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    tmp = key_path.with_suffix(".key.tmp")
+def read_key_file(path: str) -> KeyRing:
+    """Parses a key file, refusing one that group or others may read (stat follows a Kubernetes Secret's symlink)."""
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"key file {path} cannot be read: {type(e).__name__}") from None
+    if mode & 0o077:
+        raise KeyFileError(
+            f"key file {path} has mode {stat.S_IMODE(mode):04o}: group and others must not be able to read it "
+            f"(chmod 600 {path}; in Kubernetes, defaultMode: 0400)"
+        )
+    hash_key: bytes | None = None
+    seal_keys: list[tuple[str, bytes]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not _KID.fullmatch(name):
+            raise KeyFileError(
+                f"key file {path} line {n}: expected <name>=<base64 key>, name of [A-Za-z0-9_.-]{{1,32}}"
+            )
+        try:
+            key = base64.b64decode(value.strip(), validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) != _KEY_BYTES:
+            raise KeyFileError(f"key file {path} line {n}: {name} is not the base64 of {_KEY_BYTES} bytes")
+        if name == HASH_ENTRY:
+            if hash_key is not None:
+                raise KeyFileError(f"key file {path} line {n}: a second {HASH_ENTRY} entry")
+            hash_key = key
+        elif any(name == kid for kid, _ in seal_keys):
+            raise KeyFileError(f"key file {path} line {n}: key id {name} appears twice")
+        else:
+            seal_keys.append((name, key))
+    if hash_key is None or not seal_keys:
+        raise KeyFileError(f"key file {path} needs a {HASH_ENTRY}= entry and at least one sealing key")
+    return KeyRing(path, hash_key, tuple(seal_keys))
+
+
+def write_key_file(ring: KeyRing) -> None:
+    """Writes the ring atomically (temporary file, fsync, rename), mode 0600."""
+    lines = [
+        "# Saga journal keys (coordinator/sealing.py). Mode 0600; back this file up apart from the journal:",
+        "# without it the payment details of unfinished sagas are lost.",
+        f"# {HASH_ENTRY}= keys the payload hash and never changes; the other lines seal: the last one seals new blobs,",
+        "# every one opens. `python -m coordinator keys rotate` appends a key.",
+        f"{HASH_ENTRY}={base64.b64encode(ring.hash_key).decode()}",
+        *(f"{kid}={base64.b64encode(key).decode()}" for kid, key in ring.seal_keys),
+    ]
+    path = Path(ring.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, secret)
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temporary file
+        os.write(fd, ("\n".join(lines) + "\n").encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, key_path)
-    return secret
+    os.replace(tmp, path)
+
+
+def new_key_ring(path: str, hash_key: bytes | None = None) -> KeyRing:
+    return KeyRing(path, hash_key or secrets.token_bytes(_KEY_BYTES), (("k1", secrets.token_bytes(_KEY_BYTES)),))
+
+
+def legacy_hash_key(secret: bytes) -> bytes:
+    """The payload-hash key of builds before key files, derived from their one secret."""
+    return _LegacyOpener(secret).hash_key
+
+
+def rotate_key_file(path: str) -> KeyRing:
+    """Appends a new sealing key (k<n+1>) to the file; it seals from the next start of each shard."""
+    ring = read_key_file(path)
+    numbers = [int(kid[1:]) for kid, _ in ring.seal_keys if re.fullmatch(r"k\d+", kid)]
+    kid = f"k{max(numbers, default=0) + 1}"
+    while ring.key(kid) is not None:
+        kid += "x"
+    ring = KeyRing(path, ring.hash_key, (*ring.seal_keys, (kid, secrets.token_bytes(_KEY_BYTES))))
+    write_key_file(ring)
+    return ring
+
+
+class _LegacyOpener:
+    """Opens blobs of the pre-v2 format: an HMAC-SHA256 keystream under a 16-byte nonce, then HMAC-SHA256 over nonce
+    and ciphertext, both keys derived from one secret. Kept only to read old journals; nothing seals this way."""
+
+    _NONCE = 16
+    _TAG = 32
+
+    def __init__(self, secret: bytes) -> None:
+        self._enc_key = hmac.new(secret, b"saga-journal-enc", hashlib.sha256).digest()
+        self._mac_key = hmac.new(secret, b"saga-journal-mac", hashlib.sha256).digest()
+        self.hash_key = hmac.new(secret, b"saga-payload-hash", hashlib.sha256).digest()
+
+    def open(self, blob: bytes) -> bytes:
+        if len(blob) < self._NONCE + self._TAG:
+            raise SealError("sealed blob too short")
+        nonce, ct, tag = blob[: self._NONCE], blob[self._NONCE : -self._TAG], blob[-self._TAG :]
+        if not hmac.compare_digest(tag, hmac.new(self._mac_key, nonce + ct, hashlib.sha256).digest()):
+            raise SealError("sealed blob failed authentication (wrong key or tampered)")
+        stream = b"".join(
+            hmac.new(self._enc_key, nonce + i.to_bytes(8, "big"), hashlib.sha256).digest()
+            for i in range((len(ct) + 31) // 32)
+        )
+        return bytes(a ^ b for a, b in zip(ct, stream[: len(ct)], strict=True))
+
+
+def blob_kid(blob: bytes) -> str | None:
+    """The key id a v2 blob names, or None for a blob in the pre-v2 format."""
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 1:
+        return None
+    n = blob[len(MAGIC)]
+    kid = blob[len(MAGIC) + 1 : len(MAGIC) + 1 + n]
+    if len(kid) != n or not _KID.fullmatch(kid.decode("ascii", "replace")):
+        return None
+    return kid.decode("ascii")
+
+
+@dataclass
+class Sealer:
+    """Seals under the ring's newest key, opens under any key of the ring (re-reading the key file once when a blob
+    names a key it does not hold: `keys reseal` may have used a key added after this shard started)."""
+
+    ring: KeyRing
+    legacy_secret: bytes | None = None
+    _legacy: _LegacyOpener | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.legacy_secret is not None:
+            self._legacy = _LegacyOpener(self.legacy_secret)
+
+    def seal(self, saga_id: str, plaintext: bytes) -> bytes:
+        kid, key = self.ring.seal_keys[-1]
+        header = MAGIC + bytes([len(kid)]) + kid.encode("ascii")
+        nonce = secrets.token_bytes(_NONCE)
+        return header + nonce + AESGCM(key).encrypt(nonce, plaintext, header + saga_id.encode())
+
+    def open(self, saga_id: str, blob: bytes) -> bytes:
+        kid = blob_kid(blob)
+        if kid is None:
+            if self._legacy is None:
+                raise SealError("blob is in the pre-v2 format and no legacy secret is configured")
+            return self._legacy.open(blob)
+        key = self.ring.key(kid) or self._reload_for(kid)
+        header_len = len(MAGIC) + 1 + len(kid)
+        header, nonce, ct = blob[:header_len], blob[header_len : header_len + _NONCE], blob[header_len + _NONCE :]
+        try:
+            return AESGCM(key).decrypt(nonce, ct, header + saga_id.encode())
+        except (InvalidTag, ValueError):
+            if self._legacy is not None:  # a pre-v2 blob whose random nonce happens to start like a v2 header
+                try:
+                    return self._legacy.open(blob)
+                except SealError:
+                    pass
+            raise SealError(
+                f"sealed blob failed authentication under key {kid} (tampered, or another saga's)"
+            ) from None
+
+    def _reload_for(self, kid: str) -> bytes:
+        try:
+            ring = read_key_file(self.ring.path)
+        except KeyFileError as e:
+            raise SealError(
+                f"blob sealed under key {kid}, not in this shard's ring; re-reading it failed: {e}"
+            ) from None
+        if ring.hash_key != self.ring.hash_key:
+            raise SealError(f"key file {ring.path} now holds another {HASH_ENTRY} key; restart the shard to see why")
+        key = ring.key(kid)
+        if key is None:
+            raise SealError(f"blob sealed under key {kid}, which key file {ring.path} does not hold")
+        self.ring = ring  # its newest key seals from now on, as it would after a restart
+        logger.info("key file {} re-read: it holds key {} (newest {})", ring.path, kid, ring.newest)
+        return key
+
+    def needs_reseal(self, blob: bytes) -> bool:
+        return blob_kid(blob) != self.ring.newest
+
+    def payload_hash(self, data: bytes) -> str:
+        return hmac.new(self.ring.hash_key, data, hashlib.sha256).hexdigest()
+
+    def hash_key_fingerprint(self) -> str:
+        return hmac.new(self.ring.hash_key, b"saga-journal hash-key fingerprint", hashlib.sha256).hexdigest()[:32]
+
+
+# ---- a shard's keys, checked against its journal ---------------------------------------------------------------------
+
+
+def key_file_path(cfg: ShardConfig) -> str:
+    return cfg.journal_key_file or cfg.journal_path + ".keys"
+
+
+def legacy_secret(cfg: ShardConfig) -> bytes | None:
+    """The pre-v2 secret: SAGA_JOURNAL_KEY / journal_key, else the `<journal>.key` older builds created."""
+    if cfg.journal_key:
+        return cfg.journal_key.encode()
+    path = cfg.journal_path + ".key"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        raise KeyFileError(f"legacy key file {path} has mode {stat.S_IMODE(mode):04o}: chmod 600 {path}")
+    return Path(path).read_bytes()
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """How many sagas hold a blob under each key id (LEGACY: the pre-v2 format), all and unfinished ones."""
+
+    all: Counter[str]
+    unfinished: Counter[str]
+
+
+async def key_usage(journal: Journal, page: int = 500) -> KeyUsage:
+    usage = KeyUsage(Counter(), Counter())
+    after = ""
+    while rows := await journal.sealed_page(after, page):
+        for _, state, blob in rows:
+            kid = blob_kid(blob) or LEGACY
+            usage.all[kid] += 1
+            if state in _UNFINISHED:
+                usage.unfinished[kid] += 1
+        after = rows[-1][0]
+    return usage
+
+
+async def reseal(journal: Journal, sealer: Sealer, page: int = 200) -> int:
+    """Re-seals, under the newest key, every blob sealed under another key or in the pre-v2 format, in every state
+    (finished sagas too, so that no row of the journal needs a retired key); returns how many it re-sealed.
+
+    Safe beside a running shard on the same journal: each page is its own short transaction on its own connection,
+    a blob is swapped only if the row still holds the blob that was read, and a shard that later meets a blob under
+    a key it did not load at start re-reads its key file."""
+    done = 0
+    after = ""
+    while rows := await journal.sealed_page(after, page):
+        swaps = [
+            (sid, blob, sealer.seal(sid, sealer.open(sid, blob))) for sid, _, blob in rows if sealer.needs_reseal(blob)
+        ]
+        done += await journal.replace_sealed(swaps)
+        after = rows[-1][0]
+    return done
+
+
+async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
+    """A shard's sealer, checked against its (open) journal before any saga resumes: raises KeyFileError, naming the
+    file, if the key file is missing while the journal holds sealed blobs, too widely readable, malformed, holds
+    another hash key than the journal was written with, or lacks a key an unfinished saga needs. Creates the default
+    key file (mode 0600) for a new journal, or when migrating one written before key rings (keeping its hash key),
+    and re-seals pre-v2 blobs."""
+    path = key_file_path(cfg)
+    legacy = legacy_secret(cfg)
+    usage = await key_usage(journal)
+    total = sum(usage.all.values())
+    if Path(path).exists():  # noqa: ASYNC240 - one stat at start-up, before anything is served
+        ring = read_key_file(path)
+    elif cfg.journal_key_file:
+        raise KeyFileError(f"key file {path} does not exist (it is configured, so it is not created: check the path)")
+    elif total > usage.all[LEGACY] or (total and legacy is None):
+        raise KeyFileError(
+            f"key file {path} does not exist, and journal {cfg.journal_path} holds {total} sealed payment blobs: "
+            "restore the key file from its backup (deploy/README.md, 'Keys and data at rest')"
+        )
+    else:
+        ring = new_key_ring(path, legacy_hash_key(legacy) if legacy is not None else None)
+        write_key_file(ring)
+        logger.warning("created key file {} (mode 0600): back it up apart from the journal", path)
+    sealer = Sealer(ring, legacy)
+    if usage.all[LEGACY] and legacy is not None and ring.hash_key != legacy_hash_key(legacy):
+        raise KeyFileError(
+            f"key file {path} holds another {HASH_ENTRY} key than the one derived from the legacy secret that sealed "
+            f"journal {cfg.journal_path}: create it with `python -m coordinator keys init` next to that secret"
+        )
+    fingerprint = sealer.hash_key_fingerprint()
+    if await journal.key_fingerprint(_FINGERPRINT_PURPOSE, fingerprint) != fingerprint:
+        raise KeyFileError(
+            f"key file {path} holds another {HASH_ENTRY} key than journal {cfg.journal_path} was written with "
+            "(a fresh key file in place of the backed-up one?): retried orders would not match their originals"
+        )
+    missing = sorted(kid for kid in usage.unfinished if kid != LEGACY and ring.key(kid) is None)
+    if missing:
+        raise KeyFileError(
+            f"key file {path} lacks key(s) {', '.join(missing)}, under which unfinished sagas in {cfg.journal_path} "
+            "were sealed: restore them from the key file's backup"
+        )
+    if usage.unfinished[LEGACY] and legacy is None:
+        raise KeyFileError(
+            f"journal {cfg.journal_path} holds {usage.unfinished[LEGACY]} unfinished sagas sealed in the pre-v2 "
+            f"format, and neither SAGA_JOURNAL_KEY nor {cfg.journal_path}.key holds their secret"
+        )
+    gone = sorted(kid for kid in usage.all if kid != LEGACY and ring.key(kid) is None)
+    if gone:
+        logger.warning("finished sagas hold blobs under key(s) {} that the key file no longer has", ", ".join(gone))
+    if usage.all[LEGACY] and legacy is not None:
+        n = await reseal(journal, sealer)
+        logger.info("re-sealed {} payment blobs (pre-v2 format) under key {}", n, ring.newest)
+    return sealer
+
+
+def load_secret(configured: str, journal_path: str) -> KeyRing:
+    """Transitional, for app.py until it calls open_sealer(): the key ring without the checks against the journal."""
+    cfg = ShardConfig(journal_path=journal_path, journal_key=configured)
+    path = key_file_path(cfg)
+    if Path(path).exists():
+        return read_key_file(path)
+    legacy = legacy_secret(cfg)
+    ring = new_key_ring(path, legacy_hash_key(legacy) if legacy is not None else None)
+    write_key_file(ring)
+    return ring

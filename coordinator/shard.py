@@ -144,12 +144,13 @@ class Shard:
         now = self.clock.now_epoch_ms()
         ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
+        saga_id = uuid.uuid4().hex
         rec = SagaRecord(
-            saga_id=uuid.uuid4().hex,
+            saga_id=saga_id,
             order_id=req.order_id,
             user_id=req.user_id,
             request=stripped.SerializeToString(deterministic=True),
-            payment_sealed=self._sealer.seal(req.payment_info.SerializeToString(deterministic=True)),
+            payment_sealed=self._sealer.seal(saga_id, req.payment_info.SerializeToString(deterministic=True)),
             payload_hash=payload_hash,
             state=SagaState.RUNNING,
             created_at_epoch_ms=now,
@@ -168,7 +169,7 @@ class Shard:
         return run
 
     def _launch(self, rec: SagaRecord, created: asyncio.Future[None] | None) -> SagaRun:
-        payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.payment_sealed))
+        payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.saga_id, rec.payment_sealed))
         req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
         payload = SagaPayload(
             rec.saga_id, rec.order_id, rec.user_id, tuple((i.item_id, i.quantity) for i in req.items), payment

@@ -14,7 +14,7 @@ import pytest
 
 from coordinator.clock import FakeClock
 from coordinator.config import Limits, RetryPolicy, ShardConfig
-from coordinator.sealing import Sealer
+from coordinator.sealing import open_sealer
 from coordinator.shard import Shard
 from protos.saga.v1 import saga_pb2
 
@@ -75,7 +75,8 @@ class Harness:
             self.cfg = dataclasses.replace(self.cfg, **cfg)
         self.journal = ObservedJournal(self.path)
         await self.journal.open()
-        self.shard = Shard(self.cfg, self.journal, self.caller, self.clock, Sealer(b"k" * 32), random.Random(7))
+        sealer = await open_sealer(self.cfg, self.journal)
+        self.shard = Shard(self.cfg, self.journal, self.caller, self.clock, sealer, random.Random(7))
         await self.shard.start()
         return self.shard
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from coordinator.config import ConfigError, Limits, ShardConfig, load
 from coordinator.errors import CallClass, InvalidRequest, classify
 from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
 from coordinator.saga import SagaRecord, StepProgress
-from coordinator.sealing import Sealer, SealError
+from coordinator.sealing import Sealer, SealError, new_key_ring
 from coordinator.validation import validate_place_order
 from protos.saga.v1 import saga_pb2
 
@@ -129,14 +130,14 @@ def test_config_layers_and_errors(tmp_path) -> None:
             load(f, env={})
 
 
-def test_sealing_round_trip_and_tamper() -> None:
-    s = Sealer(b"secret")
-    blob = s.seal(b"tok_ok|2599|EUR")
-    assert b"tok_ok" not in blob and s.open(blob) == b"tok_ok|2599|EUR"
+def test_sealing_round_trip_and_tamper(tmp_path: Path) -> None:
+    s = Sealer(new_key_ring(str(tmp_path / "keys")))
+    blob = s.seal("saga-1", b"tok_ok|2599|EUR")
+    assert b"tok_ok" not in blob and s.open("saga-1", blob) == b"tok_ok|2599|EUR"
     with pytest.raises(SealError):
-        s.open(blob[:-1] + bytes([blob[-1] ^ 1]))
+        s.open("saga-1", blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(SealError):
-        Sealer(b"other").open(blob)
+        s.open("saga-2", blob)
 
 
 def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
