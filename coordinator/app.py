@@ -10,7 +10,9 @@ import grpc
 from grpc_health.v1 import health
 from loguru import logger
 
+from common.grpc_server import ServerLimits
 from common.metrics_http import MetricsServer
+from common.tls import ClientTls, TlsFiles, check_plaintext
 
 from .caller import Caller, GrpcCaller
 from .clock import Clock, SystemClock
@@ -39,15 +41,32 @@ class ShardApp:
         return f"{host}:{self.port}"
 
     @classmethod
-    async def start(cls, cfg: ShardConfig, clock: Clock | None = None, caller: Caller | None = None) -> ShardApp:
+    async def start(
+        cls,
+        cfg: ShardConfig,
+        clock: Clock | None = None,
+        caller: Caller | None = None,
+        tls: TlsFiles | None = None,
+        limits: ServerLimits | None = None,
+    ) -> ShardApp:
+        """tls: the shard's certificate, key and CA (--tls-*), served to the router and presented to the services;
+        None: plaintext, on loopback only. limits: the gRPC server's (default: coordinator.server.server_limits)."""
+        tls = tls or TlsFiles()
+        # Before the journal opens: bad TLS files or a refused plaintext address fail the start with nothing to undo.
+        check_plaintext(cfg.listen, tls, "on")
+        caller = caller or GrpcCaller(cfg.services, ClientTls(tls))
         metrics = ShardMetrics()
         journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch, metrics=metrics)
         await journal.open()
-        caller = caller or GrpcCaller(cfg.services)
         sealer = Sealer(load_secret(cfg.journal_key, cfg.journal_path))
         rng = random.Random(cfg.seed)
         shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
-        server, port, health_servicer = build_server(shard, cfg.listen)
+        try:
+            server, port, health_servicer = build_server(shard, cfg.listen, tls, limits)
+        except BaseException:
+            await journal.close()
+            await caller.close()
+            raise
         resumed = await shard.start()
         metrics_server = MetricsServer(cfg.metrics_listen, metrics.registry) if cfg.metrics_listen else None
         await server.start()

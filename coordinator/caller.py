@@ -1,14 +1,21 @@
 """Calls to the four downstream services: one long-lived channel per service, the idempotency key in metadata, the
 request built from the saga's payload. Every attempt has a deadline; replies become CallResults for the engine.
+
+With TLS, the channels present the shard's certificate. grpcio fixes a channel's certificate when the channel is made,
+so when the files change on disk (checked at most once a second, on the next call) new channels are opened and the old
+ones closed after CHANNEL_CLOSE_GRACE_S, letting the calls on them finish.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from loguru import logger
 
+from common.tls import ClientTls, TlsFiles
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import (
     common_pb2,
@@ -62,22 +69,34 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 0),  # retries are ours: journaled, keyed and bounded by the saga deadline
 )
+CHANNEL_CLOSE_GRACE_S = 60.0
+"""After a certificate rotation, calls still running on the old channels get this long (a step's attempt timeout is
+far shorter)."""
 
 
 class GrpcCaller:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, tls: ClientTls | None = None) -> None:
+        self._services = services
+        self._tls = tls or ClientTls(TlsFiles())
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._methods = self._open()
+
+    def _open(self) -> dict[tuple[Step, Action], Any]:
+        """One channel per distinct address (the stubs serve all four on one), with the current credentials."""
+        self._channels = {}
+        services = self._services
 
         def channel(addr: str) -> grpc.aio.Channel:
             if addr not in self._channels:
-                self._channels[addr] = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+                self._channels[addr] = self._tls.channel(addr, _CHANNEL_OPTIONS)
             return self._channels[addr]
 
         order = order_pb2_grpc.OrderServiceStub(channel(services.order))
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel(services.inventory))
         payment = payment_pb2_grpc.PaymentServiceStub(channel(services.payment))
         shipping = shipping_pb2_grpc.ShippingServiceStub(channel(services.shipping))
-        self._methods: dict[tuple[Step, Action], Any] = {
+        return {
             (Step.CREATE_ORDER, Action.FORWARD): order.CreateOrder,
             (Step.CREATE_ORDER, Action.COMPENSATE): order.CancelOrder,
             (Step.RESERVE_INVENTORY, Action.FORWARD): inventory.ReserveInventory,
@@ -88,7 +107,19 @@ class GrpcCaller:
             (Step.SCHEDULE_SHIPMENT, Action.COMPENSATE): shipping.CancelShipment,
         }
 
+    def _reopen_if_rotated(self) -> None:
+        if not self._tls.changed():
+            return
+        old = list(self._channels.values())
+        self._methods = self._open()
+        logger.info("TLS files changed: new channels to the services; the old ones close in {}s", CHANNEL_CLOSE_GRACE_S)
+        for ch in old:
+            task = asyncio.create_task(ch.close(CHANNEL_CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+        self._reopen_if_rotated()
         method = self._methods[(step, action)]
         request = build_request(payload, step, action)
         metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)),)
@@ -101,6 +132,9 @@ class GrpcCaller:
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def build_request(payload: SagaPayload, step: Step, action: Action) -> Any:

@@ -13,7 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.grpc_server import ServerLimits
+from common.grpc_server import build_server as build_grpc_server
+from common.grpc_server import listen as listen_on
 from common.rpc_errors import bad_request
+from common.tls import TlsFiles
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
@@ -27,6 +31,16 @@ SERVICE_NAMES = (
     saga_pb2.DESCRIPTOR.services_by_name["SagaCoordinator"].full_name,
     saga_pb2.DESCRIPTOR.services_by_name["SagaAdmin"].full_name,
 )
+WATCH_METHODS = (f"/{SERVICE_NAMES[0]}/WatchSaga",)
+WATCH_STREAMS_PER_PEER = 2_000
+"""WatchSaga streams one peer may hold open on a shard. A router is one peer carrying all its clients' watches (each
+client is bounded at the router), so this is far above one client's share; sagactl or a client calling a shard
+directly counts alone."""
+
+
+def server_limits(shard_max_concurrent_rpcs: int) -> ServerLimits:
+    """The shard's ServerLimits: common's defaults, the shard's own RPC bound and WATCH_STREAMS_PER_PEER."""
+    return ServerLimits(max_concurrent_rpcs=shard_max_concurrent_rpcs, max_streams_per_peer=WATCH_STREAMS_PER_PEER)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> NoReturn:
@@ -162,18 +176,18 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
         return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
 
 
-def build_server(shard: Shard, listen: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(
-        options=(("grpc.so_reuseport", 0),), maximum_concurrent_rpcs=shard.cfg.limits.max_concurrent_rpcs
-    )
+def build_server(
+    shard: Shard, listen: str, tls: TlsFiles | None = None, limits: ServerLimits | None = None
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """The shard's server, bound (mutual TLS with tls's files; plaintext only on loopback or with --insecure)."""
+    limits = limits or server_limits(shard.cfg.limits.max_concurrent_rpcs)
+    server = build_grpc_server(limits, streams=WATCH_METHODS)
     saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    port = listen_on(server, listen, tls or TlsFiles())
     logger.debug("gRPC server bound to port {}", port)
     return server, port, health_servicer
 

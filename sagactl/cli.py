@@ -9,11 +9,14 @@
     sagactl dlq resolve ORDER_ID --reason R
     sagactl top [--interval 2] [--once]
 
-Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. --json prints JSON (proto field names) instead of
-tables. Exit codes (EXIT_CODES): 0 ok; 1 the saga did not succeed (place answered FAILED, watch ended other than
-SUCCEEDED); 2 usage or a request the server called invalid; 3 unavailable: the router is unreachable, or a shard behind
-it, or no answer in time (retry later); 4 not found; 5 refused by the server (e.g. retrying a saga that is not
-dead-lettered, ALREADY_EXISTS, RESOURCE_EXHAUSTED).
+Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. With --tls-cert, --tls-key and --tls-ca, sagactl
+speaks mutual TLS (the router's certificate must name the host dialled); without them plaintext, which is refused to a
+non-loopback router unless --insecure. --json prints JSON (proto field names) instead of tables.
+
+Exit codes (EXIT_CODES): 0 ok; 1 the saga did not succeed (place answered FAILED, watch ended other than SUCCEEDED); 2
+usage or a request the server called invalid; 3 unavailable: the router is unreachable, or a shard behind it, or no
+answer in time (retry later); 4 not found; 5 refused by the server (e.g. retrying a saga that is not dead-lettered,
+ALREADY_EXISTS, RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import uuid
 from collections.abc import Mapping, Sequence
 
+from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from protos.saga.v1 import saga_pb2
 
 from . import render, top
@@ -68,6 +72,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
     common.add_argument("--timeout", type=float, default=default(None), help="seconds per call (default 10; place: 60)")
+    add_tls_arguments(common, suppress_defaults=suppress)
     return common
 
 
@@ -256,7 +261,11 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if ns.timeout is not None and ns.timeout <= 0:
         print("sagactl: --timeout: must be > 0", file=sys.stderr)
         return EXIT_USAGE
-    client = Client(router, ns.timeout or CALL_TIMEOUT_S)
+    try:
+        client = Client(router, ns.timeout or CALL_TIMEOUT_S, tls_from_args(ns))
+    except TlsConfigError as e:
+        print(f"sagactl: {e}", file=sys.stderr)
+        return EXIT_USAGE
     commands = {"place": _place, "get": _get, "list": _list, "watch": _watch, "dlq": _dlq, "top": top.run}
     try:
         return commands[ns.command](client, ns)

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from common.tls import TlsFiles, sync_channel
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
 EXIT_OK = 0
@@ -65,10 +66,12 @@ def _failure(router: str, channel: grpc.Channel, what: str, e: grpc.RpcError) ->
 
 
 class Client:
-    def __init__(self, router: str, timeout_s: float) -> None:
+    def __init__(self, router: str, timeout_s: float, tls: TlsFiles | None = None) -> None:
+        """tls: mutual TLS with these files; None or empty: plaintext (refused off loopback without tls.insecure:
+        common.tls.PlaintextRefused)."""
         self.router = router
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(router)
+        self._channel = sync_channel(router, tls or TlsFiles())
         self.saga = saga_pb2_grpc.SagaCoordinatorStub(self._channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self._channel)
 

@@ -13,6 +13,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
 from service_stubs.server import serve
 
@@ -44,6 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
     )
     parser.add_argument("--metrics-listen", default=None, help="host:port for Prometheus /metrics (default: none)")
     parser.add_argument("--log-level", default="INFO", help="loguru level (default %(default)s)")
+    add_tls_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = StubConfig(
@@ -52,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
             services=parse_services(args.services),
             initial_stock=parse_stock(args.stock),
             metrics_listen=args.metrics_listen,
+            tls=tls_from_args(args),
         )
     except ValueError as e:
         parser.error(str(e))
@@ -90,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup("stubs", level=log_level)
     try:
         uvloop.run(run(config))
+    except TlsConfigError as e:  # unusable TLS files, or plaintext off loopback: found before anything is bound
+        logger.error("cannot start: {}", e)
+        raise SystemExit(2) from e
     except (OSError, RuntimeError) as e:
         logger.error("stubs failed: {}", e)
         raise SystemExit(1) from e

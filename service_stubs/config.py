@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.tls import TlsFiles
+
 SHOP_SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
 """The four downstream services of the saga, in saga order; each has its own SQLite file `<name>.db`."""
 
@@ -55,6 +57,9 @@ class StubConfig:
     """How long a graceful stop lets calls in flight finish before cancelling them."""
     metrics_listen: str | None = None
     """host:port of the Prometheus /metrics endpoint (port 0: any); None: no endpoint."""
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    """Certificate, key and CA (--tls-*): mutual TLS, clients' certificates must chain to the CA; none: plaintext,
+    on loopback only unless tls.insecure."""
 
     def __post_init__(self) -> None:
         self._validate()

@@ -12,7 +12,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from common.grpc_server import ServerLimits, build_server, listen
 from common.metrics_http import MetricsServer
+from common.tls import TlsFiles
 from protos.reflection import enable_reflection
 from protos.service_stubs.v1 import control_pb2_grpc
 from protos.shop.v1 import inventory_pb2_grpc, order_pb2_grpc, payment_pb2_grpc, shipping_pb2_grpc
@@ -107,6 +109,7 @@ async def start(
     slow_token_delay_s: float = 2.0,
     stop_grace_s: float = 1.0,
     metrics_listen: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> StubServer:
     """Starts stubs in this event loop (tests); `serve()` takes a full StubConfig."""
     config = StubConfig(
@@ -117,6 +120,7 @@ async def start(
         slow_token_delay_s=slow_token_delay_s,
         stop_grace_s=stop_grace_s,
         metrics_listen=metrics_listen,
+        tls=tls or TlsFiles(),
     )
     return await serve(config)
 
@@ -142,19 +146,9 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     for name, (store, loaded) in zip(shop_names, opened, strict=True):
         services[name] = _build_service(name, store, loaded, faults, stats, config)
 
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        options=[
-            # Without this, two processes can bind the same port and split the traffic silently.
-            ("grpc.so_reuseport", 0),
-            # Accept the coordinator's keepalive pings (every 10 s, with or without calls). gRPC's server default
-            # (pings without calls are strikes, at most one per 5 min) answers them with GOAWAY "too_many_pings":
-            # every idle channel was dropped after ~30 s, and the client doubles its keepalive time each time, so a
-            # half-open connection went unnoticed for a minute instead of ~15 s.
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ],
-    )
+    # common's limits accept the coordinator's keepalive pings (every 10 s, with or without calls): gRPC's default
+    # answered them with GOAWAY "too_many_pings", and a half-open connection then went unnoticed for a minute.
+    server = build_server(ServerLimits(max_concurrent_rpcs=config.max_concurrent_rpcs))
     names: list[str] = []
     for service in services.values():
         _ADD_SERVICER[service.name](service, server)
@@ -172,9 +166,7 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     enable_reflection(names, server)
 
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"could not listen on {config.listen}")
+    port = listen(server, config.listen, config.tls)
     committer = GroupCommitter(asyncio.get_running_loop(), config.max_batch_rows)
     for store, _ in opened:
         store.attach(committer)

@@ -2,6 +2,7 @@
 
     python -m shard_router --listen 127.0.0.1:50051 --config deploy/local/shards.toml [--epochs PATH] [--log-json]
         [--metrics-listen 127.0.0.1:9051] [--dashboard-listen 127.0.0.1:8051]
+        [--tls-cert router.pem --tls-key router-key.pem --tls-ca ca.pem | --insecure]
     python -m shard_router epochs list --config deploy/local/shards.toml
     python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--force]
 
@@ -20,6 +21,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 
 from . import epochs_cli
 from .config import ConfigError, RouterConfig, load
@@ -44,14 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dashboard-listen", help="host:port of the web dashboard and its JSON API (or $SAGA_ROUTER_DASHBOARD_LISTEN)"
     )
+    add_tls_arguments(p)  # override the config file's [tls] table
     return p
 
 
 async def _serve(config: RouterConfig) -> int:
-    server = RouterServer(config)
     try:
+        server = RouterServer(config)
         port = await server.start()
-    except (ConfigError, EpochError, RingChangeRefused) as e:
+    except (ConfigError, EpochError, RingChangeRefused, TlsConfigError) as e:
         logger.error("cannot start: {}", e)
         return 2
     host = config.listen.rpartition(":")[0]
@@ -88,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_json=ns.log_json,
             metrics_listen=ns.metrics_listen,
             dashboard_listen=ns.dashboard_listen,
+            tls=tls_from_args(ns),
         )
-    except ConfigError as e:
+    except (ConfigError, TlsConfigError) as e:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
     logs.setup("router", json_lines=config.log_json)

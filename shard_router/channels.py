@@ -2,7 +2,8 @@
 
 Channels are created on first use and kept across ring changes (a reload that keeps a shard keeps its connection).
 A channel whose address no config or epoch mentions any more is closed after a grace period, so calls still running on
-it finish first.
+it finish first. With TLS the channels present the router's certificate; grpcio fixes it when a channel is made, so when
+the files change on disk (checked at most once a second, on the next call) every channel is replaced the same way.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-import grpc
 from loguru import logger
 
+from common.tls import ClientTls, TlsFiles
 from protos.saga.v1 import saga_pb2_grpc
 
 
@@ -32,9 +33,10 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class ShardClient:
     """The channel to one shard address, with its multicallables cached (creating one per call costs a lookup)."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int, tls: ClientTls | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        tls = tls or ClientTls(TlsFiles())
+        self.channel = tls.channel(address, channel_options(max_message_bytes))
         self.coordinator = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self.channel)
         self._unary: dict[str, Any] = {}
@@ -56,27 +58,35 @@ class ShardClient:
 
 
 class ChannelPool:
-    def __init__(self, max_message_bytes: int, close_grace_s: float) -> None:
+    def __init__(self, max_message_bytes: int, close_grace_s: float, tls: ClientTls | None = None) -> None:
         self._max_message_bytes = max_message_bytes
         self._close_grace_s = close_grace_s
+        self._tls = tls or ClientTls(TlsFiles())
         self._clients: dict[str, ShardClient] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: str) -> ShardClient:
+        """The client for address. Raises common.tls.PlaintextRefused for a non-loopback address without TLS."""
+        if self._tls.changed():
+            logger.info("TLS files changed: new channels to the shards; the old ones close in {}s", self._close_grace_s)
+            for old in list(self._clients):
+                self._close_later(self._clients.pop(old))
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = ShardClient(address, self._max_message_bytes)
+            client = self._clients[address] = ShardClient(address, self._max_message_bytes, self._tls)
         return client
 
     def retain(self, addresses: Iterable[str]) -> None:
         """Closes, after the grace period, the channels of every address not in addresses."""
         keep = set(addresses)
         for address in [a for a in self._clients if a not in keep]:
-            client = self._clients.pop(address)
             logger.info("closing channel to {} in {}s: no shard uses it any more", address, self._close_grace_s)
-            task = asyncio.create_task(client.channel.close(self._close_grace_s))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._close_later(self._clients.pop(address))
+
+    def _close_later(self, client: ShardClient) -> None:
+        task = asyncio.create_task(client.channel.close(self._close_grace_s))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Closes every channel now (in-flight calls are cancelled): the router is stopping."""

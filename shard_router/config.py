@@ -14,8 +14,14 @@ The file (``deploy/local/shards.toml`` is an example)::
     metrics = "127.0.0.1:9071"     # optional: its /metrics, which the dashboard scrapes for step latencies
     # draining = true              # owns no keys any more, still answers for orders earlier rings placed on it
 
+    [tls]                          # optional: mutual TLS (relative paths are relative to this file); read at start
+    cert = "tls/router.pem"        # what the router presents to its clients and to the shards
+    key = "tls/router-key.pem"
+    ca = "tls/ca.pem"              # clients' and shards' certificates must chain to it
+
 Environment overrides (each optional): SAGA_ROUTER_LISTEN, SAGA_ROUTER_CONFIG, SAGA_ROUTER_EPOCHS (the epochs file),
-SAGA_ROUTER_METRICS_LISTEN, SAGA_ROUTER_DASHBOARD_LISTEN, SAGA_LOG_JSON=1. Command-line flags override the environment.
+SAGA_ROUTER_METRICS_LISTEN, SAGA_ROUTER_DASHBOARD_LISTEN, SAGA_LOG_JSON=1. Command-line flags override the environment
+(--tls-cert/--tls-key/--tls-ca/--insecure override [tls]).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.tls import TlsFiles
 from common.tomlfile import read_toml
 
 _SHARD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -138,6 +145,9 @@ class RouterConfig:
     """host:port of the Prometheus /metrics endpoint; None: no endpoint."""
     dashboard_listen: str | None = None
     """host:port of the dashboard (HTML page and JSON API); None: no dashboard."""
+    tls: TlsFiles = dataclasses.field(default_factory=TlsFiles)
+    """Certificate, key and CA for mutual TLS with clients and shards ([tls] or --tls-*); none: plaintext (loopback
+    only unless tls.insecure)."""
 
 
 def check_address(name: str, value: object) -> str:
@@ -164,6 +174,7 @@ def load(
     log_json: bool | None = None,
     metrics_listen: str | None = None,
     dashboard_listen: str | None = None,
+    tls: TlsFiles | None = None,
     env: Mapping[str, str] | None = None,
 ) -> RouterConfig:
     """Reads the file named by the argument (else SAGA_ROUTER_CONFIG), applies environment then argument overrides,
@@ -176,7 +187,9 @@ def load(
     data = read_toml(path, what="shards config", error=ConfigError)
     try:
         ring, settings = _parse(data)
-    except ConfigError as e:
+        file_tls = _parse_tls(data.get("tls", {}), path.parent)
+        tls = _merge_tls(file_tls, tls)
+    except (ConfigError, ValueError) as e:
         raise ConfigError(f"{path}: {e}") from e
 
     listen = listen or env.get("SAGA_ROUTER_LISTEN") or DEFAULT_LISTEN
@@ -200,13 +213,37 @@ def load(
         log_json=log_json,
         metrics_listen=metrics_listen,
         dashboard_listen=dashboard_listen,
+        tls=tls,
     )
 
 
-def _parse(data: Mapping[str, Any]) -> tuple[RingSpec, RouterSettings]:
-    unknown = set(data) - {"vnodes", "router", "shards"}
+def _parse_tls(table: object, base: Path) -> TlsFiles:
+    if not isinstance(table, Mapping):
+        raise ConfigError("[tls] must be a table")
+    unknown = set(table) - {"cert", "key", "ca"}
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; expected vnodes, [router], [[shards]]")
+        raise ConfigError(f"unknown setting(s) [tls] {sorted(unknown)}; known: cert, key, ca")
+    paths: dict[str, Path] = {}
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"[tls] {key} must be a file path, got {value!r}")
+        paths[key] = base / value
+    return TlsFiles(cert=paths.get("cert"), key=paths.get("key"), ca=paths.get("ca"))
+
+
+def _merge_tls(file_tls: TlsFiles, flags: TlsFiles | None) -> TlsFiles:
+    """Flags win: TLS files given on the command line replace the [tls] table; --insecure alone turns TLS off."""
+    if flags is None:
+        return file_tls
+    if flags.enabled or flags.insecure:
+        return flags
+    return file_tls
+
+
+def _parse(data: Mapping[str, Any]) -> tuple[RingSpec, RouterSettings]:
+    unknown = set(data) - {"vnodes", "router", "shards", "tls"}
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; expected vnodes, [router], [[shards]], [tls]")
     vnodes = data.get("vnodes", DEFAULT_VNODES)
     if not isinstance(vnodes, int) or isinstance(vnodes, bool) or not 1 <= vnodes <= 65_536:
         raise ConfigError(f"vnodes must be an integer in 1..65536, got {vnodes!r}")

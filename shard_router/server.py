@@ -16,7 +16,9 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.grpc_server import ServerLimits, build_server, listen
 from common.metrics_http import MetricsServer
+from common.tls import ClientTls, TlsConfigError, check_plaintext
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2
 
@@ -43,6 +45,19 @@ from .shard_health import ShardHealth
 from .shard_stats import ShardStats
 
 UnaryHandler = Callable[[bytes, Caller], Awaitable[Reply | bytes]]
+WATCH_METHODS = (f"/{SAGA_SERVICE}/WatchSaga",)
+WATCH_STREAMS_PER_PEER = 100
+"""WatchSaga streams one client (certificate identity, else IP address) may hold open through the router."""
+
+
+def server_limits(config: RouterConfig) -> ServerLimits:
+    """The router's ServerLimits: common's defaults with the [router] table's message and RPC bounds."""
+    settings = config.settings
+    return ServerLimits(
+        max_send_message_bytes=settings.max_message_bytes,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        max_streams_per_peer=WATCH_STREAMS_PER_PEER,
+    )
 
 
 async def _abort(context: Any, e: RouterError) -> None:
@@ -167,11 +182,15 @@ class RouterServer:
             metrics = self.prometheus = RouterMetrics()
         self._metrics = metrics or NullMetrics()
         self.metrics_server: MetricsServer | None = None
-        self.pool = ChannelPool(settings.max_message_bytes, settings.channel_close_grace_s)
+        self.pool = ChannelPool(settings.max_message_bytes, settings.channel_close_grace_s, ClientTls(config.tls))
         # Reloads re-read the same file with the same overrides the process started with.
         self.topologies = TopologyManager(
             lambda: load_config(
-                config.config_path, listen=config.listen, epochs_path=config.epochs_path, log_json=config.log_json
+                config.config_path,
+                listen=config.listen,
+                epochs_path=config.epochs_path,
+                log_json=config.log_json,
+                tls=config.tls,
             ),
             self.pool,
             self._metrics,
@@ -200,22 +219,24 @@ class RouterServer:
 
     async def start(self) -> int:
         """Installs the ring, binds and serves; returns the bound port. Raises ConfigError & co. if it cannot."""
+        tls = self.config.tls
+        try:
+            # Before anything is bound or dialled: plaintext off loopback needs --insecure, for clients and shards.
+            check_plaintext(self.config.listen, tls, "on")
+            for address in self.config.ring.addresses.values():
+                check_plaintext(address, tls, "to shard at")
+        except TlsConfigError as e:
+            await self.pool.close()
+            raise ConfigError(str(e)) from e
         await self.topologies.start()
         settings = self.config.settings
-        server = grpc.aio.server(
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            options=[
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second router on the same port must fail to start, not share it
-            ],
-        )
+        server = build_server(server_limits(self.config), streams=WATCH_METHODS)
         server.add_generic_rpc_handlers(self._servicer.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection((SAGA_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME), server)
         try:
-            self.port = server.add_insecure_port(self.config.listen)
-        except RuntimeError as e:
+            self.port = listen(server, self.config.listen, tls)
+        except (OSError, TlsConfigError) as e:
             await self.pool.close()
             raise ConfigError(f"cannot listen on {self.config.listen}: {e}") from e
         try:

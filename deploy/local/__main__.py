@@ -1,8 +1,15 @@
-"""`python -m deploy.local [--config deploy/local/cluster.toml]` (`make run`): the whole system on this machine.
+"""`python -m deploy.local [--config deploy/local/cluster.toml] [--tls]` (`make run`): the whole system on this machine.
 
 Starts the processes that cluster.toml lists, one line per process once it is healthy, relays their logs prefixed with
 their names, and stops them all on Ctrl-C or SIGTERM (a second Ctrl-C kills what is left). Exits 0 after a requested
 stop, 1 if a process failed to start or exited on its own, 2 for a bad config file.
+
+With --tls every process serves mutual TLS with its own certificate from a local CA under --tls-dir (default
+$SAGA_DATA_DIR/tls, created on first use), and dials the others with it.
+
+`python -m deploy.local certs --dir DIR [NAME ...]`: creates the CA (if DIR has none) and a certificate per NAME
+(default: every process of cluster.toml, operator, client and launcher), each with URI SAN spiffe://saga/NAME, DNS
+localhost and IP 127.0.0.1. Existing certificates are kept unless --renew.
 """
 
 from __future__ import annotations
@@ -13,19 +20,47 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .certs import DEFAULT_NAMES, LocalCA, with_tls
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .supervisor import Supervisor
 
 
+def certs_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.local certs", description="Create a local CA and certificates.")
+    p.add_argument("--dir", type=Path, required=True, help="where ca.pem, NAME.pem and NAME-key.pem go")
+    p.add_argument("names", nargs="*", default=list(DEFAULT_NAMES), help="certificate names (default %(default)s)")
+    p.add_argument("--renew", action="store_true", help="issue new certificates (new serials) even if present")
+    args = p.parse_args(argv)
+    ca = LocalCA(args.dir)
+    try:
+        for name in args.names:
+            issued = ca.issue(name, renew=args.renew)
+            print(f"{issued.files.cert} (key {issued.files.key}, serial {issued.serial:x})")
+    except ValueError as e:
+        print(f"deploy.local certs: {e}", file=sys.stderr)
+        return 2
+    print(f"CA: {ca.ca_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["certs"]:
+        return certs_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster file (default %(default)s)")
+    p.add_argument("--tls", action="store_true", help="mutual TLS between every process, certificates from a local CA")
+    p.add_argument("--tls-dir", type=Path, help="with --tls: the CA's directory (default $SAGA_DATA_DIR/tls)")
     args = p.parse_args(argv)
     try:
         cluster = load(args.config)
     except ClusterConfigError as e:
         print(f"deploy.local: {e}", file=sys.stderr)
         return 2
+    if args.tls:
+        cluster = with_tls(cluster, LocalCA(args.tls_dir or cluster.data_dir / "tls"))
+    elif args.tls_dir:
+        p.error("--tls-dir: only with --tls")
     supervisor = Supervisor(cluster)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _sig, _frame: supervisor.request_stop())

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.tls import TlsFiles
+
 DEFAULT_CONFIG = Path(__file__).with_name("cluster.toml")
 _PLACEHOLDER = re.compile(r"\{(listen|metrics|dashboard|data_dir|here)(?::([A-Za-z0-9._-]+))?\}")
 _ADDRESS = re.compile(r"^[^:]+:\d{1,5}$")
@@ -49,6 +51,8 @@ class ClusterSpec:
     """How long a process may take to answer its health check."""
     stop_timeout_s: float = 15.0
     """After SIGTERM, how long a process may take to exit before SIGKILL."""
+    tls: TlsFiles | None = None
+    """The launcher's own certificate for its health checks when the processes serve mutual TLS; None: plaintext."""
 
 
 def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> ClusterSpec:
@@ -100,7 +104,12 @@ def _parse(data: Mapping[str, Any], data_dir: Path, here: Path) -> ClusterSpec:
                     raise ClusterConfigError(f"process[{i}].{key} must be host:port, got {value!r}")
                 addresses[(key, name)] = value
     processes = tuple(_process(i, entry, addresses, data_dir, here) for i, entry in enumerate(raw))
-    return ClusterSpec(processes, data_dir, **timeouts)
+    return ClusterSpec(
+        processes,
+        data_dir,
+        ready_timeout_s=timeouts.get("ready_timeout_s", ClusterSpec.ready_timeout_s),
+        stop_timeout_s=timeouts.get("stop_timeout_s", ClusterSpec.stop_timeout_s),
+    )
 
 
 def _process(

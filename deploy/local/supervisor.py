@@ -26,6 +26,8 @@ from typing import IO, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.tls import sync_channel
+
 from .cluster import ClusterSpec, ProcessSpec
 
 _LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
@@ -139,7 +141,8 @@ class Child:
         killed) or the launcher is asked to stop first."""
         sup = self._sup
         deadline = time.monotonic() + sup.cluster.ready_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        tls = sup.cluster.tls
+        with sync_channel(self.address, tls) if tls is not None else grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while not sup.stop_requested:
                 code = self.exit_code()

@@ -9,6 +9,9 @@ flags as cluster.toml (a test compares the two); what differs is data, in System
 
 The router's shard list is a file it re-reads (<data_dir>/shards.toml), rewritten when a shard is added; the shards'
 settings file (--config) is <data_dir>/shard.toml: SystemOptions.shard_config, or a copy of deploy/local/shard.toml.
+
+SystemOptions(tls=True): every process serves mutual TLS with a certificate of its own from a local CA
+(deploy.local.certs, under <data_dir>/tls) and dials the others with it; a caller gets one: system.client_tls("client").
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
+from common.tls import TlsFiles
+
+from .certs import LAUNCHER, LocalCA, tls_args
 from .cluster import ClusterSpec, ProcessSpec
 from .supervisor import Child, Supervisor
 
@@ -74,6 +80,10 @@ class SystemOptions:
     """How long a process may take to answer its health check."""
     stop_timeout_s: float = 15.0
     """After SIGTERM, how long a process may take to exit before SIGKILL."""
+    tls: bool = False
+    """Mutual TLS on every hop: each process has a certificate named after it (spiffe://saga/<name>) from a local CA."""
+    tls_dir: Path | None = None
+    """With tls: where the CA and the certificates live (default <data_dir>/tls); a CA already there is reused."""
 
     def __post_init__(self) -> None:
         if self.shards < 0:
@@ -101,6 +111,9 @@ class LocalSystem:
         self.router_config = self.data_dir / "shards.toml"
         self.shard_config = self.data_dir / "shard.toml"
         self.shard_config.write_text(options.shard_config or DEFAULT_SHARD_CONFIG.read_text())
+        self.ca: LocalCA | None = None
+        if options.tls:
+            self.ca = LocalCA(options.tls_dir or self.data_dir / "tls")
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
         specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
@@ -108,7 +121,10 @@ class LocalSystem:
             self._write_router_config(specs[1:])
             router_args = ["--config", str(self.router_config), "--epochs", str(self.data_dir / "router.epochs.json")]
             specs.append(self._spec("router", "shard_router", router_args, dashboard=options.dashboard))
-        cluster = ClusterSpec(tuple(specs), self.data_dir, options.ready_timeout_s, options.stop_timeout_s)
+        launcher_tls = self.ca.issue(LAUNCHER).files if self.ca is not None else None
+        cluster = ClusterSpec(
+            tuple(specs), self.data_dir, options.ready_timeout_s, options.stop_timeout_s, tls=launcher_tls
+        )
         self.supervisor = Supervisor(cluster, out=out, log_dir=log_dir, cwd=cwd)
 
     def _spec(self, name: str, module: str, args: list[str], dashboard: bool = False) -> ProcessSpec:
@@ -121,6 +137,8 @@ class LocalSystem:
             args += ["--metrics-listen", metrics]
         if board:
             args += ["--dashboard-listen", board]
+        if self.ca is not None:
+            args += tls_args(self.ca.issue(name).files)
         env = {**o.env, **o.process_env.get(name, {})}
         return ProcessSpec(name, module, listen, tuple(args), env, metrics, board)
 
@@ -151,6 +169,11 @@ class LocalSystem:
         tmp = self.router_config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.router_config)
+
+    def client_tls(self, name: str = "client") -> TlsFiles:
+        """A certificate for a caller of the system (spiffe://saga/<name>: client, operator, ...) from its CA; without
+        tls, no files (plaintext on loopback)."""
+        return self.ca.issue(name).files if self.ca is not None else TlsFiles()
 
     # ------------------------------------------------------------ the processes
 
