@@ -12,6 +12,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
 
 from . import crashpoints
 from .app import ShardApp
@@ -27,11 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-listen", help="host:port of the Prometheus /metrics endpoint (env SAGA_METRICS_LISTEN)")
     p.add_argument("--services", help="one host:port serving all four downstream services (env SAGA_SERVICES)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+    add_tls_arguments(p)
     return p.parse_args(argv)
 
 
-async def run(cfg: ShardConfig) -> None:
-    app = await ShardApp.start(cfg)
+async def run(cfg: ShardConfig, tls: TlsFiles | None = None) -> None:
+    app = await ShardApp.start(cfg, tls=tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,11 +62,17 @@ def main(argv: list[str] | None = None) -> None:
             },
         )
         crashpoints.arm(os.environ.get("SAGA_CRASH_POINT", ""))
+        tls = tls_from_args(args)
     except (ConfigError, ValueError) as e:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
-    uvloop.run(run(cfg))
+    try:
+        uvloop.run(run(cfg, tls))
+    except TlsConfigError as e:  # unusable TLS files, or plaintext off loopback: refused before anything is bound
+        logger.error("cannot start: {}", e)
+        print(f"coordinator: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
