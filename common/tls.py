@@ -78,7 +78,7 @@ class TlsFiles:
     def __post_init__(self) -> None:
         given = [n for n in ("cert", "key", "ca") if getattr(self, n) is not None]
         if given and len(given) != 3:
-            missing = sorted({"cert", "key", "ca"} - set(given))
+            missing = [n for n in ("cert", "key", "ca") if n not in given]
             flags = ", ".join(f"--tls-{n}" for n in missing)
             raise TlsConfigError(f"TLS needs --tls-cert, --tls-key and --tls-ca together; missing {flags}")
         if given and self.insecure:

@@ -1,0 +1,272 @@
+"""common.tls and common.grpc_server on real sockets (loopback): mutual TLS is required, a foreign CA is refused, a
+certificate rotated on disk is served without a restart, the limits answer RESOURCE_EXHAUSTED, and the peer identity
+an authorisation interceptor reads is the certificate's."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from loguru import logger
+
+from common.grpc_server import ServerLimits, build_server, listen
+from common.tls import (
+    ClientTls,
+    PlaintextRefused,
+    TlsConfigError,
+    TlsFiles,
+    aio_channel,
+    check_plaintext,
+    is_loopback,
+    load_pem,
+    peer_identity,
+    peer_key,
+)
+from deploy.local.__main__ import certs_main
+from deploy.local.certs import LocalCA, spiffe_id
+
+STREAM = "/test.v1.Test/Stream"
+WHO = "/test.v1.Test/Who"
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> LocalCA:
+    return LocalCA(tmp_path / "ca")
+
+
+class _Test:
+    """A unary method answering the caller's identity and a stream that stays open until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def who(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return f"{peer_identity(context)}|{peer_key(context)}".encode()
+
+    async def stream(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        yield b"open"
+        await self.release.wait()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "test.v1.Test",
+            {
+                "Who": grpc.unary_unary_rpc_method_handler(self.who),
+                "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+            },
+        )
+
+
+async def _serve(tls: TlsFiles, limits: ServerLimits | None = None) -> tuple[grpc.aio.Server, int, _Test]:
+    server = build_server(limits or ServerLimits(), streams=(STREAM,))
+    test = _Test()
+    server.add_generic_rpc_handlers((test.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = listen(server, "127.0.0.1:0", tls)
+    await server.start()
+    return server, port, test
+
+
+async def _check(channel: grpc.aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(reply.status)
+
+
+def _served_serial(port: int, client: TlsFiles) -> int:
+    """One fresh TLS handshake (the stdlib's, offering ALPN h2 as gRPC does): the serial of the server's certificate."""
+    ctx = ssl.create_default_context(cafile=str(client.ca))
+    ctx.load_cert_chain(str(client.cert), str(client.key))
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_mutual_tls_serves_a_client_of_the_ca_and_names_it(ca: LocalCA) -> None:
+    server, port, _ = await _serve(ca.issue("stubs").files)
+    try:
+        async with aio_channel(f"127.0.0.1:{port}", ca.issue("shard-1").files) as channel:
+            assert await _check(channel) == health_pb2.HealthCheckResponse.SERVING
+            who = await channel.unary_unary(WHO)(b"", timeout=5)
+        assert who.decode() == f"{spiffe_id('shard-1')}|{spiffe_id('shard-1')}"
+    finally:
+        await server.stop(0)
+
+
+async def test_plaintext_client_to_a_tls_port_fails(ca: LocalCA) -> None:
+    server, port, _ = await _serve(ca.issue("router").files)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await _check(channel)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
+
+
+async def test_a_client_certificate_from_another_ca_is_refused(ca: LocalCA, tmp_path: Path) -> None:
+    server, port, _ = await _serve(ca.issue("router").files)
+    other = LocalCA(tmp_path / "other").issue("client").files
+    # Trusts the server (our CA) but presents a certificate our CA never signed.
+    impostor = TlsFiles(cert=other.cert, key=other.key, ca=ca.ca_path)
+    try:
+        async with aio_channel(f"127.0.0.1:{port}", impostor) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await _check(channel)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+        # No client certificate at all: the server hangs up instead of sending its HTTP/2 preface.
+        ctx = ssl.create_default_context(cafile=str(ca.ca_path))
+        ctx.set_alpn_protocols(["h2"])
+
+        def first_bytes() -> bytes:
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+                ):
+                    return conn.recv(9)  # TLS 1.3: the refusal arrives after the client's Finished
+            except (ssl.SSLError, ConnectionError):
+                return b""
+
+        assert await asyncio.to_thread(first_bytes) == b""
+    finally:
+        await server.stop(0)
+
+
+async def test_a_certificate_rotated_on_disk_is_served_without_a_restart(ca: LocalCA) -> None:
+    first = ca.issue("router")
+    client = ca.issue("operator").files
+    server, port, _ = await _serve(first.files)
+    try:
+        assert await asyncio.to_thread(_served_serial, port, client) == first.serial
+        async with aio_channel(f"127.0.0.1:{port}", client) as channel:
+            assert await _check(channel) == health_pb2.HealthCheckResponse.SERVING
+            # Half a rotation (the new certificate, the old key): the old pair stays in service.
+            assert first.files.cert is not None and first.files.key is not None
+            old_key = first.files.key.read_bytes()
+            second = ca.issue("router", renew=True)
+            first.files.key.write_bytes(old_key)
+            assert await asyncio.to_thread(_served_serial, port, client) == first.serial
+            # The key lands: the next handshake presents the new certificate.
+            third = ca.issue("router", renew=True)
+            assert third.serial not in (first.serial, second.serial)
+            assert await asyncio.to_thread(_served_serial, port, client) == third.serial
+            # The connection made before the rotation still works.
+            assert await _check(channel) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(0)
+
+
+async def test_client_tls_reports_a_rotation_once_after_its_check_interval(ca: LocalCA) -> None:
+    now = [0.0]
+    files = ca.issue("router").files
+    client = ClientTls(files, check_interval_s=1.0, clock=lambda: now[0])
+    before = client.credentials()
+    ca.issue("router", renew=True)
+    assert not client.changed()  # not yet time to look
+    now[0] = 1.5
+    assert client.changed()
+    assert client.credentials() is not before
+    now[0] = 3.0
+    assert not client.changed()  # nothing new since
+
+
+async def test_oversized_request_gets_resource_exhausted(ca: LocalCA) -> None:
+    server, port, _ = await _serve(TlsFiles())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await channel.unary_unary(WHO)(b"x" * (ServerLimits().max_receive_message_bytes + 1), timeout=5)
+            assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            big = (("x-big", "y" * (ServerLimits().max_metadata_bytes + 1)),)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await channel.unary_unary(WHO)(b"", timeout=5, metadata=big)
+            assert e.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+            assert await channel.unary_unary(WHO)(b"", timeout=5)  # the connection survives both
+    finally:
+        await server.stop(0)
+
+
+async def test_streams_per_peer_are_bounded(ca: LocalCA) -> None:
+    server, port, test = await _serve(ca.issue("stubs").files, ServerLimits(max_streams_per_peer=3))
+    try:
+        async with aio_channel(f"127.0.0.1:{port}", ca.issue("client").files) as channel:
+            streams = [channel.unary_stream(STREAM)(b"", timeout=10) for _ in range(3)]
+            for s in streams:
+                assert await s.read() == b"open"
+            extra = channel.unary_stream(STREAM)(b"", timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await extra.read()
+            assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Another identity has its own allowance; a finished stream frees its slot.
+            async with aio_channel(f"127.0.0.1:{port}", ca.issue("operator").files) as other:
+                s = other.unary_stream(STREAM)(b"", timeout=10)
+                assert await s.read() == b"open"
+                s.cancel()
+            streams[0].cancel()
+            await asyncio.sleep(0.2)
+            again = channel.unary_stream(STREAM)(b"", timeout=10)
+            assert await again.read() == b"open"
+            test.release.set()
+    finally:
+        await server.stop(0)
+
+
+async def test_plaintext_off_loopback_is_refused_before_binding() -> None:
+    server = build_server(ServerLimits())
+    with pytest.raises(PlaintextRefused, match=r"0\.0\.0\.0:0.*--insecure"):
+        listen(server, "0.0.0.0:0", TlsFiles())
+    with pytest.raises(PlaintextRefused):
+        aio_channel("10.1.2.3:50051", TlsFiles())
+    check_plaintext("10.1.2.3:50051", TlsFiles(insecure=True), "to")  # allowed, with the flag
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "[::1]", "localhost")] == [True] * 4
+    assert [is_loopback(h) for h in ("0.0.0.0", "", "[::]", "10.0.0.1", "example.com")] == [False] * 5
+
+
+async def test_insecure_warns_on_every_start() -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        for _ in range(2):
+            server = build_server(ServerLimits())
+            listen(server, "127.0.0.1:0", TlsFiles(insecure=True))
+            await server.stop(0)
+    finally:
+        logger.remove(sink)
+    assert sum("--insecure" in line for line in lines) == 2
+
+
+def test_tls_files_are_all_or_nothing_and_checked(ca: LocalCA, tmp_path: Path) -> None:
+    files = ca.issue("router").files
+    with pytest.raises(TlsConfigError, match="--tls-key, --tls-ca"):
+        TlsFiles(cert=files.cert)
+    with pytest.raises(TlsConfigError, match="contradict"):
+        TlsFiles(cert=files.cert, key=files.key, ca=files.ca, insecure=True)
+    other = ca.issue("stubs").files
+    with pytest.raises(TlsConfigError, match="does not match"):
+        load_pem(TlsFiles(cert=files.cert, key=other.key, ca=files.ca))
+    with pytest.raises(TlsConfigError, match="cannot read"):
+        load_pem(TlsFiles(cert=tmp_path / "missing.pem", key=files.key, ca=files.ca))
+
+
+def test_certs_command_creates_ca_and_named_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert certs_main(["--dir", str(tmp_path / "tls"), "router", "operator"]) == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "router.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://saga/router"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert (tmp_path / "tls" / "operator-key.pem").stat().st_mode & 0o077 == 0
+    assert "ca.pem" in capsys.readouterr().out
