@@ -1,4 +1,5 @@
-"""`python -m coordinator`: runs one shard in the foreground until SIGTERM or SIGINT."""
+"""`python -m coordinator`: runs one shard in the foreground until SIGTERM or SIGINT.
+`python -m coordinator keys {init,rotate,status,reseal}`: the keys that seal payment details in the journal."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 from loguru import logger
@@ -14,9 +16,10 @@ from loguru import logger
 from common import logs
 from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
 
-from . import crashpoints
+from . import crashpoints, sealing
 from .app import ShardApp
 from .config import ConfigError, ShardConfig, load
+from .journal import Journal
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +50,76 @@ async def run(cfg: ShardConfig, tls: TlsFiles | None = None) -> None:
     await app.stop()
 
 
+def parse_keys_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m coordinator keys",
+        description="The keys that seal payment details in a shard's journal (deploy/README.md, 'Keys and data at "
+        "rest'). Journal and key file come from the shard's own settings (flags, environment, --config).",
+    )
+    p.add_argument(
+        "command",
+        choices=("init", "rotate", "status", "reseal"),
+        help="init: create the key file (its hash key from the legacy secret, if one is configured); rotate: append a "
+        "new sealing key (it seals from each shard's next start); status: blobs per key id; reseal: re-seal every blob "
+        "not under the newest key (safe while the shard runs)",
+    )
+    p.add_argument("--config", help="the shard's TOML config file")
+    p.add_argument("--shard-id", help="the shard's id, for the default journal path (env SAGA_SHARD_ID)")
+    p.add_argument("--journal", help="SQLite journal path (env SAGA_JOURNAL)")
+    p.add_argument("--key-file", help="key file (env SAGA_JOURNAL_KEY_FILE; default <journal>.keys)")
+    return p.parse_args(argv)
+
+
+async def keys_command(cfg: ShardConfig, command: str) -> None:
+    path = sealing.key_file_path(cfg)
+    if command == "init":
+        if Path(path).exists():  # noqa: ASYNC240 - a one-shot command, nothing else runs on its loop
+            raise sealing.KeyFileError(f"key file {path} already exists")
+        legacy = sealing.legacy_secret(cfg)
+        sealing.write_key_file(sealing.new_key_ring(path, sealing.legacy_hash_key(legacy) if legacy else None))
+        print(f"created {path} (mode 0600){', hash key from the legacy secret' if legacy else ''}; back it up")
+        return
+    if command == "rotate":
+        ring = sealing.rotate_key_file(path)
+        print(f"{path}: added key {ring.newest}; it seals from each shard's next start, then run: keys reseal")
+        return
+    ring = sealing.read_key_file(path)
+    if not Path(cfg.journal_path).exists():  # noqa: ASYNC240 - a one-shot command, nothing else runs on its loop
+        raise ConfigError(f"journal {cfg.journal_path} does not exist")
+    journal = Journal(cfg.journal_path)
+    await journal.open()
+    try:
+        if command == "reseal":
+            n = await sealing.reseal(journal, sealing.Sealer(ring, sealing.legacy_secret(cfg)))
+            print(f"{cfg.journal_path}: re-sealed {n} blobs under key {ring.newest}")
+        usage = await sealing.key_usage(journal)
+    finally:
+        await journal.close()
+    print(f"{'key id':<12} {'blobs':>9} {'unfinished':>11}  in {path}")
+    for kid in sorted(set(usage.all) | {k for k, _ in ring.seal_keys}):
+        held = "newest" if kid == ring.newest else "yes" if ring.key(kid) else "NO"
+        print(f"{kid:<12} {usage.all[kid]:>9} {usage.unfinished[kid]:>11}  {held}")
+
+
+def keys_main(argv: list[str]) -> None:
+    args = parse_keys_args(argv)
+    try:
+        cfg = load(
+            args.config,
+            overrides={"shard_id": args.shard_id, "journal_path": args.journal, "journal_key_file": args.key_file},
+        )
+        logs.setup(cfg.shard_id, json_lines=False, level="WARNING")
+        asyncio.run(keys_command(cfg, args.command))
+    except (ConfigError, sealing.KeyFileError) as e:
+        print(f"coordinator keys: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        keys_main(argv[1:])
+        return
     args = parse_args(argv)
     try:
         cfg = load(
@@ -69,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
     try:
         uvloop.run(run(cfg, tls))
-    except TlsConfigError as e:  # unusable TLS files, or plaintext off loopback: refused before anything is bound
+    # Unusable TLS files, plaintext off loopback, a key file missing or too open: refused before anything is bound.
+    except (TlsConfigError, sealing.KeyFileError) as e:
         logger.error("cannot start: {}", e)
         print(f"coordinator: {e}", file=sys.stderr)
         sys.exit(2)
