@@ -6,6 +6,8 @@
     make bench BENCH_ARGS="--fail-rate 0.1"             10% declined at payment; ledgers prove the compensations ran
     make bench BENCH_ARGS="--shards 1 --repeat 3"       three fresh runs, the median of each figure
     make bench BENCH_ARGS="--direct"                    clients route by the ring themselves: no router hop
+    make bench BENCH_ARGS="--tls on"                    mutual TLS on every hop (client, router, shards, stubs)
+    make bench BENCH_ARGS="--tls compare --repeat 3"    plaintext and TLS runs alternated: the CPU per saga TLS costs
     make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
     make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
     make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of orders declined at payment (0..1)")
     p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (default %(default)s)")
     p.add_argument("--direct", action="store_true", help="call the owning shard directly (no router hop)")
+    p.add_argument(
+        "--tls",
+        choices=("off", "on", "compare"),
+        default="off",
+        help="mutual TLS on every hop; compare: plaintext and TLS runs alternated, then the difference",
+    )
     p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
     p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
@@ -284,7 +292,10 @@ def _cluster(args: argparse.Namespace) -> int:
         keep=args.keep,
         profile_dir=args.profile,
         profile_native=args.native,
+        tls=args.tls == "on",
     )
+    if args.tls == "compare":
+        return _compare_tls(args, cfg)
     runs = []
     for i in range(args.repeat):
         figures = run(replace(cfg, seed=cfg.seed + i))
@@ -298,6 +309,41 @@ def _cluster(args: argparse.Namespace) -> int:
     summary["results_file"] = str(_save(summary, args.results_dir, cfg.label))
     print(json.dumps(summary), flush=True)
     bad = any(r["errors"] or r["ledger_violations"] for r in runs)
+    return 1 if bad else 0
+
+
+def _compare_tls(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Plaintext and TLS runs alternated (so drift on the machine hits both alike), each side's median, then what TLS
+    adds: CPU ms per saga by process kind, and the throughput ratio."""
+    sides: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for i in range(args.repeat):
+        for tls in (False, True):
+            side = replace(cfg, seed=cfg.seed + i, tls=tls)
+            figures = run(side)
+            sides[tls].append(figures)
+            print(_table(figures, f"run {i + 1}/{args.repeat}: {side.label}"), flush=True)
+    plain, secure = (runs[0] if len(runs) == 1 else _median(runs) for runs in (sides[False], sides[True]))
+    cost = {
+        "label": f"tls-compare-{replace(cfg, tls=True).label}",
+        "cpu_ms_per_saga_added": {
+            k: round(secure["cpu_ms_per_saga"][k] - plain["cpu_ms_per_saga"][k], 4)
+            for k in plain["cpu_ms_per_saga"]
+            if k in secure["cpu_ms_per_saga"]
+        },
+        "throughput_ratio": round(secure["throughput_sagas_per_s"] / plain["throughput_sagas_per_s"], 3),
+        "p50_ms": {"off": plain["p50_ms"], "on": secure["p50_ms"]},
+        "p99_ms": {"off": plain["p99_ms"], "on": secure["p99_ms"]},
+        "plaintext": plain,
+        "tls": secure,
+    }
+    print(f"TLS cost (median of {args.repeat} run(s) each side)")
+    print(f"  throughput  {plain['throughput_sagas_per_s']:g} -> {secure['throughput_sagas_per_s']:g} sagas/s")
+    for kind, added in cost["cpu_ms_per_saga_added"].items():
+        before, after = plain["cpu_ms_per_saga"][kind], secure["cpu_ms_per_saga"][kind]
+        print(f"  cpu ms/saga {kind:<8} {before:g} -> {after:g}  ({added:+g})")
+    cost["results_file"] = str(_save(cost, args.results_dir, cost["label"]))
+    print(json.dumps(cost), flush=True)
+    bad = any(r["errors"] or r["ledger_violations"] for r in sides[False] + sides[True])
     return 1 if bad else 0
 
 

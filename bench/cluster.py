@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.tls import TlsFiles
 from deploy.local import Child, LaunchError, LocalSystem, SystemOptions, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,15 @@ class Member:
 class Cluster:
     """Stubs, `shards` shards and the router in `workdir`; shards=0: the stubs alone (the stub micro-benchmark)."""
 
-    def __init__(self, workdir: Path, shards: int) -> None:
-        options = SystemOptions(workdir, shards=shards, dashboard=False)
+    def __init__(self, workdir: Path, shards: int, tls: bool = False) -> None:
+        """tls: mutual TLS on every hop (LocalSystem's local CA); the load generators and the ledger check get
+        certificates of their own (client_tls)."""
+        options = SystemOptions(workdir, shards=shards, dashboard=False, tls=tls)
         self.system = LocalSystem(options, log_dir=workdir, cwd=REPO_ROOT)
+
+    def client_tls(self, name: str) -> TlsFiles:
+        """A certificate for a caller (no files without TLS: plaintext on loopback)."""
+        return self.system.client_tls(name)
 
     def start(self) -> None:
         """Stubs, then the shards, then the router; each healthy before the next. Stops what it started on failure."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
+from common.tls import TlsFiles, sync_channel
 from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from protos.service_stubs.v1.control_pb2 import OrderLedger
@@ -33,14 +32,18 @@ def violations(order_id: str, outcome: str, declined: bool, ledger: OrderLedger)
 
 
 def check(
-    stubs_address: str, order_ids: Sequence[str], outcomes: Sequence[str], declined: Sequence[bool]
+    stubs_address: str,
+    order_ids: Sequence[str],
+    outcomes: Sequence[str],
+    declined: Sequence[bool],
+    tls: TlsFiles | None = None,
 ) -> LedgerCheck:
     """Checks every order that got an answer (calls that errored have no promised outcome to hold the ledger to)."""
     result = LedgerCheck()
     wanted = [
         (o, out, d) for o, out, d in zip(order_ids, outcomes, declined, strict=True) if out in ("SUCCESS", "FAILED")
     ]
-    with grpc.insecure_channel(stubs_address) as channel:
+    with sync_channel(stubs_address, tls or TlsFiles()) as channel:
         control = control_pb2_grpc.StubControlStub(channel)
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import uvloop
 
+from common.tls import TlsFiles, aio_channel
 from protos.saga.v1 import saga_pb2
 
 TOKEN_OK = "tok_ok"
@@ -61,6 +62,8 @@ class Spec:
     """(shard id, address) of every shard: with `direct`, orders go straight to their owner, past the router."""
     direct: bool = False
     vnodes: int = 1024
+    tls: tuple[str, str, str] | None = None
+    """(cert, key, ca) files for mutual TLS with the router (or shards); None: plaintext."""
 
 
 @dataclass
@@ -193,6 +196,13 @@ def _placer(channel: grpc.aio.Channel) -> Place:
     return place
 
 
+def _channel(spec: Spec, address: str) -> grpc.aio.Channel:
+    if spec.tls is None:
+        return grpc.aio.insecure_channel(address)
+    cert, key, ca = (Path(p) for p in spec.tls)
+    return aio_channel(address, TlsFiles(cert=cert, key=key, ca=ca))
+
+
 async def run(spec: Spec) -> Result | None:
     async with contextlib.AsyncExitStack() as stack:
         if spec.direct:
@@ -202,14 +212,14 @@ async def run(spec: Spec) -> Result | None:
 
             places = {}
             for shard_id, address in spec.shards:
-                channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+                channel = await stack.enter_async_context(_channel(spec, address))
                 await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
                 places[shard_id] = _placer(channel)
             ring = HashRing(places, spec.vnodes)
             gen = Generator(spec, lambda order_id: places[ring.owner(order_id)])
         else:
             # One channel per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
-            channel = await stack.enter_async_context(grpc.aio.insecure_channel(spec.router))
+            channel = await stack.enter_async_context(_channel(spec, spec.router))
             await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
             place = _placer(channel)
             gen = Generator(spec, lambda order_id: place)
@@ -233,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     data: dict[str, Any] = json.loads(args[0])
     data["shards"] = tuple(tuple(pair) for pair in data.get("shards", ()))
+    if data.get("tls") is not None:
+        data["tls"] = tuple(data["tls"])
     spec = Spec(**data)
     result = uvloop.run(run(spec))
     if result is not None:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +53,8 @@ class RunConfig:
     """If set: py-spy records every router, shard and stubs process over the measured window into this directory."""
     profile_native: bool = False
     """py-spy --native: C/C++ frames too (gRPC core, uvloop, SQLite); slower sampling, larger files."""
+    tls: bool = False
+    """Mutual TLS on every hop, load generators included (LocalSystem's local CA)."""
 
     @property
     def label(self) -> str:
@@ -64,6 +66,8 @@ class RunConfig:
             base += f"-fail{self.fail_rate:g}"
         if self.direct:
             base += "-direct"
+        if self.tls:
+            base += "-tls"
         return f"{base}-s{self.shards}"
 
 
@@ -142,13 +146,16 @@ def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path) -> list[Spec]:
 def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     """Runs the benchmark once; returns the figures (the JSON line's content)."""
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    cluster = Cluster(workdir, cfg.shards)
+    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
     try:
         print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
         cluster.start()
         specs = _specs(cfg, cluster, workdir)
+        if cfg.tls:
+            files = cluster.client_tls("client")
+            specs = [replace(s, tls=(str(files.cert), str(files.key), str(files.ca))) for s in specs]
         for spec in specs:
             workers.append(
                 subprocess.Popen(
@@ -192,7 +199,7 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
         order_ids = [o for r in results for o in r["order_ids"]]
         outcomes = [o for r in results for o in r["outcomes"]]
         declined = [d for r in results for d in r["declined"]]
-        checked = ledger.check(cluster.stubs_address, order_ids, outcomes, declined)
+        checked = ledger.check(cluster.stubs_address, order_ids, outcomes, declined, cluster.client_tls("operator"))
         figures["ledger_checked"] = checked.checked
         figures["ledger_failed_verified"] = checked.failed_checked
         figures["ledger_violations"] = len(checked.violations)
