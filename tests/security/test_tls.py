@@ -270,3 +270,33 @@ def test_certs_command_creates_ca_and_named_certificates(tmp_path: Path, capsys:
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert (tmp_path / "tls" / "operator-key.pem").stat().st_mode & 0o077 == 0
     assert "ca.pem" in capsys.readouterr().out
+
+
+async def test_long_lived_channels_are_reopened_when_the_client_certificate_rotates(ca: LocalCA) -> None:
+    """grpcio cannot re-key a channel: the router's pool and the shard's caller open new ones (and close the old)."""
+    from coordinator.caller import GrpcCaller
+    from coordinator.config import Services
+    from shard_router.channels import ChannelPool
+
+    now = [0.0]
+    files = ca.issue("router").files
+    pool = ChannelPool(1 << 20, 0.0, ClientTls(files, check_interval_s=1.0, clock=lambda: now[0]))
+    first = pool.get("127.0.0.1:1")
+    assert pool.get("127.0.0.1:1") is first
+    ca.issue("router", renew=True)
+    now[0] = 2.0
+    second = pool.get("127.0.0.1:1")
+    assert second is not first and pool.get("127.0.0.1:1") is second
+    await pool.close()
+
+    shard_files = ca.issue("shard-1").files
+    caller = GrpcCaller(
+        Services("127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1"),
+        ClientTls(shard_files, check_interval_s=1.0, clock=lambda: now[0]),
+    )
+    before = dict(caller._channels)
+    ca.issue("shard-1", renew=True)
+    now[0] = 4.0
+    caller._reopen_if_rotated()
+    assert caller._channels and all(caller._channels[a] is not before[a] for a in before)
+    await caller.close()
