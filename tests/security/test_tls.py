@@ -300,3 +300,15 @@ async def test_long_lived_channels_are_reopened_when_the_client_certificate_rota
     caller._reopen_if_rotated()
     assert caller._channels and all(caller._channels[a] is not before[a] for a in before)
     await caller.close()
+
+
+def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Path) -> None:
+    from deploy.local import DEFAULT_CONFIG, load
+    from deploy.local.certs import with_tls
+
+    cluster = with_tls(load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)}), LocalCA(tmp_path / "tls"))
+    for p in cluster.processes:
+        args = list(p.args)
+        assert args[args.index("--tls-cert") + 1] == str(tmp_path / "tls" / f"{p.name}.pem")
+        assert args[args.index("--tls-ca") + 1] == str(tmp_path / "tls" / "ca.pem")
+    assert cluster.tls is not None and cluster.tls.cert == tmp_path / "tls" / "launcher.pem"
