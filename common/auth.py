@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 import jwt
 
+from .tls import peer_identities
 from .tomlfile import read_toml
 
 PRINCIPAL_KEY = "x-saga-principal"
@@ -334,15 +335,6 @@ def strip_claimed(metadata: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in metadata if k not in _CLAIMED_KEYS and k != "authorization"]
 
 
-def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
-    """The identities (URI and DNS SANs, SPIFFE id) of the peer's verified client certificate; [] without one."""
-    auth = context.auth_context() or {}
-    out: list[str] = []
-    for key in ("peer_spiffe_id", "x509_subject_alternative_name", "x509_common_name"):
-        out += [v.decode() if isinstance(v, bytes) else str(v) for v in auth.get(key, ())]
-    return out
-
-
 OnDenied = Callable[[str, str], None]
 """Called with (status code name, reason) for every refused call: the process counts it in its metrics."""
 
@@ -355,7 +347,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self,
         authenticator: Authenticator,
         on_denied: OnDenied | None = None,
-        identify: Callable[[grpc.aio.ServicerContext[Any, Any]], list[str]] = peer_identities,
+        identify: Callable[[grpc.aio.ServicerContext[Any, Any]], Sequence[str]] = peer_identities,
     ) -> None:
         self._auth = authenticator
         self._on_denied = on_denied
