@@ -65,8 +65,8 @@ class SealError(ValueError):
 @dataclass(frozen=True)
 class KeyRing:
     path: str
-    hash_key: bytes
-    seal_keys: tuple[tuple[str, bytes], ...]
+    hash_key: bytes = field(repr=False)
+    seal_keys: tuple[tuple[str, bytes], ...] = field(repr=False)
     """Oldest first; the last one seals."""
 
     @property
@@ -159,8 +159,6 @@ def rotate_key_file(path: str) -> KeyRing:
     ring = read_key_file(path)
     numbers = [int(kid[1:]) for kid, _ in ring.seal_keys if re.fullmatch(r"k\d+", kid)]
     kid = f"k{max(numbers, default=0) + 1}"
-    while ring.key(kid) is not None:
-        kid += "x"
     ring = KeyRing(path, ring.hash_key, (*ring.seal_keys, (kid, secrets.token_bytes(_KEY_BYTES))))
     write_key_file(ring)
     return ring
@@ -204,11 +202,11 @@ def blob_kid(blob: bytes) -> str | None:
 
 @dataclass
 class Sealer:
-    """Seals under the ring's newest key, opens under any key of the ring (re-reading the key file once when a blob
-    names a key it does not hold: `keys reseal` may have used a key added after this shard started)."""
+    """Seals under the ring's newest key, opens under any key of the ring (re-reading the key file when a blob names a
+    key it does not hold: `keys reseal` may have used a key added after this shard started)."""
 
     ring: KeyRing
-    legacy_secret: bytes | None = None
+    legacy_secret: bytes | None = field(default=None, repr=False)
     _legacy: _LegacyOpener | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
