@@ -7,14 +7,18 @@
     GET  /api/sagas/{order_id}              one saga with its steps and event log (the page polls it while open)
     POST /api/dead-letters/{order_id}/retry    {"reason": "..."} (optional)
     POST /api/dead-letters/{order_id}/resolve  {"reason": "..."} (required)
+    GET  /api/whoami                        who is signed in, and whether they may act
+    POST /api/session                       {"token": "..."}: sign in (sets an HttpOnly, SameSite=Strict cookie)
+    POST /api/logout                        sign out
 
 Lists ask every shard through the router's channels and show what the shards that answer hold (a shard that does not is
 named in "errors"); saga detail and actions go through the router's own routing (the rules gRPC clients get); rates,
 percentiles and retries come from scraping the shards' /metrics (shard_router.shard_stats). Payment details are not in
 any of it: shards never return them.
 
-POSTs must be `Content-Type: application/json`: a cross-site form cannot send that without a CORS preflight, which this
-server does not grant, so another web page open in the operator's browser cannot press the buttons.
+Who may see and act, and the browser-side defences (Host and Origin allow-lists, JSON-only POSTs, session cookies,
+Content-Security-Policy): shard_router.dashboard_auth. The dashboard binds to loopback unless allow_remote is set;
+its actions reach the shard on behalf of the signed-in operator (the shard's audit names them).
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from common.auth import Authenticator, forwarded_metadata
+from common.tls import is_loopback
 from protos.saga.v1 import saga_pb2
 
 from . import shard_checks
 from .channels import ChannelPool, ShardClient
+from .dashboard_auth import DashboardGuard, Session, page_csp
 from .errors import RouterError
 from .forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, Caller
 from .http import HttpError, HttpServer, Request, Response
@@ -145,6 +152,9 @@ class Dashboard:
         pool: ChannelPool,
         health: ShardHealth,
         stats: ShardStats,
+        auth: Authenticator | None = None,
+        allow_remote: bool = False,
+        hosts: tuple[str, ...] = (),
     ) -> None:
         self._topology = topology
         self._router = router
@@ -153,6 +163,9 @@ class Dashboard:
         self.stats = stats
         self._http = HttpServer(self.handle)
         self._page = b""
+        self._page_csp = ""
+        self._allow_remote = allow_remote
+        self.guard = DashboardGuard(auth, hosts)
 
     @property
     def port(self) -> int:
@@ -160,24 +173,53 @@ class Dashboard:
 
     async def start(self, listen: str) -> int:
         """Binds listen; OSError (naming the file) if the page is missing, e.g. package data left out of an install."""
+        host = listen.rpartition(":")[0]
+        if not self._allow_remote and not is_loopback(host):
+            raise OSError(f"dashboard listen {listen} is not a loopback address; allow it explicitly to serve others")
         try:
             self._page = PAGE.read_bytes()
         except OSError as e:
             raise OSError(f"dashboard page {PAGE} not readable: {e.strerror}") from e
-        return await self._http.start(listen)
+        self._page_csp = page_csp(self._page)
+        port = await self._http.start(listen)
+        self.guard.serve_as(host, port)
+        return port
 
     async def close(self) -> None:
         await self._http.close()
 
     @staticmethod
-    def _caller() -> Caller:
-        return Caller((), time.monotonic() + CALL_TIMEOUT_S)
+    def _caller(session: Session | None = None) -> Caller:
+        """Reads go under the router's own identity; actions on behalf of the signed-in operator."""
+        metadata = forwarded_metadata(session.principal) if session is not None else ()
+        return Caller(metadata, time.monotonic() + CALL_TIMEOUT_S)
 
     async def handle(self, req: Request) -> Response:
+        self.guard.check_host(req)
         path = req.path.rstrip("/") or "/"
+        if req.method == "GET" and path in ("/", "/index.html"):
+            csp = {"Content-Security-Policy": self._page_csp}
+            return Response(200, self._page, "text/html; charset=utf-8", csp)
+        if path == "/api/whoami" and req.method == "GET":
+            session = self.guard.session(req)
+            return Response.of_json(
+                {
+                    "signed_in": session is not None,
+                    "name": session.principal.name if session else "",
+                    "can_act": bool(session and session.can_act),
+                    "auth": "development" if self.guard.development else "required",
+                }
+            )
+        if path in ("/api/session", "/api/logout") and req.method == "POST":
+            self.guard.check_origin(req)
+            if path == "/api/logout":
+                return Response(200, b"{}", headers={"Set-Cookie": self.guard.sign_out(req)})
+            body = req.json()
+            session, cookie = self.guard.sign_in(body.get("token") if isinstance(body, dict) else None)
+            answer = {"name": session.principal.name, "can_act": session.can_act}
+            return Response(200, Response.of_json(answer).body, headers={"Set-Cookie": cookie})
         if req.method == "GET":
-            if path in ("/", "/index.html"):
-                return Response(200, self._page, "text/html; charset=utf-8")
+            self.guard.viewer(req)
             if path == "/api/summary":
                 return Response.of_json(await self.summary())
             if path == "/api/sagas":
@@ -192,18 +234,18 @@ class Dashboard:
             m = re.fullmatch(r"/api/dead-letters/([^/]+)/(retry|resolve)", path)
             if m is None:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no such action: {path}")
-            if req.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "content-type must be application/json")
+            self.guard.check_origin(req)
+            session = self.guard.operator(req)
             body = req.json()
             reason = body.get("reason", "") if isinstance(body, dict) else ""
             if not isinstance(reason, str) or len(reason) > 1000:
                 raise HttpError(HTTPStatus.BAD_REQUEST, "reason: must be a string of at most 1000 characters")
             order_id = _order_id(m.group(1))
             if m.group(2) == "retry":
-                return Response.of_json(await self.retry(order_id, reason))
+                return Response.of_json(await self.retry(order_id, reason, session))
             if not reason.strip():
                 raise HttpError(HTTPStatus.BAD_REQUEST, "reason: required to resolve a dead letter")
-            return Response.of_json(await self.resolve(order_id, reason))
+            return Response.of_json(await self.resolve(order_id, reason, session))
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {req.method} not allowed")
 
     # ---- reads ----------------------------------------------------------------------------------------------------
@@ -312,18 +354,20 @@ class Dashboard:
 
     # ---- actions --------------------------------------------------------------------------------------------------
 
-    async def retry(self, order_id: str, reason: str) -> dict[str, Any]:
+    async def retry(self, order_id: str, reason: str, session: Session) -> dict[str, Any]:
         req = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason or "retried from the dashboard")
         try:
-            reply = await self._router.to_holder(order_id, RETRY_DEAD_LETTER, req.SerializeToString(), self._caller())
+            body = req.SerializeToString()
+            reply = await self._router.to_holder(order_id, RETRY_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
         return {"order_ids": list(saga_pb2.RetryDeadLetterResponse.FromString(reply.body).order_ids)}
 
-    async def resolve(self, order_id: str, reason: str) -> dict[str, Any]:
+    async def resolve(self, order_id: str, reason: str, session: Session) -> dict[str, Any]:
         req = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason)
         try:
-            reply = await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, req.SerializeToString(), self._caller())
+            body = req.SerializeToString()
+            reply = await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
         return {"saga": saga_json(saga_pb2.ResolveDeadLetterResponse.FromString(reply.body).saga)}

@@ -48,11 +48,20 @@ def saga(live: LiveCluster) -> Iterator[saga_pb2_grpc.SagaCoordinatorStub]:
         yield saga_pb2_grpc.SagaCoordinatorStub(channel)
 
 
-def http(live: LiveCluster, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+def http(
+    live: LiveCluster,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(live.dashboard_url + path, data=data, method="POST" if data is not None else "GET")
     if data is not None:
         req.add_header("Content-Type", content_type)
+        req.add_header("Origin", live.dashboard_url.rstrip("/"))  # what a browser sends from the dashboard's page
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=15) as r:
             raw, status = r.read(), r.status
@@ -95,6 +104,21 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
     assert status == 409 and "FAILED_PRECONDITION" in err["error"]
     status, page = http(live, "/")
     assert status == 200 and "<title>" in page
+
+
+def test_browser_side_defences(live: LiveCluster) -> None:
+    # A page of another site cannot press the buttons (its Origin is not the dashboard's) ...
+    status, err = http(live, "/api/dead-letters/x-1/retry", {}, headers={"Origin": "http://evil.example"})
+    assert status == 403 and "origin" in err["error"]
+    # ... nor reach the dashboard through a name it does not serve as (DNS rebinding).
+    assert http(live, "/api/summary", headers={"Host": "evil.example"})[0] == 421
+    with urllib.request.urlopen(live.dashboard_url, timeout=15) as r:
+        csp = r.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+        assert r.headers["X-Frame-Options"] == "DENY"
+    # Without a policy the router is in development mode: everyone is local-dev, an operator.
+    status, me = http(live, "/api/whoami")
+    assert status == 200 and me == {"signed_in": True, "name": "local-dev", "can_act": True, "auth": "development"}
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (Debian package chromium)")
