@@ -22,6 +22,7 @@ servers allow it only while they listen in plaintext on loopback (the safe defau
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import enum
 import hashlib
@@ -34,8 +35,10 @@ from typing import Any
 
 import grpc
 import jwt
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter
 
-from .tls import peer_identities
+from .tls import TlsFiles, check_plaintext, is_loopback, peer_identities
 from .tomlfile import read_toml
 
 PRINCIPAL_KEY = "x-saga-principal"
@@ -117,7 +120,8 @@ class AuthPolicy:
     """Who is who and may do what. Read from a TOML file by load_policy()."""
 
     identities: Mapping[str, frozenset[Role]] = field(default_factory=dict)
-    """Certificate identity (URI or DNS SAN, e.g. spiffe://saga/router) -> roles."""
+    """Certificate identity (URI or DNS SAN, e.g. spiffe://saga/router) -> roles; a trailing * matches by prefix
+    (spiffe://saga/shard-*), an exact entry first."""
     tokens: tuple[StaticToken, ...] = ()
     """Static bearer tokens, by SHA-256 (hex) of the token: the file never holds a token itself."""
     jwt: JwtSettings | None = None
@@ -156,6 +160,9 @@ def load_policy(path: str | os.PathLike[str]) -> AuthPolicy:
     [[identity]]                      # client certificates
     san = "spiffe://saga/router"
     roles = ["router"]
+    [[identity]]                      # a trailing * matches by prefix: every shard
+    san = "spiffe://saga/shard-*"
+    roles = ["coordinator"]
     [[token]]                         # static bearer tokens, by hash: sha256sum of the token
     name = "ci-bot"
     sha256 = "9f86d0..."
@@ -191,6 +198,8 @@ def load_policy(path: str | os.PathLike[str]) -> AuthPolicy:
             raise AuthConfigError(f"auth policy {path}: jwt.key_file is required")
         if "algorithms" in table:
             table["algorithms"] = tuple(str(a) for a in table["algorithms"])
+        # A relative key file is relative to the policy file, as a [tls] table's paths are to theirs.
+        table["key_file"] = str(Path(path).parent / Path(str(table["key_file"])).expanduser())
         try:
             jwt_settings = JwtSettings(**table)
         except TypeError as e:
@@ -238,6 +247,11 @@ class Authenticator:
         self.policy = policy
         self._jwt_keys = _JwtKeys(policy.jwt) if policy.jwt else None
         self._token_hashes = {t.sha256: t for t in policy.tokens}
+        # "spiffe://saga/shard-*": every shard of a StatefulSet or an autoscaled set; the longest prefix wins.
+        self._san_prefixes = sorted(
+            ((san[:-1], roles) for san, roles in policy.identities.items() if san.endswith("*")),
+            key=lambda entry: -len(entry[0]),
+        )
 
     def authenticate(self, metadata: Mapping[str, str], peer_identities: Sequence[str]) -> Principal:
         if self.policy.development:
@@ -262,6 +276,8 @@ class Authenticator:
     def _peer(self, peer_identities: Sequence[str]) -> Principal | None:
         for identity in peer_identities:
             roles = self.policy.identities.get(identity)
+            if roles is None:
+                roles = next((r for prefix, r in self._san_prefixes if identity.startswith(prefix)), None)
             if roles is not None:
                 return Principal(identity, roles, "certificate")
         return None
@@ -287,7 +303,7 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "expired_token", "the bearer token has expired") from None
-        except (jwt.InvalidTokenError, ValueError, json.JSONDecodeError):
+        except (jwt.PyJWTError, ValueError, json.JSONDecodeError):
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "the bearer token is not valid") from None
         raw_roles = claims.get(settings.roles_claim, [])
         if isinstance(raw_roles, str):
@@ -429,3 +445,65 @@ async def _stream(result: Any) -> Any:
             yield item
     else:
         await result
+
+
+# ------------------------------------------------------------------ one process's wiring
+
+
+def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """--auth-policy, spelled and explained the same in every process (as common.tls.add_tls_arguments)."""
+    parser.add_argument(
+        "--auth-policy",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="TOML auth policy (certificate identities, token hashes, JWT key; see deploy/README.md). Without it the "
+        "process runs with auth off, which it allows only in plaintext on loopback",
+    )
+
+
+def auth_policy_from_args(ns: argparse.Namespace) -> AuthPolicy | None:
+    """The policy --auth-policy names, loaded (AuthConfigError if it cannot be); None without the flag."""
+    path = getattr(ns, "auth_policy", None)
+    return load_policy(path) if path is not None else None
+
+
+def resolve_policy(policy: AuthPolicy | None, listen: str, tls: TlsFiles, process: str) -> AuthPolicy:
+    """The policy a server at `listen` runs with. None (no --auth-policy) is development mode, allowed only in
+    plaintext on loopback, and said in one warning line; with TLS on or off loopback it is refused (AuthConfigError),
+    so a deployed process never runs open because a flag was forgotten. A development policy is held to the same rule.
+    Plaintext off loopback without --insecure is refused first (common.tls.PlaintextRefused), as listen() would."""
+    if not tls.enabled:  # plaintext off loopback without --insecure is the first thing to name, if it is the case
+        check_plaintext(listen, tls, "on")
+    if policy is not None and not policy.development:
+        return policy
+    host = listen.rpartition(":")[0]
+    if tls.enabled or not is_loopback(host):
+        why = "it serves TLS" if tls.enabled else f"{listen} is not a loopback address"
+        raise AuthConfigError(
+            f"{process}: no --auth-policy and {why}: refusing to start with auth off. Give --auth-policy PATH "
+            "(deploy/README.md, 'Auth policy'); auth may be off only in plaintext on loopback"
+        )
+    logger.warning(
+        "{}: auth is off (no --auth-policy): every caller is local-dev with every role; plaintext loopback only",
+        process,
+    )
+    return AuthPolicy.open_for_development()
+
+
+def denied_counter(registry: CollectorRegistry, name: str = "saga_auth_denied") -> OnDenied:
+    """An OnDenied that counts refusals in `registry` as <name>_total{code,reason} (both bounded labels)."""
+    counter = Counter(
+        name, "Calls refused before any handler ran, by status code and reason", ["code", "reason"], registry=registry
+    )
+
+    def on_denied(code: str, reason: str) -> None:
+        counter.labels(code, reason).inc()
+
+    return on_denied
+
+
+def server_interceptor(auth: AuthPolicy | Authenticator, on_denied: OnDenied | None = None) -> AuthInterceptor:
+    """The one AuthInterceptor of a server, for the policy resolve_policy() returned (or an Authenticator the process
+    shares with another front door, e.g. the router's dashboard)."""
+    return AuthInterceptor(auth if isinstance(auth, Authenticator) else Authenticator(auth), on_denied)

@@ -14,6 +14,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
 
 from . import crashpoints, sealing
@@ -32,11 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--services", help="one host:port serving all four downstream services (env SAGA_SERVICES)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
     add_tls_arguments(p)
+    add_auth_arguments(p)
     return p.parse_args(argv)
 
 
-async def run(cfg: ShardConfig, tls: TlsFiles | None = None) -> None:
-    app = await ShardApp.start(cfg, tls=tls)
+async def run(cfg: ShardConfig, tls: TlsFiles | None = None, auth: AuthPolicy | None = None) -> None:
+    app = await ShardApp.start(cfg, tls=tls, auth=auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,14 +137,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         crashpoints.arm(os.environ.get("SAGA_CRASH_POINT", ""))
         tls = tls_from_args(args)
+        auth = auth_policy_from_args(args)
     except (ConfigError, ValueError) as e:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
     try:
-        uvloop.run(run(cfg, tls))
-    # Unusable TLS files, plaintext off loopback, a key file missing or too open: refused before anything is bound.
-    except (TlsConfigError, sealing.KeyFileError) as e:
+        uvloop.run(run(cfg, tls, auth))
+    # Unusable TLS files, plaintext off loopback, no auth policy where one is needed, a key file missing or too open:
+    # refused before anything is bound.
+    except (TlsConfigError, AuthConfigError, sealing.KeyFileError) as e:
         logger.error("cannot start: {}", e)
         print(f"coordinator: {e}", file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health
 from loguru import logger
 
+from common.auth import AuthPolicy, denied_counter, resolve_policy
 from common.grpc_server import ServerLimits
 from common.metrics_http import MetricsServer
 from common.tls import ClientTls, TlsFiles, check_plaintext
@@ -48,12 +49,16 @@ class ShardApp:
         caller: Caller | None = None,
         tls: TlsFiles | None = None,
         limits: ServerLimits | None = None,
+        auth: AuthPolicy | None = None,
     ) -> ShardApp:
         """tls: the shard's certificate, key and CA (--tls-*), served to the router and presented to the services;
-        None: plaintext, on loopback only. limits: the gRPC server's (default: coordinator.server.server_limits)."""
+        None: plaintext, on loopback only. limits: the gRPC server's (default: coordinator.server.server_limits).
+        auth: who may call (--auth-policy); None: auth off, refused unless plaintext on loopback."""
         tls = tls or TlsFiles()
-        # Before the journal opens: bad TLS files or a refused plaintext address fail the start with nothing to undo.
+        # Before the journal opens: bad TLS files, a refused plaintext address or a missing auth policy fail the start
+        # with nothing to undo.
         check_plaintext(cfg.listen, tls, "on")
+        policy = resolve_policy(auth, cfg.listen, tls, f"shard {cfg.shard_id}")
         caller = caller or GrpcCaller(cfg.services, ClientTls(tls))
         metrics = ShardMetrics()
         journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch, metrics=metrics)
@@ -62,7 +67,8 @@ class ShardApp:
         rng = random.Random(cfg.seed)
         shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
         try:
-            server, port, health_servicer = build_server(shard, cfg.listen, tls, limits)
+            on_denied = denied_counter(metrics.registry)
+            server, port, health_servicer = build_server(shard, cfg.listen, tls, limits, policy, on_denied)
         except BaseException:
             await journal.close()
             await caller.close()

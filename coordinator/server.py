@@ -1,7 +1,8 @@
 """The shard's gRPC face: saga.v1.SagaCoordinator and saga.v1.SagaAdmin over a Shard, plus health and reflection.
 
 Errors become gRPC statuses here and only here (abort); bad input gets common.rpc_errors's BadRequest status, the one
-every process sends.
+every process sends. Who may call is decided before any handler runs, by the server's one common.auth interceptor;
+the admin handlers name in the audit trail the principal it authenticated (current_principal()), never metadata.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.auth import AuthPolicy, OnDenied, current_principal, server_interceptor
 from common.grpc_server import ServerLimits
 from common.grpc_server import build_server as build_grpc_server
 from common.grpc_server import listen as listen_on
@@ -55,11 +57,13 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> 
     raise AssertionError("abort returned")
 
 
-def caller_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key in ("x-operator", "x-user") and value:
-            return str(value)[:128]
-    return f"peer {context.peer()}"
+def operator_name() -> str:
+    """Who the audit trail names: the principal the interceptor authenticated ("local-dev" with auth off). The
+    interceptor admits no admin call without one, so a missing principal is a wiring bug, not a caller's doing."""
+    principal = current_principal()
+    if principal is None:
+        raise AssertionError("an admin call reached its handler without an authenticated principal")
+    return principal.name
 
 
 class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
@@ -145,7 +149,7 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
     async def RetryDeadLetter(
         self, request: saga_pb2.RetryDeadLetterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.RetryDeadLetterResponse:
-        who = caller_identity(context)
+        who = operator_name()
         try:
             if len(request.reason) > self._shard.cfg.limits.reason_max_len:
                 raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
@@ -170,18 +174,26 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
                 raise InvalidRequest("reason", "is required: say what was done by hand")
             if len(request.reason) > self._shard.cfg.limits.reason_max_len:
                 raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
-            rec = await self._shard.resolve_dead_letter(request.order_id, caller_identity(context), request.reason)
+            rec = await self._shard.resolve_dead_letter(request.order_id, operator_name(), request.reason)
         except SagaError as e:
             await abort(context, e)
         return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
 
 
 def build_server(
-    shard: Shard, listen: str, tls: TlsFiles | None = None, limits: ServerLimits | None = None
+    shard: Shard,
+    listen: str,
+    tls: TlsFiles | None = None,
+    limits: ServerLimits | None = None,
+    auth: AuthPolicy | None = None,
+    on_denied: OnDenied | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """The shard's server, bound (mutual TLS with tls's files; plaintext only on loopback or with --insecure)."""
+    """The shard's server, bound (mutual TLS with tls's files; plaintext only on loopback or with --insecure). auth:
+    the policy from common.auth.resolve_policy (None: development mode, which the caller has checked is allowed);
+    on_denied counts refusals."""
     limits = limits or server_limits(shard.cfg.limits.max_concurrent_rpcs)
-    server = build_grpc_server(limits, streams=WATCH_METHODS)
+    interceptor = server_interceptor(auth or AuthPolicy.open_for_development(), on_denied)
+    server = build_grpc_server(limits, streams=WATCH_METHODS, interceptors=[interceptor])
     saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
     health_servicer = health.aio.HealthServicer()

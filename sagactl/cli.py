@@ -11,12 +11,14 @@
 
 Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. With --tls-cert, --tls-key and --tls-ca, sagactl
 speaks mutual TLS (the router's certificate must name the host dialled); without them plaintext, which is refused to a
-non-loopback router unless --insecure. --json prints JSON (proto field names) instead of tables.
+non-loopback router unless --insecure. --token-file PATH sends the token in it as `authorization: Bearer ...` on every
+call (who the caller is, when the certificate names only a machine). --json prints JSON (proto field names) instead of
+tables.
 
 Exit codes (EXIT_CODES): 0 ok; 1 the saga did not succeed (place answered FAILED, watch ended other than SUCCEEDED); 2
 usage or a request the server called invalid; 3 unavailable: the router is unreachable, or a shard behind it, or no
 answer in time (retry later); 4 not found; 5 refused by the server (e.g. retrying a saga that is not dead-lettered,
-ALREADY_EXISTS, RESOURCE_EXHAUSTED).
+ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from protos.saga.v1 import saga_pb2
@@ -41,6 +44,7 @@ from .client import (
     CallFailed,
     Client,
     UsageError,
+    read_token,
 )
 
 DEFAULT_ROUTER = "127.0.0.1:50051"
@@ -73,6 +77,13 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
     common.add_argument("--timeout", type=float, default=default(None), help="seconds per call (default 10; place: 60)")
     add_tls_arguments(common, suppress_defaults=suppress)
+    common.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        metavar="PATH",
+        help="send the bearer token in this file (a JWT or a static token; never printed)",
+    )
     return common
 
 
@@ -262,8 +273,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         print("sagactl: --timeout: must be > 0", file=sys.stderr)
         return EXIT_USAGE
     try:
-        client = Client(router, ns.timeout or CALL_TIMEOUT_S, tls_from_args(ns))
-    except TlsConfigError as e:
+        token = read_token(ns.token_file) if ns.token_file is not None else None
+        client = Client(router, ns.timeout or CALL_TIMEOUT_S, tls_from_args(ns), token)
+    except (TlsConfigError, UsageError) as e:
         print(f"sagactl: {e}", file=sys.stderr)
         return EXIT_USAGE
     commands = {"place": _place, "get": _get, "list": _list, "watch": _watch, "dlq": _dlq, "top": top.run}

@@ -4,6 +4,7 @@ exit code (CallFailed), so no command prints a traceback for a server's answer."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,6 +52,9 @@ def _router_answers(channel: grpc.Channel) -> bool:
 def _failure(router: str, channel: grpc.Channel, what: str, e: grpc.RpcError) -> CallFailed:
     code = e.code()
     details = e.details() or ""
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        hint = "give a client certificate (--tls-cert/--tls-key/--tls-ca) or a token (--token-file) the router knows"
+        return CallFailed(f"{what}: UNAUTHENTICATED: {details}; {hint}", EXIT_REFUSED, code.name)
     if code in _UNREACHABLE and not _router_answers(channel):
         message = (
             f"cannot reach the router at {router} ({code.name}: {details}).\n"
@@ -65,24 +69,56 @@ def _failure(router: str, channel: grpc.Channel, what: str, e: grpc.RpcError) ->
     return CallFailed(f"{what}: {code.name}: {details}", _EXIT_BY_CODE.get(code, EXIT_REFUSED), code.name)
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (the one credentials factory of sagactl)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._header))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in a file (first line, whitespace stripped); UsageError naming the file, never the token."""
+    try:
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--token-file: cannot read {path}: {getattr(e, 'strerror', None) or 'not text'}") from None
+    token = lines[0].strip() if lines else ""
+    if not token or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file: {path} holds no token (one line: the token itself)")
+    return token
+
+
 class Client:
-    def __init__(self, router: str, timeout_s: float, tls: TlsFiles | None = None) -> None:
+    def __init__(self, router: str, timeout_s: float, tls: TlsFiles | None = None, token: str | None = None) -> None:
         """tls: mutual TLS with these files; None or empty: plaintext (refused off loopback without tls.insecure:
-        common.tls.PlaintextRefused)."""
+        common.tls.PlaintextRefused). token: a bearer token sent with every call (the router's auth policy names
+        who it is)."""
         self.router = router
         self.timeout_s = timeout_s
-        self._channel = sync_channel(router, tls or TlsFiles())
+        self._raw_channel = sync_channel(router, tls or TlsFiles())
+        self._channel = self._raw_channel
+        if token is not None:
+            self._channel = grpc.intercept_channel(self._raw_channel, _Bearer(token))
         self.saga = saga_pb2_grpc.SagaCoordinatorStub(self._channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def call(self, what: str, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         try:
             return method(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as e:
-            raise _failure(self.router, self._channel, what, e) from None
+            raise _failure(self.router, self._raw_channel, what, e) from None
 
     def watch(self, order_id: str) -> Iterator[saga_pb2.SagaUpdate]:
         """The saga's updates until it ends (no deadline: a watch lasts as long as the saga)."""
@@ -90,7 +126,7 @@ class Client:
         try:
             yield from stream
         except grpc.RpcError as e:
-            raise _failure(self.router, self._channel, f"watch {order_id}", e) from None
+            raise _failure(self.router, self._raw_channel, f"watch {order_id}", e) from None
         finally:
             stream.cancel()
 

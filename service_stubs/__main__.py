@@ -13,6 +13,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.auth import AuthConfigError, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
 from service_stubs.server import serve
@@ -37,6 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
         help="comma-separated subset of %(default)s",
     )
     parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="do not serve StubControl (fault injection, ledgers, stock): for anything but development and tests",
+    )
+    parser.add_argument(
         "--stock",
         action="append",
         default=[],
@@ -46,17 +52,22 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
     parser.add_argument("--metrics-listen", default=None, help="host:port for Prometheus /metrics (default: none)")
     parser.add_argument("--log-level", default="INFO", help="loguru level (default %(default)s)")
     add_tls_arguments(parser)
+    add_auth_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        services = parse_services(args.services)
+        if args.no_control:
+            services = tuple(s for s in services if s != "control")
         config = StubConfig(
             listen=args.listen,
             data_dir=args.data_dir if args.data_dir is not None else default_data_dir(),
-            services=parse_services(args.services),
+            services=services,
             initial_stock=parse_stock(args.stock),
             metrics_listen=args.metrics_listen,
             tls=tls_from_args(args),
+            auth=auth_policy_from_args(args),
         )
-    except ValueError as e:
+    except ValueError as e:  # AuthConfigError and TlsConfigError are ValueErrors too
         parser.error(str(e))
     return config, str(args.log_level).upper()
 
@@ -93,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup("stubs", level=log_level)
     try:
         uvloop.run(run(config))
-    except TlsConfigError as e:  # unusable TLS files, or plaintext off loopback: found before anything is bound
+    # Unusable TLS files, plaintext off loopback, no auth policy where one is needed: found before anything is bound.
+    except (TlsConfigError, AuthConfigError) as e:
         logger.error("cannot start: {}", e)
         raise SystemExit(2) from e
     except (OSError, RuntimeError) as e:

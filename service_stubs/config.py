@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.auth import AuthPolicy
 from common.tls import TlsFiles
 
 SHOP_SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
@@ -60,6 +61,9 @@ class StubConfig:
     tls: TlsFiles = field(default_factory=TlsFiles)
     """Certificate, key and CA (--tls-*): mutual TLS, clients' certificates must chain to the CA; none: plaintext,
     on loopback only unless tls.insecure."""
+    auth: AuthPolicy | None = None
+    """Who may call (--auth-policy): the shards (role coordinator) the shop services, operators StubControl. None:
+    auth off, which the server allows only in plaintext on loopback (common.auth.resolve_policy)."""
 
     def __post_init__(self) -> None:
         self._validate()

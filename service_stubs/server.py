@@ -1,4 +1,5 @@
-"""Builds and runs one stub process: stores, services, StubControl, health and reflection on one grpc.aio server."""
+"""Builds and runs one stub process: stores, services, StubControl, health and reflection on one grpc.aio server,
+behind the one common.auth interceptor (shop services for role coordinator, StubControl for role operator)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from common.auth import AuthPolicy, denied_counter, resolve_policy, server_interceptor
 from common.grpc_server import ServerLimits, build_server, listen
 from common.metrics_http import MetricsServer
 from common.tls import TlsFiles
@@ -110,6 +112,7 @@ async def start(
     stop_grace_s: float = 1.0,
     metrics_listen: str | None = None,
     tls: TlsFiles | None = None,
+    auth: AuthPolicy | None = None,
 ) -> StubServer:
     """Starts stubs in this event loop (tests); `serve()` takes a full StubConfig."""
     config = StubConfig(
@@ -121,25 +124,30 @@ async def start(
         stop_grace_s=stop_grace_s,
         metrics_listen=metrics_listen,
         tls=tls or TlsFiles(),
+        auth=auth,
     )
     return await serve(config)
 
 
 async def serve(config: StubConfig) -> StubServer:
     """Opens the stores, registers every requested service and starts listening."""
+    # Before a store opens: a refused plaintext address or a missing auth policy fails with nothing to undo.
+    policy = resolve_policy(config.auth, config.listen, config.tls, "stubs")
     shop_names = [name for name in SHOP_SERVICES if name in config.services]
     opened: list[tuple[Store, Loaded]] = []
     try:
         for name in shop_names:
             opened.append(await asyncio.to_thread(Store.open, config.data_dir / f"{name}.db"))
-        return await _start_server(config, shop_names, opened)
+        return await _start_server(config, policy, shop_names, opened)
     except BaseException:
         for store, _ in opened:
             store.close()
         raise
 
 
-async def _start_server(config: StubConfig, shop_names: list[str], opened: list[tuple[Store, Loaded]]) -> StubServer:
+async def _start_server(
+    config: StubConfig, policy: AuthPolicy, shop_names: list[str], opened: list[tuple[Store, Loaded]]
+) -> StubServer:
     faults = FaultInjector()
     stats = CallStats()
     services: dict[str, ShopService[Any]] = {}
@@ -148,7 +156,9 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
 
     # common's limits accept the coordinator's keepalive pings (every 10 s, with or without calls): gRPC's default
     # answered them with GOAWAY "too_many_pings", and a half-open connection then went unnoticed for a minute.
-    server = build_server(ServerLimits(max_concurrent_rpcs=config.max_concurrent_rpcs))
+    registry = CollectorRegistry()  # one per server: several may share a test process
+    interceptor = server_interceptor(policy, denied_counter(registry))
+    server = build_server(ServerLimits(max_concurrent_rpcs=config.max_concurrent_rpcs), interceptors=[interceptor])
     names: list[str] = []
     for service in services.values():
         _ADD_SERVICER[service.name](service, server)
@@ -173,7 +183,6 @@ async def _start_server(config: StubConfig, shop_names: list[str], opened: list[
     metrics: MetricsServer | None = None
     try:
         if config.metrics_listen is not None:
-            registry = CollectorRegistry()  # one per server: several may share a test process
             registry.register(StubCollector(stats, services))
             metrics = MetricsServer(config.metrics_listen, registry)
         await server.start()

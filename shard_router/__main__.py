@@ -2,7 +2,7 @@
 
     python -m shard_router --listen 127.0.0.1:50051 --config deploy/local/shards.toml [--epochs PATH] [--log-json]
         [--metrics-listen 127.0.0.1:9051] [--dashboard-listen 127.0.0.1:8051]
-        [--tls-cert router.pem --tls-key router-key.pem --tls-ca ca.pem | --insecure]
+        [--tls-cert router.pem --tls-key router-key.pem --tls-ca ca.pem | --insecure] [--auth-policy PATH]
     python -m shard_router epochs list --config deploy/local/shards.toml
     python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--force]
 
@@ -21,6 +21,7 @@ import uvloop
 from loguru import logger
 
 from common import logs
+from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 
 from . import epochs_cli
@@ -47,12 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dashboard-listen", help="host:port of the web dashboard and its JSON API (or $SAGA_ROUTER_DASHBOARD_LISTEN)"
     )
     add_tls_arguments(p)  # override the config file's [tls] table
+    add_auth_arguments(p)
     return p
 
 
-async def _serve(config: RouterConfig) -> int:
+async def _serve(config: RouterConfig, auth: AuthPolicy | None) -> int:
     try:
-        server = RouterServer(config)
+        server = RouterServer(config, auth=auth)
         port = await server.start()
     except (ConfigError, EpochError, RingChangeRefused, TlsConfigError) as e:
         logger.error("cannot start: {}", e)
@@ -93,12 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             dashboard_listen=ns.dashboard_listen,
             tls=tls_from_args(ns),
         )
-    except (ConfigError, TlsConfigError) as e:
+        auth = auth_policy_from_args(ns)
+    except (ConfigError, TlsConfigError, AuthConfigError) as e:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
     logs.setup("router", json_lines=config.log_json)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, auth))
 
 
 if __name__ == "__main__":

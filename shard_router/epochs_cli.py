@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from common.tls import ClientTls, TlsConfigError, add_tls_arguments, tls_from_args
+
 from . import epochs
 from .channels import ChannelPool
 from .config import ConfigError, RouterConfig, load
@@ -38,15 +40,18 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--through", type=int, required=True, metavar="N", help="drop epochs 1..N")
             sp.add_argument("--force", action="store_true", help="skip the check against the shards")
             sp.add_argument("--retry-window-s", type=int, help="default: [router] place_order_retry_window_s")
+            # The shards ask for a certificate (role router in their auth policy): the router's own, as a rule.
+            add_tls_arguments(sp)
     return p
 
 
 def main(argv: Sequence[str]) -> int:
     ns = _parser().parse_args(argv)
     try:
-        config = load(ns.config, epochs_path=ns.epochs)
+        tls = tls_from_args(ns) if ns.command == "drop" else None
+        config = load(ns.config, epochs_path=ns.epochs, tls=tls)
         history = epochs.read(config.epochs_path)
-    except (ConfigError, EpochError) as e:
+    except (ConfigError, EpochError, TlsConfigError) as e:
         print(f"saga-router epochs: {e}", file=sys.stderr)
         return 2
     if ns.command == "list":
@@ -93,7 +98,11 @@ async def _drop(config: RouterConfig, history: EpochHistory, through: int, force
 
 async def _safe_to_drop(config: RouterConfig, dropped: list[epochs.Epoch], after: Topology, window_s: int) -> bool:
     addresses = {sid: addr for e in dropped for sid, addr in e.shards} | dict(config.ring.addresses)
-    pool = ChannelPool(config.settings.max_message_bytes, 0.0)
+    try:
+        pool = ChannelPool(config.settings.max_message_bytes, 0.0, ClientTls(config.tls))
+    except TlsConfigError as e:
+        print(f"saga-router epochs: {e}")
+        return False
     stranded: list[str] = []
     count = 0
     try:

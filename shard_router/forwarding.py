@@ -5,7 +5,10 @@ place times, counts and maps the errors of every call to a shard.
 
 What a forwarded call keeps from the caller: its deadline (the time remaining when the router forwards, so hops share
 one budget) and its metadata, minus what gRPC itself owns (pseudo-headers, "grpc-*" reserved keys, user-agent,
-content-type, te). What it brings back unchanged: the shard's status code, details, and initial and trailing
+content-type, te) and minus what only an authenticated hop may assert (common.auth.strip_claimed: the caller's bearer
+token, x-saga-principal*, x-operator, x-user). In their place the router adds the principal its interceptor
+authenticated (common.auth.forwarded_metadata), which a shard believes only because the router's certificate says
+router. What it brings back unchanged: the shard's status code, details, and initial and trailing
 metadata, including google.rpc.Status details ("grpc-status-details-bin") and "retry-after-ms".
 """
 
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+
+from common.auth import current_principal, forwarded_metadata, strip_claimed
 
 from .channels import ChannelPool
 from .errors import Metadata, RouterError, ShardStatus
@@ -58,9 +63,15 @@ class Caller:
 
     @classmethod
     def from_context(cls, context: Any) -> Caller:
+        """The caller of the call being handled: its metadata without claimed identity, plus the principal the
+        interceptor authenticated (none on a public method)."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        return cls(forwardable(context.invocation_metadata()), deadline)
+        metadata = strip_claimed(forwardable(context.invocation_metadata()))
+        principal = current_principal()
+        if principal is not None:
+            metadata += forwarded_metadata(principal)
+        return cls(tuple(metadata), deadline)
 
     def timeout_s(self, cap_s: float | None = None) -> float | None:
         """Seconds left for the next hop (at most cap_s); DEADLINE_EXCEEDED if none are left."""

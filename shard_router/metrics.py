@@ -13,6 +13,8 @@ method names), shard (ids from the shards file), code (gRPC status code names). 
     saga_router_ring_refused_total                     config changes refused (the previous ring stayed)
     saga_router_shard_up{shard}                        1 if the shard answered its last health check SERVING
     saga_router_shards_up                              how many did; the router reports NOT_SERVING at 0
+    saga_router_auth_denied_total{code,reason}         calls refused by the auth interceptor (UNAUTHENTICATED or
+                                                       PERMISSION_DENIED; reason: no_credentials, bad_token, ...)
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Metrics(Protocol):
     def shards_checked(self, up: dict[str, bool]) -> None:
         """One round of health checks: every shard the router may call, and whether it is up."""
 
+    def auth_denied(self, code: str, reason: str) -> None:
+        """A call was refused before its handler ran (common.auth.OnDenied)."""
+
 
 class NullMetrics:
     """Records nothing."""
@@ -52,6 +57,9 @@ class NullMetrics:
         pass
 
     def shards_checked(self, up: dict[str, bool]) -> None:
+        pass
+
+    def auth_denied(self, code: str, reason: str) -> None:
         pass
 
 
@@ -89,6 +97,9 @@ class RouterMetrics:
             "saga_router_shard_up", "1 if the shard answered its last health check SERVING", ["shard"], registry=r
         )
         self.shards_up = Gauge("saga_router_shards_up", "Shards that answered their last health check", registry=r)
+        self.auth_denials = Counter(
+            "saga_router_auth_denied", "Calls refused before any handler ran", ["code", "reason"], registry=r
+        )
         self._known: set[str] = set()
         # Children of a labelled metric are looked up by a dict under a lock; caching them keeps a relay's cost to
         # two observations.
@@ -120,3 +131,6 @@ class RouterMetrics:
         for shard_id, is_up in up.items():
             self.shard_up.labels(shard_id).set(1 if is_up else 0)
         self.shards_up.set(sum(up.values()))
+
+    def auth_denied(self, code: str, reason: str) -> None:
+        self.auth_denials.labels(code, reason).inc()

@@ -3,6 +3,9 @@ service and server reflection, so a client (or grpcurl) cannot tell the router f
 
 Every method is registered with bytes in and bytes out: requests routed by order are relayed without re-encoding
 (only their order_id is read), and list calls are decoded only because their pages must be merged.
+
+Who may call is decided once, here, by the server's one common.auth interceptor (policy from --auth-policy); the
+principal it authenticated travels on to the shard in metadata (forwarding.Caller), over the router's own mTLS link.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.auth import AuthConfigError, Authenticator, AuthPolicy, resolve_policy, server_interceptor
 from common.grpc_server import ServerLimits, build_server, listen
 from common.metrics_http import MetricsServer
 from common.tls import ClientTls, TlsConfigError, check_plaintext
@@ -174,9 +178,14 @@ class RouterServer:
     """One router: the gRPC server, its rings and their reloading, shard health checks, and (if configured) the
     Prometheus endpoint and the dashboard. start() binds and serves; stop() drains."""
 
-    def __init__(self, config: RouterConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: RouterConfig, metrics: Metrics | None = None, auth: AuthPolicy | None = None) -> None:
+        """auth: who may call (--auth-policy); None: auth off, refused (ConfigError) unless plaintext on loopback."""
         self.config = config
         settings = config.settings
+        try:
+            self.auth = Authenticator(resolve_policy(auth, config.listen, config.tls, "router"))
+        except (AuthConfigError, TlsConfigError) as e:
+            raise ConfigError(str(e)) from e
         self.prometheus: RouterMetrics | None = None
         if metrics is None and config.metrics_listen is not None:
             metrics = self.prometheus = RouterMetrics()
@@ -230,7 +239,8 @@ class RouterServer:
             raise ConfigError(str(e)) from e
         await self.topologies.start()
         settings = self.config.settings
-        server = build_server(server_limits(self.config), streams=WATCH_METHODS)
+        interceptor = server_interceptor(self.auth, self._metrics.auth_denied)
+        server = build_server(server_limits(self.config), streams=WATCH_METHODS, interceptors=[interceptor])
         server.add_generic_rpc_handlers(self._servicer.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection((SAGA_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME), server)

@@ -10,6 +10,13 @@ $SAGA_DATA_DIR/tls, created on first use), and dials the others with it.
 `python -m deploy.local certs --dir DIR [NAME ...]`: creates the CA (if DIR has none) and a certificate per NAME
 (default: every process of cluster.toml, operator, client and launcher), each with URI SAN spiffe://saga/NAME, DNS
 localhost and IP 127.0.0.1. Existing certificates are kept unless --renew.
+
+With --tls every process also gets --auth-policy: the policy of its kind, written beside the CA
+(deploy/local/authpolicy.py), with a JWT key pair for test tokens.
+
+`python -m deploy.local token --sub alice --roles operator [--ttl-s 3600] [--key PATH]`: prints a bearer JWT the router
+of a --tls system accepts (ES256, audience "saga"), signed with the local key (default $SAGA_DATA_DIR/tls/
+jwt-signing-key.pem, made by the first --tls run); e.g. `sagactl --token-file <(python -m deploy.local token ...)`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .authpolicy import SIGNING_KEY, mint_token
 from .certs import DEFAULT_NAMES, LocalCA, with_tls
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .supervisor import Supervisor
@@ -43,10 +51,30 @@ def certs_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def token_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.local token", description="Mint a bearer JWT for testing.")
+    p.add_argument("--sub", required=True, help="who the token names (the audit trail shows it)")
+    p.add_argument("--roles", required=True, help="comma-separated: client, operator")
+    p.add_argument("--ttl-s", type=int, default=3600, help="seconds until it expires (default %(default)s)")
+    p.add_argument("--key", type=Path, help=f"ES256 signing key (default $SAGA_DATA_DIR/tls/{SIGNING_KEY})")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster file, for $SAGA_DATA_DIR's default")
+    args = p.parse_args(argv)
+    try:
+        key = args.key or load(args.config).data_dir / "tls" / SIGNING_KEY
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+        print(mint_token(key, args.sub, roles, args.ttl_s))
+    except (OSError, ValueError, ClusterConfigError) as e:
+        print(f"deploy.local token: {e} (run `python -m deploy.local --tls` once to create the key)", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["certs"]:
         return certs_main(argv[1:])
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster file (default %(default)s)")
     p.add_argument("--tls", action="store_true", help="mutual TLS between every process, certificates from a local CA")

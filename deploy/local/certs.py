@@ -178,9 +178,17 @@ def tls_args(files: TlsFiles) -> list[str]:
 
 
 def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
-    """The cluster with every process serving mutual TLS under its own name's certificate (issued if missing), and
-    the launcher's health checks presenting its own."""
+    """The cluster with every process serving mutual TLS under its own name's certificate (issued if missing) and
+    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA),
+    and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
+    from .authpolicy import write_policies  # authpolicy names identities with spiffe_id() from here
+
+    policies = write_policies(ca.dir)
     processes = tuple(
-        dataclasses.replace(p, args=(*p.args, *tls_args(ca.issue(p.name).files))) for p in cluster.processes
+        dataclasses.replace(
+            p,
+            args=(*p.args, *tls_args(ca.issue(p.name).files), "--auth-policy", str(policies.for_module(p.module))),
+        )
+        for p in cluster.processes
     )
     return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)

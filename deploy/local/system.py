@@ -12,6 +12,9 @@ settings file (--config) is <data_dir>/shard.toml: SystemOptions.shard_config, o
 
 SystemOptions(tls=True): every process serves mutual TLS with a certificate of its own from a local CA
 (deploy.local.certs, under <data_dir>/tls) and dials the others with it; a caller gets one: system.client_tls("client").
+Every process also authenticates its callers with the policy of its kind (deploy.local.authpolicy, --auth-policy):
+clients and operators at the router (certificates, or a bearer JWT: system.policies.token("alice", ["operator"])), the
+router at the shards, the shards and operators at the stubs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TextIO
 
 from common.tls import TlsFiles
 
+from .authpolicy import LocalPolicies, write_policies
 from .certs import LAUNCHER, LocalCA, tls_args
 from .cluster import ClusterSpec, ProcessSpec
 from .supervisor import Child, Supervisor
@@ -112,8 +116,11 @@ class LocalSystem:
         self.shard_config = self.data_dir / "shard.toml"
         self.shard_config.write_text(options.shard_config or DEFAULT_SHARD_CONFIG.read_text())
         self.ca: LocalCA | None = None
+        self.policies: LocalPolicies | None = None
+        """With tls: the auth policies every process runs with, and test tokens (policies.token(sub, roles))."""
         if options.tls:
             self.ca = LocalCA(options.tls_dir or self.data_dir / "tls")
+            self.policies = write_policies(self.ca.dir)
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
         specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
@@ -137,8 +144,9 @@ class LocalSystem:
             args += ["--metrics-listen", metrics]
         if board:
             args += ["--dashboard-listen", board]
-        if self.ca is not None:
+        if self.ca is not None and self.policies is not None:
             args += tls_args(self.ca.issue(name).files)
+            args += ["--auth-policy", str(self.policies.for_module(module))]
         env = {**o.env, **o.process_env.get(name, {})}
         return ProcessSpec(name, module, listen, tuple(args), env, metrics, board)
 

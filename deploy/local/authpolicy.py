@@ -1,0 +1,128 @@
+"""Auth policies for the local system with TLS (`python -m deploy.local --tls`, LocalSystem(tls=True)), written beside
+the local CA, and bearer tokens for testing signed with a local key (PyJWT). The file format is common.auth's
+(deploy/README.md, "Auth policy"); production policies are written by hand or by the deployment.
+
+One policy per kind of process, each naming only who may call that process:
+
+    auth-router.toml   spiffe://saga/client -> client, spiffe://saga/operator -> operator + client (sagactl places
+                       test orders too), and bearer JWTs (ES256, aud "saga") checked with jwt.pem
+    auth-shard.toml    spiffe://saga/router -> router: a shard serves the router only, which passes on the principal
+                       it authenticated; a client's or an operator's certificate has no role there
+    auth-stubs.toml    spiffe://saga/shard-* -> coordinator (the shop services), spiffe://saga/operator -> operator
+                       (StubControl: ledgers and faults for tests and benchmarks)
+
+    <dir>/jwt-signing-key.pem   the ES256 key that signs test tokens (mode 0600; never given to a process)
+    <dir>/jwt.pem               its public half, the router's [jwt] key_file; replace it to rotate (re-read on change)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .certs import spiffe_id
+
+JWT_AUDIENCE = "saga"
+JWT_ISSUER = "deploy.local"
+SIGNING_KEY = "jwt-signing-key.pem"
+VERIFY_KEY = "jwt.pem"
+KINDS = ("router", "shard", "stubs")
+_KIND_BY_MODULE = {"shard_router": "router", "service_stubs": "stubs"}
+
+
+@dataclass(frozen=True)
+class LocalPolicies:
+    """Where the policies and the JWT keys of one local system are."""
+
+    directory: Path
+
+    def path(self, kind: str) -> Path:
+        """The policy file of a process kind: router, shard or stubs."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown process kind {kind!r}; known: {', '.join(KINDS)}")
+        return self.directory / f"auth-{kind}.toml"
+
+    def for_module(self, module: str) -> Path:
+        """The policy of a process run as `python -m module` (anything else takes the coordinator's flags)."""
+        return self.path(_KIND_BY_MODULE.get(module, "shard"))
+
+    @property
+    def signing_key(self) -> Path:
+        return self.directory / SIGNING_KEY
+
+    @property
+    def verify_key(self) -> Path:
+        return self.directory / VERIFY_KEY
+
+    def token(self, sub: str, roles: Iterable[str], ttl_s: float = 3600) -> str:
+        """A bearer JWT the router accepts: `sub` with `roles`, valid for ttl_s seconds."""
+        return mint_token(self.signing_key, sub, roles, ttl_s)
+
+
+def _identity(name: str, *roles: str) -> str:
+    listed = ", ".join(f'"{r}"' for r in roles)
+    return f'[[identity]]\nsan = "{spiffe_id(name)}"\nroles = [{listed}]\n'
+
+
+def _policies() -> dict[str, str]:
+    header = "# Written by deploy.local (deploy/local/authpolicy.py); format: deploy/README.md, 'Auth policy'.\n\n"
+    jwt_table = (
+        f'[jwt]\nkey_file = "{VERIFY_KEY}"\nalgorithms = ["ES256"]\naudience = "{JWT_AUDIENCE}"\n'
+        f'issuer = "{JWT_ISSUER}"\n'
+    )
+    return {
+        "router": header + _identity("client", "client") + _identity("operator", "operator", "client") + jwt_table,
+        "shard": header + _identity("router", "router"),
+        "stubs": header + _identity("shard-*", "coordinator") + _identity("operator", "operator"),
+    }
+
+
+def write_policies(directory: Path) -> LocalPolicies:
+    """Writes the three policies (rewritten each time: they are derived) and a JWT key pair unless one is there."""
+    policies = LocalPolicies(Path(directory).absolute())
+    policies.directory.mkdir(parents=True, exist_ok=True)
+    if not (policies.signing_key.exists() and policies.verify_key.exists()):
+        key = ec.generate_private_key(ec.SECP256R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        _write(policies.signing_key, private, 0o600)
+        _write(policies.verify_key, public, 0o644)
+    for kind, text in _policies().items():
+        _write(policies.path(kind), text.encode(), 0o644)
+    return policies
+
+
+def mint_token(signing_key: Path, sub: str, roles: Iterable[str], ttl_s: float = 3600, **claims: object) -> str:
+    """A JWT (ES256) for `sub` with `roles`, audience "saga", expiring in ttl_s seconds, signed with signing_key."""
+    key = serialization.load_pem_private_key(signing_key.read_bytes(), password=None)
+    now = int(time.time())
+    payload = {
+        "sub": sub,
+        "roles": list(roles),
+        "aud": JWT_AUDIENCE,
+        "iss": JWT_ISSUER,
+        "iat": now,
+        "exp": now + int(ttl_s),
+        **claims,
+    }
+    return jwt.encode(payload, key, algorithm="ES256")  # type: ignore[arg-type]
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write-then-rename: a process re-reading the file sees the old one or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
