@@ -5,16 +5,26 @@ Allowed answers: OK, INVALID_ARGUMENT, ALREADY_EXISTS, FAILED_PRECONDITION, RESO
 calls that name an existing order (GetSaga, RetryDeadLetter, ResolveDeadLetter: "no such order" is their answer).
 Never UNKNOWN or INTERNAL (nor anything else). A PlaceOrder refused with INVALID_ARGUMENT must leave nothing behind: a
 GetSaga for its order id answers NOT_FOUND (or INVALID_ARGUMENT), unless an earlier example placed that order.
+
+run_credential_fuzz does the same with credentials, against a TLS+auth system (deploy.local.LocalSystem(tls=True)):
+hypothesis draws bearer tokens (random text, truncated or bit-flipped real ones, expired, signed by another key, for
+another audience, alg "none", roles nobody has) and client certificates from another CA. Allowed answers:
+UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, or a failed handshake (UNAVAILABLE) for a foreign certificate;
+and nothing written: no saga for any of those order ids on any shard (asked as an operator afterwards).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import grpc
+import jwt
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from common.tls import TlsFiles, sync_channel
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
 OK_CODES = frozenset(
@@ -151,4 +161,121 @@ def run_fuzz(router: str, seed_value: int, examples: int) -> tuple[list[str], Co
     return found, counts
 
 
-__all__ = ["run_fuzz"]
+REFUSED = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
+)
+HANDSHAKE_FAILED = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def _claims(sub: str, roles: list[str], exp_s: int, aud: str) -> dict[str, object]:
+    return {"sub": sub, "roles": roles, "aud": aud, "iss": "deploy.local", "exp": int(time.time()) + exp_s}
+
+
+def run_credential_fuzz(
+    router: str,
+    anonymous: TlsFiles,
+    foreign: TlsFiles,
+    mint: Callable[[list[str], int, str], str],
+    foreign_key: object,
+    operator: TlsFiles,
+    seed_value: int,
+    examples: int,
+) -> tuple[list[str], Counter[str]]:
+    """Returns (violations, answers by credential kind:code). anonymous: a certificate of the system's CA with no role
+    (carries the connection; the token is the credential under test); foreign: one from another CA; mint(roles,
+    ttl_s, audience): a token signed with the router's real key; foreign_key: a private key the router does not know;
+    operator: who checks afterwards that nothing was written."""
+    found: list[str] = []
+    counts: Counter[str] = Counter()
+    tried: set[str] = set()
+    channel = sync_channel(router, anonymous)
+    foreign_channel = sync_channel(router, foreign)
+    stubs = {
+        "anonymous": (saga_pb2_grpc.SagaCoordinatorStub(channel), saga_pb2_grpc.SagaAdminStub(channel)),
+        "foreign": (saga_pb2_grpc.SagaCoordinatorStub(foreign_channel), saga_pb2_grpc.SagaAdminStub(foreign_channel)),
+    }
+    good = mint(["client"], 600, "saga")
+    roles = st.lists(st.sampled_from(["client", "operator", "router", "coordinator", "root", ""]), max_size=3)
+    tokens = st.one_of(
+        st.text(max_size=200).map(lambda t: ("random", t)),
+        st.binary(max_size=120).map(lambda b: ("random", b.hex())),
+        st.integers(1, len(good) - 1).map(lambda n: ("truncated", good[:n])),
+        st.integers(0, len(good) - 2).map(  # not the last character: its low bits are padding
+            lambda i: ("flipped", good[:i] + ("B" if good[i] == "A" else "A") + good[i + 1 :])
+        ),
+        st.integers(60, 10**6).map(lambda s: ("expired", mint(["operator", "client"], -s, "saga"))),
+        roles.map(lambda r: ("foreign key", jwt.encode(_claims("fuzz", r, 600, "saga"), foreign_key, "ES256"))),  # type: ignore[arg-type]
+        st.text(max_size=20).map(lambda a: ("audience", mint(["operator", "client"], 600, a or "x"))),
+        roles.map(lambda r: ("alg none", jwt.encode(_claims("fuzz", r, 600, "saga"), None, "none"))),  # type: ignore[arg-type]
+        st.sampled_from(["root", "router", "coordinator", ""]).map(lambda r: ("no such role", mint([r], 600, "saga"))),
+    )
+    schemes = st.sampled_from(["Bearer ", "bearer ", "Basic ", "", "Bearer  "])
+
+    fuzz_settings = settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+
+    @seed(seed_value)
+    @fuzz_settings
+    @given(
+        token=tokens,
+        scheme=schemes,
+        order_id=FAIR_ID,
+        which=st.integers(0, 3),
+        via=st.sampled_from(["anonymous", "anonymous", "anonymous", "foreign"]),
+    )
+    def one(token: tuple[str, str], scheme: str, order_id: str, which: int, via: str) -> None:
+        kind, value = token
+        order_id = f"cred-{order_id}"
+        header = f"{scheme}{value}"
+        metadata = (("authorization", header),) if header.isprintable() and header.isascii() else ()
+        saga, admin = stubs[via]
+        request: object
+        if which == 0:
+            call, request, name = saga.PlaceOrder, _place(order_id), "PlaceOrder"
+        elif which == 1:
+            call, request, name = saga.GetSaga, saga_pb2.GetSagaRequest(order_id=order_id), "GetSaga"
+        elif which == 2:
+            call, request, name = admin.RetryDeadLetter, saga_pb2.RetryDeadLetterRequest(all=True), "RetryDeadLetter"
+        else:
+            resolve = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason="fuzz")
+            call, request, name = admin.ResolveDeadLetter, resolve, "ResolveDeadLetter"
+        tried.add(order_id)
+        try:
+            call(request, metadata=metadata, timeout=30)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()
+        label = "foreign certificate" if via == "foreign" else kind
+        counts[f"{label}:{code.name}"] += 1
+        allowed = HANDSHAKE_FAILED if via == "foreign" else REFUSED
+        if code not in allowed:
+            found.append(f"{name} with {label} credentials answered {code.name} ({header[:40]!r})")
+
+    try:
+        one()
+    finally:
+        channel.close()
+        foreign_channel.close()
+    with sync_channel(router, operator) as checker:
+        get = saga_pb2_grpc.SagaCoordinatorStub(checker).GetSaga
+        for order_id in sorted(tried):
+            try:
+                get(saga_pb2.GetSagaRequest(order_id=order_id), timeout=30)
+                found.append(f"refused credentials left a saga for {order_id!r}")
+            except grpc.RpcError as e:
+                if e.code() is not grpc.StatusCode.NOT_FOUND:
+                    found.append(f"GetSaga {order_id!r} as operator answered {e.code().name}")
+    return found, counts
+
+
+def _place(order_id: str) -> saga_pb2.PlaceOrderRequest:
+    return saga_pb2.PlaceOrderRequest(
+        order_id=order_id,
+        user_id="u-fuzz",
+        items=[saga_pb2.Item(item_id="sku-a", quantity=1)],
+        payment_info=saga_pb2.PaymentInfo(payment_token="tok_ok", amount_cents=100, currency="EUR"),
+    )
+
+
+__all__ = ["run_credential_fuzz", "run_fuzz"]

@@ -221,3 +221,48 @@ async def test_interceptor_admits_refuses_and_counts(
             await stub.Check(health_pb2.HealthCheckRequest(), metadata=(("authorization", f"Bearer {client}"),))
         assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED and client not in (e.value.details() or "")
     assert denied == [("UNAUTHENTICATED", "no_credentials"), ("PERMISSION_DENIED", "wrong_role")]
+
+
+def test_auth_may_be_off_only_in_plaintext_on_loopback() -> None:
+    from common.auth import resolve_policy
+    from common.tls import PlaintextRefused, TlsFiles
+
+    assert resolve_policy(None, "127.0.0.1:0", TlsFiles(), "test").development
+    tls = TlsFiles(cert=Path("c.pem"), key=Path("k.pem"), ca=Path("ca.pem"))
+    for listen, files in (("127.0.0.1:0", tls), ("0.0.0.0:0", TlsFiles(insecure=True))):
+        with pytest.raises(AuthConfigError, match="no --auth-policy"):
+            resolve_policy(None, listen, files, "test")
+        with pytest.raises(AuthConfigError):
+            resolve_policy(AuthPolicy.open_for_development(), listen, files, "test")
+    with pytest.raises(PlaintextRefused):  # the plaintext refusal is named first, as listen() would
+        resolve_policy(None, "0.0.0.0:0", TlsFiles(), "test")
+    given = AuthPolicy(identities={ROUTER: frozenset({Role.ROUTER})})
+    assert resolve_policy(given, "0.0.0.0:0", tls, "test") is given
+
+
+def test_a_trailing_star_matches_identities_by_prefix() -> None:
+    auth = Authenticator(
+        AuthPolicy(
+            identities={
+                "spiffe://saga/shard-*": frozenset({Role.COORDINATOR}),
+                "spiffe://saga/shard-9": frozenset({Role.OPERATOR}),
+            }
+        )
+    )
+    assert auth.authenticate({}, [SHARD]).roles == {Role.COORDINATOR}
+    assert auth.authenticate({}, ["spiffe://saga/shard-9"]).roles == {Role.OPERATOR}
+    with pytest.raises(AuthError):
+        auth.authenticate({}, ["spiffe://saga/router"])
+
+
+def test_denials_are_counted_by_code_and_reason() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from common.auth import denied_counter
+
+    registry = CollectorRegistry()
+    on_denied = denied_counter(registry, "saga_test_auth_denied")
+    on_denied("UNAUTHENTICATED", "no_credentials")
+    on_denied("UNAUTHENTICATED", "no_credentials")
+    labels = {"code": "UNAUTHENTICATED", "reason": "no_credentials"}
+    assert registry.get_sample_value("saga_test_auth_denied_total", labels) == 2
