@@ -184,6 +184,8 @@ def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
     from .authpolicy import write_policies  # authpolicy names identities with spiffe_id() from here
 
     policies = write_policies(ca.dir)
+    for caller in ("operator", "client"):  # the callers the policies name, ready for sagactl and grpcurl
+        ca.issue(caller)
     processes = tuple(
         dataclasses.replace(
             p,
