@@ -20,7 +20,7 @@ from .clock import Clock, SystemClock
 from .config import ShardConfig
 from .journal import Journal
 from .metrics import ShardMetrics
-from .sealing import Sealer, load_secret
+from .sealing import open_sealer
 from .server import build_server, set_serving
 from .shard import Shard
 
@@ -63,7 +63,13 @@ class ShardApp:
         metrics = ShardMetrics()
         journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch, metrics=metrics)
         await journal.open()
-        sealer = Sealer(load_secret(cfg.journal_key, cfg.journal_path))
+        try:
+            # Before any saga resumes: a key file missing, too open or foreign stops the start (__main__ exits 2).
+            sealer = await open_sealer(cfg, journal)
+        except BaseException:
+            await journal.close()
+            await caller.close()
+            raise
         rng = random.Random(cfg.seed)
         shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
         try:

@@ -379,15 +379,3 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
         n = await reseal(journal, sealer)
         logger.info("re-sealed {} payment blobs (pre-v2 format) under key {}", n, ring.newest)
     return sealer
-
-
-def load_secret(configured: str, journal_path: str) -> KeyRing:
-    """Transitional, for app.py until it calls open_sealer(): the key ring without the checks against the journal."""
-    cfg = ShardConfig(journal_path=journal_path, journal_key=configured)
-    path = key_file_path(cfg)
-    if Path(path).exists():
-        return read_key_file(path)
-    legacy = legacy_secret(cfg)
-    ring = new_key_ring(path, legacy_hash_key(legacy) if legacy is not None else None)
-    write_key_file(ring)
-    return ring
