@@ -7,7 +7,7 @@ certificate names the process that connected. Roles:
 
     client      PlaceOrder, GetSaga, ListSagas, WatchSaga
     operator    the read calls, SagaAdmin (dead letters), StubControl (development stubs)
-    router      the read calls, and it may speak for another principal (below)
+    router      the read calls and ListDeadLetters (for its dashboard), and it may speak for another principal (below)
     coordinator a shard, towards the four services
 
 The router authenticates its caller once and forwards the verified principal to the shard in metadata
@@ -61,6 +61,8 @@ _READERS = frozenset({Role.CLIENT, Role.OPERATOR, Role.ROUTER})
 DEFAULT_METHOD_ROLES: tuple[tuple[str, frozenset[Role]], ...] = (
     ("/saga.v1.SagaCoordinator/PlaceOrder", frozenset({Role.CLIENT})),
     ("/saga.v1.SagaCoordinator/", _READERS),
+    # Listing dead letters changes nothing: the router's dashboard shows them to its signed-in viewers.
+    ("/saga.v1.SagaAdmin/ListDeadLetters", frozenset({Role.OPERATOR, Role.ROUTER})),
     ("/saga.v1.SagaAdmin/", frozenset({Role.OPERATOR})),
     ("/service_stubs.v1.StubControl/", frozenset({Role.OPERATOR})),
     ("/shop.v1.", frozenset({Role.COORDINATOR})),

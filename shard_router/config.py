@@ -116,10 +116,14 @@ class RouterSettings:
     """With a dashboard: how often the shards' /metrics are scraped for rates and percentiles."""
     dashboard_history_s: float = 600.0
     """With a dashboard: how far back rates are kept (memory is samples x shards x series, a few hundred KB)."""
+    dashboard_allow_remote: bool = False
+    """Serve the dashboard on an address other than loopback (only with an auth policy, and behind TLS termination:
+    the dashboard itself speaks plain HTTP). Off: a non-loopback --dashboard-listen is refused at start."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) <= 0:
+            value = getattr(self, f.name)
+            if not isinstance(value, bool) and value <= 0:
                 raise ConfigError(f"[router] {f.name} must be > 0")
         if self.page_size_default > self.page_size_max:
             raise ConfigError("[router] page_size_default must be <= page_size_max")
@@ -297,7 +301,7 @@ def _parse_settings(table: object) -> RouterSettings:
         expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise ConfigError(f"[router] {key} must be {expected.__name__}, got {value!r}")
         kwargs[key] = value
     settings = RouterSettings(**kwargs)

@@ -174,8 +174,11 @@ class Dashboard:
     async def start(self, listen: str) -> int:
         """Binds listen; OSError (naming the file) if the page is missing, e.g. package data left out of an install."""
         host = listen.rpartition(":")[0]
-        if not self._allow_remote and not is_loopback(host):
-            raise OSError(f"dashboard listen {listen} is not a loopback address; allow it explicitly to serve others")
+        if not is_loopback(host):
+            if not self._allow_remote:
+                raise OSError(f"dashboard listen {listen} is not loopback: set [router] dashboard_allow_remote = true")
+            if self.guard.development:
+                raise OSError(f"dashboard listen {listen} is not loopback: serving others needs an auth policy")
         try:
             self._page = PAGE.read_bytes()
         except OSError as e:

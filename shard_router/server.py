@@ -221,7 +221,15 @@ class RouterServer:
         self.dashboard: Dashboard | None = None
         if config.dashboard_listen is not None:
             stats = ShardStats(current, settings.dashboard_history_s)
-            self.dashboard = Dashboard(current, self.router, self.pool, self.shard_health, stats)
+            self.dashboard = Dashboard(
+                current,
+                self.router,
+                self.pool,
+                self.shard_health,
+                stats,
+                auth=self.auth,
+                allow_remote=settings.dashboard_allow_remote,
+            )
         self._server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0

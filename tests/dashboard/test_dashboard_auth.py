@@ -133,5 +133,5 @@ async def test_cross_site_and_rebinding_are_refused(dashboard: tuple[int, FakeRo
 
 async def test_only_loopback_unless_allowed() -> None:
     board = Dashboard(lambda: None, None, None, None, None)  # type: ignore[arg-type]
-    with pytest.raises(OSError, match="not a loopback address"):
+    with pytest.raises(OSError, match="is not loopback"):
         await board.start("0.0.0.0:0")

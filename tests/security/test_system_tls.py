@@ -96,7 +96,18 @@ def test_the_dashboard_reads_the_shards_over_tls(system: LocalSystem) -> None:
     assert board is not None
     with sync_channel(system.router.address, system.client_tls("client")) as channel:
         saga_pb2_grpc.SagaCoordinatorStub(channel).PlaceOrder(_order("tls-board"), timeout=30)
-    with urllib.request.urlopen(f"http://{board}/api/sagas/tls-board", timeout=10) as reply:
+    # With an auth policy the dashboard needs a signed-in viewer: a token for a session cookie.
+    assert system.policies is not None
+    sign_in = urllib.request.Request(
+        f"http://{board}/api/session",
+        data=json.dumps({"token": system.policies.token("vera", ["client"])}).encode(),
+        headers={"Content-Type": "application/json", "Origin": f"http://{board}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(sign_in, timeout=10) as reply:
+        cookie = reply.headers["Set-Cookie"].split(";")[0]
+    read = urllib.request.Request(f"http://{board}/api/sagas/tls-board", headers={"Cookie": cookie})
+    with urllib.request.urlopen(read, timeout=10) as reply:
         body = json.loads(reply.read())
     assert "tls-board" in json.dumps(body)
 
