@@ -4,7 +4,8 @@ validated once at load. Nothing else in the coordinator reads files for configur
 Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_METRICS_LISTEN, SAGA_JOURNAL,
 SAGA_SERVICES (one address for all four services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR,
 SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY_FILE (the keys that seal payment details in the journal),
-SAGA_JOURNAL_KEY (the secret of older builds, to open what they sealed), SAGA_LOG_JSON=1, SAGA_LOG_LEVEL.
+SAGA_JOURNAL_KEY (the secret of older builds, to open what they sealed), SAGA_LOG_JSON=1, SAGA_LOG_LEVEL,
+SAGA_ARCHIVE_DIR (retention.archive_dir).
 """
 
 from __future__ import annotations
@@ -100,6 +101,47 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How finished sagas leave the journal (coordinator/retention.py). A finished saga's rows go once it has been
+    finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
+    still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then starts a new saga."""
+
+    finished_after_s: int = 7 * 86_400
+    """Age (since it finished) at which a SUCCEEDED, FAILED or RESOLVED saga is removed with its events."""
+    dedup_after_s: int = 30 * 86_400
+    """Age (since it finished) at which the order id is forgotten; at least finished_after_s."""
+    interval_s: int = 300
+    """Seconds between retention passes; 0 turns retention off (nothing is ever removed)."""
+    batch_sagas: int = 100
+    """Sagas removed per writer transaction: keeps each batch to a few milliseconds of the writer's time."""
+    max_batches_per_pass: int = 2_000
+    """Batches one pass runs at most (the rest waits for the next pass)."""
+    archive_dir: str = ""
+    """Directory of the archive (gzip JSON lines, one file per UTC day the sagas finished); empty: no archive."""
+    vacuum_pages: int = 2_048
+    """Free pages handed back to the file system per vacuum step after a pass (auto_vacuum=INCREMENTAL journals)."""
+    stats_interval_s: int = 60
+    """Seconds between refreshes of the row-count and oldest-row metrics (counting reads whole tables); 0: never."""
+
+
+@dataclass(frozen=True)
+class Wal:
+    """Bounds on the journal's write-ahead log. SQLite checkpoints every 1,000 pages by itself, but a reader of an
+    old snapshot can keep the WAL from restarting; the shard checkpoints from the writer to keep it bounded."""
+
+    limit_bytes: int = 64 * 1024 * 1024
+    """The -wal file is truncated back to this after a checkpoint (PRAGMA journal_size_limit), and a checkpoint is
+    forced, busy or not, once it is past it."""
+    checkpoint_interval_s: float = 5.0
+    """Seconds between checkpoint checks."""
+    idle_queue: int = 2
+    """A check runs a TRUNCATE checkpoint only if at most this many submissions wait for the writer (or the WAL is past
+    limit_bytes)."""
+    checkpoint_busy_ms: int = 20
+    """Longest a checkpoint waits for readers of older snapshots (it holds the writer meanwhile)."""
+
+
+@dataclass(frozen=True)
 class Services:
     """Addresses (host:port) of the four downstream services."""
 
@@ -145,6 +187,8 @@ class ShardConfig:
     dead_letter_redrive_s: int = 0
     """Re-drive open dead letters automatically every this many seconds; 0 is off."""
     limits: Limits = field(default_factory=Limits)
+    retention: Retention = field(default_factory=Retention)
+    wal: Wal = field(default_factory=Wal)
     log_json: bool = False
     """Logs as JSON lines instead of human-readable text."""
     log_level: str = "INFO"
@@ -171,6 +215,19 @@ class ShardConfig:
         self.forward.validate("forward")
         self.compensate.validate("compensate")
         self.limits.validate()
+        r = self.retention
+        for name in ("finished_after_s", "dedup_after_s", "batch_sagas", "max_batches_per_pass", "vacuum_pages"):
+            if getattr(r, name) < 1:
+                raise ConfigError(f"retention.{name} must be >= 1")
+        if r.interval_s < 0 or r.stats_interval_s < 0:
+            raise ConfigError("retention.interval_s and retention.stats_interval_s must be >= 0 (0: off)")
+        if r.dedup_after_s < r.finished_after_s:
+            raise ConfigError("retention.dedup_after_s must be >= retention.finished_after_s")
+        if r.batch_sagas > 500:
+            raise ConfigError("retention.batch_sagas must be <= 500 (each batch holds the journal writer)")
+        w = self.wal
+        if w.limit_bytes < 1 or not w.checkpoint_interval_s > 0 or w.idle_queue < 0 or w.checkpoint_busy_ms < 0:
+            raise ConfigError("wal: need limit_bytes >= 1, checkpoint_interval_s > 0, idle_queue >= 0, busy_ms >= 0")
 
 
 def _check_address(name: str, value: str) -> None:
@@ -227,6 +284,8 @@ def load(
     ):
         if env.get(var):
             changes[key] = env[var]
+    if env.get("SAGA_ARCHIVE_DIR"):
+        changes["retention"] = dataclasses.replace(cfg.retention, archive_dir=env["SAGA_ARCHIVE_DIR"])
     if env.get("SAGA_LOG_JSON"):
         changes["log_json"] = env["SAGA_LOG_JSON"] not in ("0", "false", "")
     services = cfg.services

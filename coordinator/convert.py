@@ -44,7 +44,9 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
         shard_id=shard_id,
     )
     for s in STEPS:
-        p = rec.steps[s]
+        p = rec.steps.get(s)
+        if p is None:
+            continue  # what retention kept of a removed saga has no steps
         info = msg.steps.add(
             step=int(s),
             status=int(p.status),

@@ -10,12 +10,14 @@ to a client before it is on disk.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 from loguru import logger
@@ -23,7 +25,7 @@ from loguru import logger
 from . import crashpoints
 from .errors import JournalUnavailable
 from .metrics import ShardMetrics
-from .model import SagaState, check_transition
+from .model import TERMINAL_STATES, SagaState, check_transition
 from .saga import Event, EventKind, SagaRecord, fold_steps
 
 # Numbered migrations, applied in order at start-up in one transaction each; schema_version holds the last applied.
@@ -92,6 +94,22 @@ _MIGRATION_SQL: tuple[str, ...] = (
         fingerprint TEXT NOT NULL
     )
     """,
+    # v4: retention (coordinator/retention.py). A finished saga's rows leave after a while; what PlaceOrder needs to
+    # answer a retry (and the router to find the order after a re-shard) stays longer in order_dedup. The partial index
+    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it).
+    """
+    CREATE TABLE order_dedup (
+        order_id TEXT PRIMARY KEY,
+        payload_hash TEXT NOT NULL,
+        state INTEGER NOT NULL CHECK (state IN (3, 4, 6)),
+        message TEXT NOT NULL,
+        saga_id TEXT NOT NULL,
+        created_at_epoch_ms INTEGER NOT NULL,
+        finished_at_epoch_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX order_dedup_by_finished ON order_dedup (finished_at_epoch_ms);
+    CREATE INDEX sagas_by_finished ON sagas (updated_at_epoch_ms) WHERE state IN (3, 4, 6)
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -103,6 +121,14 @@ _SAGA_COLUMNS = (
     "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note"
 )
 _EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms"
+_DEDUP_COLUMNS = "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms"
+# The states retention may remove, spelled as in the partial index sagas_by_finished (the planner needs the same term).
+_FINISHED = "state IN (3, 4, 6)"
+assert {3, 4, 6} == {int(s) for s in TERMINAL_STATES}
+# WAL size SQLite truncates the -wal file back to after a checkpoint that emptied it (bounded again by upkeep).
+DEFAULT_WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +181,84 @@ class DeadLetterRow:
     closed_note: str
 
 
+@dataclass(frozen=True, slots=True)
+class DedupRecord:
+    """What stays of a removed saga: enough to answer a PlaceOrder retry and to say the order exists."""
+
+    order_id: str
+    payload_hash: str
+    state: SagaState
+    message: str
+    saga_id: str
+    created_at_epoch_ms: int
+    finished_at_epoch_ms: int
+
+    def as_saga(self) -> SagaRecord:
+        """The minimal saga view: outcome, saga id and message; no request, steps or events (they were removed)."""
+        return SagaRecord(
+            saga_id=self.saga_id,
+            order_id=self.order_id,
+            user_id="",
+            request=b"",
+            payment_sealed=b"",
+            payload_hash=self.payload_hash,
+            state=self.state,
+            created_at_epoch_ms=self.created_at_epoch_ms,
+            updated_at_epoch_ms=self.finished_at_epoch_ms,
+            deadline_epoch_ms=self.finished_at_epoch_ms,
+            last_error=self.message,
+            steps={},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedSaga:
+    """A finished saga as retention reads it before removing it (the sealed payment blob is left out)."""
+
+    saga: SagaRecord
+    events: list[Event]
+    dead_letters: list[DeadLetterRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointed:
+    """PRAGMA wal_checkpoint's answer: busy (a reader kept it from finishing), WAL frames, frames copied back."""
+
+    busy: bool
+    wal_frames: int
+    checkpointed_frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    file_bytes: int
+    wal_bytes: int
+    free_pages: int
+    page_size: int
+    rows: dict[str, int]
+    oldest_epoch_ms: dict[str, int]
+    """Per table, the time of its oldest row (created, parked, finished); absent when the table is empty."""
+
+
 @dataclass(slots=True)
 class JournalStats:
     commits: int = 0
     records: int = 0
     failed_commits: int = 0
+    upkeep_jobs: int = 0
+    last_upkeep_s: float = 0.0
+    longest_upkeep_s: float = 0.0
+    """The longest the writer spent on one upkeep job (a retention batch, a checkpoint, a vacuum step): the longest
+    any saga commit waited behind upkeep."""
+
+
+@dataclass(slots=True)
+class _Upkeep:
+    """A job the writer runs alone, between two group commits."""
+
+    name: str
+    run: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    fut: asyncio.Future[Any]
 
 
 class TransitionConflict(JournalUnavailable):
@@ -173,7 +272,7 @@ class Journal:
         self._max_batch = max_batch
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
-        self._pending: deque[tuple[Sequence[Record], asyncio.Future[None]]] = deque()
+        self._pending: deque[tuple[Sequence[Record], asyncio.Future[None]] | _Upkeep] = deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -184,7 +283,14 @@ class Journal:
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._w = await aiosqlite.connect(self.path, isolation_level=None)
+        async with self._w.execute("PRAGMA page_count") as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] == 0:
+            # Only a new file can take it (an existing one would need a VACUUM): freed pages can then be handed back to
+            # the file system in small steps (vacuum_step) after retention removes rows.
+            await self._w.execute("PRAGMA auto_vacuum=INCREMENTAL")
         await self._w.execute("PRAGMA journal_mode=WAL")
+        await self._w.execute(f"PRAGMA journal_size_limit={DEFAULT_WAL_LIMIT_BYTES}")
         # FULL: a commit returns only once the WAL is fsynced, so an acknowledged state survives power loss.
         await self._w.execute("PRAGMA synchronous=FULL")
         await self._w.execute("PRAGMA foreign_keys=ON")
@@ -251,15 +357,57 @@ class Journal:
             await asyncio.sleep(0)
             self._wakeup.clear()
             while self._pending:
+                head = self._pending[0]
+                if isinstance(head, _Upkeep):
+                    self._pending.popleft()
+                    await self._run_upkeep(head)
+                    continue
                 batch: list[tuple[Sequence[Record], asyncio.Future[None]]] = []
                 size = 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max_batch):
-                    item = self._pending.popleft()
+                while self._pending:
+                    item = self._pending[0]
+                    if isinstance(item, _Upkeep) or (batch and size + len(item[0]) > self._max_batch):
+                        break
                     batch.append(item)
                     size += len(item[0])
+                    self._pending.popleft()
                 await self._commit_batch(batch)
             if self._closing and not self._pending:
                 return
+
+    @property
+    def queued(self) -> int:
+        """Submissions waiting for the writer (how busy it is: upkeep that can wait runs when this is low)."""
+        return len(self._pending)
+
+    async def _upkeep(self, name: str, run: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Runs `run` on the writer's connection, alone, after what is already queued: upkeep interleaves with saga
+        commits instead of racing them for the write lock."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            raise JournalUnavailable("journal is closing")
+        self._pending.append(_Upkeep(name, run, fut))
+        self._wakeup.set()
+        return await fut
+
+    async def _run_upkeep(self, job: _Upkeep) -> None:
+        assert self._w is not None, "journal not open"
+        started = time.perf_counter()
+        try:
+            result = await job.run(self._w)
+        except Exception as e:
+            logger.error("journal upkeep {} failed: {}", job.name, e)
+            _fail(job.fut, e if isinstance(e, JournalUnavailable) else JournalUnavailable(f"{job.name} failed: {e}"))
+            return
+        finally:
+            took = time.perf_counter() - started
+            self.stats.upkeep_jobs += 1
+            self.stats.last_upkeep_s = took
+            self.stats.longest_upkeep_s = max(self.stats.longest_upkeep_s, took)
+            if self._metrics is not None:
+                self._metrics.upkeep_seconds.labels(job.name).observe(took)
+        if not job.fut.done():
+            job.fut.set_result(result)
 
     async def _commit_batch(self, batch: list[tuple[Sequence[Record], asyncio.Future[None]]]) -> None:
         records = [r for recs, _ in batch for r in recs]
@@ -388,11 +536,26 @@ class Journal:
         assert self._r is not None, "journal not open"
         return self._r
 
-    async def get_by_order(self, order_id: str, with_events: bool = True) -> SagaRecord | None:
-        async with self._reader.execute(f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)) as cur:
+    async def get_by_order(self, order_id: str, with_events: bool = True, kept: bool = False) -> SagaRecord | None:
+        """The order's saga. kept: else what retention kept of it (DedupRecord.as_saga(): no steps), in the same
+        read, so PlaceOrder's lookup of a new order costs one query either way."""
+        if kept:
+            sql = (
+                f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ? UNION ALL SELECT saga_id, order_id, NULL, NULL, "
+                "NULL, payload_hash, state, created_at_epoch_ms, finished_at_epoch_ms, finished_at_epoch_ms, message, "
+                "'' FROM order_dedup WHERE order_id = ? LIMIT 1"
+            )
+            args: tuple[str, ...] = (order_id, order_id)
+        else:
+            sql, args = f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)
+        async with self._reader.execute(sql, args) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
+        if row[2] is None:  # user_id is NOT NULL in sagas: this row is order_dedup's
+            return DedupRecord(
+                str(row[1]), str(row[5]), SagaState(int(row[6])), str(row[10]), str(row[0]), int(row[7]), int(row[8])
+            ).as_saga()
         rec = _saga_from_row(row)
         if with_events:
             events = await self.events(rec.saga_id)
@@ -530,6 +693,169 @@ class Journal:
         assert row is not None
         return str(row[0])
 
+    # ---- retention and file upkeep (coordinator/retention.py decides when) ---------------------------------------
+
+    async def retirable(self, finished_before_epoch_ms: int, limit: int) -> list[str]:
+        """Ids of finished sagas (SUCCEEDED, FAILED, RESOLVED) last updated at or before the cutoff, oldest first."""
+        async with self._reader.execute(
+            f"SELECT saga_id FROM sagas WHERE {_FINISHED} AND updated_at_epoch_ms <= ? "
+            "ORDER BY updated_at_epoch_ms LIMIT ?",
+            (finished_before_epoch_ms, limit),
+        ) as cur:
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def archived(self, saga_ids: Sequence[str]) -> list[ArchivedSaga]:
+        """The sagas with their events and dead letters, payment blob blanked: what an archive line holds."""
+        if not saga_ids:
+            return []
+        marks = ",".join("?" * len(saga_ids))
+        async with self._reader.execute(
+            f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id IN ({marks}) ORDER BY updated_at_epoch_ms",
+            tuple(saga_ids),
+        ) as cur:
+            recs = [_saga_from_row(r) for r in await cur.fetchall()]
+        events = await self.events_for([r.saga_id for r in recs])
+        letters: dict[str, list[DeadLetterRow]] = {r.saga_id: [] for r in recs}
+        async with self._reader.execute(
+            "SELECT id, saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms, closed_at_epoch_ms, "
+            f"closed_note FROM dead_letters WHERE saga_id IN ({marks}) ORDER BY id",
+            tuple(saga_ids),
+        ) as cur:
+            for row in await cur.fetchall():
+                letters[str(row[1])].append(DeadLetterRow(*row))
+        out = []
+        for rec in recs:
+            rec.payment_sealed = b""
+            rec.steps = fold_steps(events[rec.saga_id])
+            out.append(ArchivedSaga(rec, events[rec.saga_id], letters[rec.saga_id]))
+        return out
+
+    async def retire(self, saga_ids: Sequence[str], finished_before_epoch_ms: int) -> int:
+        """Removes these sagas with their events and (closed) dead letters, each leaving a dedup record, in one short
+        transaction of the writer; returns how many went. Pair check: SQL removes only sagas still finished before
+        the cutoff and with no open dead letter, whatever the caller chose."""
+        if not saga_ids:
+            return 0
+        marks = ",".join("?" * len(saga_ids))
+
+        async def run(db: aiosqlite.Connection) -> int:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute(
+                    f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id IN ({marks}) AND {_FINISHED} "
+                    "AND updated_at_epoch_ms <= ? AND NOT EXISTS (SELECT 1 FROM dead_letters d "
+                    "WHERE d.saga_id = sagas.saga_id AND d.closed_at_epoch_ms IS NULL)",
+                    (*saga_ids, finished_before_epoch_ms),
+                ) as cur:
+                    recs = [_saga_from_row(r) for r in await cur.fetchall()]
+                if recs:
+                    ids = tuple(r.saga_id for r in recs)
+                    gone = ",".join("?" * len(ids))
+                    await db.executemany(
+                        f"INSERT OR REPLACE INTO order_dedup ({_DEDUP_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                        [
+                            (
+                                r.order_id,
+                                r.payload_hash,
+                                int(r.state),
+                                r.message,
+                                r.saga_id,
+                                r.created_at_epoch_ms,
+                                r.updated_at_epoch_ms,
+                            )
+                            for r in recs
+                        ],
+                    )
+                    await db.execute(f"DELETE FROM saga_events WHERE saga_id IN ({gone})", ids)
+                    await db.execute(f"DELETE FROM dead_letters WHERE saga_id IN ({gone})", ids)
+                    cur = await db.execute(f"DELETE FROM sagas WHERE saga_id IN ({gone})", ids)
+                    if cur.rowcount != len(ids):
+                        raise JournalUnavailable(f"retire removed {cur.rowcount} of {len(ids)} sagas")
+                await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
+            return len(recs)
+
+        return await self._upkeep("retire", run)
+
+    async def forget_orders(self, finished_before_epoch_ms: int, limit: int) -> int:
+        """Removes up to `limit` dedup records of orders finished at or before the cutoff; returns how many."""
+
+        async def run(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(
+                "DELETE FROM order_dedup WHERE order_id IN (SELECT order_id FROM order_dedup "
+                "WHERE finished_at_epoch_ms <= ? ORDER BY finished_at_epoch_ms LIMIT ?)",
+                (finished_before_epoch_ms, limit),
+            )
+            return int(cur.rowcount)
+
+        return await self._upkeep("forget_orders", run)
+
+    async def vacuum_step(self, pages: int) -> int:
+        """Hands up to `pages` free pages back to the file system (journals created with auto_vacuum=INCREMENTAL;
+        a no-op on older ones); returns how many."""
+
+        async def run(db: aiosqlite.Connection) -> int:
+            before = await _pragma_int(db, "freelist_count")
+            await db.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+            return before - await _pragma_int(db, "freelist_count")
+
+        return await self._upkeep("vacuum", run)
+
+    async def checkpoint(self, mode: str, busy_ms: int) -> Checkpointed:
+        """A WAL checkpoint from the writer's connection. RESTART and TRUNCATE wait for readers of older snapshots;
+        `busy_ms` bounds that wait (the writer holds everything up meanwhile), after which the answer says busy."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+
+        async def run(db: aiosqlite.Connection) -> Checkpointed:
+            await db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            try:
+                async with db.execute(f"PRAGMA wal_checkpoint({mode})") as cur:
+                    row = await cur.fetchone()
+            finally:
+                await db.execute("PRAGMA busy_timeout=5000")
+            assert row is not None
+            return Checkpointed(bool(row[0]), int(row[1]), int(row[2]))
+
+        return await self._upkeep("checkpoint", run)
+
+    async def set_wal_limit(self, limit_bytes: int) -> None:
+        """The size the -wal file is truncated back to after a checkpoint that emptied it."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(f"PRAGMA journal_size_limit={int(limit_bytes)}")
+
+        await self._upkeep("wal_limit", run)
+
+    def file_stats(self) -> FileStats:
+        """Sizes, rows per table and oldest row times, on a connection of its own: blocking (run it in a thread), and
+        counting rows reads whole tables, which must not queue the hot path's reads behind it."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            rows = {
+                t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in ("sagas", "saga_events", "dead_letters", "order_dedup")
+            }
+            oldest: dict[str, int] = {}
+            for table, sql in (
+                ("sagas", "SELECT min(created_at_epoch_ms) FROM sagas"),
+                ("dead_letters", "SELECT min(parked_at_epoch_ms) FROM dead_letters"),
+                ("order_dedup", "SELECT min(finished_at_epoch_ms) FROM order_dedup"),
+            ):
+                value = db.execute(sql).fetchone()[0]
+                if value is not None:
+                    oldest[table] = int(value)
+            if "sagas" in oldest:
+                oldest["saga_events"] = oldest["sagas"]  # a saga's events are never older than the saga
+            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            db.close()
+        return FileStats(_size(self.path), _size(self.path + "-wal"), free, page, rows, oldest)
+
     async def integrity_check(self) -> str:
         async with self._reader.execute("PRAGMA integrity_check") as cur:
             row = await cur.fetchone()
@@ -570,6 +896,26 @@ def _event_from_row(r: sqlite3.Row | tuple[object, ...]) -> Event:
     )
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+async def _pragma_int(db: aiosqlite.Connection, name: str) -> int:
+    async with db.execute(f"PRAGMA {name}") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
 def _ok(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -584,9 +930,13 @@ def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
 
 __all__ = [
     "MIGRATIONS",
+    "ArchivedSaga",
+    "Checkpointed",
     "DeadLetterClose",
     "DeadLetterOpen",
     "DeadLetterRow",
+    "DedupRecord",
+    "FileStats",
     "Journal",
     "JournalStats",
     "NewSaga",

@@ -19,6 +19,15 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_journal_batch_records                      records per commit
     saga_journal_commits_total                      transactions committed (each ends in an fsync: synchronous=FULL)
     saga_journal_wal_bytes                          size of the -wal file
+    saga_journal_file_bytes                         size of the journal file (the -wal file apart)
+    saga_journal_free_pages                         pages free inside the file (reused, or returned by vacuum steps)
+    saga_journal_rows{table}                        rows per table (sagas, saga_events, dead_letters, order_dedup)
+    saga_journal_oldest_row_age_seconds{table}      age of each table's oldest row (0: empty)
+    saga_journal_upkeep_seconds{job}                one upkeep job on the writer (retire, forget_orders, vacuum,
+                                                    checkpoint): how long saga commits waited behind it
+    saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup)
+    saga_retention_archived_total                   sagas written to the archive before removal
+    saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (a reader held the WAL)
 """
 
 from __future__ import annotations
@@ -73,6 +82,21 @@ class ShardMetrics:
         )
         self.commits = Counter("saga_journal_commits", "Journal transactions (one fsync each)", registry=r)
         self.dead_letters_open = Gauge("saga_dead_letters_open", "Open dead letters", registry=r)
+        self.upkeep_seconds = Histogram(
+            "saga_journal_upkeep_seconds",
+            "One upkeep job on the journal writer",
+            ["job"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retention_removed = Counter("saga_retention_removed", "Rows removed by retention", ["what"], registry=r)
+        self.retention_archived = Counter("saga_retention_archived", "Sagas archived before removal", registry=r)
+        self.checkpoints = Counter("saga_journal_checkpoints", "Upkeep WAL checkpoints", ["result"], registry=r)
+        self.journal_rows = Gauge("saga_journal_rows", "Rows per journal table", ["table"], registry=r)
+        self.journal_oldest_age = Gauge(
+            "saga_journal_oldest_row_age_seconds", "Age of the oldest row per journal table", ["table"], registry=r
+        )
+        self.journal_free_pages = Gauge("saga_journal_free_pages", "Free pages inside the journal file", registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
 
     def child(self, metric: M, *labels: str) -> M:
@@ -114,6 +138,11 @@ class _LiveCollector(Collector):
         except OSError:
             wal = 0
         yield GaugeMetricFamily("saga_journal_wal_bytes", "Size of the journal's WAL file", value=wal)
+        try:
+            size = os.path.getsize(self._wal.removesuffix("-wal"))
+        except OSError:
+            size = 0
+        yield GaugeMetricFamily("saga_journal_file_bytes", "Size of the journal file", value=size)
         # Leak detector: back to its idle level once the load and the faults stop (asyncio.all_tasks retries if the
         # loop changes its task set while this scrape thread copies it).
         tasks = len(asyncio.all_tasks(self._loop))

@@ -27,6 +27,7 @@ from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
 from .logs import saga_context
 from .metrics import ShardMetrics
 from .model import SagaState
+from .retention import PassReport, Upkeep
 from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
 from .validation import validate_place_order
@@ -63,6 +64,7 @@ class Shard:
         self._claimed: set[str] = set()  # dead letters an admin call is acting on right now
         self._stopping = False
         self._redrive: asyncio.Task[None] | None = None
+        self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()
@@ -88,6 +90,7 @@ class Shard:
             logger.info("resumed {} unfinished sagas", len(recs))
         if self.cfg.dead_letter_redrive_s > 0:
             self._redrive = asyncio.create_task(self._redrive_loop(), name="dead-letter-redrive")
+        await self.upkeep.start()
         return len(recs)
 
     async def stop(self) -> None:
@@ -95,6 +98,7 @@ class Shard:
         self._stopping = True
         if self._redrive:
             self._redrive.cancel()
+        await self.upkeep.stop()
         tasks = [r.task for r in self._live.values() if r.task is not None]
         for t in tasks:
             t.cancel()
@@ -130,7 +134,8 @@ class Shard:
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._creating[req.order_id] = gate
         try:
-            existing = await self.journal.get_by_order(req.order_id, with_events=False)
+            # A saga of this order, or what retention kept of it: the original answer, never a second saga.
+            existing = await self.journal.get_by_order(req.order_id, with_events=False, kept=True)
             if existing is not None:
                 self._check_same(existing, payload_hash)
                 return Placed(existing, pending=False)
@@ -249,7 +254,9 @@ class Shard:
         if run is not None and (run.created is None or run.created.done()) and run.view.next_seq > 1:
             rec = run.view.copy()
         else:
-            found = await self.journal.get_by_order(order_id)
+            # The router asks earlier ring owners GetSaga to learn whether they hold an order: an order whose details
+            # retention removed still exists (a minimal view, without steps or events).
+            found = await self.journal.get_by_order(order_id, kept=True)
             if found is None:
                 raise SagaNotFound(f"no saga for order {order_id}")
             rec = found
@@ -347,7 +354,7 @@ class Shard:
 
     async def _claim_parked(self, order_id: str) -> SagaRecord:
         """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""
-        rec = await self.journal.get_by_order(order_id)
+        rec = await self.journal.get_by_order(order_id, kept=True)  # a removed saga is finished: WrongState
         if rec is None:
             raise SagaNotFound(f"no saga for order {order_id}")
         # Checked after the read, with no await before the claim: this is the check-then-act.
@@ -357,6 +364,10 @@ class Shard:
             raise WrongState(f"saga of order {order_id} is {rec.state.name}, not DEAD_LETTERED")
         self._claimed.add(order_id)
         return rec
+
+    async def retention_pass(self) -> PassReport:
+        """One retention pass now (the periodic one waits for it to finish, and the other way round)."""
+        return await self.upkeep.run_pass()
 
     async def _redrive_loop(self) -> None:
         await run_every(
