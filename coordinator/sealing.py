@@ -78,7 +78,9 @@ class KeyRing:
 
 
 def read_key_file(path: str) -> KeyRing:
-    """Parses a key file, refusing one that group or others may read (stat follows a Kubernetes Secret's symlink)."""
+    """Parses a key file, refusing one that others may read or the group may change (stat follows a Kubernetes Secret's
+    symlink). Group read is allowed: Kubernetes hands a Secret to a non-root container only through its fsGroup (0440);
+    the group is then the pod's own."""
     try:
         mode = os.stat(path).st_mode
         text = Path(path).read_text(encoding="ascii")
@@ -86,10 +88,10 @@ def read_key_file(path: str) -> KeyRing:
         raise KeyFileError(f"key file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise KeyFileError(f"key file {path} cannot be read: {type(e).__name__}") from None
-    if mode & 0o077:
+    if mode & 0o037:
         raise KeyFileError(
-            f"key file {path} has mode {stat.S_IMODE(mode):04o}: group and others must not be able to read it "
-            f"(chmod 600 {path}; in Kubernetes, defaultMode: 0400)"
+            f"key file {path} has mode {stat.S_IMODE(mode):04o}: others must not read it, nor the group change it "
+            f"(chmod 600 {path}; in Kubernetes, defaultMode: 0440 with the pod's fsGroup)"
         )
     hash_key: bytes | None = None
     seal_keys: list[tuple[str, bytes]] = []

@@ -122,9 +122,10 @@ def test_payload_hash_survives_rotation(tmp_path: Path) -> None:
 def test_key_file_is_private_and_checked(tmp_path: Path) -> None:
     r = ring(tmp_path)
     assert os.stat(r.path).st_mode & 0o777 == 0o600
-    os.chmod(r.path, 0o400)
-    assert read_key_file(r.path) == r
-    for mode in (0o640, 0o644, 0o604):
+    for mode in (0o400, 0o440):  # 0440: how Kubernetes hands a Secret to a non-root pod (its fsGroup)
+        os.chmod(r.path, mode)
+        assert read_key_file(r.path) == r
+    for mode in (0o660, 0o644, 0o604, 0o444):
         os.chmod(r.path, mode)
         with pytest.raises(KeyFileError, match=rf"key file {r.path} has mode {mode:04o}"):
             read_key_file(r.path)

@@ -88,10 +88,10 @@ def start_shard(journal: str) -> subprocess.CompletedProcess[str]:
 
 async def test_shard_start_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
     h = await journal_with_sagas(tmp_path)
-    os.chmod(h.path + ".keys", 0o640)
+    os.chmod(h.path + ".keys", 0o644)
     p = start_shard(h.path)
     assert p.returncode == 2, p.stderr
-    assert f"key file {h.path}.keys has mode 0640" in p.stderr and "Traceback" not in p.stderr
+    assert f"key file {h.path}.keys has mode 0644" in p.stderr and "Traceback" not in p.stderr
 
 
 async def test_shard_start_refuses_a_missing_key_file_when_the_journal_holds_blobs(tmp_path: Path) -> None:
