@@ -10,6 +10,7 @@
     make bench BENCH_ARGS="--tls compare --repeat 3"    plaintext and TLS runs alternated: the CPU per saga TLS costs
     make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
     make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
+    make bench BENCH_ARGS="scale --scale-sagas 200000"  cost at 0, N/10, N finished sagas; retention of half
     make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
     make bench BENCH_ARGS="grpc"                        the floor: an empty unary call's CPU, server and client
     make bench BENCH_ARGS="profile-summary /tmp/prof"   summarise py-spy recordings again
@@ -32,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import grpc_floor, journal_bench, profile_summary, stub_bench
+from . import grpc_floor, journal_bench, profile_summary, scale_bench, stub_bench
 from .cluster import REPO_ROOT, ClusterError
 from .run import KINDS, BenchError, RunConfig, run
 
@@ -53,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench", description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument(
-        "what", nargs="*", default=["cluster"], help="cluster (default) | journal | stubs | profile-summary DIR"
+        "what",
+        nargs="*",
+        default=["cluster"],
+        help="cluster (default) | journal | scale | stubs | grpc | profile-summary DIR",
     )
     p.add_argument("--shards", type=int, default=3, help="coordinator shards (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="closed loop: concurrent callers (default %(default)s)")
@@ -78,14 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes (default bench/results)")
     p.add_argument("--journal-sagas", type=int, default=2_000, help="journal: sagas per group-commit case")
     p.add_argument("--journal-writers", type=int, default=64, help="journal: concurrent writer tasks")
+    p.add_argument("--scale-sagas", type=int, default=20_000, help="scale: N finished sagas (default %(default)s)")
+    p.add_argument("--scale-orders", type=int, default=1_000, help="scale: PlaceOrders measured per point")
     return p
 
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad input: a message naming the flag (argparse exits 2), never a traceback."""
     what = args.what[0]
-    if what not in ("cluster", "journal", "stubs", "grpc", "profile-summary"):
-        p.error(f"unknown benchmark {what!r}: cluster, journal, stubs, grpc or profile-summary DIR")
+    if what not in ("cluster", "journal", "scale", "stubs", "grpc", "profile-summary"):
+        p.error(f"unknown benchmark {what!r}: cluster, journal, scale, stubs, grpc or profile-summary DIR")
     if what == "profile-summary" and len(args.what) != 2:
         p.error("profile-summary takes one directory: profile-summary DIR")
     if what != "profile-summary" and len(args.what) != 1:
@@ -100,6 +106,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ("--repeat", args.repeat, 1, 20),
         ("--journal-sagas", args.journal_sagas, 1, 1_000_000),
         ("--journal-writers", args.journal_writers, 1, 10_000),
+        ("--scale-sagas", args.scale_sagas, 10, 50_000_000),
+        ("--scale-orders", args.scale_orders, 64, 1_000_000),
     ):
         if not low <= value <= high:
             p.error(f"{flag} must be between {low} and {high}, got {value}")
@@ -210,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _journal(args)
         if what == "stubs":
             return _stubs(args)
+        if what == "scale":
+            return _scale(args)
         if what == "grpc":
             return _grpc(args)
         return _cluster(args)
@@ -250,6 +260,14 @@ def _journal(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     figures["results_file"] = str(_save(figures, args.results_dir, "journal"))
+    print(json.dumps(figures))
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    figures = scale_bench.run(args.scale_sagas, args.scale_orders)
+    print(scale_bench.table(figures))
+    figures["results_file"] = str(_save(figures, args.results_dir, "scale"))
     print(json.dumps(figures))
     return 0
 

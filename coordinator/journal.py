@@ -698,7 +698,9 @@ class Journal:
     async def retirable(self, finished_before_epoch_ms: int, limit: int) -> list[str]:
         """Ids of finished sagas (SUCCEEDED, FAILED, RESOLVED) last updated at or before the cutoff, oldest first."""
         async with self._reader.execute(
-            f"SELECT saga_id FROM sagas WHERE {_FINISHED} AND updated_at_epoch_ms <= ? "
+            # INDEXED BY: without it the planner (no ANALYZE statistics) picks sagas_by_state and sorts every finished
+            # saga in the journal for each batch.
+            f"SELECT saga_id FROM sagas INDEXED BY sagas_by_finished WHERE {_FINISHED} AND updated_at_epoch_ms <= ? "
             "ORDER BY updated_at_epoch_ms LIMIT ?",
             (finished_before_epoch_ms, limit),
         ) as cur:
