@@ -96,7 +96,8 @@ _MIGRATION_SQL: tuple[str, ...] = (
     """,
     # v4: retention (coordinator/retention.py). A finished saga's rows leave after a while; what PlaceOrder needs to
     # answer a retry (and the router to find the order after a re-shard) stays longer in order_dedup. The partial index
-    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it).
+    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it); dead_letters_by_saga
+    # serves the foreign key check and the removal of a removed saga's closed dead letters (else a scan per saga).
     """
     CREATE TABLE order_dedup (
         order_id TEXT PRIMARY KEY,
@@ -108,7 +109,8 @@ _MIGRATION_SQL: tuple[str, ...] = (
         finished_at_epoch_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX order_dedup_by_finished ON order_dedup (finished_at_epoch_ms);
-    CREATE INDEX sagas_by_finished ON sagas (updated_at_epoch_ms) WHERE state IN (3, 4, 6)
+    CREATE INDEX sagas_by_finished ON sagas (updated_at_epoch_ms) WHERE state IN (3, 4, 6);
+    CREATE INDEX dead_letters_by_saga ON dead_letters (saga_id)
     """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
@@ -743,9 +745,11 @@ class Journal:
         async def run(db: aiosqlite.Connection) -> int:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                # The unary + keeps the planner on the primary key: offered the state or time terms, it walked every
+                # finished saga's index entry for each batch (measured: O(N) per batch on 200,000 sagas).
                 async with db.execute(
-                    f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id IN ({marks}) AND {_FINISHED} "
-                    "AND updated_at_epoch_ms <= ? AND NOT EXISTS (SELECT 1 FROM dead_letters d "
+                    f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE saga_id IN ({marks}) AND +state IN (3, 4, 6) "
+                    "AND +updated_at_epoch_ms <= ? AND NOT EXISTS (SELECT 1 FROM dead_letters d "
                     "WHERE d.saga_id = sagas.saga_id AND d.closed_at_epoch_ms IS NULL)",
                     (*saga_ids, finished_before_epoch_ms),
                 ) as cur:

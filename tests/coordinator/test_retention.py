@@ -287,3 +287,39 @@ async def test_wal_stays_under_its_bound_during_a_burst(tmp_path: Path) -> None:
     # SQLite checkpoints by itself every 1,000 pages (4 MiB at 4 KiB pages), so the WAL reaches that much whatever the
     # limit; past it the file is restarted or truncated, never grown without bound.
     assert peak <= max(limit, 1000 * 4096) + 2 * 1024 * 1024
+
+
+async def test_retention_queries_use_their_indexes(tmp_path: Path) -> None:
+    """Each batch must cost what the batch holds, not what the journal holds: a full scan here made a pass O(N^2)."""
+    path = str(tmp_path / "j.db")
+    clock = FakeClock()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await _fill(journal, [(SagaState.SUCCEEDED, 10 * DAY_S)] * 300, clock.now_epoch_ms())
+        plans: list[str] = []
+        db = sqlite3.connect(path)
+        db.set_trace_callback(None)
+        original = journal._upkeep
+
+        async def explain(name: str, run):  # type: ignore[no-untyped-def]
+            async def traced(conn):  # type: ignore[no-untyped-def]
+                await conn.set_trace_callback(plans.append)
+                try:
+                    return await run(conn)
+                finally:
+                    await conn.set_trace_callback(None)
+
+            return await original(name, traced)
+
+        journal._upkeep = explain  # type: ignore[method-assign]
+        await Upkeep(_config(path, batch_sagas=20), journal, clock).run_pass()
+        statements = {p.split(" WHERE")[0] + " WHERE ..." for p in plans if p.startswith(("SELECT", "DELETE"))}
+        for sql in statements:
+            full = next(p for p in plans if p.startswith(sql.removesuffix(" WHERE ...")))
+            plan = " / ".join(str(r[3]) for r in db.execute("EXPLAIN QUERY PLAN " + full))
+            assert "SCAN" not in plan, (full, plan)
+            assert "sagas_by_state" not in plan, (full, plan)
+        db.close()
+    finally:
+        await journal.close()
