@@ -96,8 +96,8 @@ _MIGRATION_SQL: tuple[str, ...] = (
     """,
     # v4: retention (coordinator/retention.py). A finished saga's rows leave after a while; what PlaceOrder needs to
     # answer a retry (and the router to find the order after a re-shard) stays longer in order_dedup. The partial index
-    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it); dead_letters_by_saga
-    # serves the foreign key check and the removal of a removed saga's closed dead letters (else a scan per saga).
+    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it);
+    # dead_letters_by_saga serves the foreign key check and the removal of a saga's closed dead letters (else a scan).
     """
     CREATE TABLE order_dedup (
         order_id TEXT PRIMARY KEY,
