@@ -64,6 +64,7 @@ class Shard:
         self._claimed: set[str] = set()  # dead letters an admin call is acting on right now
         self._stopping = False
         self._redrive: asyncio.Task[None] | None = None
+        self._resumer: asyncio.Task[None] | None = None
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
 
     def _live_ages(self) -> list[tuple[str, float]]:
@@ -84,10 +85,17 @@ class Shard:
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
         self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
         recs = await self.journal.unfinished()
-        for rec in recs:
-            self._launch(rec, created=None)
+        # Every unfinished saga is registered now (a retried PlaceOrder joins it, GetSaga shows it), but their tasks
+        # start at most limits.resume_per_s a second: a restart with thousands of them must not call the services all
+        # at once. The first second's worth starts here, the rest from a background task.
+        runs = [self._launch(rec, created=None, start=False) for rec in recs]
+        first = self.cfg.limits.resume_per_s
+        for run in runs[:first]:
+            self._start_task(run)
+        if len(runs) > first:
+            self._resumer = asyncio.create_task(self._resume_rest(runs[first:]), name="resume")
         if recs:
-            logger.info("resumed {} unfinished sagas", len(recs))
+            logger.info("resuming {} unfinished sagas, {} a second at most", len(recs), first)
         if self.cfg.dead_letter_redrive_s > 0:
             self._redrive = asyncio.create_task(self._redrive_loop(), name="dead-letter-redrive")
         await self.upkeep.start()
@@ -98,6 +106,8 @@ class Shard:
         self._stopping = True
         if self._redrive:
             self._redrive.cancel()
+        if self._resumer:
+            self._resumer.cancel()
         await self.upkeep.stop()
         tasks = [r.task for r in self._live.values() if r.task is not None]
         for t in tasks:
@@ -173,7 +183,16 @@ class Shard:
         creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
         return run
 
-    def _launch(self, rec: SagaRecord, created: asyncio.Future[None] | None) -> SagaRun:
+    async def _resume_rest(self, runs: list[SagaRun]) -> None:
+        per_s = self.cfg.limits.resume_per_s
+        step = max(1, per_s // 10)  # ten starts a second, each a tenth of the rate: smooth, not a burst per second
+        for i in range(0, len(runs), step):
+            await self.clock.sleep(step / per_s)
+            for run in runs[i : i + step]:
+                if self._live.get(run.record.order_id) is run and run.task is None:
+                    self._start_task(run)
+
+    def _launch(self, rec: SagaRecord, created: asyncio.Future[None] | None, start: bool = True) -> SagaRun:
         payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.saga_id, rec.payment_sealed))
         req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
         payload = SagaPayload(
@@ -190,8 +209,12 @@ class Shard:
             created=created,
         )
         self._live[rec.order_id] = run
-        run.task = asyncio.create_task(self._supervise(run), name=f"saga:{rec.order_id}")
+        if start:
+            self._start_task(run)
         return run
+
+    def _start_task(self, run: SagaRun) -> None:
+        run.task = asyncio.create_task(self._supervise(run), name=f"saga:{run.record.order_id}")
 
     async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
