@@ -92,8 +92,8 @@ class Limits:
     reason_max_len: int = 1_000
     """Longest operator reason on RetryDeadLetter / ResolveDeadLetter (it is stored in the audit trail)."""
     resume_per_s: int = 500
-    """Unfinished sagas a restarted shard resumes per second at most (the first second's worth at once): no stampede
-    on the services after a restart with thousands of them."""
+    """Unfinished sagas a restarted shard resumes per second at most (a tenth of it every tenth of a second): no
+    stampede on the services after a restart with thousands of them."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -87,15 +87,15 @@ class Shard:
         recs = await self.journal.unfinished()
         # Every unfinished saga is registered now (a retried PlaceOrder joins it, GetSaga shows it), but their tasks
         # start at most limits.resume_per_s a second: a restart with thousands of them must not call the services all
-        # at once. The first second's worth starts here, the rest from a background task.
+        # at once. A tenth of a second's worth starts here, the rest from a background task at the same pace.
         runs = [self._launch(rec, created=None, start=False) for rec in recs]
-        first = self.cfg.limits.resume_per_s
-        for run in runs[:first]:
+        step = max(1, self.cfg.limits.resume_per_s // 10)
+        for run in runs[:step]:
             self._start_task(run)
-        if len(runs) > first:
-            self._resumer = asyncio.create_task(self._resume_rest(runs[first:]), name="resume")
+        if len(runs) > step:
+            self._resumer = asyncio.create_task(self._resume_rest(runs[step:], step), name="resume")
         if recs:
-            logger.info("resuming {} unfinished sagas, {} a second at most", len(recs), first)
+            logger.info("resuming {} unfinished sagas, {} a second at most", len(recs), self.cfg.limits.resume_per_s)
         if self.cfg.dead_letter_redrive_s > 0:
             self._redrive = asyncio.create_task(self._redrive_loop(), name="dead-letter-redrive")
         await self.upkeep.start()
@@ -183,11 +183,9 @@ class Shard:
         creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
         return run
 
-    async def _resume_rest(self, runs: list[SagaRun]) -> None:
-        per_s = self.cfg.limits.resume_per_s
-        step = max(1, per_s // 10)  # ten starts a second, each a tenth of the rate: smooth, not a burst per second
+    async def _resume_rest(self, runs: list[SagaRun], step: int) -> None:
         for i in range(0, len(runs), step):
-            await self.clock.sleep(step / per_s)
+            await self.clock.sleep(step / self.cfg.limits.resume_per_s)
             for run in runs[i : i + step]:
                 if self._live.get(run.record.order_id) is run and run.task is None:
                     self._start_task(run)
