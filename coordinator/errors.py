@@ -128,7 +128,7 @@ DETAIL_MAX_CHARS = 200
 
 # A run of 12+ digits (spaces or dashes allowed between them) looks like a card number; tok_... / long opaque strings
 # look like payment tokens or secrets. Either is replaced, whatever the service meant by it.
-_CARD_LIKE = re.compile(r"\b(?:\d[ -]?){12,19}\b")
+_CARD_LIKE = re.compile(r"\b\d(?:[ -]?\d){11,18}\b")
 _TOKEN_LIKE = re.compile(r"\b(?:tok|pm|card|sk|pk)_[A-Za-z0-9_-]+|\b[A-Za-z0-9_-]{40,}\b")
 
 

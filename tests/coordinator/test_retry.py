@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coordinator import retry
 from coordinator.config import RetryPolicy, ShardConfig
-from coordinator.errors import CallResult
+from coordinator.errors import CallResult, scrub
 from coordinator.model import Action, SagaState, Step
 from coordinator.saga import Event, EventKind
 
@@ -225,3 +225,29 @@ async def test_default_compensation_rides_out_minutes_then_parks(
     assert rec.state is (SagaState.DEAD_LETTERED if parked else SagaState.FAILED)
     if parked:
         assert 300 - 15 <= clock.monotonic() <= 300 + 5  # the 5-minute window, less at most one 15 s wait
+
+
+# ---- what a downstream error leaves in the journal ----------------------------------------------------------------
+
+
+def test_scrub_bounds_and_redacts() -> None:
+    assert scrub("card 4242 4242 4242 4242 declined") == "card [redacted] declined"
+    assert scrub("token tok_live_abc123 refused") == "token [redacted] refused"
+    bounded = scrub("word " * 200)
+    assert len(bounded) == 200 and bounded.endswith("…")
+    assert scrub("x" * 1000) == "[redacted]"  # a long opaque string may be a secret
+    assert scrub("failed to connect;\n  last error: refused") == "failed to connect; last error: refused"
+    summary = CallResult(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses").summary
+    assert summary == "UNAVAILABLE: failed to connect to all addresses"  # the classified code leads
+
+
+async def test_downstream_error_text_is_bounded_and_scrubbed_in_the_journal(harness: Harness) -> None:
+    """A service that echoes the card or token in its error does not get it into last_error, events or logs."""
+    leak = "declined: card 4111-1111-1111-1111 token tok_ok " + "padding " * 100
+    harness.caller.fail_with(S.PROCESS_PAYMENT, F, grpc.StatusCode.FAILED_PRECONDITION, msg=leak)
+    placed = await harness.shard.place_order(order())
+    assert placed.saga.state is SagaState.FAILED
+    events = await _events(harness, "o-1")
+    texts = [placed.saga.last_error, placed.saga.message, *(e.detail for e in events)]
+    assert all("4111" not in t and "tok_ok" not in t and len(t) < 300 for t in texts), texts
+    assert placed.saga.last_error.startswith("process_payment failed: FAILED_PRECONDITION: declined: card [redacted]")
