@@ -804,7 +804,8 @@ class Journal:
 
         async def run(db: aiosqlite.Connection) -> int:
             before = await _pragma_int(db, "freelist_count")
-            await db.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+            # executescript: through execute() the sqlite3 module steps the pragma once, and it frees one page a step.
+            await db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
             return before - await _pragma_int(db, "freelist_count")
 
         return await self._upkeep("vacuum", run)

@@ -58,7 +58,7 @@ class PassReport:
     vacuumed_pages: int
     duration_s: float
     longest_batch_s: float
-    """The longest one retire batch held the journal's writer."""
+    """The longest one job of the pass (a retire or forget batch, a vacuum step) held the journal's writer."""
 
 
 class Upkeep:
@@ -130,6 +130,7 @@ class Upkeep:
         if removed or forgotten:
             for _ in range(r.max_batches_per_pass):
                 n = await self.journal.vacuum_step(r.vacuum_pages)
+                longest = max(longest, self.journal.stats.last_upkeep_s)
                 vacuumed += n
                 if n < r.vacuum_pages:
                     break

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from coordinator import convert
 from coordinator.clock import FakeClock
-from coordinator.config import Retention, ShardConfig, Wal
+from coordinator.config import ConfigError, Retention, ShardConfig, Wal
 from coordinator.errors import PayloadMismatch, SagaNotFound, WrongState
 from coordinator.journal import DeadLetterClose, DeadLetterOpen, Journal, NewSaga
+from coordinator.metrics import ShardMetrics
 from coordinator.model import Action, SagaState, Step
 from coordinator.retention import Upkeep, read_archive, saga_from_archive
 from coordinator.saga import Event, EventKind, SagaRecord
@@ -323,3 +324,65 @@ async def test_retention_queries_use_their_indexes(tmp_path: Path) -> None:
         db.close()
     finally:
         await journal.close()
+
+
+async def test_file_metrics_and_an_idle_checkpoint(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    clock = FakeClock()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        now = clock.now_epoch_ms()
+        await _fill(journal, [(SagaState.SUCCEEDED, DAY_S), (SagaState.DEAD_LETTERED, 2 * DAY_S)], now)
+        metrics = ShardMetrics()
+        upkeep = Upkeep(_config(path), journal, clock, metrics)
+        await upkeep.refresh_stats()
+
+        def value(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        assert value("saga_journal_rows", table="sagas") == 2
+        assert value("saga_journal_rows", table="saga_events") == 4
+        assert value("saga_journal_rows", table="dead_letters") == 1
+        assert value("saga_journal_rows", table="order_dedup") == 0
+        assert value("saga_journal_oldest_row_age_seconds", table="sagas") == 2 * DAY_S + 1
+        assert (tmp_path / "j.db-wal").stat().st_size > 0
+        assert await upkeep.checkpoint_once()  # the writer is idle: TRUNCATE
+        assert (tmp_path / "j.db-wal").stat().st_size == 0
+        assert value("saga_journal_checkpoints_total", result="done") == 1
+        assert not await upkeep.checkpoint_once()  # nothing to do
+    finally:
+        await journal.close()
+
+
+async def test_a_new_journal_uses_incremental_auto_vacuum_and_a_pass_returns_free_pages(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    clock = FakeClock()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await _fill(journal, [(SagaState.SUCCEEDED, 10 * DAY_S)] * 400, clock.now_epoch_ms())
+        report = await Upkeep(_config(path, batch_sagas=50), journal, clock).run_pass()
+        assert report.removed == 400 and report.vacuumed_pages > 0
+    finally:
+        await journal.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert db.execute("PRAGMA freelist_count").fetchone()[0] < report.vacuumed_pages
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [
+        Retention(finished_after_s=10, dedup_after_s=5),
+        Retention(batch_sagas=0),
+        Retention(batch_sagas=501),
+        Retention(interval_s=-1),
+    ],
+)
+def test_retention_settings_are_checked_at_load(retention: Retention) -> None:
+    with pytest.raises(ConfigError, match="retention"):
+        ShardConfig(journal_path="x.db", retention=retention).validate()
