@@ -38,6 +38,7 @@ import jwt
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
+from .grpc_server import stream_items
 from .tls import TlsFiles, check_plaintext, is_loopback, peer_identities
 from .tomlfile import read_toml
 
@@ -412,7 +413,7 @@ def _wrap(
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await admit(context)
-            async for item in _stream(inner_us(request, context)):
+            async for item in stream_items(inner_us(request, context)):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
@@ -432,24 +433,12 @@ def _wrap(
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await admit(context)
-        async for item in _stream(inner_ss(requests, context)):
+        async for item in stream_items(inner_ss(requests, context)):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer
     )
-
-
-async def _stream(result: Any) -> Any:
-    """A streaming handler is an async generator, or a coroutine that writes through context.write(): both work."""
-    if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        await result
-
-
-# ------------------------------------------------------------------ one process's wiring
 
 
 def add_auth_arguments(parser: argparse.ArgumentParser) -> None:

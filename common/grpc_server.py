@@ -101,9 +101,29 @@ def server_options(limits: ServerLimits) -> list[tuple[str, int]]:
     return options
 
 
+# Long-lived streams every server has, open to any peer that completes the handshake (health and reflection need no
+# role): bounded per peer like WatchSaga, or one certificate holder could hold max_concurrent_rpcs streams open and
+# starve every other caller.
+OPEN_STREAMS = (
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+)
+
+
+async def stream_items(result: Any) -> AsyncIterator[Any]:
+    """What a streaming handler produced: it is an async generator, or a coroutine that writes through
+    context.write() (grpc_health's Watch) and yields nothing here."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result
+
+
 class PeerStreamLimit(grpc.aio.ServerInterceptor):
-    """Bounds the server-streaming calls of `methods` ("/pkg.Service/Method") one peer (common.tls.peer_key) may have
-    open at once; one more gets RESOURCE_EXHAUSTED. Other methods pass through untouched."""
+    """Bounds the streaming calls of `methods` ("/pkg.Service/Method"; server-streaming or bidirectional) one peer
+    (common.tls.peer_key) may have open at once; one more gets RESOURCE_EXHAUSTED. Other methods pass through."""
 
     def __init__(self, methods: Collection[str], max_per_peer: int) -> None:
         self._methods = frozenset(methods)
@@ -120,10 +140,15 @@ class PeerStreamLimit(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method not in self._methods or handler.unary_stream is None:
+        if handler is None or handler_call_details.method not in self._methods:
             return handler
-        inner = handler.unary_stream
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._bounded(handler.unary_stream))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._bounded(handler.stream_stream))
+        return handler
 
+    def _bounded(self, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def bounded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             key = peer_key(context)
             with self._lock:
@@ -137,7 +162,7 @@ class PeerStreamLimit(grpc.aio.ServerInterceptor):
                     f"too many open streams from this peer (at most {self.max_per_peer}); close one and retry",
                 )
             try:
-                async for item in inner(request, context):
+                async for item in stream_items(inner(request, context)):
                     yield item
             finally:
                 with self._lock:
@@ -147,7 +172,7 @@ class PeerStreamLimit(grpc.aio.ServerInterceptor):
                     else:
                         del self._open[key]
 
-        return handler._replace(unary_stream=bounded)
+        return bounded
 
 
 def build_server(
@@ -156,11 +181,10 @@ def build_server(
     streams: Collection[str] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
-    """A grpc.aio server with limits applied; `streams` are the long-lived streaming methods bounded per peer.
-    `interceptors` (authentication, later) run before the stream bound."""
+    """A grpc.aio server with limits applied; `streams` are the server's own long-lived streaming methods, bounded per
+    peer together with OPEN_STREAMS (health watch, reflection). `interceptors` (authentication) run before the bound."""
     chain = list(interceptors)
-    if streams:
-        chain.append(PeerStreamLimit(streams, limits.max_streams_per_peer))
+    chain.append(PeerStreamLimit((*streams, *OPEN_STREAMS), limits.max_streams_per_peer))
     return grpc.aio.server(
         options=server_options(limits),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,

@@ -118,12 +118,16 @@ class RouterSettings:
     """With a dashboard: how far back rates are kept (memory is samples x shards x series, a few hundred KB)."""
     dashboard_allow_remote: bool = False
     """Serve the dashboard on an address other than loopback (only with an auth policy, and behind TLS termination:
-    the dashboard itself speaks plain HTTP). Off: a non-loopback --dashboard-listen is refused at start."""
+    the dashboard itself speaks plain HTTP; its cookie is then marked Secure). Off: a non-loopback --dashboard-listen
+    is refused at start."""
+    dashboard_hosts: tuple[str, ...] = ()
+    """The host[:port] names browsers reach a remote dashboard by (its Host and Origin allow-list), e.g.
+    ["saga.example.com"]; a loopback dashboard answers to its own address, localhost and 127.0.0.1."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, bool) and value <= 0:
+            if not isinstance(value, bool | tuple) and value <= 0:
                 raise ConfigError(f"[router] {f.name} must be > 0")
         if self.page_size_default > self.page_size_max:
             raise ConfigError("[router] page_size_default must be <= page_size_max")
@@ -301,6 +305,10 @@ def _parse_settings(table: object) -> RouterSettings:
         expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"[router] {key} must be a list of strings, got {value!r}")
+            value = tuple(value)
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise ConfigError(f"[router] {key} must be {expected.__name__}, got {value!r}")
         kwargs[key] = value

@@ -165,6 +165,7 @@ class Dashboard:
         self._page = b""
         self._page_csp = ""
         self._allow_remote = allow_remote
+        self._hosts = hosts
         self.guard = DashboardGuard(auth, hosts)
 
     @property
@@ -179,6 +180,9 @@ class Dashboard:
                 raise OSError(f"dashboard listen {listen} is not loopback: set [router] dashboard_allow_remote = true")
             if self.guard.development:
                 raise OSError(f"dashboard listen {listen} is not loopback: serving others needs an auth policy")
+            if not self._hosts:
+                raise OSError(f"dashboard listen {listen} is not loopback: name it in [router] dashboard_hosts")
+            self.guard.secure_cookie = True  # reached through TLS termination: the browser's side is https
         try:
             self._page = PAGE.read_bytes()
         except OSError as e:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
+import jwt
+
 from common.auth import Authenticator, AuthError, Principal, Role
 
 from .http import HttpError, Request
@@ -53,11 +55,11 @@ class Sessions:
         self._clock = clock
         self._by_id: OrderedDict[str, Session] = OrderedDict()
 
-    def open(self, principal: Principal) -> str:
+    def open(self, principal: Principal, ttl_s: float = SESSION_TTL_S) -> str:
         while len(self._by_id) >= MAX_SESSIONS:
             self._by_id.popitem(last=False)
         sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = Session(principal, self._clock() + SESSION_TTL_S)
+        self._by_id[sid] = Session(principal, self._clock() + min(ttl_s, SESSION_TTL_S))
         return sid
 
     def get(self, sid: str) -> Session | None:
@@ -81,7 +83,8 @@ class DashboardGuard:
         self.development = auth is None or auth.policy.development
         self.sessions = Sessions()
         self._hosts = {h.lower() for h in hosts}
-        self._secure_cookie = secure_cookie
+        self.secure_cookie = secure_cookie
+        """Mark the cookie Secure: the dashboard is reached through TLS termination (it serves plain HTTP itself)."""
 
     def serve_as(self, listen_host: str, port: int) -> None:
         """Adds the names the dashboard answers to once its port is known: its listen address, and localhost for a
@@ -134,7 +137,13 @@ class DashboardGuard:
             raise HttpError(HTTPStatus.UNAUTHORIZED, "that token is not valid") from None
         if not principal.roles:
             raise HttpError(HTTPStatus.FORBIDDEN, f"{principal.name} has no role here")
-        sid = self.sessions.open(principal)
+        # A session never outlives the token it was opened with (the signature was checked just above).
+        ttl_s = SESSION_TTL_S
+        if token.count(".") == 2:
+            expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
+            if isinstance(expires, int | float):
+                ttl_s = min(ttl_s, expires - time.time())
+        sid = self.sessions.open(principal, ttl_s)
         session = self.sessions.get(sid)
         assert session is not None
         return session, self.cookie(sid, int(SESSION_TTL_S))
@@ -146,7 +155,7 @@ class DashboardGuard:
         return self.cookie("", 0)
 
     def cookie(self, value: str, max_age_s: int) -> str:
-        secure = "; Secure" if self._secure_cookie else ""
+        secure = "; Secure" if self.secure_cookie else ""
         return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
 
 

@@ -229,6 +229,7 @@ class RouterServer:
                 stats,
                 auth=self.auth,
                 allow_remote=settings.dashboard_allow_remote,
+                hosts=settings.dashboard_hosts,
             )
         self._server: Any = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -8,15 +8,20 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 
-from common.auth import PRINCIPAL_KEY, Authenticator, AuthPolicy, Role, StaticToken
+from common.auth import PRINCIPAL_KEY, Authenticator, AuthPolicy, JwtSettings, Role, StaticToken
 from shard_router.dashboard import Dashboard
+from shard_router.dashboard_auth import DashboardGuard
 from shard_router.errors import RouterError
+from shard_router.http import HttpError
 
 VIEWER, OPERATOR = "viewer-token-0123456789", "operator-token-9876543210"
 
@@ -135,3 +140,31 @@ async def test_only_loopback_unless_allowed() -> None:
     board = Dashboard(lambda: None, None, None, None, None)  # type: ignore[arg-type]
     with pytest.raises(OSError, match="is not loopback"):
         await board.start("0.0.0.0:0")
+
+
+def test_a_session_never_outlives_its_token(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("a-shared-secret-for-tests-only-32bytes!")
+    policy = AuthPolicy(jwt=JwtSettings(str(secret), algorithms=("HS256",)))
+    guard = DashboardGuard(Authenticator(policy))
+    short = jwt.encode({"sub": "alice", "roles": ["operator"], "exp": int(time.time()) + 60}, secret.read_text())
+    session, _ = guard.sign_in(short)
+    assert session.expires_mono - time.monotonic() <= 61  # not the 8 h a session may last
+    with pytest.raises(HttpError):  # signed with another secret
+        guard.sign_in(jwt.encode({"sub": "bob", "roles": ["client"], "exp": int(time.time()) + 10**6}, "x" * 40))
+
+
+async def test_a_remote_dashboard_needs_its_names_and_marks_its_cookie_secure() -> None:
+    policy = AuthPolicy(tokens=(StaticToken("otto", hashlib.sha256(OPERATOR.encode()).hexdigest(), frozenset(Role)),))
+    board = Dashboard(lambda: None, None, None, None, None, auth=Authenticator(policy), allow_remote=True)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="dashboard_hosts"):
+        await board.start("0.0.0.0:0")
+    board = Dashboard(
+        lambda: None, None, None, None, None, auth=Authenticator(policy), allow_remote=True, hosts=("saga.example.com",)
+    )  # type: ignore[arg-type]
+    await board.start("0.0.0.0:0")
+    try:
+        _, cookie = board.guard.sign_in(OPERATOR)
+        assert "; Secure" in cookie
+    finally:
+        await board.close()

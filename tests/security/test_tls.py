@@ -312,3 +312,38 @@ def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Pat
         assert args[args.index("--tls-cert") + 1] == str(tmp_path / "tls" / f"{p.name}.pem")
         assert args[args.index("--tls-ca") + 1] == str(tmp_path / "tls" / "ca.pem")
     assert cluster.tls is not None and cluster.tls.cert == tmp_path / "tls" / "launcher.pem"
+
+
+async def test_health_watch_and_reflection_streams_are_bounded_per_peer(ca: LocalCA) -> None:
+    """Health and reflection need no role, so any holder of a CA certificate could hold their streams open and starve
+    the server's RPC bound: they count against the per-peer stream limit like WatchSaga."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+    server = build_server(ServerLimits(max_streams_per_peer=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    reflection.enable_server_reflection((reflection.SERVICE_NAME,), server)
+    port = listen(server, "127.0.0.1:0", ca.issue("stubs").files)
+    await server.start()
+    try:
+        async with aio_channel(f"127.0.0.1:{port}", ca.issue("launcher").files) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch
+            streams = [watch(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(2)]
+            for s in streams:
+                await s.read()
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await watch(health_pb2.HealthCheckRequest(), timeout=10).read()
+            assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=10)
+            await info.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await info.read()
+            assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            for s in streams:
+                s.cancel()
+            await asyncio.sleep(0.2)
+            info = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=10)
+            await info.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            assert (await info.read()).list_services_response.service  # a slot freed: reflection answers again
+            await info.done_writing()
+    finally:
+        await server.stop(0)
