@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps buf-lint buf-breaking
 
 # The venv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# buf (protos/ lint and breaking-change checks) comes from npm, pinned in package-lock.json; reinstalled when the lock
+# changes. Without npm the rest of the set-up still works and the buf targets say what is missing.
+BUF := node_modules/.bin/buf
+$(BUF): package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js to get buf (make buf-lint)"; exit 0; } && \
+	  npm ci --no-audit --no-fund --loglevel=error && touch $(BUF)
+
+setup: $(STAMP) $(BUF)
 
 run: setup
 	$(PY) -m deploy.local
@@ -52,7 +59,20 @@ proto-check: setup
 	  diff -r $(CURDIR)/protos $$tmp/protos -x __pycache__ && echo "generated code is fresh"; \
 	  rc=$$?; rm -rf $$tmp; exit $$rc
 
-lint: setup
+# Rules and every documented exception: buf.yaml.
+buf-lint: setup
+	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
+	$(BUF) lint
+
+# Breaking changes (buf.yaml: FILE rules) against the last tag if there is one, else the previous commit; CI runs on a
+# full clone of main, so HEAD~1 exists there (a shallow clone: git fetch --unshallow). On a branch, compare with where
+# it left main: make buf-breaking BUF_AGAINST=".git#ref=$$(git merge-base HEAD origin/main)".
+BUF_AGAINST ?= .git\#ref=$(shell git describe --tags --abbrev=0 2>/dev/null || echo HEAD~1)
+buf-breaking: setup
+	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
+	$(BUF) breaking --against '$(BUF_AGAINST)'
+
+lint: setup buf-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -62,4 +82,4 @@ fmt: setup
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .data .pytest_cache .mypy_cache .ruff_cache
