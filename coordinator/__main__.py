@@ -1,5 +1,6 @@
 """`python -m coordinator`: runs one shard in the foreground until SIGTERM or SIGINT.
-`python -m coordinator keys {init,rotate,status,reseal}`: the keys that seal payment details in the journal."""
+`python -m coordinator keys {init,rotate,status,reseal}`: the keys that seal payment details in the journal.
+`python -m coordinator retention {run,export,vacuum}`: a retention pass now, one saga's archive record, a vacuum."""
 
 from __future__ import annotations
 
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["keys"]:
         keys_main(argv[1:])
         return
+    if argv[:1] == ["retention"]:
+        from . import retention_cli  # only this command needs it
+
+        sys.exit(retention_cli.main(argv[1:]))
     args = parse_args(argv)
     try:
         cfg = load(

@@ -21,7 +21,7 @@ from .retention import Upkeep, archive_line, find_in_archive
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m coordinator.retention_cli",
+        prog="python -m coordinator retention",
         description="Journal retention of one shard (settings: [retention] in its config, see coordinator/config.py).",
     )
     p.add_argument(

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import json
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -386,3 +389,17 @@ async def test_a_new_journal_uses_incremental_auto_vacuum_and_a_pass_returns_fre
 def test_retention_settings_are_checked_at_load(retention: Retention) -> None:
     with pytest.raises(ConfigError, match="retention"):
         ShardConfig(journal_path="x.db", retention=retention).validate()
+
+
+def test_retention_command_through_python_m_coordinator(tmp_path: Path) -> None:
+    """`python -m coordinator retention ...` (deploy/README.md, "Retention and journal size") as an operator runs it."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "coordinator", "retention", *args, "--journal", str(tmp_path / "r.db")]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+
+    done = run("run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed"] == 0
+    missing = run("export", "nope")
+    assert missing.returncode == 1 and "neither in the journal nor in the archive" in missing.stderr
