@@ -658,6 +658,25 @@ class Journal:
         ) as cur:
             return [(str(r[0]), SagaState(int(r[1])), bytes(r[2])) for r in await cur.fetchall()]
 
+    async def sealed_of_states(self, states: Sequence[SagaState]) -> list[tuple[str, SagaState, bytes]]:
+        """(saga_id, state, payment_sealed) of the sagas in `states` (through the state index: unfinished sagas are
+        few, however many finished ones the journal holds)."""
+        marks = ",".join("?" * len(states))
+        async with self._reader.execute(
+            f"SELECT saga_id, state, payment_sealed FROM sagas WHERE state IN ({marks})", tuple(int(s) for s in states)
+        ) as cur:
+            return [(str(r[0]), SagaState(int(r[1])), bytes(r[2])) for r in await cur.fetchall()]
+
+    async def sealed_counts(self, header: bytes) -> tuple[int, int]:
+        """(sealed blobs, those not starting with `header`): counted inside SQLite, no blob crosses into Python."""
+        async with self._reader.execute(
+            "SELECT count(*), coalesce(sum(substr(payment_sealed, 1, ?) != ?), 0) FROM sagas "
+            "WHERE length(payment_sealed) > 0",
+            (len(header), header),
+        ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def replace_sealed(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
         """Swaps (saga_id, old blob, new blob) where the saga still holds the old blob; returns how many swapped.
 

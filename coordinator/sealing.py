@@ -336,13 +336,17 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
     and re-seals pre-v2 blobs."""
     path = key_file_path(cfg)
     legacy = legacy_secret(cfg)
-    usage = await key_usage(journal)
-    total = sum(usage.all.values())
+    # Counted in SQLite and read for unfinished sagas only: start-up must not grow with the finished sagas a journal
+    # keeps (a full scan of their blobs took 1.2 s at 200,000 sagas). `keys status` reports every key's use.
+    total, legacy_blobs = await journal.sealed_counts(MAGIC)
+    unfinished: Counter[str] = Counter(
+        blob_kid(blob) or LEGACY for _, _, blob in await journal.sealed_of_states(sorted(_UNFINISHED))
+    )
     if Path(path).exists():  # noqa: ASYNC240 - one stat at start-up, before anything is served
         ring = read_key_file(path)
     elif cfg.journal_key_file:
         raise KeyFileError(f"key file {path} does not exist (it is configured, so it is not created: check the path)")
-    elif total > usage.all[LEGACY] or (total and legacy is None):
+    elif total > legacy_blobs or (total and legacy is None):
         raise KeyFileError(
             f"key file {path} does not exist, and journal {cfg.journal_path} holds {total} sealed payment blobs: "
             "restore the key file from its backup (deploy/README.md, 'Keys and data at rest')"
@@ -352,7 +356,7 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
         write_key_file(ring)
         logger.warning("created key file {} (mode 0600): back it up apart from the journal", path)
     sealer = Sealer(ring, legacy)
-    if usage.all[LEGACY] and legacy is not None and ring.hash_key != legacy_hash_key(legacy):
+    if legacy_blobs and legacy is not None and ring.hash_key != legacy_hash_key(legacy):
         raise KeyFileError(
             f"key file {path} holds another {HASH_ENTRY} key than the one derived from the legacy secret that sealed "
             f"journal {cfg.journal_path}: create it with `python -m coordinator keys init` next to that secret"
@@ -363,21 +367,18 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
             f"key file {path} holds another {HASH_ENTRY} key than journal {cfg.journal_path} was written with "
             "(a fresh key file in place of the backed-up one?): retried orders would not match their originals"
         )
-    missing = sorted(kid for kid in usage.unfinished if kid != LEGACY and ring.key(kid) is None)
+    missing = sorted(kid for kid in unfinished if kid != LEGACY and ring.key(kid) is None)
     if missing:
         raise KeyFileError(
             f"key file {path} lacks key(s) {', '.join(missing)}, under which unfinished sagas in {cfg.journal_path} "
             "were sealed: restore them from the key file's backup"
         )
-    if usage.unfinished[LEGACY] and legacy is None:
+    if unfinished[LEGACY] and legacy is None:
         raise KeyFileError(
-            f"journal {cfg.journal_path} holds {usage.unfinished[LEGACY]} unfinished sagas sealed in the pre-v2 "
+            f"journal {cfg.journal_path} holds {unfinished[LEGACY]} unfinished sagas sealed in the pre-v2 "
             f"format, and neither SAGA_JOURNAL_KEY nor {cfg.journal_path}.key holds their secret"
         )
-    gone = sorted(kid for kid in usage.all if kid != LEGACY and ring.key(kid) is None)
-    if gone:
-        logger.warning("finished sagas hold blobs under key(s) {} that the key file no longer has", ", ".join(gone))
-    if usage.all[LEGACY] and legacy is not None:
+    if legacy_blobs and legacy is not None:
         n = await reseal(journal, sealer)
         logger.info("re-sealed {} payment blobs (pre-v2 format) under key {}", n, ring.newest)
     return sealer
