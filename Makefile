@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps buf-lint buf-breaking
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps buf-lint buf-breaking buf-generate-check
 
 # The venv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -71,6 +71,15 @@ BUF_AGAINST ?= .git\#ref=$(shell git describe --tags --abbrev=0 2>/dev/null || e
 buf-breaking: setup
 	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
 	$(BUF) breaking --against '$(BUF_AGAINST)'
+
+# Other languages' clients (buf.gen.yaml): TypeScript generated offline with the pinned protoc-gen-es into build/ (not
+# committed) and type-checked with tsc --strict. Go's plugins are remote (need the network) and are not run here.
+buf-generate-check: setup
+	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
+	rm -rf build/gen-ts
+	$(BUF) generate --template '{"version":"v2","plugins":[{"local":"node_modules/.bin/protoc-gen-es","out":"build/gen-ts","opt":"target=ts"}]}'
+	node_modules/.bin/tsc --noEmit --strict --target es2022 --module esnext --moduleResolution bundler \
+	  $$(find build/gen-ts -name '*.ts') && echo "TypeScript client generated and type-checked"
 
 lint: setup buf-lint
 	$(VENV)/bin/ruff check .
