@@ -80,7 +80,9 @@ class Upkeep:
         if self.cfg.retention.stats_interval_s > 0:
             loops.append((self.cfg.retention.stats_interval_s, self.refresh_stats, "journal stats"))
         for interval_s, body, name in loops:
-            coro = run_every(interval_s, body, name=name, sleep=self.clock.sleep, wait_first=True)
+            # The journal's figures are there from the start (a dashboard shows them at once); the rest waits a round.
+            first_now = body == self.refresh_stats
+            coro = run_every(interval_s, body, name=name, sleep=self.clock.sleep, wait_first=not first_now)
             self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:

@@ -343,6 +343,7 @@ class Dashboard:
                     "metrics": topo.metrics.get(sid),
                     "metrics_ok": (st.ok if (st := self.stats.status.get(sid)) else None),
                     "metrics_error": st.error if st else "",
+                    "journal": (st.journal or {}) if st else {},
                 }
                 for sid in topo.shard_ids
             ],

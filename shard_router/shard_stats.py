@@ -38,6 +38,15 @@ WANTED = frozenset(
         "saga_compensation_failures_total",
     }
 )
+JOURNAL = frozenset(
+    {
+        "saga_journal_file_bytes",
+        "saga_journal_wal_bytes",
+        "saga_journal_rows",
+        "saga_journal_oldest_row_age_seconds",
+    }
+)
+"""Per shard, never summed: each shard's own journal (its size, WAL, rows and oldest row per table)."""
 _MAXED = frozenset({"saga_oldest_in_flight_age_seconds"})
 """Gauges whose across-shard value is the largest, not the sum."""
 OUTCOMES = ("succeeded", "failed", "dead_lettered", "resolved")
@@ -49,7 +58,7 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_PREFIXES = tuple(sorted(WANTED))
+_PREFIXES = tuple(sorted(WANTED | JOURNAL))
 
 
 def parse(text: str) -> dict[Key, float]:
@@ -72,12 +81,27 @@ def parse(text: str) -> dict[Key, float]:
                 continue
             labels = tuple(sorted((k, _unescape(v)) for k, v in _LABEL.findall(line[brace + 1 : close])))
             rest = line[close + 1 :]
-        if name not in WANTED:
+        if name not in WANTED and name not in JOURNAL:
             continue
         try:
             out[(name, labels)] = float(rest.split()[0])
         except (ValueError, IndexError):
             continue
+    return out
+
+
+def _journal(values: Mapping[Key, float]) -> dict[str, float]:
+    short = {
+        "saga_journal_file_bytes": "file_bytes",
+        "saga_journal_wal_bytes": "wal_bytes",
+        "saga_journal_rows": "rows",
+        "saga_journal_oldest_row_age_seconds": "oldest_age_s",
+    }
+    out: dict[str, float] = {}
+    for (name, labels), value in values.items():
+        if name in short:
+            table = dict(labels).get("table")
+            out[f"{short[name]}.{table}" if table else short[name]] = value
     return out
 
 
@@ -101,6 +125,8 @@ class ScrapeStatus:
     ok: bool = False
     error: str = ""
     at_s: float = 0.0
+    journal: dict[str, float] | None = None
+    """The shard's journal as its last scrape saw it: file_bytes, wal_bytes, rows.<table>, oldest_age_s.<table>."""
 
 
 class ShardStats:
@@ -121,7 +147,8 @@ class ShardStats:
             status.error = str(e) or type(e).__name__
             return None
         status.ok = True
-        return values
+        status.journal = _journal(values)
+        return {key: v for key, v in values.items() if key[0] in WANTED}
 
     async def sample_once(self) -> Sample:
         topo = self._topology()

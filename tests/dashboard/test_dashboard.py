@@ -106,6 +106,21 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
     assert status == 200 and "<title>" in page
 
 
+def test_each_shards_journal_is_shown(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) -> None:
+    saga.PlaceOrder(place_request("journal-1"), timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        shards = http(live, "/api/summary")[1]["shards"]
+        journals = {sh["id"]: sh["journal"] for sh in shards}
+        if sum(j.get("rows.sagas", 0) for j in journals.values()) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(journals) == set(live.shard_ids)
+    for j in journals.values():
+        assert j["file_bytes"] > 0 and "wal_bytes" in j and "rows.sagas" in j and "rows.saga_events" in j
+    assert sum(j["rows.sagas"] for j in journals.values()) >= 1
+
+
 def test_browser_side_defences(live: LiveCluster) -> None:
     # A page of another site cannot press the buttons (its Origin is not the dashboard's) ...
     status, err = http(live, "/api/dead-letters/x-1/retry", {}, headers={"Origin": "http://evil.example"})

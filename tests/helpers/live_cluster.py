@@ -33,6 +33,8 @@ max_attempts = 4
 initial_backoff_ms = 5
 max_backoff_ms = 50
 attempt_timeout_ms = 3000
+[retention]
+stats_interval_s = 1
 """
 
 

@@ -58,7 +58,23 @@ def test_parse_keeps_only_what_the_dashboard_shows() -> None:
     )
     assert parse(text) == {
         ("saga_started_total", ()): 3.0,
+        ("saga_journal_wal_bytes", ()): 4096.0,  # kept per shard (ShardStats' journal view), never summed
         ("saga_step_retries_total", (("action", "forward"), ("code", "X"), ("step", "a"))): 2.0,
+    }
+
+
+def test_a_shards_journal_view_is_its_own() -> None:
+    from shard_router.shard_stats import _journal
+
+    text = (
+        "saga_journal_file_bytes 8192\nsaga_journal_wal_bytes 4096\n"
+        'saga_journal_rows{table="sagas"} 12\nsaga_journal_oldest_row_age_seconds{table="sagas"} 30.5\n'
+    )
+    assert _journal(parse(text)) == {
+        "file_bytes": 8192.0,
+        "wal_bytes": 4096.0,
+        "rows.sagas": 12.0,
+        "oldest_age_s.sagas": 30.5,
     }
 
 
