@@ -222,7 +222,7 @@ class Dashboard:
             if path == "/api/logout":
                 return Response(200, b"{}", headers={"Set-Cookie": self.guard.sign_out(req)})
             body = req.json()
-            session, cookie = self.guard.sign_in(body.get("token") if isinstance(body, dict) else None)
+            session, cookie = self.guard.sign_in(body.get("token") if isinstance(body, dict) else None, req.peer)
             answer = {"name": session.principal.name, "can_act": session.can_act}
             return Response(200, Response.of_json(answer).body, headers={"Set-Cookie": cookie})
         if req.method == "GET":

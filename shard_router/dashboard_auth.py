@@ -36,6 +36,10 @@ MAX_SESSIONS = 1_000
 """Sessions kept at once; the oldest goes first past it."""
 MAX_TOKEN_CHARS = 8_192
 """Longest token accepted at sign-in."""
+SIGN_IN_FAILURES_PER_MINUTE = 10
+"""Failed sign-ins one client address may make per minute; past it, 429 until the minute is over (guessing tokens)."""
+MAX_TRACKED_CLIENTS = 10_000
+"""Client addresses whose recent failures are remembered; the oldest are forgotten first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class DashboardGuard:
         self.auth = auth
         self.development = auth is None or auth.policy.development
         self.sessions = Sessions()
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, failures)
         self._hosts = {h.lower() for h in hosts}
         self.secure_cookie = secure_cookie
         """Mark the cookie Secure: the dashboard is reached through TLS termination (it serves plain HTTP itself)."""
@@ -125,8 +130,26 @@ class DashboardGuard:
             raise HttpError(HTTPStatus.FORBIDDEN, f"{who} is read-only: acting needs the operator role")
         return session
 
-    def sign_in(self, token: object) -> tuple[Session, str]:
-        """The session for a bearer token and its Set-Cookie value; 401 without a word about the token."""
+    def sign_in(self, token: object, client: str = "") -> tuple[Session, str]:
+        """The session for a bearer token and its Set-Cookie value; 401 without a word about the token, 429 after
+        SIGN_IN_FAILURES_PER_MINUTE failures from one client address."""
+        now = time.monotonic()
+        start, failures = self._failures.get(client, (now, 0))
+        if now - start >= 60:
+            start, failures = now, 0
+        if failures >= SIGN_IN_FAILURES_PER_MINUTE:
+            raise HttpError(HTTPStatus.TOO_MANY_REQUESTS, "too many failed sign-ins from this address: wait a minute")
+        try:
+            return self._sign_in(token)
+        except HttpError as e:
+            if e.status == HTTPStatus.UNAUTHORIZED:
+                self._failures[client] = (start, failures + 1)
+                self._failures.move_to_end(client)
+                while len(self._failures) > MAX_TRACKED_CLIENTS:
+                    self._failures.popitem(last=False)
+            raise
+
+    def _sign_in(self, token: object) -> tuple[Session, str]:
         if self.auth is None or self.development:
             raise HttpError(HTTPStatus.CONFLICT, "authentication is off (development mode): nothing to sign in to")
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:

@@ -9,6 +9,7 @@ runtime dependency for ~150 lines. Every limit is named below; a request over on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    peer: str = ""
+    """The client's IP address (what per-client limits count against)."""
 
     def json(self) -> Any:
         """The body as JSON; HttpError 400 if it is not."""
@@ -91,6 +94,8 @@ class HttpServer:
         try:
             try:
                 request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
+                peername = writer.get_extra_info("peername")
+                request = dataclasses.replace(request, peer=str(peername[0]) if peername else "")
                 response = await self._handler(request)
             except HttpError as e:
                 response = Response.of_json({"error": e.message}, e.status)

@@ -123,6 +123,14 @@ async def test_an_operator_acts_on_their_own_behalf(dashboard: tuple[int, FakeRo
     assert (await _http(port, "GET", "/api/whoami", cookie=cookie))[2]["signed_in"] is False
 
 
+async def test_guessing_tokens_is_slowed_down(dashboard: tuple[int, FakeRouter]) -> None:
+    port, _ = dashboard
+    for i in range(10):
+        assert (await _http(port, "POST", "/api/session", {"token": f"guess-{i}"}))[0] == 401
+    status, _, body = await _http(port, "POST", "/api/session", {"token": OPERATOR})
+    assert status == 429 and "wait a minute" in body["error"]  # even the right token, from this address, for now
+
+
 async def test_cross_site_and_rebinding_are_refused(dashboard: tuple[int, FakeRouter]) -> None:
     port, router = dashboard
     cookie = await _sign_in(port, OPERATOR)
