@@ -29,6 +29,7 @@ from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
 from tests.helpers.coordinator import place_request
 from tests.helpers.load import ITEMS, Load, Order
+from tests.helpers.scrape import scrape, value
 from tests.helpers.shard_clockskew import write_offset
 from tests.helpers.stubs import StubControlClient, fault_rule, get_ledgers
 from tests.helpers.tcp_proxy import Mode, TcpProxy
@@ -176,6 +177,9 @@ async def crash_loop(ctx: Ctx) -> None:
         while time.monotonic() + 2.0 < until:
             await asyncio.sleep(2.0)
             i = ctx.rng.randrange(len(ctx.cluster.nodes))
+            # Kill it mid-flight: on a busy machine the load may not have reached this shard yet (a short run has one
+            # kill, and a kill of an idle shard proves nothing about resuming).
+            await _until_in_flight(ctx.cluster.nodes[i], time.monotonic() + 10.0)
             await ctx.cluster.kill_shard(i)
             ctx.result.faults["shard_sigkill"] += 1
             await ctx.cluster.start_shard(i)
@@ -202,6 +206,19 @@ async def crash_loop(ctx: Ctx) -> None:
         f"most attempts of one step: forward {most['forward']} (policy {settings.forward_attempts}), "
         f"compensate {most['compensate']} (policy {settings.compensate_attempts})"
     )
+
+
+async def _until_in_flight(node: ShardChild, give_up: float) -> None:
+    """Returns once the shard reports sagas in flight on its /metrics (or at give_up)."""
+    address = node.child.spec.metrics
+    while address and time.monotonic() < give_up:
+        try:
+            text = await asyncio.to_thread(scrape, address, 2.0)
+        except OSError:
+            text = ""
+        if value(text, "saga_in_flight") > 0 if text else False:
+            return
+        await asyncio.sleep(0.05)
 
 
 def attempts_per_budget(saga: saga_pb2.Saga) -> Counter[tuple[int, int]]:
