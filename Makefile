@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps buf-lint buf-breaking buf-generate-check
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps k8s-deps lock buf-lint buf-breaking \
+	buf-generate-check
 
 # The venv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -27,7 +28,7 @@ setup: $(STAMP) $(BUF)
 run: setup
 	$(PY) -m deploy.local
 
-test: setup browser-deps
+test: setup browser-deps k8s-deps
 	$(PY) -m pytest -q
 
 # The dashboard's browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
@@ -36,6 +37,24 @@ browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
 	    apt-get install -y -q chromium >/dev/null 2>&1; }; } ; } || echo "chromium unavailable: the browser test will skip"
+
+# tests/deploy renders deploy/k8s with `kubectl kustomize` (kustomize 5: kubectl 1.27 or later). Installed only when
+# missing and when this user may run apt-get: the `kubectl` package where an apt source has it (the Kubernetes
+# project's own repository), else the distribution's kubernetes-client. Without kubectl, or with one whose kustomize is
+# older, those tests skip and say so.
+k8s-deps:
+	@command -v kubectl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	    { apt-get install -y -q kubectl >/dev/null 2>&1 || apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; }; \
+	  } ; } || echo "kubectl unavailable: the Kubernetes manifest tests will skip"
+
+# deploy/requirements.lock: the image's runtime dependencies (pyproject.toml [project] dependencies), each pinned with
+# the hash of every file PyPI has for that version, so `pip install --require-hashes` in deploy/Dockerfile accepts the
+# wheels of any platform (x86_64 and aarch64 alike). Existing pins are kept; LOCK_ARGS=--upgrade moves them to the
+# newest allowed versions.
+lock: $(STAMP)
+	$(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --output-file=deploy/requirements.lock $(LOCK_ARGS) pyproject.toml
 
 # Local cluster under load: a table plus one JSON line; results under bench/results/. BENCH_ARGS="--help" lists modes.
 bench: setup
