@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,11 +35,23 @@ def _scripts() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built as the image's build stage builds it: from what the Dockerfile copies (so a package it forgets
+    is missing here too; and setuptools' build/ directory, whose stale files would end up in the wheel, stays out of
+    the checkout), with the installed setuptools and nothing fetched."""
+    src = tmp_path_factory.mktemp("src")
+    stage = DOCKERFILE.read_text().split("\nFROM ")[1]
+    assert stage.startswith("${BASE} AS build\n"), "the first stage is expected to build the wheel"
+    # Each COPY of the build stage keeps the name: `COPY protos ./protos`, `COPY pyproject.toml README.md ./`.
+    for line in re.findall(r"^COPY (.+)$", stage, re.MULTILINE):
+        for name in line.split()[:-1]:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
-    # As the image's build stage does: the installed setuptools builds it, nothing is fetched.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), "."],
-        cwd=ROOT,
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", f"--wheel-dir={out}", "."],
+        cwd=src,
         check=True,
         timeout=120,
     )
