@@ -208,7 +208,7 @@ async def run(spec: Spec) -> Result | None:
         if spec.direct:
             # Client-side routing (what dropping the router hop would look like): one channel per shard, the router's
             # own ring to pick the owner.
-            from shard_router.ring import HashRing
+            from common.ring import HashRing
 
             places = {}
             for shard_id, address in spec.shards:

@@ -6,8 +6,9 @@ it changes) or a static token whose SHA-256 is listed in the policy file. The to
 certificate names the process that connected. Roles:
 
     client      PlaceOrder, GetSaga, ListSagas, WatchSaga
-    operator    the read calls, SagaAdmin (dead letters), StubControl (development stubs)
-    router      the read calls and ListDeadLetters (for its dashboard), and it may speak for another principal (below)
+    operator    the read calls, SagaAdmin (dead letters), StubControl (development stubs), RingService.GetRing
+    router      the read calls, ListDeadLetters (for its dashboard), RingService, and it may speak for another
+                principal (below)
     coordinator a shard, towards the four services
 
 The router authenticates its caller once and forwards the verified principal to the shard in metadata
@@ -66,6 +67,9 @@ DEFAULT_METHOD_ROLES: tuple[tuple[str, frozenset[Role]], ...] = (
     ("/saga.v1.SagaAdmin/ListDeadLetters", frozenset({Role.OPERATOR, Role.ROUTER})),
     ("/saga.v1.SagaAdmin/", frozenset({Role.OPERATOR})),
     ("/service_stubs.v1.StubControl/", frozenset({Role.OPERATOR})),
+    # Ring epochs (coordinator.ownership): routers install them; operators may look.
+    ("/ring.v1.RingService/GetRing", frozenset({Role.ROUTER, Role.OPERATOR})),
+    ("/ring.v1.RingService/", frozenset({Role.ROUTER})),
     ("/shop.v1.", frozenset({Role.COORDINATOR})),
 )
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.")

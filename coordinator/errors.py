@@ -6,6 +6,8 @@
     ├── Overloaded                  in-flight limit reached; carries retry_after_ms (RESOURCE_EXHAUSTED)
     ├── SagaNotFound                no saga for that order (NOT_FOUND)
     ├── WrongState                  admin action on a saga in the wrong state (FAILED_PRECONDITION)
+    ├── RingRefused                 routed by a ring this shard cannot serve the call under (FAILED_PRECONDITION;
+    │                               coordinator.ownership)
     ├── JournalUnavailable          the journal cannot commit (disk full, I/O error): nothing acknowledged (UNAVAILABLE)
     └── ShuttingDown                the shard is stopping (UNAVAILABLE)
 
@@ -30,6 +32,10 @@ class SagaError(Exception):
         super().__init__(message)
         self.message = message
 
+    def trailing(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata the status carries (a retry hint, a refusal reason)."""
+        return ()
+
 
 class InvalidRequest(SagaError):
     status = grpc.StatusCode.INVALID_ARGUMENT
@@ -50,6 +56,9 @@ class Overloaded(SagaError):
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
+
+    def trailing(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after-ms", str(self.retry_after_ms)),)
 
 
 class SagaNotFound(SagaError):

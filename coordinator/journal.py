@@ -112,6 +112,15 @@ _MIGRATION_SQL: tuple[str, ...] = (
     CREATE INDEX sagas_by_finished ON sagas (updated_at_epoch_ms) WHERE state IN (3, 4, 6);
     CREATE INDEX dead_letters_by_saga ON dead_letters (saga_id)
     """,
+    # v5: the ring history routers showed this shard (coordinator/ownership.py): fencing state, so a restarted shard
+    # still refuses calls routed by rings older than one it has acknowledged.
+    """
+    CREATE TABLE ring_history (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch INTEGER NOT NULL,
+        history TEXT NOT NULL
+    )
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -713,6 +722,24 @@ class Journal:
                 row = await cur.fetchone()
         assert row is not None
         return str(row[0])
+
+    async def ring_history(self) -> str | None:
+        """The ring history (JSON) save_ring_history last stored, or None."""
+        async with self._reader.execute("SELECT history FROM ring_history WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def save_ring_history(self, epoch: int, history: str) -> None:
+        """Replaces the stored ring history; durable (one fsynced commit) when this returns."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO ring_history (id, epoch, history) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, history = excluded.history",
+                (epoch, history),
+            )
+
+        await self._upkeep("ring", run)
 
     # ---- retention and file upkeep (coordinator/retention.py decides when) ---------------------------------------
 

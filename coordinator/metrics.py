@@ -28,6 +28,8 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup)
     saga_retention_archived_total                   sagas written to the archive before removal
     saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (a reader held the WAL)
+    saga_ring_epoch                                 newest ring epoch the shard holds (0: none yet)
+    saga_ring_refusals_total{reason}                calls refused by fencing: stale | unknown | not-owner | conflict
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class ShardMetrics:
             "saga_journal_oldest_row_age_seconds", "Age of the oldest row per journal table", ["table"], registry=r
         )
         self.journal_free_pages = Gauge("saga_journal_free_pages", "Free pages inside the journal file", registry=r)
+        self.ring_epoch = Gauge("saga_ring_epoch", "Newest ring epoch the shard holds", registry=r)
+        self.ring_refusals = Counter(
+            "saga_ring_refusals", "Calls refused because of the ring epoch they were routed by", ["reason"], registry=r
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
 
     def child(self, metric: M, *labels: str) -> M:

@@ -18,20 +18,24 @@ from common.auth import AuthPolicy, OnDenied, current_principal, server_intercep
 from common.grpc_server import ServerLimits
 from common.grpc_server import build_server as build_grpc_server
 from common.grpc_server import listen as listen_on
+from common.ring import EPOCH_KEY, EpochError, history_from_message, history_message
 from common.rpc_errors import bad_request
 from common.tls import TlsFiles
 from protos.reflection import enable_reflection
+from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
 from . import convert
-from .errors import InvalidRequest, Overloaded, SagaError
+from .errors import InvalidRequest, SagaError
 from .model import SagaState
+from .ownership import call_epoch
 from .shard import Shard
 from .validation import check_id
 
 SERVICE_NAMES = (
     saga_pb2.DESCRIPTOR.services_by_name["SagaCoordinator"].full_name,
     saga_pb2.DESCRIPTOR.services_by_name["SagaAdmin"].full_name,
+    ring_pb2.DESCRIPTOR.services_by_name["RingService"].full_name,
 )
 WATCH_METHODS = (f"/{SERVICE_NAMES[0]}/WatchSaga",)
 WATCH_STREAMS_PER_PEER = 2_000
@@ -50,11 +54,16 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> 
     if isinstance(err, InvalidRequest):
         await context.abort_with_status(bad_request(err.field, err.description))
         raise AssertionError("abort_with_status returned")
-    trailing: tuple[tuple[str, str], ...] = ()
-    if isinstance(err, Overloaded):
-        trailing = (("retry-after-ms", str(err.retry_after_ms)),)
-    await context.abort(err.status, err.message, trailing_metadata=trailing)
+    await context.abort(err.status, err.message, trailing_metadata=err.trailing())
     raise AssertionError("abort returned")
+
+
+def ring_epoch(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
+    """The ring epoch a router routed the call by (coordinator.ownership); InvalidRequest if malformed."""
+    try:
+        return call_epoch(context.invocation_metadata())
+    except EpochError as e:
+        raise InvalidRequest(EPOCH_KEY, str(e)) from None
 
 
 def operator_name() -> str:
@@ -74,7 +83,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
         self, request: saga_pb2.PlaceOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.PlaceOrderResponse:
         try:
-            placed = await self._shard.place_order(request)
+            placed = await self._shard.place_order(request, ring_epoch(context))
         except SagaError as e:
             await abort(context, e)
         return convert.place_order_response(placed.saga, placed.pending)
@@ -84,7 +93,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
     ) -> saga_pb2.Saga:
         try:
             check_id("order_id", request.order_id, self._shard.cfg.limits)
-            rec, events = await self._shard.get(request.order_id, request.include_events)
+            rec, events = await self._shard.get(request.order_id, request.include_events, ring_epoch(context))
         except SagaError as e:
             await abort(context, e)
         return convert.saga_message(rec, self._shard.cfg.shard_id, events)
@@ -116,7 +125,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
         shard_id = self._shard.cfg.shard_id
         try:
             check_id("order_id", request.order_id, self._shard.cfg.limits)
-            async for rec, ev in self._shard.watch(request.order_id):
+            async for rec, ev in self._shard.watch(request.order_id, ring_epoch(context)):
                 update = saga_pb2.SagaUpdate(saga=convert.saga_message(rec, shard_id))
                 if ev is not None:
                     update.event.CopyFrom(convert.event_message(ev))
@@ -159,7 +168,7 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
                 order_ids = await self._shard.retry_all_dead_letters(request.step, who, request.reason)
             else:
                 check_id("order_id", request.order_id, self._shard.cfg.limits)
-                await self._shard.retry_dead_letter(request.order_id, who, request.reason)
+                await self._shard.retry_dead_letter(request.order_id, who, request.reason, ring_epoch(context))
                 order_ids = [request.order_id]
         except SagaError as e:
             await abort(context, e)
@@ -174,10 +183,35 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
                 raise InvalidRequest("reason", "is required: say what was done by hand")
             if len(request.reason) > self._shard.cfg.limits.reason_max_len:
                 raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
-            rec = await self._shard.resolve_dead_letter(request.order_id, operator_name(), request.reason)
+            rec = await self._shard.resolve_dead_letter(
+                request.order_id, operator_name(), request.reason, ring_epoch(context)
+            )
         except SagaError as e:
             await abort(context, e)
         return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
+
+
+class RingServicer(ring_pb2_grpc.RingServiceServicer):
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    async def GetRing(
+        self, request: ring_pb2.GetRingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ring_pb2.GetRingResponse:
+        return ring_pb2.GetRingResponse(history=history_message(self._shard.ownership.history))
+
+    async def InstallRing(
+        self, request: ring_pb2.InstallRingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ring_pb2.InstallRingResponse:
+        try:
+            try:
+                offered = history_from_message(request.history)
+            except EpochError as e:
+                raise InvalidRequest("history", str(e)) from None
+            held = await self._shard.ownership.install(offered)
+        except SagaError as e:
+            await abort(context, e)
+        return ring_pb2.InstallRingResponse(history=history_message(held))
 
 
 def build_server(
@@ -196,6 +230,7 @@ def build_server(
     server = build_grpc_server(limits, streams=WATCH_METHODS, interceptors=[interceptor])
     saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
+    ring_pb2_grpc.add_RingServiceServicer_to_server(RingServicer(shard), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)

@@ -27,6 +27,7 @@ from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
 from .logs import saga_context
 from .metrics import ShardMetrics
 from .model import SagaState
+from .ownership import Ownership
 from .retention import PassReport, Upkeep
 from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
@@ -66,6 +67,7 @@ class Shard:
         self._redrive: asyncio.Task[None] | None = None
         self._resumer: asyncio.Task[None] | None = None
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
+        self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()
@@ -82,6 +84,7 @@ class Shard:
 
     async def start(self) -> int:
         """Resumes every unfinished saga in the journal; returns how many."""
+        await self.ownership.load()
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
         self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
         recs = await self.journal.unfinished()
@@ -120,7 +123,8 @@ class Shard:
 
     # ---- PlaceOrder -----------------------------------------------------------------------------------------------
 
-    async def place_order(self, req: saga_pb2.PlaceOrderRequest) -> Placed:
+    async def place_order(self, req: saga_pb2.PlaceOrderRequest, ring_epoch: int | None = None) -> Placed:
+        """ring_epoch: the ring the router routed the call by (None: not routed, not fenced)."""
         validate_place_order(req, self.cfg.limits)
         payload_hash = self._payload_hash(req)
         while True:
@@ -149,6 +153,9 @@ class Shard:
             if existing is not None:
                 self._check_same(existing, payload_hash)
                 return Placed(existing, pending=False)
+            # The fence and the registration of the new saga with no await in between: a router that installs a newer
+            # ring here and then asks for this order sees either the saga or a refusal of this call, never neither.
+            self.ownership.check(ring_epoch, req.order_id, creating=True)
             run = self._create(req, payload_hash)
         finally:
             del self._creating[req.order_id]
@@ -270,8 +277,16 @@ class Shard:
 
     # ---- queries ----------------------------------------------------------------------------------------------------
 
-    async def get(self, order_id: str, with_events: bool = False) -> tuple[SagaRecord, list[Event]]:
+    async def get(
+        self, order_id: str, with_events: bool = False, ring_epoch: int | None = None
+    ) -> tuple[SagaRecord, list[Event]]:
+        """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced (coordinator.ownership)."""
         run = self._live.get(order_id)
+        if run is not None and run.created is not None and not run.created.done():
+            # A saga being created is held already: a router asking whether this shard has the order must not hear
+            # NOT_FOUND and start it elsewhere. Its answer waits for the creation's commit.
+            await asyncio.gather(asyncio.shield(run.created), return_exceptions=True)
+            run = self._live.get(order_id)
         if run is not None and (run.created is None or run.created.done()) and run.view.next_seq > 1:
             rec = run.view.copy()
         else:
@@ -279,6 +294,7 @@ class Shard:
             # retention removed still exists (a minimal view, without steps or events).
             found = await self.journal.get_by_order(order_id, kept=True)
             if found is None:
+                self.ownership.check(ring_epoch, order_id, creating=False)
                 raise SagaNotFound(f"no saga for order {order_id}")
             rec = found
         events = await self.journal.events(rec.saga_id) if with_events else []
@@ -287,9 +303,11 @@ class Shard:
     async def list_sagas(self, state: SagaState | None, limit: int, before: tuple[int, str] | None) -> list[SagaRecord]:
         return await self.journal.list_sagas(state, limit, before)
 
-    async def watch(self, order_id: str) -> AsyncIterator[tuple[SagaRecord, Event | None]]:
+    async def watch(
+        self, order_id: str, ring_epoch: int | None = None
+    ) -> AsyncIterator[tuple[SagaRecord, Event | None]]:
         """The current snapshot, then one item per committed event, until the saga is terminal or parked."""
-        rec, _ = await self.get(order_id)
+        rec, _ = await self.get(order_id, ring_epoch=ring_epoch)
         run = self._live.get(order_id)
         if run is None or rec.state not in (SagaState.RUNNING, SagaState.COMPENSATING):
             yield rec, None
@@ -322,8 +340,10 @@ class Shard:
     async def dead_letters(self, step: int, include_closed: bool, limit: int, after_id: int) -> list[DeadLetterRow]:
         return await self.journal.dead_letters(step, include_closed, limit, after_id)
 
-    async def retry_dead_letter(self, order_id: str, who: str, reason: str) -> SagaRecord:
-        rec = await self._claim_parked(order_id)
+    async def retry_dead_letter(
+        self, order_id: str, who: str, reason: str, ring_epoch: int | None = None
+    ) -> SagaRecord:
+        rec = await self._claim_parked(order_id, ring_epoch)
         try:
             return await self._retry_claimed(rec, who, reason)
         finally:
@@ -346,8 +366,10 @@ class Shard:
                 continue  # retried concurrently by someone else
         return retried
 
-    async def resolve_dead_letter(self, order_id: str, who: str, reason: str) -> SagaRecord:
-        rec = await self._claim_parked(order_id)
+    async def resolve_dead_letter(
+        self, order_id: str, who: str, reason: str, ring_epoch: int | None = None
+    ) -> SagaRecord:
+        rec = await self._claim_parked(order_id, ring_epoch)
         try:
             return await self._resolve_claimed(rec, who, reason)
         finally:
@@ -373,10 +395,11 @@ class Shard:
         close = DeadLetterClose(saga.saga_id, note, now)
         await transitions.move(saga, new, now, write, self.metrics, kind=kind, note=note, extra=[close])
 
-    async def _claim_parked(self, order_id: str) -> SagaRecord:
+    async def _claim_parked(self, order_id: str, ring_epoch: int | None = None) -> SagaRecord:
         """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""
         rec = await self.journal.get_by_order(order_id, kept=True)  # a removed saga is finished: WrongState
         if rec is None:
+            self.ownership.check(ring_epoch, order_id, creating=False)
             raise SagaNotFound(f"no saga for order {order_id}")
         # Checked after the read, with no await before the claim: this is the check-then-act.
         if order_id in self._live or order_id in self._claimed:

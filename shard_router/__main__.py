@@ -3,8 +3,9 @@
     python -m shard_router --listen 127.0.0.1:50051 --config deploy/local/shards.toml [--epochs PATH] [--log-json]
         [--metrics-listen 127.0.0.1:9051] [--dashboard-listen 127.0.0.1:8051]
         [--tls-cert router.pem --tls-key router-key.pem --tls-ca ca.pem | --insecure] [--auth-policy PATH]
-    python -m shard_router epochs list --config deploy/local/shards.toml
-    python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--force]
+    python -m shard_router epochs list --config deploy/local/shards.toml [--epochs PATH]
+    python -m shard_router epochs commit --config deploy/local/shards.toml [--epochs PATH]
+    python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--epochs PATH] [--force]
 
 SIGTERM/SIGINT stop the router gracefully; SIGHUP reloads the config now (it is also polled about once a second).
 """
@@ -22,11 +23,11 @@ from loguru import logger
 
 from common import logs
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
+from common.ring import EpochError
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 
 from . import epochs_cli
 from .config import ConfigError, RouterConfig, load
-from .epochs import EpochError
 from .reload import RingChangeRefused
 from .server import RouterServer
 
@@ -35,11 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="saga-router",
         description="Routes saga.v1 calls to coordinator shards by consistent hashing of order_id.",
-        epilog="Subcommand: `saga-router epochs {list,drop} ...` inspects or trims the earlier rings.",
+        epilog="Subcommand: `saga-router epochs {list,commit,drop} ...` shows, extends or trims the ring history.",
     )
     p.add_argument("--listen", help="host:port to serve on (default 127.0.0.1:50051, or $SAGA_ROUTER_LISTEN)")
     p.add_argument("--config", help="the shards TOML file (or $SAGA_ROUTER_CONFIG)")
-    p.add_argument("--epochs", help="the epochs state file (default: <config>.epochs.json beside it)")
+    p.add_argument("--epochs", help="the ring history, read only (default: <config>.epochs.json beside it)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
     p.add_argument(
         "--metrics-listen", help="host:port of the Prometheus /metrics endpoint (or $SAGA_ROUTER_METRICS_LISTEN)"

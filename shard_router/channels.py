@@ -15,6 +15,7 @@ from typing import Any
 from loguru import logger
 
 from common.tls import ClientTls, TlsFiles
+from protos.ring.v1 import ring_pb2_grpc
 from protos.saga.v1 import saga_pb2_grpc
 
 
@@ -39,6 +40,7 @@ class ShardClient:
         self.channel = tls.channel(address, channel_options(max_message_bytes))
         self.coordinator = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self.channel)
+        self.ring = ring_pb2_grpc.RingServiceStub(self.channel)
         self._unary: dict[str, Any] = {}
         self._stream: dict[str, Any] = {}
 

@@ -14,12 +14,22 @@ The file (``deploy/local/shards.toml`` is an example)::
     metrics = "127.0.0.1:9071"     # optional: its /metrics, which the dashboard scrapes for step latencies
     # draining = true              # owns no keys any more, still answers for orders earlier rings placed on it
 
+    # or, instead of [[shards]]: `count` shards whose id and addresses follow templates ({i} = 0 .. count-1), as the
+    # pods of a StatefulSet are named; SAGA_SHARD_COUNT overrides count
+    # [shard_set]
+    # count = 3
+    # id = "saga-shard-{i}"
+    # address = "saga-shard-{i}.saga-shard:50071"
+    # metrics = "saga-shard-{i}.saga-shard:9071"   # optional
+    # draining = ["saga-shard-2"]                     # optional: ids that own no new orders
+
     [tls]                          # optional: mutual TLS (relative paths are relative to this file); read at start
     cert = "tls/router.pem"        # what the router presents to its clients and to the shards
     key = "tls/router-key.pem"
     ca = "tls/ca.pem"              # clients' and shards' certificates must chain to it
 
 Environment overrides (each optional): SAGA_ROUTER_LISTEN, SAGA_ROUTER_CONFIG, SAGA_ROUTER_EPOCHS (the epochs file),
+SAGA_SHARD_COUNT ([shard_set] count),
 SAGA_ROUTER_METRICS_LISTEN, SAGA_ROUTER_DASHBOARD_LISTEN, SAGA_LOG_JSON=1. Command-line flags override the environment
 (--tls-cert/--tls-key/--tls-ca/--insecure override [tls]).
 """
@@ -194,7 +204,7 @@ def load(
     path = Path(raw_path)
     data = read_toml(path, what="shards config", error=ConfigError)
     try:
-        ring, settings = _parse(data)
+        ring, settings = _parse(data, env)
         file_tls = _parse_tls(data.get("tls", {}), path.parent)
         tls = _merge_tls(file_tls, tls)
     except (ConfigError, ValueError) as e:
@@ -248,15 +258,21 @@ def _merge_tls(file_tls: TlsFiles, flags: TlsFiles | None) -> TlsFiles:
     return file_tls
 
 
-def _parse(data: Mapping[str, Any]) -> tuple[RingSpec, RouterSettings]:
-    unknown = set(data) - {"vnodes", "router", "shards", "tls"}
+def _parse(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[RingSpec, RouterSettings]:
+    unknown = set(data) - {"vnodes", "router", "shards", "shard_set", "tls"}
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; expected vnodes, [router], [[shards]], [tls]")
+        raise ConfigError(
+            f"unknown setting(s) {sorted(unknown)}; expected vnodes, [router], [[shards]] or [shard_set], [tls]"
+        )
     vnodes = data.get("vnodes", DEFAULT_VNODES)
     if not isinstance(vnodes, int) or isinstance(vnodes, bool) or not 1 <= vnodes <= 65_536:
         raise ConfigError(f"vnodes must be an integer in 1..65536, got {vnodes!r}")
     settings = _parse_settings(data.get("router", {}))
     raw_shards = data.get("shards")
+    if "shard_set" in data:
+        if raw_shards is not None:
+            raise ConfigError("list the shards either as [[shards]] tables or as a [shard_set], not both")
+        raw_shards = _expand_shard_set(data["shard_set"], env)
     if not isinstance(raw_shards, list) or not raw_shards:
         raise ConfigError('no shards: add at least one [[shards]] table with id = "..." and address = "host:port"')
     shards = tuple(_parse_shard(i, entry) for i, entry in enumerate(raw_shards))
@@ -271,6 +287,47 @@ def _parse(data: Mapping[str, Any]) -> tuple[RingSpec, RouterSettings]:
     if not ring.ring_ids:
         raise ConfigError("every shard is draining: at least one must own keys")
     return ring, settings
+
+
+def _expand_shard_set(table: object, env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """[shard_set]: `count` shards named by templates in which {i} is 0..count-1 (a StatefulSet's pods);
+    SAGA_SHARD_COUNT overrides count, so the one place that sets the number of pods also sets the list. `draining`
+    lists ids of the set that own no new orders (the first step of removing the highest pod)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("[shard_set] must be a table")
+    unknown = set(table) - {"count", "id", "address", "metrics", "draining"}
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) [shard_set] {sorted(unknown)}; known: count, id, address, metrics, draining"
+        )
+    count: object = table.get("count")
+    if env.get("SAGA_SHARD_COUNT"):
+        raw = env["SAGA_SHARD_COUNT"]
+        if not raw.isdigit():
+            raise ConfigError(f"SAGA_SHARD_COUNT must be a whole number, got {raw!r}")
+        count = int(raw)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1024:
+        raise ConfigError(f"[shard_set] count (or SAGA_SHARD_COUNT) must be an integer in 1..1024, got {count!r}")
+    templates = {}
+    for key in ("id", "address", "metrics"):
+        value = table.get(key)
+        if value is None and key == "metrics":
+            continue
+        if not isinstance(value, str) or "{i}" not in value:
+            raise ConfigError(f'[shard_set] {key} must be a string containing {{i}}, e.g. "saga-shard-{{i}}"')
+        templates[key] = value
+    shards: list[dict[str, Any]] = [
+        {key: t.replace("{i}", str(i)) for key, t in templates.items()} for i in range(count)
+    ]
+    draining = table.get("draining", [])
+    ids = [s["id"] for s in shards]
+    if not isinstance(draining, list) or not all(isinstance(d, str) and d in ids for d in draining):
+        raise ConfigError(
+            f"[shard_set] draining must be a list of the set's shard ids ({ids[0]} ...), got {draining!r}"
+        )
+    for shard in shards:
+        shard["draining"] = shard["id"] in draining
+    return shards
 
 
 def _parse_shard(index: int, entry: object) -> ShardSpec:

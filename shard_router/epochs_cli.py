@@ -1,4 +1,9 @@
-"""`saga-router epochs list|drop`: what the router remembers of earlier rings, and forgetting what nobody needs.
+"""`saga-router epochs list|commit|drop`: the ring history routers route by, extended and trimmed by an operator.
+
+`commit` records the config's ring as the next epoch (after a shard is added, marked draining, or vnodes changed): the
+one way a re-shard takes effect. Routers only read the epochs file; each picks the new epoch up at its next reload, or
+earlier from a shard that another router has shown it to. If there is no epochs file yet, the shards are asked for the
+history they hold (the config's ring was epoch 1 for routers that started without a file).
 
 Dropping epochs 1..N is safe when no saga depends on them: every saga that one of their shards holds and that a client
 may still ask about (unfinished, or terminal but created within the PlaceOrder retry window) is still placed on that
@@ -12,16 +17,18 @@ import argparse
 import asyncio
 import datetime
 import sys
+import time
 from collections.abc import Sequence
 
 import grpc
 
+from common.ring import Epoch, EpochError, EpochHistory, history_from_message
 from common.tls import ClientTls, TlsConfigError, add_tls_arguments, tls_from_args
+from protos.ring.v1 import ring_pb2
 
 from . import epochs
 from .channels import ChannelPool
 from .config import ConfigError, RouterConfig, load
-from .epochs import EpochError, EpochHistory
 from .shard_checks import sagas_that_need_routing
 from .topology import Topology
 
@@ -32,14 +39,23 @@ _SHOWN = 10
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saga-router epochs", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("list", "show the retained rings"), ("drop", "forget rings 1..N after checking the shards")):
+    for name, text in (
+        ("list", "show the retained rings"),
+        ("commit", "record the config's ring as the next epoch"),
+        ("drop", "forget rings 1..N after checking the shards"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", help="the shards TOML file (or $SAGA_ROUTER_CONFIG)")
-        sp.add_argument("--epochs", help="the epochs state file (default: <config>.epochs.json beside it)")
+        sp.add_argument("--epochs", help="the epochs file (default: <config>.epochs.json beside it)")
         if name == "drop":
             sp.add_argument("--through", type=int, required=True, metavar="N", help="drop epochs 1..N")
             sp.add_argument("--force", action="store_true", help="skip the check against the shards")
             sp.add_argument("--retry-window-s", type=int, help="default: [router] place_order_retry_window_s")
+        if name == "commit":
+            sp.add_argument(
+                "--offline", action="store_true", help="without an epochs file, do not ask the shards: start at epoch 1"
+            )
+        if name != "list":
             # The shards ask for a certificate (role router in their auth policy): the router's own, as a rule.
             add_tls_arguments(sp)
     return p
@@ -48,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     ns = _parser().parse_args(argv)
     try:
-        tls = tls_from_args(ns) if ns.command == "drop" else None
+        tls = tls_from_args(ns) if ns.command != "list" else None
         config = load(ns.config, epochs_path=ns.epochs, tls=tls)
         history = epochs.read(config.epochs_path)
     except (ConfigError, EpochError, TlsConfigError) as e:
@@ -57,6 +73,8 @@ def main(argv: Sequence[str]) -> int:
     if ns.command == "list":
         _print(history)
         return 0
+    if ns.command == "commit":
+        return asyncio.run(_commit(config, history, ns.offline))
     return asyncio.run(_drop(config, history, ns.through, ns.force, ns.retry_window_s))
 
 
@@ -70,6 +88,61 @@ def _print(history: EpochHistory) -> None:
         mark = " (current)" if e is history.current else ""
         shards = ", ".join(f"{sid}={addr}" for sid, addr in e.shards)
         print(f"epoch {e.number}{mark}: since {since}, vnodes {e.vnodes}: {shards}")
+
+
+async def _commit(config: RouterConfig, history: EpochHistory, offline: bool) -> int:
+    expect = history.number
+    if not history.epochs and not offline:
+        held = await _shards_history(config)
+        if held is None:
+            return 2
+        history = held
+    new = epochs.committed(history, config.ring, int(time.time() * 1000))
+    if new == history and expect == history.number and history.epochs:
+        print(f"nothing to commit: the config's ring is epoch {history.number} already")
+        return 0
+    try:
+        epochs.write(config.epochs_path, new, expect=expect)
+    except EpochError as e:
+        print(f"saga-router epochs: {e}")
+        return 2
+    current = new.current
+    assert current is not None
+    print(
+        f"recorded epoch {current.number} in {config.epochs_path}: owners {list(current.shard_ids)}, vnodes"
+        f" {current.vnodes}; routers pick it up at their next reload (or from a shard another router showed it to)"
+    )
+    return 0
+
+
+async def _shards_history(config: RouterConfig) -> EpochHistory | None:
+    """The newest history any shard of the config holds (empty if none holds one); None if a shard could not be asked:
+    committing without knowing what routers already use could number a second placement 1."""
+    try:
+        pool = ChannelPool(config.settings.max_message_bytes, 0.0, ClientTls(config.tls))
+    except TlsConfigError as e:
+        print(f"saga-router epochs: {e}")
+        return None
+    newest = EpochHistory()
+    try:
+        for spec in config.ring.shards:
+            reply = await pool.get(spec.address).ring.GetRing(ring_pb2.GetRingRequest(), timeout=_RPC_TIMEOUT_S)
+            held = history_from_message(reply.history)
+            if held.number > newest.number:
+                newest = held
+    except grpc.aio.AioRpcError as e:
+        print(
+            f"no epochs file, and a shard cannot be asked which ring it holds ({e.code().name}: {e.details()}); bring"
+            " it up, or pass --offline if no router has ever routed by another ring"
+        )
+        return None
+    except EpochError as e:
+        print(f"a shard holds a malformed ring history: {e}")
+        return None
+    finally:
+        await pool.close()
+    print(f"no epochs file: starting from the shards' history (epoch {newest.number or 'none'})")
+    return newest
 
 
 async def _drop(config: RouterConfig, history: EpochHistory, through: int, force: bool, window_s: int | None) -> int:
@@ -88,7 +161,7 @@ async def _drop(config: RouterConfig, history: EpochHistory, through: int, force
         if not await _safe_to_drop(config, dropped, after, window):
             return 1
     try:
-        epochs.write(config.epochs_path, remaining)
+        epochs.write(config.epochs_path, remaining, expect=history.number)
     except EpochError as e:
         print(f"saga-router epochs: {e}")
         return 2
@@ -96,7 +169,7 @@ async def _drop(config: RouterConfig, history: EpochHistory, through: int, force
     return 0
 
 
-async def _safe_to_drop(config: RouterConfig, dropped: list[epochs.Epoch], after: Topology, window_s: int) -> bool:
+async def _safe_to_drop(config: RouterConfig, dropped: list[Epoch], after: Topology, window_s: int) -> bool:
     addresses = {sid: addr for e in dropped for sid, addr in e.shards} | dict(config.ring.addresses)
     try:
         pool = ChannelPool(config.settings.max_message_bytes, 0.0, ClientTls(config.tls))

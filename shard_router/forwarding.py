@@ -5,11 +5,11 @@ place times, counts and maps the errors of every call to a shard.
 
 What a forwarded call keeps from the caller: its deadline (the time remaining when the router forwards, so hops share
 one budget) and its metadata, minus what gRPC itself owns (pseudo-headers, "grpc-*" reserved keys, user-agent,
-content-type, te) and minus what only an authenticated hop may assert (common.auth.strip_claimed: the caller's bearer
-token, x-saga-principal*, x-operator, x-user). In their place the router adds the principal its interceptor
-authenticated (common.auth.forwarded_metadata), which a shard believes only because the router's certificate says
-router. What it brings back unchanged: the shard's status code, details, and initial and trailing
-metadata, including google.rpc.Status details ("grpc-status-details-bin") and "retry-after-ms".
+content-type, te), minus the ring epoch headers only the router sets, and minus what only an authenticated hop may
+assert (common.auth.strip_claimed: the caller's bearer token, x-saga-principal*, x-operator, x-user). In their place the
+router adds the principal its interceptor authenticated (common.auth.forwarded_metadata), which a shard believes only
+because the router's certificate says router. What it brings back unchanged: the shard's status code, details, and
+initial and trailing metadata, including google.rpc.Status details ("grpc-status-details-bin") and "retry-after-ms".
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from common.auth import current_principal, forwarded_metadata, strip_claimed
+from common.ring import EPOCH_KEY, REFUSAL_KEY
 
 from .channels import ChannelPool
 from .errors import Metadata, RouterError, ShardStatus
@@ -40,7 +41,8 @@ RESOLVE_DEAD_LETTER = f"/{ADMIN_SERVICE}/ResolveDeadLetter"
 R = TypeVar("R")
 
 # Connection-level headers of the caller's hop: gRPC sets its own on the next hop (and ignores or rejects ours).
-_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection"})
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection", EPOCH_KEY, REFUSAL_KEY})
+"""Also the ring epoch: only the router says which ring it routed a call by (Caller.routed_by)."""
 
 
 def forwardable(metadata: Any) -> Metadata:
@@ -72,6 +74,10 @@ class Caller:
         if principal is not None:
             metadata += forwarded_metadata(principal)
         return cls(tuple(metadata), deadline)
+
+    def routed_by(self, epoch: int) -> Caller:
+        """The same caller, its calls to shards marked with the ring epoch they were routed by (fencing)."""
+        return Caller((*self.metadata, (EPOCH_KEY, str(epoch))), self.deadline_monotonic)
 
     def timeout_s(self, cap_s: float | None = None) -> float | None:
         """Seconds left for the next hop (at most cap_s); DEADLINE_EXCEEDED if none are left."""

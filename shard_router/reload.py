@@ -1,15 +1,21 @@
-"""Installing rings: at start, when the config or epochs file changes (polled), and on SIGHUP.
+"""Which ring the router routes by, kept current from three sources: the epochs file, the shards, and the config.
 
-A reload builds a new Topology and swaps it in with one assignment; calls already running keep the snapshot they
-started with, so nothing in flight is dropped or re-routed. A reload that fails (bad file, corrupt epochs file, a shard
-removed while it still has unfinished sagas) logs why and keeps the previous ring; saving the file again or SIGHUP
-retries. At start the same failures are fatal, with the same message.
+The router holds no state of its own that correctness depends on. The ring history in use is the newest of:
+- the epochs file (read-only here; `saga-router epochs commit` writes it), re-read when it changes (polled, SIGHUP);
+- what the shards hold: a shard that refuses a call as routed by a stale epoch is asked for its history (GetRing), and
+  every history this router installs is shown to every shard (InstallRing), whose answer may be newer still;
+- with neither (a first start without an epochs file), the config's ring as epoch 1.
+A router never goes back to an older epoch, and refuses a history that puts another placement under a number it holds
+(RingChangeRefused: the previous ring stays, an error is logged). The config file gives addresses and settings; a shard
+list that differs from the current epoch's placement is reported (log, saga_router_ring_refused_total) and routes
+nothing until it is committed.
 
-Removing a shard: a shard that leaves the file entirely must not hold unfinished sagas (RUNNING, COMPENSATING,
-DEAD_LETTERED), else no one would finish or repair them once it is stopped; the router asks it and refuses the change if
-it has any or cannot be asked. The drain procedure (deploy/README.md): mark the shard `draining = true` (it owns no new
-orders but keeps serving the ones earlier rings gave it), wait until its sagas are terminal and older than the retry
-window, `saga-router epochs drop`, then remove it from the file and stop it.
+A change builds a new Topology and swaps it in with one assignment; calls already running keep the snapshot they
+started with, so nothing in flight is dropped or re-routed.
+
+Removing a shard from the config: a shard that leaves the file entirely must not hold unfinished sagas (RUNNING,
+COMPENSATING, DEAD_LETTERED), else no one would finish or repair them once it is stopped; the router asks it and
+refuses the change if it has any or cannot be asked. The drain procedure: deploy/README.md, "Removing a shard".
 """
 
 from __future__ import annotations
@@ -23,22 +29,25 @@ import grpc
 from loguru import logger
 
 from common.loops import run_every
+from common.ring import EpochError, EpochHistory, Refusal, history_from_message, history_message
+from protos.ring.v1 import ring_pb2
 from protos.saga.v1 import saga_pb2
 
 from . import epochs
 from .channels import ChannelPool
 from .config import ConfigError, RouterConfig
-from .epochs import EpochError, EpochHistory
 from .metrics import Metrics
 from .shard_checks import first_unfinished
 from .topology import Topology
 
 _CHECK_TIMEOUT_S = 5.0
 """Bound on asking a departing shard about its sagas; a reload should never hang on a sick shard."""
+RING_CALL_TIMEOUT_S = 2.0
+"""Bound on one GetRing/InstallRing call to a shard."""
 
 
 class RingChangeRefused(Exception):
-    """The new config would strand sagas; the message says which shard and what to do."""
+    """The new config or history would strand sagas or contradict a ring in use; the message says what to do."""
 
 
 def wall_ms() -> int:
@@ -70,9 +79,12 @@ class TopologyManager:
         self._config: RouterConfig | None = None
         self._config_ids: frozenset[str] = frozenset()
         """Shard ids the installed config lists (draining ones included)."""
+        self._uncommitted: tuple[int, tuple[str, ...]] | None = None
+        """The config's placement when it differs from the current epoch's (reported once per change)."""
         self._signatures: tuple[object, object] = (None, None)
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._announcing: set[asyncio.Task[None]] = set()
 
     @property
     def current(self) -> Topology:
@@ -81,20 +93,27 @@ class TopologyManager:
         return self._current
 
     async def start(self) -> RouterConfig:
-        """Installs the first ring; raises ConfigError, EpochError or RingChangeRefused."""
+        """Installs the first ring, then shows it to every shard (adopting a newer one any of them holds) before the
+        router serves; raises ConfigError, EpochError or RingChangeRefused."""
         async with self._lock:
-            return await self._load_and_install()
+            cfg = await self._load_and_install()
+        await self.announce()
+        return cfg
 
     async def reload(self) -> bool:
-        """Re-reads the files and installs the ring they describe; False (and the old ring stays) if it cannot."""
+        """Re-reads the files and installs what they describe; False (and the old ring stays) if it cannot."""
         async with self._lock:
+            before = self.current.history
             try:
                 await self._load_and_install()
             except (ConfigError, EpochError, RingChangeRefused) as e:
                 self._metrics.ring_refused()
                 logger.error("ring change refused, keeping epoch {}: {}", self.current.epoch, e)
                 return False
-            return True
+            changed = self.current.history != before
+        if changed:
+            self._announce_later()
+        return True
 
     def request_reload(self) -> None:
         """Asks the watch loop to reload now (the SIGHUP handler)."""
@@ -128,6 +147,88 @@ class TopologyManager:
         cfg = self._config
         return (None, None) if cfg is None else (_signature(cfg.config_path), _signature(cfg.epochs_path))
 
+    # ---- the shards' side -------------------------------------------------------------------------------------------
+
+    async def resolve(self, refusal: Refusal, shard_id: str) -> None:
+        """After a shard refused a call: learn its newer ring (STALE, NOT_OWNER) or show it ours (UNKNOWN). Errors are
+        logged; the caller simply tries again (or gives up after its attempts)."""
+        topo = self.current
+        if refusal is Refusal.UNKNOWN:
+            await self.install_on(shard_id, topo)
+        else:
+            await self.learn_from(shard_id, topo)
+
+    async def install_on(self, shard_id: str, topo: Topology) -> None:
+        """Shows the shard our history; adopts the shard's if it answers with a newer one."""
+        address = topo.addresses.get(shard_id)
+        if address is None:
+            return
+        try:
+            reply = await self._pool.get(address).ring.InstallRing(
+                ring_pb2.InstallRingRequest(history=history_message(topo.history)), timeout=RING_CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as e:
+            self._ring_call_failed("InstallRing", shard_id, e)
+            return
+        await self.adopt(reply.history, shard_id)
+
+    async def learn_from(self, shard_id: str, topo: Topology) -> None:
+        """Asks the shard for its history and adopts it if it is newer than ours."""
+        address = topo.addresses.get(shard_id)
+        if address is None:
+            return
+        try:
+            reply = await self._pool.get(address).ring.GetRing(ring_pb2.GetRingRequest(), timeout=RING_CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            self._ring_call_failed("GetRing", shard_id, e)
+            return
+        await self.adopt(reply.history, shard_id)
+
+    async def adopt(self, message: ring_pb2.RingHistory, shard_id: str) -> bool:
+        """Routes by the shard's history from now on if it is newer than the one in use (and agrees with it on every
+        epoch both hold). True if it was adopted."""
+        try:
+            offered = history_from_message(message)
+        except EpochError as e:
+            logger.error("shard {} sent a malformed ring history, ignored: {}", shard_id, e)
+            return False
+        async with self._lock:
+            cfg, topo = self._config, self.current
+            assert cfg is not None
+            if offered.number <= topo.epoch:
+                return False
+            conflict = topo.history.conflict_with(offered)
+            if conflict is not None:
+                self._metrics.ring_refused()
+                logger.error(
+                    "shard {} holds another placement under ring epoch {} than this router: not adopted; fix the epochs"
+                    " file (saga-router epochs list, and GetRing on the shards)",
+                    shard_id,
+                    conflict,
+                )
+                return False
+            self._install_topology(cfg, offered, f"learnt from shard {shard_id}")
+        self._announce_later()
+        return True
+
+    async def announce(self) -> None:
+        """Shows the history in use to every shard at once (each may answer with a newer one, which is adopted)."""
+        topo = self.current
+        await asyncio.gather(*(self.install_on(sid, topo) for sid in topo.shard_ids))
+
+    def _announce_later(self) -> None:
+        task = asyncio.create_task(self.announce(), name="ring-announce")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    def _ring_call_failed(self, method: str, shard_id: str, e: grpc.aio.AioRpcError) -> None:
+        if e.code() is grpc.StatusCode.FAILED_PRECONDITION:
+            logger.error("shard {} refused {}: {}", shard_id, method, e.details())
+        else:
+            logger.debug("{} on shard {} failed: {} {}", method, shard_id, e.code().name, e.details())
+
+    # ---- the files' side --------------------------------------------------------------------------------------------
+
     async def _load_and_install(self) -> RouterConfig:
         config_before = self._read_signatures()[0]
         try:
@@ -140,38 +241,76 @@ class TopologyManager:
             await self._install(cfg, epochs.read(cfg.epochs_path))
         finally:
             # A refused change is not retried at every poll (it would fail the same way and flood the log): only a new
-            # edit or SIGHUP retries it. Our own write of the epochs file does not count as an edit.
+            # edit or SIGHUP retries it.
             now = self._read_signatures()
             self._signatures = (config_before or now[0], now[1])
         return cfg
 
-    async def _install(self, cfg: RouterConfig, history: EpochHistory) -> None:
+    async def _install(self, cfg: RouterConfig, from_file: EpochHistory) -> None:
         previous = self._current
+        in_use = previous.history if previous is not None else EpochHistory()
+        if from_file.epochs:
+            conflict = in_use.conflict_with(from_file)
+            if conflict is not None:
+                raise RingChangeRefused(
+                    f"the epochs file {cfg.epochs_path} holds another placement under epoch {conflict} than the ring"
+                    " this router routes by (from the file before, a shard, or the config taken as epoch 1); it was"
+                    " written from a stale copy or without asking the shards: restore it, or commit again without"
+                    " --offline"
+                )
+            # Equal numbers: the file wins (`epochs drop` trims it, an address may have moved).
+            chosen = from_file if from_file.number >= in_use.number else in_use
+        elif in_use.epochs:
+            chosen = in_use  # never re-derived from an edited config: epoch 1 means one placement
+        else:
+            chosen = epochs.committed(EpochHistory(), cfg.ring, self._now_ms())
+            logger.warning(
+                "no epochs file at {}: routing by the config's ring as epoch 1 until one is committed (saga-router"
+                " epochs commit), or a shard shows a newer one",
+                cfg.epochs_path,
+            )
+
         if previous is not None:
             listed_before, addresses_before = self._config_ids, previous.addresses
-        else:  # at start, the last ring this router installed (before a restart) stands for the previous config
-            last = history.current
-            listed_before = frozenset(last.shard_ids) if last else frozenset()
-            addresses_before = dict(last.shards) if last else {}
-        for sid in sorted(listed_before - set(cfg.ring.addresses)):
-            await self._check_removal(sid, addresses_before[sid])
+            for sid in sorted(listed_before - set(cfg.ring.addresses)):
+                await self._check_removal(sid, addresses_before[sid])
 
-        new_history = history.advance(cfg.ring, self._now_ms())
-        if new_history is not history:
-            epochs.write(cfg.epochs_path, new_history)
-        topology = Topology.build(cfg.ring, new_history)
-        self._current = topology
         self._config_ids = frozenset(cfg.ring.addresses)
+        self._install_topology(cfg, chosen, "from the epochs file" if from_file.epochs else "")
+
+    def _install_topology(self, cfg: RouterConfig, history: EpochHistory, source: str) -> None:
+        previous = self._current
+        topology = Topology.build(cfg.ring, history)
+        self._current = topology
+        self._config = cfg
         self._pool.retain(topology.addresses.values())
         self._metrics.ring_installed(topology.epoch, len(topology.ring.shard_ids), len(topology.older))
         if previous is None or previous.epoch != topology.epoch or previous.addresses != topology.addresses:
             logger.info(
-                "ring epoch {} installed: owners {}, draining or retired {}, earlier epochs kept {}",
+                "ring epoch {} installed{}: owners {}, draining or retired {}, earlier epochs kept {}",
                 topology.epoch,
+                f" ({source})" if source else "",
                 list(topology.ring.shard_ids),
                 [s for s in topology.shard_ids if s not in topology.ring.shard_ids],
                 [n for n, _ in topology.older],
             )
+        placement = (cfg.ring.vnodes, cfg.ring.ring_ids)
+        current = history.current
+        assert current is not None
+        uncommitted = None if current.placement == placement else placement
+        if uncommitted is not None and uncommitted != self._uncommitted:
+            self._metrics.ring_refused()
+            logger.warning(
+                "the config lists owners {} (vnodes {}), but ring epoch {} has {} (vnodes {}): routing by epoch {}"
+                " until the change is committed (saga-router epochs commit)",
+                list(placement[1]),
+                placement[0],
+                current.number,
+                list(current.shard_ids),
+                current.vnodes,
+                current.number,
+            )
+        self._uncommitted = uncommitted
 
     async def _check_removal(self, shard_id: str, address: str) -> None:
         stub = self._pool.get(address).coordinator

@@ -15,20 +15,55 @@ The epoch rule (DESIGN contract 7). The current ring decides where a *new* order
 Also, within one router a PlaceOrder arriving while another PlaceOrder for the same order is still in flight goes to the
 same shard, so a client that retries during a ring change cannot slip between "not there yet" and "accepted".
 With no earlier epoch (the usual steady state) none of this costs anything: the owner is one ring lookup.
+
+Across routers, the shards enforce it (fencing, coordinator.ownership): every call, probes included, carries the epoch
+it was routed by, and a shard that knows a newer ring, or has not been shown this one, refuses a call about an order it
+does not hold (FAILED_PRECONDITION with x-saga-ring-refusal). The router then learns the newer ring from that shard, or
+shows it its own, and routes the call again from the start, at most RING_ATTEMPTS times. deploy/README.md, "Ring
+epochs and fencing", states the invariant and why it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
+import grpc
 from google.protobuf.message import DecodeError
 
+from common.ring import REFUSAL_KEY, Refusal
 from protos.saga.v1 import saga_pb2
 
 from .errors import InvalidArgument, Outcome, ShardStatus, outcome
 from .forwarding import GET_SAGA, PLACE_ORDER, WATCH_SAGA, Caller, Forwarder, Reply, ShardStream
 from .topology import Topology
+
+RING_ATTEMPTS = 5
+"""Routings of one call while shards refuse it for its ring epoch; each one refreshes the ring first. Ring changes are
+rare and each refusal moves the router to a newer epoch, so more than two in a row means the rings disagree for good
+(an operator's error), and the caller gets UNAVAILABLE with the last refusal rather than a loop."""
+
+T = TypeVar("T")
+
+
+class Rings(Protocol):
+    """Where a refused call's router refreshes its ring (shard_router.reload.TopologyManager)."""
+
+    async def resolve(self, refusal: Refusal, shard_id: str) -> None: ...
+
+
+def ring_refusal(e: ShardStatus) -> Refusal | None:
+    """The fencing refusal a shard's status carries, if it is one."""
+    if e.code is not grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    for key, value in e.trailing_metadata:
+        if key == REFUSAL_KEY:
+            try:
+                return Refusal(value if isinstance(value, str) else value.decode())
+            except ValueError:
+                return None
+    return None
 
 
 class _Placing:
@@ -41,10 +76,12 @@ class _Placing:
         entry = self._calls.get(order_id)
         return None if entry is None else (entry[0], entry[1])
 
-    def join(self, order_id: str, shard_id: str, address: str) -> tuple[str, str]:
-        """Registers a call; if one is already in flight for the order, the new one joins its shard."""
+    def join(self, order_id: str, shard_id: str, address: str, follow: bool = True) -> tuple[str, str]:
+        """Registers a call; if one is already in flight for the order, the new one joins its shard (even if routed by
+        another epoch: if that shard took the order it holds it; if not, it refuses and this call places it again,
+        with follow=False)."""
         entry = self._calls.get(order_id)
-        if entry is not None:
+        if entry is not None and follow:
             shard_id, address = entry[0], entry[1]
         self._calls[order_id] = (shard_id, address, (entry[2] if entry else 0) + 1)
         return shard_id, address
@@ -74,21 +111,49 @@ def parse_order_id(
 class Router:
     """Routes calls about one order, using whatever topology is current when each call starts."""
 
-    def __init__(self, topology: Callable[[], Topology], forwarder: Forwarder, probe_timeout_s: float) -> None:
+    def __init__(
+        self, topology: Callable[[], Topology], forwarder: Forwarder, probe_timeout_s: float, rings: Rings
+    ) -> None:
         self._topology = topology
         self._forwarder = forwarder
         self._probe_timeout_s = probe_timeout_s
+        self._rings = rings
         self._placing = _Placing()
 
+    async def _fenced(self, route: Callable[[Topology, int], Awaitable[T]]) -> T:
+        """Runs route(topology, attempt) until no shard refuses it for its ring epoch (at most RING_ATTEMPTS times),
+        refreshing the ring after each refusal."""
+        for attempt in range(RING_ATTEMPTS):
+            try:
+                return await route(self._topology(), attempt)
+            except ShardStatus as e:
+                refusal = ring_refusal(e)
+                if refusal is None or refusal is Refusal.CONFLICT:
+                    raise
+                if attempt == RING_ATTEMPTS - 1:
+                    raise ShardStatus(
+                        e.shard_id,
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the ring is changing ({e.details}); retry the call",
+                        e.trailing_metadata,
+                    ) from None
+                await self._rings.resolve(refusal, e.shard_id)
+        raise AssertionError("unreachable")
+
     async def place_order(self, order_id: str, request: bytes, caller: Caller) -> Reply:
-        topo = self._topology()
-        target = self._placing.get(order_id)
+        return await self._fenced(lambda topo, attempt: self._place(topo, attempt, order_id, request, caller))
+
+    async def _place(self, topo: Topology, attempt: int, order_id: str, request: bytes, caller: Caller) -> Reply:
+        routed = caller.routed_by(topo.epoch)
+        # A retry after a refusal places the order afresh rather than following a call that went to the refusing shard.
+        follow = attempt == 0
+        target = self._placing.get(order_id) if follow else None
         if target is None:
-            shard_id = await self._placement(topo, order_id, caller)
+            shard_id = await self._placement(topo, order_id, routed)
             target = (shard_id, topo.addresses[shard_id])
-        shard_id, address = self._placing.join(order_id, *target)
+        shard_id, address = self._placing.join(order_id, *target, follow=follow)
         try:
-            return await self._forwarder.unary(shard_id, address, PLACE_ORDER, request, caller)
+            return await self._forwarder.unary(shard_id, address, PLACE_ORDER, request, routed)
         finally:
             self._placing.leave(order_id)
 
@@ -98,6 +163,9 @@ class Router:
             return topo.owner(order_id)
         probe = saga_pb2.GetSagaRequest(order_id=order_id).SerializeToString()
         answers = await asyncio.gather(*(self._probe(topo, sid, probe, caller) for sid, _ in earlier))
+        for _, error in answers:
+            if error is not None and ring_refusal(error) is not None:
+                raise error  # the router's ring is not the shard's: refresh, then place again
         for (sid, _), (result, _) in zip(earlier, answers, strict=True):
             if result is Outcome.FOUND:
                 return sid
@@ -125,7 +193,10 @@ class Router:
 
     async def to_holder(self, order_id: str, method: str, request: bytes, caller: Caller) -> Reply:
         """Relays a call about an existing saga to the shard that holds it."""
-        topo = self._topology()
+        return await self._fenced(lambda topo, _: self._to_holder(topo, order_id, method, request, caller))
+
+    async def _to_holder(self, topo: Topology, order_id: str, method: str, request: bytes, caller: Caller) -> Reply:
+        caller = caller.routed_by(topo.epoch)
         absent: ShardStatus | None = None
         unknown: ShardStatus | None = None
         for shard_id, epoch in self._candidates(topo, order_id):
@@ -137,7 +208,12 @@ class Router:
 
     async def open_watch(self, order_id: str, request: bytes, caller: Caller) -> tuple[ShardStream, bytes | None]:
         """Opens WatchSaga on the shard that holds the saga: the stream and its first message (None if it ended)."""
-        topo = self._topology()
+        return await self._fenced(lambda topo, _: self._open_watch(topo, order_id, request, caller))
+
+    async def _open_watch(
+        self, topo: Topology, order_id: str, request: bytes, caller: Caller
+    ) -> tuple[ShardStream, bytes | None]:
+        caller = caller.routed_by(topo.epoch)
         absent: ShardStatus | None = None
         unknown: ShardStatus | None = None
         for shard_id, epoch in self._candidates(topo, order_id):
@@ -161,7 +237,8 @@ class Router:
         current_epoch: int,
         order_id: str,
     ) -> tuple[ShardStatus | None, ShardStatus | None]:
-        """Remembers a NOT_FOUND or an unanswered candidate and lets the search go on; re-raises a final answer."""
+        """Remembers a NOT_FOUND or an unanswered candidate and lets the search go on; re-raises a final answer (a
+        ring refusal included: the search starts again on a refreshed ring)."""
         result = outcome(e.code)
         if result is Outcome.ABSENT:
             return absent or e, unknown

@@ -206,7 +206,7 @@ class RouterServer:
         )
         forwarder = Forwarder(self.pool, self._metrics)
         current = lambda: self.topologies.current  # noqa: E731 - read at the start of each call
-        self.router = Router(current, forwarder, settings.probe_timeout_s)
+        self.router = Router(current, forwarder, settings.probe_timeout_s, self.topologies)
         fanout = FanOut(current, forwarder, settings)
         self._servicer = RouterServicer(self.router, fanout)
         self._health = health.aio.HealthServicer()

@@ -1,7 +1,8 @@
-"""An immutable snapshot of where orders live: the current ring, the earlier ones, and every shard's address.
+"""An immutable snapshot of where orders live: the ring history in use, and every shard's address.
 
-A call takes the snapshot once and uses it to the end, so installing a new one (a config reload) never changes the
-routing of a call already in flight.
+A call takes the snapshot once and uses it to the end, so installing a new one (a reload, or a newer ring learnt from a
+shard) never changes the routing of a call already in flight. Placement comes from the history's current epoch, never
+from the config file directly: a shard list edited without `saga-router epochs commit` routes nothing differently.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from common.ring import EpochHistory, HashRing
+
 from .config import RingSpec
-from .epochs import EpochHistory
-from .ring import HashRing
 
 
 @dataclass(frozen=True)
 class Topology:
     epoch: int
-    """Number of the current ring."""
+    """Number of the current ring: every routed call carries it (x-saga-ring-epoch)."""
     ring: HashRing
     """The current ring: new orders go to its owner."""
     older: tuple[tuple[int, HashRing], ...]
@@ -27,27 +28,29 @@ class Topology:
     """Every known shard id to its address: the config file first, else the address an epoch recorded."""
     shard_ids: tuple[str, ...]
     """Every shard that may hold sagas (ring, draining, and only-in-an-earlier-epoch shards): list calls ask all."""
+    history: EpochHistory = field(default_factory=EpochHistory)
+    """The history this snapshot routes by (what the router shows shards)."""
     metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Shard id to the host:port of its /metrics, for shards whose config entry names one (the dashboard reads them)."""
 
     @classmethod
     def build(cls, ring: RingSpec, history: EpochHistory) -> Topology:
         current = history.current
-        if current is None or not current.same_placement(ring):
-            raise ValueError("the history's current epoch must be the config's ring")
+        if current is None:
+            raise ValueError("a topology needs at least one epoch")
         addresses: dict[str, str] = {}
         for epoch in history.epochs:
             addresses.update(epoch.shards)
         addresses.update(ring.addresses)  # the file wins: a shard may have moved since an epoch recorded it
-        older = tuple((e.number, HashRing(e.shard_ids, e.vnodes)) for e in history.older)
         config_ids = [s.id for s in ring.shards]
         others = sorted(set(addresses) - set(config_ids))
         return cls(
             epoch=current.number,
-            ring=HashRing(ring.ring_ids, ring.vnodes),
-            older=older,
+            ring=current.ring,
+            older=tuple((e.number, e.ring) for e in history.older),
             addresses=MappingProxyType(addresses),
             shard_ids=(*config_ids, *others),
+            history=history,
             metrics=MappingProxyType(ring.metrics_addresses),
         )
 

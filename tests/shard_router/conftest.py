@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -11,19 +12,36 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
-from shard_router import RouterServer, load
+from shard_router import RouterServer, epochs, load
 
 from .fake_shard import FakeShard
 
 
-def write_shards(path: Path, shards: Sequence[tuple[str, str] | tuple[str, str, bool]], extra: str = "") -> None:
-    """Writes a shards.toml listing (id, address[, draining])."""
+def write_shards(
+    path: Path,
+    shards: Sequence[tuple[str, str] | tuple[str, str, bool]],
+    extra: str = "",
+    epochs_path: Path | None = None,
+) -> None:
+    """Writes a shards.toml listing (id, address[, draining]); with epochs_path, also commits its ring there (what an
+    operator does with `saga-router epochs commit`)."""
     lines = [extra] if extra else []
     for entry in shards:
         lines += ["[[shards]]", f'id = "{entry[0]}"', f'address = "{entry[1]}"']
         if len(entry) > 2 and entry[2]:
             lines.append("draining = true")
     path.write_text("\n".join(lines) + "\n")
+    if epochs_path is not None:
+        commit_ring(path, epochs_path)
+
+
+def commit_ring(config_path: Path, epochs_path: Path) -> None:
+    """Records the config's ring as the next epoch, as `saga-router epochs commit` does."""
+    history = epochs.read(epochs_path)
+    ring = load(config_path, epochs_path=epochs_path, env={}).ring
+    new = epochs.committed(history, ring, time.time_ns() // 1_000_000)
+    if new != history:
+        epochs.write(epochs_path, new, expect=history.number)
 
 
 FAST = "[router]\nreload_interval_s = 0.1"
@@ -49,7 +67,9 @@ class Cluster:
     def write_config(self, ids: Sequence[str] | None = None, draining: Sequence[str] = (), extra: str = FAST) -> None:
         """Lists the given fake shards (default: all) in the shards file; the [router] table polls every 0.1 s."""
         ids = list(self.shards) if ids is None else ids
-        write_shards(self.config_path, [(i, self.shards[i].address, i in draining) for i in ids], extra)
+        write_shards(
+            self.config_path, [(i, self.shards[i].address, i in draining) for i in ids], extra, self.epochs_path
+        )
 
     async def start_router(self) -> RouterServer:
         if not self.config_path.exists():

@@ -78,3 +78,43 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "shards.toml"
     path.write_text(text)
     return path
+
+
+SHARD_SET = """
+[shard_set]
+count = 3
+id = "saga-shard-{i}"
+address = "saga-shard-{i}.saga-shard:50071"
+metrics = "saga-shard-{i}.saga-shard:9071"
+"""
+
+
+def test_a_shard_set_lists_count_shards_and_the_environment_sets_the_count(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SHARD_SET)
+    ring = load(path, env={}).ring
+    assert ring.ring_ids == ("saga-shard-0", "saga-shard-1", "saga-shard-2")
+    assert ring.addresses["saga-shard-2"] == "saga-shard-2.saga-shard:50071"
+    assert ring.metrics_addresses["saga-shard-0"] == "saga-shard-0.saga-shard:9071"
+    assert len(load(path, env={"SAGA_SHARD_COUNT": "5"}).ring.ring_ids) == 5
+    with pytest.raises(ConfigError, match="SAGA_SHARD_COUNT must be a whole number"):
+        load(path, env={"SAGA_SHARD_COUNT": "three"})
+    path.write_text(SHARD_SET.replace("count = 3", "count = 0"))
+    with pytest.raises(ConfigError, match="count"):
+        load(path, env={})
+    path.write_text(SHARD_SET.replace('id = "saga-shard-{i}"', 'id = "saga-shard"'))
+    with pytest.raises(ConfigError, match=r"\[shard_set\] id must be a string containing \{i\}"):
+        load(path, env={})
+    path.write_text(SHARD_SET + '\n[[shards]]\nid = "x"\naddress = "127.0.0.1:1"\n')
+    with pytest.raises(ConfigError, match="not both"):
+        load(path, env={})
+
+
+def test_a_shard_set_marks_draining_shards_by_id(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SHARD_SET + 'draining = ["saga-shard-2"]\n')
+    ring = load(path, env={}).ring
+    assert ring.ring_ids == ("saga-shard-0", "saga-shard-1") and "saga-shard-2" in ring.addresses
+    path.write_text(SHARD_SET + 'draining = ["saga-shard-9"]\n')
+    with pytest.raises(ConfigError, match="draining must be a list of the set's shard ids"):
+        load(path, env={})

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing, RouterServer, load
+from shard_router.config import default_epochs_path
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import running_stubs
 
@@ -40,7 +41,7 @@ class System:
         self.shards[shard_id] = app.address
 
     def write_config(self) -> None:
-        write_shards(self.config_path, list(self.shards.items()))
+        write_shards(self.config_path, list(self.shards.items()), epochs_path=default_epochs_path(self.config_path))
 
 
 @pytest.fixture

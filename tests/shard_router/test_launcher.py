@@ -171,7 +171,7 @@ def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str]]]:
 
 def test_local_system_runs_the_processes_and_flags_cluster_toml_lists(tmp_path: Path) -> None:
     from_file = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
-    in_code = LocalSystem(SystemOptions(tmp_path, shards=3)).supervisor.cluster
+    in_code = LocalSystem(SystemOptions(tmp_path, shards=3, routers=2)).supervisor.cluster
     assert _shape(in_code) == _shape(from_file)
     assert (in_code.ready_timeout_s, in_code.stop_timeout_s) == (from_file.ready_timeout_s, from_file.stop_timeout_s)
 

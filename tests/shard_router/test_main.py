@@ -42,20 +42,28 @@ def test_a_bad_config_stops_the_router_at_start_with_the_reason(tmp_path: Path) 
 
 def test_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
     # A long poll interval, so only SIGHUP can explain the reload.
-    write_shards(tmp_path / "s.toml", SHARDS, "[router]\nreload_interval_s = 600.0")
+    write_shards(tmp_path / "s.toml", SHARDS, "[router]\nreload_interval_s = 600.0", tmp_path / "s.epochs.json")
     port = free_port()
     log = tmp_path / "router.log"
     proc = _router(tmp_path, port, log)
     try:
         wait_for_grpc(f"127.0.0.1:{port}")
         _wait_for_line(log, "ring epoch 1 installed")
-        assert (tmp_path / "s.epochs.json").exists()
 
         second = _router(tmp_path, port, tmp_path / "second.log")  # the port is taken: a clear error, not a share
         assert second.wait(timeout=30) == 2
         assert f"cannot listen on 127.0.0.1:{port}" in (tmp_path / "second.log").read_text()
 
         write_shards(tmp_path / "s.toml", [*SHARDS, ("shard-3", "127.0.0.1:3")], "[router]\nreload_interval_s = 600.0")
+        # The router reads the epochs file only: the operator's command makes the new ring an epoch.
+        commit = subprocess.run(
+            [sys.executable, "-m", "shard_router", "epochs", "commit", "--config", str(tmp_path / "s.toml")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert commit.returncode == 0, commit.stdout + commit.stderr
+        assert "recorded epoch 2" in commit.stdout
         proc.send_signal(signal.SIGHUP)
         _wait_for_line(log, "ring epoch 2 installed")
         proc.send_signal(signal.SIGTERM)

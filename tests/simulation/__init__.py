@@ -1,0 +1,1 @@
+"""Deterministic simulations of distributed protocols (pure Python, seeded)."""
