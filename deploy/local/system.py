@@ -7,8 +7,12 @@ flags as cluster.toml (a test compares the two); what differs is data, in System
         system.kill("shard-1"); system.restart("shard-1")     # SIGKILL, then the same port and journal
         system.add_shard()                                     # shard-3, then listed in the router's file
 
-The router's shard list is a file it re-reads (<data_dir>/shards.toml), rewritten when a shard is added; the shards'
-settings file (--config) is <data_dir>/shard.toml: SystemOptions.shard_config, or a copy of deploy/local/shard.toml.
+The routers' shard list is a file they re-read (<data_dir>/shards.toml), rewritten when a shard is added, and its ring
+committed as the next epoch in <data_dir>/router.epochs.json (what an operator does with `saga-router epochs commit`).
+SystemOptions(routers=N) starts N routers (router, router-2, ...); with router_views each reads its own copy of both
+files (<data_dir>/<router>/), brought up to date by publish(name): routers that learn a ring change at different
+moments, as ConfigMap mounts do. The shards' settings file (--config) is <data_dir>/shard.toml:
+SystemOptions.shard_config, or a copy of deploy/local/shard.toml.
 
 SystemOptions(tls=True): every process serves mutual TLS with a certificate of its own from a local CA
 (deploy.local.certs, under <data_dir>/tls) and dials the others with it; a caller gets one: system.client_tls("client").
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,8 @@ from types import TracebackType
 from typing import TextIO
 
 from common.tls import TlsFiles
+from shard_router import config as router_config
+from shard_router import epochs
 
 from .authpolicy import LocalPolicies, write_policies
 from .certs import LAUNCHER, LocalCA, tls_args
@@ -80,6 +88,10 @@ class SystemOptions:
     """The [router] table of the router's shards file (shard_router/config.py), e.g. reload_interval_s."""
     vnodes: int = 1024
     """Points per shard on the router's hash ring, as deploy/local/shards.toml sets it."""
+    routers: int = 1
+    """Routers in front of the shards (router, router-2, ...): any of them routes any call (`make run` starts two)."""
+    router_views: bool = False
+    """Each router reads its own copy of the shards and epochs files, updated only by LocalSystem.publish()."""
     ready_timeout_s: float = 30.0
     """How long a process may take to answer its health check."""
     stop_timeout_s: float = 15.0
@@ -92,6 +104,8 @@ class SystemOptions:
     def __post_init__(self) -> None:
         if self.shards < 0:
             raise ValueError(f"shards must be >= 0, got {self.shards}")
+        if self.routers < 1:
+            raise ValueError(f"routers must be >= 1, got {self.routers}")
         unknown = set(self.services) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown service(s) {sorted(unknown)}; known: {', '.join(SERVICES)}")
@@ -113,6 +127,7 @@ class LocalSystem:
         self.data_dir = options.data_dir.absolute()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.router_config = self.data_dir / "shards.toml"
+        self.epochs_file = self.data_dir / "router.epochs.json"
         self.shard_config = self.data_dir / "shard.toml"
         self.shard_config.write_text(options.shard_config or DEFAULT_SHARD_CONFIG.read_text())
         self.ca: LocalCA | None = None
@@ -124,10 +139,16 @@ class LocalSystem:
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
         specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
+        self.router_names = tuple(["router", *(f"router-{i}" for i in range(2, options.routers + 1))])
         if options.shards:
             self._write_router_config(specs[1:])
-            router_args = ["--config", str(self.router_config), "--epochs", str(self.data_dir / "router.epochs.json")]
-            specs.append(self._spec("router", "shard_router", router_args, dashboard=options.dashboard))
+            for i, name in enumerate(self.router_names):
+                config, history = self._router_files(name)
+                if options.router_views:
+                    self.publish(name)
+                router_args = ["--config", str(config), "--epochs", str(history)]
+                # One dashboard (the first router's): each one shows the same shards.
+                specs.append(self._spec(name, "shard_router", router_args, dashboard=options.dashboard and i == 0))
         launcher_tls = self.ca.issue(LAUNCHER).files if self.ca is not None else None
         cluster = ClusterSpec(
             tuple(specs), self.data_dir, options.ready_timeout_s, options.stop_timeout_s, tls=launcher_tls
@@ -177,6 +198,30 @@ class LocalSystem:
         tmp = self.router_config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.router_config)
+        # Then its ring becomes the next epoch, as `saga-router epochs commit` does it.
+        history = epochs.read(self.epochs_file)
+        ring = router_config.load(self.router_config, epochs_path=self.epochs_file, env={}).ring
+        new = epochs.committed(history, ring, time.time_ns() // 1_000_000)
+        if new != history:
+            epochs.write(self.epochs_file, new, expect=history.number)
+
+    def _router_files(self, name: str) -> tuple[Path, Path]:
+        """The shards and epochs files the router reads."""
+        if not self.options.router_views:
+            return self.router_config, self.epochs_file
+        return self.data_dir / name / "shards.toml", self.data_dir / name / "epochs.json"
+
+    def publish(self, name: str) -> None:
+        """With router_views: the router's copies of the shards and epochs files become today's (both replaced at
+        once, as a ConfigMap update does)."""
+        config, history = self._router_files(name)
+        if config == self.router_config:
+            return
+        config.parent.mkdir(exist_ok=True)
+        for source, target in ((self.epochs_file, history), (self.router_config, config)):
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
 
     def client_tls(self, name: str = "client") -> TlsFiles:
         """A certificate for a caller of the system (spiffe://saga/<name>: client, operator, ...) from its CA; without
@@ -191,7 +236,12 @@ class LocalSystem:
 
     @property
     def router(self) -> Child:
+        """The first router."""
         return self.supervisor["router"]
+
+    @property
+    def routers(self) -> list[Child]:
+        return [self.supervisor[name] for name in self.router_names]
 
     @property
     def shards(self) -> list[Child]:
@@ -219,12 +269,16 @@ class LocalSystem:
     def restart(self, name: str, env: Mapping[str, str] | None = None) -> Child:
         return self.supervisor.restart(name, env)
 
-    def add_shard(self, env: Mapping[str, str] | None = None) -> Child:
-        """Starts shard-<N+1> and, once it is healthy, lists it in the router's file (the router reloads it)."""
+    def add_shard(self, env: Mapping[str, str] | None = None, publish: bool = True) -> Child:
+        """Starts shard-<N+1> and, once it is healthy, lists it in the routers' file and commits the new ring (the
+        routers reload it). publish=False (with router_views): each router sees it only once publish(name) is called."""
         shard_id = f"shard-{len(self.shards) + 1}"
         spec = self._shard_spec(shard_id, env)
         child = self.supervisor.add(spec)
         self._write_router_config([c.spec for c in self.shards])
+        if publish:
+            for name in self.router_names:
+                self.publish(name)
         return child
 
     def __enter__(self) -> LocalSystem:

@@ -108,11 +108,11 @@ async def run_frame(
     quiesce_s: float = 90.0,
     ttl_ms: int | None = None,
 ) -> Report:
-    """Load for duration_s + after_s, `faults(ctx, until)` during the first duration_s, then drain and check."""
+    """Load for duration_s + after_s, `faults(ctx, until)` during the first duration_s, then drain and check. The load
+    goes through every router: a client's retries (and a twin's copy) through the next one."""
     cluster = ctx.cluster
-    load = Load(
-        [cluster.router.address], ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins, ttl_ms=ttl_ms
-    )
+    addresses = [r.address for r in cluster.router_children]
+    load = Load(addresses, ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins, ttl_ms=ttl_ms)
     load.give_up_s = 60.0 if ctx.short else 180.0
     ctx.loads.append(load)
     started = time.monotonic()
@@ -580,6 +580,53 @@ async def add_shard(ctx: Ctx) -> None:
         ctx.violation("add_shard: the new shard received no orders")
 
 
+# ---------------------------------------------------------------- 8b. multi-router
+
+
+async def multi_router(ctx: Ctx) -> None:
+    """Three routers; each order placed by two clients at once through different routers, each retrying through the
+    next. Mid-load a 4th shard joins and its ring is committed, and each router reads the new epochs file at another
+    moment (0-5 s apart, as ConfigMap mounts do); one router is SIGKILLed and restarted meanwhile (it comes back with
+    whatever file it sees). The shards' fencing must keep every order to one saga: the invariants (stub ledgers: no
+    double charge, nothing lost, every saga terminal) say whether it did."""
+    cluster = ctx.cluster
+    names = [c.name for c in cluster.router_children]
+
+    async def faults(ctx: Ctx, until: float) -> None:
+        await asyncio.sleep(min(1.0, (until - time.monotonic()) * 0.2))
+        await cluster.add_shard(publish=False)
+        ctx.result.faults["shard_added"] += 1
+        start = time.monotonic()
+        order = ctx.rng.sample(names, len(names))
+        delays = [0.0, *sorted(ctx.rng.uniform(0.5, 5.0) for _ in order[1:])]
+        events = [(d, "publish", n) for d, n in zip(delays, order, strict=True)]
+        events.append((ctx.rng.uniform(0.3, 4.5), "kill", ctx.rng.choice(names)))
+        for at, what, name in sorted(events):
+            await sleep_until(start + at)
+            if what == "publish":
+                await cluster.publish(name)
+                ctx.result.faults["ring_published"] += 1
+            else:
+                await cluster.kill_router(name)
+                ctx.result.faults["router_sigkill"] += 1
+                await cluster.restart_router(name)
+        ctx.result.notes.append(
+            "published to " + ", ".join(f"{n} at {d:.1f}s" for d, n in zip(delays, order, strict=True))
+        )
+        await sleep_until(max(until, start + 6.0))
+
+    await run_frame(ctx, faults, after_s=after(ctx), workers=24, twins=True)
+    held = await holdings({n.shard_id: n.address for n in cluster.nodes})
+    on_new = sum(1 for hs in held.values() if hs[0].shard == cluster.nodes[-1].shard_id)
+    ctx.result.notes.append(f"{on_new} sagas on the new shard, {len(held)} orders")
+    if not on_new:
+        ctx.violation("multi_router: the new shard received no orders")
+    for child in cluster.router_children:
+        epoch = value(await asyncio.to_thread(scrape, child.spec.metrics or "", 5.0), "saga_router_ring_epoch")
+        if epoch != 2:
+            ctx.violation(f"multi_router: {child.name} routes by ring epoch {epoch:.0f}, not 2")
+
+
 # ---------------------------------------------------------------- 9. overload
 
 
@@ -856,6 +903,8 @@ class Scenario:
     """Successful sagas needed per second of fault time (throughput floor under faults, not a timing claim)."""
     proxy_payment: bool = False
     shard_module: str = "coordinator"
+    routers: int = 1
+    router_views: bool = False
     needs_root: bool = False
     """Mounts a tmpfs (disk_full); without root the scenario is skipped with that reason."""
 
@@ -874,6 +923,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("router_kills", router_kills),
         Scenario("add_shard", add_shard),
+        Scenario("multi_router", multi_router, routers=3, router_views=True),
         Scenario(
             "overload",
             overload,
@@ -891,7 +941,14 @@ async def run_scenario(name: str, seed: int, duration_s: float, root: Path, shor
     spec = SCENARIOS[name]
     result = Result(name, seed, duration_s, root=str(root))
     result.min_success = max(3, int(spec.min_success_per_s * duration_s))
-    cluster = Cluster(root, shards=3, settings=spec.settings, shard_module=spec.shard_module)
+    cluster = Cluster(
+        root,
+        shards=3,
+        settings=spec.settings,
+        shard_module=spec.shard_module,
+        routers=spec.routers,
+        router_views=spec.router_views,
+    )
     proxy: TcpProxy | None = None
     started = time.monotonic()
     disk: Path | None = None

@@ -6,6 +6,7 @@ PRAGMA integrity_check (I6).
     await cluster.start()
     await cluster.kill_shard(0); await cluster.start_shard(0)   # SIGKILL, restart on the same port and journal
     await cluster.add_shard()                                   # a 4th process, then listed in the router's file
+    Cluster(tmp_path, routers=3, router_views=True)             # routers that each see ring changes when published
     await cluster.stop()                                        # everything it started, by pid
 
 A shard's asyncio task count comes from its /metrics (saga_asyncio_tasks). Process control blocks briefly, so the
@@ -114,6 +115,9 @@ class Cluster:
     """What runs a shard: the coordinator, or tests.helpers.shard_clockskew for a wall clock the test can move."""
     journal_dirs: dict[str, Path] = field(default_factory=dict)
     """Shard id -> directory of its journal (default: root), e.g. a small tmpfs."""
+    routers: int = 1
+    router_views: bool = False
+    """Each router reads its own copy of the ring files, brought up to date by publish(name)."""
     system: LocalSystem | None = None
     integrity_checks: int = 0
     integrity_failures: list[str] = field(default_factory=list)
@@ -147,6 +151,8 @@ class Cluster:
             services=self.services,
             journal_dirs=self.journal_dirs,
             router_settings={"reload_interval_s": self.reload_interval_s},
+            routers=self.routers,
+            router_views=self.router_views,
         )
         return LocalSystem(options, log_dir=self.root, cwd=REPO_ROOT)
 
@@ -154,6 +160,12 @@ class Cluster:
     def router(self) -> Child:
         assert self.system is not None, "not started"
         return self.system.router
+
+    @property
+    def router_children(self) -> list[Child]:
+        """Every router (the first is `router`)."""
+        assert self.system is not None, "not started"
+        return self.system.routers
 
     @property
     def stub_address(self) -> str:
@@ -204,15 +216,25 @@ class Cluster:
         self.restarts += 1
         self.check_journal(node)
 
-    async def restart_router(self) -> None:
+    async def restart_router(self, name: str = "router") -> None:
         assert self.system is not None
-        await asyncio.to_thread(self.system.restart, "router")
+        await asyncio.to_thread(self.system.restart, name)
 
-    async def add_shard(self) -> ShardChild:
-        """Starts one more shard process and lists it in the router's file (the router reloads without a restart)."""
+    async def kill_router(self, name: str = "router") -> None:
+        assert self.system is not None
+        await asyncio.to_thread(self.system[name].kill)
+
+    async def publish(self, router: str) -> None:
+        """With router_views: the router's ring files become today's (it reloads them at its next poll)."""
+        assert self.system is not None
+        await asyncio.to_thread(self.system.publish, router)
+
+    async def add_shard(self, publish: bool = True) -> ShardChild:
+        """Starts one more shard process, lists it in the routers' file and commits the ring (the routers reload
+        without a restart); publish=False (router_views): each router sees it once publish(name) is called."""
         assert self.system is not None
         shard_id = f"shard-{len(self.nodes) + 1}"
-        child = await asyncio.to_thread(self.system.add_shard, self._clock_env(shard_id))
+        child = await asyncio.to_thread(self.system.add_shard, self._clock_env(shard_id), publish)
         node = self._node(child)
         self.nodes.append(node)
         return node
