@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+import grpc
 from loguru import logger
 
 from common.tls import ClientTls, TlsFiles
@@ -28,6 +29,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        # A channel of its own connections: by default channels to one address share them process-wide, so a new
+        # channel (ShardHealth's fresh check, ChannelPool.reconnect) would inherit the old one's reconnect backoff.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
@@ -77,6 +81,17 @@ class ChannelPool:
         if client is None:
             client = self._clients[address] = ShardClient(address, self._max_message_bytes, self._tls)
         return client
+
+    def reconnect(self, address: str) -> None:
+        """Replaces the channel to address (the old one closes after the grace period): the next call dials at once
+        instead of waiting out the old channel's reconnect backoff."""
+        client = self._clients.pop(address, None)
+        if client is not None:
+            self._close_later(client)
+
+    def fresh_channel(self, address: str) -> grpc.aio.Channel:
+        """A new channel to address, outside the pool (the caller closes it)."""
+        return self._tls.channel(address, channel_options(self._max_message_bytes))
 
     def retain(self, addresses: Iterable[str]) -> None:
         """Closes, after the grace period, the channels of every address not in addresses."""
