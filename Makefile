@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos browser-deps k8s-deps lock buf-lint buf-breaking \
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos sim browser-deps k8s-deps lock buf-lint buf-breaking \
 	buf-generate-check
 
 # The venv is (re)built whenever pyproject.toml changes.
@@ -59,6 +59,11 @@ lock: $(STAMP)
 # Local cluster under load: a table plus one JSON line; results under bench/results/. BENCH_ARGS="--help" lists modes.
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The ring protocol's deterministic simulation, many more schedules than make test runs (SIM_ARGS="--help").
+SIM_ARGS ?= --seeds 20000
+sim: setup
+	$(PY) -m tests.simulation $(SIM_ARGS)
 
 # Every chaos scenario, the long version (a minute or more each). The short versions run inside `make test`.
 chaos: setup

@@ -11,6 +11,8 @@ method names), shard (ids from the shards file), code (gRPC status code names). 
     saga_router_ring_older_epochs                      earlier rings still consulted for existing orders
     saga_router_ring_installs_total                    rings installed (start and reloads)
     saga_router_ring_refused_total                     config changes refused (the previous ring stayed)
+    saga_router_fenced_total{reason}                   calls a shard refused for their ring epoch (stale, unknown,
+                                                       not-owner, conflict), each followed by a ring refresh
     saga_router_shard_up{shard}                        1 if the shard answered its last health check SERVING
     saga_router_shards_up                              how many did; the router reports NOT_SERVING at 0
     saga_router_auth_denied_total{code,reason}         calls refused by the auth interceptor (UNAUTHENTICATED or
@@ -37,6 +39,9 @@ class Metrics(Protocol):
     def ring_refused(self) -> None:
         """A config change was refused; the previous ring stays."""
 
+    def fenced(self, reason: str) -> None:
+        """A shard refused a call for the ring epoch it was routed by."""
+
     def shards_checked(self, up: dict[str, bool]) -> None:
         """One round of health checks: every shard the router may call, and whether it is up."""
 
@@ -54,6 +59,9 @@ class NullMetrics:
         pass
 
     def ring_refused(self) -> None:
+        pass
+
+    def fenced(self, reason: str) -> None:
         pass
 
     def shards_checked(self, up: dict[str, bool]) -> None:
@@ -97,6 +105,9 @@ class RouterMetrics:
             "saga_router_shard_up", "1 if the shard answered its last health check SERVING", ["shard"], registry=r
         )
         self.shards_up = Gauge("saga_router_shards_up", "Shards that answered their last health check", registry=r)
+        self.fenced_calls = Counter(
+            "saga_router_fenced", "Calls a shard refused for their ring epoch", ["reason"], registry=r
+        )
         self.auth_denials = Counter(
             "saga_router_auth_denied", "Calls refused before any handler ran", ["code", "reason"], registry=r
         )
@@ -123,6 +134,9 @@ class RouterMetrics:
 
     def ring_refused(self) -> None:
         self.ring_refusals.inc()
+
+    def fenced(self, reason: str) -> None:
+        self.fenced_calls.labels(reason).inc()
 
     def shards_checked(self, up: dict[str, bool]) -> None:
         for gone in self._known - set(up):

@@ -112,7 +112,11 @@ class Router:
     """Routes calls about one order, using whatever topology is current when each call starts."""
 
     def __init__(
-        self, topology: Callable[[], Topology], forwarder: Forwarder, probe_timeout_s: float, rings: Rings
+        self,
+        topology: Callable[[], Topology],
+        forwarder: Forwarder,
+        probe_timeout_s: float,
+        rings: Rings,
     ) -> None:
         self._topology = topology
         self._forwarder = forwarder
@@ -128,7 +132,10 @@ class Router:
                 return await route(self._topology(), attempt)
             except ShardStatus as e:
                 refusal = ring_refusal(e)
-                if refusal is None or refusal is Refusal.CONFLICT:
+                if refusal is None:
+                    raise
+                self._forwarder.metrics.fenced(refusal.value)
+                if refusal is Refusal.CONFLICT:
                     raise
                 if attempt == RING_ATTEMPTS - 1:
                     raise ShardStatus(
