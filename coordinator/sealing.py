@@ -264,6 +264,15 @@ class Sealer:
     def payload_hash(self, data: bytes) -> str:
         return hmac.new(self.ring.hash_key, data, hashlib.sha256).hexdigest()
 
+    def saga_id(self, order_id: str, payload_hash: str) -> str:
+        """The saga id of an order: a keyed hash of the order id and its payload hash, so the same request always gets
+        the same id, and so the same idempotency keys (<saga_id>/<step>/<action>), even after the journal that held
+        its saga was lost: the services then answer with what they already did instead of doing it again. The hash
+        key never rotates (rotation adds sealing keys only), so neither does an order's saga id; without the key, an
+        id says nothing about the order or its payment."""
+        data = b"saga-id\0" + order_id.encode() + b"\0" + payload_hash.encode()
+        return hmac.new(self.ring.hash_key, data, hashlib.sha256).hexdigest()[:32]
+
     def hash_key_fingerprint(self) -> str:
         return hmac.new(self.ring.hash_key, b"saga-journal hash-key fingerprint", hashlib.sha256).hexdigest()[:32]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -166,7 +165,9 @@ class Shard:
         now = self.clock.now_epoch_ms()
         ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
-        saga_id = uuid.uuid4().hex
+        # Derived, not random (coordinator.sealing.Sealer.saga_id): a saga re-created for the same request after its
+        # record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
+        saga_id = self._sealer.saga_id(req.order_id, payload_hash)
         rec = SagaRecord(
             saga_id=saga_id,
             order_id=req.order_id,
