@@ -1,6 +1,7 @@
 """`python -m coordinator`: runs one shard in the foreground until SIGTERM or SIGINT.
 `python -m coordinator keys {init,rotate,status,reseal}`: the keys that seal payment details in the journal.
-`python -m coordinator retention {run,export,vacuum}`: a retention pass now, one saga's archive record, a vacuum."""
+`python -m coordinator retention {run,export,vacuum}`: a retention pass now, one saga's archive record, a vacuum.
+`python -m coordinator restore --replica URL`: rebuilds the journal from its Litestream replica."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-listen", help="host:port of the Prometheus /metrics endpoint (env SAGA_METRICS_LISTEN)")
     p.add_argument("--services", help="one host:port serving all four downstream services (env SAGA_SERVICES)")
     p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+    p.add_argument(
+        "--litestream-socket",
+        help="control socket of the Litestream replicating the journal, watched for lag (env SAGA_LITESTREAM_SOCKET)",
+    )
     add_tls_arguments(p)
     add_auth_arguments(p)
     return p.parse_args(argv)
@@ -123,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["keys"]:
         keys_main(argv[1:])
         return
+    if argv[:1] == ["restore"]:
+        from . import restore  # only this command needs it
+
+        sys.exit(restore.main(argv[1:]))
     if argv[:1] == ["retention"]:
         from . import retention_cli  # only this command needs it
 
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 "journal_path": args.journal,
                 "services": args.services,
                 "log_json": args.log_json,
+                "litestream_socket": args.litestream_socket,
             },
         )
         crashpoints.arm(os.environ.get("SAGA_CRASH_POINT", ""))

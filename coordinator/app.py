@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 from loguru import logger
 
 from common.auth import AuthPolicy, denied_counter, resolve_policy
@@ -20,6 +20,7 @@ from .clock import Clock, SystemClock
 from .config import ShardConfig
 from .journal import Journal
 from .metrics import ShardMetrics
+from .replication import HEALTH_SERVICE, ReplicaMonitor
 from .sealing import open_sealer
 from .server import build_server, set_serving
 from .shard import Shard
@@ -35,6 +36,8 @@ class ShardApp:
     caller: Caller
     port: int
     metrics_server: MetricsServer | None = None
+    replica: ReplicaMonitor | None = None
+    _replica_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -61,7 +64,12 @@ class ShardApp:
         policy = resolve_policy(auth, cfg.listen, tls, f"shard {cfg.shard_id}")
         caller = caller or GrpcCaller(cfg.services, ClientTls(tls))
         metrics = ShardMetrics()
-        journal = Journal(cfg.journal_path, max_batch=cfg.limits.journal_max_batch, metrics=metrics)
+        journal = Journal(
+            cfg.journal_path,
+            max_batch=cfg.limits.journal_max_batch,
+            metrics=metrics,
+            replicated=bool(cfg.replication.litestream_socket),
+        )
         await journal.open()
         try:
             # Before any saga resumes: a key file missing, too open or foreign stops the start (__main__ exits 2).
@@ -83,6 +91,17 @@ class ShardApp:
         metrics_server = MetricsServer(cfg.metrics_listen, metrics.registry) if cfg.metrics_listen else None
         await server.start()
         await set_serving(health_servicer, True)
+        replica, replica_task = None, None
+        if cfg.replication.litestream_socket:
+
+            async def on_lagging(lagging: bool) -> None:
+                status = (
+                    health_pb2.HealthCheckResponse.NOT_SERVING if lagging else health_pb2.HealthCheckResponse.SERVING
+                )
+                await health_servicer.set(HEALTH_SERVICE, status)
+
+            replica = ReplicaMonitor(cfg.replication, cfg.journal_path, metrics, on_lagging)
+            replica_task = asyncio.create_task(replica.run(), name="replica-monitor")
         logger.info(
             "shard {} serving on {} (journal {}, {} sagas resumed){}",
             cfg.shard_id,
@@ -91,12 +110,14 @@ class ShardApp:
             resumed,
             f", metrics on {cfg.metrics_listen.rpartition(':')[0]}:{metrics_server.port}" if metrics_server else "",
         )
-        return cls(cfg, journal, shard, server, health_servicer, caller, port, metrics_server)
+        return cls(cfg, journal, shard, server, health_servicer, caller, port, metrics_server, replica, replica_task)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stops accepting, ends in-flight RPCs within the grace period, stops the sagas (they resume at the next
         start), commits what the journal holds, and closes."""
         await set_serving(self.health, False)
+        if self._replica_task is not None:
+            self._replica_task.cancel()
         stopping = asyncio.ensure_future(self.server.stop(grace_s))
         await self.shard.stop()
         await stopping

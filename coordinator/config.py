@@ -147,6 +147,21 @@ class Wal:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """The journal's continuous replication by Litestream (coordinator/replication.py, deploy/README.md "Availability
+    and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
+
+    litestream_socket: str = ""
+    """Control socket of the Litestream replicating this journal; empty: not replicated (nothing watched). While set,
+    the shard leaves WAL checkpoints to Litestream (its own only past 4 x wal.limit_bytes, e.g. Litestream is down)."""
+    max_lag_s: float = 30.0
+    """A last successful sync older than this is a lagging replica: a warning, saga_replica_lagging 1 and the health
+    of "saga.replication" NOT_SERVING (the saga services stay SERVING: the shard still works, its RPO grows)."""
+    check_interval_s: float = 1.0
+    """How often Litestream is asked."""
+
+
+@dataclass(frozen=True)
 class Services:
     """Addresses (host:port) of the four downstream services."""
 
@@ -194,6 +209,7 @@ class ShardConfig:
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     wal: Wal = field(default_factory=Wal)
+    replication: Replication = field(default_factory=Replication)
     log_json: bool = False
     """Logs as JSON lines instead of human-readable text."""
     log_level: str = "INFO"
@@ -228,6 +244,8 @@ class ShardConfig:
             raise ConfigError("retention.interval_s and retention.stats_interval_s must be >= 0 (0: off)")
         if r.dedup_after_s < r.finished_after_s:
             raise ConfigError("retention.dedup_after_s must be >= retention.finished_after_s")
+        if not (self.replication.max_lag_s > 0 and self.replication.check_interval_s > 0):
+            raise ConfigError("replication.max_lag_s and replication.check_interval_s must be > 0")
         if r.batch_sagas > 500:
             raise ConfigError("retention.batch_sagas must be <= 500 (each batch holds the journal writer)")
         w = self.wal
@@ -289,6 +307,8 @@ def load(
     ):
         if env.get(var):
             changes[key] = env[var]
+    if env.get("SAGA_LITESTREAM_SOCKET"):
+        changes["replication"] = dataclasses.replace(cfg.replication, litestream_socket=env["SAGA_LITESTREAM_SOCKET"])
     if env.get("SAGA_ARCHIVE_DIR"):
         changes["retention"] = dataclasses.replace(cfg.retention, archive_dir=env["SAGA_ARCHIVE_DIR"])
     if env.get("SAGA_LOG_JSON"):
@@ -306,6 +326,10 @@ def load(
             continue
         if key == "services":
             changes["services"] = Services(value, value, value, value)
+        elif key == "litestream_socket":
+            changes["replication"] = dataclasses.replace(
+                changes.get("replication", cfg.replication), litestream_socket=value
+            )
         else:
             changes[key] = value
     cfg = dataclasses.replace(cfg, **changes)

@@ -277,7 +277,11 @@ class TransitionConflict(JournalUnavailable):
 
 
 class Journal:
-    def __init__(self, path: str, max_batch: int = 4096, metrics: ShardMetrics | None = None) -> None:
+    def __init__(
+        self, path: str, max_batch: int = 4096, metrics: ShardMetrics | None = None, replicated: bool = False
+    ) -> None:
+        """replicated: Litestream replicates the file and runs its checkpoints; SQLite's automatic ones are off."""
+        self.replicated = replicated
         self.path = path
         self._metrics = metrics
         self._max_batch = max_batch
@@ -306,6 +310,8 @@ class Journal:
         await self._w.execute("PRAGMA synchronous=FULL")
         await self._w.execute("PRAGMA foreign_keys=ON")
         await self._w.execute("PRAGMA busy_timeout=5000")
+        if self.replicated:
+            await self._w.execute("PRAGMA wal_autocheckpoint=0")
         await self._migrate(self._w)
         self._r = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=5000")

@@ -28,6 +28,10 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup)
     saga_retention_archived_total                   sagas written to the archive before removal
     saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (a reader held the WAL)
+    saga_replica_up                                 1 while Litestream replicates the journal (replication.py)
+    saga_replica_last_sync_age_seconds              since its last successful sync
+    saga_replica_txid                               last journal transaction Litestream has taken
+    saga_replica_lagging                            1 past replication.max_lag_s (or Litestream down)
     saga_ring_epoch                                 newest ring epoch the shard holds (0: none yet)
     saga_ring_refusals_total{reason}                calls refused by fencing: stale | unknown | not-owner | conflict
 """
@@ -100,6 +104,12 @@ class ShardMetrics:
         )
         self.journal_free_pages = Gauge("saga_journal_free_pages", "Free pages inside the journal file", registry=r)
         self.ring_epoch = Gauge("saga_ring_epoch", "Newest ring epoch the shard holds", registry=r)
+        self.replica_up = Gauge("saga_replica_up", "Litestream replicates the journal", registry=r)
+        self.replica_sync_age = Gauge(
+            "saga_replica_last_sync_age_seconds", "Seconds since the replica's last successful sync", registry=r
+        )
+        self.replica_txid = Gauge("saga_replica_txid", "Last journal transaction Litestream has taken", registry=r)
+        self.replica_lagging = Gauge("saga_replica_lagging", "The replica is behind its bound", registry=r)
         self.ring_refusals = Counter(
             "saga_ring_refusals", "Calls refused because of the ring epoch they were routed by", ["reason"], registry=r
         )
