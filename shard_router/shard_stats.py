@@ -44,9 +44,13 @@ JOURNAL = frozenset(
         "saga_journal_wal_bytes",
         "saga_journal_rows",
         "saga_journal_oldest_row_age_seconds",
+        "saga_replica_up",
+        "saga_replica_last_sync_age_seconds",
+        "saga_replica_lagging",
     }
 )
-"""Per shard, never summed: each shard's own journal (its size, WAL, rows and oldest row per table)."""
+"""Per shard, never summed: each shard's own journal (its size, WAL, rows and oldest row per table) and its replica
+(whether Litestream replicates it, its last sync, whether it lags)."""
 _MAXED = frozenset({"saga_oldest_in_flight_age_seconds"})
 """Gauges whose across-shard value is the largest, not the sum."""
 OUTCOMES = ("succeeded", "failed", "dead_lettered", "resolved")
@@ -96,6 +100,9 @@ def _journal(values: Mapping[Key, float]) -> dict[str, float]:
         "saga_journal_wal_bytes": "wal_bytes",
         "saga_journal_rows": "rows",
         "saga_journal_oldest_row_age_seconds": "oldest_age_s",
+        "saga_replica_up": "replica_up",
+        "saga_replica_last_sync_age_seconds": "replica_sync_age_s",
+        "saga_replica_lagging": "replica_lagging",
     }
     out: dict[str, float] = {}
     for (name, labels), value in values.items():
@@ -126,7 +133,8 @@ class ScrapeStatus:
     error: str = ""
     at_s: float = 0.0
     journal: dict[str, float] | None = None
-    """The shard's journal as its last scrape saw it: file_bytes, wal_bytes, rows.<table>, oldest_age_s.<table>."""
+    """The shard's journal as its last scrape saw it: file_bytes, wal_bytes, rows.<table>, oldest_age_s.<table>, and
+    with a replica replica_up, replica_sync_age_s, replica_lagging."""
 
 
 class ShardStats:
