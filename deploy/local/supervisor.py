@@ -51,13 +51,17 @@ class LaunchError(RuntimeError):
         super().__init__(f"{reason}; log {child.log_path}:\n{tail}" if tail else reason)
 
 
-def _urls(spec: ProcessSpec) -> str:
-    urls = ""
+def _started(child: Child) -> str:
+    """The launcher's line for a process that is ready."""
+    spec = child.spec
+    if spec.ready is Ready.METRICS:  # its address is its metrics address: no gRPC to name
+        return f"{spec.name} (pid {child.pid}) serving metrics http://{spec.metrics}/metrics"
+    line = f"{spec.name} (pid {child.pid}) listening on {spec.listen}"
     if spec.metrics:
-        urls += f", metrics http://{spec.metrics}/metrics"
+        line += f", metrics http://{spec.metrics}/metrics"
     if spec.dashboard:
-        urls += f", dashboard http://{spec.dashboard}/"
-    return urls
+        line += f", dashboard http://{spec.dashboard}/"
+    return line
 
 
 class Child:
@@ -287,7 +291,7 @@ class Supervisor:
                     child.spawn()
                 for child in group:
                     child.wait_ready()
-                    self.say(f"{child.name} (pid {child.pid}) listening on {child.address}{_urls(child.spec)}")
+                    self.say(_started(child))
         except LaunchError as e:
             if not self._stop:
                 self.say(e.reason)
@@ -309,7 +313,7 @@ class Supervisor:
         child.finish()
         child.spawn(env)
         child.wait_ready()
-        self.say(f"{name} (pid {child.pid}) listening on {child.address}{_urls(child.spec)} (restarted)")
+        self.say(f"{_started(child)} (restarted)")
         return child
 
     def add(self, spec: ProcessSpec, env: Mapping[str, str] | None = None) -> Child:
@@ -322,7 +326,7 @@ class Supervisor:
             self._children.insert(same[-1] + 1 if same else len(self._children), child)
         child.spawn(env)
         child.wait_ready()
-        self.say(f"{spec.name} (pid {child.pid}) listening on {child.address}{_urls(spec)} (added)")
+        self.say(f"{_started(child)} (added)")
         return child
 
     def stop(self) -> None:

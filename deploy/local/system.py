@@ -14,6 +14,10 @@ files (<data_dir>/<router>/), brought up to date by publish(name): routers that 
 moments, as ConfigMap mounts do. The shards' settings file (--config) is <data_dir>/shard.toml:
 SystemOptions.shard_config, or a copy of deploy/local/shard.toml.
 
+SystemOptions(replicate=True): as under `make run`, each shard's journal is replicated continuously by a Litestream of
+its own (replica-N, started before the shards and stopped after them, deploy/local/litestream.yml) to
+system.replica_dir("shard-N"), and the shard watches it through system.litestream_socket("shard-N").
+
 SystemOptions(tls=True): every process serves mutual TLS with a certificate of its own from a local CA
 (deploy.local.certs, under <data_dir>/tls) and dials the others with it; a caller gets one: system.client_tls("client").
 Every process also authenticates its callers with the policy of its kind (deploy.local.authpolicy, --auth-policy):
@@ -40,11 +44,14 @@ from shard_router import epochs
 
 from .authpolicy import LocalPolicies, write_policies
 from .certs import LAUNCHER, LocalCA, tls_args
-from .cluster import ClusterSpec, ProcessSpec
+from .cluster import ClusterSpec, ProcessSpec, Ready, launcher_bin
 from .supervisor import Child, Supervisor
 
 SERVICES = ("order", "inventory", "payment", "shipping")
 DEFAULT_SHARD_CONFIG = Path(__file__).with_name("shard.toml")
+LITESTREAM_CONFIG = Path(__file__).with_name("litestream.yml")
+_SOCKET_PATH_MAX = 103
+"""Bytes of a unix socket's path: sun_path holds 104 on macOS (108 on Linux), the final NUL included."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,6 +107,8 @@ class SystemOptions:
     """Mutual TLS on every hop: each process has a certificate named after it (spiffe://saga/<name>) from a local CA."""
     tls_dir: Path | None = None
     """With tls: where the CA and the certificates live (default <data_dir>/tls); a CA already there is reused."""
+    replicate: bool = False
+    """A Litestream per shard (replica-N) replicating its journal, watched by the shard (--litestream-socket)."""
 
     def __post_init__(self) -> None:
         if self.shards < 0:
@@ -138,10 +147,15 @@ class LocalSystem:
             self.policies = write_policies(self.ca.dir)
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
-        specs = [stubs, *(self._shard_spec(f"shard-{i}") for i in range(1, options.shards + 1))]
+        shard_ids = [f"shard-{i}" for i in range(1, options.shards + 1)]
+        # Each Litestream before the shards: it waits for a journal that does not exist yet, and being stopped after
+        # them, it ships their last writes.
+        replicas = [self._replica_spec(shard_id) for shard_id in shard_ids] if options.replicate else []
+        shards = [self._shard_spec(shard_id) for shard_id in shard_ids]
+        specs = [stubs, *replicas, *shards]
         self.router_names = tuple(["router", *(f"router-{i}" for i in range(2, options.routers + 1))])
         if options.shards:
-            self._write_router_config(specs[1:])
+            self._write_router_config(shards)
             for i, name in enumerate(self.router_names):
                 config, history = self._router_files(name)
                 if options.router_views:
@@ -171,9 +185,12 @@ class LocalSystem:
         env = {**o.env, **o.process_env.get(name, {})}
         return ProcessSpec(name, module, listen, tuple(args), env, metrics, board)
 
+    def _journal_dir(self, shard_id: str) -> Path:
+        return self.options.journal_dirs.get(shard_id, self.data_dir)
+
     def _shard_spec(self, shard_id: str, env: Mapping[str, str] | None = None) -> ProcessSpec:
         o = self.options
-        journal = o.journal_dirs.get(shard_id, self.data_dir) / f"{shard_id}.db"
+        journal = self._journal_dir(shard_id) / f"{shard_id}.db"
         args = ["--shard-id", shard_id, "--journal", str(journal)]
         args += ["--config", str(self.shard_config)]
         service_env: dict[str, str] = {}
@@ -186,6 +203,28 @@ class LocalSystem:
         return ProcessSpec(
             spec.name, spec.module, spec.listen, spec.args, {**service_env, **spec.env, **(env or {})}, spec.metrics
         )
+
+    def _replica_spec(self, shard_id: str) -> ProcessSpec:
+        """replica-N: Litestream replicating shard-N's journal, configured by litestream.yml from its environment."""
+        o, name = self.options, _replica_name(shard_id)
+        socket_path = self.litestream_socket(shard_id)
+        if len(os.fsencode(socket_path)) > _SOCKET_PATH_MAX:
+            raise ValueError(f"{socket_path}: longer than a unix socket path may be ({_SOCKET_PATH_MAX} bytes)")
+        metrics = f"{o.host}:{free_port(o.host)}"  # always: the launcher knows it is up once its /metrics answers
+        env = {"SAGA_SHARD_ID": shard_id, "LITESTREAM_METRICS": metrics}
+        if self._journal_dir(shard_id) != self.data_dir:
+            env["SAGA_DATA_DIR"] = str(self._journal_dir(shard_id))  # litestream.yml finds the journal under it
+        command = (str(launcher_bin() / "litestream"), "replicate", "-config", str(LITESTREAM_CONFIG))
+        env = {**env, **o.env, **o.process_env.get(name, {})}
+        return ProcessSpec(name, "", metrics, (), env, metrics, command=command, ready=Ready.METRICS)
+
+    def replica_dir(self, shard_id: str) -> Path:
+        """Where replica-N keeps shard-N's replica (a Litestream file replica: ltx/<level>/*.ltx)."""
+        return self._journal_dir(shard_id) / "replicas" / shard_id
+
+    def litestream_socket(self, shard_id: str) -> Path:
+        """The control socket of replica-N (`litestream list -socket PATH`; the shard's --litestream-socket)."""
+        return self._journal_dir(shard_id) / f"{shard_id}.litestream.sock"
 
     def _write_router_config(self, shards: list[ProcessSpec]) -> None:
         lines = [f"vnodes = {self.options.vnodes}", "", "[router]"]
@@ -249,6 +288,11 @@ class LocalSystem:
         return sorted((c for c in self.supervisor.children if c.name.startswith("shard-")), key=_shard_number)
 
     @property
+    def replicas(self) -> list[Child]:
+        """With replicate: replica-1, replica-2, ..., the Litestream of shard-1, shard-2, ..."""
+        return sorted((c for c in self.supervisor.children if c.name.startswith("replica-")), key=_shard_number)
+
+    @property
     def processes(self) -> tuple[Child, ...]:
         return self.supervisor.children
 
@@ -270,9 +314,12 @@ class LocalSystem:
         return self.supervisor.restart(name, env)
 
     def add_shard(self, env: Mapping[str, str] | None = None, publish: bool = True) -> Child:
-        """Starts shard-<N+1> and, once it is healthy, lists it in the routers' file and commits the new ring (the
-        routers reload it). publish=False (with router_views): each router sees it only once publish(name) is called."""
+        """Starts shard-<N+1> (with replicate, its Litestream first) and, once it is healthy, lists it in the routers'
+        file and commits the new ring (the routers reload it). publish=False (with router_views): each router sees it
+        only once publish(name) is called."""
         shard_id = f"shard-{len(self.shards) + 1}"
+        if self.options.replicate:
+            self.supervisor.add(self._replica_spec(shard_id))
         spec = self._shard_spec(shard_id, env)
         child = self.supervisor.add(spec)
         self._write_router_config([c.spec for c in self.shards])
@@ -287,6 +334,11 @@ class LocalSystem:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _replica_name(shard_id: str) -> str:
+    """replica-N for shard-N."""
+    return "replica-" + shard_id.removeprefix("shard-")
 
 
 def _shard_number(child: Child) -> int:

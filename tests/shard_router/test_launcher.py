@@ -193,8 +193,9 @@ def test_the_whole_system_serves_orders_and_resumes_from_its_journals(tmp_path: 
         assert text.index("router stopped") < text.index("shard-1 stopped") < text.index("stubs stopped")
 
 
-def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str]]]:
-    """name -> (module, flag -> value), each address replaced by whose it is, the router's file path dropped."""
+def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str], str, dict[str, str]]]:
+    """name -> (what it runs, flag -> value, how it is ready, environment), each address replaced by whose it is, the
+    router's file path dropped."""
     owner = {}
     for p in cluster.processes:
         owner.update({p.listen: f"<listen:{p.name}>", p.metrics: f"<metrics:{p.name}>", p.dashboard: "<dashboard>"})
@@ -206,14 +207,16 @@ def _shape(cluster: ClusterSpec) -> dict[str, tuple[str, dict[str, str]]]:
             flags["--config"] = "<shards file>"
         elif "--config" in flags:
             flags["--config"] = Path(flags["--config"]).read_text()  # the shards' settings: the same text
-        shapes[p.name] = (p.module, flags)
+        env = {k: owner.get(v, v) for k, v in p.env.items()}
+        shapes[p.name] = (p.module or " ".join(p.command), flags, str(p.ready), env)
     return shapes
 
 
 def test_local_system_runs_the_processes_and_flags_cluster_toml_lists(tmp_path: Path) -> None:
     from_file = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
-    in_code = LocalSystem(SystemOptions(tmp_path, shards=3, routers=2)).supervisor.cluster
+    in_code = LocalSystem(SystemOptions(tmp_path, shards=3, routers=2, replicate=True)).supervisor.cluster
     assert _shape(in_code) == _shape(from_file)
+    assert [p.name for p in in_code.processes] == [p.name for p in from_file.processes]  # the same start order
     assert (in_code.ready_timeout_s, in_code.stop_timeout_s) == (from_file.ready_timeout_s, from_file.stop_timeout_s)
 
 
