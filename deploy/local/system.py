@@ -193,6 +193,8 @@ class LocalSystem:
         journal = self._journal_dir(shard_id) / f"{shard_id}.db"
         args = ["--shard-id", shard_id, "--journal", str(journal)]
         args += ["--config", str(self.shard_config)]
+        if o.replicate:
+            args += ["--litestream-socket", str(self.litestream_socket(shard_id))]
         service_env: dict[str, str] = {}
         if o.services:
             # One variable per service: --services would set all four to the stubs.

@@ -4,6 +4,7 @@ the same processes and flags as cluster.toml, a shard killed and restarted on it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -243,3 +244,39 @@ def test_local_system_restarts_a_killed_shard_on_its_journal_and_adds_a_shard(tm
     assert all(p is not None and _gone(p) for p in pids)
     launcher = (tmp_path / "launcher.log").read_text()
     assert "shard-1 (pid" in launcher and "(restarted)" in launcher and "shard-2 stopped" in launcher
+
+
+@pytest.mark.skipif(not HAVE_SYSTEM, reason="needs coordinator/ and service_stubs/")
+def test_local_system_replicates_each_shards_journal_with_litestream(tmp_path: Path) -> None:
+    options = SystemOptions(tmp_path / "data", shards=1, dashboard=False, replicate=True)
+    with LocalSystem(options, log_dir=tmp_path, cwd=REPO) as system:
+        assert [c.name for c in system.processes] == ["stubs", "replica-1", "shard-1", "router"]
+        with grpc.insecure_channel(system.router.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            assert stub.PlaceOrder(place_request("lr-1"), timeout=30).status == saga_pb2.SUCCESS
+        ltx = system.replica_dir("shard-1") / "ltx" / "0"
+        deadline = time.monotonic() + 30  # sync-interval is 1s: seconds, unless replication is broken
+        while not list(ltx.glob("*.ltx")):
+            assert time.monotonic() < deadline, f"no LTX file in {ltx}:\n{system['replica-1'].log()[-3000:]}"
+            time.sleep(0.2)
+        litestream = system["replica-1"].spec.command[0]
+        socket_path = str(system.litestream_socket("shard-1"))
+        listed = subprocess.run(
+            [litestream, "list", "-socket", socket_path, "-json"], capture_output=True, check=True, timeout=10
+        )
+        databases = json.loads(listed.stdout)["databases"]
+        journal = str(system.data_dir / "shard-1.db")
+        assert [(d["path"], d["status"]) for d in databases] == [(journal, "replicating")]
+        metrics = system["shard-1"].spec.metrics
+        assert metrics is not None
+        while value(scrape(metrics), "saga_replica_up") != 1:  # the shard watches it through the same socket
+            assert time.monotonic() < deadline, "shard-1 does not see its replica"
+            time.sleep(0.2)
+        added = system.add_shard()
+        assert system["replica-2"].running and added.name == "shard-2"
+        assert [c.name for c in system.processes][1:5] == ["replica-1", "replica-2", "shard-1", "shard-2"]
+        pids = [c.pid for c in system.processes]
+    assert all(p is not None and _gone(p) for p in pids)
+    launcher = (tmp_path / "launcher.log").read_text()
+    # Stopped after its shard: the shard's last writes still reach the replica.
+    assert launcher.index("shard-1 stopped") < launcher.index("replica-1 stopped (exit code 0)")
