@@ -22,7 +22,6 @@ jwt-signing-key.pem, made by the first --tls run); e.g. `sagactl --token-file <(
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from .authpolicy import SIGNING_KEY, mint_token
 from .certs import DEFAULT_NAMES, LocalCA, with_tls
-from .cluster import DEFAULT_CONFIG, ClusterConfigError, ClusterSpec, Ready, load
+from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .supervisor import Supervisor
 
 
@@ -70,14 +69,6 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
-    """with_tls for the processes that serve gRPC; the others (the Litestreams) take none of its flags."""
-    grpc_only = dataclasses.replace(cluster, processes=tuple(p for p in cluster.processes if p.ready is Ready.GRPC))
-    secured = with_tls(grpc_only, ca)
-    by_name = {p.name: p for p in secured.processes}
-    return dataclasses.replace(secured, processes=tuple(by_name.get(p.name, p) for p in cluster.processes))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["certs"]:
@@ -95,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deploy.local: {e}", file=sys.stderr)
         return 2
     if args.tls:
-        cluster = _with_tls(cluster, LocalCA(args.tls_dir or cluster.data_dir / "tls"))
+        cluster = with_tls(cluster, LocalCA(args.tls_dir or cluster.data_dir / "tls"))
     elif args.tls_dir:
         p.error("--tls-dir: only with --tls")
     supervisor = Supervisor(cluster)

