@@ -8,7 +8,6 @@ import copy
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type information
 import pytest
@@ -16,76 +15,23 @@ import yaml
 
 from shard_router import config as router_config
 
-from .conftest import K8S, OVERLAYS, Manifest, Overlay, Render
+from .conftest import K8S, OVERLAYS, Overlay, Render
+from .manifests import (
+    UID,
+    container_of,
+    containers_of,
+    env_of,
+    namespace_name,
+    pod_labels,
+    pod_template,
+    port_of,
+    replicas_of,
+    selects,
+    validate,
+    workloads_of,
+)
 
-# A release that kubernetes-validate ships offline schemas for (1.25 and later): the oldest these manifests promise.
-KUBERNETES_VERSION = "1.30.0"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 DASHBOARD_PORT = 8051
-UID = 10001
-
-
-def _validate(obj: Manifest) -> None:
-    # strict: a field the schema does not know (a typo, or a field of a later release) fails instead of being ignored.
-    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-
-
-def _workloads(objects: list[Manifest]) -> list[Manifest]:
-    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
-
-
-def _template(workload: Manifest) -> dict[str, Any]:
-    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
-    template: dict[str, Any] = spec["template"]
-    return template
-
-
-def _pod_labels(workload: Manifest) -> dict[str, str]:
-    labels: dict[str, str] = _template(workload)["metadata"]["labels"]
-    return labels
-
-
-def _containers(workload: Manifest) -> list[dict[str, Any]]:
-    spec = _template(workload)["spec"]
-    return [*spec.get("initContainers", []), *spec["containers"]]
-
-
-def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """Whether a label selector (matchLabels and matchExpressions) matches these labels."""
-    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
-        ok = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[op]
-        if not ok:
-            return False
-    return True
-
-
-def _env(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value") for e in container.get("env", [])}
-
-
-def _container(overlay: Overlay, kind: str, name: str, container: str) -> dict[str, Any]:
-    (found,) = [c for c in _containers(overlay.get(kind, name)) if c["name"] == container]
-    return found
-
-
-def _port(container: dict[str, Any], name: str) -> int:
-    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
-    assert isinstance(port, int)
-    return port
-
-
-def _replicas(overlay: Overlay) -> int:
-    replicas = overlay.get("StatefulSet", "saga-shard")["spec"]["replicas"]
-    assert isinstance(replicas, int)
-    return replicas
 
 
 # ---- schemas --------------------------------------------------------------------------------------------------------
@@ -95,7 +41,7 @@ def test_the_overlay_validates_against_the_kubernetes_schemas(overlay: Overlay) 
     for obj in overlay.objects:
         where = f"{overlay.name}: {obj['kind']}/{obj['metadata']['name']}"
         try:
-            _validate(obj)
+            validate(obj)
         except kubernetes_validate.SchemaNotFoundError:
             pytest.fail(
                 f"{where}: no schema. A custom resource in an overlay would make `kubectl apply -k` fail on a "
@@ -108,47 +54,41 @@ def test_the_overlay_validates_against_the_kubernetes_schemas(overlay: Overlay) 
 def test_the_schema_check_catches_a_misspelt_field(kustomize: Render) -> None:
     """The validation above is worth something only if an unknown field fails it."""
     (shards,) = [o for o in kustomize(K8S / "overlays" / "dev") if o["kind"] == "StatefulSet"]
-    _validate(shards)
+    validate(shards)
     wrong = copy.deepcopy(shards)
     wrong["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"tcpSocket": {"port": "grpc"}}
     with pytest.raises(kubernetes_validate.ValidationError):
-        _validate(wrong)
+        validate(wrong)
 
 
 def test_the_podmonitors_point_at_the_metrics_ports(kustomize: Render) -> None:
     monitors = kustomize(K8S / "monitoring")
-    dev = _workloads(kustomize(K8S / "overlays" / "dev"))
+    dev = workloads_of(kustomize(K8S / "overlays" / "dev"))
     assert monitors
     for monitor in monitors:
         assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
-        assert monitor["metadata"]["namespace"] == _namespace()
+        assert monitor["metadata"]["namespace"] == namespace_name()
         try:
-            _validate(monitor)
+            validate(monitor)
         except kubernetes_validate.SchemaNotFoundError:
             # kubernetes-validate ships the schemas of the built-in API only, and a PodMonitor is a custom resource
             # (the Prometheus Operator's CRD): what it must get right is checked against the pods instead.
             pass
-        (workload,) = [w for w in dev if _selects(monitor["spec"]["selector"], _pod_labels(w))]
-        names = {p["name"] for c in _containers(workload) for p in c.get("ports", [])}
+        (workload,) = [w for w in dev if selects(monitor["spec"]["selector"], pod_labels(w))]
+        names = {p["name"] for c in containers_of(workload) for p in c.get("ports", [])}
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             assert endpoint["port"] == "metrics" and endpoint["port"] in names, monitor["metadata"]["name"]
             assert endpoint["path"] == "/metrics"
     for workload in dev:
-        if any(p["name"] == "metrics" for c in _containers(workload) for p in c.get("ports", [])):
-            assert any(_selects(m["spec"]["selector"], _pod_labels(workload)) for m in monitors), workload["metadata"]
-
-
-def _namespace() -> str:
-    name = yaml.safe_load((K8S / "namespace.yaml").read_text())["metadata"]["name"]
-    assert isinstance(name, str)
-    return name
+        if any(p["name"] == "metrics" for c in containers_of(workload) for p in c.get("ports", [])):
+            assert any(selects(m["spec"]["selector"], pod_labels(workload)) for m in monitors), workload["metadata"]
 
 
 def test_the_namespace_and_the_storage_class_stand_apart(kustomize: Render) -> None:
     namespace = yaml.safe_load((K8S / "namespace.yaml").read_text())
     storage = yaml.safe_load((K8S / "storageclass-example.yaml").read_text())
     for obj in (namespace, storage):
-        _validate(obj)
+        validate(obj)
     assert namespace["kind"] == "Namespace"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert storage["kind"] == "StorageClass" and storage["reclaimPolicy"] == "Retain"
@@ -164,20 +104,20 @@ def test_the_namespace_is_not_rendered(overlay: Overlay) -> None:
     # `kubectl delete -k` of an overlay must never take the namespace, and with it the journals' claims.
     assert not overlay.of_kind("Namespace")
     assert not overlay.of_kind("StorageClass")
-    assert {o["metadata"].get("namespace") for o in overlay.objects} == {_namespace()}
+    assert {o["metadata"].get("namespace") for o in overlay.objects} == {namespace_name()}
 
 
 def test_every_pod_runs_restricted(overlay: Overlay) -> None:
-    for workload in _workloads(overlay.objects):
+    for workload in workloads_of(overlay.objects):
         name = workload["metadata"]["name"]
-        spec = _template(workload)["spec"]
+        spec = pod_template(workload)["spec"]
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, name
         assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (UID, UID, UID), name
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False, name
         volumes = {v["name"]: v for v in spec["volumes"]}
-        for container in _containers(workload):
+        for container in containers_of(workload):
             where = f"{name}/{container['name']}"
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
@@ -189,9 +129,9 @@ def test_every_pod_runs_restricted(overlay: Overlay) -> None:
 
 
 def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
-    for workload in _workloads(overlay.objects):
-        assert "terminationGracePeriodSeconds" in _template(workload)["spec"], workload["metadata"]["name"]
-        for container in _containers(workload):
+    for workload in workloads_of(overlay.objects):
+        assert "terminationGracePeriodSeconds" in pod_template(workload)["spec"], workload["metadata"]["name"]
+        for container in containers_of(workload):
             where = f"{workload['metadata']['name']}/{container['name']}"
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
@@ -201,22 +141,22 @@ def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
 
 
 def test_every_pod_declares_its_metrics_for_prometheus(overlay: Overlay) -> None:
-    for workload in _workloads(overlay.objects):
-        annotations = _template(workload)["metadata"]["annotations"]
-        (container,) = _template(workload)["spec"]["containers"]
+    for workload in workloads_of(overlay.objects):
+        annotations = pod_template(workload)["metadata"]["annotations"]
+        (container,) = pod_template(workload)["spec"]["containers"]
         assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(_port(container, "metrics"))
+        assert annotations["prometheus.io/port"] == str(port_of(container, "metrics"))
         assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_every_workload_has_its_own_disruption_budget(overlay: Overlay) -> None:
-    workloads = _workloads(overlay.objects)
+    workloads = workloads_of(overlay.objects)
     budgets = overlay.of_kind("PodDisruptionBudget")
     for workload in workloads:
-        mine = [b for b in budgets if _selects(b["spec"]["selector"], _pod_labels(workload))]
+        mine = [b for b in budgets if selects(b["spec"]["selector"], pod_labels(workload))]
         assert len(mine) == 1, f"{workload['metadata']['name']}: {len(mine)} budgets"
         others = [w for w in workloads if w is not workload]
-        assert not any(_selects(mine[0]["spec"]["selector"], _pod_labels(w)) for w in others)
+        assert not any(selects(mine[0]["spec"]["selector"], pod_labels(w)) for w in others)
     assert overlay.get("PodDisruptionBudget", "saga-shard")["spec"] == {
         "maxUnavailable": 1,
         "selector": {"matchLabels": {"app": "saga-shard"}},
@@ -232,10 +172,10 @@ def test_nothing_is_exposed_outside_the_cluster(overlay: Overlay) -> None:
         for port in service["spec"]["ports"]:
             assert DASHBOARD_PORT not in (port["port"], port.get("targetPort")), f"{name} serves the dashboard"
             assert port.get("name") != "dashboard" and port.get("targetPort") != "dashboard", name
-    for workload in _workloads(overlay.objects):
-        for container in _containers(workload):
+    for workload in workloads_of(overlay.objects):
+        for container in containers_of(workload):
             assert DASHBOARD_PORT not in [p["containerPort"] for p in container.get("ports", [])]
-    router = _container(overlay, "Deployment", "saga-router", "router")
+    router = container_of(overlay, "Deployment", "saga-router", "router")
     (dashboard,) = [a.split("=", 1)[1] for a in router["command"] if a.startswith("--dashboard-listen=")]
     assert dashboard.rpartition(":")[0] == "127.0.0.1", "the dashboard must listen on the pod's loopback only"
 
@@ -243,8 +183,8 @@ def test_nothing_is_exposed_outside_the_cluster(overlay: Overlay) -> None:
 def test_only_the_routers_reach_the_shards_grpc_port(overlay: Overlay) -> None:
     shards = overlay.get("StatefulSet", "saga-shard")
     routers = overlay.get("Deployment", "saga-router")
-    shard_grpc = {"grpc", _port(_container(overlay, "StatefulSet", "saga-shard", "coordinator"), "grpc")}
-    policies = [p for p in overlay.of_kind("NetworkPolicy") if _selects(p["spec"]["podSelector"], _pod_labels(shards))]
+    shard_grpc = {"grpc", port_of(container_of(overlay, "StatefulSet", "saga-shard", "coordinator"), "grpc")}
+    policies = [p for p in overlay.of_kind("NetworkPolicy") if selects(p["spec"]["podSelector"], pod_labels(shards))]
     assert policies, "no NetworkPolicy selects the shards"
     admitted = 0
     for policy in policies:
@@ -257,7 +197,7 @@ def test_only_the_routers_reach_the_shards_grpc_port(overlay: Overlay) -> None:
             assert peers, f"{policy['metadata']['name']}: a rule admits anyone to the shards' gRPC port"
             for peer in peers:
                 assert set(peer) == {"podSelector"}, f"{policy['metadata']['name']}: {peer} is not the routers"
-                selected = [w for w in _workloads(overlay.objects) if _selects(peer["podSelector"], _pod_labels(w))]
+                selected = [w for w in workloads_of(overlay.objects) if selects(peer["podSelector"], pod_labels(w))]
                 assert selected == [routers], f"{peer} admits {[w['metadata']['name'] for w in selected]}"
             admitted += 1
     assert admitted, "no rule lets the routers reach the shards"
@@ -267,10 +207,10 @@ def test_only_the_routers_reach_the_shards_grpc_port(overlay: Overlay) -> None:
 
 
 def test_the_shard_count_reaches_the_routers(overlay: Overlay) -> None:
-    count = _env(_container(overlay, "Deployment", "saga-router", "router"))["SAGA_SHARD_COUNT"]
+    count = env_of(container_of(overlay, "Deployment", "saga-router", "router"))["SAGA_SHARD_COUNT"]
     # An env value must be a string: an int here is refused by the API server.
     assert isinstance(count, str), f"SAGA_SHARD_COUNT rendered as {count!r}"
-    assert count == str(_replicas(overlay))
+    assert count == str(replicas_of(overlay))
 
 
 def _ring_files(overlay: Overlay) -> tuple[str, str]:
@@ -298,15 +238,15 @@ def _expected_ring(shards_toml: str, count: int, where: Path) -> set[tuple[str, 
 
 def test_the_ring_files_list_the_shards_of_the_statefulset(overlay: Overlay, tmp_path: Path) -> None:
     shards_toml, epochs_json = _ring_files(overlay)
-    count = _replicas(overlay)
+    count = replicas_of(overlay)
     statefulset = overlay.get("StatefulSet", "saga-shard")
-    coordinator = _container(overlay, "StatefulSet", "saga-shard", "coordinator")
+    coordinator = container_of(overlay, "StatefulSet", "saga-shard", "coordinator")
     # The [shard_set] names what the StatefulSet creates: pod saga-shard-i, DNS name <pod>.<headless Service>.
     table = tomllib.loads(shards_toml)["shard_set"]
     pod = f"{statefulset['metadata']['name']}-{{i}}"
     assert table["id"] == pod
-    assert table["address"] == f"{pod}.{statefulset['spec']['serviceName']}:{_port(coordinator, 'grpc')}"
-    assert table["metrics"] == f"{pod}.{statefulset['spec']['serviceName']}:{_port(coordinator, 'metrics')}"
+    assert table["address"] == f"{pod}.{statefulset['spec']['serviceName']}:{port_of(coordinator, 'grpc')}"
+    assert table["metrics"] == f"{pod}.{statefulset['spec']['serviceName']}:{port_of(coordinator, 'metrics')}"
 
     epochs = json.loads(epochs_json)
     assert epochs["version"] == 1
@@ -330,7 +270,7 @@ def test_the_routers_load_their_ring_config(overlay: Overlay, tmp_path: Path) ->
     shards_toml, epochs_json = _ring_files(overlay)
     (tmp_path / "shards.toml").write_text(shards_toml)
     (tmp_path / "epochs.json").write_text(epochs_json)
-    count = _replicas(overlay)
+    count = replicas_of(overlay)
     try:
         cfg = router_config.load(
             tmp_path / "shards.toml", epochs_path=tmp_path / "epochs.json", env={"SAGA_SHARD_COUNT": str(count)}
@@ -345,10 +285,10 @@ def test_the_routers_load_their_ring_config(overlay: Overlay, tmp_path: Path) ->
 
 def test_the_routers_are_stateless_and_read_the_ring_read_only(overlay: Overlay) -> None:
     deployment = overlay.get("Deployment", "saga-router")
-    spec = _template(deployment)["spec"]
+    spec = pod_template(deployment)["spec"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v or "ephemeral" in v]
-    router = _container(overlay, "Deployment", "saga-router", "router")
+    router = container_of(overlay, "Deployment", "saga-router", "router")
     assert "--config=/etc/saga-router/shards.toml" in router["command"]
     assert "--epochs=/etc/saga-router/epochs.json" in router["command"]
     (ring,) = [v for v in spec["volumes"] if v.get("configMap", {}).get("name") == "saga-router-ring"]
@@ -366,20 +306,20 @@ def test_the_shards_keep_their_journals_and_keys(overlay: Overlay) -> None:
         "whenDeleted": "Retain",
         "whenScaled": "Retain",
     }
-    spec = _template(statefulset)["spec"]
+    spec = pod_template(statefulset)["spec"]
     (keys,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "saga-journal-keys"]
     assert keys["secret"]["defaultMode"] == 0o440
-    coordinator = _container(overlay, "StatefulSet", "saga-shard", "coordinator")
+    coordinator = container_of(overlay, "StatefulSet", "saga-shard", "coordinator")
     (mount,) = [m for m in coordinator["volumeMounts"] if m["name"] == keys["name"]]
     assert "subPath" not in mount and mount["readOnly"] is True
-    env = _env(coordinator)
+    env = env_of(coordinator)
     assert env["SAGA_JOURNAL_KEY_FILE"] == f"{mount['mountPath']}/$(POD_NAME).keys"
     assert not [a for a in coordinator["command"] if a.startswith("--services")], "the flag would hide the ConfigMap"
-    for workload in _workloads(overlay.objects):
-        for container in _containers(workload):
+    for workload in workloads_of(overlay.objects):
+        for container in containers_of(workload):
             # Logs as JSON lines for the cluster's collector; the stubs have no such option (service_stubs logs text).
             if container["name"] != "stubs":
-                assert _env(container).get("SAGA_LOG_JSON") == "1", container["name"]
+                assert env_of(container).get("SAGA_LOG_JSON") == "1", container["name"]
             command = container["command"]
             assert {"--tls-cert=/etc/saga/tls/tls.crt", "--tls-key=/etc/saga/tls/tls.key"} <= set(command)
             assert any(a.startswith("--auth-policy=/etc/saga/auth/") for a in command)
@@ -394,10 +334,10 @@ def test_what_each_overlay_runs(kustomize: Render, name: str) -> None:
     (services,) = [c for c in overlay.of_kind("ConfigMap") if c["metadata"]["name"].startswith("saga-shard-services")]
     stubs = [d for d in overlay.of_kind("Deployment") if d["metadata"]["name"] == "saga-stubs"]
     if name == "dev":
-        assert (_replicas(overlay), overlay.get("Deployment", "saga-router")["spec"]["replicas"]) == (3, 2)
+        assert (replicas_of(overlay), overlay.get("Deployment", "saga-router")["spec"]["replicas"]) == (3, 2)
         (deployment,) = stubs
         assert deployment["spec"]["replicas"] == 1
-        assert "--no-control" in _container(overlay, "Deployment", "saga-stubs", "stubs")["command"]
+        assert "--no-control" in container_of(overlay, "Deployment", "saga-stubs", "stubs")["command"]
         assert services["data"] == {"SAGA_SERVICES": "saga-stubs:50061"}
     else:
         assert not stubs

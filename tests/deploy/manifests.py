@@ -1,0 +1,85 @@
+"""What tests/deploy reads rendered manifests with: the schema check, and the pod templates, containers, ports and
+selectors of workloads, as the Kubernetes API would see them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type information
+import yaml
+
+from .conftest import K8S, Manifest, Overlay
+
+# A release that kubernetes-validate ships offline schemas for (1.25 and later): the oldest these manifests promise.
+KUBERNETES_VERSION = "1.30.0"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
+UID = 10001
+
+
+def validate(obj: Manifest) -> None:
+    # strict: a field the schema does not know (a typo, or a field of a later release) fails instead of being ignored.
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def workloads_of(objects: list[Manifest]) -> list[Manifest]:
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_template(workload: Manifest) -> dict[str, Any]:
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    template: dict[str, Any] = spec["template"]
+    return template
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = pod_template(workload)["metadata"]["labels"]
+    return labels
+
+
+def containers_of(workload: Manifest) -> list[dict[str, Any]]:
+    spec = pod_template(workload)["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) matches these labels."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def container_of(overlay: Overlay, kind: str, name: str, container: str) -> dict[str, Any]:
+    (found,) = [c for c in containers_of(overlay.get(kind, name)) if c["name"] == container]
+    return found
+
+
+def port_of(container: dict[str, Any], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    assert isinstance(port, int)
+    return port
+
+
+def replicas_of(overlay: Overlay) -> int:
+    replicas = overlay.get("StatefulSet", "saga-shard")["spec"]["replicas"]
+    assert isinstance(replicas, int)
+    return replicas
+
+
+def namespace_name() -> str:
+    name = yaml.safe_load((K8S / "namespace.yaml").read_text())["metadata"]["name"]
+    assert isinstance(name, str)
+    return name
