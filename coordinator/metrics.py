@@ -27,8 +27,11 @@ outcome, state. Never an order id, a key, a token or an amount.
                                                     checkpoint): how long saga commits waited behind it
     saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup)
     saga_retention_archived_total                   sagas written to the archive before removal
-    saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (a reader held the WAL)
-    saga_replica_up                                 1 while Litestream replicates the journal (replication.py)
+    saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (TRUNCATE; a reader held the WAL) |
+                                                    passive (beside the writer, under load)
+    saga_journal_checkpoint_seconds                 one passive checkpoint (the writer does not wait for it)
+    saga_replica_up                                 1 while Litestream replicates the journal (replication.py; these
+                                                    four only on a shard with a replica)
     saga_replica_last_sync_age_seconds              since its last successful sync
     saga_replica_txid                               last journal transaction Litestream has taken
     saga_replica_lagging                            1 past replication.max_lag_s (or Litestream down)
@@ -98,18 +101,16 @@ class ShardMetrics:
         self.retention_removed = Counter("saga_retention_removed", "Rows removed by retention", ["what"], registry=r)
         self.retention_archived = Counter("saga_retention_archived", "Sagas archived before removal", registry=r)
         self.checkpoints = Counter("saga_journal_checkpoints", "Upkeep WAL checkpoints", ["result"], registry=r)
+        self.checkpoint_seconds = Histogram(
+            "saga_journal_checkpoint_seconds", "One passive checkpoint", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.journal_rows = Gauge("saga_journal_rows", "Rows per journal table", ["table"], registry=r)
         self.journal_oldest_age = Gauge(
             "saga_journal_oldest_row_age_seconds", "Age of the oldest row per journal table", ["table"], registry=r
         )
         self.journal_free_pages = Gauge("saga_journal_free_pages", "Free pages inside the journal file", registry=r)
         self.ring_epoch = Gauge("saga_ring_epoch", "Newest ring epoch the shard holds", registry=r)
-        self.replica_up = Gauge("saga_replica_up", "Litestream replicates the journal", registry=r)
-        self.replica_sync_age = Gauge(
-            "saga_replica_last_sync_age_seconds", "Seconds since the replica's last successful sync", registry=r
-        )
-        self.replica_txid = Gauge("saga_replica_txid", "Last journal transaction Litestream has taken", registry=r)
-        self.replica_lagging = Gauge("saga_replica_lagging", "The replica is behind its bound", registry=r)
+
         self.ring_refusals = Counter(
             "saga_ring_refusals", "Calls refused because of the ring epoch they were routed by", ["reason"], registry=r
         )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
+from prometheus_client import Gauge
 
 from common.loops import run_every
 
@@ -101,7 +102,14 @@ class ReplicaMonitor:
         """on_lagging(bool): awaited whenever the replica starts or stops lagging (the health detail)."""
         self._cfg = cfg
         self._journal_path = journal_path
-        self._metrics = metrics
+        r = metrics.registry
+        # Registered only on a shard that has a replica: elsewhere their absence says "not replicated".
+        self._up = Gauge("saga_replica_up", "Litestream replicates the journal", registry=r)
+        self._sync_age = Gauge(
+            "saga_replica_last_sync_age_seconds", "Seconds since the replica's last successful sync", registry=r
+        )
+        self._txid = Gauge("saga_replica_txid", "Last journal transaction Litestream has taken", registry=r)
+        self._lagging = Gauge("saga_replica_lagging", "The replica is behind its bound", registry=r)
         self._on_lagging = on_lagging
         self.lagging: bool | None = None
         self.last: ReplicaStatus | None = None
@@ -109,15 +117,14 @@ class ReplicaMonitor:
     async def check_once(self) -> ReplicaStatus:
         now = datetime.datetime.now(datetime.UTC)
         status = await asyncio.to_thread(read_status, self._cfg.litestream_socket, self._journal_path, now)
-        m = self._metrics
-        m.replica_up.set(1 if status.up else 0)
+        self._up.set(1 if status.up else 0)
         if status.last_sync_age_s is not None:
-            m.replica_sync_age.set(status.last_sync_age_s)
+            self._sync_age.set(status.last_sync_age_s)
         if status.txid is not None:
-            m.replica_txid.set(status.txid)
+            self._txid.set(status.txid)
         age = status.last_sync_age_s
         lagging = not status.up or age is None or age > self._cfg.max_lag_s
-        m.replica_lagging.set(1 if lagging else 0)
+        self._lagging.set(1 if lagging else 0)
         if lagging != self.lagging:
             if lagging:
                 why = status.why or f"last successful sync {age:.0f} s ago (bound {self._cfg.max_lag_s:.0f} s)"

@@ -153,7 +153,8 @@ class Upkeep:
     # ---- the WAL and the file ----------------------------------------------------------------------------------
 
     async def checkpoint_once(self) -> bool:
-        """A TRUNCATE checkpoint if the writer is nearly idle or the WAL is past its bound; True if one ran."""
+        """A TRUNCATE checkpoint from the writer if it is nearly idle or the WAL is past its bound, else a PASSIVE one
+        beside it (the writer never waits for that); True if one ran."""
         w = self.cfg.wal
         wal = _size(self.journal.path + "-wal")
         if wal == 0:
@@ -164,7 +165,9 @@ class Upkeep:
             if wal <= 4 * w.limit_bytes:
                 return False
         elif self.journal.queued > w.idle_queue and wal <= w.limit_bytes:
-            return False  # busy and within bounds: SQLite's own checkpoints keep up
+            done = await self.journal.passive_checkpoint()
+            self.metrics.checkpoints.labels("passive").inc()
+            return done.checkpointed_frames > 0
         done = await self.journal.checkpoint("TRUNCATE", w.checkpoint_busy_ms)
         self.metrics.checkpoints.labels("busy" if done.busy else "done").inc()
         return True

@@ -33,7 +33,7 @@ from pathlib import Path
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from protos.saga.v1 import saga_pb2
 
-from . import render, top
+from . import journals, render, top
 from .client import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -136,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     dv = dsub.add_parser("resolve", parents=[common], help="mark one as fixed by hand", epilog=epilog)
     dv.add_argument("order_id")
     dv.add_argument("--reason", required=True, help="what was done (required; written to the saga's event log)")
+
+    j = sub.add_parser(
+        "journals", parents=[common], help="each shard's journal and replica (its /metrics)", epilog=epilog
+    )
+    j.add_argument("--metrics", action="append", metavar="HOST:PORT", help="a shard's /metrics address (repeatable)")
+    j.add_argument("--shards-file", metavar="PATH", help="the router's shards.toml: every shard's metrics address")
 
     t = sub.add_parser("top", parents=[common], help="live view of in-flight sagas and step latencies", epilog=epilog)
     t.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
@@ -278,7 +284,15 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     except (TlsConfigError, UsageError) as e:
         print(f"sagactl: {e}", file=sys.stderr)
         return EXIT_USAGE
-    commands = {"place": _place, "get": _get, "list": _list, "watch": _watch, "dlq": _dlq, "top": top.run}
+    commands = {
+        "place": _place,
+        "get": _get,
+        "list": _list,
+        "watch": _watch,
+        "dlq": _dlq,
+        "top": top.run,
+        "journals": journals.run,
+    }
     try:
         return commands[ns.command](client, ns)
     except UsageError as e:

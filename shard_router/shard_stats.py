@@ -94,7 +94,9 @@ def parse(text: str) -> dict[Key, float]:
     return out
 
 
-def _journal(values: Mapping[Key, float]) -> dict[str, float]:
+def journal_figures(values: Mapping[Key, float]) -> dict[str, float]:
+    """One shard's journal and replica figures from its parsed /metrics (the dashboard's Journals table, and
+    `sagactl journals`)."""
     short = {
         "saga_journal_file_bytes": "file_bytes",
         "saga_journal_wal_bytes": "wal_bytes",
@@ -155,7 +157,7 @@ class ShardStats:
             status.error = str(e) or type(e).__name__
             return None
         status.ok = True
-        status.journal = _journal(values)
+        status.journal = journal_figures(values)
         return {key: v for key, v in values.items() if key[0] in WANTED}
 
     async def sample_once(self) -> Sample:

@@ -5,6 +5,7 @@ sagas flow, and the WAL stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import os
 import dataclasses
 import gzip
 import json
@@ -241,8 +242,9 @@ async def test_a_pass_while_sagas_flow_loses_nothing(tmp_path: Path) -> None:
 
 
 async def test_wal_stays_under_its_bound_during_a_burst(tmp_path: Path) -> None:
-    """Writers commit as fast as they can for a few seconds while a reader keeps reading; the checkpoint loop runs on
-    real time. The WAL never passes its limit plus what SQLite's own checkpoint lets it reach between two checks."""
+    """Writers commit as fast as they can (5 s here; `make soak` runs 60 s: SAGA_SOAK_S) while a reader keeps
+    reading; the checkpoint loop runs on real time, passive checkpoints beside the writer under load. The WAL never
+    passes its limit plus what accumulates between two checks."""
     path = str(tmp_path / "j.db")
     limit = 2 * 1024 * 1024
     cfg = dataclasses.replace(_config(path), wal=Wal(limit_bytes=limit, checkpoint_interval_s=0.05))
@@ -282,15 +284,15 @@ async def test_wal_stays_under_its_bound_during_a_burst(tmp_path: Path) -> None:
 
     tasks = [asyncio.create_task(c) for c in (checkpoints(), reader(), sample(), *(writer(w) for w in range(32)))]
     started = time.monotonic()
-    await asyncio.sleep(5)
+    await asyncio.sleep(float(os.environ.get("SAGA_SOAK_S", "5")))
     stop.set()
     await asyncio.gather(*tasks)
     took = time.monotonic() - started
     await journal.close()
     print(f"WAL peak {peak} bytes over {took:.1f} s, {journal.stats.commits} commits, limit {limit}")
-    # SQLite checkpoints by itself every 1,000 pages (4 MiB at 4 KiB pages), so the WAL reaches that much whatever the
-    # limit; past it the file is restarted or truncated, never grown without bound.
-    assert peak <= max(limit, 1000 * 4096) + 2 * 1024 * 1024
+    # The checkpoint loop copies the WAL back every 50 ms (passive, beside the writer) and the writer then starts it
+    # over; what 32 writers commit between two checks comes on top of the limit, never growth without bound.
+    assert peak <= limit + 4 * 1024 * 1024
 
 
 async def test_retention_queries_use_their_indexes(tmp_path: Path) -> None:

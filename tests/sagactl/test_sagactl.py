@@ -144,3 +144,19 @@ def test_top_shows_in_flight_sagas_and_step_latencies(live: LiveCluster) -> None
     assert {s["step"] for s in data["steps"]} >= {"create_order", "process_payment"}
     text = ctl(live, "top", "--once").stdout
     assert "STEP (FORWARD)" in text and "P99" in text and "dead letters open" in text
+
+
+def test_journals_shows_each_shards_journal_from_its_metrics(live: LiveCluster) -> None:
+    assert ctl(live, "place", "j-1").returncode == 0
+    shards_file = str(live.system.router_config)
+    table = ctl(live, "journals", "--shards-file", shards_file)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["SHARD", "FILE", "WAL"]
+    assert {line.split()[0] for line in lines[1:]} == {"shard-1", "shard-2"}
+    assert "not replicated" in table.stdout  # this cluster runs no Litestream
+    data = json.loads(ctl(live, "journals", "--shards-file", shards_file, "--json").stdout)
+    assert sum(j["rows.sagas"] for j in data.values()) >= 1
+    down = ctl(live, "journals", "--metrics", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "unreachable" in down.stdout
+    assert ctl(live, "journals").returncode == 2  # neither --metrics nor --shards-file
