@@ -5,10 +5,10 @@ sagas flow, and the WAL stays bounded."""
 from __future__ import annotations
 
 import asyncio
-import os
 import dataclasses
 import gzip
 import json
+import os
 import random
 import sqlite3
 import subprocess
