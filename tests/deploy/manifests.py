@@ -41,6 +41,45 @@ def containers_of(workload: Manifest) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+def main_containers(workload: Manifest) -> list[dict[str, Any]]:
+    """The pod's `containers`: the saga processes, from the saga image."""
+    found: list[dict[str, Any]] = pod_template(workload)["spec"]["containers"]
+    return found
+
+
+def sidecars(workload: Manifest) -> list[dict[str, Any]]:
+    """Native sidecars: init containers that keep running beside the main ones (restartPolicy Always)."""
+    return [c for c in pod_template(workload)["spec"].get("initContainers", []) if c.get("restartPolicy") == "Always"]
+
+
+def one_shot_init_containers(workload: Manifest) -> list[dict[str, Any]]:
+    """Init containers that run to completion before the next one starts."""
+    return [c for c in pod_template(workload)["spec"].get("initContainers", []) if c.get("restartPolicy") != "Always"]
+
+
+def assert_restricted(workload: Manifest) -> None:
+    """The pod runs as the image's uid 10001, non-root, RuntimeDefault seccomp, no API token; every container without
+    privileges or capabilities, on a read-only root file system with an emptyDir for /tmp: the namespace enforces
+    the `restricted` Pod Security profile, and nothing of ours writes outside its volumes."""
+    name = workload["metadata"]["name"]
+    spec = pod_template(workload)["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True, name
+    assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (UID, UID, UID), name
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    assert spec["automountServiceAccountToken"] is False, name
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in containers_of(workload):
+        where = f"{name}/{container['name']}"
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["capabilities"] == {"drop": ["ALL"]}, where
+        assert not sc.get("privileged"), where
+        (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in volumes[tmp["name"]], f"{where}: /tmp is not an emptyDir"
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """Whether a label selector (matchLabels and matchExpressions) matches these labels."""
     if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):

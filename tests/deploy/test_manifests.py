@@ -17,16 +17,19 @@ from shard_router import config as router_config
 
 from .conftest import K8S, OVERLAYS, Overlay, Render
 from .manifests import (
-    UID,
+    assert_restricted,
     container_of,
     containers_of,
     env_of,
+    main_containers,
     namespace_name,
+    one_shot_init_containers,
     pod_labels,
     pod_template,
     port_of,
     replicas_of,
     selects,
+    sidecars,
     validate,
     workloads_of,
 )
@@ -65,6 +68,7 @@ def test_the_podmonitors_point_at_the_metrics_ports(kustomize: Render) -> None:
     monitors = kustomize(K8S / "monitoring")
     dev = workloads_of(kustomize(K8S / "overlays" / "dev"))
     assert monitors
+    scraped: set[tuple[str, str]] = set()
     for monitor in monitors:
         assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
         assert monitor["metadata"]["namespace"] == namespace_name()
@@ -77,11 +81,15 @@ def test_the_podmonitors_point_at_the_metrics_ports(kustomize: Render) -> None:
         (workload,) = [w for w in dev if selects(monitor["spec"]["selector"], pod_labels(w))]
         names = {p["name"] for c in containers_of(workload) for p in c.get("ports", [])}
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-            assert endpoint["port"] == "metrics" and endpoint["port"] in names, monitor["metadata"]["name"]
+            assert endpoint["port"] in names, f"{monitor['metadata']['name']}: no port {endpoint['port']}"
             assert endpoint["path"] == "/metrics"
+            scraped.add((workload["metadata"]["name"], endpoint["port"]))
     for workload in dev:
-        if any(p["name"] == "metrics" for c in containers_of(workload) for p in c.get("ports", [])):
-            assert any(selects(m["spec"]["selector"], pod_labels(workload)) for m in monitors), workload["metadata"]
+        # Every saga process's `metrics` port, and every port of a sidecar (Litestream serves only its /metrics).
+        wanted = {p["name"] for c in main_containers(workload) for p in c.get("ports", []) if p["name"] == "metrics"}
+        wanted |= {p["name"] for c in sidecars(workload) for p in c.get("ports", [])}
+        for port in wanted:
+            assert (workload["metadata"]["name"], port) in scraped, f"{workload['metadata']['name']}: {port}"
 
 
 def test_the_namespace_and_the_storage_class_stand_apart(kustomize: Render) -> None:
@@ -109,23 +117,10 @@ def test_the_namespace_is_not_rendered(overlay: Overlay) -> None:
 
 def test_every_pod_runs_restricted(overlay: Overlay) -> None:
     for workload in workloads_of(overlay.objects):
-        name = workload["metadata"]["name"]
-        spec = pod_template(workload)["spec"]
-        pod = spec["securityContext"]
-        assert pod["runAsNonRoot"] is True, name
-        assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (UID, UID, UID), name
-        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        assert spec["automountServiceAccountToken"] is False, name
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        for container in containers_of(workload):
-            where = f"{name}/{container['name']}"
-            sc = container["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False, where
-            assert sc["readOnlyRootFilesystem"] is True, where
-            assert sc["capabilities"] == {"drop": ["ALL"]}, where
-            assert not sc.get("privileged"), where
-            (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
-            assert "emptyDir" in volumes[tmp["name"]], f"{where}: /tmp is not an emptyDir"
+        assert_restricted(workload)
+
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
@@ -135,9 +130,22 @@ def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
             where = f"{workload['metadata']['name']}/{container['name']}"
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                # Every port speaks mutual TLS, which neither an httpGet nor a grpc probe of the kubelet can.
+        for container in main_containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            for probe in PROBES:
+                # Every saga port speaks mutual TLS, which neither an httpGet nor a grpc probe of the kubelet can.
                 assert "tcpSocket" in container[probe], f"{where}: {probe}"
+        for container in sidecars(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            ports = {p["name"] for p in container.get("ports", [])}
+            for probe in ("startupProbe", "livenessProbe"):
+                # Another program's plain-HTTP port (Litestream's /metrics), which the kubelet can ask.
+                assert container[probe]["httpGet"]["port"] in ports, f"{where}: {probe}"
+            # A sidecar's readiness is the pod's: a replica falling behind must not take the shard out of service.
+            assert "readinessProbe" not in container, where
+        for container in one_shot_init_containers(workload):
+            # The API refuses probes on an init container that runs to completion.
+            assert not [p for p in PROBES if p in container], f"{workload['metadata']['name']}/{container['name']}"
 
 
 def test_every_pod_declares_its_metrics_for_prometheus(overlay: Overlay) -> None:
@@ -316,7 +324,7 @@ def test_the_shards_keep_their_journals_and_keys(overlay: Overlay) -> None:
     assert env["SAGA_JOURNAL_KEY_FILE"] == f"{mount['mountPath']}/$(POD_NAME).keys"
     assert not [a for a in coordinator["command"] if a.startswith("--services")], "the flag would hide the ConfigMap"
     for workload in workloads_of(overlay.objects):
-        for container in containers_of(workload):
+        for container in main_containers(workload):
             # Logs as JSON lines for the cluster's collector; the stubs have no such option (service_stubs logs text).
             if container["name"] != "stubs":
                 assert env_of(container).get("SAGA_LOG_JSON") == "1", container["name"]
@@ -326,6 +334,9 @@ def test_the_shards_keep_their_journals_and_keys(overlay: Overlay) -> None:
             assert "--insecure" not in command
             image = container["image"]
             assert "@sha256:" in image or ":" in image.rsplit("/", 1)[-1], f"{image}: no tag or digest"
+        for container in pod_template(workload)["spec"].get("initContainers", []):
+            # Another project's image (Litestream's): pinned by digest, as deploy/Dockerfile pins its base.
+            assert "@sha256:" in container["image"], f"{container['name']}: {container['image']} not pinned by digest"
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
