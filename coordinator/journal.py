@@ -869,11 +869,14 @@ class Journal:
         """Hands up to `pages` free pages back to the file system (journals created with auto_vacuum=INCREMENTAL;
         a no-op on older ones); returns how many."""
 
-        async def run(db: aiosqlite.Connection) -> int:
-            before = await _pragma_int(db, "freelist_count")
+        def work(conn: sqlite3.Connection) -> int:
+            before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             # executescript: through execute() the sqlite3 module steps the pragma once, and it frees one page a step.
-            await db.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
-            return before - await _pragma_int(db, "freelist_count")
+            conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            return before - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+        async def run(db: aiosqlite.Connection) -> int:
+            return await _in_thread(db, _unsynced(work))
 
         return await self._upkeep("vacuum", run)
 
@@ -989,12 +992,6 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-async def _pragma_int(db: aiosqlite.Connection, name: str) -> int:
-    async with db.execute(f"PRAGMA {name}") as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 def _unsynced(work: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:

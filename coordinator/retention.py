@@ -58,7 +58,8 @@ class PassReport:
     vacuumed_pages: int
     duration_s: float
     longest_batch_s: float
-    """The longest one job of the pass (a retire or forget batch, a vacuum step) held the journal's writer."""
+    """The longest any one job held the journal's writer during the pass (a retire or forget batch, a vacuum step, or
+    a checkpoint that ran between them)."""
 
 
 class Upkeep:
@@ -103,7 +104,9 @@ class Upkeep:
         now = self.clock.now_epoch_ms()
         cutoff = now - r.finished_after_s * 1000
         removed = archived = forgotten = batches = vacuumed = 0
-        longest = 0.0
+        # Every job that held the writer during the pass counts (a checkpoint between two batches too): that is the
+        # pause sagas saw while retention ran.
+        self.journal.stats.longest_upkeep_s = 0.0
         while batches < r.max_batches_per_pass:
             ids = await self.journal.retirable(cutoff, r.batch_sagas)
             if not ids:
@@ -114,7 +117,6 @@ class Upkeep:
                 archived += len(rows)
                 self.metrics.retention_archived.inc(len(rows))
             n = await self.journal.retire(ids, cutoff)
-            longest = max(longest, self.journal.stats.last_upkeep_s)
             batches += 1
             removed += n
             self.metrics.retention_removed.labels("sagas").inc(n)
@@ -123,7 +125,6 @@ class Upkeep:
         dedup_cutoff = now - r.dedup_after_s * 1000
         while batches < r.max_batches_per_pass:
             n = await self.journal.forget_orders(dedup_cutoff, r.batch_sagas)
-            longest = max(longest, self.journal.stats.last_upkeep_s)
             batches += 1
             forgotten += n
             self.metrics.retention_removed.labels("dedup").inc(n)
@@ -132,10 +133,10 @@ class Upkeep:
         if removed or forgotten:
             for _ in range(r.max_batches_per_pass):
                 n = await self.journal.vacuum_step(r.vacuum_pages)
-                longest = max(longest, self.journal.stats.last_upkeep_s)
                 vacuumed += n
                 if n < r.vacuum_pages:
                     break
+        longest = self.journal.stats.longest_upkeep_s
         report = PassReport(removed, archived, forgotten, batches, vacuumed, time.perf_counter() - started, longest)
         if removed or forgotten:
             logger.info(
@@ -153,21 +154,24 @@ class Upkeep:
     # ---- the WAL and the file ----------------------------------------------------------------------------------
 
     async def checkpoint_once(self) -> bool:
-        """A TRUNCATE checkpoint from the writer if it is nearly idle or the WAL is past its bound, else a PASSIVE one
-        beside it (the writer never waits for that); True if one ran."""
+        """Copies the WAL back into the file beside the writer (PASSIVE, from a connection of its own: the writer never
+        waits for it), then, if the writer is nearly idle or the WAL is past its bound, a TRUNCATE from the writer,
+        which has little left to copy by then; True if a checkpoint ran."""
         w = self.cfg.wal
         wal = _size(self.journal.path + "-wal")
         if wal == 0:
             return False
-        if self.cfg.replication.litestream_socket:
+        if self.cfg.replication.litestream_socket and wal <= 4 * w.limit_bytes:
             # Litestream checkpoints a replicated journal itself (it must see every WAL frame before it is folded
             # in); the shard steps in only if the WAL grows far past its bound, e.g. while Litestream is down.
-            if wal <= 4 * w.limit_bytes:
-                return False
-        elif self.journal.queued > w.idle_queue and wal <= w.limit_bytes:
-            done = await self.journal.passive_checkpoint()
-            self.metrics.checkpoints.labels("passive").inc()
-            return done.checkpointed_frames > 0
+            return False
+        await self.journal.passive_checkpoint()
+        self.metrics.checkpoints.labels("passive").inc()
+        busy = self.journal.queued > w.idle_queue or self._pass_lock.locked()
+        if busy and wal <= w.limit_bytes:
+            # The writer starts the WAL over by itself once every frame is copied back (truncating it to the limit);
+            # a TRUNCATE, which holds the writer tens of ms, waits for a quiet moment (a retention pass is not one).
+            return True
         done = await self.journal.checkpoint("TRUNCATE", w.checkpoint_busy_ms)
         self.metrics.checkpoints.labels("busy" if done.busy else "done").inc()
         return True
