@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos sim browser-deps k8s-deps lock buf-lint buf-breaking \
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos sim soak browser-deps k8s-deps lock buf-lint buf-breaking \
 	buf-generate-check
 
 # The venv is (re)built whenever pyproject.toml changes.
@@ -41,12 +41,16 @@ browser-deps:
 # tests/deploy renders deploy/k8s with `kubectl kustomize` (kustomize 5: kubectl 1.27 or later). Installed only when
 # missing and when this user may run apt-get: the `kubectl` package where an apt source has it (the Kubernetes
 # project's own repository), else the distribution's kubernetes-client. Without kubectl, or with one whose kustomize is
-# older, those tests skip and say so.
+# older, those tests skip and say so. promtool (Debian's prometheus package) checks and unit-tests deploy/grafana/alerts.yml.
 k8s-deps:
 	@command -v kubectl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
 	    { apt-get install -y -q kubectl >/dev/null 2>&1 || apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; }; \
 	  } ; } || echo "kubectl unavailable: the Kubernetes manifest tests will skip"
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+	    && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } ; } || \
+	  echo "promtool unavailable: the alert rules' tests will skip"
 
 # deploy/requirements.lock: the image's runtime dependencies (pyproject.toml [project] dependencies), each pinned with
 # the hash of every file PyPI has for that version, so `pip install --require-hashes` in deploy/Dockerfile accepts the
@@ -59,6 +63,10 @@ lock: $(STAMP)
 # Local cluster under load: a table plus one JSON line; results under bench/results/. BENCH_ARGS="--help" lists modes.
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The long versions of the soak tests (the short ones run in make test): the journal's WAL under a 60-second burst.
+soak: setup
+	SAGA_SOAK_S=60 $(PY) -m pytest -q -s tests/coordinator/test_retention.py -k burst
 
 # The ring protocol's deterministic simulation, many more schedules than make test runs (SIM_ARGS="--help").
 SIM_ARGS ?= --seeds 20000
