@@ -312,11 +312,12 @@ class Journal:
         await self._w.execute("PRAGMA synchronous=FULL")
         await self._w.execute("PRAGMA foreign_keys=ON")
         await self._w.execute("PRAGMA busy_timeout=5000")
-        # No checkpoint inside a commit: SQLite's automatic one (every 1,000 pages) would copy pages while every saga
-        # waiting for that commit waits too. Checkpoints run from the upkeep instead (coordinator/retention.py): PASSIVE
-        # ones from a connection of their own, beside the writer; TRUNCATE ones from the writer when it is idle. A
-        # replicated journal leaves them to Litestream.
-        await self._w.execute("PRAGMA wal_autocheckpoint=0")
+        # No checkpoint inside a commit in the normal run of things: SQLite's automatic one (every 1,000 pages by
+        # default) would copy pages while every saga waiting for that commit waits too. Checkpoints run from the
+        # upkeep instead (coordinator/retention.py): PASSIVE ones from a connection of their own, beside the writer;
+        # TRUNCATE ones from the writer when it is quiet. SQLite's own stays only as a safety net at the WAL's bound.
+        # A replicated journal leaves them all to Litestream.
+        await self._w.execute(f"PRAGMA wal_autocheckpoint={self._fallback_pages(DEFAULT_WAL_LIMIT_BYTES)}")
         await self._migrate(self._w)
         self._r = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=5000")
@@ -912,11 +913,19 @@ class Journal:
         assert row is not None
         return Checkpointed(bool(row[0]), int(row[1]), int(row[2]))
 
+    def _fallback_pages(self, limit_bytes: int) -> int:
+        """SQLite's own checkpoint, inside a commit, only as a safety net at the WAL's bound: the upkeep's checkpoints
+        keep the WAL far below it while a shard runs, but a journal used without them (a tool, a benchmark's fill) must
+        not grow its WAL without end. Off for a replicated journal: Litestream runs its checkpoints."""
+        return 0 if self.replicated else max(1000, limit_bytes // 4096)
+
     async def set_wal_limit(self, limit_bytes: int) -> None:
-        """The size the -wal file is truncated back to after a checkpoint that emptied it."""
+        """The size the -wal file is truncated back to after a checkpoint that emptied it, and where SQLite's own
+        checkpoint steps in if nothing else checkpoints."""
 
         async def run(db: aiosqlite.Connection) -> None:
             await db.execute(f"PRAGMA journal_size_limit={int(limit_bytes)}")
+            await db.execute(f"PRAGMA wal_autocheckpoint={self._fallback_pages(limit_bytes)}")
 
         await self._upkeep("wal_limit", run)
 

@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.journal import MIGRATIONS, Journal, NewSaga, StateChange, TransitionConflict
 from coordinator.model import IllegalTransition, SagaState
-from coordinator.saga import Event, SagaRecord
+from coordinator.saga import Event, EventKind, SagaRecord
 
 
 def saga(i: int) -> SagaRecord:
@@ -95,3 +95,23 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     j = Journal(path)
     with pytest.raises(RuntimeError, match="newer than this build"):
         await j.open()
+
+
+async def test_a_journal_used_without_the_upkeep_still_bounds_its_wal(journal: Journal, tmp_path: Path) -> None:
+    """A tool or a benchmark's fill writes without the shard's checkpoint loop: SQLite's own checkpoint, kept as a
+    safety net at the WAL's bound, must stop the -wal file from growing without end."""
+    limit = 1024 * 1024
+    await journal.set_wal_limit(limit)
+    detail = "x" * 400
+    for batch in range(40):
+        records: list[NewSaga | Event] = []
+        for i in range(batch * 100, batch * 100 + 100):
+            rec = saga(i)
+            records.append(NewSaga(rec))
+            records += [
+                Event(rec.saga_id, s, i, EventKind.STARTED, SagaState.RUNNING, detail=detail) for s in range(1, 6)
+            ]
+        await journal.write(records)
+    written = 40 * 100 * 5 * len(detail)
+    wal = (tmp_path / "j.db-wal").stat().st_size
+    assert written > 5 * limit and wal < 3 * limit, (written, wal)
