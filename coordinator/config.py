@@ -137,8 +137,8 @@ class Wal:
     limit_bytes: int = 64 * 1024 * 1024
     """The -wal file is truncated back to this after a checkpoint (PRAGMA journal_size_limit), and a checkpoint is
     forced, busy or not, once it is past it."""
-    checkpoint_interval_s: float = 5.0
-    """Seconds between checkpoint checks."""
+    checkpoint_interval_s: float = 1.0
+    """Seconds between checkpoint checks (a passive checkpoint beside the writer each time the WAL has frames)."""
     idle_queue: int = 2
     """A check runs a TRUNCATE checkpoint only if at most this many submissions wait for the writer (or the WAL is past
     limit_bytes)."""

@@ -117,6 +117,7 @@ class Upkeep:
                 archived += len(rows)
                 self.metrics.retention_archived.inc(len(rows))
             n = await self.journal.retire(ids, cutoff)
+            await self._keep_wal_small()
             batches += 1
             removed += n
             self.metrics.retention_removed.labels("sagas").inc(n)
@@ -175,6 +176,16 @@ class Upkeep:
         done = await self.journal.checkpoint("TRUNCATE", w.checkpoint_busy_ms)
         self.metrics.checkpoints.labels("busy" if done.busy else "done").inc()
         return True
+
+    async def _keep_wal_small(self) -> None:
+        """Between retention batches: removals write many pages, faster than the periodic checkpoint copies them back,
+        and a WAL that reached its bound would have SQLite checkpoint inside a batch's commit (measured: 241 ms holding
+        the writer). A passive checkpoint beside the writer once a quarter of the bound has piled up keeps it small."""
+        if self.cfg.replication.litestream_socket:
+            return
+        if _size(self.journal.path + "-wal") > self.cfg.wal.limit_bytes // 4:
+            await self.journal.passive_checkpoint()
+            self.metrics.checkpoints.labels("passive").inc()
 
     async def refresh_stats(self) -> None:
         stats = await asyncio.to_thread(self.journal.file_stats)
