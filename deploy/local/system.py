@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import time
@@ -54,11 +55,41 @@ _SOCKET_PATH_MAX = 103
 """Bytes of a unix socket's path: sun_path holds 104 on macOS (108 on Linux), the final NUL included."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; a common default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on host that was free a moment ago."""
+    """A TCP port on host that was free a moment ago, for a process to bind soon. Chosen below the kernel's ephemeral
+    range, so no outgoing connection (the tests make thousands) can take it before its server binds, and never the
+    same one twice in this process, so two clusters started side by side cannot be handed one port."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    if low > 12_000:
+        for _ in range(500):
+            port = rng.randrange(10_000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ async def test_a_retry_through_a_router_on_the_old_ring_joins_the_saga_the_new_r
         retry = await (await rig.client(old)).place(place_request(order_id))
         held = await rig.sagas_of(order_id)
     if not fenced:
-        assert len(held) == 2 and retry.saga_id != first.saga_id  # the bug: charged twice under two saga ids
+        # The bug: two sagas for one order on two shards. (Both carry the same saga id, derived from the request, so
+        # services that share one idempotency store would apply each step once; per-service stores would not.)
+        assert len(held) == 2 and retry.saga_id == first.saga_id
         return
     assert held == {"shard-4": first.saga_id}
     assert retry.saga_id == first.saga_id and retry.status == saga_pb2.SUCCESS
@@ -145,7 +147,7 @@ async def test_a_probe_on_the_new_ring_and_a_place_on_the_old_ring_cannot_both_m
         answer = await first
         held = await rig.sagas_of(order_id)
     if not fenced:
-        assert len(held) == 2 and second.saga_id != answer.saga_id
+        assert len(held) == 2
         return
     assert held == {"shard-4": answer.saga_id} and second.saga_id == answer.saga_id
 

@@ -64,13 +64,13 @@ def test_parse_keeps_only_what_the_dashboard_shows() -> None:
 
 
 def test_a_shards_journal_view_is_its_own() -> None:
-    from shard_router.shard_stats import _journal
+    from shard_router.shard_stats import journal_figures
 
     text = (
         "saga_journal_file_bytes 8192\nsaga_journal_wal_bytes 4096\n"
         'saga_journal_rows{table="sagas"} 12\nsaga_journal_oldest_row_age_seconds{table="sagas"} 30.5\n'
     )
-    assert _journal(parse(text)) == {
+    assert journal_figures(parse(text)) == {
         "file_bytes": 8192.0,
         "wal_bytes": 4096.0,
         "rows.sagas": 12.0,

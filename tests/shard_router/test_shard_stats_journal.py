@@ -6,9 +6,9 @@ from __future__ import annotations
 from shard_router.shard_stats import journal_figures, parse
 
 PAGE = """\
-# HELP sagajournal_figures_wal_bytes Size of the -wal file
-sagajournal_figures_wal_bytes 4096.0
-sagajournal_figures_rows{table="sagas"} 12.0
+# HELP saga_journal_wal_bytes Size of the -wal file
+saga_journal_wal_bytes 4096.0
+saga_journal_rows{table="sagas"} 12.0
 saga_replica_up 1.0
 saga_replica_last_sync_age_seconds 0.4
 saga_replica_lagging 0.0
@@ -16,7 +16,7 @@ saga_replica_txid 77.0
 """
 
 
-def test_thejournal_figures_row_carries_the_replica_state() -> None:
+def test_the_journal_row_carries_the_replica_state() -> None:
     journal = journal_figures(parse(PAGE))
     assert journal == {
         "wal_bytes": 4096.0,
@@ -28,4 +28,4 @@ def test_thejournal_figures_row_carries_the_replica_state() -> None:
 
 
 def test_a_shard_without_a_replica_has_no_replica_fields() -> None:
-    assert "replica_up" not in journal_figures(parse("sagajournal_figures_wal_bytes 1.0\n"))
+    assert "replica_up" not in journal_figures(parse("saga_journal_wal_bytes 1.0\n"))
