@@ -1,12 +1,21 @@
-"""A Python client of the saga coordinator's API (saga.v1): `SagaClient`, its `RetryPolicy`, and typed errors.
+"""A Python client of the saga coordinator's API (saga.v1): `SagaClient` (asyncio) and `SyncSagaClient` (blocking),
+with the same methods, their `RetryPolicy`, and typed errors.
 
 async with await SagaClient.connect("127.0.0.1:50051") as client:
     reply = await client.place_order("order-1", "user-1", [("sku-1", 2)], PaymentInfo(...))
+
+with SyncSagaClient.connect("127.0.0.1:50051") as client:
+    reply = client.place_order("order-1", "user-1", [("sku-1", 2)], PaymentInfo(...))
+
+Modules: api (every call once, as data), client / sync (sending it over grpc.aio / grpc), base (what both hold,
+connect's options), retry (RetryPolicy, backoff honouring retry-after-ms), errors (the hierarchy and ERROR_BY_CODE).
 """
 
 from protos.saga.v1.saga_pb2 import PaymentInfo
 
-from .client import NO_RETRY, DeadLetterPage, RetryPolicy, SagaClient, SagaPage, read_token_file
+from .api import DeadLetterPage, SagaPage
+from .base import ConnectOptions, read_token_file
+from .client import SagaClient
 from .errors import (
     ERROR_BY_CODE,
     AlreadyExists,
@@ -22,11 +31,14 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from .retry import NO_RETRY, RetryPolicy
+from .sync import SyncSagaClient
 
 __all__ = [
     "ERROR_BY_CODE",
     "NO_RETRY",
     "AlreadyExists",
+    "ConnectOptions",
     "DeadLetterPage",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -41,6 +53,7 @@ __all__ = [
     "SagaError",
     "SagaPage",
     "ServerError",
+    "SyncSagaClient",
     "Unauthenticated",
     "Unavailable",
     "read_token_file",

@@ -136,7 +136,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[SagaError]] = {
 RETRYABLE_CODES = frozenset(code for code, cls in ERROR_BY_CODE.items() if cls.retryable)
 
 
-def retry_after_s(e: grpc.aio.AioRpcError) -> float | None:
+def retry_after_s(e: grpc.RpcError) -> float | None:
     """The server's "retry-after-ms" trailer in seconds, or None if absent or not a number."""
     for key, value in e.trailing_metadata() or ():
         if key == "retry-after-ms":
@@ -147,9 +147,9 @@ def retry_after_s(e: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
-def _field_violations(e: grpc.aio.AioRpcError) -> tuple[FieldViolation, ...]:
+def _field_violations(e: grpc.RpcError) -> tuple[FieldViolation, ...]:
     try:
-        status = rpc_status.from_call(e)  # an AioRpcError carries the trailers from_call reads
+        status = rpc_status.from_call(e)  # a failed call's error (sync or aio) carries the trailers from_call reads
     except ValueError:  # details that do not match the status: ignore them, keep the message
         return ()
     out: list[FieldViolation] = []
@@ -160,8 +160,8 @@ def _field_violations(e: grpc.aio.AioRpcError) -> tuple[FieldViolation, ...]:
     return tuple(out)
 
 
-def from_rpc_error(e: grpc.aio.AioRpcError) -> SagaError:
-    """The SagaError for a failed call (ERROR_BY_CODE)."""
+def from_rpc_error(e: grpc.RpcError) -> SagaError:
+    """The SagaError for a failed call of either grpc API (ERROR_BY_CODE)."""
     code = e.code()
     details = e.details() or ""
     cls = ERROR_BY_CODE.get(code, ServerError)

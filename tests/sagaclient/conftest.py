@@ -5,7 +5,7 @@ compensation budget of SHARD_CONFIG."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,16 +17,21 @@ from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 SHARD_CONFIG = "[compensate]\nmax_elapsed_ms = 300\n"
 
 
-def start_system(tmp: Path, *, tls: bool = False) -> LocalSystem:
-    options = SystemOptions(tmp / "data", shards=1, tls=tls, dashboard=False, shard_config=SHARD_CONFIG)
+DEAD_LETTER_RULE = control_pb2.FaultRule(method="RefundPayment", order_id_prefix="dl-", error_rate=1.0)
+
+
+def start_system(
+    tmp: Path, *, tls: bool = False, shard_config: str = "", faults: Sequence[control_pb2.FaultRule] = ()
+) -> LocalSystem:
+    """A running system; shard_config is appended to SHARD_CONFIG, faults to DEAD_LETTER_RULE."""
+    options = SystemOptions(tmp / "data", shards=1, tls=tls, dashboard=False, shard_config=SHARD_CONFIG + shard_config)
     system = LocalSystem(options, log_dir=tmp)
     system.start()
     try:
         files = system.client_tls("operator") if tls else TlsFiles()
         with sync_channel(system.stubs.address, files) as channel:
-            rule = control_pb2.FaultRule(method="RefundPayment", order_id_prefix="dl-", error_rate=1.0)
             control_pb2_grpc.StubControlStub(channel).SetFaults(
-                control_pb2.SetFaultsRequest(rules=[rule], seed=1), timeout=10
+                control_pb2.SetFaultsRequest(rules=[DEAD_LETTER_RULE, *faults], seed=1), timeout=10
             )
     except BaseException:
         system.stop()

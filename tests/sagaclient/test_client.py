@@ -22,7 +22,7 @@ from sagaclient import (
     SagaClient,
     Unavailable,
 )
-from sagaclient.client import _waits
+from sagaclient.retry import waits
 
 from .conftest import start_system
 
@@ -132,11 +132,11 @@ async def test_place_order_retries_through_a_router_restart_and_makes_one_saga(t
 
 
 def test_waits_grow_exponentially_and_honour_retry_after_ms() -> None:
-    waits = _waits(RetryPolicy(initial_backoff_s=0.1, multiplier=2, max_backoff_s=0.4, jitter=0), random.Random(1))
-    waits.send(None)
+    gen = waits(RetryPolicy(initial_backoff_s=0.1, multiplier=2, max_backoff_s=0.4, jitter=0), random.Random(1))
+    gen.send(None)
     plain = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
-    assert [waits.send(plain) for _ in range(4)] == [0.1, 0.2, 0.4, 0.4]
+    assert [gen.send(plain) for _ in range(4)] == [0.1, 0.2, 0.4, 0.4]
     hinted = grpc.aio.AioRpcError(
         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(("retry-after-ms", "1500"))
     )
-    assert waits.send(hinted) == 1.5
+    assert gen.send(hinted) == 1.5
