@@ -57,6 +57,9 @@ class Role(enum.StrEnum):
 
 
 ALL_ROLES = frozenset(Role)
+PERSON_ROLES = frozenset({Role.CLIENT, Role.OPERATOR})
+"""The roles a bearer token may carry. router and coordinator name processes: only their certificates grant them
+(a token claiming router could otherwise speak for others, and install rings on a shard)."""
 _READERS = frozenset({Role.CLIENT, Role.OPERATOR, Role.ROUTER})
 
 # Who may call what, by full method name or by service ("/pkg.Service/"); the first match wins, else denied.
@@ -293,7 +296,7 @@ class Authenticator:
         # Looked up by its hash: the lookup's timing can only tell an attacker about hashes, never about a token.
         static = self._token_hashes.get(hashlib.sha256(token.encode()).hexdigest())
         if static is not None:
-            return Principal(static.name, static.roles, "token")
+            return Principal(static.name, static.roles & PERSON_ROLES, "token")
         if self._jwt_keys is None or token.count(".") != 2:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "the bearer token is not valid")
         settings = self.policy.jwt
@@ -315,7 +318,7 @@ class Authenticator:
         raw_roles = claims.get(settings.roles_claim, [])
         if isinstance(raw_roles, str):
             raw_roles = raw_roles.split()
-        roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
+        roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values()) & PERSON_ROLES
         return Principal(str(claims["sub"])[:128], roles, "jwt")
 
     def authorize(self, principal: Principal, method: str) -> None:

@@ -76,6 +76,25 @@ def test_jwt_static_token_and_certificate_identify_callers(tmp_path: Path) -> No
     assert denied.value.code is grpc.StatusCode.PERMISSION_DENIED and denied.value.reason == "wrong_role"
 
 
+def test_a_token_cannot_claim_a_process_role(tmp_path: Path) -> None:
+    """router and coordinator name processes, granted by their certificates only: a token claiming them (a JWT, or a
+    static token listed with them) carries only the person roles it also names."""
+    key, path = _es256(tmp_path)
+    policy = AuthPolicy(
+        tokens=(StaticToken("bot", hashlib.sha256(b"bot-token").hexdigest(), frozenset({Role.ROUTER, Role.CLIENT})),),
+        jwt=JwtSettings(str(path), algorithms=("ES256",), audience="saga"),
+    )
+    auth = Authenticator(policy)
+    mallory = auth.authenticate(
+        {"authorization": f"Bearer {_token(key, 'm', ['router', 'coordinator'], aud='saga')}"}, []
+    )
+    assert mallory.roles == frozenset()
+    with pytest.raises(AuthError) as denied:
+        auth.authorize(mallory, GET)
+    assert denied.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert auth.authenticate({"authorization": "Bearer bot-token"}, []).roles == frozenset({Role.CLIENT})
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
