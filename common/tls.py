@@ -276,13 +276,16 @@ def aio_channel(
     files: TlsFiles,
     options: Sequence[tuple[str, Any]] = (),
     credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to address: mutual TLS when files are given (credentials, if passed, saves re-reading
-    them), else plaintext, refused off loopback without --insecure."""
+    them), else plaintext, refused off loopback without --insecure. `interceptors` (tracing) wrap every call."""
+    chain = list(interceptors) or None
     if not files.enabled:
         check_plaintext(address, files, "to")
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, credentials or channel_credentials(files), options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=chain)
+    creds = credentials or channel_credentials(files)
+    return grpc.aio.secure_channel(address, creds, options=options, interceptors=chain)
 
 
 def sync_channel(address: str, files: TlsFiles, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
