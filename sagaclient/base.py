@@ -10,7 +10,9 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeAlias, TypedDict, TypeVar, overload
+
+import grpc
 
 from common.tls import TlsFiles
 from protos.saga.v1 import saga_pb2_grpc
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["ClientBase", "ConnectOptions", "read_token_file"]
+__all__ = ["ClientBase", "ConnectOptions", "Interceptor", "read_token_file"]
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRY = RetryPolicy()
@@ -39,6 +41,19 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+Interceptor: TypeAlias = (
+    grpc.aio.ClientInterceptor
+    | grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+"""A client interceptor of either grpc API: grpc.aio's for SagaClient, grpc's own for SyncSagaClient."""
+
+Dial: TypeAlias = Callable[[str, TlsFiles, Sequence[tuple[str, Any]], Sequence[Interceptor]], Any]
+"""How a client opens its channel: address, TLS files, channel options, interceptors."""
+
+
 class ConnectOptions(TypedDict, total=False):
     """connect()'s keyword options, the same for SagaClient and SyncSagaClient.
 
@@ -49,7 +64,11 @@ class ConnectOptions(TypedDict, total=False):
     timeout_s: default timeout of every call, retries included (default 60; place_order waits for the saga's end).
     retry: how repeatable calls retry (default RetryPolicy()); NO_RETRY for none.
     rng: jitter's randomness (seed it for reproducible tests).
-    channel_options: extra grpc channel options."""
+    channel_options: extra grpc channel options.
+    interceptors: client interceptors every call goes through, the first outermost; they see each attempt of a
+    retried call, with the token's metadata. SagaClient: grpc.aio ones, one object per kind (grpc.aio files an object
+    under the first kind it subclasses), e.g. OpenTelemetry's `aio_client_interceptors()` so that a trace continues
+    through the coordinator. SyncSagaClient: grpc ones (the channel is wrapped with grpc.intercept_channel)."""
 
     tls: TlsFiles | None
     token: str | None
@@ -58,6 +77,7 @@ class ConnectOptions(TypedDict, total=False):
     retry: RetryPolicy
     rng: random.Random | None
     channel_options: Sequence[tuple[str, Any]]
+    interceptors: Sequence[Interceptor]
 
 
 def read_token_file(path: Path) -> str:
@@ -152,16 +172,17 @@ class ClientBase:
         return self._channel
 
     @classmethod
-    def _connect(
-        cls, address: str, options: ConnectOptions, dial: Callable[[str, TlsFiles, Sequence[tuple[str, Any]]], Any]
-    ) -> Self:
+    def _connect(cls, address: str, options: ConnectOptions, dial: Dial) -> Self:
         token, token_file = options.get("token"), options.get("token_file")
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
         if token_file is not None:
             token = read_token_file(token_file)
         channel = dial(
-            address, options.get("tls") or TlsFiles(), (*CHANNEL_OPTIONS, *options.get("channel_options", ()))
+            address,
+            options.get("tls") or TlsFiles(),
+            (*CHANNEL_OPTIONS, *options.get("channel_options", ())),
+            options.get("interceptors", ()),
         )
         return cls(
             channel,

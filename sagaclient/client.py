@@ -9,17 +9,17 @@ the typed errors of sagaclient.errors. The methods are sagaclient.api's function
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 import grpc
 
-from common.tls import aio_channel
+from common.tls import TlsFiles, aio_channel
 
 from . import api
 from .api import PageT
-from .base import ClientBase, ConnectOptions
+from .base import ClientBase, ConnectOptions, Interceptor
 from .errors import from_rpc_error
 
 __all__ = ["SagaClient"]
@@ -37,7 +37,7 @@ class SagaClient(ClientBase):
     async def connect(cls, address: str, **options: Unpack[ConnectOptions]) -> SagaClient:
         """A client of the router at address ("host:port"); options: see sagaclient.ConnectOptions. The channel
         connects lazily: an unreachable router shows as Unavailable on the first call (after retries)."""
-        return cls._connect(address, options, aio_channel)
+        return cls._connect(address, options, _dial)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -74,3 +74,10 @@ class SagaClient(ClientBase):
             raise from_rpc_error(e) from None
         finally:
             stream.cancel()
+
+
+def _dial(
+    address: str, files: TlsFiles, options: Sequence[tuple[str, Any]], interceptors: Sequence[Interceptor]
+) -> grpc.aio.Channel:
+    # grpc.aio refuses (ValueError) an interceptor of the blocking API, naming the kinds it takes.
+    return aio_channel(address, files, options, interceptors=interceptors)

@@ -4,17 +4,17 @@ watches are plain iterators."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 import grpc
 
-from common.tls import sync_channel
+from common.tls import TlsFiles, sync_channel
 
 from . import api
 from .api import PageT
-from .base import ClientBase, ConnectOptions
+from .base import ClientBase, ConnectOptions, Interceptor
 from .errors import from_rpc_error
 
 __all__ = ["SyncSagaClient"]
@@ -32,7 +32,7 @@ class SyncSagaClient(ClientBase):
     def connect(cls, address: str, **options: Unpack[ConnectOptions]) -> SyncSagaClient:
         """A client of the router at address ("host:port"); options: see sagaclient.ConnectOptions. The channel
         connects lazily: an unreachable router shows as Unavailable on the first call (after retries)."""
-        return cls._connect(address, options, sync_channel)
+        return cls._connect(address, options, _dial)
 
     def close(self) -> None:
         self._channel.close()
@@ -68,3 +68,12 @@ class SyncSagaClient(ClientBase):
             raise from_rpc_error(e) from None
         finally:
             stream.cancel()
+
+
+def _dial(
+    address: str, files: TlsFiles, options: Sequence[tuple[str, Any]], interceptors: Sequence[Interceptor]
+) -> grpc.Channel:
+    channel = sync_channel(address, files, options)
+    # grpc.intercept_channel refuses (TypeError) a grpc.aio interceptor, naming the kinds it takes. The wrapper's
+    # close() closes the channel under it.
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
