@@ -13,7 +13,12 @@ Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. With --tls-
 speaks mutual TLS (the router's certificate must name the host dialled); without them plaintext, which is refused to a
 non-loopback router unless --insecure. --token-file PATH sends the token in it as `authorization: Bearer ...` on every
 call (who the caller is, when the certificate names only a machine). --json prints JSON (proto field names) instead of
-tables.
+tables. Calls are not retried: a router that is down is exit code 3 at once. --retry retries the calls that are safe to
+repeat (all but watch, dlq retry and dlq resolve) through UNAVAILABLE and RESOURCE_EXHAUSTED, with backoff (at least the
+server's retry-after-ms), within --timeout.
+
+Every saga call goes through the Python client library (sagaclient.SyncSagaClient); `journals` reads the shards'
+/metrics instead.
 
 Exit codes (EXIT_CODES): 0 ok; 1 the saga did not succeed (place answered FAILED, watch ended other than SUCCEEDED); 2
 usage or a request the server called invalid; 3 unavailable: the router is unreachable, or a shard behind it, or no
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from protos.saga.v1 import saga_pb2
+from sagaclient import NO_RETRY, PaymentInfo, RetryPolicy
 
 from . import journals, render, top
 from .client import (
@@ -76,6 +82,12 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
     common.add_argument("--timeout", type=float, default=default(None), help="seconds per call (default 10; place: 60)")
+    common.add_argument(
+        "--retry",
+        action="store_true",
+        default=default(False),
+        help="retry UNAVAILABLE and RESOURCE_EXHAUSTED within --timeout (not watch, dlq retry, dlq resolve)",
+    )
     add_tls_arguments(common, suppress_defaults=suppress)
     common.add_argument(
         "--token-file",
@@ -162,16 +174,18 @@ def _items(specs: Sequence[str] | None) -> list[saga_pb2.Item]:
 
 def _place(c: Client, ns: argparse.Namespace) -> int:
     order_id = ns.order_id or f"ctl-{uuid.uuid4().hex[:12]}"
-    req = saga_pb2.PlaceOrderRequest(
-        order_id=order_id,
-        user_id=ns.user,
-        items=_items(ns.item),
-        payment_info=saga_pb2.PaymentInfo(payment_token=ns.token, amount_cents=ns.amount_cents, currency=ns.currency),
-        no_wait=ns.no_wait,
-    )
-    if ns.ttl_ms is not None:
-        req.ttl_ms = ns.ttl_ms
-    resp = c.call(f"place {order_id}", c.saga.PlaceOrder, req, ns.timeout or PLACE_TIMEOUT_S)
+    items = _items(ns.item)
+    payment = PaymentInfo(payment_token=ns.token, amount_cents=ns.amount_cents, currency=ns.currency)
+    with c.calling(f"place {order_id}"):
+        resp = c.sagas.place_order(
+            order_id,
+            ns.user,
+            items,
+            payment,
+            ttl_ms=ns.ttl_ms,
+            no_wait=ns.no_wait,
+            timeout_s=ns.timeout or PLACE_TIMEOUT_S,
+        )
     status = str(saga_pb2.PlaceOrderStatus.Name(resp.status))
     if ns.json:
         render.print_json(render.to_dict(resp))
@@ -182,9 +196,8 @@ def _place(c: Client, ns: argparse.Namespace) -> int:
 
 
 def _get(c: Client, ns: argparse.Namespace) -> int:
-    s = c.call(
-        f"get {ns.order_id}", c.saga.GetSaga, saga_pb2.GetSagaRequest(order_id=ns.order_id, include_events=ns.events)
-    )
+    with c.calling(f"get {ns.order_id}"):
+        s = c.sagas.get_saga(ns.order_id, include_events=ns.events)
     if ns.json:
         render.print_json(render.to_dict(s))
     else:
@@ -210,17 +223,18 @@ def _list(c: Client, ns: argparse.Namespace) -> int:
 def _watch(c: Client, ns: argparse.Namespace) -> int:
     last: saga_pb2.Saga | None = None
     t0: float | None = None
-    for update in c.watch(ns.order_id):
-        last = update.saga
-        if t0 is None:
-            t0 = render.seconds(update.saga.created_at)
-        if ns.json:
-            print(render.json_line(update), flush=True)
-        elif not update.HasField("event"):
-            print(f"{ns.order_id}: {render.state(update.saga.state)} on {update.saga.shard_id}", flush=True)
-        else:
-            row = render.event_row(update.event, t0)
-            print("  ".join(str(c) for c in row if c != ""), flush=True)
+    with c.calling(f"watch {ns.order_id}"):
+        for update in c.sagas.watch_saga(ns.order_id):
+            last = update.saga
+            if t0 is None:
+                t0 = render.seconds(update.saga.created_at)
+            if ns.json:
+                print(render.json_line(update), flush=True)
+            elif not update.HasField("event"):
+                print(f"{ns.order_id}: {render.state(update.saga.state)} on {update.saga.shard_id}", flush=True)
+            else:
+                row = render.event_row(update.event, t0)
+                print("  ".join(str(cell) for cell in row if cell != ""), flush=True)
     if last is None:
         return EXIT_NOT_FOUND
     if not ns.json:
@@ -232,38 +246,38 @@ def _dlq(c: Client, ns: argparse.Namespace) -> int:
     if ns.dlq_command == "list":
         if not 1 <= ns.page_size <= 500:
             raise UsageError("--page-size: must be 1-500")
-        req = saga_pb2.ListDeadLettersRequest(
-            step=_STEPS.get(ns.step or "", 0), include_closed=ns.include_closed, page_size=ns.page_size
-        )
-        resp = c.call("dlq list", c.admin.ListDeadLetters, req)
+        with c.calling("dlq list"):
+            (page,) = c.sagas.list_dead_letters(
+                step=_STEPS.get(ns.step or "", 0), include_closed=ns.include_closed, page_size=ns.page_size, max_pages=1
+            )
         if ns.json:
-            render.print_json({"dead_letters": [render.to_dict(d) for d in resp.dead_letters]})
+            render.print_json({"dead_letters": [render.to_dict(d) for d in page.dead_letters]})
         else:
-            render.table(render.dead_letter_rows(resp.dead_letters), render.DEAD_LETTER_HEADERS)
+            render.table(render.dead_letter_rows(page.dead_letters), render.DEAD_LETTER_HEADERS)
         return EXIT_OK
     if ns.dlq_command == "retry":
         if bool(ns.order_id) == bool(ns.all):
             raise UsageError("dlq retry: give one ORDER_ID, or --all (not both)")
         if ns.step and not ns.all:
             raise UsageError("--step: only with --all")
-        retry = saga_pb2.RetryDeadLetterRequest(
-            order_id=ns.order_id or "", all=ns.all, step=_STEPS.get(ns.step or "", 0), reason=ns.reason
-        )
-        resp = c.call("dlq retry", c.admin.RetryDeadLetter, retry)
+        with c.calling("dlq retry"):
+            if ns.all:
+                ids = c.sagas.retry_all_dead_letters(ns.reason, step=_STEPS.get(ns.step or "", 0))
+            else:
+                ids = c.sagas.retry_dead_letter(ns.order_id, ns.reason)
         if ns.json:
-            render.print_json(render.to_dict(resp))
+            render.print_json({"order_ids": ids})
         else:
-            ids = list(resp.order_ids)
             print(f"compensation resumed for {len(ids)} saga(s)" + (": " + ", ".join(ids) if ids else ""))
         return EXIT_OK
     if not ns.reason.strip():
         raise UsageError("--reason: required (what was fixed by hand)")
-    resolve = saga_pb2.ResolveDeadLetterRequest(order_id=ns.order_id, reason=ns.reason)
-    resp = c.call(f"dlq resolve {ns.order_id}", c.admin.ResolveDeadLetter, resolve)
+    with c.calling(f"dlq resolve {ns.order_id}"):
+        saga = c.sagas.resolve_dead_letter(ns.order_id, ns.reason)
     if ns.json:
-        render.print_json(render.to_dict(resp))
+        render.print_json({"saga": render.to_dict(saga)})
     else:
-        print(f"{ns.order_id}: {render.state(resp.saga.state)}")
+        print(f"{ns.order_id}: {render.state(saga.state)}")
     return EXIT_OK
 
 
@@ -280,7 +294,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return EXIT_USAGE
     try:
         token = read_token(ns.token_file) if ns.token_file is not None else None
-        client = Client(router, ns.timeout or CALL_TIMEOUT_S, tls_from_args(ns), token)
+        retry = RetryPolicy() if ns.retry else NO_RETRY
+        client = Client(router, ns.timeout or CALL_TIMEOUT_S, tls_from_args(ns), token, retry)
     except (TlsConfigError, UsageError) as e:
         print(f"sagactl: {e}", file=sys.stderr)
         return EXIT_USAGE

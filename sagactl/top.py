@@ -43,7 +43,9 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
     running, _ = c.list_sagas(saga_pb2.SAGA_STATE_RUNNING, SCAN, SCAN)
     compensating, _ = c.list_sagas(saga_pb2.SAGA_STATE_COMPENSATING, SCAN, SCAN)
     recent, _ = c.list_sagas(0, RECENT, RECENT)
-    letters = c.call("dlq list", c.admin.ListDeadLetters, saga_pb2.ListDeadLettersRequest(page_size=500)).dead_letters
+    with c.calling("dlq list"):
+        (page,) = c.sagas.list_dead_letters(page_size=SCAN, max_pages=1)
+    letters = page.dead_letters
     per_step: dict[int, list[float]] = {}
     for s in recent:
         for st in s.steps:

@@ -3,6 +3,7 @@ checking what it prints, its JSON, and the exit codes scripts rely on. One clust
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.live_cluster import LiveCluster
 from tests.helpers.net import free_port
+from tests.helpers.tcp_proxy import Mode, TcpProxy
 
 REPO = Path(__file__).parents[2]
 
@@ -95,6 +97,32 @@ def test_exit_codes_for_bad_input_missing_sagas_and_a_router_that_is_down(live: 
     assert down.returncode == 3 and "cannot reach the router" in down.stderr and "SAGA_ROUTER" in down.stderr
     down_json = ctl(None, "get", "x", "--json", router=f"127.0.0.1:{free_port()}")
     assert down_json.returncode == 3 and json.loads(down_json.stderr)["exit_code"] == 3
+
+
+async def test_retry_only_when_asked_and_then_through_a_router_that_comes_back(live: LiveCluster) -> None:
+    proxy = TcpProxy(live.router)  # the router as sagactl sees it: refusing connections until set to PASS
+    await proxy.start()
+    try:
+        proxy.set_mode(Mode.DROP)
+        once = await asyncio.to_thread(ctl, live, "place", "ctl-retry-0", router=proxy.address)
+        assert once.returncode == 3 and "cannot reach the router" in once.stderr  # no retry by default
+
+        placing = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sagactl", "place", "ctl-retry-1", "--retry", "--json", cwd=REPO,
+            env={**os.environ, "SAGA_ROUTER": proxy.address}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        refused_before = proxy.stats["dropped"]
+        deadline = time.monotonic() + 30
+        while proxy.stats["dropped"] < refused_before + 2:  # its first call refused, and it tried again
+            assert time.monotonic() < deadline and placing.returncode is None, "sagactl --retry did not try again"
+            await asyncio.sleep(0.05)
+        proxy.set_mode(Mode.PASS)
+        out, err = await asyncio.wait_for(placing.communicate(), timeout=60)
+        assert placing.returncode == 0, err.decode()
+        assert json.loads(out)["status"] == "SUCCESS"
+    finally:
+        await proxy.stop()
 
 
 def test_watch_follows_a_saga_to_its_end(live: LiveCluster) -> None:
