@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from loguru import logger
 
+from . import tracing
 from .tls import TlsFiles, check_plaintext, peer_key, server_credentials
 
 __all__ = ["PeerStreamLimit", "ServerLimits", "build_server", "listen", "server_options"]
@@ -182,8 +183,9 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """A grpc.aio server with limits applied; `streams` are the server's own long-lived streaming methods, bounded per
-    peer together with OPEN_STREAMS (health watch, reflection). `interceptors` (authentication) run before the bound."""
-    chain = list(interceptors)
+    peer together with OPEN_STREAMS (health watch, reflection). `interceptors` (authentication) run before the bound,
+    after tracing's (common.tracing; none when it is off), so refused calls show in traces too."""
+    chain = [*tracing.server_interceptors(), *interceptors]
     chain.append(PeerStreamLimit((*streams, *OPEN_STREAMS), limits.max_streams_per_peer))
     return grpc.aio.server(
         options=server_options(limits),

@@ -9,6 +9,7 @@ Contract:
   block open where it is logged. Fields live in a contextvar: they follow the task that opened the block, are inherited
   by tasks started inside it, and never leak into other tasks. Text mode appends them to the line as key=value; JSON
   mode has them under record.extra.
+- With tracing on (common.tracing), a line logged inside a span also carries trace_id, the id to look the trace up by.
 - Nothing here scrubs messages: what must not be logged (payment details) is never put in a log call.
 """
 
@@ -21,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from loguru import logger
+
+from . import tracing
 
 _FIELDS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("log_context_fields", default=None)
 _RENDERED = "_context_text"
@@ -57,6 +60,10 @@ def _merge_context(record: Any) -> None:
     fields = _FIELDS.get()
     if fields:
         record["extra"].update(fields)
+    if tracing.enabled() and "trace_id" not in record["extra"]:
+        trace_id = tracing.current_trace_id()
+        if trace_id:
+            record["extra"]["trace_id"] = trace_id
 
 
 def _merge_and_render(record: Any) -> None:

@@ -33,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from loguru import logger
 
+from . import tracing
+
 __all__ = [
     "ClientTls",
     "PemBundle",
@@ -245,7 +247,9 @@ class ClientTls:
         return True
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-        return aio_channel(address, self.files, options, credentials=self._credentials)
+        """A channel with this process's credentials; its calls are traced when tracing is on (common.tracing)."""
+        interceptors = tracing.client_interceptors()
+        return aio_channel(address, self.files, options, credentials=self._credentials, interceptors=interceptors)
 
 
 def is_loopback(host: str) -> bool:

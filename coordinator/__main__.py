@@ -15,7 +15,7 @@ from pathlib import Path
 import uvloop
 from loguru import logger
 
-from common import logs
+from common import logs, tracing
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
 
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
+    tracing.setup("saga-coordinator", instance=cfg.shard_id)
     try:
         uvloop.run(run(cfg, tls, auth))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed, a key file missing or too open:

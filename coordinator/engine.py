@@ -18,8 +18,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from loguru import logger
+
+from common import tracing
 
 from . import crashpoints, retry, transitions
 from .caller import Caller, SagaPayload
@@ -71,6 +74,11 @@ class SagaRun:
     """Resolves once the saga's creation is durable (None for a saga loaded from the journal)."""
     write_error: BaseException | None = None
     task: asyncio.Task[None] | None = None
+    trace_parent: Any = None
+    """The context its spans hang under (common.tracing.restore of the journaled one); None with tracing off."""
+    trace_id: str = ""
+    resumed: bool = False
+    """Loaded from the journal (a restart, a failover) rather than created by this process: marked on its spans."""
 
 
 class Engine:
@@ -93,7 +101,8 @@ class Engine:
     async def drive(self, run: SagaRun) -> None:
         """Moves the saga on until it is terminal or parked. Cancelling it is safe: the journal holds where it was."""
         saga = run.record
-        with saga_context(saga.saga_id, saga.order_id):
+        fields = {"trace_id": run.trace_id} if run.trace_id else {}
+        with saga_context(saga.saga_id, saga.order_id, **fields):
             if saga.state is SagaState.RUNNING:
                 await self._forward(run)
             if saga.state is SagaState.COMPENSATING:
@@ -137,7 +146,8 @@ class Engine:
             crashpoints.hit("after_intent_before_rpc")
             # Measured after the intent's commit, so that the call's own deadline is the saga's.
             remaining_s = max(run.deadline_mono - self._clock.monotonic(), 0.001)
-            result = await self._call(run, step, Action.FORWARD, min(policy.attempt_timeout_ms / 1000, remaining_s))
+            timeout_s = min(policy.attempt_timeout_ms / 1000, remaining_s)
+            result = await self._call(run, step, Action.FORWARD, attempt, timeout_s)
             crashpoints.hit("after_reply_before_outcome")
             if self._clock.monotonic() >= run.deadline_mono:
                 # The deadline ended the call (or came with its reply): its effect is unknown, so it is compensated.
@@ -206,7 +216,7 @@ class Engine:
             began = self._clock.monotonic()
             at_step(step.label, "compensate", attempt)
             await self._append(run, [self._event(run, EventKind.STARTED, step, Action.COMPENSATE, attempt)], wait=True)
-            result = await self._call(run, step, Action.COMPENSATE, policy.attempt_timeout_ms / 1000)
+            result = await self._call(run, step, Action.COMPENSATE, attempt, policy.attempt_timeout_ms / 1000)
             crashpoints.hit("mid_compensation")
             if result.ok:
                 done = self._event(run, EventKind.SUCCEEDED, step, Action.COMPENSATE, attempt, result.code.name)
@@ -244,20 +254,54 @@ class Engine:
     def _failed(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> Event:
         return self._event(run, EventKind.FAILED, step, action, attempt, result.code.name, result.summary)
 
-    async def _call(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> CallResult:
-        """One attempt, measured. It ends within timeout_s (the Caller's contract); an exception from the caller (a bug
-        or a broken channel) must not kill the saga, so it counts as transient."""
+    async def _call(self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float) -> CallResult:
+        """One attempt, measured (and traced when tracing is on). It ends within timeout_s (the Caller's contract); an
+        exception from the caller (a bug or a broken channel) must not kill the saga, so it counts as transient."""
         started = time.perf_counter()
-        try:
-            result = await self._caller.call(run.payload, step, action, timeout_s)
-        except Exception as e:
-            result = CallResult.failed_to_call(e)
+        if run.trace_parent is not None:
+            result = await self._traced_call(run, step, action, attempt, timeout_s)
+        else:
+            try:
+                result = await self._caller.call(run.payload, step, action, timeout_s)
+            except Exception as e:
+                result = CallResult.failed_to_call(e)
         elapsed_s = time.perf_counter() - started
         metrics = self._metrics
         metrics.child(metrics.step_duration, step.label, action.label).observe(elapsed_s)
         metrics.child(metrics.step_attempts, step.label, action.label, result.code.name).inc()
         logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, result.code.name, elapsed_s * 1e3)
         return result
+
+    async def _traced_call(
+        self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float
+    ) -> CallResult:
+        """The attempt inside its span ("forward process_payment"), under the saga's trace; the instrumented channel
+        makes the call to the service a child of it, and the service's own span a child of that."""
+        fields = {
+            **self._span_fields(run),
+            "saga.step": step.label,
+            "saga.action": action.label,
+            "saga.attempt": attempt,
+        }
+        with tracing.span(f"{action.label} {step.label}", run.trace_parent, fields) as span:
+            try:
+                result = await self._caller.call(run.payload, step, action, timeout_s)
+            except Exception as e:
+                result = CallResult.failed_to_call(e)
+            tracing.outcome(span, result.code.name, result.ok)
+        return result
+
+    def _span_fields(self, run: SagaRun) -> dict[str, Any]:
+        """What every span of this saga says about it: identifiers only, never payment data."""
+        saga = run.record
+        fields: dict[str, Any] = {
+            "saga.id": saga.saga_id,
+            "saga.order_id": saga.order_id,
+            "saga.shard": self._cfg.shard_id,
+        }
+        if run.resumed:
+            fields["saga.resumed"] = True
+        return fields
 
     def _event(
         self,
@@ -297,6 +341,10 @@ class Engine:
         note: str = "",
         extra: Sequence[Record] = (),
     ) -> None:
+        if run.trace_parent is not None:
+            fields = {**self._span_fields(run), "saga.state": new.name}
+            with tracing.span(f"saga {new.name}", run.trace_parent, fields):
+                pass
         await transitions.move(
             run.record,
             new,

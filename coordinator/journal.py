@@ -121,6 +121,11 @@ _MIGRATION_SQL: tuple[str, ...] = (
         history TEXT NOT NULL
     )
     """,
+    # v6: the trace context a saga's spans hang under (common.tracing.carrier: traceparent, then tracestate), so spans
+    # after a restart or a long wait join the trace of the request that started the saga. '' when tracing was off.
+    """
+    ALTER TABLE sagas ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -129,7 +134,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
 
 _SAGA_COLUMNS = (
     "saga_id, order_id, user_id, request, payment_sealed, payload_hash, state, created_at_epoch_ms, "
-    "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note"
+    "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note, trace_context"
 )
 _EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms"
 _DEDUP_COLUMNS = "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms"
@@ -507,6 +512,7 @@ class Journal:
                         saga.deadline_epoch_ms,
                         saga.last_error,
                         saga.parked_note,
+                        saga.trace_context,
                     )
                 )
             elif isinstance(record, DeadLetterOpen):
@@ -517,7 +523,7 @@ class Journal:
         await db.execute("BEGIN IMMEDIATE")
         try:
             if sagas:
-                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
+                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
             if events:
                 await db.executemany(
                     f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", events
@@ -568,7 +574,7 @@ class Journal:
             sql = (
                 f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ? UNION ALL SELECT saga_id, order_id, NULL, NULL, "
                 "NULL, payload_hash, state, created_at_epoch_ms, finished_at_epoch_ms, finished_at_epoch_ms, message, "
-                "'' FROM order_dedup WHERE order_id = ? LIMIT 1"
+                "'', '' FROM order_dedup WHERE order_id = ? LIMIT 1"
             )
             args: tuple[str, ...] = (order_id, order_id)
         else:
@@ -976,6 +982,7 @@ def _saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
         deadline_epoch_ms=int(r[9]),  # type: ignore[arg-type]
         last_error=str(r[10]),
         parked_note=str(r[11]),
+        trace_context=str(r[12]),
     )
 
 

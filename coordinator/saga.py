@@ -195,6 +195,8 @@ class SagaRecord:
     """Why it waits for an operator: set when DEAD_LETTERED, cleared by an operator retry, kept once RESOLVED."""
     steps: dict[Step, StepProgress] = field(default_factory=new_steps)
     next_seq: int = 1
+    trace_context: str = ""
+    """The trace its spans join (common.tracing.carrier); "" when tracing was off at its creation."""
 
     def apply(self, event: Event) -> None:
         self.next_seq = max(self.next_seq, event.seq + 1)
@@ -234,6 +236,7 @@ class SagaRecord:
             self.parked_note,
             {step: progress.copy() for step, progress in self.steps.items()},
             self.next_seq,
+            self.trace_context,
         )
 
     def to_compensate(self) -> list[Step]:

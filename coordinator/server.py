@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common import tracing
 from common.auth import AuthPolicy, OnDenied, current_principal, server_interceptor
 from common.grpc_server import ServerLimits
 from common.grpc_server import build_server as build_grpc_server
@@ -66,6 +67,11 @@ def ring_epoch(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
         raise InvalidRequest(EPOCH_KEY, str(e)) from None
 
 
+def saga_trace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The trace a new saga's spans join: its caller's (the router's call), else this call's own span."""
+    return tracing.remote_parent(context.invocation_metadata()) or tracing.carrier()
+
+
 def operator_name() -> str:
     """Who the audit trail names: the principal the interceptor authenticated ("local-dev" with auth off). The
     interceptor admits no admin call without one, so a missing principal is a wiring bug, not a caller's doing."""
@@ -83,7 +89,8 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
         self, request: saga_pb2.PlaceOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.PlaceOrderResponse:
         try:
-            placed = await self._shard.place_order(request, ring_epoch(context))
+            trace = saga_trace(context) if tracing.enabled() else ""
+            placed = await self._shard.place_order(request, ring_epoch(context), trace)
         except SagaError as e:
             await abort(context, e)
         return convert.place_order_response(placed.saga, placed.pending)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from common import tracing
 from common.loops import run_every
 from protos.saga.v1 import saga_pb2
 
@@ -122,8 +123,11 @@ class Shard:
 
     # ---- PlaceOrder -----------------------------------------------------------------------------------------------
 
-    async def place_order(self, req: saga_pb2.PlaceOrderRequest, ring_epoch: int | None = None) -> Placed:
-        """ring_epoch: the ring the router routed the call by (None: not routed, not fenced)."""
+    async def place_order(
+        self, req: saga_pb2.PlaceOrderRequest, ring_epoch: int | None = None, trace_context: str = ""
+    ) -> Placed:
+        """ring_epoch: the ring the router routed the call by (None: not routed, not fenced). trace_context: the trace
+        a new saga's spans join (common.tracing.carrier), kept in its journal row."""
         validate_place_order(req, self.cfg.limits)
         payload_hash = self._payload_hash(req)
         while True:
@@ -155,13 +159,13 @@ class Shard:
             # The fence and the registration of the new saga with no await in between: a router that installs a newer
             # ring here and then asks for this order sees either the saga or a refusal of this call, never neither.
             self.ownership.check(ring_epoch, req.order_id, creating=True)
-            run = self._create(req, payload_hash)
+            run = self._create(req, payload_hash, trace_context)
         finally:
             del self._creating[req.order_id]
             gate.set_result(None)
         return await self._answer(run, req.no_wait)
 
-    def _create(self, req: saga_pb2.PlaceOrderRequest, payload_hash: str) -> SagaRun:
+    def _create(self, req: saga_pb2.PlaceOrderRequest, payload_hash: str, trace_context: str) -> SagaRun:
         now = self.clock.now_epoch_ms()
         ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
@@ -179,6 +183,7 @@ class Shard:
             created_at_epoch_ms=now,
             updated_at_epoch_ms=now,
             deadline_epoch_ms=now + ttl_ms,
+            trace_context=trace_context,
         )
         created = Event(rec.saga_id, 1, now, EventKind.CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
         rec.next_seq = 2
@@ -214,6 +219,10 @@ class Shard:
             done=loop.create_future(),
             created=created,
         )
+        if tracing.enabled():
+            run.trace_parent = tracing.restore(rec.trace_context)
+            run.trace_id = tracing.trace_id_of(rec.trace_context)
+            run.resumed = created is None
         self._live[rec.order_id] = run
         if start:
             self._start_task(run)

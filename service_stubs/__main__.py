@@ -12,7 +12,7 @@ from pathlib import Path
 import uvloop
 from loguru import logger
 
-from common import logs
+from common import logs, tracing
 from common.auth import AuthConfigError, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Measured with `make bench BENCH_ARGS="stubs"`: see the commit that set this.
     gc.set_threshold(50_000, 50, 100)
     logs.setup("stubs", level=log_level)
+    tracing.setup("saga-stubs")
     try:
         uvloop.run(run(config))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed: found before anything is bound.

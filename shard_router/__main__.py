@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import uvloop
 from loguru import logger
 
-from common import logs
+from common import logs, tracing
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.ring import EpochError
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
     logs.setup("router", json_lines=config.log_json)
+    tracing.setup("saga-router")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config, auth))
 

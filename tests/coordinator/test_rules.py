@@ -141,7 +141,9 @@ def test_sealing_round_trip_and_tamper(tmp_path: Path) -> None:
 
 
 def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
-    rec = SagaRecord("s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", "parked", next_seq=7)
+    rec = SagaRecord(
+        "s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", "parked", next_seq=7, trace_context="00-tp"
+    )
     rec.steps[Step.PROCESS_PAYMENT].forward_attempts = 2
     # Every field holds a value other than its default (a field added later must be set here, and in copy()) ...
     assert all(getattr(rec, f.name) != f.default for f in dataclasses.fields(rec))

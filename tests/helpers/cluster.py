@@ -123,6 +123,8 @@ class Cluster:
     """Every shard's journal replicated by Litestream (replica-N processes, file replicas under root/replicas)."""
     router_views: bool = False
     """Each router reads its own copy of the ring files, brought up to date by publish(name)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment for every process (e.g. OTEL_* to export traces)."""
     system: LocalSystem | None = None
     integrity_checks: int = 0
     integrity_failures: list[str] = field(default_factory=list)
@@ -151,7 +153,7 @@ class Cluster:
             dashboard=False,
             shard_config=self.settings.toml(),
             shard_module=self.shard_module,
-            env={"SAGA_JOURNAL_KEY": "chaos-secret"},
+            env={"SAGA_JOURNAL_KEY": "chaos-secret", **self.env},
             process_env={f"shard-{i}": self._clock_env(f"shard-{i}") for i in range(1, self.shards + 1)},
             services=self.services,
             journal_dirs=self.journal_dirs,

@@ -1,0 +1,230 @@
+"""Traces of real processes (router, shards, stubs started by the launcher) exported over OTLP to a real receiver in the
+test: one saga is one tree from the client's span down to each service's, also across a SIGKILL of its shard; no span
+carries payment data; log lines carry the trace id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from common.tls import TlsFiles, aio_channel
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from tests.helpers.cluster import Cluster, ShardSettings
+from tests.helpers.coordinator import place_request
+from tests.helpers.otlp import OtlpReceiver, Span
+from tests.helpers.stubs import StubControlClient, fault_rule
+
+pytestmark = pytest.mark.timeout(180)
+
+SECRET = "tok_ok_tracing_secret_7c1f"
+"""The payment token: no span, attribute or span name may contain it."""
+FORWARD = {
+    "create_order": "/shop.v1.OrderService/CreateOrder",
+    "reserve_inventory": "/shop.v1.InventoryService/ReserveInventory",
+    "process_payment": "/shop.v1.PaymentService/ChargePayment",
+    "schedule_shipment": "/shop.v1.ShippingService/ScheduleShipment",
+}
+SERVER, CLIENT = trace_pb2.Span.SPAN_KIND_SERVER, trace_pb2.Span.SPAN_KIND_CLIENT
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, receiver: OtlpReceiver) -> AsyncIterator[Cluster]:
+    settings = ShardSettings(forward_attempts=10_000, ttl_ms=120_000)
+    c = Cluster(tmp_path, shards=2, settings=settings, env=receiver.environment())
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+class Client:
+    """The test as an instrumented client: its own provider exporting to the receiver, OpenTelemetry's interceptors."""
+
+    def __init__(self, receiver: OtlpReceiver, router: str) -> None:
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
+        exporter = OTLPSpanExporter(endpoint=receiver.endpoint, insecure=True)
+        self.provider.add_span_processor(SimpleSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("test")
+        interceptors = aio_client_interceptors(tracer_provider=self.provider)
+        self.channel = aio_channel(router, TlsFiles(), interceptors=interceptors)
+        self.saga = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        self.provider.shutdown()
+
+
+def one_trace(spans: list[Span], trace_id: str) -> list[Span]:
+    return [s for s in spans if s.trace_id == trace_id]
+
+
+def stub_span(spans: list[Span], method: str) -> list[Span]:
+    return [s for s in spans if s.service == "saga-stubs" and s.name == method and s.kind == SERVER]
+
+
+def chain(spans: list[Span], span: Span) -> list[Span]:
+    """span, its parent, ... up to the first span whose parent was not exported."""
+    by_id = {s.span_id: s for s in spans}
+    out = [span]
+    while out[-1].parent_id in by_id:
+        out.append(by_id[out[-1].parent_id])
+    return out
+
+
+def assert_no_secret(spans: list[Span]) -> None:
+    leaks = [(s.service, s.name) for s in spans if any(SECRET in text for text in s.strings())]
+    assert not leaks, f"spans carry the payment token: {leaks}"
+
+
+async def test_a_saga_is_one_tree_from_the_client_to_each_service(
+    cluster: Cluster, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    client = Client(receiver, cluster.router.address)
+    try:
+        with client.tracer.start_as_current_span("checkout") as root:
+            reply = await client.saga.PlaceOrder(place_request("trace-ok-1", token=SECRET), timeout=60)
+        assert reply.status == saga_pb2.SUCCESS, reply
+    finally:
+        await client.close()
+    trace_id = format(root.get_span_context().trace_id, "032x")
+
+    def complete(spans: list[Span]) -> bool:
+        """Every service's span of every step arrived, and every span's parent (exports are batched per process)."""
+        mine = one_trace(spans, trace_id)
+        names = {s.name for s in mine}
+        ids = {s.span_id for s in mine}
+        arrived = all(stub_span(mine, m) for m in FORWARD.values()) and "saga SUCCEEDED" in names
+        return arrived and all(s.parent_id in ids for s in mine if s.parent_id)
+
+    spans = one_trace(receiver.wait_for(complete, timeout_s=60), trace_id)
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [r.name for r in roots] == ["checkout"], roots
+    orphans = [(s.service, s.name) for s in spans if s.parent_id and s.parent_id not in by_id]
+    assert not orphans, f"spans whose parent never arrived: {orphans}"
+
+    # client -> router -> shard: the router's server span under the client's call, its call to the shard under it.
+    (client_call,) = [s for s in spans if s.service == "test-client" and s.kind == CLIENT]
+    (router_in,) = [s for s in spans if s.service == "saga-router" and s.kind == SERVER]
+    assert router_in.parent_id == client_call.span_id and router_in.name == "/saga.v1.SagaCoordinator/PlaceOrder"
+    (router_out,) = [s for s in spans if s.service == "saga-router" and s.kind == CLIENT]
+    assert router_out.parent_id == router_in.span_id
+    (shard_in,) = [s for s in spans if s.service == "saga-coordinator" and s.kind == SERVER]
+    assert shard_in.parent_id == router_out.span_id
+
+    # Each step: attempt span (under the router's call) -> the shard's call -> the service's own span.
+    for step, method in FORWARD.items():
+        (service_span,) = stub_span(spans, method)
+        call = by_id[service_span.parent_id]
+        attempt = by_id[call.parent_id]
+        assert (call.service, call.kind, call.name) == ("saga-coordinator", CLIENT, method)
+        assert attempt.name == f"forward {step}" and attempt.parent_id == router_out.span_id
+        assert attempt.attributes["saga.order_id"] == "trace-ok-1"
+        assert attempt.attributes["saga.step"] == step and attempt.attributes["saga.action"] == "forward"
+        assert attempt.attributes["saga.attempt"] == 1 and attempt.attributes["saga.outcome"] == "OK"
+        assert attempt.attributes["saga.id"] == reply.saga_id
+        assert attempt.instance == shard_in.instance != ""
+    assert any(s.name == "saga SUCCEEDED" for s in spans)
+    assert_no_secret(receiver.spans)
+
+    # The shard's log lines of this saga lead to its trace.
+    shard_log = (tmp_path / f"{shard_in.instance}.log").read_text()
+    assert f"trace_id={trace_id}" in shard_log
+
+
+async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluster, receiver: OtlpReceiver) -> None:
+    """Payment fails (UNAVAILABLE) until the shard holding the saga has been SIGKILLed mid-retries and restarted: the
+    restarted shard's attempts hang under the same parent, in the same trace, and the saga finishes."""
+    order = "trace-kill-1"
+    async with StubControlClient(cluster.stub_address) as control:
+        await control.set_faults([fault_rule("ChargePayment", order_id_prefix=order, error_rate=1.0)], seed=1)
+        client = Client(receiver, cluster.router.address)
+        try:
+            with client.tracer.start_as_current_span("checkout") as root:
+                request = place_request(order, token=SECRET, no_wait=True)
+                await client.saga.PlaceOrder(request, timeout=60)
+                placed = await client.saga.GetSaga(saga_pb2.GetSagaRequest(order_id=order), timeout=10)
+            trace_id = format(root.get_span_context().trace_id, "032x")
+
+            def retrying(spans: list[Span]) -> bool:
+                attempts = [s for s in one_trace(spans, trace_id) if s.name == "forward process_payment"]
+                return len(attempts) >= 3
+
+            receiver.wait_for(retrying, timeout_s=60)
+            holder = next(i for i, n in enumerate(cluster.nodes) if n.shard_id == placed.shard_id)
+            killed_at_ns = time.time_ns()
+            await cluster.kill_shard(holder)
+            await control.clear_faults()
+            await cluster.start_shard(holder)
+            deadline = time.monotonic() + 90
+            while True:
+                saga = await client.saga.GetSaga(saga_pb2.GetSagaRequest(order_id=order), timeout=10)
+                if saga.state == saga_pb2.SAGA_STATE_SUCCEEDED:
+                    break
+                assert time.monotonic() < deadline, f"saga not finished after the restart: {saga}"
+                await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    def finished(spans: list[Span]) -> bool:
+        mine = one_trace(spans, trace_id)
+        return bool(stub_span(mine, FORWARD["schedule_shipment"])) and any(s.name == "saga SUCCEEDED" for s in mine)
+
+    spans = one_trace(receiver.wait_for(finished, timeout_s=60), trace_id)
+    attempts = [s for s in spans if s.name.startswith(("forward ", "compensate "))]
+    before = [s for s in attempts if not s.attributes.get("saga.resumed")]
+    after = [s for s in attempts if s.attributes.get("saga.resumed")]
+    assert before and after, [(s.name, s.attributes) for s in attempts]
+    assert all(s.start_ns >= killed_at_ns for s in after)
+    # One parent for every attempt, before and after the kill: the router's call that created the saga.
+    assert len({s.parent_id for s in attempts}) == 1
+    (router_out,) = [s for s in spans if s.span_id == attempts[0].parent_id]
+    assert router_out.service == "saga-router" and router_out.kind == CLIENT
+    ok = [s for s in after if s.name == "forward process_payment" and s.attributes["saga.outcome"] == "OK"]
+    assert len(ok) == 1 and ok[0].attributes["saga.attempt"] > len([s for s in before if "payment" in s.name])
+    # Everything after the restart reaches the client's root span; a span missing its parent is one whose parent
+    # was open in the killed process (its call to a service in flight at the SIGKILL).
+    for s in spans:
+        top = chain(spans, s)[-1]
+        if top.name != "checkout":
+            assert s.start_ns < killed_at_ns and top.service == "saga-stubs", (s, top)
+    (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED"]
+    assert succeeded.attributes["saga.resumed"] and succeeded.parent_id == router_out.span_id
+    assert_no_secret(receiver.spans)
+
+
+async def test_no_span_is_made_when_no_endpoint_is_named(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    """Off by default: with no OTEL_* endpoint nothing is exported, and incoming traceparents are merely passed on."""
+    cluster = Cluster(tmp_path, shards=1)
+    await cluster.start()
+    try:
+        client = Client(receiver, cluster.router.address)
+        try:
+            with client.tracer.start_as_current_span("checkout"):
+                reply = await client.saga.PlaceOrder(place_request("trace-off-1"), timeout=60)
+            assert reply.status == saga_pb2.SUCCESS
+        finally:
+            await client.close()
+        await asyncio.sleep(1.0)
+        assert {s.service for s in receiver.spans} == {"test-client"}
+        shard_log = (tmp_path / "shard-1.log").read_text()
+        assert "trace_id=" not in shard_log
+    finally:
+        await cluster.stop()
