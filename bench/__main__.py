@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         default="off",
         help="mutual TLS on every hop; compare: plaintext and TLS runs alternated, then the difference",
     )
+    p.add_argument(
+        "--tracing",
+        choices=("off", "on", "compare"),
+        default="off",
+        help="every process exports OTLP traces to a receiver in the bench; compare: off and on alternated",
+    )
     p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
     p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
@@ -311,9 +317,14 @@ def _cluster(args: argparse.Namespace) -> int:
         profile_dir=args.profile,
         profile_native=args.native,
         tls=args.tls == "on",
+        tracing=args.tracing == "on",
     )
+    if args.tls == "compare" and args.tracing == "compare":
+        raise SystemExit("bench: compare one thing at a time (--tls compare or --tracing compare)")
     if args.tls == "compare":
-        return _compare_tls(args, cfg)
+        return _compare(args, cfg, "tls")
+    if args.tracing == "compare":
+        return _compare(args, cfg, "tracing")
     runs = []
     for i in range(args.repeat):
         figures = run(replace(cfg, seed=cfg.seed + i))
@@ -330,34 +341,38 @@ def _cluster(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _compare_tls(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """Plaintext and TLS runs alternated (so drift on the machine hits both alike), each side's median, then what TLS
-    adds: CPU ms per saga by process kind, and the throughput ratio."""
+def _switched(cfg: RunConfig, switch: str, on: bool) -> RunConfig:
+    return replace(cfg, tls=on) if switch == "tls" else replace(cfg, tracing=on)
+
+
+def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
+    """Runs with `switch` ("tls" or "tracing") off and on, alternated (so drift on the machine hits both alike), each
+    side's median, then what it adds: CPU ms per saga by process kind, and the throughput ratio."""
     sides: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     for i in range(args.repeat):
-        for tls in (False, True):
-            side = replace(cfg, seed=cfg.seed + i, tls=tls)
+        for on in (False, True):
+            side = _switched(replace(cfg, seed=cfg.seed + i), switch, on)
             figures = run(side)
-            sides[tls].append(figures)
+            sides[on].append(figures)
             print(_table(figures, f"run {i + 1}/{args.repeat}: {side.label}"), flush=True)
-    plain, secure = (runs[0] if len(runs) == 1 else _median(runs) for runs in (sides[False], sides[True]))
+    off, on_ = (runs[0] if len(runs) == 1 else _median(runs) for runs in (sides[False], sides[True]))
     cost = {
-        "label": f"tls-compare-{replace(cfg, tls=True).label}",
+        "label": f"{switch}-compare-{_switched(cfg, switch, True).label}",
         "cpu_ms_per_saga_added": {
-            k: round(secure["cpu_ms_per_saga"][k] - plain["cpu_ms_per_saga"][k], 4)
-            for k in plain["cpu_ms_per_saga"]
-            if k in secure["cpu_ms_per_saga"]
+            k: round(on_["cpu_ms_per_saga"][k] - off["cpu_ms_per_saga"][k], 4)
+            for k in off["cpu_ms_per_saga"]
+            if k in on_["cpu_ms_per_saga"]
         },
-        "throughput_ratio": round(secure["throughput_sagas_per_s"] / plain["throughput_sagas_per_s"], 3),
-        "p50_ms": {"off": plain["p50_ms"], "on": secure["p50_ms"]},
-        "p99_ms": {"off": plain["p99_ms"], "on": secure["p99_ms"]},
-        "plaintext": plain,
-        "tls": secure,
+        "throughput_ratio": round(on_["throughput_sagas_per_s"] / off["throughput_sagas_per_s"], 3),
+        "p50_ms": {"off": off["p50_ms"], "on": on_["p50_ms"]},
+        "p99_ms": {"off": off["p99_ms"], "on": on_["p99_ms"]},
+        "off": off,
+        "on": on_,
     }
-    print(f"TLS cost (median of {args.repeat} run(s) each side)")
-    print(f"  throughput  {plain['throughput_sagas_per_s']:g} -> {secure['throughput_sagas_per_s']:g} sagas/s")
+    print(f"{switch} cost (median of {args.repeat} run(s) each side)")
+    print(f"  throughput  {off['throughput_sagas_per_s']:g} -> {on_['throughput_sagas_per_s']:g} sagas/s")
     for kind, added in cost["cpu_ms_per_saga_added"].items():
-        before, after = plain["cpu_ms_per_saga"][kind], secure["cpu_ms_per_saga"][kind]
+        before, after = off["cpu_ms_per_saga"][kind], on_["cpu_ms_per_saga"][kind]
         print(f"  cpu ms/saga {kind:<8} {before:g} -> {after:g}  ({added:+g})")
     cost["results_file"] = str(_save(cost, args.results_dir, cost["label"]))
     print(json.dumps(cost), flush=True)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from tests.helpers.otlp import OtlpReceiver
+
 from . import ledger
 from .cluster import REPO_ROOT, Cluster
 from .loadgen import Spec
@@ -55,6 +57,8 @@ class RunConfig:
     """py-spy --native: C/C++ frames too (gRPC core, uvloop, SQLite); slower sampling, larger files."""
     tls: bool = False
     """Mutual TLS on every hop, load generators included (LocalSystem's local CA)."""
+    tracing: bool = False
+    """Every process exports traces over OTLP (common.tracing) to a receiver in the bench process that counts them."""
 
     @property
     def label(self) -> str:
@@ -68,6 +72,8 @@ class RunConfig:
             base += "-direct"
         if self.tls:
             base += "-tls"
+        if self.tracing:
+            base += "-otel"
         return f"{base}-s{self.shards}"
 
 
@@ -146,7 +152,9 @@ def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path) -> list[Spec]:
 def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     """Runs the benchmark once; returns the figures (the JSON line's content)."""
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls)
+    # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
+    receiver = OtlpReceiver(keep=False).start() if cfg.tracing else None
+    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=receiver.environment(None) if receiver else None)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
     try:
@@ -208,6 +216,10 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
                 print(f"  ledger violation: {v}", file=log)
         if profiler is not None:
             figures["profiles"] = profiler.outputs
+        if receiver is not None:
+            # Received by now (exports trail by up to one batch delay): enough to show the traces flowed.
+            figures["spans_received"] = receiver.span_count
+            figures["otlp_bytes_received"] = receiver.bytes
         return figures
     finally:
         if profiler is not None:
@@ -220,6 +232,8 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
                 if stream is not None:
                     stream.close()
         cluster.stop()
+        if receiver is not None:
+            receiver.stop()
         if cfg.keep:
             print(f"kept {workdir}", file=log)
         else:
