@@ -1,5 +1,7 @@
-"""The load generator: one process (`python -m bench.loadgen SPEC_JSON`), one grpc.aio channel, uvloop, many
-concurrent PlaceOrder calls to the router.
+"""The load generator: one process (`python -m bench.loadgen SPEC_JSON`), one sagaclient.SagaClient (one grpc.aio
+channel), uvloop, many concurrent PlaceOrder calls to the router. It places orders as any Python user of the API would
+(issue 18: the client library is exercised every day), without retries: a shed or failed call is counted under its
+status code, not hidden behind a retry.
 
 It talks to the harness over its standard streams: warms up, prints `ready`, waits for `go` on stdin (so the harness
 can read every process's CPU time at the start of the measured window), runs, writes its results to the file the spec
@@ -24,17 +26,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import uvloop
 
-from common.tls import TlsFiles, aio_channel
+from common.tls import TlsFiles
 from protos.saga.v1 import saga_pb2
+from sagaclient import NO_RETRY, PaymentInfo, SagaClient, SagaError
 
 TOKEN_OK = "tok_ok"
 TOKEN_DECLINED = "tok_declined"
 CALL_TIMEOUT_S = 30.0
-PLACE_ORDER = "/saga.v1.SagaCoordinator/PlaceOrder"
+READY_TIMEOUT_S = 15.0
 _ITEMS = (("bench-widget", 1), ("bench-gadget", 2))
+_LINES = tuple(saga_pb2.Item(item_id=item, quantity=qty) for item, qty in _ITEMS)
+_PAYMENT = {
+    declined: PaymentInfo(payment_token=TOKEN_DECLINED if declined else TOKEN_OK, amount_cents=1299, currency="EUR")
+    for declined in (False, True)
+}
 
 
 @dataclass(frozen=True)
@@ -80,25 +87,21 @@ class Result:
     """Open loop: how late the generator itself was in sending a due order (its own saturation)."""
 
 
-def place_request(order_id: str, index: int, declined: bool) -> saga_pb2.PlaceOrderRequest:
-    return saga_pb2.PlaceOrderRequest(
-        order_id=order_id,
-        user_id=f"bench-user-{index % 97}",
-        items=[saga_pb2.Item(item_id=item, quantity=qty) for item, qty in _ITEMS],
-        payment_info=saga_pb2.PaymentInfo(
-            payment_token=TOKEN_DECLINED if declined else TOKEN_OK, amount_cents=1299, currency="EUR"
-        ),
-    )
+@dataclass(frozen=True)
+class Request:
+    """One order to place, drawn before the measured window; the window holds the calls."""
 
-
-Place = Callable[..., Any]
-Request = tuple[str, bool, bytes, Place]
+    order_id: str
+    declined: bool
+    user_id: str
+    client: SagaClient
+    """Who places it: the one client of the router, or (direct) the owning shard's."""
 
 
 class Generator:
-    def __init__(self, spec: Spec, place_for: Callable[[str], Place]) -> None:
+    def __init__(self, spec: Spec, client_for: Callable[[str], SagaClient]) -> None:
         self.spec = spec
-        self._place_for = place_for
+        self._client_for = client_for
         self._rng = random.Random(spec.seed * 1_000 + spec.worker)
 
     def _requests(self, prefix: str, n: int) -> list[Request]:
@@ -106,16 +109,16 @@ class Generator:
         for i in range(n):
             order_id = f"{self.spec.run_id}-{prefix}{self.spec.worker}-{i}"
             declined = self._rng.random() < self.spec.fail_rate
-            body = place_request(order_id, i, declined).SerializeToString()
-            out.append((order_id, declined, body, self._place_for(order_id)))
+            out.append(Request(order_id, declined, f"bench-user-{i % 97}", self._client_for(order_id)))
         return out
 
-    async def _call(self, request: Request) -> str:
+    async def _call(self, r: Request) -> str:
         try:
-            raw = await request[3](request[2], timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as e:
-            return str(e.code().name)
-        reply = saga_pb2.PlaceOrderResponse.FromString(raw)
+            reply = await r.client.place_order(
+                r.order_id, r.user_id, _LINES, _PAYMENT[r.declined], timeout_s=CALL_TIMEOUT_S
+            )
+        except SagaError as e:
+            return str(e.code.name)
         return str(saga_pb2.PlaceOrderStatus.Name(reply.status))
 
     async def closed(self, prefix: str, n: int, concurrency: int) -> Result:
@@ -179,8 +182,8 @@ class Generator:
             ended_mono=time.monotonic(),
             latencies_ms=latencies,
             outcomes=outcomes,
-            order_ids=[r[0] for r in requests],
-            declined=[r[1] for r in requests],
+            order_ids=[r.order_id for r in requests],
+            declined=[r.declined for r in requests],
             lag_max_ms=lag_max_ms,
         )
 
@@ -190,39 +193,33 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _placer(channel: grpc.aio.Channel) -> Place:
-    # Bytes in, bytes out: requests are encoded before the measured window, so it holds calls, not encoding.
-    place: Place = channel.unary_unary(PLACE_ORDER, _registered_method=True)
-    return place
-
-
-def _channel(spec: Spec, address: str) -> grpc.aio.Channel:
-    if spec.tls is None:
-        return grpc.aio.insecure_channel(address)
-    cert, key, ca = (Path(p) for p in spec.tls)
-    return aio_channel(address, TlsFiles(cert=cert, key=key, ca=ca))
+async def _client(stack: contextlib.AsyncExitStack, spec: Spec, address: str) -> SagaClient:
+    """A connected client of address: no retries (the bench counts what failed), mutual TLS if the spec says."""
+    tls = None
+    if spec.tls is not None:
+        cert, key, ca = (Path(p) for p in spec.tls)
+        tls = TlsFiles(cert=cert, key=key, ca=ca)
+    client = await stack.enter_async_context(
+        await SagaClient.connect(address, tls=tls, retry=NO_RETRY, timeout_s=CALL_TIMEOUT_S)
+    )
+    await asyncio.wait_for(client.channel.channel_ready(), timeout=READY_TIMEOUT_S)
+    return client
 
 
 async def run(spec: Spec) -> Result | None:
     async with contextlib.AsyncExitStack() as stack:
         if spec.direct:
-            # Client-side routing (what dropping the router hop would look like): one channel per shard, the router's
+            # Client-side routing (what dropping the router hop would look like): one client per shard, the router's
             # own ring to pick the owner.
             from common.ring import HashRing
 
-            places = {}
-            for shard_id, address in spec.shards:
-                channel = await stack.enter_async_context(_channel(spec, address))
-                await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
-                places[shard_id] = _placer(channel)
-            ring = HashRing(places, spec.vnodes)
-            gen = Generator(spec, lambda order_id: places[ring.owner(order_id)])
+            clients = {shard_id: await _client(stack, spec, address) for shard_id, address in spec.shards}
+            ring = HashRing(clients, spec.vnodes)
+            gen = Generator(spec, lambda order_id: clients[ring.owner(order_id)])
         else:
-            # One channel per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
-            channel = await stack.enter_async_context(_channel(spec, spec.router))
-            await asyncio.wait_for(channel.channel_ready(), timeout=15.0)
-            place = _placer(channel)
-            gen = Generator(spec, lambda order_id: place)
+            # One client per process: every call multiplexes over its HTTP/2 connection, as a real client's would.
+            client = await _client(stack, spec, spec.router)
+            gen = Generator(spec, lambda order_id: client)
         if spec.warmup:
             warm = await gen.closed("w", spec.warmup, spec.concurrency)
             bad = [o for o in warm.outcomes if o not in ("SUCCESS", "FAILED")]

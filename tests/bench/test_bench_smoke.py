@@ -56,6 +56,19 @@ def test_cluster_run_reports_every_figure(tmp_path: Path) -> None:
     assert saved["outcomes"] == figures["outcomes"]
 
 
+def test_direct_run_places_through_a_client_per_shard(tmp_path: Path) -> None:
+    # --direct: the load generator holds one sagaclient.SagaClient per shard and picks the owner by the router's ring.
+    proc = _bench(
+        "--sagas", "12", "--warmup", "2", "--shards", "2", "--concurrency", "4", "--direct",
+        "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["direct"] and figures["errors"] == 0 and figures["outcomes"] == {"SUCCESS": 12}
+    assert figures["shard_sagas_started"] == 12
+    assert figures["ledger_checked"] == 12 and figures["ledger_violations"] == 0
+
+
 def test_journal_micro_benchmark_reports_each_case(tmp_path: Path) -> None:
     proc = _bench("journal", "--journal-sagas", "10", "--journal-writers", "4", "--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
