@@ -28,7 +28,7 @@ from loguru import logger
 from coordinator.caller import SagaPayload
 from coordinator.clock import SystemClock
 from coordinator.config import Limits, Retention, ShardConfig
-from coordinator.errors import CallResult
+from coordinator.errors import CallResult, OperationAnswer, OperationState
 from coordinator.journal import Journal, NewSaga
 from coordinator.model import Action, SagaState, Step
 from coordinator.saga import Event, EventKind, SagaRecord
@@ -54,6 +54,11 @@ class InstantCaller:
         if step is Step.PROCESS_PAYMENT and action is Action.FORWARD and declined:
             return CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
         return CallResult(grpc.StatusCode.OK)
+
+    async def get_operation(
+        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+    ) -> OperationAnswer:
+        return OperationAnswer(OperationState.NOT_FOUND)  # never asked: every call answers
 
     async def close(self) -> None:
         return None

@@ -30,7 +30,7 @@ from protos.shop.v1 import (
 )
 
 from .config import Services
-from .errors import CallResult
+from .errors import CallResult, OperationAnswer, OperationState
 from .model import Action, Step, idempotency_key
 
 
@@ -46,7 +46,13 @@ class SagaPayload:
 
 
 class Caller(Protocol):
-    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult: ...
+    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+        """One attempt of the step's forward call or compensation; an OK result may be "accepted, in progress"."""
+
+    async def get_operation(
+        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+    ) -> OperationAnswer:
+        """What the step's service says became of that call (its idempotency key); UNKNOWN if it cannot be asked."""
 
     async def close(self) -> None: ...
 
@@ -80,6 +86,7 @@ class GrpcCaller:
         self._tls = tls or ClientTls(TlsFiles())
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._get_operation: dict[Step, Any] = {}
         self._methods = self._open()
 
     def _open(self) -> dict[tuple[Step, Action], Any]:
@@ -96,6 +103,12 @@ class GrpcCaller:
         inventory = inventory_pb2_grpc.InventoryServiceStub(channel(services.inventory))
         payment = payment_pb2_grpc.PaymentServiceStub(channel(services.payment))
         shipping = shipping_pb2_grpc.ShippingServiceStub(channel(services.shipping))
+        self._get_operation = {
+            Step.CREATE_ORDER: order.GetOperation,
+            Step.RESERVE_INVENTORY: inventory.GetOperation,
+            Step.PROCESS_PAYMENT: payment.GetOperation,
+            Step.SCHEDULE_SHIPMENT: shipping.GetOperation,
+        }
         return {
             (Step.CREATE_ORDER, Action.FORWARD): order.CreateOrder,
             (Step.CREATE_ORDER, Action.COMPENSATE): order.CancelOrder,
@@ -124,10 +137,24 @@ class GrpcCaller:
         request = build_request(payload, step, action)
         metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)),)
         try:
-            await method(request, timeout=timeout_s, metadata=metadata)
+            reply = await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             return CallResult(e.code(), e.details() or "")
+        if reply.HasField("operation") and not reply.operation.done:
+            return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=max(0, reply.operation.poll_after_ms))
         return CallResult(grpc.StatusCode.OK)
+
+    async def get_operation(
+        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+    ) -> OperationAnswer:
+        self._reopen_if_rotated()
+        request = common_pb2.GetOperationRequest(idempotency_key=idempotency_key(payload.saga_id, step, action))
+        try:
+            reply = await self._get_operation[step](request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            # UNIMPLEMENTED from a service without GetOperation: it cannot say, the saga goes on as before.
+            return OperationAnswer(OperationState.UNKNOWN, CallResult(e.code(), e.details() or ""))
+        return operation_answer(reply)
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -135,6 +162,24 @@ class GrpcCaller:
         for task in list(self._closing):
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+_STATES = {
+    common_pb2.OPERATION_STATE_NOT_FOUND: OperationState.NOT_FOUND,
+    common_pb2.OPERATION_STATE_IN_PROGRESS: OperationState.IN_PROGRESS,
+    common_pb2.OPERATION_STATE_DONE: OperationState.DONE,
+}
+
+
+def operation_answer(reply: common_pb2.GetOperationResponse) -> OperationAnswer:
+    """GetOperation's reply as the engine reads it; an unknown state or status code name is UNKNOWN."""
+    state = _STATES.get(reply.state, OperationState.UNKNOWN)
+    if state is OperationState.DONE:
+        code = grpc.StatusCode.__members__.get(reply.code)
+        if code is None:
+            return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNKNOWN, f"code {reply.code!r}"))
+        return OperationAnswer(state, CallResult(code, reply.message))
+    return OperationAnswer(state, poll_after_ms=max(0, reply.poll_after_ms))
 
 
 def build_request(payload: SagaPayload, step: Step, action: Action) -> Any:

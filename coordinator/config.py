@@ -60,6 +60,37 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class OperationPolicy:
+    """Long-running operations of one step: a service that answers a call with "accepted, in progress" (shop.v1
+    Operation) is asked GetOperation until it is done. The [operations] table sets every step's; a table
+    [operations.steps.<step>] (create_order, reserve_inventory, process_payment, schedule_shipment) changes one."""
+
+    forward_max_ms: int = 600_000
+    """Longest a forward call may stay in progress; past it (or past the saga's deadline, whichever comes first) the
+    step fails and the saga compensates (the compensation cancels the operation at the service)."""
+    compensate_max_ms: int = 86_400_000
+    """Longest a compensation may stay in progress (not bounded by the saga's deadline); past it the saga is
+    dead-lettered for an operator."""
+    poll_min_ms: int = 200
+    """Shortest wait between two polls; also the first wait when the service suggests none."""
+    poll_max_ms: int = 30_000
+    """Longest wait between two polls: waits grow from poll_min_ms by doubling unless the service suggests one."""
+    heartbeat_ms: int = 120_000
+    """A waiting call the service has not answered about (GetOperation failing or UNKNOWN) for this long is sent again
+    with the same idempotency key, as a fresh attempt."""
+    ask_unknown: bool = True
+    """Before retrying or compensating a call whose outcome is unknown (deadline, lost connection, INTERNAL), ask the
+    service GetOperation what became of it (applied: go on; not applied: retry; in progress: wait)."""
+
+    def validate(self, name: str) -> None:
+        for key in ("forward_max_ms", "compensate_max_ms", "poll_min_ms", "poll_max_ms", "heartbeat_ms"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{name}.{key} must be >= 1")
+        if self.poll_max_ms < self.poll_min_ms:
+            raise ConfigError(f"{name}: need poll_min_ms <= poll_max_ms")
+
+
+@dataclass(frozen=True)
 class Limits:
     """Bounds on every input and queue of a shard."""
 
@@ -93,7 +124,10 @@ class Limits:
     """Longest operator reason on RetryDeadLetter / ResolveDeadLetter (it is stored in the audit trail)."""
     resume_per_s: int = 500
     """Unfinished sagas a restarted shard resumes per second at most (a tenth of it every tenth of a second): no
-    stampede on the services after a restart with thousands of them."""
+    stampede on the services after a restart with thousands of them. Polls overdue at a restart are spread the same
+    way."""
+    max_concurrent_polls: int = 64
+    """GetOperation calls of waiting sagas in flight at once; the rest wait for their turn."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -206,6 +240,10 @@ class ShardConfig:
     then the saga is dead-lettered for an operator."""
     dead_letter_redrive_s: int = 0
     """Re-drive open dead letters automatically every this many seconds; 0 is off."""
+    operations: OperationPolicy = field(default_factory=OperationPolicy)
+    """Long-running operations, every step (OperationPolicy)."""
+    step_operations: Mapping[str, OperationPolicy] = field(default_factory=dict)
+    """[operations.steps.<step>]: the steps whose policy differs, each laid over `operations`."""
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     wal: Wal = field(default_factory=Wal)
@@ -235,6 +273,13 @@ class ShardConfig:
             raise ConfigError("dead_letter_redrive_s must be >= 0")
         self.forward.validate("forward")
         self.compensate.validate("compensate")
+        self.operations.validate("operations")
+        for step, policy in self.step_operations.items():
+            if not isinstance(policy, OperationPolicy):
+                raise ConfigError("set a step's operations in a table [operations.steps.<step>]")
+            if step not in STEP_LABELS:
+                raise ConfigError(f"operations.steps.{step}: not a step (one of {', '.join(STEP_LABELS)})")
+            policy.validate(f"operations.steps.{step}")
         self.limits.validate()
         r = self.retention
         for name in ("finished_after_s", "dedup_after_s", "batch_sagas", "max_batches_per_pass", "vacuum_pages"):
@@ -251,6 +296,13 @@ class ShardConfig:
         w = self.wal
         if w.limit_bytes < 1 or not w.checkpoint_interval_s > 0 or w.idle_queue < 0 or w.checkpoint_busy_ms < 0:
             raise ConfigError("wal: need limit_bytes >= 1, checkpoint_interval_s > 0, idle_queue >= 0, busy_ms >= 0")
+
+    def operation_policy(self, step: str) -> OperationPolicy:
+        """The long-running-operation policy of the step labelled `step`."""
+        return self.step_operations.get(step, self.operations)
+
+
+STEP_LABELS = ("create_order", "reserve_inventory", "process_payment", "schedule_shipment")
 
 
 def _check_address(name: str, value: str) -> None:
@@ -293,7 +345,18 @@ def load(
     data: dict[str, Any] = {}
     if path:
         data = read_toml(path, what="config", error=ConfigError)
+    steps: Any = {}
+    if isinstance(data.get("operations"), Mapping) and "steps" in data["operations"]:
+        data = {**data, "operations": dict(data["operations"])}
+        steps = data["operations"].pop("steps")
     cfg: ShardConfig = _build(ShardConfig, data, "")
+    if not isinstance(steps, Mapping) or not all(isinstance(v, Mapping) for v in steps.values()):
+        raise ConfigError("operations.steps must hold one table per step: [operations.steps.process_payment]")
+    if steps:
+        per_step = {
+            str(k): _build(OperationPolicy, v, f"operations.steps.{k}.", cfg.operations) for k, v in steps.items()
+        }
+        cfg = dataclasses.replace(cfg, step_operations=per_step)
 
     changes: dict[str, Any] = {}
     for var, key in (

@@ -58,6 +58,11 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
             info.started_at.CopyFrom(ts(p.started_at_epoch_ms))
         if p.updated_at_epoch_ms:
             info.updated_at.CopyFrom(ts(p.updated_at_epoch_ms))
+        if p.waiting:
+            info.waiting = True
+            info.waiting_action = p.waiting
+            info.waiting_since.CopyFrom(ts(p.accepted_at_epoch_ms))
+            info.next_poll_at.CopyFrom(ts(p.next_poll_at_epoch_ms))
     for ev in events or ():
         msg.events.append(event_message(ev))
     return msg
@@ -75,7 +80,7 @@ def event_message(event: Event) -> saga_pb2.SagaEvent:
         detail=event.detail,
         state=int(event.state),
     )
-    if event.kind is EventKind.RETRYING:
+    if event.kind in (EventKind.RETRYING, EventKind.ACCEPTED, EventKind.POLLED):
         msg.next_attempt_at.CopyFrom(ts(event.at_epoch_ms + event.wait_ms))
     return msg
 

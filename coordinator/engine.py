@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from loguru import logger
 
 from common import tracing
@@ -27,8 +28,8 @@ from common import tracing
 from . import crashpoints, retry, transitions
 from .caller import Caller, SagaPayload
 from .clock import Clock
-from .config import ShardConfig
-from .errors import CallClass, CallResult
+from .config import OperationPolicy, ShardConfig
+from .errors import CallClass, CallResult, OperationAnswer, OperationState
 from .journal import DeadLetterOpen, Journal, Record
 from .logs import at_step, saga_context
 from .metrics import ShardMetrics
@@ -42,6 +43,7 @@ class StepOutcome(enum.Enum):
     DONE = "done"
     FAILED = "failed"  # for good: compensate
     EXPIRED = "expired"  # the saga deadline passed: compensate, this step included
+    WAITING = "waiting"  # the service accepted the call and finishes it later: the saga waits (Shard's Poller)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class CompensationResult:
     attempts: int
     """Attempts of this compensation ever made (all rounds): what the dead letter reports."""
     last_error: str = ""
+    waiting: bool = False
+    """The service accepted the compensation and finishes it later: the saga waits."""
 
 
 @dataclass(eq=False)
@@ -103,9 +107,11 @@ class Engine:
         saga = run.record
         fields = {"trace_id": run.trace_id} if run.trace_id else {}
         with saga_context(saga.saga_id, saga.order_id, **fields):
+            if saga.waiting_on() is not None:
+                return  # a service is finishing a call of this saga: the shard's poller asks it, then drives on
             if saga.state is SagaState.RUNNING:
                 await self._forward(run)
-            if saga.state is SagaState.COMPENSATING:
+            if saga.state is SagaState.COMPENSATING and saga.waiting_on() is None:
                 await self._compensate(run)
 
     # ---- forward --------------------------------------------------------------------------------------------------
@@ -122,6 +128,8 @@ class Engine:
                 await self._expire(run, step, in_flight=progress.forward_attempts > 0)
                 return
             result = await self._forward_step(run, step)
+            if result.outcome is StepOutcome.WAITING:
+                return
             if result.outcome is StepOutcome.EXPIRED:
                 await self._expire(run, step, in_flight=True)
                 return
@@ -156,6 +164,12 @@ class Engine:
                 )
                 await self._append(run, [deadline], wait=False)
                 return ForwardResult(StepOutcome.EXPIRED)
+            if not result.ok and result.cls.may_have_applied:
+                # Deadline, lost connection, INTERNAL: before retrying blind, ask the service what became of it.
+                result = await self._ask(run, step, Action.FORWARD, attempt, result)
+            if result.ok and result.in_progress:
+                await self._accepted(run, step, Action.FORWARD, attempt, result)
+                return ForwardResult(StepOutcome.WAITING)
             if result.ok:
                 done = self._event(run, EventKind.SUCCEEDED, step, Action.FORWARD, attempt, result.code.name)
                 await self._append(run, [done], wait=False)
@@ -191,19 +205,49 @@ class Engine:
     async def _compensate(self, run: SagaRun) -> None:
         saga = run.record
         for step in saga.to_compensate():
+            if await self._nothing_to_undo(run, step):
+                continue
             result = await self._compensate_step(run, step)
+            if result.waiting:
+                return
             if not result.done:
-                note = (
-                    f"compensation of {step.label} failed after {result.attempts} attempts "
-                    f"({result.last_error}); parked for an operator"
-                )
-                now = self._clock.now_epoch_ms()
-                park = DeadLetterOpen(saga.saga_id, saga.order_id, int(step), result.last_error, result.attempts, now)
-                self._metrics.child(self._metrics.compensation_failures, step.label).inc()
-                await self._move(run, SagaState.DEAD_LETTERED, note=note, extra=[park])
-                logger.warning("saga dead-lettered: {}", note)
+                await self._park(run, step, result)
                 return
         await self._move(run, SagaState.FAILED)
+
+    async def _park(self, run: SagaRun, step: Step, result: CompensationResult) -> None:
+        """Dead-letters the saga: the compensation of `step` failed for good; an operator takes over."""
+        saga = run.record
+        note = (
+            f"compensation of {step.label} failed after {result.attempts} attempts "
+            f"({result.last_error}); parked for an operator"
+        )
+        now = self._clock.now_epoch_ms()
+        park = DeadLetterOpen(saga.saga_id, saga.order_id, int(step), result.last_error, result.attempts, now)
+        self._metrics.child(self._metrics.compensation_failures, step.label).inc()
+        await self._move(run, SagaState.DEAD_LETTERED, note=note, extra=[park])
+        logger.warning("saga dead-lettered: {}", note)
+
+    async def _nothing_to_undo(self, run: SagaRun, step: Step) -> bool:
+        """A step whose forward outcome was unknown when it failed, not yet compensated: if the service says the call
+        ended with a rejection (it applied nothing, and a late copy of it gets that same answer), the compensation is
+        skipped. Any other answer compensates as before; "not found" included, because the compensation is what
+        tombstones the key against a copy of the forward call still on its way (DESIGN contract 2)."""
+        progress = run.record.steps[step]
+        if progress.compensate_attempts or progress.status not in (StepStatus.FAILED, StepStatus.IN_FLIGHT):
+            return False
+        if not self._cfg.operation_policy(step.label).ask_unknown:
+            return False
+        answer = await self._get_operation(run, step, Action.FORWARD)
+        asked = self._event(run, EventKind.ASKED, step, Action.FORWARD, progress.forward_attempts, answer.label)
+        if answer.state is not OperationState.DONE or answer.result.cls is not CallClass.REJECTED:
+            await self._append(run, [asked], wait=False)
+            return False
+        detail = f"nothing to undo: the service answered {answer.result.summary}"
+        skipped = self._event(run, EventKind.SUCCEEDED, step, Action.COMPENSATE, 0, "NOT_APPLIED", detail)
+        await self._append(run, [asked, skipped], wait=False)
+        self._metrics.child(self._metrics.compensations_skipped, step.label).inc()
+        return True
 
     async def _compensate_step(self, run: SagaRun, step: Step) -> CompensationResult:
         """Compensations are not bounded by the deadline and retry on any error, until their own policy runs out."""
@@ -218,6 +262,11 @@ class Engine:
             await self._append(run, [self._event(run, EventKind.STARTED, step, Action.COMPENSATE, attempt)], wait=True)
             result = await self._call(run, step, Action.COMPENSATE, attempt, policy.attempt_timeout_ms / 1000)
             crashpoints.hit("mid_compensation")
+            if not result.ok and result.cls.may_have_applied:
+                result = await self._ask(run, step, Action.COMPENSATE, attempt, result)
+            if result.ok and result.in_progress:
+                await self._accepted(run, step, Action.COMPENSATE, attempt, result)
+                return CompensationResult(False, attempt, waiting=True)
             if result.ok:
                 done = self._event(run, EventKind.SUCCEEDED, step, Action.COMPENSATE, attempt, result.code.name)
                 await self._append(run, [done], wait=False)
@@ -227,6 +276,125 @@ class Engine:
                 await self._append(run, [self._failed(run, step, Action.COMPENSATE, attempt, result)], wait=False)
                 return CompensationResult(False, attempt, result.summary)
             await self._retrying(run, step, Action.COMPENSATE, attempt, result, decision)
+
+    # ---- long-running operations and unknown outcomes ---------------------------------------------------------------
+
+    async def _accepted(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> None:
+        """The service took the call and finishes it later: durable before the saga stops driving, so a restart waits
+        on the same operation instead of sending the call again."""
+        policy = self._cfg.operation_policy(step.label)
+        wait_ms = self._poll_wait(policy, 0, result.poll_after_ms)
+        detail = f"accepted; asking in {wait_ms} ms"
+        event = self._event(run, EventKind.ACCEPTED, step, action, attempt, "IN_PROGRESS", detail, wait_ms)
+        await self._append(run, [event], wait=True)
+        self._metrics.child(self._metrics.operations_accepted, step.label, action.label).inc()
+        logger.info("{} {} accepted by the service; waiting", step.label, action.label)
+
+    async def _ask(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> CallResult:
+        """The outcome of an attempt that ended without a trustworthy answer, as the service tells it (GetOperation),
+        journaled; the attempt's own result when the service cannot say (or asking is off)."""
+        if not self._cfg.operation_policy(step.label).ask_unknown:
+            return result
+        answer = await self._get_operation(run, step, action)
+        asked = self._event(run, EventKind.ASKED, step, action, attempt, answer.label, result.summary)
+        await self._append(run, [asked], wait=False)
+        if answer.state is OperationState.DONE:
+            return answer.result
+        if answer.state is OperationState.IN_PROGRESS:
+            return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=answer.poll_after_ms)
+        return result  # not found (retry: it was not applied) or unknown: as if not asked
+
+    async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
+        """One GetOperation, bounded by the step's attempt timeout; a failure to ask is an UNKNOWN answer."""
+        policy = self._cfg.forward if action is Action.FORWARD else self._cfg.compensate
+        try:
+            answer = await self._caller.get_operation(run.payload, step, action, policy.attempt_timeout_ms / 1000)
+        except Exception as e:
+            answer = OperationAnswer(OperationState.UNKNOWN, CallResult.failed_to_call(e))
+        self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.state.value).inc()
+        return answer
+
+    def _poll_wait(self, policy: OperationPolicy, polls: int, suggested_ms: int) -> int:
+        """The wait before the next poll: the service's suggestion, else poll_min_ms doubling per poll; within the
+        policy's bounds, with up to a fifth added at random so that operations accepted together spread out."""
+        base = suggested_ms if suggested_ms > 0 else policy.poll_min_ms * 2 ** min(polls, 30)
+        bounded = min(max(base, policy.poll_min_ms), policy.poll_max_ms)
+        return bounded + int(self._rng.random() * bounded / 5)
+
+    async def poll(self, run: SagaRun) -> int | None:
+        """Asks the service about the saga's waiting operation. Returns when to ask next (epoch ms) while it is in
+        progress, or None once the saga should be driven on (done, failed, past its limit, to be sent again)."""
+        saga = run.record
+        waiting = saga.waiting_on()
+        if waiting is None:
+            return None
+        step, action = waiting
+        progress = saga.steps[step]
+        policy = self._cfg.operation_policy(step.label)
+        fields = {"trace_id": run.trace_id} if run.trace_id else {}
+        with saga_context(saga.saga_id, saga.order_id, step=step.label, action=action.label, **fields):
+            answer = await self._get_operation(run, step, action)
+            attempt = progress.attempts(action)
+            now = self._clock.now_epoch_ms()
+            if answer.state is OperationState.DONE:
+                await self._operation_done(run, step, action, attempt, answer.result)
+                return None
+            if answer.state is OperationState.NOT_FOUND:
+                # It accepted the call, and now has no record of it: send it again (the same key).
+                note = "the service has no record of the accepted call; sending it again"
+                await self._append(
+                    run, [self._event(run, EventKind.RETRYING, step, action, attempt, "NOT_FOUND", note)], wait=False
+                )
+                return None
+            age_ms = now - progress.accepted_at_epoch_ms
+            if action is Action.FORWARD and self._clock.monotonic() >= run.deadline_mono:
+                self._metrics.ttl_expired.inc()
+                late = self._event(run, EventKind.DEADLINE, step, action, attempt, "DEADLINE_EXCEEDED", "saga deadline")
+                await self._append(run, [late], wait=False)
+                await self._expire(run, step, in_flight=True)
+                return None
+            limit_ms = policy.forward_max_ms if action is Action.FORWARD else policy.compensate_max_ms
+            if age_ms >= limit_ms:
+                message = f"still in progress after {age_ms} ms (limit {limit_ms} ms)"
+                failed = self._event(run, EventKind.FAILED, step, action, attempt, "DEADLINE_EXCEEDED", message)
+                await self._append(run, [failed], wait=False)
+                self._metrics.child(self._metrics.operations_timed_out, step.label, action.label).inc()
+                if action is Action.COMPENSATE:
+                    await self._park(run, step, CompensationResult(False, attempt, f"DEADLINE_EXCEEDED: {message}"))
+                return None
+            if answer.state is OperationState.IN_PROGRESS:
+                wait_ms = self._poll_wait(policy, progress.polls + 1, answer.poll_after_ms)
+                polled = self._event(run, EventKind.POLLED, step, action, attempt, "IN_PROGRESS", "", wait_ms)
+                await self._append(run, [polled], wait=False)
+                return now + wait_ms
+            # The service could not say (unreachable, no GetOperation): ask again later, or past the heartbeat
+            # deadline send the call again, as a fresh attempt with the same key.
+            silent_ms = now - progress.heard_at_epoch_ms
+            if silent_ms >= policy.heartbeat_ms:
+                note = f"no word on the operation for {silent_ms} ms ({answer.result.summary}); sending it again"
+                retry_event = self._event(run, EventKind.RETRYING, step, action, attempt, answer.result.code.name, note)
+                await self._append(run, [retry_event], wait=False)
+                return None
+            return now + self._poll_wait(policy, progress.polls + 1, 0)
+
+    async def _operation_done(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> None:
+        """Journals how a waited-on call ended; the saga is then driven on from there."""
+        age_ms = self._clock.now_epoch_ms() - run.record.steps[step].accepted_at_epoch_ms
+        self._metrics.child(self._metrics.operation_duration, step.label, action.label).observe(age_ms / 1000)
+        if result.ok:
+            done = self._event(run, EventKind.SUCCEEDED, step, action, attempt, "OK", f"done after {age_ms} ms")
+            await self._append(run, [done], wait=False)
+        elif action is Action.FORWARD:
+            await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
+        else:
+            # A compensation that ended in an error: retried like any failed compensation attempt, by its policy.
+            made, spent_ms = run.record.steps[step].budget_used(Action.COMPENSATE)
+            decision = retry.decide(self._cfg.compensate, made, spent_ms, self._rng)
+            if decision.retry:
+                await self._retrying(run, step, action, attempt, result, decision)
+            else:
+                await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
+                await self._park(run, step, CompensationResult(False, attempt, result.summary))
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
 

@@ -150,10 +150,14 @@ def scrub(text: str, limit: int = DETAIL_MAX_CHARS) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
-    """The reply of one downstream attempt: a status code and its message."""
+    """The reply of one downstream attempt: a status code and its message. An OK reply may say the service accepted
+    the call and will finish it later (in_progress: a long-running operation, to be asked about with GetOperation)."""
 
     code: grpc.StatusCode
     message: str = ""
+    in_progress: bool = False
+    poll_after_ms: int = 0
+    """With in_progress: when the service suggests asking (0: no suggestion)."""
 
     @property
     def cls(self) -> CallClass:
@@ -174,3 +178,31 @@ class CallResult:
         """The classified code first, then the service's bounded, scrubbed text: "UNAVAILABLE: failed to connect"."""
         detail = scrub(self.message)
         return f"{self.code.name}: {detail}" if detail else self.code.name
+
+
+class OperationState(enum.Enum):
+    """What a service says became of a call (shop.v1 GetOperation)."""
+
+    UNKNOWN = "UNKNOWN"
+    """It cannot say, or could not be asked (unreachable, too old a service, a failed call)."""
+    NOT_FOUND = "NOT_FOUND"
+    """No call with this key was applied or recorded."""
+    IN_PROGRESS = "IN_PROGRESS"
+    DONE = "DONE"
+    """Finished: result holds the call's final answer (OK: applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperationAnswer:
+    state: OperationState
+    result: CallResult = CallResult(grpc.StatusCode.UNKNOWN)
+    """DONE: the call's final answer. UNKNOWN: why (the failed GetOperation's code and message, if it failed)."""
+    poll_after_ms: int = 0
+    """IN_PROGRESS: when the service suggests asking again (0: no suggestion)."""
+
+    @property
+    def label(self) -> str:
+        """How the journal and the metrics name it: "DONE:OK", "DONE:FAILED_PRECONDITION", "NOT_FOUND", ..."""
+        if self.state is OperationState.DONE:
+            return f"DONE:{self.result.code.name}"
+        return str(self.state.value)

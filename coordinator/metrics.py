@@ -35,6 +35,15 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_replica_last_sync_age_seconds              since its last successful sync
     saga_replica_txid                               last journal transaction Litestream has taken
     saga_replica_lagging                            1 past replication.max_lag_s (or Litestream down)
+    saga_operations_accepted_total{step,action}     calls a service accepted to finish later (long-running)
+    saga_operations_waiting{step,action}            sagas waiting on such an operation now
+    saga_operation_oldest_age_seconds{step,action}  age of the oldest operation waited on
+    saga_operation_duration_seconds{step,action}    acceptance to done, for operations that finished
+    saga_operation_answers_total{step,action,answer} GetOperation answers: DONE | IN_PROGRESS | NOT_FOUND | UNKNOWN
+                                                    (polls of waiting sagas and questions about unknown outcomes)
+    saga_operations_timed_out_total{step,action}    operations still in progress past their step's limit
+    saga_compensations_skipped_total{step}          compensations not sent: the service said the forward call
+                                                    applied nothing
     saga_ring_epoch                                 newest ring epoch the shard holds (0: none yet)
     saga_ring_refusals_total{reason}                calls refused by fencing: stale | unknown | not-owner | conflict
 """
@@ -110,6 +119,29 @@ class ShardMetrics:
         )
         self.journal_free_pages = Gauge("saga_journal_free_pages", "Free pages inside the journal file", registry=r)
         self.ring_epoch = Gauge("saga_ring_epoch", "Newest ring epoch the shard holds", registry=r)
+        sa = ["step", "action"]
+        self.operations_accepted = Counter(
+            "saga_operations_accepted", "Calls a service accepted to finish later", sa, registry=r
+        )
+        self.operation_duration = Histogram(
+            "saga_operation_duration_seconds",
+            "Long-running operations, acceptance to done",
+            sa,
+            registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
+        )
+        self.operation_answers = Counter(
+            "saga_operation_answers", "GetOperation answers by state", [*sa, "answer"], registry=r
+        )
+        self.operations_timed_out = Counter(
+            "saga_operations_timed_out", "Operations still in progress past their limit", sa, registry=r
+        )
+        self.compensations_skipped = Counter(
+            "saga_compensations_skipped",
+            "Compensations not sent: the forward call applied nothing",
+            ["step"],
+            registry=r,
+        )
 
         self.ring_refusals = Counter(
             "saga_ring_refusals", "Calls refused because of the ring epoch they were routed by", ["reason"], registry=r
@@ -124,6 +156,10 @@ class ShardMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
+
+    def watch_waiting(self, waiting: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        """Gauges computed at scrape time from the sagas waiting on operations: (step, action, age in seconds)."""
+        self.registry.register(_WaitingCollector(waiting))
 
     def watch_live(self, live: Callable[[], Iterable[tuple[str, float]]], wal_path: str) -> None:
         """Gauges computed at scrape time from the shard's live sagas: (state name, age in seconds) pairs. Call it on
@@ -164,3 +200,25 @@ class _LiveCollector(Collector):
         # loop changes its task set while this scrape thread copies it).
         tasks = len(asyncio.all_tasks(self._loop))
         yield GaugeMetricFamily("saga_asyncio_tasks", "Tasks alive on the shard's event loop", value=tasks)
+
+
+class _WaitingCollector(Collector):
+    def __init__(self, waiting: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+        self._waiting = waiting
+
+    def collect(self) -> Iterable[Metric]:
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[tuple[str, str], float] = {}
+        for step, action, age_s in list(self._waiting()):
+            key = (step, action)
+            counts[key] = counts.get(key, 0) + 1
+            oldest[key] = max(oldest.get(key, 0.0), age_s)
+        n = GaugeMetricFamily("saga_operations_waiting", "Sagas waiting on an operation", labels=["step", "action"])
+        age = GaugeMetricFamily(
+            "saga_operation_oldest_age_seconds", "Age of the oldest operation waited on", labels=["step", "action"]
+        )
+        for key in sorted(counts):
+            n.add_metric(list(key), counts[key])
+            age.add_metric(list(key), oldest[key])
+        yield n
+        yield age

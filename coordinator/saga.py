@@ -25,6 +25,12 @@ class EventKind(enum.StrEnum):
     DEADLINE = "deadline"
     ADMIN_RETRY = "admin_retry"
     ADMIN_RESOLVE = "admin_resolve"
+    ACCEPTED = "accepted"
+    """The service took the call and will finish it later (a long-running operation); wait_ms: the first poll."""
+    POLLED = "polled"
+    """Asked the service (GetOperation): still in progress; wait_ms: the next poll."""
+    ASKED = "asked"
+    """Asked the service what became of a call whose outcome was unknown; code: its answer ("DONE:OK", "NOT_FOUND")."""
 
 
 # Events that move the saga between states (each journaled beside a guarded StateChange).
@@ -46,7 +52,8 @@ class Event:
     code: str = ""
     detail: str = ""
     wait_ms: int = 0
-    """On RETRYING: the backoff drawn before the next attempt, which is due at at_epoch_ms + wait_ms."""
+    """On RETRYING: the backoff drawn before the next attempt, which is due at at_epoch_ms + wait_ms. On ACCEPTED and
+    POLLED: the wait before the service is asked (next) about its operation."""
     spent_ms: int = 0
     """On RETRYING: retry time this step and action have spent of their policy so far, this wait included."""
 
@@ -71,6 +78,16 @@ class StepProgress:
     """When the next attempt is due after a RETRYING; 0 once it started."""
     next_attempt_wait_ms: int = 0
     """The wait that RETRYING drew: a resumed saga never waits longer than this (the wall clock may have jumped)."""
+    waiting: int = 0
+    """The Action whose call the service accepted and has not finished (a long-running operation); 0: none."""
+    accepted_at_epoch_ms: int = 0
+    """When the service accepted the waiting call."""
+    heard_at_epoch_ms: int = 0
+    """When the service last answered about it (accepted, or a poll saying in progress)."""
+    next_poll_at_epoch_ms: int = 0
+    """When it is asked next."""
+    polls: int = 0
+    """Polls answered "in progress" since it was accepted."""
 
     def copy(self) -> StepProgress:
         # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path).
@@ -88,6 +105,11 @@ class StepProgress:
             self.compensate_spent_ms,
             self.next_attempt_at_epoch_ms,
             self.next_attempt_wait_ms,
+            self.waiting,
+            self.accepted_at_epoch_ms,
+            self.heard_at_epoch_ms,
+            self.next_poll_at_epoch_ms,
+            self.polls,
         )
 
     @property
@@ -131,6 +153,7 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
             progress.compensate_base = progress.compensate_attempts
             progress.compensate_spent_ms = 0
             progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
+            progress.waiting = 0
         return
     if not event.step:
         return
@@ -138,6 +161,20 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
     progress.updated_at_epoch_ms = event.at_epoch_ms
     forward = event.action == Action.FORWARD
     kind = event.kind
+    if kind is EventKind.ACCEPTED:
+        progress.waiting = event.action
+        progress.accepted_at_epoch_ms = progress.heard_at_epoch_ms = event.at_epoch_ms
+        progress.next_poll_at_epoch_ms = event.at_epoch_ms + event.wait_ms
+        progress.polls = 0
+        return
+    if kind is EventKind.POLLED:
+        progress.heard_at_epoch_ms = event.at_epoch_ms
+        progress.next_poll_at_epoch_ms = event.at_epoch_ms + event.wait_ms
+        progress.polls += 1
+        return
+    if kind is EventKind.ASKED:
+        return
+    progress.waiting = 0  # any other outcome of the step ends a wait
     if kind is EventKind.STARTED:
         progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
         if forward:
@@ -246,6 +283,13 @@ class SagaRecord:
             for s in reversed(STEPS)
             if self.steps[s].may_have_applied and self.steps[s].status is not StepStatus.COMPENSATED
         ]
+
+    def waiting_on(self) -> tuple[Step, Action] | None:
+        """The step and action whose call a service accepted and has not finished, if any (at most one at a time)."""
+        for s in STEPS:
+            if self.steps[s].waiting:
+                return s, Action(self.steps[s].waiting)
+        return None
 
     def next_forward(self) -> Step | None:
         for s in STEPS:

@@ -28,6 +28,7 @@ from .logs import saga_context
 from .metrics import ShardMetrics
 from .model import SagaState
 from .ownership import Ownership
+from .poller import Poller
 from .retention import PassReport, Upkeep
 from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
@@ -68,6 +69,7 @@ class Shard:
         self._resumer: asyncio.Task[None] | None = None
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
         self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
+        self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()
@@ -76,9 +78,25 @@ class Shard:
             for run in self._live.values()
         ]
 
+    def _waiting_ages(self) -> list[tuple[str, str, float]]:
+        now = self.clock.now_epoch_ms()
+        out = []
+        for run in self._poller.waiting():
+            waiting = run.record.waiting_on()
+            if waiting is not None:
+                step, action = waiting
+                accepted = run.record.steps[step].accepted_at_epoch_ms
+                out.append((step.label, action.label, max(0, now - accepted) / 1000))
+        return out
+
     @property
     def in_flight(self) -> int:
         return len(self._live)
+
+    @property
+    def waiting(self) -> int:
+        """Sagas waiting on a long-running operation (no task each; Poller)."""
+        return len(self._poller)
 
     # ---- life cycle ---------------------------------------------------------------------------------------------
 
@@ -87,11 +105,28 @@ class Shard:
         await self.ownership.load()
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
         self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
+        self.metrics.watch_waiting(self._waiting_ages)
         recs = await self.journal.unfinished()
         # Every unfinished saga is registered now (a retried PlaceOrder joins it, GetSaga shows it), but their tasks
         # start at most limits.resume_per_s a second: a restart with thousands of them must not call the services all
         # at once. A tenth of a second's worth starts here, the rest from a background task at the same pace.
         runs = [self._launch(rec, created=None, start=False) for rec in recs]
+        # Sagas waiting on an operation get no task: they are asked about at their journaled due time, those that
+        # fell due while the shard was down spread at the same pace (limits.resume_per_s).
+        now = self.clock.now_epoch_ms()
+        overdue = 0
+        for run in runs:
+            waiting = run.record.waiting_on()
+            if waiting is None:
+                continue
+            due = run.record.steps[waiting[0]].next_poll_at_epoch_ms
+            if due <= now:
+                due = now + overdue * 1000 // self.cfg.limits.resume_per_s
+                overdue += 1
+            self._poller.add(run, due)
+            run.done.set_result(None)
+        runs = [run for run in runs if run.record.waiting_on() is None]
+        self._poller.start()
         step = max(1, self.cfg.limits.resume_per_s // 10)
         for run in runs[:step]:
             self._start_task(run)
@@ -111,6 +146,7 @@ class Shard:
             self._redrive.cancel()
         if self._resumer:
             self._resumer.cancel()
+        await self._poller.stop()
         await self.upkeep.stop()
         tasks = [r.task for r in self._live.values() if r.task is not None]
         for t in tasks:
@@ -142,7 +178,7 @@ class Shard:
                 break
             # A concurrent PlaceOrder for the same order is creating it: wait, then join it.
             await asyncio.shield(creating)
-        if self.in_flight + len(self._creating) >= self.cfg.limits.max_in_flight:
+        if self.in_flight - self.waiting + len(self._creating) >= self.cfg.limits.max_in_flight:
             self.metrics.shed.inc()
             raise Overloaded(
                 f"shard {self.cfg.shard_id} has {self.cfg.limits.max_in_flight} sagas in flight",
@@ -237,6 +273,8 @@ class Shard:
         try:
             while True:
                 try:
+                    if run.write_error is not None:
+                        raise run.write_error  # from a poll: re-read the saga from the journal first
                     await self._engine.drive(run)
                     break
                 except Exception as e:
@@ -258,9 +296,14 @@ class Shard:
                         return
                     run.record, run.view, run.write_error = fresh, fresh.copy(), None
         finally:
-            if not (run.task is not None and run.task.cancelled()) and self._live.get(run.record.order_id) is run:
+            current = not (run.task is not None and run.task.cancelled()) and self._live.get(run.record.order_id) is run
+            if current:
                 if run.record.state is not SagaState.RUNNING and run.record.state is not SagaState.COMPENSATING:
                     del self._live[run.record.order_id]
+                elif (waiting := run.record.waiting_on()) is not None and not self._stopping:
+                    # A service finishes a call of it later: the poller asks at the journaled time. PlaceOrder is
+                    # answered now (PENDING while running, FAILED once compensating), not after hours.
+                    self._poller.add(run, run.record.steps[waiting[0]].next_poll_at_epoch_ms)
             if not run.done.done() and not self._stopping:
                 run.done.set_result(None)
 

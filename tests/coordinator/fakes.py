@@ -14,7 +14,7 @@ import grpc
 
 from coordinator.caller import SagaPayload
 from coordinator.clock import FakeClock
-from coordinator.errors import CallResult
+from coordinator.errors import CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.journal import Journal, Record
 from coordinator.model import Action, Step, idempotency_key
 
@@ -44,6 +44,14 @@ class FakeCaller:
     tombstones: set[str] = field(default_factory=set)
     net: dict[tuple[str, Step], int] = field(default_factory=lambda: defaultdict(int))
     attempts: dict[tuple[str, Step, Action], int] = field(default_factory=lambda: defaultdict(int))
+    operations: dict[str, float] = field(default_factory=dict)
+    """Accepted long-running calls by key: when (fake monotonic seconds) each finishes; inf: never."""
+    asked: list[str] = field(default_factory=list)
+    """Keys GetOperation was asked about, in order."""
+    answered: dict[str, CallResult] = field(default_factory=dict)
+    """The final answer recorded per key (what GetOperation reports as DONE)."""
+    ask_unknown: bool = False
+    """GetOperation answers UNKNOWN (a service without it)."""
 
     def script(self, step: Step, action: Action, fn: Script) -> None:
         self.scripts[(step, action)] = fn
@@ -55,6 +63,34 @@ class FakeCaller:
     def hang(self, step: Step, action: Action) -> None:
         self.script(step, action, lambda p, n: None)
 
+    def long_running(self, step: Step, action: Action, duration_s: float) -> None:
+        """The call is accepted and finishes duration_s later (math.inf: never), applying its effect then."""
+
+        def accept(p: SagaPayload, n: int) -> CallResult:
+            key = idempotency_key(p.saga_id, step, action)
+            self.operations.setdefault(key, self.clock.monotonic() + duration_s)
+            return CallResult(grpc.StatusCode.OK, in_progress=True)
+
+        self.script(step, action, accept)
+
+    async def get_operation(
+        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+    ) -> OperationAnswer:
+        key = idempotency_key(payload.saga_id, step, action)
+        self.asked.append(key)
+        if self.ask_unknown:
+            return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNIMPLEMENTED))
+        done_at = self.operations.get(key)
+        if done_at is not None and key not in self.answered:
+            if self.clock.monotonic() < done_at:
+                return OperationAnswer(OperationState.IN_PROGRESS)
+            self._apply(payload, step, action)
+            self.answered[key] = CallResult(grpc.StatusCode.OK)
+        found = self.answered.get(key)
+        if found is None:
+            return OperationAnswer(OperationState.NOT_FOUND)
+        return OperationAnswer(OperationState.DONE, found)
+
     async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
         key = idempotency_key(payload.saga_id, step, action)
         self.calls.append(Call(payload.order_id, step, action, key, timeout_s))
@@ -65,20 +101,38 @@ class FakeCaller:
         if result is None:
             await self.clock.sleep(timeout_s)
             return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        if key in self.answered and key not in self.operations:
+            return self.answered[key]  # a key seen before: its first answer, nothing new applied
+        if result.ok and result.in_progress:
+            if key in self.answered:  # accepted earlier and finished since: the final answer
+                return self.answered[key]
+            return result
         if result.ok:
             fkey = idempotency_key(payload.saga_id, step, Action.FORWARD)
-            if action is Action.FORWARD:
-                if fkey in self.tombstones:
-                    return CallResult(grpc.StatusCode.ABORTED, "tombstoned")
-                if self.applied[key] == 0:
-                    self.applied[key] += 1
-                    self.net[(payload.order_id, step)] += 1
-            elif self.applied[fkey] and self.applied[key] == 0:
-                self.applied[key] += 1
-                self.net[(payload.order_id, step)] -= 1
-            elif not self.applied[fkey]:
+            if action is Action.FORWARD and fkey in self.tombstones:
+                return CallResult(grpc.StatusCode.ABORTED, "tombstoned")
+            if action is Action.COMPENSATE and fkey in self.operations and fkey not in self.answered:
+                # Compensating a forward call still in progress cancels it: it never applies.
+                self.answered[fkey] = CallResult(grpc.StatusCode.ABORTED, "cancelled by its compensation")
                 self.tombstones.add(fkey)
+            self._apply(payload, step, action)
+            self.answered[key] = result
+        elif result.cls is CallClass.REJECTED and action is Action.FORWARD:
+            self.answered[key] = result  # a business rejection is the key's final answer
         return result
+
+    def _apply(self, payload: SagaPayload, step: Step, action: Action) -> None:
+        key = idempotency_key(payload.saga_id, step, action)
+        fkey = idempotency_key(payload.saga_id, step, Action.FORWARD)
+        if action is Action.FORWARD:
+            if self.applied[key] == 0:
+                self.applied[key] += 1
+                self.net[(payload.order_id, step)] += 1
+        elif self.applied[fkey] and self.applied[key] == 0:
+            self.applied[key] += 1
+            self.net[(payload.order_id, step)] -= 1
+        elif not self.applied[fkey]:
+            self.tombstones.add(fkey)
 
     async def close(self) -> None:
         return None

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/saga/v1/saga.proto\x12\x07saga.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"L\n\x0bPaymentInfo\x12\x15\n\rpayment_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xb1\x01\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.saga.v1.Item\x12*\n\x0cpayment_info\x18\x04 \x01(\x0b\x32\x14.saga.v1.PaymentInfo\x12\x13\n\x06ttl_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x42\t\n\x07_ttl_ms\"\x9c\x01\n\x12PlaceOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.saga.v1.PlaceOrderStatus\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\"\xf7\x01\n\x08StepInfo\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.saga.v1.StepStatus\x12\x18\n\x10\x66orward_attempts\x18\x03 \x01(\x05\x12\x1b\n\x13\x63ompensate_attempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x02\n\tSagaEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1b\n\x04step\x18\x04 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12!\n\x05state\x18\t \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12 \n\x05steps\x18\x05 \x03(\x0b\x32\x11.saga.v1.StepInfo\x12\x1c\n\x05items\x18\x06 \x03(\x0b\x32\r.saga.v1.Item\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x10\n\x08shard_id\x18\x0b \x01(\t\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.saga.v1.SagaEvent\x12\x13\n\x0bparked_note\x18\r \x01(\t\":\n\x0eGetSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\"\\\n\x10ListSagasRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x11ListSagasResponse\x12\x1c\n\x05sagas\x18\x01 \x03(\x0b\x32\r.saga.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10WatchSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"L\n\nSagaUpdate\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.saga.v1.SagaEvent\"\xd8\x01\n\nDeadLetter\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12-\n\tparked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x13\n\x0b\x63losed_note\x18\x08 \x01(\t\x12\x10\n\x08shard_id\x18\t \x01(\t\"t\n\x16ListDeadLettersRequest\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListDeadLettersResponse\x12)\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x13.saga.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x16RetryDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x0e\n\x06reason\x18\x04 \x01(\t\",\n\x17RetryDeadLetterResponse\x12\x11\n\torder_ids\x18\x01 \x03(\t\"<\n\x18ResolveDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\x19ResolveDeadLetterResponse\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga*\\\n\x10PlaceOrderStatus\x12\"\n\x1ePLACE_ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07PENDING\x10\x03*\xc4\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x02\x12\x18\n\x14SAGA_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11SAGA_STATE_FAILED\x10\x04\x12\x1c\n\x18SAGA_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13SAGA_STATE_RESOLVED\x10\x06*\x85\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x15\n\x11STEP_CREATE_ORDER\x10\x01\x12\x1a\n\x16STEP_RESERVE_INVENTORY\x10\x02\x12\x18\n\x14STEP_PROCESS_PAYMENT\x10\x03\x12\x1a\n\x16STEP_SCHEDULE_SHIPMENT\x10\x04*K\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x15\n\x11\x41\x43TION_COMPENSATE\x10\x02*\xf0\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x19\n\x15STEP_STATUS_IN_FLIGHT\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x05\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x06\x12#\n\x1fSTEP_STATUS_COMPENSATION_FAILED\x10\x07\x32\x8e\x02\n\x0fSagaCoordinator\x12\x45\n\nPlaceOrder\x12\x1a.saga.v1.PlaceOrderRequest\x1a\x1b.saga.v1.PlaceOrderResponse\x12\x31\n\x07GetSaga\x12\x17.saga.v1.GetSagaRequest\x1a\r.saga.v1.Saga\x12\x42\n\tListSagas\x12\x19.saga.v1.ListSagasRequest\x1a\x1a.saga.v1.ListSagasResponse\x12=\n\tWatchSaga\x12\x19.saga.v1.WatchSagaRequest\x1a\x13.saga.v1.SagaUpdate0\x01\x32\x93\x02\n\tSagaAdmin\x12T\n\x0fListDeadLetters\x12\x1f.saga.v1.ListDeadLettersRequest\x1a .saga.v1.ListDeadLettersResponse\x12T\n\x0fRetryDeadLetter\x12\x1f.saga.v1.RetryDeadLetterRequest\x1a .saga.v1.RetryDeadLetterResponse\x12Z\n\x11ResolveDeadLetter\x12!.saga.v1.ResolveDeadLetterRequest\x1a\".saga.v1.ResolveDeadLetterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/saga/v1/saga.proto\x12\x07saga.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"L\n\x0bPaymentInfo\x12\x15\n\rpayment_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xb1\x01\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.saga.v1.Item\x12*\n\x0cpayment_info\x18\x04 \x01(\x0b\x32\x14.saga.v1.PaymentInfo\x12\x13\n\x06ttl_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x42\t\n\x07_ttl_ms\"\x9c\x01\n\x12PlaceOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.saga.v1.PlaceOrderStatus\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\"\x96\x03\n\x08StepInfo\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.saga.v1.StepStatus\x12\x18\n\x10\x66orward_attempts\x18\x03 \x01(\x05\x12\x1b\n\x13\x63ompensate_attempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07waiting\x18\x08 \x01(\x08\x12\'\n\x0ewaiting_action\x18\t \x01(\x0e\x32\x0f.saga.v1.Action\x12\x31\n\rwaiting_since\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_poll_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x02\n\tSagaEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1b\n\x04step\x18\x04 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12!\n\x05state\x18\t \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12 \n\x05steps\x18\x05 \x03(\x0b\x32\x11.saga.v1.StepInfo\x12\x1c\n\x05items\x18\x06 \x03(\x0b\x32\r.saga.v1.Item\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x10\n\x08shard_id\x18\x0b \x01(\t\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.saga.v1.SagaEvent\x12\x13\n\x0bparked_note\x18\r \x01(\t\":\n\x0eGetSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\"\\\n\x10ListSagasRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x11ListSagasResponse\x12\x1c\n\x05sagas\x18\x01 \x03(\x0b\x32\r.saga.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10WatchSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"L\n\nSagaUpdate\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.saga.v1.SagaEvent\"\xd8\x01\n\nDeadLetter\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12-\n\tparked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x13\n\x0b\x63losed_note\x18\x08 \x01(\t\x12\x10\n\x08shard_id\x18\t \x01(\t\"t\n\x16ListDeadLettersRequest\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListDeadLettersResponse\x12)\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x13.saga.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x16RetryDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x0e\n\x06reason\x18\x04 \x01(\t\",\n\x17RetryDeadLetterResponse\x12\x11\n\torder_ids\x18\x01 \x03(\t\"<\n\x18ResolveDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"8\n\x19ResolveDeadLetterResponse\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga*\\\n\x10PlaceOrderStatus\x12\"\n\x1ePLACE_ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07PENDING\x10\x03*\xc4\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x02\x12\x18\n\x14SAGA_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11SAGA_STATE_FAILED\x10\x04\x12\x1c\n\x18SAGA_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13SAGA_STATE_RESOLVED\x10\x06*\x85\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x15\n\x11STEP_CREATE_ORDER\x10\x01\x12\x1a\n\x16STEP_RESERVE_INVENTORY\x10\x02\x12\x18\n\x14STEP_PROCESS_PAYMENT\x10\x03\x12\x1a\n\x16STEP_SCHEDULE_SHIPMENT\x10\x04*K\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x15\n\x11\x41\x43TION_COMPENSATE\x10\x02*\xf0\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x19\n\x15STEP_STATUS_IN_FLIGHT\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x05\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x06\x12#\n\x1fSTEP_STATUS_COMPENSATION_FAILED\x10\x07\x32\x8e\x02\n\x0fSagaCoordinator\x12\x45\n\nPlaceOrder\x12\x1a.saga.v1.PlaceOrderRequest\x1a\x1b.saga.v1.PlaceOrderResponse\x12\x31\n\x07GetSaga\x12\x17.saga.v1.GetSagaRequest\x1a\r.saga.v1.Saga\x12\x42\n\tListSagas\x12\x19.saga.v1.ListSagasRequest\x1a\x1a.saga.v1.ListSagasResponse\x12=\n\tWatchSaga\x12\x19.saga.v1.WatchSagaRequest\x1a\x13.saga.v1.SagaUpdate0\x01\x32\x93\x02\n\tSagaAdmin\x12T\n\x0fListDeadLetters\x12\x1f.saga.v1.ListDeadLettersRequest\x1a .saga.v1.ListDeadLettersResponse\x12T\n\x0fRetryDeadLetter\x12\x1f.saga.v1.RetryDeadLetterRequest\x1a .saga.v1.RetryDeadLetterResponse\x12Z\n\x11ResolveDeadLetter\x12!.saga.v1.ResolveDeadLetterRequest\x1a\".saga.v1.ResolveDeadLetterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.saga.v1.saga_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLACEORDERSTATUS']._serialized_start=2502
-  _globals['_PLACEORDERSTATUS']._serialized_end=2594
-  _globals['_SAGASTATE']._serialized_start=2597
-  _globals['_SAGASTATE']._serialized_end=2793
-  _globals['_STEP']._serialized_start=2796
-  _globals['_STEP']._serialized_end=2929
-  _globals['_ACTION']._serialized_start=2931
-  _globals['_ACTION']._serialized_end=3006
-  _globals['_STEPSTATUS']._serialized_start=3009
-  _globals['_STEPSTATUS']._serialized_end=3249
+  _globals['_PLACEORDERSTATUS']._serialized_start=2661
+  _globals['_PLACEORDERSTATUS']._serialized_end=2753
+  _globals['_SAGASTATE']._serialized_start=2756
+  _globals['_SAGASTATE']._serialized_end=2952
+  _globals['_STEP']._serialized_start=2955
+  _globals['_STEP']._serialized_end=3088
+  _globals['_ACTION']._serialized_start=3090
+  _globals['_ACTION']._serialized_end=3165
+  _globals['_STEPSTATUS']._serialized_start=3168
+  _globals['_STEPSTATUS']._serialized_end=3408
   _globals['_ITEM']._serialized_start=71
   _globals['_ITEM']._serialized_end=112
   _globals['_PAYMENTINFO']._serialized_start=114
@@ -51,37 +51,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEORDERRESPONSE']._serialized_start=373
   _globals['_PLACEORDERRESPONSE']._serialized_end=529
   _globals['_STEPINFO']._serialized_start=532
-  _globals['_STEPINFO']._serialized_end=779
-  _globals['_SAGAEVENT']._serialized_start=782
-  _globals['_SAGAEVENT']._serialized_end=1057
-  _globals['_SAGA']._serialized_start=1060
-  _globals['_SAGA']._serialized_end=1454
-  _globals['_GETSAGAREQUEST']._serialized_start=1456
-  _globals['_GETSAGAREQUEST']._serialized_end=1514
-  _globals['_LISTSAGASREQUEST']._serialized_start=1516
-  _globals['_LISTSAGASREQUEST']._serialized_end=1608
-  _globals['_LISTSAGASRESPONSE']._serialized_start=1610
-  _globals['_LISTSAGASRESPONSE']._serialized_end=1684
-  _globals['_WATCHSAGAREQUEST']._serialized_start=1686
-  _globals['_WATCHSAGAREQUEST']._serialized_end=1722
-  _globals['_SAGAUPDATE']._serialized_start=1724
-  _globals['_SAGAUPDATE']._serialized_end=1800
-  _globals['_DEADLETTER']._serialized_start=1803
-  _globals['_DEADLETTER']._serialized_end=2019
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2021
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2137
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2139
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2232
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=2234
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=2334
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=2336
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=2380
-  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_start=2382
-  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_end=2442
-  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_start=2444
-  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_end=2500
-  _globals['_SAGACOORDINATOR']._serialized_start=3252
-  _globals['_SAGACOORDINATOR']._serialized_end=3522
-  _globals['_SAGAADMIN']._serialized_start=3525
-  _globals['_SAGAADMIN']._serialized_end=3800
+  _globals['_STEPINFO']._serialized_end=938
+  _globals['_SAGAEVENT']._serialized_start=941
+  _globals['_SAGAEVENT']._serialized_end=1216
+  _globals['_SAGA']._serialized_start=1219
+  _globals['_SAGA']._serialized_end=1613
+  _globals['_GETSAGAREQUEST']._serialized_start=1615
+  _globals['_GETSAGAREQUEST']._serialized_end=1673
+  _globals['_LISTSAGASREQUEST']._serialized_start=1675
+  _globals['_LISTSAGASREQUEST']._serialized_end=1767
+  _globals['_LISTSAGASRESPONSE']._serialized_start=1769
+  _globals['_LISTSAGASRESPONSE']._serialized_end=1843
+  _globals['_WATCHSAGAREQUEST']._serialized_start=1845
+  _globals['_WATCHSAGAREQUEST']._serialized_end=1881
+  _globals['_SAGAUPDATE']._serialized_start=1883
+  _globals['_SAGAUPDATE']._serialized_end=1959
+  _globals['_DEADLETTER']._serialized_start=1962
+  _globals['_DEADLETTER']._serialized_end=2178
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2180
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2296
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2298
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2391
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=2393
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=2493
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=2495
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=2539
+  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_start=2541
+  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_end=2601
+  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_start=2603
+  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_end=2659
+  _globals['_SAGACOORDINATOR']._serialized_start=3411
+  _globals['_SAGACOORDINATOR']._serialized_end=3681
+  _globals['_SAGAADMIN']._serialized_start=3684
+  _globals['_SAGAADMIN']._serialized_end=3959
 # @@protoc_insertion_point(module_scope)

@@ -128,7 +128,7 @@ class PlaceOrderResponse(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., status: _Optional[_Union[PlaceOrderStatus, str]] = ..., error_message: _Optional[str] = ..., saga_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ...) -> None: ...
 
 class StepInfo(_message.Message):
-    __slots__ = ("step", "status", "forward_attempts", "compensate_attempts", "last_error", "started_at", "updated_at")
+    __slots__ = ("step", "status", "forward_attempts", "compensate_attempts", "last_error", "started_at", "updated_at", "waiting", "waiting_action", "waiting_since", "next_poll_at")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,10 @@ class StepInfo(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_ACTION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_POLL_AT_FIELD_NUMBER: _ClassVar[int]
     step: Step
     status: StepStatus
     forward_attempts: int
@@ -143,7 +147,11 @@ class StepInfo(_message.Message):
     last_error: str
     started_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, step: _Optional[_Union[Step, str]] = ..., status: _Optional[_Union[StepStatus, str]] = ..., forward_attempts: _Optional[int] = ..., compensate_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    waiting: bool
+    waiting_action: Action
+    waiting_since: _timestamp_pb2.Timestamp
+    next_poll_at: _timestamp_pb2.Timestamp
+    def __init__(self, step: _Optional[_Union[Step, str]] = ..., status: _Optional[_Union[StepStatus, str]] = ..., forward_attempts: _Optional[int] = ..., compensate_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting: _Optional[bool] = ..., waiting_action: _Optional[_Union[Action, str]] = ..., waiting_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_poll_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SagaEvent(_message.Message):
     __slots__ = ("seq", "at", "kind", "step", "action", "attempt", "code", "detail", "state", "next_attempt_at")

@@ -1,0 +1,219 @@
+"""Long-running operations and unknown outcomes, with the fake caller and clock: a saga waits on an accepted call
+without re-sending it (also across a restart), is asked about by the poller at its due times, gives up past the
+step's limit; an unknown outcome is asked about before a retry or a compensation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+
+import grpc
+
+from coordinator.config import OperationPolicy
+from coordinator.errors import CallResult
+from coordinator.model import Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga import EventKind
+
+from .conftest import Harness, order
+from .test_engine import settle
+
+F, C = Action.FORWARD, Action.COMPENSATE
+S = Step
+FAST_POLLS = OperationPolicy(poll_min_ms=100, poll_max_ms=1_000, heartbeat_ms=5_000, forward_max_ms=20_000)
+
+
+def calls(h: Harness, step: Step, action: Action) -> int:
+    return sum(1 for c in h.caller.calls if c.step is step and c.action is action)
+
+
+async def wait_state(h: Harness, order_id: str, states: tuple[SagaState, ...], limit_s: float = 600) -> None:
+    """Advances the fake clock until the saga is in one of `states`."""
+    assert h.shard is not None
+    waited = 0.0
+    while True:
+        await h.quiesce()
+        rec, _ = await h.shard.get(order_id)
+        if rec.state in states:
+            return
+        await h.clock.advance(0.05)
+        waited += 0.05
+        assert waited < limit_s, f"saga {order_id} is {rec.state.name}"
+
+
+async def test_an_accepted_charge_is_waited_on_and_never_sent_twice(harness: Harness) -> None:
+    await harness.restart(operations=FAST_POLLS)
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, 5.0)
+    assert harness.shard is not None
+    placed = await harness.shard.place_order(order())
+    # Answered once the saga waits: PENDING, not after the operation.
+    assert placed.saga.state is SagaState.RUNNING
+    rec, _ = await harness.shard.get("o-1")
+    progress = rec.steps[S.PROCESS_PAYMENT]
+    assert progress.waiting == F and progress.status is StepStatus.IN_FLIGHT
+    assert harness.shard.waiting == 1
+    await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
+    assert calls(harness, S.PROCESS_PAYMENT, F) == 1
+    _, events = await harness.shard.get("o-1", with_events=True)
+    kinds = [e.kind for e in events if e.step == S.PROCESS_PAYMENT]
+    assert kinds[:2] == [EventKind.STARTED, EventKind.ACCEPTED] and kinds[-1] is EventKind.SUCCEEDED
+    assert EventKind.POLLED in kinds  # 5 s with polls of at most 1 s
+    assert all(v == 1 for (o, _), v in harness.caller.net.items() if o == "o-1")
+    assert harness.shard.waiting == 0
+
+
+async def test_a_restart_keeps_waiting_without_resending(harness: Harness) -> None:
+    await harness.restart(operations=FAST_POLLS)
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, 3.0)
+    assert harness.shard is not None
+    await harness.shard.place_order(order())
+    await harness.clock.advance(1.0)
+    shard = await harness.restart()
+    assert shard.waiting == 1
+    await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
+    assert calls(harness, S.PROCESS_PAYMENT, F) == 1
+
+
+async def test_a_forward_step_past_its_limit_is_compensated_and_cancelled(harness: Harness) -> None:
+    policy = OperationPolicy(poll_min_ms=100, poll_max_ms=500, forward_max_ms=2_000)
+    await harness.restart(operations=policy)
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, math.inf)
+    assert harness.shard is not None
+    await harness.shard.place_order(order())
+    await wait_state(harness, "o-1", (SagaState.FAILED,))
+    rec, _ = await harness.shard.get("o-1")
+    assert "still in progress after" in rec.steps[S.PROCESS_PAYMENT].last_error
+    # The refund of a charge still in progress cancels it: nothing stays applied anywhere.
+    fkey = idempotency_key(rec.saga_id, S.PROCESS_PAYMENT, F)
+    assert harness.caller.applied[fkey] == 0 and fkey in harness.caller.tombstones
+    assert all(v == 0 for (o, _), v in harness.caller.net.items() if o == "o-1")
+    assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
+
+
+async def test_the_saga_deadline_bounds_a_forward_wait(harness: Harness) -> None:
+    await harness.restart(operations=FAST_POLLS)
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, math.inf)
+    assert harness.shard is not None
+    await harness.shard.place_order(order(ttl_ms=3_000))
+    await wait_state(harness, "o-1", (SagaState.FAILED,))
+    rec, _ = await harness.shard.get("o-1")
+    assert "deadline passed during process_payment" in rec.last_error
+
+
+async def test_a_refund_settling_later_is_waited_on_then_a_late_one_dead_letters(harness: Harness) -> None:
+    policy = OperationPolicy(poll_min_ms=100, poll_max_ms=500, compensate_max_ms=4_000)
+    await harness.restart(operations=policy)
+    harness.caller.fail_with(S.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION, msg="cannot ship")
+    harness.caller.long_running(S.PROCESS_PAYMENT, C, 2.0)
+    assert harness.shard is not None
+    placed = await harness.shard.place_order(order())
+    assert placed.saga.state is SagaState.COMPENSATING  # answered while the refund settles
+    await wait_state(harness, "o-1", (SagaState.FAILED,))
+    assert calls(harness, S.PROCESS_PAYMENT, C) == 1
+    assert all(v == 0 for (o, _), v in harness.caller.net.items() if o == "o-1")
+
+    harness.caller.long_running(S.PROCESS_PAYMENT, C, math.inf)
+    await harness.shard.place_order(order("o-2"))
+    await wait_state(harness, "o-2", (SagaState.DEAD_LETTERED,))
+    rec, _ = await harness.shard.get("o-2")
+    assert "still in progress after" in rec.parked_note and rec.steps[S.PROCESS_PAYMENT].waiting == 0
+
+
+async def test_an_unknown_outcome_is_asked_about_instead_of_retried(harness: Harness) -> None:
+    # The service applies the charge; its reply is lost (DEADLINE_EXCEEDED).
+    original = harness.caller.call
+
+    async def call_losing_reply(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
+        result = await original(payload, step, action, timeout_s)
+        if step is S.PROCESS_PAYMENT and action is F:
+            return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "reply lost")
+        return result
+
+    harness.caller.call = call_losing_reply  # type: ignore[method-assign]
+    assert harness.shard is not None
+    placed = await harness.shard.place_order(order())
+    assert placed.saga.state is SagaState.SUCCEEDED
+    assert calls(harness, S.PROCESS_PAYMENT, F) == 1  # no second charge call: the service said it was applied
+    _, events = await harness.shard.get("o-1", with_events=True)
+    asked = [e for e in events if e.kind is EventKind.ASKED]
+    assert [(e.step, e.code) for e in asked] == [(S.PROCESS_PAYMENT, "DONE:OK")]
+
+
+async def test_without_asking_an_unknown_outcome_is_retried_as_before(harness: Harness) -> None:
+    await harness.restart(operations=OperationPolicy(ask_unknown=False))
+    original = harness.caller.call
+    lost = {"n": 0}
+
+    async def call_losing_first_reply(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
+        result = await original(payload, step, action, timeout_s)
+        if step is S.PROCESS_PAYMENT and action is F and lost["n"] == 0:
+            lost["n"] += 1
+            return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "reply lost")
+        return result
+
+    harness.caller.call = call_losing_first_reply  # type: ignore[method-assign]
+    assert harness.shard is not None
+    task = asyncio.create_task(harness.shard.place_order(order()))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.SUCCEEDED
+    assert calls(harness, S.PROCESS_PAYMENT, F) == 2 and harness.caller.asked == []
+
+
+async def test_a_service_that_cannot_say_leaves_the_saga_as_before(harness: Harness) -> None:
+    harness.caller.ask_unknown = True
+    harness.caller.fail_with(S.RESERVE_INVENTORY, F, grpc.StatusCode.UNAVAILABLE, times=2)
+    assert harness.shard is not None
+    task = asyncio.create_task(harness.shard.place_order(order()))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.SUCCEEDED and calls(harness, S.RESERVE_INVENTORY, F) == 3
+
+
+async def test_a_compensation_is_skipped_when_the_forward_call_was_rejected(harness: Harness) -> None:
+    """The saga deadline ends the charge (outcome unknown); by then the service has declined it for good: asked before
+    compensating, it says so, and no refund is sent."""
+    assert harness.shard is not None
+
+    async def slow_decline(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
+        key = idempotency_key(payload.saga_id, step, action)
+        harness.caller.calls.append(type(harness.caller.calls[0])(payload.order_id, step, action, key, timeout_s))
+        harness.caller.answered[key] = CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
+        await harness.clock.sleep(timeout_s)
+        return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    original = harness.caller.call
+
+    async def call(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
+        if step is S.PROCESS_PAYMENT and action is F:
+            return await slow_decline(payload, step, action, timeout_s)
+        return await original(payload, step, action, timeout_s)
+
+    harness.caller.call = call  # type: ignore[method-assign]
+    task = asyncio.create_task(harness.shard.place_order(order(ttl_ms=500)))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.FAILED
+    assert calls(harness, S.PROCESS_PAYMENT, C) == 0
+    assert calls(harness, S.RESERVE_INVENTORY, C) == 1 and calls(harness, S.CREATE_ORDER, C) == 1
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
+
+
+async def test_polls_are_bounded_and_a_restart_spreads_the_overdue_ones(harness: Harness) -> None:
+    policy = OperationPolicy(poll_min_ms=100, poll_max_ms=200)
+    await harness.restart(operations=policy)
+    harness.caller.long_running(S.CREATE_ORDER, F, 30.0)
+    assert harness.shard is not None
+    for i in range(60):
+        await harness.shard.place_order(order(f"o-{i}", ttl_ms=600_000))
+    assert harness.shard.waiting == 60
+    # Down for a minute: every poll is overdue at the restart, and they go out at resume_per_s (here 20 a second).
+    await harness.stop()
+    await harness.clock.advance(60)
+    limits = dataclasses.replace(harness.cfg.limits, resume_per_s=20, max_concurrent_polls=4)
+    shard = await harness.start(limits=limits)
+    asked_before = len(harness.caller.asked)
+    await harness.clock.advance(1.0)
+    await harness.quiesce()
+    assert len(harness.caller.asked) - asked_before <= 22  # ~20 in the first second, not 60
+    for i in range(60):
+        await wait_state(harness, f"o-{i}", (SagaState.SUCCEEDED,))
+    assert shard.waiting == 0 and calls(harness, S.CREATE_ORDER, F) == 60
