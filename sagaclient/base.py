@@ -68,7 +68,9 @@ class ConnectOptions(TypedDict, total=False):
     interceptors: client interceptors every call goes through, the first outermost; they see each attempt of a
     retried call, with the token's metadata. SagaClient: grpc.aio ones, one object per kind (grpc.aio files an object
     under the first kind it subclasses), e.g. OpenTelemetry's `aio_client_interceptors()` so that a trace continues
-    through the coordinator. SyncSagaClient: grpc ones (the channel is wrapped with grpc.intercept_channel)."""
+    through the coordinator. SyncSagaClient: grpc ones (the channel is wrapped with grpc.intercept_channel);
+    OpenTelemetry's blocking-API interceptor is not one of those: its GrpcInstrumentorClient().instrument() traces
+    every channel the process opens, this client's too."""
 
     tls: TlsFiles | None
     token: str | None
