@@ -290,33 +290,77 @@ class ListDeadLettersResponse(_message.Message):
     def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RetryDeadLetterRequest(_message.Message):
-    __slots__ = ("order_id", "all", "step", "reason")
+    __slots__ = ("order_id", "all", "step", "reason", "dry_run")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     all: bool
     step: Step
     reason: str
-    def __init__(self, order_id: _Optional[str] = ..., all: _Optional[bool] = ..., step: _Optional[_Union[Step, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, order_id: _Optional[str] = ..., all: _Optional[bool] = ..., step: _Optional[_Union[Step, str]] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class RetryDeadLetterResponse(_message.Message):
-    __slots__ = ("order_ids",)
+    __slots__ = ("order_ids", "previews")
     ORDER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEWS_FIELD_NUMBER: _ClassVar[int]
     order_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, order_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    previews: _containers.RepeatedCompositeFieldContainer[SagaPreview]
+    def __init__(self, order_ids: _Optional[_Iterable[str]] = ..., previews: _Optional[_Iterable[_Union[SagaPreview, _Mapping]]] = ...) -> None: ...
 
 class ResolveDeadLetterRequest(_message.Message):
-    __slots__ = ("order_id", "reason")
+    __slots__ = ("order_id", "reason", "dry_run")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     reason: str
-    def __init__(self, order_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, order_id: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ResolveDeadLetterResponse(_message.Message):
-    __slots__ = ("saga",)
+    __slots__ = ("saga", "preview")
     SAGA_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     saga: Saga
-    def __init__(self, saga: _Optional[_Union[Saga, _Mapping]] = ...) -> None: ...
+    preview: SagaPreview
+    def __init__(self, saga: _Optional[_Union[Saga, _Mapping]] = ..., preview: _Optional[_Union[SagaPreview, _Mapping]] = ...) -> None: ...
+
+class SagaPreview(_message.Message):
+    __slots__ = ("order_id", "saga_id", "shard_id", "state_now", "end_state", "calls")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_NOW_FIELD_NUMBER: _ClassVar[int]
+    END_STATE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    saga_id: str
+    shard_id: str
+    state_now: SagaState
+    end_state: SagaState
+    calls: _containers.RepeatedCompositeFieldContainer[PlannedCall]
+    def __init__(self, order_id: _Optional[str] = ..., saga_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., state_now: _Optional[_Union[SagaState, str]] = ..., end_state: _Optional[_Union[SagaState, str]] = ..., calls: _Optional[_Iterable[_Union[PlannedCall, _Mapping]]] = ...) -> None: ...
+
+class PlannedCall(_message.Message):
+    __slots__ = ("step", "action", "service", "method", "idempotency_key", "attempt", "retry_of_earlier_attempt", "asks_first")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_OF_EARLIER_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ASKS_FIRST_FIELD_NUMBER: _ClassVar[int]
+    step: Step
+    action: Action
+    service: str
+    method: str
+    idempotency_key: str
+    attempt: int
+    retry_of_earlier_attempt: bool
+    asks_first: bool
+    def __init__(self, step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_of_earlier_attempt: _Optional[bool] = ..., asks_first: _Optional[bool] = ...) -> None: ...

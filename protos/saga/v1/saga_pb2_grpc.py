@@ -276,7 +276,8 @@ class SagaAdminServicer:
 
     def RetryDeadLetter(self, request, context):
         """Resumes compensation of one dead-lettered saga, or of every one matching a filter, where it stopped, with the same
-        idempotency keys. The saga goes back to COMPENSATING.
+        idempotency keys. The saga goes back to COMPENSATING. With dry_run, nothing is written and no call is made: the
+        answer says what the retry would do (previews), after the same checks and with the same errors as the real call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,6 +285,7 @@ class SagaAdminServicer:
 
     def ResolveDeadLetter(self, request, context):
         """Marks a dead-lettered saga as fixed by hand (state RESOLVED). A reason is required and is written to the saga's log.
+        With dry_run, nothing is written: the answer's preview says what resolving would do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
