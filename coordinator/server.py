@@ -26,7 +26,7 @@ from protos.reflection import enable_reflection
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
-from . import convert
+from . import convert, preview
 from .errors import InvalidRequest, SagaError
 from .model import SagaState
 from .ownership import call_epoch
@@ -166,16 +166,22 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
         self, request: saga_pb2.RetryDeadLetterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.RetryDeadLetterResponse:
         who = operator_name()
+        shard = self._shard
         try:
-            if len(request.reason) > self._shard.cfg.limits.reason_max_len:
-                raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
+            if len(request.reason) > shard.cfg.limits.reason_max_len:
+                raise InvalidRequest("reason", f"must be at most {shard.cfg.limits.reason_max_len} characters")
             if request.all:
                 if request.order_id:
                     raise InvalidRequest("order_id", "must be empty when all is set")
-                order_ids = await self._shard.retry_all_dead_letters(request.step, who, request.reason)
+                if request.dry_run:
+                    return _previews(await shard.preview_retry_all(request.step), shard.cfg.shard_id)
+                order_ids = await shard.retry_all_dead_letters(request.step, who, request.reason)
             else:
-                check_id("order_id", request.order_id, self._shard.cfg.limits)
-                await self._shard.retry_dead_letter(request.order_id, who, request.reason, ring_epoch(context))
+                check_id("order_id", request.order_id, shard.cfg.limits)
+                if request.dry_run:
+                    plan = await shard.preview_retry(request.order_id, ring_epoch(context))
+                    return _previews([plan], shard.cfg.shard_id)
+                await shard.retry_dead_letter(request.order_id, who, request.reason, ring_epoch(context))
                 order_ids = [request.order_id]
         except SagaError as e:
             await abort(context, e)
@@ -190,12 +196,25 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
                 raise InvalidRequest("reason", "is required: say what was done by hand")
             if len(request.reason) > self._shard.cfg.limits.reason_max_len:
                 raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
+            if request.dry_run:
+                rec, plan = await self._shard.preview_resolve(request.order_id, ring_epoch(context))
+                shard_id = self._shard.cfg.shard_id
+                return saga_pb2.ResolveDeadLetterResponse(
+                    saga=convert.saga_message(rec, shard_id), preview=preview.preview_message(plan, shard_id)
+                )
             rec = await self._shard.resolve_dead_letter(
                 request.order_id, operator_name(), request.reason, ring_epoch(context)
             )
         except SagaError as e:
             await abort(context, e)
         return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
+
+
+def _previews(plans: list[preview.SagaPlan], shard_id: str) -> saga_pb2.RetryDeadLetterResponse:
+    """A dry run's answer: the orders that would be retried and what each retry would do."""
+    return saga_pb2.RetryDeadLetterResponse(
+        order_ids=[p.order_id for p in plans], previews=[preview.preview_message(p, shard_id) for p in plans]
+    )
 
 
 class RingServicer(ring_pb2_grpc.RingServiceServicer):

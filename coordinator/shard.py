@@ -17,7 +17,7 @@ from common import tracing
 from common.loops import run_every
 from protos.saga.v1 import saga_pb2
 
-from . import transitions
+from . import preview, transitions
 from .caller import Caller, SagaPayload
 from .clock import Clock
 from .config import ShardConfig
@@ -450,17 +450,47 @@ class Shard:
 
     async def _claim_parked(self, order_id: str, ring_epoch: int | None = None) -> SagaRecord:
         """Reads a dead-lettered saga and claims it, so two concurrent admin calls cannot both act on it."""
+        rec = await self._read_parked(order_id, ring_epoch)
+        # _read_parked checked after its read and returned with no await since: this is the check-then-act.
+        self._claimed.add(order_id)
+        return rec
+
+    async def _read_parked(self, order_id: str, ring_epoch: int | None = None) -> SagaRecord:
+        """Reads a dead-lettered saga an admin action may act on now, or raises what that action would answer."""
         rec = await self.journal.get_by_order(order_id, kept=True)  # a removed saga is finished: WrongState
         if rec is None:
             self.ownership.check(ring_epoch, order_id, creating=False)
             raise SagaNotFound(f"no saga for order {order_id}")
-        # Checked after the read, with no await before the claim: this is the check-then-act.
         if order_id in self._live or order_id in self._claimed:
             raise WrongState(f"saga of order {order_id} is being acted on already")
         if rec.state is not SagaState.DEAD_LETTERED:
             raise WrongState(f"saga of order {order_id} is {rec.state.name}, not DEAD_LETTERED")
-        self._claimed.add(order_id)
         return rec
+
+    # Dry runs: what the actions above would do, after the same checks with the same errors; nothing is written and
+    # nothing is claimed (coordinator.preview).
+
+    async def preview_retry(self, order_id: str, ring_epoch: int | None = None) -> preview.SagaPlan:
+        """What retry_dead_letter(order_id) would do."""
+        return preview.plan_retry(await self._read_parked(order_id, ring_epoch), self.cfg)
+
+    async def preview_retry_all(self, step: int) -> list[preview.SagaPlan]:
+        """What retry_all_dead_letters(step) would do: the same dead letters, the same skips."""
+        rows = await self.journal.dead_letters(step, False, self.cfg.limits.bulk_retry_max, 0)
+        plans = []
+        for row in rows:
+            try:
+                plans.append(await self.preview_retry(row.order_id))
+            except WrongState:
+                continue  # being acted on: the real call skips it too
+        return plans
+
+    async def preview_resolve(
+        self, order_id: str, ring_epoch: int | None = None
+    ) -> tuple[SagaRecord, preview.SagaPlan]:
+        """The saga as it stands and what resolve_dead_letter(order_id) would do."""
+        rec = await self._read_parked(order_id, ring_epoch)
+        return rec, preview.plan_resolve(rec)
 
     async def retention_pass(self) -> PassReport:
         """One retention pass now (the periodic one waits for it to finish, and the other way round)."""
