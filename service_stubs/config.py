@@ -54,6 +54,9 @@ class StubConfig:
     """Orders one GetLedger call may ask for."""
     max_fault_rules: int = 100
     """Rules one fault plan may hold."""
+    max_operations_in_progress: int = 100_000
+    """Long-running operations in progress per service (each holds a timer and its request); past it, a call that
+    would start one gets RESOURCE_EXHAUSTED."""
     stop_grace_s: float = 5.0
     """How long a graceful stop lets calls in flight finish before cancelling them."""
     metrics_listen: str | None = None
@@ -86,7 +89,13 @@ class StubConfig:
                 raise ValueError(f"initial stock needs an item id and a quantity >= 0, got {item_id!r}={quantity}")
         if self.slow_token_delay_s < 0:
             raise ValueError("slow_token_delay_s must be >= 0")
-        for name in ("max_concurrent_rpcs", "max_batch_rows", "max_ledger_orders", "max_fault_rules"):
+        for name in (
+            "max_concurrent_rpcs",
+            "max_batch_rows",
+            "max_ledger_orders",
+            "max_fault_rules",
+            "max_operations_in_progress",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.stop_grace_s < 0:

@@ -19,7 +19,7 @@ from service_stubs.faults import FaultInjector, FaultPlan, FaultRule
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
 from service_stubs.ledger import order_ledger
-from service_stubs.stats import CallStats
+from service_stubs.stats import CallStats, OperationEvent
 from service_stubs.validation import require_id
 
 
@@ -77,7 +77,16 @@ class StubControlService:
             control_pb2.MethodStat(method=method, code=code, count=count)
             for method, code, count in self._stats.snapshot()
         ]
-        return control_pb2.GetStatsResponse(stats=stats)
+        operations = [
+            control_pb2.OperationStat(
+                method=method,
+                accepted=events[OperationEvent.ACCEPTED],
+                completed=events[OperationEvent.COMPLETED],
+                cancelled=events[OperationEvent.CANCELLED],
+            )
+            for method, events in self._stats.operations().items()
+        ]
+        return control_pb2.GetStatsResponse(stats=stats, operations=operations)
 
     async def SetStock(
         self, request: control_pb2.SetStockRequest, context: grpc.aio.ServicerContext

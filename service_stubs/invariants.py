@@ -15,6 +15,8 @@ def ledger_violations(
     for k in ledger.keys:
         if k.applied_count > 1:
             out.append(f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times")
+        if k.in_progress:  # a saga answers only once every call it made has a final outcome
+            out.append(f"{order_id}: key {k.idempotency_key} still in progress")
     reserved = {i: q for i, q in ledger.reserved_net.items() if q}
     if status == saga_pb2.SUCCESS:
         if not ledger.order_created or ledger.order_cancelled:

@@ -10,6 +10,8 @@ from protos.shop.v1 import common_pb2, inventory_pb2
 from service_stubs.faults import FaultInjector
 from service_stubs.idempotency import Decision, ShopService
 from service_stubs.keys import Answer, KeyRecord, derived_id
+from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
 from service_stubs.validation import require_id, require_items, units_per_item
@@ -25,6 +27,8 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
     grpc_service = "shop.v1.InventoryService"
     forward_method = "ReserveInventory"
     compensation_method = "ReleaseInventory"
+    forward_request = inventory_pb2.ReserveInventoryRequest
+    forward_response = inventory_pb2.ReserveInventoryResponse
 
     def __init__(
         self,
@@ -34,12 +38,13 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
         stats: CallStats,
         default_stock: int,
         initial_stock: Mapping[str, int],
+        operations: OperationSettings | None = None,
     ) -> None:
         self._default_stock = default_stock
         self._initial_stock = dict(initial_stock)
         self._stock: dict[str, int] = {}
         """Levels of every item that changed since the data dir was created (the rest are at their initial level)."""
-        super().__init__(store, loaded, faults, stats)
+        super().__init__(store, loaded, faults, stats, operations)
 
     async def ReserveInventory(
         self, request: inventory_pb2.ReserveInventoryRequest, context: grpc.aio.ServicerContext
@@ -71,6 +76,9 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
     def validate(self, request: inventory_pb2.ReserveInventoryRequest) -> None:
         require_id(request.order_id, "order_id")
         require_items(request.items)
+
+    def lro_rules(self, request: inventory_pb2.ReserveInventoryRequest) -> LroRules:
+        return item_rules(request.items, "reserve", "release")
 
     def apply(self, key: str, request: inventory_pb2.ReserveInventoryRequest) -> Decision:
         wanted = units_per_item(request.items)

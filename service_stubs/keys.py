@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from service_stubs.errors import StubError
+from service_stubs.lro_rules import Lro
 
 TOMBSTONED_MESSAGE = "idempotency key tombstoned by compensation"
 KEY_REUSED_MESSAGE = "idempotency key already used with a different request"
@@ -55,6 +56,10 @@ class Answer:
         return StubError(grpc.StatusCode[self.code], self.message)
 
 
+TOMBSTONED = Answer.rejection(grpc.StatusCode.ABORTED, TOMBSTONED_MESSAGE)
+"""The answer of a forward key tombstoned by its compensation, or cancelled by it while in progress."""
+
+
 @dataclass(slots=True)
 class KeyRecord:
     """One idempotency key on one service. Mutable only in the event loop thread; the store copies it on commit."""
@@ -75,6 +80,16 @@ class KeyRecord:
     {"cents": n} for a charge, empty otherwise."""
     undone_by: str | None = None
     """Key of the compensation that undid this forward call."""
+    in_progress: bool = False
+    """A long-running operation accepted and not finished: no answer and nothing applied yet."""
+    lro: Lro | None = None
+    """Set if the call was accepted as a long-running operation: how long it runs (kept once it is done)."""
+    accepted_at_epoch_ms: int | None = None
+    """When the operation was accepted (wall clock: its due time must survive a restart)."""
+    request: bytes | None = None
+    """The serialized request while in progress, to apply when the operation finishes; dropped then."""
+    undo_lro: Lro | None = None
+    """For an applied forward call: the long-running rule of the compensation that would undo it."""
 
     @classmethod
     def tombstone(cls, key: str, method: str, order_id: str) -> KeyRecord:
@@ -85,16 +100,43 @@ class KeyRecord:
         return self.applied_count > 0
 
     @property
+    def due_at_epoch_ms(self) -> int | None:
+        """When an operation in progress finishes; None if it never does (or is not one)."""
+        if self.lro is None or self.accepted_at_epoch_ms is None:
+            return None
+        return self.lro.due_at_epoch_ms(self.accepted_at_epoch_ms)
+
+    def due(self, now_epoch_ms: int) -> bool:
+        """True for an operation in progress whose time has come."""
+        due_at = self.due_at_epoch_ms
+        return self.in_progress and due_at is not None and now_epoch_ms >= due_at
+
+    @property
     def code(self) -> str:
-        """The code a call with this key gets now: the recorded one, or ABORTED for a bare tombstone."""
+        """The code a call with this key gets now: the recorded one, ABORTED for a bare tombstone, "" in progress."""
+        if self.in_progress:
+            return ""
         return self.answer.code if self.answer is not None else grpc.StatusCode.ABORTED.name
+
+    @property
+    def final(self) -> Answer:
+        """The answer a call with this key gets now, once it is not in progress (a bare tombstone's is ABORTED)."""
+        assert not self.in_progress, "an operation in progress has no final answer yet"
+        if self.answer is None:
+            return TOMBSTONED
+        return self.answer
+
+    def check_request(self, digest: str) -> None:
+        """Raises ALREADY_EXISTS if a call reuses the key with another request."""
+        if self.request_digest is not None and digest != self.request_digest:
+            raise StubError(grpc.StatusCode.ALREADY_EXISTS, KEY_REUSED_MESSAGE)
 
     def replay(self, digest: str) -> Answer:
         """The first answer, for a call that reuses the key; raises if the call may not have it."""
+        assert not self.in_progress, "an operation in progress is answered by the service"
         if self.answer is None or self.request_digest is None:
-            raise StubError(grpc.StatusCode.ABORTED, TOMBSTONED_MESSAGE)
-        if digest != self.request_digest:
-            raise StubError(grpc.StatusCode.ALREADY_EXISTS, KEY_REUSED_MESSAGE)
+            raise TOMBSTONED.error()
+        self.check_request(digest)
         return self.answer
 
 
@@ -129,6 +171,10 @@ class KeyTable:
 
     def get(self, key: str) -> KeyRecord | None:
         return self._records.get(key)
+
+    def busy(self, key: str) -> bool:
+        """True while a call with this key is being served (it may have no record yet)."""
+        return key in self._locks
 
     def put(self, record: KeyRecord) -> None:
         """Adds a new record (a key is recorded once; later changes mutate the record in place)."""

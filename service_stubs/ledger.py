@@ -27,6 +27,7 @@ def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control
                     applied_count=record.applied_count,
                     tombstoned=record.tombstoned,
                     code=record.code,
+                    in_progress=record.in_progress,
                 )
             )
             if not record.applied:

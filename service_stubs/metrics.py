@@ -29,15 +29,29 @@ class StubCollector(Collector):
         for method, code, count in self._stats.snapshot():
             calls.add_metric([method, code], count)
         yield calls
+        operations = CounterMetricFamily(
+            "saga_stub_operations",
+            "Long-running operations by method and event (accepted, completed, cancelled)",
+            labels=["method", "event"],
+        )
+        for method, events in self._stats.operations().items():
+            for event, count in events.items():
+                operations.add_metric([method, event.value], count)
+        yield operations
         transactions = CounterMetricFamily(
             "saga_stub_store_transactions", "SQLite transactions committed (group commit)", labels=["service"]
         )
         rows = CounterMetricFamily("saga_stub_store_rows", "Rows made durable", labels=["service"])
         keys = GaugeMetricFamily("saga_stub_idempotency_keys", "Idempotency keys held", labels=["service"])
+        in_progress = GaugeMetricFamily(
+            "saga_stub_operations_in_progress", "Long-running operations accepted and not finished", labels=["service"]
+        )
         for name, service in self._services.items():
             transactions.add_metric([name], service.store.transactions)
             rows.add_metric([name], service.store.rows_written)
             keys.add_metric([name], len(service.keys))
+            in_progress.add_metric([name], len(service.in_progress))
         yield transactions
         yield rows
         yield keys
+        yield in_progress

@@ -8,6 +8,8 @@ from protos.shop.v1 import common_pb2, order_pb2
 from service_stubs.faults import FaultInjector
 from service_stubs.idempotency import Decision, ShopService
 from service_stubs.keys import Answer, KeyRecord
+from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
 from service_stubs.validation import require_id, require_items
@@ -21,11 +23,20 @@ class OrderService(ShopService[order_pb2.CreateOrderRequest]):
     grpc_service = "shop.v1.OrderService"
     forward_method = "CreateOrder"
     compensation_method = "CancelOrder"
+    forward_request = order_pb2.CreateOrderRequest
+    forward_response = order_pb2.CreateOrderResponse
 
-    def __init__(self, store: Store, loaded: Loaded, faults: FaultInjector, stats: CallStats) -> None:
+    def __init__(
+        self,
+        store: Store,
+        loaded: Loaded,
+        faults: FaultInjector,
+        stats: CallStats,
+        operations: OperationSettings | None = None,
+    ) -> None:
         self._open_orders: dict[str, str] = {}
         """Open order id -> key of the CreateOrder that created it."""
-        super().__init__(store, loaded, faults, stats)
+        super().__init__(store, loaded, faults, stats, operations)
 
     async def CreateOrder(
         self, request: order_pb2.CreateOrderRequest, context: grpc.aio.ServicerContext
@@ -46,6 +57,9 @@ class OrderService(ShopService[order_pb2.CreateOrderRequest]):
         require_id(request.order_id, "order_id")
         require_id(request.user_id, "user_id")
         require_items(request.items)
+
+    def lro_rules(self, request: order_pb2.CreateOrderRequest) -> LroRules:
+        return item_rules(request.items, "create", "cancelorder")
 
     def apply(self, key: str, request: order_pb2.CreateOrderRequest) -> Decision:
         if request.order_id in self._open_orders:

@@ -11,6 +11,8 @@ from service_stubs.errors import InvalidArgument
 from service_stubs.faults import FaultInjector
 from service_stubs.idempotency import Call, Decision, ShopService
 from service_stubs.keys import Answer, KeyRecord, derived_id
+from service_stubs.lro_rules import NO_RULES, LroRules, lro_rule
+from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
 from service_stubs.validation import require_id
@@ -29,12 +31,20 @@ class PaymentService(ShopService[payment_pb2.ChargePaymentRequest]):
     grpc_service = "shop.v1.PaymentService"
     forward_method = "ChargePayment"
     compensation_method = "RefundPayment"
+    forward_request = payment_pb2.ChargePaymentRequest
+    forward_response = payment_pb2.ChargePaymentResponse
 
     def __init__(
-        self, store: Store, loaded: Loaded, faults: FaultInjector, stats: CallStats, slow_token_delay_s: float
+        self,
+        store: Store,
+        loaded: Loaded,
+        faults: FaultInjector,
+        stats: CallStats,
+        slow_token_delay_s: float,
+        operations: OperationSettings | None = None,
     ) -> None:
         self._slow_token_delay_s = slow_token_delay_s
-        super().__init__(store, loaded, faults, stats)
+        super().__init__(store, loaded, faults, stats, operations)
 
     async def ChargePayment(
         self, request: payment_pb2.ChargePaymentRequest, context: grpc.aio.ServicerContext
@@ -55,6 +65,13 @@ class PaymentService(ShopService[payment_pb2.ChargePaymentRequest]):
         if request.amount_cents < 1:
             raise InvalidArgument("amount_cents", "must be at least 1")
         require_id(request.currency, "currency")
+
+    def lro_rules(self, request: payment_pb2.ChargePaymentRequest) -> LroRules:
+        token = request.payment_token
+        if "lro-" not in token:
+            return NO_RULES
+        fields = (("payment_token", token),)
+        return LroRules(forward=lro_rule("charge", fields), undo=lro_rule("refund", fields))
 
     async def before_apply(self, request: payment_pb2.ChargePaymentRequest, call: Call) -> None:
         if request.payment_token == TOKEN_SLOW:

@@ -27,6 +27,7 @@ from service_stubs.group_commit import GroupCommitter
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
 from service_stubs.metrics import StubCollector
+from service_stubs.operations import OperationSettings
 from service_stubs.order import OrderService
 from service_stubs.payment import PaymentService
 from service_stubs.shipping import ShippingService
@@ -90,6 +91,9 @@ class StubServer:
     async def _stop(self, grace_s: float) -> None:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
+        # No operation finishes from here on: one that is due finishes when the stubs start again.
+        for service in self.services.values():
+            service.stop_operations()
         # Calls cancelled by the stop may have left rows behind: they were applied, so they must reach the disk.
         await self._committer.close()
         for store in self._stores:
@@ -177,9 +181,13 @@ async def _start_server(
     enable_reflection(names, server)
 
     port = listen(server, config.listen, config.tls)
-    committer = GroupCommitter(asyncio.get_running_loop(), config.max_batch_rows)
+    loop = asyncio.get_running_loop()
+    committer = GroupCommitter(loop, config.max_batch_rows)
     for store, _ in opened:
         store.attach(committer)
+    # Operations accepted before a restart finish on time (or at once, if already due): their timers need the writer.
+    for service in services.values():
+        service.start_operations(loop)
     metrics: MetricsServer | None = None
     try:
         if config.metrics_listen is not None:
@@ -189,6 +197,8 @@ async def _start_server(
     except BaseException:
         if metrics is not None:
             metrics.close()
+        for service in services.values():
+            service.stop_operations()
         await committer.close()
         raise
     stores = [store for store, _ in opened]
@@ -201,14 +211,15 @@ async def _start_server(
 def _build_service(
     name: str, store: Store, loaded: Loaded, faults: FaultInjector, stats: CallStats, config: StubConfig
 ) -> ShopService[Any]:
+    operations = OperationSettings(max_in_progress=config.max_operations_in_progress)
     if name == "order":
-        return OrderService(store, loaded, faults, stats)
+        return OrderService(store, loaded, faults, stats, operations)
     if name == "inventory":
-        return InventoryService(store, loaded, faults, stats, config.default_stock, config.initial_stock)
+        return InventoryService(store, loaded, faults, stats, config.default_stock, config.initial_stock, operations)
     if name == "payment":
-        return PaymentService(store, loaded, faults, stats, config.slow_token_delay_s)
+        return PaymentService(store, loaded, faults, stats, config.slow_token_delay_s, operations)
     if name == "shipping":
-        return ShippingService(store, loaded, faults, stats)
+        return ShippingService(store, loaded, faults, stats, operations)
     raise ValueError(f"unknown shop service {name!r}")
 
 

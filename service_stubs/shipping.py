@@ -7,6 +7,7 @@ import grpc
 from protos.shop.v1 import common_pb2, shipping_pb2
 from service_stubs.idempotency import Decision, ShopService
 from service_stubs.keys import Answer, derived_id
+from service_stubs.lro_rules import LroRules, item_rules
 from service_stubs.validation import require_id, require_items
 
 UNSHIPPABLE_PREFIX = "unshippable-"
@@ -18,6 +19,8 @@ class ShippingService(ShopService[shipping_pb2.ScheduleShipmentRequest]):
     grpc_service = "shop.v1.ShippingService"
     forward_method = "ScheduleShipment"
     compensation_method = "CancelShipment"
+    forward_request = shipping_pb2.ScheduleShipmentRequest
+    forward_response = shipping_pb2.ScheduleShipmentResponse
 
     async def ScheduleShipment(
         self, request: shipping_pb2.ScheduleShipmentRequest, context: grpc.aio.ServicerContext
@@ -33,6 +36,9 @@ class ShippingService(ShopService[shipping_pb2.ScheduleShipmentRequest]):
         require_id(request.order_id, "order_id")
         require_id(request.user_id, "user_id")
         require_items(request.items)
+
+    def lro_rules(self, request: shipping_pb2.ScheduleShipmentRequest) -> LroRules:
+        return item_rules(request.items, "schedule", "cancel")
 
     def apply(self, key: str, request: shipping_pb2.ScheduleShipmentRequest) -> Decision:
         for item in request.items:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from service_stubs.errors import StoreFailed
 from service_stubs.keys import Answer, KeyRecord
+from service_stubs.lro_rules import NEVER, Lro
 
 if TYPE_CHECKING:
     from service_stubs.group_commit import GroupCommitter
@@ -45,18 +46,34 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at_epoch_ms INTEGER NOT NULL
     );
     """,
+    # Long-running operations (keys.KeyRecord): lro_ms and undo_lro_ms hold an Lro, NULL for none and NEVER_MS for
+    # never; the request is kept only while the operation is in progress.
+    """
+    ALTER TABLE idempotency_keys ADD COLUMN in_progress INTEGER NOT NULL DEFAULT 0 CHECK (in_progress IN (0, 1));
+    ALTER TABLE idempotency_keys ADD COLUMN lro_ms INTEGER;
+    ALTER TABLE idempotency_keys ADD COLUMN accepted_at_epoch_ms INTEGER;
+    ALTER TABLE idempotency_keys ADD COLUMN request BLOB;
+    ALTER TABLE idempotency_keys ADD COLUMN undo_lro_ms INTEGER;
+    """,
 )
+
+NEVER_MS = -1
+"""An Lro that never finishes, in the lro_ms columns (NULL already means "not an operation")."""
 
 # An upsert, not INSERT OR REPLACE: the row keeps its rowid, so loading by rowid gives first-seen order.
 _UPSERT_KEY = """
     INSERT INTO idempotency_keys (key, method, order_id, request_digest, code, message, response, applied_count,
-                                  tombstoned, effect_json, undone_by, updated_at_epoch_ms)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  tombstoned, effect_json, undone_by, updated_at_epoch_ms, in_progress, lro_ms,
+                                  accepted_at_epoch_ms, request, undo_lro_ms)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET
         method = excluded.method, order_id = excluded.order_id, request_digest = excluded.request_digest,
         code = excluded.code, message = excluded.message, response = excluded.response,
         applied_count = excluded.applied_count, tombstoned = excluded.tombstoned, effect_json = excluded.effect_json,
-        undone_by = excluded.undone_by, updated_at_epoch_ms = excluded.updated_at_epoch_ms
+        undone_by = excluded.undone_by, updated_at_epoch_ms = excluded.updated_at_epoch_ms,
+        in_progress = excluded.in_progress, lro_ms = excluded.lro_ms,
+        accepted_at_epoch_ms = excluded.accepted_at_epoch_ms, request = excluded.request,
+        undo_lro_ms = excluded.undo_lro_ms
 """
 _UPSERT_STOCK = """
     INSERT INTO stock (item_id, quantity, updated_at_epoch_ms) VALUES (?, ?, ?)
@@ -64,12 +81,30 @@ _UPSERT_STOCK = """
 """
 _SELECT_KEYS = """
     SELECT key, method, order_id, request_digest, code, message, response, applied_count, tombstoned, effect_json,
-           undone_by
+           undone_by, in_progress, lro_ms, accepted_at_epoch_ms, request, undo_lro_ms
     FROM idempotency_keys ORDER BY rowid
 """
 _SELECT_STOCK = "SELECT item_id, quantity FROM stock"
 
-KeyRow = tuple[str, str, str, str | None, str | None, str, bytes, int, int, str, str | None, int]
+KeyRow = tuple[
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    str,
+    bytes,
+    int,
+    int,
+    str,
+    str | None,
+    int,
+    int,
+    int | None,
+    int | None,
+    bytes | None,
+    int | None,
+]
 StockRow = tuple[str, int, int]
 
 
@@ -89,6 +124,18 @@ def _epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _lro_ms(lro: Lro | None) -> int | None:
+    if lro is None:
+        return None
+    return NEVER_MS if lro.duration_ms is None else lro.duration_ms
+
+
+def _lro(value: int | None) -> Lro | None:
+    if value is None:
+        return None
+    return NEVER if value == NEVER_MS else Lro(int(value))
+
+
 def _key_row(record: KeyRecord, now_ms: int) -> KeyRow:
     answer = record.answer
     return (
@@ -104,6 +151,11 @@ def _key_row(record: KeyRecord, now_ms: int) -> KeyRow:
         _effect_json(dict(record.effect)) if record.effect else "{}",  # most records: cheap path
         record.undone_by,
         now_ms,
+        int(record.in_progress),
+        _lro_ms(record.lro),
+        record.accepted_at_epoch_ms,
+        record.request,
+        _lro_ms(record.undo_lro),
     )
 
 
@@ -119,6 +171,11 @@ def _record_from_row(row: sqlite3.Row) -> KeyRecord:
         tombstoned=bool(row["tombstoned"]),
         effect={str(k): int(v) for k, v in json.loads(row["effect_json"]).items()},
         undone_by=row["undone_by"],
+        in_progress=bool(row["in_progress"]),
+        lro=_lro(row["lro_ms"]),
+        accepted_at_epoch_ms=row["accepted_at_epoch_ms"],
+        request=None if row["request"] is None else bytes(row["request"]),
+        undo_lro=_lro(row["undo_lro_ms"]),
     )
 
 
@@ -154,6 +211,7 @@ class Store:
         self.transactions = 0
         """Transactions committed: far fewer than calls under load, which is the point of group commit."""
         self.rows_written = 0
+        self._last_commit: asyncio.Future[None] | None = None
 
     @classmethod
     def open(cls, path: Path) -> tuple[Store, Loaded]:
@@ -193,7 +251,23 @@ class Store:
         now_ms = _epoch_ms()
         key_rows = [_key_row(record, now_ms) for record in records]
         stock_rows = [(item_id, quantity, now_ms) for item_id, quantity in stock]
-        return self._committer.submit(self, key_rows, stock_rows)
+        future = self._last_commit = self._committer.submit(self, key_rows, stock_rows)
+        return future
+
+    async def barrier(self) -> None:
+        """Returns once everything committed so far is durable: what a read saw in memory is then on disk too.
+
+        Commits resolve in the order they were made, so the last one resolved means all of them are. A cancelled
+        future (its caller gave up) says nothing, so then an empty commit goes through the writer behind it."""
+        if self.failure is not None:
+            raise StoreFailed(self.failure)
+        last = self._last_commit
+        if last is None or (last.done() and not last.cancelled()):
+            return
+        if last.cancelled():
+            assert self._committer is not None, "store not attached to a committer"
+            last = self._last_commit = self._committer.submit(self, [], [])
+        await asyncio.shield(last)
 
     def write(self, key_rows: Sequence[KeyRow], stock_rows: Sequence[StockRow]) -> None:
         """One transaction (writer thread only)."""

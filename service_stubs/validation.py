@@ -66,3 +66,11 @@ def units_per_item(items: Sequence[common_pb2.Item]) -> dict[str, int]:
     for item in items:
         totals[item.item_id] = totals.get(item.item_id, 0) + item.quantity
     return totals
+
+
+def require_key(key: str, field: str) -> None:
+    """An idempotency key sent in a request field (GetOperation), bounded like the metadata one."""
+    if not key:
+        raise InvalidArgument(field, "required")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument(field, f"longer than {MAX_KEY_LENGTH} characters")

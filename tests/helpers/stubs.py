@@ -16,6 +16,7 @@ in-process servers meanwhile, call them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -263,6 +264,28 @@ class ShopClient(_Channel):
             return await self.shipping.CancelShipment(request, metadata=metadata, timeout=timeout_s)
         raise ValueError(f"unknown service {service!r}")
 
+    async def get_operation(
+        self, service: str, key: str, *, timeout_s: float = 10.0
+    ) -> common_pb2.GetOperationResponse:
+        """GetOperation of "order", "inventory", "payment" or "shipping" (no idempotency key: it is a read)."""
+        stub = {"order": self.order, "inventory": self.inventory, "payment": self.payment, "shipping": self.shipping}
+        if service not in stub:
+            raise ValueError(f"unknown service {service!r}")
+        request = common_pb2.GetOperationRequest(idempotency_key=key)
+        return await stub[service].GetOperation(request, timeout=timeout_s)
+
+    async def wait_done(self, service: str, key: str, *, timeout_s: float = 30.0) -> common_pb2.GetOperationResponse:
+        """Polls GetOperation (as poll_after_ms suggests) until the operation is DONE; AssertionError after
+        `timeout_s`, which is generous: the suite runs on busy machines."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            reply = await self.get_operation(service, key)
+            if reply.state == common_pb2.OPERATION_STATE_DONE:
+                return reply
+            assert reply.state == common_pb2.OPERATION_STATE_IN_PROGRESS, reply
+            assert asyncio.get_running_loop().time() < deadline, f"{service} {key} not done after {timeout_s} s"
+            await asyncio.sleep(max(reply.poll_after_ms, 10) / 1000)
+
 
 def fault_rule(method: str = "*", **fields: object) -> control_pb2.FaultRule:
     """fault_rule("ChargePayment", error_rate=0.2, error_code="UNAVAILABLE") -> a FaultRule message."""
@@ -300,6 +323,11 @@ class StubControlClient(_Channel):
         """(method, code) -> calls."""
         reply = await self.stub.GetStats(control_pb2.GetStatsRequest(), timeout=timeout_s)
         return {(stat.method, stat.code): int(stat.count) for stat in reply.stats}
+
+    async def get_operation_stats(self, timeout_s: float = 10.0) -> dict[str, tuple[int, int, int]]:
+        """method -> (accepted, completed, cancelled) long-running operations."""
+        reply = await self.stub.GetStats(control_pb2.GetStatsRequest(), timeout=timeout_s)
+        return {op.method: (int(op.accepted), int(op.completed), int(op.cancelled)) for op in reply.operations}
 
     async def set_stock(self, levels: Mapping[str, int], timeout_s: float = 10.0) -> None:
         request = control_pb2.SetStockRequest(

@@ -55,20 +55,22 @@ class GetLedgerRequest(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., order_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KeyRecord(_message.Message):
-    __slots__ = ("service", "method", "idempotency_key", "applied_count", "tombstoned", "code")
+    __slots__ = ("service", "method", "idempotency_key", "applied_count", "tombstoned", "code", "in_progress")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     APPLIED_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONED_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     service: str
     method: str
     idempotency_key: str
     applied_count: int
     tombstoned: bool
     code: str
-    def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., applied_count: _Optional[int] = ..., tombstoned: _Optional[bool] = ..., code: _Optional[str] = ...) -> None: ...
+    in_progress: bool
+    def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., applied_count: _Optional[int] = ..., tombstoned: _Optional[bool] = ..., code: _Optional[str] = ..., in_progress: _Optional[bool] = ...) -> None: ...
 
 class OrderLedger(_message.Message):
     __slots__ = ("order_id", "order_created", "order_cancelled", "reserved_net", "charged_cents", "refunded_cents", "shipment_scheduled", "shipment_cancelled", "keys")
@@ -119,11 +121,25 @@ class MethodStat(_message.Message):
     count: int
     def __init__(self, method: _Optional[str] = ..., code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
+class OperationStat(_message.Message):
+    __slots__ = ("method", "accepted", "completed", "cancelled")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    accepted: int
+    completed: int
+    cancelled: int
+    def __init__(self, method: _Optional[str] = ..., accepted: _Optional[int] = ..., completed: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+
 class GetStatsResponse(_message.Message):
-    __slots__ = ("stats",)
+    __slots__ = ("stats", "operations")
     STATS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     stats: _containers.RepeatedCompositeFieldContainer[MethodStat]
-    def __init__(self, stats: _Optional[_Iterable[_Union[MethodStat, _Mapping]]] = ...) -> None: ...
+    operations: _containers.RepeatedCompositeFieldContainer[OperationStat]
+    def __init__(self, stats: _Optional[_Iterable[_Union[MethodStat, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationStat, _Mapping]]] = ...) -> None: ...
 
 class StockLevel(_message.Message):
     __slots__ = ("item_id", "quantity")

@@ -86,7 +86,7 @@ class StubControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """Calls per method and outcome since the process started.
+        """Calls per method and outcome, and long-running operations per method, since the process started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,19 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/shop/v1/common.proto\x12\x07shop.v1\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"X\n\x13\x43ompensationRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1f\n\x17\x66orward_idempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x14\x43ompensationResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12\x12\n\ntombstoned\x18\x02 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/shop/v1/common.proto\x12\x07shop.v1\x1a\x19google/protobuf/any.proto\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"X\n\x13\x43ompensationRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1f\n\x17\x66orward_idempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"a\n\x14\x43ompensationResponse\x12\x0e\n\x06undone\x18\x01 \x01(\x08\x12\x12\n\ntombstoned\x18\x02 \x01(\x08\x12%\n\toperation\x18\x03 \x01(\x0b\x32\x12.shop.v1.Operation\">\n\tOperation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rpoll_after_ms\x18\x03 \x01(\x03\".\n\x13GetOperationRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\"\xac\x01\n\x14GetOperationResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.shop.v1.OperationState\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x08response\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x15\n\rpoll_after_ms\x18\x05 \x01(\x03\x12\x0e\n\x06method\x18\x06 \x01(\t*\xa8\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_UNKNOWN\x10\x01\x12\x1d\n\x19OPERATION_STATE_NOT_FOUND\x10\x02\x12\x1f\n\x1bOPERATION_STATE_IN_PROGRESS\x10\x03\x12\x18\n\x14OPERATION_STATE_DONE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.shop.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEM']._serialized_start=40
-  _globals['_ITEM']._serialized_end=81
-  _globals['_COMPENSATIONREQUEST']._serialized_start=83
-  _globals['_COMPENSATIONREQUEST']._serialized_end=171
-  _globals['_COMPENSATIONRESPONSE']._serialized_start=173
-  _globals['_COMPENSATIONRESPONSE']._serialized_end=231
+  _globals['_OPERATIONSTATE']._serialized_start=587
+  _globals['_OPERATIONSTATE']._serialized_end=755
+  _globals['_ITEM']._serialized_start=67
+  _globals['_ITEM']._serialized_end=108
+  _globals['_COMPENSATIONREQUEST']._serialized_start=110
+  _globals['_COMPENSATIONREQUEST']._serialized_end=198
+  _globals['_COMPENSATIONRESPONSE']._serialized_start=200
+  _globals['_COMPENSATIONRESPONSE']._serialized_end=297
+  _globals['_OPERATION']._serialized_start=299
+  _globals['_OPERATION']._serialized_end=361
+  _globals['_GETOPERATIONREQUEST']._serialized_start=363
+  _globals['_GETOPERATIONREQUEST']._serialized_end=409
+  _globals['_GETOPERATIONRESPONSE']._serialized_start=412
+  _globals['_GETOPERATIONRESPONSE']._serialized_end=584
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/shop/v1/inventory.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"I\n\x17ReserveInventoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x05items\x18\x02 \x03(\x0b\x32\r.shop.v1.Item\"2\n\x18ReserveInventoryResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t2\xbc\x01\n\x10InventoryService\x12W\n\x10ReserveInventory\x12 .shop.v1.ReserveInventoryRequest\x1a!.shop.v1.ReserveInventoryResponse\x12O\n\x10ReleaseInventory\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/shop/v1/inventory.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"I\n\x17ReserveInventoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x05items\x18\x02 \x03(\x0b\x32\r.shop.v1.Item\"Y\n\x18ReserveInventoryResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\x89\x02\n\x10InventoryService\x12W\n\x10ReserveInventory\x12 .shop.v1.ReserveInventoryRequest\x1a!.shop.v1.ReserveInventoryResponse\x12O\n\x10ReleaseInventory\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEINVENTORYREQUEST']._serialized_start=72
   _globals['_RESERVEINVENTORYREQUEST']._serialized_end=145
   _globals['_RESERVEINVENTORYRESPONSE']._serialized_start=147
-  _globals['_RESERVEINVENTORYRESPONSE']._serialized_end=197
-  _globals['_INVENTORYSERVICE']._serialized_start=200
-  _globals['_INVENTORYSERVICE']._serialized_end=388
+  _globals['_RESERVEINVENTORYRESPONSE']._serialized_end=236
+  _globals['_INVENTORYSERVICE']._serialized_start=239
+  _globals['_INVENTORYSERVICE']._serialized_end=504
 # @@protoc_insertion_point(module_scope)

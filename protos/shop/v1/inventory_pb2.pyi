@@ -16,7 +16,9 @@ class ReserveInventoryRequest(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
 
 class ReserveInventoryResponse(_message.Message):
-    __slots__ = ("reservation_id",)
+    __slots__ = ("reservation_id", "operation")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
-    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+    operation: _common_pb2.Operation
+    def __init__(self, reservation_id: _Optional[str] = ..., operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class InventoryServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
                 _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/shop.v1.InventoryService/GetOperation',
+                request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -52,14 +57,24 @@ class InventoryServiceServicer:
 
     def ReserveInventory(self, request, context):
         """Takes the items out of stock for the order. FAILED_PRECONDITION if any item has less stock than asked (nothing is
-        reserved then); item ids starting with "sold-out-" have none.
+        reserved then); item ids starting with "sold-out-" have none. Long-running (common.proto) when an item id contains
+        "lro-reserve-<N>s" or "lro-reserve-never", e.g. "lro-reserve-2s-sku1": stock is checked and taken when it finishes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseInventory(self, request, context):
-        """Compensation of ReserveInventory: puts back exactly what forward_idempotency_key reserved.
+        """Compensation of ReserveInventory: puts back exactly what forward_idempotency_key reserved. Long-running when an item
+        id of that reservation contains "lro-release-<N>s" or "lro-release-never".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOperation(self, request, context):
+        """What became of a ReserveInventory or ReleaseInventory call, by its idempotency key (common.proto). A cheap read;
+        needs no idempotency-key metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +92,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ReleaseInventory,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +153,33 @@ class InventoryService:
             '/shop.v1.InventoryService/ReleaseInventory',
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.InventoryService/GetOperation',
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/shop/v1/order.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"U\n\x12\x43reateOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"\'\n\x13\x43reateOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t2\xa4\x01\n\x0cOrderService\x12H\n\x0b\x43reateOrder\x12\x1b.shop.v1.CreateOrderRequest\x1a\x1c.shop.v1.CreateOrderResponse\x12J\n\x0b\x43\x61ncelOrder\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/shop/v1/order.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"U\n\x12\x43reateOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"N\n\x13\x43reateOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\xf1\x01\n\x0cOrderService\x12H\n\x0b\x43reateOrder\x12\x1b.shop.v1.CreateOrderRequest\x1a\x1c.shop.v1.CreateOrderResponse\x12J\n\x0b\x43\x61ncelOrder\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEORDERREQUEST']._serialized_start=68
   _globals['_CREATEORDERREQUEST']._serialized_end=153
   _globals['_CREATEORDERRESPONSE']._serialized_start=155
-  _globals['_CREATEORDERRESPONSE']._serialized_end=194
-  _globals['_ORDERSERVICE']._serialized_start=197
-  _globals['_ORDERSERVICE']._serialized_end=361
+  _globals['_CREATEORDERRESPONSE']._serialized_end=233
+  _globals['_ORDERSERVICE']._serialized_start=236
+  _globals['_ORDERSERVICE']._serialized_end=477
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,9 @@ class CreateOrderRequest(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
 
 class CreateOrderResponse(_message.Message):
-    __slots__ = ("order_id",)
+    __slots__ = ("order_id", "operation")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     order_id: str
-    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+    operation: _common_pb2.Operation
+    def __init__(self, order_id: _Optional[str] = ..., operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...

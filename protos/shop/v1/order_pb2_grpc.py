@@ -45,20 +45,35 @@ class OrderServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
                 _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/shop.v1.OrderService/GetOperation',
+                request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateOrder(self, request, context):
-        """Records a new order. INVALID_ARGUMENT for an empty id or an empty item list.
+        """Records a new order. INVALID_ARGUMENT for an empty id or an empty item list. Long-running (common.proto) when an item
+        id contains "lro-create-<N>s" or "lro-create-never".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelOrder(self, request, context):
-        """Compensation of CreateOrder: cancels the order created under forward_idempotency_key.
+        """Compensation of CreateOrder: cancels the order created under forward_idempotency_key. Long-running when an item id
+        of that order contains "lro-cancelorder-<N>s" or "lro-cancelorder-never".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOperation(self, request, context):
+        """What became of a CreateOrder or CancelOrder call, by its idempotency key (common.proto). A cheap read; needs no
+        idempotency-key metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,6 +91,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.CancelOrder,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class OrderService:
             '/shop.v1.OrderService/CancelOrder',
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.OrderService/GetOperation',
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/shop/v1/payment.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"x\n\x14\x43hargePaymentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\"*\n\x15\x43hargePaymentResponse\x12\x11\n\tcharge_id\x18\x01 \x01(\t2\xae\x01\n\x0ePaymentService\x12N\n\rChargePayment\x12\x1d.shop.v1.ChargePaymentRequest\x1a\x1e.shop.v1.ChargePaymentResponse\x12L\n\rRefundPayment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/shop/v1/payment.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"x\n\x14\x43hargePaymentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\"Q\n\x15\x43hargePaymentResponse\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\xfb\x01\n\x0ePaymentService\x12N\n\rChargePayment\x12\x1d.shop.v1.ChargePaymentRequest\x1a\x1e.shop.v1.ChargePaymentResponse\x12L\n\rRefundPayment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHARGEPAYMENTREQUEST']._serialized_start=70
   _globals['_CHARGEPAYMENTREQUEST']._serialized_end=190
   _globals['_CHARGEPAYMENTRESPONSE']._serialized_start=192
-  _globals['_CHARGEPAYMENTRESPONSE']._serialized_end=234
-  _globals['_PAYMENTSERVICE']._serialized_start=237
-  _globals['_PAYMENTSERVICE']._serialized_end=411
+  _globals['_CHARGEPAYMENTRESPONSE']._serialized_end=273
+  _globals['_PAYMENTSERVICE']._serialized_start=276
+  _globals['_PAYMENTSERVICE']._serialized_end=527
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
 from protos.shop.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -20,7 +21,9 @@ class ChargePaymentRequest(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., payment_token: _Optional[str] = ..., amount_cents: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class ChargePaymentResponse(_message.Message):
-    __slots__ = ("charge_id",)
+    __slots__ = ("charge_id", "operation")
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     charge_id: str
-    def __init__(self, charge_id: _Optional[str] = ...) -> None: ...
+    operation: _common_pb2.Operation
+    def __init__(self, charge_id: _Optional[str] = ..., operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class PaymentServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
                 _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/shop.v1.PaymentService/GetOperation',
+                request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -52,14 +57,26 @@ class PaymentServiceServicer:
 
     def ChargePayment(self, request, context):
         """Charges amount_cents to the token. Test tokens: "tok_declined" is declined (FAILED_PRECONDITION); "tok_slow" answers
-        after 2 s; "tok_hang" never answers; any other well-formed token charges.
+        after 2 s; "tok_hang" never answers; any other well-formed token charges. Long-running test tokens (common.proto):
+        a token containing "lro-charge-<N>s" or "lro-charge-never" makes the charge a long-running operation, e.g.
+        "tok_lro-charge-2s" is accepted and charged 2 s later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefundPayment(self, request, context):
-        """Compensation of ChargePayment: refunds exactly what forward_idempotency_key charged.
+        """Compensation of ChargePayment: refunds exactly what forward_idempotency_key charged. The refund of a charge whose
+        token contains "lro-refund-<N>s" or "lro-refund-never" is a long-running operation, e.g. the charge of
+        "tok_lro-refund-3s" is immediate and its refund settles 3 s after it is accepted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOperation(self, request, context):
+        """What became of a ChargePayment or RefundPayment call, by its idempotency key (common.proto). A cheap read; needs no
+        idempotency-key metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +94,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.RefundPayment,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +155,33 @@ class PaymentService:
             '/shop.v1.PaymentService/RefundPayment',
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.PaymentService/GetOperation',
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,

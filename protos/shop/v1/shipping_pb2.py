@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/shop/v1/shipping.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"Z\n\x17ScheduleShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"/\n\x18ScheduleShipmentResponse\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t2\xb9\x01\n\x0fShippingService\x12W\n\x10ScheduleShipment\x12 .shop.v1.ScheduleShipmentRequest\x1a!.shop.v1.ScheduleShipmentResponse\x12M\n\x0e\x43\x61ncelShipment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/shop/v1/shipping.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"Z\n\x17ScheduleShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"V\n\x18ScheduleShipmentResponse\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\x86\x02\n\x0fShippingService\x12W\n\x10ScheduleShipment\x12 .shop.v1.ScheduleShipmentRequest\x1a!.shop.v1.ScheduleShipmentResponse\x12M\n\x0e\x43\x61ncelShipment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULESHIPMENTREQUEST']._serialized_start=71
   _globals['_SCHEDULESHIPMENTREQUEST']._serialized_end=161
   _globals['_SCHEDULESHIPMENTRESPONSE']._serialized_start=163
-  _globals['_SCHEDULESHIPMENTRESPONSE']._serialized_end=210
-  _globals['_SHIPPINGSERVICE']._serialized_start=213
-  _globals['_SHIPPINGSERVICE']._serialized_end=398
+  _globals['_SCHEDULESHIPMENTRESPONSE']._serialized_end=249
+  _globals['_SHIPPINGSERVICE']._serialized_start=252
+  _globals['_SHIPPINGSERVICE']._serialized_end=514
 # @@protoc_insertion_point(module_scope)

@@ -18,7 +18,9 @@ class ScheduleShipmentRequest(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
 
 class ScheduleShipmentResponse(_message.Message):
-    __slots__ = ("shipment_id",)
+    __slots__ = ("shipment_id", "operation")
     SHIPMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     shipment_id: str
-    def __init__(self, shipment_id: _Optional[str] = ...) -> None: ...
+    operation: _common_pb2.Operation
+    def __init__(self, shipment_id: _Optional[str] = ..., operation: _Optional[_Union[_common_pb2.Operation, _Mapping]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class ShippingServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
                 _registered_method=True)
+        self.GetOperation = channel.unary_unary(
+                '/shop.v1.ShippingService/GetOperation',
+                request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+                _registered_method=True)
 
 
 class ShippingServiceServicer:
@@ -52,14 +57,23 @@ class ShippingServiceServicer:
 
     def ScheduleShipment(self, request, context):
         """Schedules a shipment of the items. FAILED_PRECONDITION if an item cannot be shipped (ids starting with
-        "unshippable-").
+        "unshippable-"). Long-running (common.proto) when an item id contains "lro-schedule-<N>s" or "lro-schedule-never".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelShipment(self, request, context):
-        """Compensation of ScheduleShipment: cancels the shipment scheduled under forward_idempotency_key.
+        """Compensation of ScheduleShipment: cancels the shipment scheduled under forward_idempotency_key. Long-running when an
+        item id of that shipment contains "lro-cancel-<N>s" or "lro-cancel-never".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOperation(self, request, context):
+        """What became of a ScheduleShipment or CancelShipment call, by its idempotency key (common.proto). A cheap read;
+        needs no idempotency-key metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +91,11 @@ def add_ShippingServiceServicer_to_server(servicer, server):
                     servicer.CancelShipment,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.SerializeToString,
+            ),
+            'GetOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +152,33 @@ class ShippingService:
             '/shop.v1.ShippingService/CancelShipment',
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.CompensationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.ShippingService/GetOperation',
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
             options,
             channel_credentials,
             insecure,
