@@ -75,12 +75,18 @@ async def test_files_are_sqlite_in_wal_mode(stubs: StubServer, shop: ShopClient)
 async def test_prometheus_metrics(tmp_path: Path) -> None:
     async with running_stubs(tmp_path, metrics_listen="127.0.0.1:0") as stubs, ShopClient(stubs.address) as shop:
         await shop.charge("o-1", key="k1", token="tok_secret_token", amount_cents=123_456)
+        await shop.charge("o-2", key="k2", token="tok_secret_lro-charge-never", amount_cents=7)
+        await shop.get_operation("payment", "k2")
         assert stubs.metrics is not None
         url = f"http://127.0.0.1:{stubs.metrics.port}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-    assert 'saga_stub_calls_total{code="OK",method="ChargePayment"} 1.0' in text
-    assert 'saga_stub_store_rows_total{service="payment"} 1.0' in text
-    assert "tok_secret_token" not in text and "123456" not in text
+    assert 'saga_stub_calls_total{code="OK",method="ChargePayment"} 2.0' in text
+    assert 'saga_stub_calls_total{code="OK",method="/shop.v1.PaymentService/GetOperation"} 1.0' in text
+    assert 'saga_stub_store_rows_total{service="payment"} 2.0' in text
+    assert 'saga_stub_operations_total{event="accepted",method="ChargePayment"} 1.0' in text
+    assert 'saga_stub_operations_total{event="completed",method="ChargePayment"} 0.0' in text
+    assert 'saga_stub_operations_in_progress{service="payment"} 1.0' in text
+    assert "tok_secret" not in text and "123456" not in text
 
 
 @pytest.mark.parametrize(
