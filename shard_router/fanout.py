@@ -303,11 +303,14 @@ class FanOut:
         items, after = await merge_page(topo.shard_ids, cursors, size, fetch, listing.sort_key)
         return items, encode_token(filter_key, after)
 
-    async def retry_all(self, request: bytes, caller: Caller) -> saga_pb2.RetryDeadLetterResponse:
-        """RetryDeadLetter(all=true) on every shard; the order ids of all of them, shard by shard.
+    async def retry_all(
+        self, request: bytes, caller: Caller, dry_run: bool = False
+    ) -> saga_pb2.RetryDeadLetterResponse:
+        """RetryDeadLetter(all=true) on every shard; the order ids of all of them (and, for a dry run, what each retry
+        would do), shard by shard.
 
         If a shard fails, the call fails with its status (the others have resumed theirs): retrying the call is safe,
-        since a resumed saga is no longer an open dead letter."""
+        since a resumed saga is no longer an open dead letter. A dry run changes nothing anywhere."""
         topo = self._topology()
         replies = await asyncio.gather(
             *(
@@ -316,7 +319,7 @@ class FanOut:
             ),
             return_exceptions=True,
         )
-        order_ids: list[str] = []
+        merged = saga_pb2.RetryDeadLetterResponse()
         done: list[str] = []
         failures: list[ShardStatus] = []
         for sid, reply in zip(topo.shard_ids, replies, strict=True):
@@ -325,12 +328,17 @@ class FanOut:
             elif isinstance(reply, BaseException):
                 raise reply
             else:
-                order_ids.extend(reply.order_ids)
+                merged.order_ids.extend(reply.order_ids)
+                merged.previews.extend(reply.previews)
                 done.append(sid)
         if failures:
             first = failures[0]
+            if dry_run:
+                raise first.with_context(
+                    f"RetryDeadLetter(all, dry_run) failed on shard {first.shard_id}; nothing was changed"
+                )
             raise first.with_context(
                 f"RetryDeadLetter(all) failed on shard {first.shard_id}"
-                f" (resumed {len(order_ids)} on {', '.join(done) or 'no shard'}; calling again is safe)"
+                f" (resumed {len(merged.order_ids)} on {', '.join(done) or 'no shard'}; calling again is safe)"
             )
-        return saga_pb2.RetryDeadLetterResponse(order_ids=order_ids)
+        return merged

@@ -138,7 +138,7 @@ class RouterServicer:
     async def retry_dead_letter(self, request: bytes, caller: Caller) -> Reply | bytes:
         parsed = _decode(saga_pb2.RetryDeadLetterRequest, request)
         if parsed.all:
-            return bytes((await self._fanout.retry_all(request, caller)).SerializeToString())
+            return bytes((await self._fanout.retry_all(request, caller, parsed.dry_run)).SerializeToString())
         return await self._router.to_holder(parsed.order_id, RETRY_DEAD_LETTER, request, caller)
 
     async def resolve_dead_letter(self, request: bytes, caller: Caller) -> Reply:

@@ -179,6 +179,18 @@ class FakeShard(saga_pb2_grpc.SagaCoordinatorServicer, saga_pb2_grpc.SagaAdminSe
             raise AssertionError
         else:
             ids = [request.order_id]
+        if request.dry_run:
+            previews = [
+                saga_pb2.SagaPreview(
+                    order_id=o,
+                    saga_id=f"saga-{o}",
+                    shard_id=self.shard_id,
+                    state_now=saga_pb2.SAGA_STATE_DEAD_LETTERED,
+                    end_state=saga_pb2.SAGA_STATE_FAILED,
+                )
+                for o in ids
+            ]
+            return saga_pb2.RetryDeadLetterResponse(order_ids=ids, previews=previews)
         for o in ids:
             self.dead_letters[o].closed = True
             self.sagas[o].state = saga_pb2.SAGA_STATE_COMPENSATING

@@ -162,6 +162,36 @@ async def test_retry_all_fans_out_and_merges_order_ids(cluster: Cluster) -> None
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "shard-3" in e.value.details()
 
 
+async def test_a_dry_run_of_retry_all_merges_every_shards_previews_and_changes_nothing(cluster: Cluster) -> None:
+    for i in (1, 2, 3):
+        shard = await cluster.add_shard(f"shard-{i}")
+        for j in range(i):
+            shard.add_dead_letter(f"dl-{i}-{j}", parked_ns=j + 1)
+    _, admin = cluster.stubs(await cluster.start_router())
+    request = saga_pb2.RetryDeadLetterRequest(all=True, reason="what would it do", dry_run=True)
+    reply = await admin.RetryDeadLetter(request, timeout=5)
+    assert sorted(reply.order_ids) == ["dl-1-0", "dl-2-0", "dl-2-1", "dl-3-0", "dl-3-1", "dl-3-2"]
+    assert [p.order_id for p in reply.previews] == list(reply.order_ids)  # one per order, in the same order
+    assert {(p.order_id, p.shard_id) for p in reply.previews} == {
+        (o, f"shard-{o.split('-')[1]}") for o in reply.order_ids
+    }
+    assert all(not d.closed for s in cluster.shards.values() for d in s.dead_letters.values())
+    # A routed one (not all) is relayed as it came: the shard it reaches sees dry_run and answers its preview.
+    for shard in cluster.shards.values():
+        shard.add_dead_letter("dl-routed", parked_ns=9)
+    one = await admin.RetryDeadLetter(saga_pb2.RetryDeadLetterRequest(order_id="dl-routed", dry_run=True), timeout=5)
+    assert [p.order_id for p in one.previews] == ["dl-routed"] and one.previews[0].shard_id in cluster.shards
+    assert all(not d.closed for s in cluster.shards.values() for d in s.dead_letters.values())
+    for shard in cluster.shards.values():
+        del shard.dead_letters["dl-routed"]
+
+    await cluster.shards["shard-3"].stop()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await admin.RetryDeadLetter(request, timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shard-3" in e.value.details() and "nothing was changed" in e.value.details()
+
+
 async def test_fan_out_calls_shards_through_the_forwarder(cluster: Cluster) -> None:
     """Pages are fetched by Forwarder.call: counted under the method's name, failures relayed with the shard named."""
     for i in (1, 2):
