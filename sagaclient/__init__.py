@@ -13,7 +13,7 @@ connect's options), retry (RetryPolicy, backoff honouring retry-after-ms), error
 
 from protos.saga.v1.saga_pb2 import PaymentInfo
 
-from .api import DeadLetterPage, SagaPage
+from .api import DeadLetterPage, RetriedOrders, SagaPage
 from .base import ConnectOptions, read_token_file
 from .client import SagaClient
 from .errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "PaymentInfo",
     "PermissionDenied",
     "ResourceExhausted",
+    "RetriedOrders",
     "RetryPolicy",
     "SagaClient",
     "SagaError",

@@ -19,7 +19,7 @@ from protos.saga.v1 import saga_pb2
 
 from .retry import NO_RETRY, RetryPolicy
 
-__all__ = ["Cursor", "DeadLetterPage", "Paged", "SagaPage", "Stream", "Unary"]
+__all__ = ["Cursor", "DeadLetterPage", "Paged", "RetriedOrders", "SagaPage", "Stream", "Unary"]
 
 T = TypeVar("T")
 Service = Literal["saga", "admin"]
@@ -122,8 +122,22 @@ def _same(reply: T) -> T:
     return reply
 
 
-def _order_ids(reply: saga_pb2.RetryDeadLetterResponse) -> list[str]:
-    return list(reply.order_ids)
+class RetriedOrders(list[str]):
+    """What retry_dead_letter and retry_all_dead_letters return: the order ids resumed (a list, as it always was), or
+    with dry_run the order ids that would be, and then also `previews`."""
+
+    previews: list[saga_pb2.SagaPreview]
+    """With dry_run: what each retry would do, one per order id, in the same order (saga.v1 SagaPreview: the calls it
+    would make, with their idempotency keys and attempt numbers, and the state the saga would end in). Empty
+    otherwise."""
+
+    def __init__(self, order_ids: Iterable[str] = (), previews: Iterable[saga_pb2.SagaPreview] = ()) -> None:
+        super().__init__(order_ids)
+        self.previews = list(previews)
+
+
+def _retried(reply: saga_pb2.RetryDeadLetterResponse) -> RetriedOrders:
+    return RetriedOrders(reply.order_ids, reply.previews)
 
 
 def _saga_of(reply: saga_pb2.ResolveDeadLetterResponse) -> saga_pb2.Saga:
@@ -220,23 +234,43 @@ def list_dead_letters(
     return Paged("admin", "ListDeadLetters", request_for, page, page_token, max_pages, timeout_s)
 
 
-def retry_dead_letter(order_id: str, reason: str, *, timeout_s: float | None = None) -> Unary[list[str]]:
+def retry_dead_letter(
+    order_id: str, reason: str, *, dry_run: bool = False, timeout_s: float | None = None
+) -> Unary[RetriedOrders]:
     """Resumes the dead-lettered saga's compensation; returns the order ids resumed. Not retried (an answer lost
-    after the retry was journaled would make a second attempt fail with FailedPrecondition)."""
-    request = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason)
-    return Unary("admin", "RetryDeadLetter", request, _order_ids, timeout_s, NO_RETRY)
+    after the retry was journaled would make a second attempt fail with FailedPrecondition).
+
+    With dry_run, nothing changes: returns the order id that would be resumed, with `.previews` saying what the retry
+    would do (saga_pb2.SagaPreview: every call, its idempotency key and attempt, and the state it would end in). The
+    same errors as the real call (NotFound, FailedPrecondition, PermissionDenied, ...). Dry runs are retried by the
+    client's policy: they are safe to repeat."""
+    request = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
+    return Unary("admin", "RetryDeadLetter", request, _retried, timeout_s, None if dry_run else NO_RETRY)
 
 
 def retry_all_dead_letters(
-    reason: str, *, step: saga_pb2.Step.ValueType = saga_pb2.STEP_UNSPECIFIED, timeout_s: float | None = None
-) -> Unary[list[str]]:
-    """Resumes every open dead letter (of `step`, if given), up to the shard's bulk limit per call. Not retried."""
-    request = saga_pb2.RetryDeadLetterRequest(all=True, step=step, reason=reason)
-    return Unary("admin", "RetryDeadLetter", request, _order_ids, timeout_s, NO_RETRY)
+    reason: str,
+    *,
+    step: saga_pb2.Step.ValueType = saga_pb2.STEP_UNSPECIFIED,
+    dry_run: bool = False,
+    timeout_s: float | None = None,
+) -> Unary[RetriedOrders]:
+    """Resumes every open dead letter (of `step`, if given), up to the shard's bulk limit per call. Not retried.
+
+    With dry_run, nothing changes: returns the order ids that would be resumed, with `.previews` (one per order, in
+    the same order) saying what each retry would do. Retried by the client's policy."""
+    request = saga_pb2.RetryDeadLetterRequest(all=True, step=step, reason=reason, dry_run=dry_run)
+    return Unary("admin", "RetryDeadLetter", request, _retried, timeout_s, None if dry_run else NO_RETRY)
 
 
-def resolve_dead_letter(order_id: str, reason: str, *, timeout_s: float | None = None) -> Unary[saga_pb2.Saga]:
+def resolve_dead_letter(
+    order_id: str, reason: str, *, dry_run: bool = False, timeout_s: float | None = None
+) -> Unary[saga_pb2.Saga]:
     """Marks a dead-lettered saga as fixed by hand (RESOLVED), reason written to its log; returns the saga. Not
-    retried."""
-    request = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason)
-    return Unary("admin", "ResolveDeadLetter", request, _saga_of, timeout_s, NO_RETRY)
+    retried.
+
+    With dry_run, nothing changes: returns the saga as it stands (DEAD_LETTERED), after the same checks and with the
+    same errors as the real call (a reason is required all the same). Resolving makes no call to any service; the
+    saga would end RESOLVED. Retried by the client's policy."""
+    request = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
+    return Unary("admin", "ResolveDeadLetter", request, _saga_of, timeout_s, None if dry_run else NO_RETRY)

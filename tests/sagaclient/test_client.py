@@ -15,12 +15,14 @@ from protos.saga.v1 import saga_pb2
 from sagaclient import (
     NO_RETRY,
     AlreadyExists,
+    FailedPrecondition,
     InvalidRequest,
     NotFound,
     PaymentInfo,
     RetryPolicy,
     SagaClient,
     Unavailable,
+    api,
 )
 from sagaclient.retry import waits
 
@@ -92,7 +94,29 @@ async def test_dead_letters_list_retry_and_resolve(system: LocalSystem) -> None:
         assert [d.order_id for d in open_letters if d.order_id == "dl-c-1"] == ["dl-c-1"]
         assert next(d for d in open_letters if d.order_id == "dl-c-1").step == saga_pb2.STEP_PROCESS_PAYMENT
 
-        assert await client.retry_dead_letter("dl-c-1", "refund provider back") == ["dl-c-1"]
+        # A dry run: what the retry would do, and nothing done.
+        plan = await client.retry_dead_letter("dl-c-1", "refund provider back", dry_run=True)
+        assert plan == ["dl-c-1"] and [p.order_id for p in plan.previews] == ["dl-c-1"]
+        preview = plan.previews[0]
+        assert (preview.state_now, preview.end_state) == (saga_pb2.SAGA_STATE_DEAD_LETTERED, saga_pb2.SAGA_STATE_FAILED)
+        assert [(c.method, c.idempotency_key) for c in preview.calls] == [
+            ("/shop.v1.PaymentService/RefundPayment", f"{parked.saga_id}/process_payment/compensate"),
+            ("/shop.v1.InventoryService/ReleaseInventory", f"{parked.saga_id}/reserve_inventory/compensate"),
+            ("/shop.v1.OrderService/CancelOrder", f"{parked.saga_id}/create_order/compensate"),
+        ]
+        assert preview.calls[0].retry_of_earlier_attempt and not preview.calls[1].retry_of_earlier_attempt
+        everything = await client.retry_all_dead_letters("", dry_run=True)
+        assert "dl-c-1" in everything and len(everything.previews) == len(everything)
+        seen = await client.resolve_dead_letter("dl-c-1", "just looking", dry_run=True)
+        assert seen.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+        assert (await client.get_saga("dl-c-1")).state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+        with pytest.raises(FailedPrecondition):
+            await client.retry_dead_letter("c-ok-1", "", dry_run=True)  # not dead-lettered: refused as the real call
+        with pytest.raises(NotFound):
+            await client.resolve_dead_letter("c-no-such-order", "r", dry_run=True)
+
+        retried = await client.retry_dead_letter("dl-c-1", "refund provider back")
+        assert retried == ["dl-c-1"] and retried.previews == []
         # The refund still fails (the fault rule stays): the saga parks again within its compensation budget.
         for _ in range(100):
             if (await client.get_saga("dl-c-1")).state == saga_pb2.SAGA_STATE_DEAD_LETTERED:
@@ -103,6 +127,17 @@ async def test_dead_letters_list_retry_and_resolve(system: LocalSystem) -> None:
         closed = [d async for p in client.list_dead_letters(include_closed=True) for d in p.dead_letters]
         assert all(d.closed for d in closed if d.order_id == "dl-c-1")
         assert await client.retry_all_dead_letters("nothing open", step=saga_pb2.STEP_CREATE_ORDER) == []
+
+
+def test_dry_runs_are_retried_and_real_actions_are_not() -> None:
+    assert api.retry_dead_letter("o-1", "r").retry is NO_RETRY
+    assert api.retry_all_dead_letters("r").retry is NO_RETRY
+    assert api.resolve_dead_letter("o-1", "r").retry is NO_RETRY
+    # None: the client's policy. A dry run changes nothing, so repeating one after a lost answer is harmless.
+    assert api.retry_dead_letter("o-1", "r", dry_run=True).retry is None
+    assert api.retry_all_dead_letters("r", dry_run=True).retry is None
+    assert api.resolve_dead_letter("o-1", "r", dry_run=True).retry is None
+    assert api.retry_all_dead_letters("r", step=saga_pb2.STEP_PROCESS_PAYMENT, dry_run=True).request.dry_run
 
 
 async def test_place_order_retries_through_a_router_restart_and_makes_one_saga(tmp_path: Path) -> None:

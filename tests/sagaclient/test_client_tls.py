@@ -32,10 +32,19 @@ async def test_tls_with_a_token_places_orders_and_the_token_decides_the_role(
         assert parked.state == saga_pb2.SAGA_STATE_DEAD_LETTERED, parked
         with pytest.raises(PermissionDenied):
             await client.resolve_dead_letter("dl-tls-1", "a client may not")
+        # A dry run is the operator's call all the same: a client may not even look at what it would do.
+        with pytest.raises(PermissionDenied):
+            await client.retry_dead_letter("dl-tls-1", "", dry_run=True)
+        with pytest.raises(PermissionDenied):
+            await client.retry_all_dead_letters("", dry_run=True)
+        with pytest.raises(PermissionDenied):
+            await client.resolve_dead_letter("dl-tls-1", "just looking", dry_run=True)
 
     async with await SagaClient.connect(tls_system.router.address, tls=roleless, token=operator_token) as operator:
         letters = [d.order_id async for p in operator.list_dead_letters() for d in p.dead_letters]
         assert "dl-tls-1" in letters
+        preview = await operator.retry_dead_letter("dl-tls-1", "", dry_run=True)
+        assert preview == ["dl-tls-1"] and preview.previews[0].calls
         assert (await operator.resolve_dead_letter("dl-tls-1", "fixed by hand")).state == saga_pb2.SAGA_STATE_RESOLVED
 
     async with await SagaClient.connect(tls_system.router.address, tls=roleless) as anonymous:
