@@ -64,9 +64,12 @@ lock: $(STAMP)
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The long versions of the soak tests (the short ones run in make test): the journal's WAL under a 60-second burst.
+# The long versions of the soak tests (the short ones run in make test): the journal's WAL under a 60-second burst;
+# 10,000 sagas waiting a minute on long-running operations (the shard's CPU between polls and its memory).
 soak: setup
 	SAGA_SOAK_S=60 $(PY) -m pytest -q -s tests/coordinator/test_retention.py -k burst
+	SAGA_WAITING_N=10000 SAGA_WAITING_S=60 $(PY) -m pytest -q -s tests/coordinator/test_operations_process.py \
+	  -k many_waiting
 
 # The ring protocol's deterministic simulation, many more schedules than make test runs (SIM_ARGS="--help").
 SIM_ARGS ?= --seeds 20000

@@ -332,6 +332,34 @@ async def lost_replies(ctx: Ctx) -> None:
     ctx.result.faults["lost_or_failed_reply"] = sum(n for k, n in delta.items() if k.endswith(":DEADLINE_EXCEEDED"))
     if ctx.result.faults["lost_or_failed_reply"] == 0:
         ctx.violation("lost_replies: no fault was injected")
+    await count_blind_calls(ctx, delta)
+
+
+FORWARD_METHODS = ("CreateOrder", "ReserveInventory", "ChargePayment", "ScheduleShipment")
+COMPENSATION_METHODS = ("CancelOrder", "ReleaseInventory", "RefundPayment", "CancelShipment")
+
+
+async def count_blind_calls(ctx: Ctx, delta: Counter[str]) -> None:
+    """What a coordinator that cannot ask the services (GetOperation) pays for lost replies: forward calls sent again
+    for keys already sent (duplicates), and compensations of steps that never applied (they only tombstone the key).
+    Noted per saga, so lost_replies (asking on) and lost_replies_blind (off) compare across runs."""
+    orders = [o for load in ctx.loads for o in load.orders]
+    async with StubControlClient(ctx.cluster.stub_address) as control:
+        ledgers = await control.get_ledgers(orders)
+    keys = [k for ledger in ledgers.values() for k in ledger.keys]
+    forward_keys = sum(1 for k in keys if k.method in FORWARD_METHODS)
+    forward_calls = sum(n for k, n in delta.items() if k.split(":")[0] in FORWARD_METHODS)
+    c = ctx.result.faults
+    c["duplicate_forward_calls"] = forward_calls - forward_keys
+    c["tombstone_compensations"] = sum(1 for k in keys if k.method in COMPENSATION_METHODS and k.tombstoned)
+    c["compensations"] = sum(1 for k in keys if k.method in COMPENSATION_METHODS)
+    c["get_operation_calls"] = sum(n for k, n in delta.items() if k.split(":")[0].endswith("/GetOperation"))
+    n = max(len(orders), 1)
+    ctx.result.notes.append(
+        f"{len(orders)} sagas: {c['duplicate_forward_calls'] / n:.3f} duplicate forward calls a saga, "
+        f"{c['tombstone_compensations'] / n:.3f} compensations of never-applied steps a saga "
+        f"({c['compensations'] / n:.3f} compensations in all), {c['get_operation_calls'] / n:.3f} GetOperation calls"
+    )
 
 
 # ---------------------------------------------------------------- 4. hanging payment
@@ -1029,6 +1057,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("crash_loop", crash_loop),
         Scenario("crash_points", crash_points, min_success_per_s=1.0),
         Scenario("lost_replies", lost_replies),
+        # The same with GetOperation off ([operations] ask_unknown = false): what asking saves (make chaos only).
+        Scenario("lost_replies_blind", lost_replies, ShardSettings(extra="[operations]\nask_unknown = false\n")),
         Scenario("hanging_payment", hanging_payment, ShardSettings(attempt_timeout_ms=300)),
         Scenario("dead_letters", dead_letters, ShardSettings(compensate_attempts=4)),
         # Compensations must outlast a half-open connection (keepalive needs up to ~15 s to notice it).
