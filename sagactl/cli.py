@@ -7,6 +7,7 @@
     sagactl dlq list [--step process_payment] [--include-closed]
     sagactl dlq retry ORDER_ID [--reason R]      |  sagactl dlq retry --all [--step S] [--reason R]
     sagactl dlq resolve ORDER_ID --reason R
+    sagactl dlq retry|resolve ... --dry-run      what it would do (every call, its key, the end state); changes nothing
     sagactl top [--interval 2] [--once]
 
 Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. With --tls-cert, --tls-key and --tls-ca, sagactl
@@ -14,8 +15,8 @@ speaks mutual TLS (the router's certificate must name the host dialled); without
 non-loopback router unless --insecure. --token-file PATH sends the token in it as `authorization: Bearer ...` on every
 call (who the caller is, when the certificate names only a machine). --json prints JSON (proto field names) instead of
 tables. Calls are not retried: a router that is down is exit code 3 at once. --retry retries the calls that are safe to
-repeat (all but watch, dlq retry and dlq resolve) through UNAVAILABLE and RESOURCE_EXHAUSTED, with backoff (at least the
-server's retry-after-ms), within --timeout.
+repeat (all but watch, and dlq retry and dlq resolve unless --dry-run) through UNAVAILABLE and RESOURCE_EXHAUSTED, with
+backoff (at least the server's retry-after-ms), within --timeout.
 
 Every saga call goes through the Python client library (sagaclient.SyncSagaClient); `journals` reads the shards'
 /metrics instead.
@@ -65,6 +66,7 @@ EXIT_CODES = {
     EXIT_NOT_FOUND: "not found",
     EXIT_REFUSED: "refused by the server",
 }
+DRY_RUN_HELP = "only show what it would do (the calls, their idempotency keys, the end state); change nothing"
 _STATES = {n.removeprefix("SAGA_STATE_").lower(): v for n, v in saga_pb2.SagaState.items() if v}
 _STEPS = {n.removeprefix("STEP_").lower(): v for n, v in saga_pb2.Step.items() if v}
 
@@ -86,7 +88,7 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
         "--retry",
         action="store_true",
         default=default(False),
-        help="retry UNAVAILABLE and RESOURCE_EXHAUSTED within --timeout (not watch, dlq retry, dlq resolve)",
+        help="retry UNAVAILABLE and RESOURCE_EXHAUSTED within --timeout (not watch; dlq retry/resolve only --dry-run)",
     )
     add_tls_arguments(common, suppress_defaults=suppress)
     common.add_argument(
@@ -145,9 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--all", action="store_true", help="every open dead letter (of --step)")
     dr.add_argument("--step", type=str.lower, choices=sorted(_STEPS), help="with --all: only this step's")
     dr.add_argument("--reason", default="", help="written to the saga's event log")
+    dr.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     dv = dsub.add_parser("resolve", parents=[common], help="mark one as fixed by hand", epilog=epilog)
     dv.add_argument("order_id")
     dv.add_argument("--reason", required=True, help="what was done (required; written to the saga's event log)")
+    dv.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
 
     j = sub.add_parser(
         "journals", parents=[common], help="each shard's journal and replica (its /metrics)", epilog=epilog
@@ -260,11 +264,13 @@ def _dlq(c: Client, ns: argparse.Namespace) -> int:
             raise UsageError("dlq retry: give one ORDER_ID, or --all (not both)")
         if ns.step and not ns.all:
             raise UsageError("--step: only with --all")
-        with c.calling("dlq retry"):
+        with c.calling("dlq retry" + (" --dry-run" if ns.dry_run else "")):
             if ns.all:
-                ids = c.sagas.retry_all_dead_letters(ns.reason, step=_STEPS.get(ns.step or "", 0))
+                ids = c.sagas.retry_all_dead_letters(ns.reason, step=_STEPS.get(ns.step or "", 0), dry_run=ns.dry_run)
             else:
-                ids = c.sagas.retry_dead_letter(ns.order_id, ns.reason)
+                ids = c.sagas.retry_dead_letter(ns.order_id, ns.reason, dry_run=ns.dry_run)
+        if ns.dry_run:
+            return _dry_run(ns, list(ids), ids.previews)
         if ns.json:
             render.print_json({"order_ids": ids})
         else:
@@ -272,12 +278,35 @@ def _dlq(c: Client, ns: argparse.Namespace) -> int:
         return EXIT_OK
     if not ns.reason.strip():
         raise UsageError("--reason: required (what was fixed by hand)")
-    with c.calling(f"dlq resolve {ns.order_id}"):
-        saga = c.sagas.resolve_dead_letter(ns.order_id, ns.reason)
+    with c.calling(f"dlq resolve {ns.order_id}" + (" --dry-run" if ns.dry_run else "")):
+        saga = c.sagas.resolve_dead_letter(ns.order_id, ns.reason, dry_run=ns.dry_run)
+    if ns.dry_run:
+        # Resolving calls no service: the shard's answer is the saga as it stands, which says all there is to say.
+        plan = saga_pb2.SagaPreview(
+            order_id=saga.order_id,
+            saga_id=saga.saga_id,
+            shard_id=saga.shard_id,
+            state_now=saga.state,
+            end_state=saga_pb2.SAGA_STATE_RESOLVED,
+        )
+        return _dry_run(ns, [saga.order_id], [plan])
     if ns.json:
         render.print_json({"saga": render.to_dict(saga)})
     else:
         print(f"{ns.order_id}: {render.state(saga.state)}")
+    return EXIT_OK
+
+
+def _dry_run(ns: argparse.Namespace, order_ids: list[str], previews: Sequence[saga_pb2.SagaPreview]) -> int:
+    """Prints what `dlq retry` or `dlq resolve` would do; nothing was changed, so this is always exit code 0."""
+    if ns.json:
+        render.print_json({"dry_run": True, "order_ids": order_ids, "previews": [render.to_dict(p) for p in previews]})
+        return EXIT_OK
+    what = "resume compensation of" if ns.dlq_command == "retry" else "resolve"
+    print(f"dry run, nothing was changed: without --dry-run this would {what} {len(previews)} saga(s)")
+    for p in previews:
+        print()
+        render.preview(p)
     return EXIT_OK
 
 

@@ -90,18 +90,22 @@ def saga_rows(sagas: Iterable[saga_pb2.Saga]) -> list[list[object]]:
 SAGA_HEADERS = ("order", "state", "shard", "created", "took/age", "error")
 
 
-def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout) -> None:
+def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout, now: float | None = None) -> None:
+    now = time.time() if now is None else now
     out.write(f"order     {s.order_id}\n")
     out.write(f"saga      {s.saga_id}\n")
     out.write(f"state     {state(s.state)}\n")
     out.write(f"shard     {s.shard_id}\n")
     out.write(f"user      {s.user_id}\n")
     out.write(f"items     {', '.join(f'{i.quantity} x {i.item_id}' for i in s.items)}\n")
-    out.write(f"created   {clock(s.created_at)}   age {duration(age(s))}   deadline {clock(s.deadline)}\n")
+    out.write(f"created   {clock(s.created_at)}   age {duration(age(s, now))}   deadline {clock(s.deadline)}\n")
     if s.last_error:
         out.write(f"error     {s.last_error}\n")
     if s.parked_note:
         out.write(f"parked    {s.parked_note}\n")
+    for st in s.steps:
+        if st.waiting:
+            out.write(f"waiting   {waiting(st, now)}\n")
     out.write("\n")
     rows = []
     for st in s.steps:
@@ -109,7 +113,7 @@ def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout) -> None:
         rows.append(
             [
                 step(st.step),
-                step_status(st.status),
+                step_status(st.status) + (" (waiting)" if st.waiting else ""),
                 st.forward_attempts,
                 st.compensate_attempts,
                 duration(took),
@@ -125,7 +129,23 @@ def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout) -> None:
         )
 
 
+def waiting(st: saga_pb2.StepInfo, now: float) -> str:
+    """A step waiting on a long-running operation: which call, for how long, and when the service is asked next."""
+    waited = max(0.0, now - seconds(st.waiting_since))
+    due = seconds(st.next_poll_at) - now
+    when = f"next poll in {duration(due)} ({clock(st.next_poll_at)})" if due > 0 else "next poll due now"
+    return f"{step(st.step)} {action(st.waiting_action)}: accepted by the service {duration(waited)} ago; {when}"
+
+
+_NEXT = {"accepted": "next poll", "polled": "next poll", "retrying": "next attempt"}
+"""Events whose next_attempt_at says when the coordinator acts next, and what it does then."""
+
+
 def event_row(e: saga_pb2.SagaEvent, t0: float) -> list[object]:
+    detail = e.detail
+    if e.kind in _NEXT and e.HasField("next_attempt_at"):
+        detail = f"{detail}; " if detail else ""
+        detail += f"{_NEXT[e.kind]} at +{duration(max(0.0, seconds(e.next_attempt_at) - t0))}"
     return [
         e.seq,
         f"+{duration(max(0.0, seconds(e.at) - t0))}",
@@ -134,8 +154,33 @@ def event_row(e: saga_pb2.SagaEvent, t0: float) -> list[object]:
         action(e.action) if e.action else "",
         e.attempt or "",
         e.code,
-        e.detail,
+        detail,
     ]
+
+
+PLAN_HEADERS = ("#", "step", "action", "service", "method", "attempt", "idempotency key", "note")
+
+
+def preview(p: saga_pb2.SagaPreview, out: TextIO = sys.stdout) -> None:
+    """One saga's dry run: where it would go, and every call it would make, in order."""
+    calls = f"{len(p.calls)} call{'' if len(p.calls) == 1 else 's'}" if p.calls else "no calls to any service"
+    out.write(
+        f"{p.order_id} (saga {p.saga_id} on {p.shard_id}): {state(p.state_now)} -> {state(p.end_state)}, {calls}\n"
+    )
+    if not p.calls:
+        return
+    rows = []
+    for i, c in enumerate(p.calls, 1):
+        notes = []
+        if c.retry_of_earlier_attempt:
+            notes.append("repeats an earlier attempt (same key)")
+        if c.asks_first:
+            notes.append("asks GetOperation first: skipped if the forward call was rejected")
+        rows.append(
+            [i, step(c.step), action(c.action), c.service, c.method, c.attempt, c.idempotency_key, "; ".join(notes)]
+        )
+    # Wide: a method or an idempotency key cut short would not say what is called.
+    table(rows, PLAN_HEADERS, out, max_width=200)
 
 
 def dead_letter_rows(letters: Iterable[saga_pb2.DeadLetter]) -> list[list[object]]:

@@ -1,8 +1,9 @@
 """`sagactl top`: a live terminal view of the sagas in flight and where their time goes.
 
 Everything comes from the router's gRPC API (no dashboard or Prometheus needed): the live sagas (RUNNING and
-COMPENSATING, one page each, oldest shown first), the open dead letters, and the most recent sagas, whose steps give the
-forward latency per step (from a step's start to its success) and the recent throughput.
+COMPENSATING, one page each, oldest shown first; those waiting on a long-running operation counted apart), the open
+dead letters, and the most recent sagas, whose steps give the forward latency per step (from a step's start to its
+success) and the recent throughput.
 """
 
 from __future__ import annotations
@@ -31,11 +32,19 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _current_step(s: saga_pb2.Saga) -> str:
+def _current_step(s: saga_pb2.Saga, now: float) -> str:
     for st in s.steps:
+        if st.waiting:
+            waited = render.duration(max(0.0, now - render.seconds(st.waiting_since)))
+            return f"{render.step(st.step)} {render.action(st.waiting_action)} waiting {waited}"
         if st.status in (saga_pb2.STEP_STATUS_IN_FLIGHT, saga_pb2.STEP_STATUS_COMPENSATING):
             return f"{render.step(st.step)} {render.step_status(st.status).lower()}"
     return ""
+
+
+def _waiting(s: saga_pb2.Saga) -> bool:
+    """Waiting on a long-running operation: a service accepted one of its calls and has not finished it."""
+    return any(st.waiting for st in s.steps)
 
 
 def collect(c: Client, rows: int) -> dict[str, Any]:
@@ -61,6 +70,7 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
         "router": c.router,
         "in_flight": {"running": len(running), "compensating": len(compensating)},
         "in_flight_capped": len(running) >= SCAN or len(compensating) >= SCAN,
+        "waiting": sum(1 for s in live if _waiting(s)),
         "dead_letters_open": len(letters),
         "started_last_minute": len(last_minute),
         "started_last_minute_capped": len(recent) >= RECENT and len(last_minute) == len(recent),
@@ -80,7 +90,7 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
                 "state": render.state(s.state),
                 "shard_id": s.shard_id,
                 "age_seconds": render.age(s, now),
-                "at": _current_step(s),
+                "at": _current_step(s, now),
             }
             for s in live[:rows]
         ],
@@ -97,8 +107,9 @@ def frame(data: dict[str, Any]) -> str:
     rate = f"{started} ({started / 60:.1f}/s)"
     if data["started_last_minute_capped"]:
         rate = f"at least {started} (the last {RECENT} sagas all started within it)"
+    waiting = f" ({data['waiting']}{cap} waiting on a service)" if data["waiting"] else ""
     lines.append(
-        f"in flight: {f['running']}{cap} running, {f['compensating']}{cap} compensating   "
+        f"in flight: {f['running']}{cap} running, {f['compensating']}{cap} compensating{waiting}   "
         f"dead letters open: {data['dead_letters_open']}   started in the last minute: {rate}"
     )
     outcomes = ", ".join(f"{k.lower()} {v}" for k, v in sorted(data["recent_outcomes"].items()))

@@ -151,6 +151,40 @@ def test_dead_letters_listed_retried_and_resolved(live: LiveCluster) -> None:
     finally:
         set_faults(live)
 
+    # Dry runs first: each prints its plan, exits 0, and changes nothing.
+    letters_before = json.loads(ctl(live, "dlq", "list", "--json").stdout)
+    events_before = json.loads(ctl(live, "get", "ctl-dlq-1", "--events", "--json").stdout)["events"]
+    saga_id = json.loads(ctl(live, "get", "ctl-dlq-1", "--json").stdout)["saga_id"]
+    plan = ctl(live, "dlq", "retry", "ctl-dlq-1", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    assert lines[0].startswith("dry run, nothing was changed")
+    assert "ctl-dlq-1 (saga" in plan.stdout and "DEAD_LETTERED -> FAILED, 3 calls" in plan.stdout
+    refund = next(line for line in lines if "RefundPayment" in line)
+    assert f"{saga_id}/process_payment/compensate" in refund and "repeats an earlier attempt" in refund
+    assert (
+        "/shop.v1.InventoryService/ReleaseInventory" in plan.stdout
+        and "/shop.v1.OrderService/CancelOrder" in plan.stdout
+    )
+    planned = json.loads(ctl(live, "dlq", "retry", "ctl-dlq-1", "--dry-run", "--json").stdout)
+    assert planned["dry_run"] is True and planned["order_ids"] == ["ctl-dlq-1"]
+    (preview,) = planned["previews"]
+    assert preview["end_state"] == "SAGA_STATE_FAILED" and preview["calls"][0]["attempt"] == 5  # 4 attempts parked it
+    assert [c["idempotency_key"] for c in preview["calls"]] == [
+        f"{saga_id}/process_payment/compensate",
+        f"{saga_id}/reserve_inventory/compensate",
+        f"{saga_id}/create_order/compensate",
+    ]
+    every = json.loads(ctl(live, "dlq", "retry", "--all", "--dry-run", "--json").stdout)
+    assert sorted(every["order_ids"]) == ["ctl-dlq-1", "ctl-dlq-2"] and len(every["previews"]) == 2
+    assert "this would resume compensation of 2 saga(s)" in ctl(live, "dlq", "retry", "--all", "--dry-run").stdout
+    looked = ctl(live, "dlq", "resolve", "ctl-dlq-2", "--reason", "just looking", "--dry-run")
+    assert looked.returncode == 0 and "DEAD_LETTERED -> RESOLVED, no calls to any service" in looked.stdout
+    assert ctl(live, "dlq", "retry", "ctl-ok", "--dry-run").returncode == 5  # refused as the real call would be
+    assert ctl(live, "dlq", "retry", "ctl-nope", "--dry-run").returncode == 4
+    assert json.loads(ctl(live, "dlq", "list", "--json").stdout) == letters_before
+    assert json.loads(ctl(live, "get", "ctl-dlq-1", "--events", "--json").stdout)["events"] == events_before
+
     retried = ctl(live, "dlq", "retry", "ctl-dlq-1", "--reason", "refunds work again")
     assert retried.returncode == 0 and "ctl-dlq-1" in retried.stdout
     deadline = time.monotonic() + 15
