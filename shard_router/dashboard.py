@@ -7,6 +7,7 @@
     GET  /api/sagas/{order_id}              one saga with its steps and event log (the page polls it while open)
     POST /api/dead-letters/{order_id}/retry    {"reason": "..."} (optional)
     POST /api/dead-letters/{order_id}/resolve  {"reason": "..."} (required)
+         either with "dry_run": true            what it would do (the planned calls, the end state); nothing changes
     GET  /api/whoami                        who is signed in, and whether they may act
     POST /api/session                       {"token": "..."}: sign in (sets an HttpOnly, SameSite=Strict cookie)
     POST /api/logout                        sign out
@@ -106,6 +107,11 @@ def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
                 "last_error": st.last_error,
                 "started_at": _ts(st.started_at),
                 "updated_at": _ts(st.updated_at),
+                # A long-running operation: the service accepted the call and is asked again at next_poll_at.
+                "waiting": st.waiting,
+                "waiting_action": _enum(saga_pb2.Action, st.waiting_action, "ACTION_").lower() if st.waiting else "",
+                "waiting_since": _ts(st.waiting_since) if st.waiting else None,
+                "next_poll_at": _ts(st.next_poll_at) if st.waiting else None,
             }
             for st in s.steps
         ],
@@ -120,8 +126,33 @@ def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
                 "code": e.code,
                 "detail": e.detail,
                 "state": _enum(saga_pb2.SagaState, e.state, "SAGA_STATE_") if e.state else "",
+                "next_attempt_at": _ts(e.next_attempt_at),
             }
             for e in s.events
+        ],
+    }
+
+
+def preview_json(p: saga_pb2.SagaPreview) -> dict[str, Any]:
+    """A dry run's plan for one saga (saga.v1 SagaPreview)."""
+    return {
+        "order_id": p.order_id,
+        "saga_id": p.saga_id,
+        "shard_id": p.shard_id,
+        "state_now": _enum(saga_pb2.SagaState, p.state_now, "SAGA_STATE_"),
+        "end_state": _enum(saga_pb2.SagaState, p.end_state, "SAGA_STATE_"),
+        "calls": [
+            {
+                "step": _enum(saga_pb2.Step, c.step, "STEP_").lower(),
+                "action": _enum(saga_pb2.Action, c.action, "ACTION_").lower(),
+                "service": c.service,
+                "method": c.method,
+                "idempotency_key": c.idempotency_key,
+                "attempt": c.attempt,
+                "retry_of_earlier_attempt": c.retry_of_earlier_attempt,
+                "asks_first": c.asks_first,
+            }
+            for c in p.calls
         ],
     }
 
@@ -247,12 +278,15 @@ class Dashboard:
             reason = body.get("reason", "") if isinstance(body, dict) else ""
             if not isinstance(reason, str) or len(reason) > 1000:
                 raise HttpError(HTTPStatus.BAD_REQUEST, "reason: must be a string of at most 1000 characters")
+            dry_run = body.get("dry_run", False) if isinstance(body, dict) else False
+            if not isinstance(dry_run, bool):
+                raise HttpError(HTTPStatus.BAD_REQUEST, "dry_run: must be true or false")
             order_id = _order_id(m.group(1))
             if m.group(2) == "retry":
-                return Response.of_json(await self.retry(order_id, reason, session))
+                return Response.of_json(await self.retry(order_id, reason, session, dry_run))
             if not reason.strip():
                 raise HttpError(HTTPStatus.BAD_REQUEST, "reason: required to resolve a dead letter")
-            return Response.of_json(await self.resolve(order_id, reason, session))
+            return Response.of_json(await self.resolve(order_id, reason, session, dry_run))
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {req.method} not allowed")
 
     # ---- reads ----------------------------------------------------------------------------------------------------
@@ -354,7 +388,12 @@ class Dashboard:
             "recent": [saga_json(s) for s in recent[:20]],
             "stuck": stuck[:TOP_N],
             "stuck_after_seconds": STUCK_AFTER_S,
-            "live_count": {"running": len(running), "compensating": len(compensating)},
+            "live_count": {
+                "running": len(running),
+                "compensating": len(compensating),
+                # Of those, the ones a service is finishing a call of (a long-running operation): not stuck, waiting.
+                "waiting": sum(1 for s in live if any(st.waiting for st in s.steps)),
+            },
             "slowest": slowest,
             "dead_letters": dead,
             "errors": errors,
@@ -362,23 +401,38 @@ class Dashboard:
 
     # ---- actions --------------------------------------------------------------------------------------------------
 
-    async def retry(self, order_id: str, reason: str, session: Session) -> dict[str, Any]:
-        req = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason or "retried from the dashboard")
+    # A dry run is the same call with dry_run set, on behalf of the same operator: the shard checks and refuses it as
+    # it would the action, and changes nothing.
+
+    async def retry(self, order_id: str, reason: str, session: Session, dry_run: bool = False) -> dict[str, Any]:
+        req = saga_pb2.RetryDeadLetterRequest(
+            order_id=order_id, reason=reason or "retried from the dashboard", dry_run=dry_run
+        )
         try:
             body = req.SerializeToString()
             reply = await self._router.to_holder(order_id, RETRY_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
-        return {"order_ids": list(saga_pb2.RetryDeadLetterResponse.FromString(reply.body).order_ids)}
+        answer = saga_pb2.RetryDeadLetterResponse.FromString(reply.body)
+        if dry_run:
+            return {
+                "dry_run": True,
+                "order_ids": list(answer.order_ids),
+                "previews": [preview_json(p) for p in answer.previews],
+            }
+        return {"order_ids": list(answer.order_ids)}
 
-    async def resolve(self, order_id: str, reason: str, session: Session) -> dict[str, Any]:
-        req = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason)
+    async def resolve(self, order_id: str, reason: str, session: Session, dry_run: bool = False) -> dict[str, Any]:
+        req = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
         try:
             body = req.SerializeToString()
             reply = await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
-        return {"saga": saga_json(saga_pb2.ResolveDeadLetterResponse.FromString(reply.body).saga)}
+        answer = saga_pb2.ResolveDeadLetterResponse.FromString(reply.body)
+        if dry_run:
+            return {"dry_run": True, "preview": preview_json(answer.preview), "saga": saga_json(answer.saga)}
+        return {"saga": saga_json(answer.saga)}
 
 
 def _order_id(raw: str) -> str:
@@ -387,4 +441,4 @@ def _order_id(raw: str) -> str:
     return raw
 
 
-__all__ = ["Dashboard", "dead_letter_json", "saga_json"]
+__all__ = ["Dashboard", "dead_letter_json", "preview_json", "saga_json"]

@@ -11,7 +11,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -79,6 +79,15 @@ def set_faults(live: LiveCluster, *rules: control_pb2.FaultRule) -> None:
             control.ClearFaults(control_pb2.ClearFaultsRequest(), timeout=10)
 
 
+def compensation_keys(live: LiveCluster, order_id: str) -> set[tuple[str, str]]:
+    """(method, idempotency key) of each compensation the stubs applied or answered OK for the order."""
+    with grpc.insecure_channel(live.stubs) as channel:
+        control = control_pb2_grpc.StubControlStub(channel)
+        (ledger,) = control.GetLedger(control_pb2.GetLedgerRequest(order_id=order_id), timeout=10).ledgers
+    compensations = {"CancelOrder", "ReleaseInventory", "RefundPayment", "CancelShipment"}
+    return {(k.method, k.idempotency_key) for k in ledger.keys if k.method in compensations and k.code == "OK"}
+
+
 def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) -> None:
     assert saga.PlaceOrder(place_request("api-1", token=SECRET_TOKEN), timeout=30).status == saga_pb2.SUCCESS
     status, summary = http(live, "/api/summary")
@@ -104,6 +113,88 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
     assert status == 409 and "FAILED_PRECONDITION" in err["error"]
     status, page = http(live, "/")
     assert status == 200 and "<title>" in page
+
+
+def wait_for(check: Callable[[], Any], what: str, limit_s: float = 30.0) -> Any:
+    """check()'s first truthy answer, polled; AssertionError naming `what` after limit_s (generous: busy machines)."""
+    deadline = time.monotonic() + limit_s
+    while not (answer := check()):
+        assert time.monotonic() < deadline, f"{what} within {limit_s} s"
+        time.sleep(0.1)
+    return answer
+
+
+def park(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub, *order_ids: str) -> None:
+    """Dead-letters each order: shipping refuses its item, and its refunds fail until the fault is cleared here."""
+    set_faults(
+        live,
+        *(
+            control_pb2.FaultRule(method="RefundPayment", order_id_prefix=o, error_rate=1.0, error_code="INTERNAL")
+            for o in order_ids
+        ),
+    )
+    try:
+        for order_id in order_ids:
+            answer = saga.PlaceOrder(place_request(order_id, items=[("unshippable-x", 1)]), timeout=30)
+            assert answer.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+    finally:
+        set_faults(live)
+
+
+def started_after_retry(events: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    last = max(e["seq"] for e in events if e["kind"] == "admin_retry")
+    return [(e["step"], e["action"], e["attempt"]) for e in events if e["seq"] > last and e["kind"] == "started"]
+
+
+def test_dry_runs_show_the_plan_change_nothing_and_the_action_then_follows_it(
+    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
+) -> None:
+    park(live, saga, "api-dlq")
+    before = http(live, "/api/sagas/api-dlq")[1]
+    status, plan = http(live, "/api/dead-letters/api-dlq/retry", {"dry_run": True})
+    assert status == 200 and plan["dry_run"] is True and plan["order_ids"] == ["api-dlq"]
+    (preview,) = plan["previews"]
+    assert (preview["saga_id"], preview["shard_id"]) == (before["saga_id"], before["shard_id"])
+    assert (preview["state_now"], preview["end_state"]) == ("DEAD_LETTERED", "FAILED")
+    sid = before["saga_id"]
+    assert [(c["step"], c["method"], c["idempotency_key"], c["attempt"]) for c in preview["calls"]] == [
+        ("process_payment", "/shop.v1.PaymentService/RefundPayment", f"{sid}/process_payment/compensate", 5),
+        ("reserve_inventory", "/shop.v1.InventoryService/ReleaseInventory", f"{sid}/reserve_inventory/compensate", 1),
+        ("create_order", "/shop.v1.OrderService/CancelOrder", f"{sid}/create_order/compensate", 1),
+    ]
+    status, looked = http(live, "/api/dead-letters/api-dlq/resolve", {"reason": "just looking", "dry_run": True})
+    assert status == 200 and looked["saga"]["state"] == "DEAD_LETTERED"
+    assert (looked["preview"]["end_state"], looked["preview"]["calls"]) == ("RESOLVED", [])
+    assert http(live, "/api/sagas/api-dlq")[1]["events"] == before["events"]  # nothing was written
+    # The shard's refusals come back for a dry run as for the action.
+    assert http(live, "/api/dead-letters/api-1/retry", {"dry_run": True})[0] == 409
+    assert http(live, "/api/dead-letters/api-nope/retry", {"dry_run": True})[0] == 404
+
+    assert http(live, "/api/dead-letters/api-dlq/retry", {})[0] == 200
+    after = wait_for(
+        lambda: (s := http(live, "/api/sagas/api-dlq")[1])["state"] == "FAILED" and s, "the retried saga compensated"
+    )
+    assert started_after_retry(after["events"]) == [(c["step"], c["action"], c["attempt"]) for c in preview["calls"]]
+
+
+def test_a_step_waiting_on_a_service_is_shown(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) -> None:
+    # The stub accepts this charge as a long-running operation and finishes it 20 s later.
+    saga.PlaceOrder(place_request("api-wait", token="tok_lro-charge-20s", no_wait=True), timeout=30)
+    waiting = wait_for(
+        lambda: [st for st in http(live, "/api/sagas/api-wait")[1]["steps"] if st["waiting"]], "a waiting step"
+    )
+    (st,) = waiting
+    assert (st["step"], st["status"], st["waiting_action"]) == ("process_payment", "IN_FLIGHT", "forward")
+    assert st["waiting_since"] <= st["next_poll_at"]
+    assert not any(x["waiting"] or x["waiting_since"] for x in http(live, "/api/sagas/api-1")[1]["steps"])
+    events = http(live, "/api/sagas/api-wait")[1]["events"]
+    accepted = next(e for e in events if e["kind"] == "accepted")
+    assert accepted["step"] == "process_payment" and accepted["next_attempt_at"] > accepted["at"]
+    assert http(live, "/api/summary")[1]["live_count"]["waiting"] >= 1
+    polled = wait_for(
+        lambda: [e for e in http(live, "/api/sagas/api-wait")[1]["events"] if e["kind"] == "polled"], "a poll"
+    )
+    assert polled[0]["code"] == "IN_PROGRESS" and polled[0]["next_attempt_at"] > polled[0]["at"]
 
 
 def test_each_shards_journal_is_shown(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) -> None:
@@ -161,31 +252,52 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
             # Step latencies come from the shards' /metrics; every forward step has run by now.
             expect(page.get_by_test_id("latency").locator('[data-step="process_payment/forward"]')).to_be_visible()
 
-            set_faults(
-                live,
-                control_pb2.FaultRule(
-                    method="RefundPayment", order_id_prefix="web-dlq", error_rate=1.0, error_code="INTERNAL"
-                ),
-            )
-            try:
-                for order_id in ("web-dlq", "web-dlq-resolve"):
-                    answer = saga.PlaceOrder(place_request(order_id, items=[("unshippable-x", 1)]), timeout=30)
-                    assert answer.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
-            finally:
-                set_faults(live)
+            park(live, saga, "web-dlq", "web-dlq-resolve")
+            saga_id = saga.GetSaga(saga_pb2.GetSagaRequest(order_id="web-dlq"), timeout=10).saga_id
             letters = page.get_by_test_id("dead-letters")
             row = letters.locator('[data-dead-letter="web-dlq"]')
             expect(row).to_contain_text("process_payment")
+            # Retry first shows its dry run: the calls it would make, their keys, and where the saga would end.
             row.locator('[data-action="retry"]').click()
+            dialog = page.get_by_test_id("confirm")
+            expect(dialog).to_be_visible()
+            expect(dialog).to_contain_text("Retry the compensation of web-dlq?")
+            expect(dialog.get_by_test_id("plan-end")).to_contain_text("DEAD_LETTERED → FAILED")
+            calls = dialog.get_by_test_id("plan-calls").locator("[data-call]")
+            expect(calls).to_have_count(3)
+            refund = calls.nth(0)
+            expect(refund).to_contain_text(f"{saga_id}/process_payment/compensate")
+            expect(refund).to_contain_text("repeats an earlier attempt")
+            assert refund.get_attribute("data-call") == "/shop.v1.PaymentService/RefundPayment"
+            planned = [
+                (calls.nth(i).get_attribute("data-call"), calls.nth(i).locator("td").nth(5).inner_text())
+                for i in range(3)
+            ]
+            dialog.get_by_test_id("confirm-cancel").click()  # Cancel: nothing happens
+            expect(dialog).to_be_hidden()
+            page.wait_for_timeout(500)
+            expect(row).to_have_count(1)
+            row.locator('[data-action="retry"]').click()
+            expect(dialog.get_by_test_id("plan-calls").locator("[data-call]")).to_have_count(3)
+            dialog.get_by_test_id("confirm-ok").click()
+            expect(dialog).to_be_hidden()
             expect(row).to_have_count(0)  # no longer an open dead letter
             expect(page.locator("#toast")).to_contain_text("Retried web-dlq")
+            # What the dialog showed is what the stubs then received: the same methods with the same keys.
+            wait_for(lambda: http(live, "/api/sagas/web-dlq")[1]["state"] == "FAILED", "the retried saga compensated")
+            made = compensation_keys(live, "web-dlq")
+            assert {(method.rpartition("/")[2], key) for method, key in planned} == made
 
             other = letters.locator('[data-dead-letter="web-dlq-resolve"]')
             other.locator('[data-action="resolve"]').click()  # no reason yet: refused in the page
             expect(page.locator("#toast")).to_contain_text("needs a reason")
             expect(other).to_have_count(1)
+            expect(dialog).to_be_hidden()
             other.locator('[data-reason="web-dlq-resolve"]').fill("refunded by hand in the PSP console")
             other.locator('[data-action="resolve"]').click()
+            expect(dialog.get_by_test_id("plan-end")).to_contain_text("DEAD_LETTERED → RESOLVED")
+            expect(dialog.get_by_test_id("plan-calls")).to_contain_text("No call to any service")
+            dialog.get_by_test_id("confirm-ok").click()
             expect(other).to_have_count(0)
             expect(page.get_by_test_id("recent").locator('[data-saga="web-dlq-resolve"]')).to_contain_text("RESOLVED")
 
@@ -196,6 +308,25 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
             timeline = detail.get_by_test_id("timeline")
             expect(timeline).to_contain_text("admin_retry")
             expect(timeline).to_contain_text(re.compile(r"retrying process_payment compensate attempt 1 INTERNAL"))
+            page.locator("#d-close").click()
+
+            # A saga whose charge the payment service runs as a long-running operation: the detail shows the step
+            # waiting, since when and the next poll, and the operation's events.
+            saga.PlaceOrder(place_request("web-wait", token="tok_lro-charge-20s", no_wait=True), timeout=30)
+            page.locator("#open-id").fill("web-wait")
+            page.locator("#open-form button").click()
+            waiting = detail.get_by_test_id("detail-waiting")
+            expect(waiting).to_contain_text(
+                re.compile(r"process_payment forward: accepted by the service .* ago; next poll (in|due)")
+            )
+            expect(detail.locator('tr[data-step="process_payment"]')).to_contain_text("IN_FLIGHT (waiting)")
+            accepted = timeline.locator('li[data-kind="accepted"]')
+            expect(accepted).to_contain_text(
+                re.compile(r"accepted process_payment forward attempt 1 IN_PROGRESS · next poll \+")
+            )
+            expect(timeline.locator('li[data-kind="polled"]').first).to_contain_text("next poll +")
+            page.locator("#d-close").click()
+            expect(page.get_by_test_id("waiting-count")).to_be_visible()
             assert SECRET_TOKEN not in page.content()
             assert errors == []
         finally:

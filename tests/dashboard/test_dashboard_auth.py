@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from common.auth import PRINCIPAL_KEY, Authenticator, AuthPolicy, JwtSettings, Role, StaticToken
+from protos.saga.v1 import saga_pb2
 from shard_router.dashboard import Dashboard
 from shard_router.dashboard_auth import DashboardGuard
 from shard_router.errors import RouterError
@@ -31,9 +32,11 @@ class FakeRouter:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
 
     async def to_holder(self, order_id: str, method: Any, body: bytes, caller: Any) -> Any:
         self.calls.append((order_id, str(method).rsplit("/", 1)[-1], dict(caller.metadata)))
+        self.bodies.append(body)
         raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "not dead-lettered")
 
 
@@ -107,6 +110,10 @@ async def test_a_viewer_sees_but_cannot_act(dashboard: tuple[int, FakeRouter]) -
     assert me == {"signed_in": True, "name": "vera", "can_act": False, "auth": "required"}
     status, _, body = await _http(port, "POST", "/api/dead-letters/o-1/retry", {}, cookie=cookie)
     assert status == 403 and "read-only" in body["error"]
+    # A dry run is an operator's action too: a viewer may not even see what a retry would do.
+    for action, request in (("retry", {"dry_run": True}), ("resolve", {"reason": "r", "dry_run": True})):
+        status, _, body = await _http(port, "POST", f"/api/dead-letters/o-1/{action}", request, cookie=cookie)
+        assert status == 403 and "read-only" in body["error"]
     assert router.calls == []
 
 
@@ -117,6 +124,22 @@ async def test_an_operator_acts_on_their_own_behalf(dashboard: tuple[int, FakeRo
     assert status == 409 and "FAILED_PRECONDITION" in body["error"]  # the (fake) shard's answer came back
     ((order_id, method, metadata),) = router.calls
     assert (order_id, method, metadata[PRINCIPAL_KEY]) == ("o-1", "RetryDeadLetter", "otto")
+    assert not saga_pb2.RetryDeadLetterRequest.FromString(router.bodies[0]).dry_run
+    # Dry runs go the same way, on the operator's behalf, marked dry_run; the shard's refusal comes back alike.
+    status, _, body = await _http(port, "POST", "/api/dead-letters/o-1/retry", {"dry_run": True}, cookie=cookie)
+    assert status == 409 and "FAILED_PRECONDITION" in body["error"]
+    status, _, _ = await _http(
+        port, "POST", "/api/dead-letters/o-1/resolve", {"reason": "by hand", "dry_run": True}, cookie=cookie
+    )
+    assert status == 409
+    assert [(c[1], c[2][PRINCIPAL_KEY]) for c in router.calls[1:]] == [
+        ("RetryDeadLetter", "otto"),
+        ("ResolveDeadLetter", "otto"),
+    ]
+    assert saga_pb2.RetryDeadLetterRequest.FromString(router.bodies[1]).dry_run
+    assert saga_pb2.ResolveDeadLetterRequest.FromString(router.bodies[2]).dry_run
+    status, _, body = await _http(port, "POST", "/api/dead-letters/o-1/retry", {"dry_run": "yes"}, cookie=cookie)
+    assert status == 400 and "dry_run" in body["error"] and len(router.calls) == 3
     # Signed out: the cookie no longer opens anything.
     status, headers, _ = await _http(port, "POST", "/api/logout", {}, cookie=cookie)
     assert status == 200 and "Max-Age=0" in headers["set-cookie"]

@@ -114,6 +114,13 @@ def test_viewer_reads_operator_acts_and_another_site_cannot(system: LocalSystem)
             expect(page.get_by_test_id("who")).to_have_text("otto")
             row = page.get_by_test_id("dead-letters").locator('[data-dead-letter="web-viewer"]')
             row.locator('[data-action="retry"]').click()
+            # The dry run, made in the operator's name too, shows the plan; Confirm retries.
+            dialog = page.get_by_test_id("confirm")
+            expect(
+                dialog.get_by_test_id("plan-calls").locator('[data-call="/shop.v1.PaymentService/RefundPayment"]')
+            ).to_have_count(1)
+            expect(dialog.get_by_test_id("plan-end")).to_contain_text("DEAD_LETTERED → FAILED")
+            dialog.get_by_test_id("confirm-ok").click()
             expect(page.locator("#toast")).to_contain_text("Retried web-viewer")
 
             # The operator's session is in this browser; a page of another origin tries to use it.
