@@ -246,9 +246,10 @@ class ClientTls:
         self._credentials = self._build()
         return True
 
-    def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-        """A channel with this process's credentials; its calls are traced when tracing is on (common.tracing)."""
-        interceptors = tracing.client_interceptors()
+    def channel(self, address: str, options: Sequence[tuple[str, Any]] = (), traced: bool = True) -> grpc.aio.Channel:
+        """A channel with this process's credentials; its calls are traced when tracing is on (common.tracing) and
+        `traced` (False: the owner makes its own spans and puts their context in the calls' metadata)."""
+        interceptors = tracing.client_interceptors() if traced else ()
         return aio_channel(address, self.files, options, credentials=self._credentials, interceptors=interceptors)
 
 

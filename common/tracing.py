@@ -38,6 +38,7 @@ __all__ = [
     "current_trace_id",
     "enabled",
     "outcome",
+    "outgoing",
     "remote_parent",
     "restore",
     "server_interceptors",
@@ -150,6 +151,18 @@ def restore(kept: str) -> Any:
     return propagate.extract({"traceparent": parent, **({"tracestate": state} if state else {})})
 
 
+def outgoing() -> tuple[tuple[str, str], ...]:
+    """The current span's context as gRPC metadata (traceparent, tracestate), for a call made without the client
+    interceptor; () when off or outside any span. The SDK's propagator writes it: nothing here formats headers."""
+    if not _state:
+        return ()
+    from opentelemetry import propagate
+
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return tuple(headers.items())
+
+
 def remote_parent(metadata: Sequence[tuple[str, Any]] | None) -> str:
     """The caller's context from a call's invocation metadata, as carrier() keeps it ("" if none came, or off).
 
@@ -167,14 +180,18 @@ def remote_parent(metadata: Sequence[tuple[str, Any]] | None) -> str:
 
 
 @contextlib.contextmanager
-def span(name: str, parent: Any, attributes: Mapping[str, Any]) -> Iterator[Any]:
+def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = False) -> Iterator[Any]:
     """A span named `name` under `parent` (restore()'s context; None: a root or the current span), current inside the
-    block; yields it (None when tracing is off). An exception leaving the block is recorded on it."""
+    block; yields it (None when tracing is off). client: the span of an outgoing call (kind CLIENT). An exception
+    leaving the block is recorded on it."""
     tracer = _state.get("tracer")
     if tracer is None:
         yield None
         return
-    with tracer.start_as_current_span(name, context=parent, attributes=dict(attributes)) as s:
+    from opentelemetry.trace import SpanKind
+
+    kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+    with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=dict(attributes)) as s:
         yield s
 
 
@@ -185,6 +202,9 @@ def outcome(span: Any, code: str, ok: bool) -> None:
     from opentelemetry.trace import Status, StatusCode
 
     span.set_attribute("saga.outcome", code)
+    span.set_attribute(
+        "rpc.grpc.status_code", grpc.StatusCode[code].value[0] if code in grpc.StatusCode.__members__ else 2
+    )
     if not ok:
         span.set_status(Status(StatusCode.ERROR, code))
 

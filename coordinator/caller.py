@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import grpc
 from loguru import logger
 
+from common import tracing
 from common.tls import ClientTls, TlsFiles
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import (
@@ -57,6 +58,29 @@ class Caller(Protocol):
     async def close(self) -> None: ...
 
 
+_SERVICES = {
+    Step.CREATE_ORDER: "shop.v1.OrderService",
+    Step.RESERVE_INVENTORY: "shop.v1.InventoryService",
+    Step.PROCESS_PAYMENT: "shop.v1.PaymentService",
+    Step.SCHEDULE_SHIPMENT: "shop.v1.ShippingService",
+}
+METHODS = {
+    (Step.CREATE_ORDER, Action.FORWARD): "CreateOrder",
+    (Step.CREATE_ORDER, Action.COMPENSATE): "CancelOrder",
+    (Step.RESERVE_INVENTORY, Action.FORWARD): "ReserveInventory",
+    (Step.RESERVE_INVENTORY, Action.COMPENSATE): "ReleaseInventory",
+    (Step.PROCESS_PAYMENT, Action.FORWARD): "ChargePayment",
+    (Step.PROCESS_PAYMENT, Action.COMPENSATE): "RefundPayment",
+    (Step.SCHEDULE_SHIPMENT, Action.FORWARD): "ScheduleShipment",
+    (Step.SCHEDULE_SHIPMENT, Action.COMPENSATE): "CancelShipment",
+}
+
+
+def rpc_attributes(step: Step, method: str) -> dict[str, str]:
+    """OpenTelemetry's RPC attributes of a call to step's service (the engine's spans are the calls' spans)."""
+    return {"rpc.system": "grpc", "rpc.service": _SERVICES[step], "rpc.method": method}
+
+
 # Keepalive lets a channel notice a dead peer (half-open TCP) instead of waiting for the attempt deadline every time.
 _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
@@ -96,7 +120,9 @@ class GrpcCaller:
 
         def channel(addr: str) -> grpc.aio.Channel:
             if addr not in self._channels:
-                self._channels[addr] = self._tls.channel(addr, _CHANNEL_OPTIONS)
+                # Untraced channels: the engine's span of each attempt is the call's span, and its context goes in
+                # the metadata (tracing.outgoing), without the cost of grpc.aio's interceptor machinery.
+                self._channels[addr] = self._tls.channel(addr, _CHANNEL_OPTIONS, traced=False)
             return self._channels[addr]
 
         order = order_pb2_grpc.OrderServiceStub(channel(services.order))
@@ -135,7 +161,7 @@ class GrpcCaller:
         self._reopen_if_rotated()
         method = self._methods[(step, action)]
         request = build_request(payload, step, action)
-        metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)),)
+        metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)), *tracing.outgoing())
         try:
             reply = await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as e:
@@ -150,7 +176,7 @@ class GrpcCaller:
         self._reopen_if_rotated()
         request = common_pb2.GetOperationRequest(idempotency_key=idempotency_key(payload.saga_id, step, action))
         try:
-            reply = await self._get_operation[step](request, timeout=timeout_s)
+            reply = await self._get_operation[step](request, timeout=timeout_s, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as e:
             # UNIMPLEMENTED from a service without GetOperation: it cannot say, the saga goes on as before.
             return OperationAnswer(OperationState.UNKNOWN, CallResult(e.code(), e.details() or ""))

@@ -26,7 +26,7 @@ from loguru import logger
 from common import tracing
 
 from . import crashpoints, retry, transitions
-from .caller import Caller, SagaPayload
+from .caller import METHODS, Caller, SagaPayload, rpc_attributes
 from .clock import Clock
 from .config import OperationPolicy, ShardConfig
 from .errors import CallClass, CallResult, OperationAnswer, OperationState
@@ -305,14 +305,30 @@ class Engine:
         return result  # not found (retry: it was not applied) or unknown: as if not asked
 
     async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
-        """One GetOperation, bounded by the step's attempt timeout; a failure to ask is an UNKNOWN answer."""
+        """One GetOperation, bounded by the step's attempt timeout (and traced); a failure to ask is UNKNOWN."""
         policy = self._cfg.forward if action is Action.FORWARD else self._cfg.compensate
-        try:
-            answer = await self._caller.get_operation(run.payload, step, action, policy.attempt_timeout_ms / 1000)
-        except Exception as e:
-            answer = OperationAnswer(OperationState.UNKNOWN, CallResult.failed_to_call(e))
+        timeout_s = policy.attempt_timeout_ms / 1000
+        if run.trace_parent is None:
+            answer = await self._ask_service(run, step, action, timeout_s)
+        else:
+            fields = {
+                **self._span_fields(run),
+                **rpc_attributes(step, "GetOperation"),
+                "saga.step": step.label,
+                "saga.action": action.label,
+            }
+            name = f"get_operation {action.label} {step.label}"
+            with tracing.span(name, run.trace_parent, fields, client=True) as span:
+                answer = await self._ask_service(run, step, action, timeout_s)
+                span.set_attribute("saga.operation", answer.label)
         self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.state.value).inc()
         return answer
+
+    async def _ask_service(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> OperationAnswer:
+        try:
+            return await self._caller.get_operation(run.payload, step, action, timeout_s)
+        except Exception as e:
+            return OperationAnswer(OperationState.UNKNOWN, CallResult.failed_to_call(e))
 
     def _poll_wait(self, policy: OperationPolicy, polls: int, suggested_ms: int) -> int:
         """The wait before the next poll: the service's suggestion, else poll_min_ms doubling per poll; within the
@@ -443,15 +459,16 @@ class Engine:
     async def _traced_call(
         self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float
     ) -> CallResult:
-        """The attempt inside its span ("forward process_payment"), under the saga's trace; the instrumented channel
-        makes the call to the service a child of it, and the service's own span a child of that."""
+        """The attempt as the span of its call ("forward process_payment", kind CLIENT), under the saga's trace; the
+        caller puts its context in the call's metadata, so the service's own span is its child."""
         fields = {
             **self._span_fields(run),
+            **rpc_attributes(step, METHODS[(step, action)]),
             "saga.step": step.label,
             "saga.action": action.label,
             "saga.attempt": attempt,
         }
-        with tracing.span(f"{action.label} {step.label}", run.trace_parent, fields) as span:
+        with tracing.span(f"{action.label} {step.label}", run.trace_parent, fields, client=True) as span:
             try:
                 result = await self._caller.call(run.payload, step, action, timeout_s)
             except Exception as e:

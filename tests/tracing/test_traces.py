@@ -129,13 +129,14 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
     (shard_in,) = [s for s in spans if s.service == "saga-coordinator" and s.kind == SERVER]
     assert shard_in.parent_id == router_out.span_id
 
-    # Each step: attempt span (under the router's call) -> the shard's call -> the service's own span.
+    # Each step: the attempt's span is the shard's call (under the router's call), the service's own span its child.
     for step, method in FORWARD.items():
         (service_span,) = stub_span(spans, method)
-        call = by_id[service_span.parent_id]
-        attempt = by_id[call.parent_id]
-        assert (call.service, call.kind, call.name) == ("saga-coordinator", CLIENT, method)
-        assert attempt.name == f"forward {step}" and attempt.parent_id == router_out.span_id
+        attempt = by_id[service_span.parent_id]
+        assert (attempt.service, attempt.kind, attempt.name) == ("saga-coordinator", CLIENT, f"forward {step}")
+        assert attempt.parent_id == router_out.span_id
+        service, _, name = method.rpartition("/")
+        assert (attempt.attributes["rpc.service"], attempt.attributes["rpc.method"]) == (service.strip("/"), name)
         assert attempt.attributes["saga.order_id"] == "trace-ok-1"
         assert attempt.attributes["saga.step"] == step and attempt.attributes["saga.action"] == "forward"
         assert attempt.attributes["saga.attempt"] == 1 and attempt.attributes["saga.outcome"] == "OK"
