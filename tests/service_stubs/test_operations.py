@@ -272,6 +272,11 @@ async def test_get_operation_is_validated_counted_and_faulted(shop: ShopClient, 
     await control.set_faults([fault_rule("/shop.v1.OrderService/GetOperation", error_rate=1.0)], seed=3)
     await rpc_error(shop.get_operation("order", "k"), grpc.StatusCode.UNAVAILABLE)
     await shop.get_operation("payment", "k")
+    # By the order of the key asked about: a key never seen has none, so only the known one fails.
+    await shop.charge("o-bad", key="ch", amount_cents=1)
+    await control.set_faults([fault_rule("GetOperation", order_id_prefix="o-bad", error_rate=1.0)], seed=3)
+    await rpc_error(shop.get_operation("payment", "ch"), grpc.StatusCode.UNAVAILABLE)
+    assert (await shop.get_operation("payment", "unknown")).state == NOT_FOUND
 
 
 async def test_a_rule_out_of_bounds_is_invalid_and_names_the_field(shop: ShopClient) -> None:
