@@ -167,7 +167,8 @@ def test_dry_runs_show_the_plan_change_nothing_and_the_action_then_follows_it(
     assert (looked["preview"]["end_state"], looked["preview"]["calls"]) == ("RESOLVED", [])
     assert http(live, "/api/sagas/api-dlq")[1]["events"] == before["events"]  # nothing was written
     # The shard's refusals come back for a dry run as for the action.
-    assert http(live, "/api/dead-letters/api-1/retry", {"dry_run": True})[0] == 409
+    assert saga.PlaceOrder(place_request("api-dry-ok"), timeout=30).status == saga_pb2.SUCCESS
+    assert http(live, "/api/dead-letters/api-dry-ok/retry", {"dry_run": True})[0] == 409
     assert http(live, "/api/dead-letters/api-nope/retry", {"dry_run": True})[0] == 404
 
     assert http(live, "/api/dead-letters/api-dlq/retry", {})[0] == 200
@@ -186,7 +187,8 @@ def test_a_step_waiting_on_a_service_is_shown(live: LiveCluster, saga: saga_pb2_
     (st,) = waiting
     assert (st["step"], st["status"], st["waiting_action"]) == ("process_payment", "IN_FLIGHT", "forward")
     assert st["waiting_since"] <= st["next_poll_at"]
-    assert not any(x["waiting"] or x["waiting_since"] for x in http(live, "/api/sagas/api-1")[1]["steps"])
+    assert saga.PlaceOrder(place_request("api-no-wait"), timeout=30).status == saga_pb2.SUCCESS
+    assert not any(x["waiting"] or x["waiting_since"] for x in http(live, "/api/sagas/api-no-wait")[1]["steps"])
     events = http(live, "/api/sagas/api-wait")[1]["events"]
     accepted = next(e for e in events if e["kind"] == "accepted")
     assert accepted["step"] == "process_payment" and accepted["next_attempt_at"] > accepted["at"]

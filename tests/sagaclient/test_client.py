@@ -110,10 +110,17 @@ async def test_dead_letters_list_retry_and_resolve(system: LocalSystem) -> None:
         seen = await client.resolve_dead_letter("dl-c-1", "just looking", dry_run=True)
         assert seen.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
         assert (await client.get_saga("dl-c-1")).state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+        await client.place_order("c-dry-ok", "u-1", [("sku-1", 1)], PAY)
         with pytest.raises(FailedPrecondition):
-            await client.retry_dead_letter("c-ok-1", "", dry_run=True)  # not dead-lettered: refused as the real call
+            await client.retry_dead_letter("c-dry-ok", "", dry_run=True)  # not dead-lettered: refused as the real call
         with pytest.raises(NotFound):
             await client.resolve_dead_letter("c-no-such-order", "r", dry_run=True)
+        with pytest.raises(InvalidRequest) as invalid:
+            await client.retry_dead_letter("not an id!", "", dry_run=True)
+        assert invalid.value.field == "order_id"
+        with pytest.raises(InvalidRequest) as invalid:
+            await client.resolve_dead_letter("dl-c-1", " ", dry_run=True)  # a reason is required all the same
+        assert invalid.value.field == "reason"
 
         retried = await client.retry_dead_letter("dl-c-1", "refund provider back")
         assert retried == ["dl-c-1"] and retried.previews == []

@@ -180,7 +180,8 @@ def test_dead_letters_listed_retried_and_resolved(live: LiveCluster) -> None:
     assert "this would resume compensation of 2 saga(s)" in ctl(live, "dlq", "retry", "--all", "--dry-run").stdout
     looked = ctl(live, "dlq", "resolve", "ctl-dlq-2", "--reason", "just looking", "--dry-run")
     assert looked.returncode == 0 and "DEAD_LETTERED -> RESOLVED, no calls to any service" in looked.stdout
-    assert ctl(live, "dlq", "retry", "ctl-ok", "--dry-run").returncode == 5  # refused as the real call would be
+    assert ctl(live, "place", "ctl-dry-ok").returncode == 0
+    assert ctl(live, "dlq", "retry", "ctl-dry-ok", "--dry-run").returncode == 5  # refused as the real call would be
     assert ctl(live, "dlq", "retry", "ctl-nope", "--dry-run").returncode == 4
     assert json.loads(ctl(live, "dlq", "list", "--json").stdout) == letters_before
     assert json.loads(ctl(live, "get", "ctl-dlq-1", "--events", "--json").stdout)["events"] == events_before
