@@ -86,8 +86,12 @@ def event_message(event: Event) -> saga_pb2.SagaEvent:
 
 
 def place_order_response(rec: SagaRecord, pending: bool) -> saga_pb2.PlaceOrderResponse:
+    """pending: a no_wait answer (PENDING until the saga ends). Otherwise a saga still compensating (a long-running
+    compensation it waits on) is FAILED already: the order did not go through, whatever is left to undo."""
     if pending and not rec.state.terminal and rec.state is not SagaState.DEAD_LETTERED:
         status = saga_pb2.PENDING
+    elif rec.state is SagaState.COMPENSATING:
+        status = saga_pb2.FAILED
     else:
         status = CLIENT_STATUS.get(rec.state, saga_pb2.PENDING)
     return saga_pb2.PlaceOrderResponse(
