@@ -298,11 +298,13 @@ class Engine:
         answer = await self._get_operation(run, step, action)
         asked = self._event(run, EventKind.ASKED, step, action, attempt, answer.label, result.summary)
         await self._append(run, [asked], wait=False)
-        if answer.state is OperationState.DONE:
-            return answer.result
+        if answer.state is OperationState.DONE and (answer.result.ok or answer.result.cls is CallClass.REJECTED):
+            return answer.result  # applied, or rejected for good: the service's final word
         if answer.state is OperationState.IN_PROGRESS:
             return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=answer.poll_after_ms)
-        return result  # not found (retry: it was not applied) or unknown: as if not asked
+        # Not found (retry: it was not applied), unknown, or an answer recorded as an error of the call itself
+        # (CANCELLED, UNAVAILABLE, ...; no verdict on the request): as if not asked.
+        return result
 
     async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
         """One GetOperation, bounded by the step's attempt timeout (and traced); a failure to ask is UNKNOWN."""
