@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SECRET_TOKEN = "tok_ok_DashSecret77"
+EXPECT_TIMEOUT_MS = 20_000
+"""How long a browser assertion waits for the page to show what it expects."""
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +236,9 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
     live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
+
+    # The page follows the cluster (polls every 1-2 s, each step a round trip to busy shards): generous waits.
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -19,7 +19,7 @@ from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.coordinator import place_request
 
-from .test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from .test_dashboard import CHROMIUM, CHROMIUM_ARGS, EXPECT_TIMEOUT_MS
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 REPO = Path(__file__).parents[2]
@@ -83,6 +83,9 @@ def _events(system: LocalSystem, order_id: str) -> list[saga_pb2.SagaEvent]:
 
 def test_viewer_reads_operator_acts_and_another_site_cannot(system: LocalSystem) -> None:
     from playwright.sync_api import expect, sync_playwright
+
+    # The page follows the cluster (polls every 1-2 s, each step a round trip to busy shards): generous waits.
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
     assert system.policies is not None
     url = f"http://{system.router.spec.dashboard}"
