@@ -34,6 +34,7 @@ from .journal import DeadLetterOpen, Journal, Record
 from .logs import at_step, saga_context
 from .metrics import ShardMetrics
 from .model import Action, SagaState, Step, StepStatus
+from .preview import asks_first
 from .saga import Event, EventKind, SagaRecord
 
 
@@ -234,9 +235,7 @@ class Engine:
         skipped. Any other answer compensates as before; "not found" included, because the compensation is what
         tombstones the key against a copy of the forward call still on its way (DESIGN contract 2)."""
         progress = run.record.steps[step]
-        if progress.compensate_attempts or progress.status not in (StepStatus.FAILED, StepStatus.IN_FLIGHT):
-            return False
-        if not self._cfg.operation_policy(step.label).ask_unknown:
+        if not asks_first(progress, self._cfg.operation_policy(step.label)):  # the rule dry runs show, too
             return False
         answer = await self._get_operation(run, step, Action.FORWARD)
         asked = self._event(run, EventKind.ASKED, step, Action.FORWARD, progress.forward_attempts, answer.label)
