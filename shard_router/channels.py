@@ -41,7 +41,8 @@ class ShardClient:
     def __init__(self, address: str, max_message_bytes: int, tls: ClientTls | None = None) -> None:
         self.address = address
         tls = tls or ClientTls(TlsFiles())
-        self.channel = tls.channel(address, channel_options(max_message_bytes))
+        # Untraced: a forwarded call carries the router's span context in its metadata (forwarding.Caller).
+        self.channel = tls.channel(address, channel_options(max_message_bytes), traced=False)
         self.coordinator = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self.channel)
         self.ring = ring_pb2_grpc.RingServiceStub(self.channel)
@@ -91,7 +92,7 @@ class ChannelPool:
 
     def fresh_channel(self, address: str) -> grpc.aio.Channel:
         """A new channel to address, outside the pool (the caller closes it)."""
-        return self._tls.channel(address, channel_options(self._max_message_bytes))
+        return self._tls.channel(address, channel_options(self._max_message_bytes), traced=False)
 
     def retain(self, addresses: Iterable[str]) -> None:
         """Closes, after the grace period, the channels of every address not in addresses."""

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from common import tracing
 from common.auth import current_principal, forwarded_metadata, strip_claimed
 from common.ring import EPOCH_KEY, REFUSAL_KEY
 
@@ -43,6 +44,9 @@ R = TypeVar("R")
 # Connection-level headers of the caller's hop: gRPC sets its own on the next hop (and ignores or rejects ours).
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection", EPOCH_KEY, REFUSAL_KEY})
 """Also the ring epoch: only the router says which ring it routed a call by (Caller.routed_by)."""
+
+
+_TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 
 def forwardable(metadata: Any) -> Metadata:
@@ -73,6 +77,11 @@ class Caller:
         principal = current_principal()
         if principal is not None:
             metadata += forwarded_metadata(principal)
+        if tracing.enabled():
+            # The router's own span (its server interceptor's) is the shards' parent: its context replaces the
+            # caller's, written by the SDK's propagator (the channels to the shards carry no client interceptor).
+            metadata = [kv for kv in metadata if kv[0] not in _TRACE_KEYS]
+            metadata += tracing.outgoing()
         return cls(tuple(metadata), deadline)
 
     def routed_by(self, epoch: int) -> Caller:

@@ -120,21 +120,20 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
     orphans = [(s.service, s.name) for s in spans if s.parent_id and s.parent_id not in by_id]
     assert not orphans, f"spans whose parent never arrived: {orphans}"
 
-    # client -> router -> shard: the router's server span under the client's call, its call to the shard under it.
+    # client -> router -> shard: the router's span under the client's call, the shard's under the router's.
     (client_call,) = [s for s in spans if s.service == "test-client" and s.kind == CLIENT]
-    (router_in,) = [s for s in spans if s.service == "saga-router" and s.kind == SERVER]
+    (router_in,) = [s for s in spans if s.service == "saga-router"]
     assert router_in.parent_id == client_call.span_id and router_in.name == "/saga.v1.SagaCoordinator/PlaceOrder"
-    (router_out,) = [s for s in spans if s.service == "saga-router" and s.kind == CLIENT]
-    assert router_out.parent_id == router_in.span_id
+    assert router_in.kind == SERVER
     (shard_in,) = [s for s in spans if s.service == "saga-coordinator" and s.kind == SERVER]
-    assert shard_in.parent_id == router_out.span_id
+    assert shard_in.parent_id == router_in.span_id
 
     # Each step: the attempt's span is the shard's call (under the router's call), the service's own span its child.
     for step, method in FORWARD.items():
         (service_span,) = stub_span(spans, method)
         attempt = by_id[service_span.parent_id]
         assert (attempt.service, attempt.kind, attempt.name) == ("saga-coordinator", CLIENT, f"forward {step}")
-        assert attempt.parent_id == router_out.span_id
+        assert attempt.parent_id == router_in.span_id
         service, _, name = method.rpartition("/")
         assert (attempt.attributes["rpc.service"], attempt.attributes["rpc.method"]) == (service.strip("/"), name)
         assert attempt.attributes["saga.order_id"] == "trace-ok-1"
@@ -194,10 +193,10 @@ async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluste
     after = [s for s in attempts if s.attributes.get("saga.resumed")]
     assert before and after, [(s.name, s.attributes) for s in attempts]
     assert all(s.start_ns >= killed_at_ns for s in after)
-    # One parent for every attempt, before and after the kill: the router's call that created the saga.
+    # One parent for every attempt, before and after the kill: the router's span of the call that created the saga.
     assert len({s.parent_id for s in attempts}) == 1
-    (router_out,) = [s for s in spans if s.span_id == attempts[0].parent_id]
-    assert router_out.service == "saga-router" and router_out.kind == CLIENT
+    (router_in,) = [s for s in spans if s.span_id == attempts[0].parent_id]
+    assert router_in.service == "saga-router" and router_in.kind == SERVER
     ok = [s for s in after if s.name == "forward process_payment" and s.attributes["saga.outcome"] == "OK"]
     assert len(ok) == 1 and ok[0].attributes["saga.attempt"] > len([s for s in before if "payment" in s.name])
     # Everything after the restart reaches the client's root span; a span missing its parent is one whose parent
@@ -207,7 +206,7 @@ async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluste
         if top.name != "checkout":
             assert s.start_ns < killed_at_ns and top.service == "saga-stubs", (s, top)
     (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED"]
-    assert succeeded.attributes["saga.resumed"] and succeeded.parent_id == router_out.span_id
+    assert succeeded.attributes["saga.resumed"] and succeeded.parent_id == router_in.span_id
     assert_no_secret(receiver.spans)
 
 
