@@ -217,3 +217,34 @@ async def test_polls_are_bounded_and_a_restart_spreads_the_overdue_ones(harness:
     for i in range(60):
         await wait_state(harness, f"o-{i}", (SagaState.SUCCEEDED,))
     assert shard.waiting == 0 and calls(harness, S.CREATE_ORDER, F) == 60
+
+
+async def test_an_operation_the_service_stops_answering_about_is_sent_again(harness: Harness) -> None:
+    """GetOperation fails (the service cannot say) for longer than heartbeat_ms: the call goes out again with the same
+    key, as a fresh attempt; the service then answers it (here: at once)."""
+    await harness.restart(operations=OperationPolicy(poll_min_ms=100, poll_max_ms=200, heartbeat_ms=1_000))
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, math.inf)
+    assert harness.shard is not None
+    await harness.shard.place_order(order())
+    harness.caller.ask_unknown = True  # from now on the service cannot say
+    harness.caller.scripts.pop((S.PROCESS_PAYMENT, F))  # and a call sent again is answered OK
+    await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
+    keys = {c.key for c in harness.caller.calls if c.step is S.PROCESS_PAYMENT and c.action is F}
+    assert calls(harness, S.PROCESS_PAYMENT, F) == 2 and len(keys) == 1
+    rec, events = await harness.shard.get("o-1", with_events=True)
+    resent = [e for e in events if e.kind is EventKind.RETRYING and e.step == S.PROCESS_PAYMENT]
+    assert len(resent) == 1 and "no word on the operation" in resent[0].detail
+    assert rec.steps[S.PROCESS_PAYMENT].forward_attempts == 2
+
+
+async def test_an_accepted_call_the_service_forgot_is_sent_again(harness: Harness) -> None:
+    await harness.restart(operations=FAST_POLLS)
+    harness.caller.long_running(S.RESERVE_INVENTORY, F, 60.0)
+    assert harness.shard is not None
+    await harness.shard.place_order(order())
+    harness.caller.operations.clear()  # the service lost its record of the operation
+    harness.caller.scripts.pop((S.RESERVE_INVENTORY, F))
+    await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
+    assert calls(harness, S.RESERVE_INVENTORY, F) == 2
+    _, events = await harness.shard.get("o-1", with_events=True)
+    assert any(e.kind is EventKind.RETRYING and e.code == "NOT_FOUND" for e in events)
