@@ -16,6 +16,7 @@ import grpc
 from loguru import logger
 
 from common import tracing
+from common.rpc_errors import TOMBSTONED, error_reason
 from common.tls import ClientTls, TlsFiles
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import (
@@ -165,7 +166,9 @@ class GrpcCaller:
         try:
             reply = await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as e:
-            return CallResult(e.code(), e.details() or "")
+            code = e.code()
+            final = code is grpc.StatusCode.ABORTED and error_reason(e) == TOMBSTONED
+            return CallResult(code, e.details() or "", final=final)
         if reply.HasField("operation") and not reply.operation.done:
             return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=max(0, reply.operation.poll_after_ms))
         return CallResult(grpc.StatusCode.OK)

@@ -158,10 +158,13 @@ class CallResult:
     in_progress: bool = False
     poll_after_ms: int = 0
     """With in_progress: when the service suggests asking (0: no suggestion)."""
+    final: bool = False
+    """The service said the answer is final whatever its code (google.rpc.ErrorInfo reason TOMBSTONED on ABORTED:
+    the forward call's compensation came first, DESIGN contract 3): not retried, and nothing was applied."""
 
     @property
     def cls(self) -> CallClass:
-        return classify(self.code)
+        return CallClass.REJECTED if self.final else classify(self.code)
 
     @property
     def ok(self) -> bool:

@@ -9,9 +9,9 @@ state, the idempotency-key and tombstone contracts, business rejections and seed
 """
 
 from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig, default_data_dir
+from service_stubs.errors import TOMBSTONED_MESSAGE
 from service_stubs.faults import FaultPlan, FaultRule
 from service_stubs.inventory import SOLD_OUT_PREFIX
-from service_stubs.keys import TOMBSTONED_MESSAGE
 from service_stubs.payment import DECLINED_MESSAGE, TOKEN_DECLINED, TOKEN_HANG, TOKEN_SLOW
 from service_stubs.server import StubServer, serve, start
 from service_stubs.shipping import UNSHIPPABLE_PREFIX

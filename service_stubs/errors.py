@@ -1,7 +1,8 @@
 """Errors the stubs answer with, and the one place they become gRPC statuses.
 
     StubError(code, message)             any non-OK answer: replayed business rejections, ABORTED for a tombstoned
-    │                                    key, ALREADY_EXISTS for a reused key, injected faults
+    │                                    key (with google.rpc.ErrorInfo reason TOMBSTONED: final), ALREADY_EXISTS for
+    │                                    a reused key, injected faults
     ├── InvalidArgument(field, message)  INVALID_ARGUMENT with a google.rpc.BadRequest naming the field
     └── StoreFailed                      the SQLite writer failed: UNAVAILABLE until the process is restarted
 
@@ -15,7 +16,9 @@ from typing import NoReturn
 
 import grpc
 
-from common.rpc_errors import bad_request
+from common.rpc_errors import SHOP_DOMAIN, TOMBSTONED, bad_request, with_reason
+
+TOMBSTONED_MESSAGE = "idempotency key tombstoned by compensation"
 
 
 class StubError(Exception):
@@ -52,5 +55,8 @@ async def abort(context: grpc.aio.ServicerContext, error: StubError) -> NoReturn
     """Ends the call with `error`: the only place our errors become gRPC statuses."""
     if isinstance(error, InvalidArgument):
         await context.abort_with_status(bad_request(error.field, error.description))
+    if error.code is grpc.StatusCode.ABORTED and error.message == TOMBSTONED_MESSAGE:
+        # Final (DESIGN contract 3): the caller must not retry it, unlike a plain ABORTED.
+        await context.abort_with_status(with_reason(error.code, error.message, TOMBSTONED, SHOP_DOMAIN))
     await context.abort(error.code, error.message)
     raise AssertionError("unreachable: context.abort raises")

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import Message
 
-from service_stubs.errors import StubError
+from service_stubs.errors import TOMBSTONED_MESSAGE, StubError
 from service_stubs.lro_rules import Lro
 
-TOMBSTONED_MESSAGE = "idempotency key tombstoned by compensation"
 KEY_REUSED_MESSAGE = "idempotency key already used with a different request"
 
 

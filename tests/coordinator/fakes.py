@@ -110,7 +110,7 @@ class FakeCaller:
         if result.ok:
             fkey = idempotency_key(payload.saga_id, step, Action.FORWARD)
             if action is Action.FORWARD and fkey in self.tombstones:
-                return CallResult(grpc.StatusCode.ABORTED, "tombstoned")
+                return CallResult(grpc.StatusCode.ABORTED, "tombstoned", final=True)
             if action is Action.COMPENSATE and fkey in self.operations and fkey not in self.answered:
                 # Compensating a forward call still in progress cancels it: it never applies.
                 self.answered[fkey] = CallResult(grpc.StatusCode.ABORTED, "cancelled by its compensation")

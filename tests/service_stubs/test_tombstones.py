@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from common.rpc_errors import TOMBSTONED, error_reason
 from service_stubs import TOMBSTONED_MESSAGE, StubServer
 from tests.helpers.stubs import ShopClient, StubControlClient
 from tests.service_stubs.conftest import rpc_error
@@ -47,6 +48,7 @@ async def test_compensation_first_tombstones_and_the_late_forward_is_refused(
     for _ in range(2):  # the late forward and its retry: refused, nothing applied
         error = await rpc_error(FORWARDS[service](shop, "o-late", "fwd"), grpc.StatusCode.ABORTED)
         assert error.details() == TOMBSTONED_MESSAGE
+        assert error_reason(error) == TOMBSTONED  # final: a caller must not retry it (DESIGN contract 3)
 
     ledger = await control.get_ledger("o-late")
     assert effect(ledger) == NO_EFFECT
