@@ -177,8 +177,8 @@ async def test_a_charge_in_progress_past_its_limit_is_compensated(system: LocalS
     assert operations["ChargePayment"][2] == 1  # cancelled
 
 
-WAITING_N = int(os.environ.get("SAGA_WAITING_N", "1000"))
-WAITING_S = int(os.environ.get("SAGA_WAITING_S", "12"))
+WAITING_N = int(os.environ.get("SAGA_WAITING_N", "500"))
+WAITING_S = int(os.environ.get("SAGA_WAITING_S", "9"))
 """How long each operation takes; the first poll comes at two thirds of it, the second finds it done."""
 
 
@@ -196,7 +196,7 @@ def _rss_mib(pid: int) -> float:
 
 @pytest.mark.timeout(180 + 4 * WAITING_S + WAITING_N // 20)
 async def test_many_waiting_sagas_cost_almost_nothing_between_polls(tmp_path: Path) -> None:
-    """SAGA_WAITING_N sagas (1,000 in make test; make soak: 10,000) wait on orders that take SAGA_WAITING_S seconds to
+    """SAGA_WAITING_N sagas (500 in make test; make soak: 10,000) wait on orders that take SAGA_WAITING_S seconds to
     create. Reported: the shard's CPU between polls (after the last saga is placed, before the first poll is due) and
     over the whole wait (polls included), and its memory; then every saga finishes."""
     poll_ms = WAITING_S * 2000 // 3
