@@ -235,6 +235,19 @@ async def _until_in_flight(node: ShardChild, give_up: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _until_started(node: ShardChild, give_up: float) -> None:
+    """Returns once the shard has started a saga (its /metrics saga_started_total), or at give_up."""
+    address = node.child.spec.metrics
+    while address and time.monotonic() < give_up:
+        try:
+            text = await asyncio.to_thread(scrape, address, 2.0)
+        except OSError:
+            text = ""
+        if text and value(text, "saga_started_total") > 0:
+            return
+        await asyncio.sleep(0.1)
+
+
 def attempts_per_budget(saga: saga_pb2.Saga) -> Counter[tuple[int, int]]:
     """The most attempts any (step, action) made within one budget: forward over the saga's life, a compensation
     between operator retries (each grants a fresh budget)."""
@@ -613,6 +626,9 @@ async def add_shard(ctx: Ctx) -> None:
             if answer is None:
                 ctx.violation(f"add_shard: replay of {oid} never answered")
         await sleep_until(until)
+        # On a busy machine starting the shard and the replays can take the whole short window: the load goes on
+        # (bounded) until new orders have reached the new shard, which is what the check below looks for.
+        await _until_started(cluster.nodes[-1], time.monotonic() + 15.0)
 
     await run_frame(ctx, faults, after_s=after(ctx))
     held = await holdings({n.shard_id: n.address for n in cluster.nodes})

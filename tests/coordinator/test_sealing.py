@@ -360,6 +360,7 @@ async def test_rotation_with_200_sagas_in_flight_across_a_restart(tmp_path: Path
         await h.restart()  # the shard now seals under k2; its 200 resumed sagas open k1 blobs
         assert h.shard.in_flight == 200
         await h.shard.place_order(order("o-new", token="tok_new", no_wait=True))
+        await h.quiesce()  # o-new paid and waiting at its shipment, like the 100 paid before it
         assert (await key_usage(h.journal)).all == {"k1": 200, "k2": 1}  # type: ignore[arg-type]
         resealed = await reseal(h.journal, Sealer(read_key_file(path)))  # type: ignore[arg-type]
         assert resealed == 200 and (await key_usage(h.journal)).all == {"k2": 201}  # type: ignore[arg-type]
