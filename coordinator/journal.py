@@ -520,45 +520,7 @@ class Journal:
                 dl_open.append((dl.saga_id, dl.order_id, dl.step, dl.last_error, dl.attempts, dl.at_epoch_ms))
             else:
                 dl_close.append((record.at_epoch_ms, record.note, record.saga_id))
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if sagas:
-                await db.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
-            if events:
-                await db.executemany(
-                    f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", events
-                )
-            if changes:
-                # Pair assertion: the engine checked the transition; SQL checks the saga is in the expected state.
-                cur = await db.executemany(
-                    "UPDATE sagas SET state = ?, last_error = ?, parked_note = ?, updated_at_epoch_ms = ? "
-                    "WHERE saga_id = ? AND state = ?",
-                    changes,
-                )
-                if cur.rowcount != len(changes):
-                    raise TransitionConflict(
-                        f"{len(changes) - cur.rowcount} state change(s) found the saga in an unexpected state"
-                    )
-            if dl_close:
-                await db.executemany(
-                    "UPDATE dead_letters SET closed_at_epoch_ms = ?, closed_note = ? "
-                    "WHERE saga_id = ? AND closed_at_epoch_ms IS NULL",
-                    dl_close,
-                )
-            if dl_open:
-                await db.executemany(
-                    "INSERT INTO dead_letters (saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms) "
-                    "VALUES (?,?,?,?,?,?)",
-                    dl_open,
-                )
-            crashpoints.hit("mid_commit")
-            await db.execute("COMMIT")
-        except BaseException:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+        await _in_thread(db, lambda conn: _write(conn, sagas, events, changes, dl_close, dl_open))
 
     # ---- reads (committed data only) ----------------------------------------------------------------------------
 
@@ -1024,6 +986,55 @@ def _unsynced(work: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Conn
             conn.execute("PRAGMA synchronous=FULL")
 
     return unsynced
+
+
+def _write(
+    conn: sqlite3.Connection,
+    sagas: list[tuple[Any, ...]],
+    events: list[tuple[Any, ...]],
+    changes: list[tuple[Any, ...]],
+    dl_close: list[tuple[Any, ...]],
+    dl_open: list[tuple[Any, ...]],
+) -> None:
+    """One group commit's transaction, run on the writer connection's thread in one hop (_in_thread): BEGIN, the
+    inserts and guarded updates, COMMIT (the fsync), or ROLLBACK on any failure."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if sagas:
+            conn.executemany(f"INSERT INTO sagas ({_SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
+        if events:
+            conn.executemany(f"INSERT INTO saga_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", events)
+        if changes:
+            # Pair assertion: the engine checked the transition; SQL checks the saga is in the expected state.
+            cur = conn.executemany(
+                "UPDATE sagas SET state = ?, last_error = ?, parked_note = ?, updated_at_epoch_ms = ? "
+                "WHERE saga_id = ? AND state = ?",
+                changes,
+            )
+            if cur.rowcount != len(changes):
+                raise TransitionConflict(
+                    f"{len(changes) - cur.rowcount} state change(s) found the saga in an unexpected state"
+                )
+        if dl_close:
+            conn.executemany(
+                "UPDATE dead_letters SET closed_at_epoch_ms = ?, closed_note = ? "
+                "WHERE saga_id = ? AND closed_at_epoch_ms IS NULL",
+                dl_close,
+            )
+        if dl_open:
+            conn.executemany(
+                "INSERT INTO dead_letters (saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms) "
+                "VALUES (?,?,?,?,?,?)",
+                dl_open,
+            )
+        crashpoints.hit("mid_commit")
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 
 async def _in_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
