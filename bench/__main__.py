@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         default="off",
         help="every process exports OTLP traces to a receiver in the bench; compare: off and on alternated",
     )
+    p.add_argument(
+        "--commit-window",
+        metavar="MS|compare",
+        default="",
+        help="the shards' commit window in ms (0: none; default: theirs); compare: none and the default alternated",
+    )
     p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
     p.add_argument("--seed", type=int, default=1, help="which orders are declined (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (journals, process logs)")
@@ -121,6 +127,13 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--rate must be between 0 (closed loop) and 100000 orders/s, got {args.rate:g}")
     if not 0.0 <= args.fail_rate <= 1.0:
         p.error(f"--fail-rate must be between 0 and 1, got {args.fail_rate:g}")
+    if args.commit_window not in ("", "compare"):
+        try:
+            window = float(args.commit_window)
+        except ValueError:
+            window = -1.0
+        if not 0 <= window <= 1000:
+            p.error(f"--commit-window must be milliseconds between 0 and 1000, or compare; got {args.commit_window!r}")
     if args.concurrency < args.loadgen_procs and not args.rate:
         p.error("--concurrency must be at least --loadgen-procs (each process needs a caller)")
 
@@ -318,13 +331,17 @@ def _cluster(args: argparse.Namespace) -> int:
         profile_native=args.native,
         tls=args.tls == "on",
         tracing=args.tracing == "on",
+        commit_window_ms=float(args.commit_window) if args.commit_window not in ("", "compare") else None,
     )
-    if args.tls == "compare" and args.tracing == "compare":
-        raise SystemExit("bench: compare one thing at a time (--tls compare or --tracing compare)")
-    if args.tls == "compare":
-        return _compare(args, cfg, "tls")
-    if args.tracing == "compare":
-        return _compare(args, cfg, "tracing")
+    compared = [
+        s
+        for s, v in (("tls", args.tls), ("tracing", args.tracing), ("commit_window", args.commit_window))
+        if v == "compare"
+    ]
+    if len(compared) > 1:
+        raise SystemExit("bench: compare one thing at a time (--tls, --tracing or --commit-window compare)")
+    if compared:
+        return _compare(args, cfg, compared[0])
     runs = []
     for i in range(args.repeat):
         figures = run(replace(cfg, seed=cfg.seed + i))
@@ -342,6 +359,8 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _switched(cfg: RunConfig, switch: str, on: bool) -> RunConfig:
+    if switch == "commit_window":
+        return replace(cfg, commit_window_ms=None if on else 0.0)  # on: the shards' default window
     return replace(cfg, tls=on) if switch == "tls" else replace(cfg, tracing=on)
 
 
@@ -371,6 +390,8 @@ def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
     }
     print(f"{switch} cost (median of {args.repeat} run(s) each side)")
     print(f"  throughput  {off['throughput_sagas_per_s']:g} -> {on_['throughput_sagas_per_s']:g} sagas/s")
+    print(f"  p50 / p99   {off['p50_ms']:g} / {off['p99_ms']:g} -> {on_['p50_ms']:g} / {on_['p99_ms']:g} ms")
+    print(f"  fsyncs/saga {off['fsyncs_per_saga']:g} -> {on_['fsyncs_per_saga']:g}")
     for kind, added in cost["cpu_ms_per_saga_added"].items():
         before, after = off["cpu_ms_per_saga"][kind], on_["cpu_ms_per_saga"][kind]
         print(f"  cpu ms/saga {kind:<8} {before:g} -> {after:g}  ({added:+g})")

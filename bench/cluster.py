@@ -50,10 +50,19 @@ class Member:
 class Cluster:
     """Stubs, `shards` shards and the router in `workdir`; shards=0: the stubs alone (the stub micro-benchmark)."""
 
-    def __init__(self, workdir: Path, shards: int, tls: bool = False, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        shards: int,
+        tls: bool = False,
+        env: Mapping[str, str] | None = None,
+        shard_config: str = "",
+    ) -> None:
         """tls: mutual TLS on every hop (LocalSystem's local CA); the load generators and the ledger check get
         certificates of their own (client_tls). env: more environment for every process (OTEL_* for traces)."""
-        options = SystemOptions(workdir, shards=shards, dashboard=False, tls=tls, env=dict(env or {}))
+        options = SystemOptions(
+            workdir, shards=shards, dashboard=False, tls=tls, env=dict(env or {}), shard_config=shard_config
+        )
         self.system = LocalSystem(options, log_dir=workdir, cwd=REPO_ROOT)
 
     def client_tls(self, name: str) -> TlsFiles:

@@ -59,6 +59,8 @@ class RunConfig:
     """Mutual TLS on every hop, load generators included (LocalSystem's local CA)."""
     tracing: bool = False
     """Every process exports traces over OTLP (common.tracing) to a receiver in the bench process that counts them."""
+    commit_window_ms: float | None = None
+    """The shards' [group_commit] window_ms (None: their default; 0: no window)."""
 
     @property
     def label(self) -> str:
@@ -74,6 +76,8 @@ class RunConfig:
             base += "-tls"
         if self.tracing:
             base += "-otel"
+        if self.commit_window_ms is not None:
+            base += f"-cw{self.commit_window_ms:g}"
         return f"{base}-s{self.shards}"
 
 
@@ -154,7 +158,9 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
     # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
     receiver = OtlpReceiver(keep=False).start() if cfg.tracing else None
-    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=receiver.environment(None) if receiver else None)
+    shard_config = "" if cfg.commit_window_ms is None else f"[group_commit]\nwindow_ms = {cfg.commit_window_ms:g}\n"
+    env = receiver.environment(None) if receiver else None
+    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
     try:

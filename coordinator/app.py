@@ -69,6 +69,7 @@ class ShardApp:
             max_batch=cfg.limits.journal_max_batch,
             metrics=metrics,
             replicated=bool(cfg.replication.litestream_socket),
+            window=cfg.group_commit,
         )
         await journal.open()
         try:

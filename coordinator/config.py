@@ -181,6 +181,21 @@ class Wal:
 
 
 @dataclass(frozen=True)
+class GroupCommit:
+    """The journal's commit window ([group_commit]), after PostgreSQL's commit_delay/commit_siblings. Each commit is
+    one fsync, and each step of a saga waits for one (its intent is durable before its call). The writer commits
+    together whatever piled up during the previous commit, but with 20 sagas in flight a shard still made 1.4 commits
+    a saga. With at least `siblings` sagas in flight, the writer waits up to `window_ms` until every one of them has
+    something to commit (bench/README.md "commit window": fsyncs a saga and what the window costs in latency).
+    A saga alone never waits; with slow services and little load, a smaller window keeps steps quicker."""
+
+    window_ms: float = 25.0
+    """Longest a commit waits for more writers; 0 turns the window off."""
+    siblings: int = 4
+    """Sagas in flight from which the window applies."""
+
+
+@dataclass(frozen=True)
 class Replication:
     """The journal's continuous replication by Litestream (coordinator/replication.py, deploy/README.md "Availability
     and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
@@ -247,6 +262,7 @@ class ShardConfig:
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     wal: Wal = field(default_factory=Wal)
+    group_commit: GroupCommit = field(default_factory=GroupCommit)
     replication: Replication = field(default_factory=Replication)
     log_json: bool = False
     """Logs as JSON lines instead of human-readable text."""
@@ -293,6 +309,9 @@ class ShardConfig:
             raise ConfigError("replication.max_lag_s and replication.check_interval_s must be > 0")
         if r.batch_sagas > 500:
             raise ConfigError("retention.batch_sagas must be <= 500 (each batch holds the journal writer)")
+        g = self.group_commit
+        if not (0 <= g.window_ms <= 1000 and g.siblings >= 2):
+            raise ConfigError("group_commit: need 0 <= window_ms <= 1000 and siblings >= 2")
         w = self.wal
         if w.limit_bytes < 1 or not w.checkpoint_interval_s > 0 or w.idle_queue < 0 or w.checkpoint_busy_ms < 0:
             raise ConfigError("wal: need limit_bytes >= 1, checkpoint_interval_s > 0, idle_queue >= 0, busy_ms >= 0")

@@ -23,6 +23,7 @@ import aiosqlite
 from loguru import logger
 
 from . import crashpoints
+from .config import GroupCommit
 from .errors import JournalUnavailable
 from .metrics import ShardMetrics
 from .model import TERMINAL_STATES, SagaState, check_transition
@@ -283,13 +284,23 @@ class TransitionConflict(JournalUnavailable):
 
 class Journal:
     def __init__(
-        self, path: str, max_batch: int = 4096, metrics: ShardMetrics | None = None, replicated: bool = False
+        self,
+        path: str,
+        max_batch: int = 4096,
+        metrics: ShardMetrics | None = None,
+        replicated: bool = False,
+        window: GroupCommit | None = None,
     ) -> None:
-        """replicated: Litestream replicates the file and runs its checkpoints; SQLite's automatic ones are off."""
+        """replicated: Litestream replicates the file and runs its checkpoints; SQLite's automatic ones are off.
+        window: how long a commit may wait for more writers (config [group_commit]; None: never waits)."""
         self.replicated = replicated
         self.path = path
         self._metrics = metrics
         self._max_batch = max_batch
+        self._window = window or GroupCommit(window_ms=0)
+        self.writers: Callable[[], int] = lambda: 0
+        """How many tasks write to the journal now (the shard: its sagas in flight); sizes the commit window's wait."""
+        self._gathering: tuple[asyncio.Future[None], int] | None = None
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._c: aiosqlite.Connection | None = None
@@ -353,6 +364,8 @@ class Journal:
         """Commits what is pending, then closes."""
         self._closing = True
         self._wakeup.set()
+        if self._gathering is not None:
+            _ok(self._gathering[0])
         if self._writer is not None:
             await self._writer
         for db in (self._c, self._r, self._w):
@@ -374,6 +387,8 @@ class Journal:
             return fut
         self._pending.append((records, fut))
         self._wakeup.set()
+        if self._gathering is not None and len(self._pending) >= self._gathering[1]:
+            _ok(self._gathering[0])
         return fut
 
     async def write(self, records: Sequence[Record]) -> None:
@@ -392,6 +407,7 @@ class Journal:
                     self._pending.popleft()
                     await self._run_upkeep(head)
                     continue
+                await self._gather()
                 batch: list[tuple[Sequence[Record], asyncio.Future[None]]] = []
                 size = 0
                 while self._pending:
@@ -404,6 +420,24 @@ class Journal:
                 await self._commit_batch(batch)
             if self._closing and not self._pending:
                 return
+
+    async def _gather(self) -> None:
+        """The commit window (PostgreSQL's commit_delay, config [group_commit]): with at least `siblings` writers
+        about, wait up to `window_ms` until each of them has something to commit, so that one fsync serves them all.
+        Bounded, and only under concurrency: a lone saga never waits. Sagas that share a commit then make their calls
+        together and come back together: the window groups them into rounds."""
+        window, writers = self._window, self.writers()
+        if window.window_ms <= 0 or writers < window.siblings or self._closing or len(self._pending) >= writers:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(window.window_ms / 1000, _ok, fut)
+        self._gathering = (fut, writers)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     @property
     def queued(self) -> int:

@@ -70,6 +70,7 @@ class Shard:
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
         self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
+        journal.writers = lambda: self.in_flight - self.waiting
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()

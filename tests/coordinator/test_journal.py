@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from coordinator.config import GroupCommit
 from coordinator.journal import MIGRATIONS, Journal, NewSaga, StateChange, TransitionConflict
 from coordinator.model import IllegalTransition, SagaState
 from coordinator.saga import Event, EventKind, SagaRecord
@@ -115,3 +117,52 @@ async def test_a_journal_used_without_the_upkeep_still_bounds_its_wal(journal: J
     written = 40 * 100 * 5 * len(detail)
     wal = (tmp_path / "j.db-wal").stat().st_size
     assert written > 5 * limit and wal < 3 * limit, (written, wal)
+
+
+async def _steps(journal: Journal, i: int, steps: int, pause_s: float) -> None:
+    """A saga-like writer: its creation, then `steps` events, each written after a pause (its call) and waited for."""
+    await journal.write([NewSaga(saga(i))])
+    for seq in range(1, steps + 1):
+        await asyncio.sleep(pause_s * (1 + (i * 7 + seq) % 5) / 3)  # calls of uneven length
+        await journal.write([Event(f"s-{i}", seq, 0, EventKind.STARTED, SagaState.RUNNING, step=1)])
+
+
+async def _commits_for(tmp_path: Path, name: str, window_ms: float, writers: int) -> tuple[int, float]:
+    j = Journal(str(tmp_path / name), window=GroupCommit(window_ms=window_ms, siblings=4))
+    await j.open()
+    j.writers = lambda: writers
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(_steps(j, i, 5, 0.006) for i in range(writers)))
+    finally:
+        await j.close()
+    return j.stats.commits, time.monotonic() - started
+
+
+async def test_the_commit_window_groups_sagas_in_flight_into_fewer_commits(tmp_path: Path) -> None:
+    """20 writers, each waiting for its commit and then "calling" for 2-10 ms: without a window commits group only what
+    piled up during the previous one; with it, one commit serves (nearly) every writer."""
+    without, _ = await _commits_for(tmp_path, "off.db", 0, 20)
+    with_window, _ = await _commits_for(tmp_path, "on.db", 200, 20)
+    print(f"commits: {without} without the window, {with_window} with it")
+    assert with_window <= 12 < without, (with_window, without)  # 6 writes each: 6 rounds, plus stragglers
+
+
+async def test_a_lone_writer_never_waits_and_the_window_is_bounded(tmp_path: Path) -> None:
+    # Below `siblings` writers in flight there is no window: 6 commits of one writer under a 10 s window take far less.
+    _, alone_s = await _commits_for(tmp_path, "alone.db", 10_000, 1)
+    assert alone_s < 5.0
+    # A shard that counts 8 sagas in flight of which only one writes: each commit waits the window out, no longer.
+    j = Journal(str(tmp_path / "bounded.db"), window=GroupCommit(window_ms=50, siblings=4))
+    await j.open()
+    j.writers = lambda: 8
+    started = time.monotonic()
+    await _steps(j, 0, 3, 0)
+    took = time.monotonic() - started
+    # Closing while a commit waits in its window commits at once.
+    waiting = asyncio.ensure_future(j.write([Event("s-0", 4, 0, EventKind.STARTED, SagaState.RUNNING, step=1)]))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(j.close(), 5)
+    await waiting
+    assert 4 * 0.05 <= took < 10.0, took
+    assert j.stats.commits == 5
