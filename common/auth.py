@@ -378,6 +378,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._auth = authenticator
         self._on_denied = on_denied
         self._identify = identify
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -386,11 +387,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # the same handler wrapped the same way: not rebuilt on every call
         if handler is None or self._auth.policy.roles_for_method(method) == frozenset():
             return handler  # unknown method (gRPC answers UNIMPLEMENTED), or open to all: health, reflection
-        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             try:
                 principal = self._auth.check(method, metadata, self._identify(context))
             except AuthError as e:
@@ -399,7 +403,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(e.code, e.message)
             _current.set(principal)
 
-        return _wrap(handler, admit)
+        wrapped = _wrap(handler, admit)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _wrap(
