@@ -146,7 +146,8 @@ class Engine:
             wait_s = self._due_in_s(*progress.retry_due(Action.FORWARD))
             if self._clock.monotonic() + wait_s >= run.deadline_mono:
                 return ForwardResult(StepOutcome.EXPIRED)
-            await self._clock.sleep(wait_s)
+            if wait_s > 0:  # a first attempt does not yield: its intent joins the commit of the saga's creation
+                await self._clock.sleep(wait_s)
             attempt = progress.forward_attempts + 1
             spent_before_ms = progress.forward_spent_ms
             began = self._clock.monotonic()
@@ -253,7 +254,8 @@ class Engine:
         policy = self._cfg.compensate
         while True:
             progress = run.record.steps[step]
-            await self._clock.sleep(self._due_in_s(*progress.retry_due(Action.COMPENSATE)))
+            if (wait_s := self._due_in_s(*progress.retry_due(Action.COMPENSATE))) > 0:
+                await self._clock.sleep(wait_s)
             made, spent_before_ms = progress.budget_used(Action.COMPENSATE)
             attempt = progress.compensate_attempts + 1
             began = self._clock.monotonic()

@@ -228,7 +228,10 @@ class Shard:
         # ready tasks submit before it takes a batch). The engine sends nothing, and the caller is answered nothing,
         # before this future resolves: nothing goes out or is acknowledged before the saga is durable.
         creation = self.journal.submit([NewSaga(rec.copy()), created])
-        run = self._launch(rec, created=creation)
+        # The request in memory, not the sealed blob opened again: the payload is the same either way.
+        items = tuple((i.item_id, i.quantity) for i in req.items)
+        payload = SagaPayload(saga_id, req.order_id, req.user_id, items, req.payment_info)
+        run = self._launch(rec, created=creation, payload=payload)
         self.metrics.started.inc()
         creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
         return run
@@ -240,12 +243,18 @@ class Shard:
                 if self._live.get(run.record.order_id) is run and run.task is None:
                     self._start_task(run)
 
-    def _launch(self, rec: SagaRecord, created: asyncio.Future[None] | None, start: bool = True) -> SagaRun:
-        payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.saga_id, rec.payment_sealed))
-        req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
-        payload = SagaPayload(
-            rec.saga_id, rec.order_id, rec.user_id, tuple((i.item_id, i.quantity) for i in req.items), payment
-        )
+    def _launch(
+        self,
+        rec: SagaRecord,
+        created: asyncio.Future[None] | None,
+        start: bool = True,
+        payload: SagaPayload | None = None,
+    ) -> SagaRun:
+        if payload is None:
+            payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.saga_id, rec.payment_sealed))
+            req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
+            items = tuple((i.item_id, i.quantity) for i in req.items)
+            payload = SagaPayload(rec.saga_id, rec.order_id, rec.user_id, items, payment)
         remaining_s = (rec.deadline_epoch_ms - self.clock.now_epoch_ms()) / 1000
         loop = asyncio.get_running_loop()
         run = SagaRun(
