@@ -105,11 +105,22 @@ def _cpu_by_kind(pids: dict[str, list[int]]) -> dict[str, float]:
 def _counters(cluster: Cluster) -> dict[str, float]:
     shard_text = [c.metrics_text() for c in cluster.of_kind("shard")]
     stubs_text = cluster.of_kind("stubs")[0].metrics_text()
+    router_text = [c.metrics_text() for c in cluster.of_kind("router")]
+
+    def shards(name: str) -> float:
+        return sum(metric_sum(t, name) for t in shard_text)
+
     return {
-        "journal_commits": sum(metric_sum(t, "saga_journal_commits_total") for t in shard_text),
-        "sagas_started": sum(metric_sum(t, "saga_started_total") for t in shard_text),
+        "journal_commits": shards("saga_journal_commits_total"),
+        "sagas_started": shards("saga_started_total"),
         "stub_transactions": metric_sum(stubs_text, "saga_stub_store_transactions_total"),
         "stub_calls": metric_sum(stubs_text, "saga_stub_calls_total"),
+        # Time spent, summed over the window (the c=1 budget: where each millisecond of a saga goes).
+        "router_forward_s": sum(metric_sum(t, "saga_router_forward_seconds_sum") for t in router_text),
+        "place_order_s": shards("saga_place_order_seconds_sum"),
+        "journal_commit_s": shards("saga_journal_commit_seconds_sum"),
+        "step_calls_s": shards("saga_step_duration_seconds_sum"),
+        "stub_commit_s": metric_sum(stubs_text, "saga_stub_store_commit_seconds_total"),
     }
 
 
@@ -305,4 +316,14 @@ def _figures(
         "other_cores_busy": round(others / window_s, 2),
         "open_loop_sender_lag_max_ms": round(max(r["lag_max_ms"] for r in results), 2),
         "cores": os.cpu_count() or 0,
+        "time_ms_per_saga": {
+            name: round((after[key] - before[key]) * 1e3 / per, 3)
+            for name, key in (
+                ("router_forward", "router_forward_s"),
+                ("place_order", "place_order_s"),
+                ("journal_commits", "journal_commit_s"),
+                ("service_calls", "step_calls_s"),
+                ("stub_writes", "stub_commit_s"),
+            )
+        },
     }

@@ -11,6 +11,7 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_duration_seconds{outcome}                  acceptance to terminal/parked
     saga_ttl_expired_total                          sagas whose deadline made them compensate
     saga_shed_total                                 PlaceOrder refused with RESOURCE_EXHAUSTED
+    saga_place_order_seconds                        PlaceOrder at this shard, arrival to answer
     saga_step_duration_seconds{step,action}         one downstream attempt
     saga_step_attempts_total{step,action,code}      downstream attempts by reply code
     saga_step_retries_total{step,action,code}       attempts that were retried
@@ -73,6 +74,12 @@ class ShardMetrics:
         self.completed = Counter("saga_completed", "Sagas ended or parked, by outcome", ["outcome"], registry=r)
         self.duration = Histogram(
             "saga_duration_seconds", "Saga acceptance to end", ["outcome"], buckets=_SAGA_BUCKETS, registry=r
+        )
+        self.place_order_seconds = Histogram(
+            "saga_place_order_seconds",
+            "PlaceOrder handled at this shard, arrival to answer (a synchronous one waits for its saga's end)",
+            buckets=_SAGA_BUCKETS,
+            registry=r,
         )
         self.ttl_expired = Counter("saga_ttl_expired", "Sagas whose deadline passed", registry=r)
         self.shed = Counter("saga_shed", "PlaceOrder refused for overload", registry=r)

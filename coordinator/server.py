@@ -7,6 +7,7 @@ the admin handlers name in the audit trail the principal it authenticated (curre
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
@@ -84,15 +85,19 @@ def operator_name() -> str:
 class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
     def __init__(self, shard: Shard) -> None:
         self._shard = shard
+        self._place_order_seconds = shard.metrics.place_order_seconds
 
     async def PlaceOrder(
         self, request: saga_pb2.PlaceOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.PlaceOrderResponse:
+        started = time.perf_counter()
         try:
             trace = saga_trace(context) if tracing.enabled() else ""
             placed = await self._shard.place_order(request, ring_epoch(context), trace)
         except SagaError as e:
             await abort(context, e)
+        finally:
+            self._place_order_seconds.observe(time.perf_counter() - started)
         return convert.place_order_response(placed.saga, placed.pending)
 
     async def GetSaga(

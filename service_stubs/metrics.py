@@ -41,6 +41,9 @@ class StubCollector(Collector):
         transactions = CounterMetricFamily(
             "saga_stub_store_transactions", "SQLite transactions committed (group commit)", labels=["service"]
         )
+        commit_seconds = CounterMetricFamily(
+            "saga_stub_store_commit_seconds", "Time in SQLite transactions, fsync included", labels=["service"]
+        )
         rows = CounterMetricFamily("saga_stub_store_rows", "Rows made durable", labels=["service"])
         keys = GaugeMetricFamily("saga_stub_idempotency_keys", "Idempotency keys held", labels=["service"])
         in_progress = GaugeMetricFamily(
@@ -48,10 +51,12 @@ class StubCollector(Collector):
         )
         for name, service in self._services.items():
             transactions.add_metric([name], service.store.transactions)
+            commit_seconds.add_metric([name], service.store.commit_seconds)
             rows.add_metric([name], service.store.rows_written)
             keys.add_metric([name], len(service.keys))
             in_progress.add_metric([name], len(service.in_progress))
         yield transactions
+        yield commit_seconds
         yield rows
         yield keys
         yield in_progress

@@ -211,6 +211,8 @@ class Store:
         self.transactions = 0
         """Transactions committed: far fewer than calls under load, which is the point of group commit."""
         self.rows_written = 0
+        self.commit_seconds = 0.0
+        """Time spent in transactions, fsync included (the bench's c=1 budget: what a durable stub write costs)."""
         self._last_commit: asyncio.Future[None] | None = None
 
     @classmethod
@@ -272,6 +274,7 @@ class Store:
     def write(self, key_rows: Sequence[KeyRow], stock_rows: Sequence[StockRow]) -> None:
         """One transaction (writer thread only)."""
         conn = self._conn
+        started = time.perf_counter()
         conn.execute("BEGIN")
         try:
             if key_rows:
@@ -283,6 +286,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self.commit_seconds += time.perf_counter() - started
         self.transactions += 1
         self.rows_written += len(key_rows) + len(stock_rows)
 
