@@ -304,6 +304,7 @@ class Journal:
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._c: aiosqlite.Connection | None = None
+        self._q: sqlite3.Connection | None = None
         """The checkpointer's connection: PASSIVE checkpoints beside the writer, never holding it."""
         self._pending: deque[tuple[Sequence[Record], asyncio.Future[None]] | _Upkeep] = deque()
         self._wakeup = asyncio.Event()
@@ -339,6 +340,9 @@ class Journal:
         await self._r.execute("PRAGMA busy_timeout=5000")
         self._c = await aiosqlite.connect(self.path, isolation_level=None)
         await self._c.execute("PRAGMA busy_timeout=100")
+        # The loop thread's own read connection (find_order): never waits (busy_timeout 0), never writes.
+        self._q = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        self._q.execute("PRAGMA busy_timeout=0")
         self._writer = asyncio.create_task(self._run(), name=f"journal-writer:{self.path}")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
@@ -368,6 +372,9 @@ class Journal:
             _ok(self._gathering[0])
         if self._writer is not None:
             await self._writer
+        if self._q is not None:
+            self._q.close()
+            self._q = None
         for db in (self._c, self._r, self._w):
             if db is not None:
                 await db.close()
@@ -558,6 +565,21 @@ class Journal:
 
     # ---- reads (committed data only) ----------------------------------------------------------------------------
 
+    async def find_order(self, order_id: str) -> SagaRecord | None:
+        """get_by_order(order_id, with_events=False, kept=True), asked on the event loop's own thread: PlaceOrder asks
+        it for every new order, and a point read of two indexes in a WAL file (committed data, never waiting for the
+        writer) costs far less than the hand-off to a reader thread and back (about 0.2 ms of a saga at c=1). Should
+        SQLite answer busy (a WAL being recovered), the reader thread asks instead, with its patience."""
+        assert self._q is not None, "journal not open"
+        sql, args = _order_query(order_id, kept=True)
+        try:
+            row = self._q.execute(sql, args).fetchone()
+        except sqlite3.OperationalError:
+            return await self.get_by_order(order_id, with_events=False, kept=True)
+        if row is None:
+            return None
+        return _kept_from_row(row) if row[2] is None else _saga_from_row(row)
+
     @property
     def _reader(self) -> aiosqlite.Connection:
         assert self._r is not None, "journal not open"
@@ -566,23 +588,13 @@ class Journal:
     async def get_by_order(self, order_id: str, with_events: bool = True, kept: bool = False) -> SagaRecord | None:
         """The order's saga. kept: else what retention kept of it (DedupRecord.as_saga(): no steps), in the same
         read, so PlaceOrder's lookup of a new order costs one query either way."""
-        if kept:
-            sql = (
-                f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ? UNION ALL SELECT saga_id, order_id, NULL, NULL, "
-                "NULL, payload_hash, state, created_at_epoch_ms, finished_at_epoch_ms, finished_at_epoch_ms, message, "
-                "'', '' FROM order_dedup WHERE order_id = ? LIMIT 1"
-            )
-            args: tuple[str, ...] = (order_id, order_id)
-        else:
-            sql, args = f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)
+        sql, args = _order_query(order_id, kept)
         async with self._reader.execute(sql, args) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
         if row[2] is None:  # user_id is NOT NULL in sagas: this row is order_dedup's
-            return DedupRecord(
-                str(row[1]), str(row[5]), SagaState(int(row[6])), str(row[10]), str(row[0]), int(row[7]), int(row[8])
-            ).as_saga()
+            return _kept_from_row(row)
         rec = _saga_from_row(row)
         if with_events:
             events = await self.events(rec.saga_id)
@@ -997,6 +1009,25 @@ def _event_from_row(r: sqlite3.Row | tuple[object, ...]) -> Event:
         wait_ms=int(r[10]),  # type: ignore[arg-type]
         spent_ms=int(r[11]),  # type: ignore[arg-type]
     )
+
+
+def _order_query(order_id: str, kept: bool) -> tuple[str, tuple[str, ...]]:
+    """The read of an order's saga row, or (kept) of what retention kept of it when the row is gone."""
+    if not kept:
+        return f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ?", (order_id,)
+    sql = (
+        f"SELECT {_SAGA_COLUMNS} FROM sagas WHERE order_id = ? UNION ALL SELECT saga_id, order_id, NULL, NULL, "
+        "NULL, payload_hash, state, created_at_epoch_ms, finished_at_epoch_ms, finished_at_epoch_ms, message, "
+        "'', '' FROM order_dedup WHERE order_id = ? LIMIT 1"
+    )
+    return sql, (order_id, order_id)
+
+
+def _kept_from_row(row: Any) -> SagaRecord:
+    """An order_dedup row of _order_query(kept=True) (its user_id column is NULL) as a saga without steps."""
+    return DedupRecord(
+        str(row[1]), str(row[5]), SagaState(int(row[6])), str(row[10]), str(row[0]), int(row[7]), int(row[8])
+    ).as_saga()
 
 
 def _size(path: str) -> int:

@@ -189,7 +189,7 @@ class Shard:
         self._creating[req.order_id] = gate
         try:
             # A saga of this order, or what retention kept of it: the original answer, never a second saga.
-            existing = await self.journal.get_by_order(req.order_id, with_events=False, kept=True)
+            existing = await self.journal.find_order(req.order_id)
             if existing is not None:
                 self._check_same(existing, payload_hash)
                 return Placed(existing, pending=False)
