@@ -543,7 +543,10 @@ class Engine:
             note=note,
             extra=extra,
         )
-        logger.info("saga {} {}", new.name, run.record.message)
+        # A success is routine: DEBUG (metrics count them, the journal keeps each). What needs a look is INFO. One
+        # INFO line a saga cost the shard about 5% of its CPU at 300 sagas/s.
+        log = logger.debug if new is SagaState.SUCCEEDED else logger.info
+        log("saga {} {}", new.name, run.record.message)
 
     async def _append(self, run: SagaRun, records: Sequence[Record], wait: bool) -> None:
         """Applies the records' events to the working record now, to the durable view once committed."""

@@ -144,9 +144,17 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
     assert any(s.name == "saga SUCCEEDED" for s in spans)
     assert_no_secret(receiver.spans)
 
-    # The shard's log lines of this saga lead to its trace.
+    # A saga's log lines lead to its trace (a declined one: a success logs nothing at INFO).
+    client = Client(receiver, cluster.router.address)
+    try:
+        with client.tracer.start_as_current_span("checkout") as declined_root:
+            declined = await client.saga.PlaceOrder(place_request("trace-declined-1", token="tok_declined"), timeout=60)
+        assert declined.status == saga_pb2.FAILED, declined
+    finally:
+        await client.close()
+    declined_trace = format(declined_root.get_span_context().trace_id, "032x")
     shard_log = (tmp_path / f"{shard_in.instance}.log").read_text()
-    assert f"trace_id={trace_id}" in shard_log
+    assert f"trace_id={declined_trace}" in shard_log
 
 
 async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluster, receiver: OtlpReceiver) -> None:
