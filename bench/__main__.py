@@ -47,10 +47,8 @@ TARGETS: tuple[tuple[str, float, str, str], ...] = (
     ("fsyncs_per_saga", 0.5, "max", "closed-c64"),
     ("p50_ms", 4, "max", "closed-c1"),
 )
-FLOOR_CALLS = 10_000
-"""Empty unary calls (at concurrency 64) that measure the gRPC floor before a cluster run."""
-BUDGET_SAGAS, BUDGET_WARMUP = 300, 30
-"""The c=1 run after a cluster run: where each millisecond of one saga goes."""
+BUDGET_WARMUP = 30
+"""Sagas before the c=1 budget run's window."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="the shards' commit window in ms (0: none; default: theirs); compare: none and the default alternated",
     )
+    p.add_argument("--floor-calls", type=int, default=10_000, help="empty calls measuring the gRPC floor (c=64)")
+    p.add_argument("--budget-sagas", type=int, default=300, help="sagas of the c=1 run after a cluster run")
     p.add_argument("--no-floor", action="store_true", help="skip the gRPC floor (and the CPU ratios to it)")
     p.add_argument("--no-budget", action="store_true", help="skip the c=1 run and its latency budget")
     p.add_argument("--repeat", type=int, default=1, help="fresh runs; the summary is each figure's median")
@@ -122,6 +122,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ("--max-outstanding", args.max_outstanding, 1, 100_000),
         ("--loadgen-procs", args.loadgen_procs, 1, 16),
         ("--repeat", args.repeat, 1, 20),
+        ("--floor-calls", args.floor_calls, 100, 1_000_000),
+        ("--budget-sagas", args.budget_sagas, 1, 1_000_000),
         ("--journal-sagas", args.journal_sagas, 1, 1_000_000),
         ("--journal-writers", args.journal_writers, 1, 10_000),
         ("--scale-sagas", args.scale_sagas, 10, 50_000_000),
@@ -363,7 +365,7 @@ def _cluster(args: argparse.Namespace) -> int:
         print(_ratios(summary, floor), flush=True)
     budget_run = summary if cfg.mode == "closed" and cfg.concurrency == 1 else None
     if budget_run is None and not args.no_budget and cfg.mode == "closed" and not cfg.profile_dir:
-        budget_cfg = replace(cfg, concurrency=1, sagas=BUDGET_SAGAS, warmup=BUDGET_WARMUP, loadgen_procs=1)
+        budget_cfg = replace(cfg, concurrency=1, sagas=args.budget_sagas, warmup=BUDGET_WARMUP, loadgen_procs=1)
         budget_run = run(budget_cfg)
         summary["budget_c1"] = {k: budget_run[k] for k in ("label", "p50_ms", "p99_ms", "mean_ms", "errors")}
         summary["budget_c1"]["time_ms_per_saga"] = budget_run["time_ms_per_saga"]
@@ -384,8 +386,8 @@ def _floor(args: argparse.Namespace) -> dict[str, float] | None:
     """The gRPC floor of this machine now (bench/grpc_floor.py): CPU of one empty unary call, server and client."""
     if args.no_floor:
         return None
-    print(f"measuring the gRPC floor ({FLOOR_CALLS} empty unary calls at concurrency 64)", file=sys.stderr)
-    figures = grpc_floor.run(FLOOR_CALLS, 64)
+    print(f"measuring the gRPC floor ({args.floor_calls} empty unary calls at concurrency 64)", file=sys.stderr)
+    figures = grpc_floor.run(args.floor_calls, 64)
     return {"server_us": figures["server_cpu_us_per_call"], "client_us": figures["client_cpu_us_per_call"]}
 
 

@@ -40,11 +40,21 @@ def _bench(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str
 def test_cluster_run_reports_every_figure(tmp_path: Path) -> None:
     proc = _bench(
         "--sagas", "20", "--warmup", "2", "--shards", "1", "--concurrency", "4", "--fail-rate", "0.3",
-        "--results-dir", str(tmp_path),
+        "--floor-calls", "300", "--budget-sagas", "5", "--results-dir", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert KEYS <= set(figures), KEYS - set(figures)
+    # The gRPC floor of the same invocation, the ratios to it, and the c=1 budget (printed, and in the JSON).
+    assert figures["grpc_floor_us"]["server_us"] > 0 and figures["grpc_floor_us"]["client_us"] > 0
+    assert figures["floor_ratio"]["shard"] > 0 and figures["floor_ratio"]["router"] > 0
+    assert "over its floor" in proc.stdout and "c=1 budget" in proc.stdout
+    budget = figures["budget_c1"]
+    assert budget["errors"] == 0 and budget["label"].startswith("closed-c1-")
+    assert set(budget["time_ms_per_saga"]) == {
+        "router_forward", "place_order", "journal_commits", "service_calls", "stub_writes"
+    }  # fmt: skip
+    assert 0 < budget["time_ms_per_saga"]["place_order"] < budget["time_ms_per_saga"]["router_forward"]
     assert set(figures["cpu_ms_per_saga"]) == {"router", "shard", "stubs", "loadgen"}
     assert sum(figures["outcomes"].values()) == figures["sagas"] == 20
     assert figures["errors"] == 0
@@ -59,8 +69,8 @@ def test_cluster_run_reports_every_figure(tmp_path: Path) -> None:
 def test_direct_run_places_through_a_client_per_shard(tmp_path: Path) -> None:
     # --direct: the load generator holds one sagaclient.SagaClient per shard and picks the owner by the router's ring.
     proc = _bench(
-        "--sagas", "12", "--warmup", "2", "--shards", "2", "--concurrency", "4", "--direct",
-        "--results-dir", str(tmp_path),
+        "--sagas", "12", "--warmup", "2", "--shards", "2", "--concurrency", "4", "--direct", "--no-floor",
+        "--no-budget", "--results-dir", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
