@@ -70,7 +70,10 @@ class Shard:
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
         self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
-        journal.writers = lambda: self.in_flight - self.waiting
+        self._driving = 0
+        """Saga tasks running now: the journal's writers (a saga waiting on an operation, or not yet resumed after a
+        restart, has no task and writes nothing: the commit window must not wait for it)."""
+        journal.writers = lambda: self._driving
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()
@@ -276,6 +279,11 @@ class Shard:
 
     def _start_task(self, run: SagaRun) -> None:
         run.task = asyncio.create_task(self._supervise(run), name=f"saga:{run.record.order_id}")
+        self._driving += 1
+        run.task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        self._driving -= 1
 
     async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.config import ConfigError, Limits, ShardConfig, load
+from coordinator.config import ConfigError, GroupCommit, Limits, ShardConfig, load
 from coordinator.errors import CallClass, InvalidRequest, classify
 from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
 from coordinator.saga import SagaRecord, StepProgress
@@ -116,6 +116,8 @@ def test_config_layers_and_errors(tmp_path) -> None:
     f.write_text("[compensate]\nmax_attempts = 4\n")
     compensate = load(f, env={}).compensate
     assert (compensate.max_attempts, compensate.max_backoff_ms) == (4, ShardConfig().compensate.max_backoff_ms)
+    f.write_text("[group_commit]\nwindow_ms = 2\n")  # an int where the setting is a float: taken as 2.0
+    assert load(f, env={}).group_commit == GroupCommit(window_ms=2.0, siblings=4)
     for text, message in [
         ("bogus = 1", "unknown setting bogus"),
         ("default_ttl_ms = 'x'", "default_ttl_ms must be int"),
@@ -123,6 +125,8 @@ def test_config_layers_and_errors(tmp_path) -> None:
         ("listen = 'nope'", "listen must be host:port"),
         ("default_ttl_ms = 5\nmax_ttl_ms = 1", "default_ttl_ms <= max_ttl_ms"),
         ("[limits]\nmax_in_flight = 0", "limits.max_in_flight"),
+        ("[group_commit]\nwindow_ms = -1", "group_commit: need 0 <= window_ms"),
+        ("[group_commit]\nsiblings = 1", "siblings >= 2"),
         ("x = [", "not valid TOML"),
     ]:
         f.write_text(text)
