@@ -185,14 +185,19 @@ class GroupCommit:
     """The journal's commit window ([group_commit]), after PostgreSQL's commit_delay/commit_siblings. Each commit is
     one fsync, and each step of a saga waits for one (its intent is durable before its call). The writer commits
     together whatever piled up during the previous commit, but with 20 sagas in flight a shard still made 1.4 commits
-    a saga. With at least `siblings` sagas in flight, the writer waits up to `window_ms` until every one of them has
-    something to commit (bench/README.md "commit window": fsyncs a saga and what the window costs in latency).
-    A saga alone never waits; with slow services and little load, a smaller window keeps steps quicker."""
+    a saga. While the shard has more work than CPU (its event loop runs `busy_lag_ms` late or more) and at least
+    `siblings` sagas are running, the writer waits up to `window_ms` until as many submissions are pending as sagas are
+    running (bench/README.md "commit window": fsyncs a saga, CPU, and what it costs in latency: nothing measurable
+    when it applies, since the sagas would have waited for CPU anyway). An idle or lightly loaded shard never waits."""
 
     window_ms: float = 25.0
     """Longest a commit waits for more writers; 0 turns the window off."""
     siblings: int = 4
-    """Sagas in flight from which the window applies."""
+    """Sagas running from which the window applies."""
+    busy_lag_ms: float = 0.5
+    """The window applies only while the shard's timers wake at least this late on average (a 20 ms sleep: about 0.2
+    ms late when idle; later when the process waits for CPU). 0: whenever `siblings` sagas are running, loaded or not:
+    then commits also wait for sagas still in calls to slow services (up to `window_ms` a step)."""
 
 
 @dataclass(frozen=True)
@@ -310,8 +315,8 @@ class ShardConfig:
         if r.batch_sagas > 500:
             raise ConfigError("retention.batch_sagas must be <= 500 (each batch holds the journal writer)")
         g = self.group_commit
-        if not (0 <= g.window_ms <= 1000 and g.siblings >= 2):
-            raise ConfigError("group_commit: need 0 <= window_ms <= 1000 and siblings >= 2")
+        if not (0 <= g.window_ms <= 1000 and g.siblings >= 2 and g.busy_lag_ms >= 0):
+            raise ConfigError("group_commit: need 0 <= window_ms <= 1000, siblings >= 2 and busy_lag_ms >= 0")
         w = self.wal
         if w.limit_bytes < 1 or not w.checkpoint_interval_s > 0 or w.idle_queue < 0 or w.checkpoint_busy_ms < 0:
             raise ConfigError("wal: need limit_bytes >= 1, checkpoint_interval_s > 0, idle_queue >= 0, busy_ms >= 0")

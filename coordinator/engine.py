@@ -102,6 +102,8 @@ class Engine:
         self._caller = caller
         self._clock = clock
         self._rng = rng
+        self.resting = 0
+        """Sagas sleeping out a retry's backoff now (they write nothing until it ends)."""
 
     async def drive(self, run: SagaRun) -> None:
         """Moves the saga on until it is terminal or parked. Cancelling it is safe: the journal holds where it was."""
@@ -147,7 +149,7 @@ class Engine:
             if self._clock.monotonic() + wait_s >= run.deadline_mono:
                 return ForwardResult(StepOutcome.EXPIRED)
             if wait_s > 0:  # a first attempt does not yield: its intent joins the commit of the saga's creation
-                await self._clock.sleep(wait_s)
+                await self._rest(wait_s)
             attempt = progress.forward_attempts + 1
             spent_before_ms = progress.forward_spent_ms
             began = self._clock.monotonic()
@@ -255,7 +257,7 @@ class Engine:
         while True:
             progress = run.record.steps[step]
             if (wait_s := self._due_in_s(*progress.retry_due(Action.COMPENSATE))) > 0:
-                await self._clock.sleep(wait_s)
+                await self._rest(wait_s)
             made, spent_before_ms = progress.budget_used(Action.COMPENSATE)
             attempt = progress.compensate_attempts + 1
             began = self._clock.monotonic()
@@ -416,6 +418,14 @@ class Engine:
                 await self._park(run, step, CompensationResult(False, attempt, result.summary))
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
+
+    async def _rest(self, seconds: float) -> None:
+        """A retry's backoff: counted in `resting`, so the journal's commit window does not wait for this saga."""
+        self.resting += 1
+        try:
+            await self._clock.sleep(seconds)
+        finally:
+            self.resting -= 1
 
     def _due_in_s(self, due_at_epoch_ms: int, wait_ms: int) -> float:
         return retry.remaining_wait_s(due_at_epoch_ms, wait_ms, self._clock.now_epoch_ms())

@@ -18,6 +18,7 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_compensation_failures_total{step}          compensations that exhausted their policy
     saga_journal_commit_seconds                     one group commit (execute + fsync)
     saga_journal_batch_records                      records per commit
+    saga_journal_commit_window_seconds              a commit's wait in the commit window (when it waited)
     saga_journal_commits_total                      transactions committed (each ends in an fsync: synchronous=FULL)
     saga_journal_wal_bytes                          size of the -wal file
     saga_journal_file_bytes                         size of the journal file (the -wal file apart)
@@ -101,6 +102,12 @@ class ShardMetrics:
         )
         self.commit_seconds = Histogram(
             "saga_journal_commit_seconds", "One journal group commit", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.commit_window_seconds = Histogram(
+            "saga_journal_commit_window_seconds",
+            "Time a commit waited in the commit window for more sagas ([group_commit]; only when it waited)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_records = Histogram(
             "saga_journal_batch_records", "Records per journal commit", buckets=_BATCH_BUCKETS, registry=r

@@ -71,9 +71,10 @@ class Shard:
         self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
         self._driving = 0
-        """Saga tasks running now: the journal's writers (a saga waiting on an operation, or not yet resumed after a
-        restart, has no task and writes nothing: the commit window must not wait for it)."""
-        journal.writers = lambda: self._driving
+        """Saga tasks running now: with those not resting in a retry's backoff, the journal's writers (a saga waiting
+        on an operation, or not yet resumed after a restart, has no task and writes nothing: the commit window must
+        not wait for it)."""
+        journal.writers = lambda: self._driving - self._engine.resting
 
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()

@@ -127,16 +127,33 @@ async def _steps(journal: Journal, i: int, steps: int, pause_s: float) -> None:
         await journal.write([Event(f"s-{i}", seq, 0, EventKind.STARTED, SagaState.RUNNING, step=1)])
 
 
-async def _commits_for(tmp_path: Path, name: str, window_ms: float, writers: int) -> tuple[int, float]:
-    j = Journal(str(tmp_path / name), window=GroupCommit(window_ms=window_ms, siblings=4))
+async def _commits_for(
+    tmp_path: Path, name: str, window_ms: float, writers: int, busy_lag_ms: float = 0, busy: bool = False
+) -> tuple[int, float]:
+    j = Journal(str(tmp_path / name), window=GroupCommit(window_ms=window_ms, siblings=4, busy_lag_ms=busy_lag_ms))
     await j.open()
     j.writers = lambda: writers
+    hog = asyncio.create_task(_hog_the_loop()) if busy else None
+    if busy:
+        await asyncio.sleep(0.3)  # the lag watch sees the loop run late
     started = time.monotonic()
     try:
         await asyncio.gather(*(_steps(j, i, 5, 0.006) for i in range(writers)))
     finally:
+        if hog is not None:
+            hog.cancel()
         await j.close()
     return j.stats.commits, time.monotonic() - started
+
+
+async def _hog_the_loop() -> None:
+    """More work than CPU: the loop is blocked 6 ms at a time, so its timers fire late. (A timer between slices, not
+    sleep(0): uvloop runs callbacks scheduled while it runs the ready ones in the same pass, and would starve.)"""
+    while True:
+        until = time.perf_counter() + 0.006
+        while time.perf_counter() < until:
+            pass
+        await asyncio.sleep(0.0005)
 
 
 async def test_the_commit_window_groups_sagas_in_flight_into_fewer_commits(tmp_path: Path) -> None:
@@ -150,10 +167,10 @@ async def test_the_commit_window_groups_sagas_in_flight_into_fewer_commits(tmp_p
 
 async def test_a_lone_writer_never_waits_and_the_window_is_bounded(tmp_path: Path) -> None:
     # Below `siblings` writers in flight there is no window: 6 commits of one writer under a 10 s window take far less.
-    _, alone_s = await _commits_for(tmp_path, "alone.db", 10_000, 1)
+    _, alone_s = await _commits_for(tmp_path, "alone.db", 10_000, 1, busy_lag_ms=0)
     assert alone_s < 5.0
     # A shard that counts 8 sagas in flight of which only one writes: each commit waits the window out, no longer.
-    j = Journal(str(tmp_path / "bounded.db"), window=GroupCommit(window_ms=50, siblings=4))
+    j = Journal(str(tmp_path / "bounded.db"), window=GroupCommit(window_ms=50, siblings=4, busy_lag_ms=0))
     await j.open()
     j.writers = lambda: 8
     started = time.monotonic()
@@ -166,3 +183,13 @@ async def test_a_lone_writer_never_waits_and_the_window_is_bounded(tmp_path: Pat
     await waiting
     assert 4 * 0.05 <= took < 10.0, took
     assert j.stats.commits == 5
+
+
+async def test_the_commit_window_opens_only_while_the_loop_runs_late(tmp_path: Path) -> None:
+    """busy_lag_ms (the default 1 ms): a loop that keeps up never waits in the window (sagas on slow services, light
+    load: as many commits as with no window); a loop with more work than CPU does, and groups the writers' commits."""
+    idle, _ = await _commits_for(tmp_path, "idle.db", 200, 20, busy_lag_ms=1.0)
+    busy_off, _ = await _commits_for(tmp_path, "busy-off.db", 0, 20, busy=True)
+    busy_on, _ = await _commits_for(tmp_path, "busy-on.db", 200, 20, busy_lag_ms=1.0, busy=True)
+    print(f"commits: {idle} idle (window gated), running late {busy_off} without the window, {busy_on} with it")
+    assert idle > 12 and busy_on <= 8, (idle, busy_off, busy_on)
