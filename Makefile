@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 export SAGA_DATA_DIR ?= $(CURDIR)/.data
 
-.PHONY: setup run test proto proto-check lint fmt clean bench chaos sim soak browser-deps k8s-deps lock buf-lint buf-breaking \
-	buf-generate-check
+.PHONY: setup run test proto proto-check lint fmt clean bench chaos sim soak browser-deps k8s-deps go-deps lock buf-lint \
+	buf-breaking buf-generate-check
 
 # The venv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -28,7 +28,7 @@ setup: $(STAMP) $(BUF)
 run: setup
 	$(PY) -m deploy.local
 
-test: setup browser-deps k8s-deps
+test: setup browser-deps k8s-deps go-deps
 	$(PY) -m pytest -q
 
 # The dashboard's browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
@@ -51,6 +51,18 @@ k8s-deps:
 	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
 	    && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } ; } || \
 	  echo "promtool unavailable: the alert rules' tests will skip"
+
+# Go's protobuf and gRPC plugins and libraries (Debian's packages: offline, no module proxy), for the Go client that
+# buf.gen.yaml generates and `make buf-generate-check` builds. Installed only when missing and when this user may run
+# apt-get; without them the Go half of that check (and of its test) is skipped and says so.
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev golang-google-grpc-dev
+go-deps:
+	@{ command -v go && command -v protoc-gen-go && command -v protoc-gen-go-grpc && \
+	  test -d /usr/share/gocode/src/google.golang.org/grpc; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q --no-install-recommends $(GO_DEBS) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+	    && apt-get install -y -q --no-install-recommends $(GO_DEBS) >/dev/null 2>&1; }; } ; } || \
+	  echo "Go toolchain unavailable: the Go client's build check will skip"
 
 # deploy/requirements.lock: the image's runtime dependencies (pyproject.toml [project] dependencies), each pinned with
 # the hash of every file PyPI has for that version, so `pip install --require-hashes` in deploy/Dockerfile accepts the
@@ -99,22 +111,35 @@ buf-lint: setup
 	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
 	$(BUF) lint
 
-# Breaking changes (buf.yaml: FILE rules) against the last tag if there is one, else the previous commit; CI runs on a
-# full clone of main, so HEAD~1 exists there (a shallow clone: git fetch --unshallow). On a branch, compare with where
-# it left main: make buf-breaking BUF_AGAINST=".git#ref=$$(git merge-base HEAD origin/main)".
+# Breaking changes (buf.yaml: FILE rules) against two references: the commit where saga.v1's compatibility promise was
+# made (API_BASELINE: every change since must be additive) and the previous commit (a field added and removed again
+# after the baseline broke the clients built in between). CI runs on a full clone of main (a shallow clone: git fetch
+# --unshallow). On a branch, compare with where it left main too: BUF_AGAINST=".git#ref=$$(git merge-base HEAD
+# origin/main)". A tag, when there is one, replaces the previous commit.
+API_BASELINE := cee692189575298bf81d22e46510fce4ce1e241a
 BUF_AGAINST ?= .git\#ref=$(shell git describe --tags --abbrev=0 2>/dev/null || echo HEAD~1)
 buf-breaking: setup
 	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
+	$(BUF) breaking --against '.git#ref=$(API_BASELINE)'
 	$(BUF) breaking --against '$(BUF_AGAINST)'
+	@echo "saga.v1 compatible with $(API_BASELINE) and $(BUF_AGAINST)"
 
-# Other languages' clients (buf.gen.yaml): TypeScript generated offline with the pinned protoc-gen-es into build/ (not
-# committed) and type-checked with tsc --strict. Go's plugins are remote (need the network) and are not run here.
+# Other languages' clients: buf.gen.yaml itself, run into build/gopath (not committed); the Go package built with
+# Debian's Go libraries (GOPATH mode: no module proxy, no network) and the TypeScript type-checked with tsc --strict.
+# Without Go (make go-deps) the Go build is skipped and says so.
+GEN := build/gopath/src/example.com/yourteam/sagaapi
 buf-generate-check: setup
 	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
-	rm -rf build/gen-ts
-	$(BUF) generate --template '{"version":"v2","plugins":[{"local":"node_modules/.bin/protoc-gen-es","out":"build/gen-ts","opt":"target=ts"}]}'
+	@command -v protoc-gen-go >/dev/null 2>&1 && command -v protoc-gen-go-grpc >/dev/null 2>&1 || \
+	  { echo "protoc-gen-go/protoc-gen-go-grpc missing (make go-deps): Go client not generated"; exit 1; }
+	rm -rf build/gopath
+	$(BUF) generate --template buf.gen.yaml --path protos/saga/v1 -o $(GEN)
 	node_modules/.bin/tsc --noEmit --strict --target es2022 --module esnext --moduleResolution bundler \
-	  $$(find build/gen-ts -name '*.ts') && echo "TypeScript client generated and type-checked"
+	  $$(find $(GEN)/gen/ts -name '*.ts') && echo "TypeScript client generated and type-checked"
+	@if command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc; then \
+	  GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache \
+	    go vet example.com/yourteam/sagaapi/gen/go/... && echo "Go client generated, built and vetted"; \
+	else echo "Go toolchain missing (make go-deps): Go client generated, not built"; fi
 
 lint: setup buf-lint
 	$(VENV)/bin/ruff check .
