@@ -13,6 +13,7 @@ deadlines do, so the engine never races a call against a timer of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import random
 import time
@@ -84,6 +85,12 @@ class SagaRun:
     trace_id: str = ""
     resumed: bool = False
     """Loaded from the journal (a restart, a failover) rather than created by this process: marked on its spans."""
+
+
+RETRY_IF_NOT_APPLIED = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
+"""Codes that leave a call's outcome unknown and are not retried on their own: retried when the service, asked, has
+no record of the call. ALREADY_EXISTS (the key was used for another request) and DATA_LOSS are not: the same call would
+meet the same fault."""
 
 
 class Engine:
@@ -305,8 +312,12 @@ class Engine:
             return answer.result  # applied, or rejected for good: the service's final word
         if answer.state is OperationState.IN_PROGRESS:
             return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=answer.poll_after_ms)
-        # Not found (retry: it was not applied), unknown, or an answer recorded as an error of the call itself
-        # (CANCELLED, UNAVAILABLE, ...; no verdict on the request): as if not asked.
+        if answer.state is OperationState.NOT_FOUND and result.code in RETRY_IF_NOT_APPLIED:
+            # INTERNAL, UNKNOWN, CANCELLED alone would fail the step and compensate it; the service says it applied
+            # nothing, so the call goes again with the same key (a copy still on its way is the same call).
+            return dataclasses.replace(result, not_applied=True)
+        # Not found after a transient error (retried anyway), unknown, or an answer recorded as an error of the call
+        # itself (CANCELLED, UNAVAILABLE, ...; no verdict on the request): as if not asked.
         return result
 
     async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
@@ -326,7 +337,7 @@ class Engine:
             with tracing.span(name, run.trace_parent, fields, client=True) as span:
                 answer = await self._ask_service(run, step, action, timeout_s)
                 span.set_attribute("saga.operation", answer.label)
-        self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.state.value).inc()
+        self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.verdict).inc()
         return answer
 
     async def _ask_service(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> OperationAnswer:
@@ -369,7 +380,6 @@ class Engine:
                 return None
             age_ms = now - progress.accepted_at_epoch_ms
             if action is Action.FORWARD and self._clock.monotonic() >= run.deadline_mono:
-                self._metrics.ttl_expired.inc()
                 late = self._event(run, EventKind.DEADLINE, step, action, attempt, "DEADLINE_EXCEEDED", "saga deadline")
                 await self._append(run, [late], wait=False)
                 await self._expire(run, step, in_flight=True)
@@ -440,7 +450,7 @@ class Engine:
         waits until that time, as a restarted shard would."""
         code = result.code.name
         event = self._event(
-            run, EventKind.RETRYING, step, action, attempt, code, result.summary, decision.wait_ms, decision.spent_ms
+            run, EventKind.RETRYING, step, action, attempt, code, result.note, decision.wait_ms, decision.spent_ms
         )
         await self._append(run, [event], wait=False)
         self._metrics.child(self._metrics.step_retries, step.label, action.label, code).inc()
@@ -449,7 +459,7 @@ class Engine:
         )
 
     def _failed(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> Event:
-        return self._event(run, EventKind.FAILED, step, action, attempt, result.code.name, result.summary)
+        return self._event(run, EventKind.FAILED, step, action, attempt, result.code.name, result.note)
 
     async def _call(self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float) -> CallResult:
         """One attempt, measured (and traced when tracing is on). It ends within timeout_s (the Caller's contract); an

@@ -161,14 +161,26 @@ class CallResult:
     final: bool = False
     """The service said the answer is final whatever its code (google.rpc.ErrorInfo reason TOMBSTONED on ABORTED:
     the forward call's compensation came first, DESIGN contract 3): not retried, and nothing was applied."""
+    not_applied: bool = False
+    """Asked about afterwards (GetOperation), the service had no record of the call: whatever its code said, nothing
+    was applied, and the same call may be sent again with the same key (transient)."""
 
     @property
     def cls(self) -> CallClass:
-        return CallClass.REJECTED if self.final else classify(self.code)
+        if self.final:
+            return CallClass.REJECTED
+        if self.not_applied:
+            return CallClass.TRANSIENT
+        return classify(self.code)
 
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
+
+    @property
+    def note(self) -> str:
+        """summary, and what asking the service added to it."""
+        return f"{self.summary} (not applied, GetOperation: NOT_FOUND)" if self.not_applied else self.summary
 
     @classmethod
     def failed_to_call(cls, e: Exception) -> CallResult:
@@ -204,8 +216,18 @@ class OperationAnswer:
     """IN_PROGRESS: when the service suggests asking again (0: no suggestion)."""
 
     @property
+    def verdict(self) -> str:
+        """What it means for the saga, as the metrics count it: applied (done, OK), rejected (done, refused: nothing
+        applied), failed (done with another error), in_progress, not_found (never applied), unknown (cannot say)."""
+        if self.state is OperationState.DONE:
+            if self.result.ok:
+                return "applied"
+            return "rejected" if self.result.cls is CallClass.REJECTED else "failed"
+        return str(self.state.value).lower()
+
+    @property
     def label(self) -> str:
-        """How the journal and the metrics name it: "DONE:OK", "DONE:FAILED_PRECONDITION", "NOT_FOUND", ..."""
+        """How the journal names it: "DONE:OK", "DONE:FAILED_PRECONDITION", "NOT_FOUND", ..."""
         if self.state is OperationState.DONE:
             return f"DONE:{self.result.code.name}"
         return str(self.state.value)

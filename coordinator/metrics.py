@@ -41,7 +41,8 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_operations_waiting{step,action}            sagas waiting on such an operation now
     saga_operation_oldest_age_seconds{step,action}  age of the oldest operation waited on
     saga_operation_duration_seconds{step,action}    acceptance to done, for operations that finished
-    saga_operation_answers_total{step,action,answer} GetOperation answers: DONE | IN_PROGRESS | NOT_FOUND | UNKNOWN
+    saga_operation_answers_total{step,action,answer} GetOperation answers: applied | rejected | failed | in_progress
+                                                     | not_found | unknown
                                                     (polls of waiting sagas and questions about unknown outcomes)
     saga_operations_timed_out_total{step,action}    operations still in progress past their step's limit
     saga_compensations_skipped_total{step}          compensations not sent: the service said the forward call
@@ -145,7 +146,7 @@ class ShardMetrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
         )
         self.operation_answers = Counter(
-            "saga_operation_answers", "GetOperation answers by state", [*sa, "answer"], registry=r
+            "saga_operation_answers", "GetOperation answers by what they mean for the saga", [*sa, "answer"], registry=r
         )
         self.operations_timed_out = Counter(
             "saga_operations_timed_out", "Operations still in progress past their limit", sa, registry=r

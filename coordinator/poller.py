@@ -43,6 +43,8 @@ class Poller:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
+        self._asking: dict[int, SagaRun] = {}
+        """Sagas being asked about now (out of the heap until their poll ends)."""
 
     def add(self, run: SagaRun, due_epoch_ms: int) -> None:
         """Asks about run's operation at due_epoch_ms (at once if past). A saga is queued once at most."""
@@ -55,7 +57,7 @@ class Poller:
 
     def waiting(self) -> list[SagaRun]:
         """Sagas waiting (queued or being asked now)."""
-        return [entry[2] for entry in self._heap]
+        return [entry[2] for entry in self._heap] + list(self._asking.values())
 
     def __len__(self) -> int:
         return len(self._heap) + len(self._polls)
@@ -82,8 +84,14 @@ class Poller:
                 await self._sleep_or_wake(delay_s)
                 continue
             await self._slots.acquire()  # bounded: the heap keeps the rest in due order meanwhile
-            heapq.heappop(self._heap)
+            # While waiting for the slot the heap may have changed (a saga put back, due earlier): take its head now,
+            # if that is still due.
+            if not self._heap or self._heap[0][0] > self._clock.now_epoch_ms():
+                self._slots.release()
+                continue
+            _, _, run = heapq.heappop(self._heap)
             self._queued.discard(id(run))
+            self._asking[id(run)] = run
             task = asyncio.create_task(self._ask(run), name=f"poll:{run.record.order_id}")
             self._polls.add(task)
             task.add_done_callback(self._polls.discard)
@@ -105,6 +113,7 @@ class Poller:
             logger.exception("polling the operation of order {} failed; handing it to its driver", run.record.order_id)
             due = None
         finally:
+            self._asking.pop(id(run), None)
             self._slots.release()
         if due is None:
             self._resume(run)

@@ -339,12 +339,16 @@ async def crash_points(ctx: Ctx) -> None:
 
 
 async def lost_replies(ctx: Ctx) -> None:
-    """Stubs apply then fail the reply (DEADLINE_EXCEEDED) on a fraction of every kind of call, forward and
-    compensation, and fail a few outright (UNAVAILABLE)."""
+    """Stubs apply then fail the reply on a fraction of every kind of call, forward and compensation, and fail a few
+    before applying anything: DEADLINE_EXCEEDED (transient: retried with the same key), and INTERNAL on
+    ReserveInventory (outcome unknown, not retried on its own: without asking, the step fails and is compensated)."""
     address = ctx.cluster.stub_address
     before = await stub_stats(address)
     async with StubControlClient(address) as control:
-        rules = [fault_rule("*", apply_then_fail_rate=0.2, error_rate=0.05, error_code="DEADLINE_EXCEEDED")]
+        rules = [
+            fault_rule("ReserveInventory", apply_then_fail_rate=0.2, error_rate=0.05, error_code="INTERNAL"),
+            fault_rule("*", apply_then_fail_rate=0.2, error_rate=0.05, error_code="DEADLINE_EXCEEDED"),
+        ]
         await control.set_faults(rules, seed=ctx.result.seed)
 
     async def faults(ctx: Ctx, until: float) -> None:
@@ -354,7 +358,9 @@ async def lost_replies(ctx: Ctx) -> None:
 
     await run_frame(ctx, faults, after_s=after(ctx))
     delta = await stub_stats(address) - before
-    ctx.result.faults["lost_or_failed_reply"] = sum(n for k, n in delta.items() if k.endswith(":DEADLINE_EXCEEDED"))
+    ctx.result.faults["lost_or_failed_reply"] = sum(
+        n for k, n in delta.items() if k.endswith((":DEADLINE_EXCEEDED", ":INTERNAL"))
+    )
     if ctx.result.faults["lost_or_failed_reply"] == 0:
         ctx.violation("lost_replies: no fault was injected")
     await count_blind_calls(ctx, delta)
@@ -366,8 +372,9 @@ COMPENSATION_METHODS = ("CancelOrder", "ReleaseInventory", "RefundPayment", "Can
 
 async def count_blind_calls(ctx: Ctx, delta: Counter[str]) -> None:
     """What a coordinator that cannot ask the services (GetOperation) pays for lost replies: forward calls sent again
-    for keys already sent (duplicates), and compensations of steps that never applied (they only tombstone the key).
-    Noted per saga, so lost_replies (asking on) and lost_replies_blind (off) compare across runs."""
+    for keys already sent (duplicates), compensations of steps that never applied (they only tombstone the key: the
+    stubs mark the forward key tombstoned), and sagas failed. Noted per saga, so lost_replies (asking on) and
+    lost_replies_blind (off) compare across runs."""
     orders = [o for load in ctx.loads for o in load.orders]
     async with StubControlClient(ctx.cluster.stub_address) as control:
         ledgers = await control.get_ledgers(orders)
@@ -376,14 +383,22 @@ async def count_blind_calls(ctx: Ctx, delta: Counter[str]) -> None:
     forward_calls = sum(n for k, n in delta.items() if k.split(":")[0] in FORWARD_METHODS)
     c = ctx.result.faults
     c["duplicate_forward_calls"] = forward_calls - forward_keys
-    c["tombstone_compensations"] = sum(1 for k in keys if k.method in COMPENSATION_METHODS and k.tombstoned)
+    c["tombstone_compensations"] = sum(1 for k in keys if k.method in FORWARD_METHODS and k.tombstoned)
     c["compensations"] = sum(1 for k in keys if k.method in COMPENSATION_METHODS)
+    # Orders meant to succeed that failed: a step compensated for an outcome nobody knew.
+    c["needless_failures"] = sum(
+        1
+        for load in ctx.loads
+        for oid, answer in load.answers.items()
+        if load.orders[oid].kind == "ok" and answer.status == saga_pb2.FAILED
+    )
     c["get_operation_calls"] = sum(n for k, n in delta.items() if k.split(":")[0].endswith("/GetOperation"))
     n = max(len(orders), 1)
     ctx.result.notes.append(
         f"{len(orders)} sagas: {c['duplicate_forward_calls'] / n:.3f} duplicate forward calls a saga, "
         f"{c['tombstone_compensations'] / n:.3f} compensations of never-applied steps a saga "
-        f"({c['compensations'] / n:.3f} compensations in all), {c['get_operation_calls'] / n:.3f} GetOperation calls"
+        f"({c['compensations'] / n:.3f} compensations in all), {c['get_operation_calls'] / n:.3f} GetOperation calls, "
+        f"{c['needless_failures'] / n:.1%} of sagas meant to succeed failed"
     )
 
 

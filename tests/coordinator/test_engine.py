@@ -68,11 +68,25 @@ async def test_exhausted_retries_compensate_the_unknown_step_too(harness: Harnes
 
 
 async def test_internal_error_is_not_retried_but_compensated(harness: Harness) -> None:
+    """INTERNAL leaves the outcome unknown: with a service that cannot say what became of the call (no GetOperation),
+    the step is not retried blind; it fails and is compensated (test_operations: retried when the service says it
+    applied nothing)."""
+    harness.caller.ask_unknown = True
     harness.caller.fail_with(S.CREATE_ORDER, F, grpc.StatusCode.INTERNAL)
     placed = await harness.shard.place_order(order())
     assert placed.saga.state is SagaState.FAILED
     assert harness.caller.attempts[("o-1", S.CREATE_ORDER, F)] == 1
     assert harness.caller.steps_called("o-1", C) == [S.CREATE_ORDER]
+
+
+async def test_a_persistent_internal_error_never_applied_is_retried_then_compensated(harness: Harness) -> None:
+    harness.caller.fail_with(S.CREATE_ORDER, F, grpc.StatusCode.INTERNAL)
+    task = asyncio.create_task(harness.shard.place_order(order()))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.FAILED
+    attempts = harness.caller.attempts[("o-1", S.CREATE_ORDER, F)]
+    assert attempts == harness.cfg.forward.max_attempts  # the forward policy's budget, no more
+    assert harness.caller.steps_called("o-1", C) == [S.CREATE_ORDER]  # its key tombstoned all the same
 
 
 async def test_deadline_while_step_in_flight_compensates_it(harness: Harness) -> None:

@@ -41,6 +41,15 @@ async def wait_state(h: Harness, order_id: str, states: tuple[SagaState, ...], l
         assert waited < limit_s, f"saga {order_id} is {rec.state.name}"
 
 
+def metric(harness: Harness, name: str, **labels: str) -> float:
+    assert harness.shard is not None
+    value = harness.shard.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+PAY_F = {"step": "process_payment", "action": "forward"}
+
+
 async def test_an_accepted_charge_is_waited_on_and_never_sent_twice(harness: Harness) -> None:
     await harness.restart(operations=FAST_POLLS)
     harness.caller.long_running(S.PROCESS_PAYMENT, F, 5.0)
@@ -52,6 +61,9 @@ async def test_an_accepted_charge_is_waited_on_and_never_sent_twice(harness: Har
     progress = rec.steps[S.PROCESS_PAYMENT]
     assert progress.waiting == F and progress.status is StepStatus.IN_FLIGHT
     assert harness.shard.waiting == 1
+    assert metric(harness, "saga_operations_accepted_total", **PAY_F) == 1
+    assert metric(harness, "saga_operations_waiting", **PAY_F) == 1
+    assert metric(harness, "saga_operation_oldest_age_seconds", **PAY_F) >= 0
     await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
     assert calls(harness, S.PROCESS_PAYMENT, F) == 1
     _, events = await harness.shard.get("o-1", with_events=True)
@@ -60,6 +72,39 @@ async def test_an_accepted_charge_is_waited_on_and_never_sent_twice(harness: Har
     assert EventKind.POLLED in kinds  # 5 s with polls of at most 1 s
     assert all(v == 1 for (o, _), v in harness.caller.net.items() if o == "o-1")
     assert harness.shard.waiting == 0
+    assert metric(harness, "saga_operation_answers_total", **PAY_F, answer="in_progress") >= 1
+    assert metric(harness, "saga_operation_answers_total", **PAY_F, answer="applied") == 1
+    assert metric(harness, "saga_operation_duration_seconds_count", **PAY_F) == 1
+    assert metric(harness, "saga_operations_waiting", **PAY_F) == 0
+
+
+async def test_a_watcher_sees_the_wait_polls_and_completion(harness: Harness) -> None:
+    await harness.restart(operations=FAST_POLLS)
+    harness.caller.long_running(S.PROCESS_PAYMENT, F, 3.0)
+    assert harness.shard is not None
+    placed = await harness.shard.place_order(order())
+    assert placed.saga.state is SagaState.RUNNING
+    seen = []
+    snapshot = []
+
+    async def watch() -> SagaState:
+        assert harness.shard is not None
+        async for rec, event in harness.shard.watch("o-1"):
+            if event is None:
+                snapshot.append(rec.steps[S.PROCESS_PAYMENT].waiting)
+            else:
+                seen.append((event.kind, event.step))
+        return rec.state
+
+    watcher = asyncio.create_task(watch())
+    await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))  # moves the fake clock on
+    async with asyncio.timeout(30):
+        final = await watcher
+    assert snapshot == [F]  # the snapshot: waiting on the charge
+    payment = [kind for kind, step in seen if step == S.PROCESS_PAYMENT]
+    assert EventKind.POLLED in payment and payment[-1] is EventKind.SUCCEEDED
+    assert payment.index(EventKind.POLLED) < payment.index(EventKind.SUCCEEDED)
+    assert seen[-1][0] is EventKind.STATE and final is SagaState.SUCCEEDED  # the stream ends at the terminal state
 
 
 async def test_a_restart_keeps_waiting_without_resending(harness: Harness) -> None:
@@ -88,6 +133,7 @@ async def test_a_forward_step_past_its_limit_is_compensated_and_cancelled(harnes
     assert harness.caller.applied[fkey] == 0 and fkey in harness.caller.tombstones
     assert all(v == 0 for (o, _), v in harness.caller.net.items() if o == "o-1")
     assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
+    assert metric(harness, "saga_operations_timed_out_total", **PAY_F) == 1
 
 
 async def test_the_saga_deadline_bounds_a_forward_wait(harness: Harness) -> None:
@@ -98,6 +144,7 @@ async def test_the_saga_deadline_bounds_a_forward_wait(harness: Harness) -> None
     await wait_state(harness, "o-1", (SagaState.FAILED,))
     rec, _ = await harness.shard.get("o-1")
     assert "deadline passed during process_payment" in rec.last_error
+    assert metric(harness, "saga_ttl_expired_total") == 1  # once, however the deadline was noticed
 
 
 async def test_a_refund_settling_later_is_waited_on_then_a_late_one_dead_letters(harness: Harness) -> None:
@@ -159,6 +206,35 @@ async def test_without_asking_an_unknown_outcome_is_retried_as_before(harness: H
     assert calls(harness, S.PROCESS_PAYMENT, F) == 2 and harness.caller.asked == []
 
 
+async def test_an_internal_error_the_service_has_no_record_of_is_retried(harness: Harness) -> None:
+    """INTERNAL alone fails the step (its effect is unknown) and compensates it; asked, the service has no record of
+    the call, so it goes again with the same key and the saga succeeds."""
+    harness.caller.fail_with(S.RESERVE_INVENTORY, F, grpc.StatusCode.INTERNAL, times=1)
+    assert harness.shard is not None
+    task = asyncio.create_task(harness.shard.place_order(order()))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.SUCCEEDED
+    reserves = [c for c in harness.caller.calls if c.step is S.RESERVE_INVENTORY]
+    assert [c.action for c in reserves] == [F, F] and reserves[0].key == reserves[1].key
+    _, events = await harness.shard.get("o-1", with_events=True)
+    assert [(e.step, e.code) for e in events if e.kind is EventKind.ASKED] == [(S.RESERVE_INVENTORY, "NOT_FOUND")]
+    retrying = [e for e in events if e.kind is EventKind.RETRYING]
+    assert [(e.step, e.code) for e in retrying] == [(S.RESERVE_INVENTORY, "INTERNAL")]
+    assert "not applied" in retrying[0].detail
+    reserve = {"step": "reserve_inventory", "action": "forward"}
+    assert metric(harness, "saga_operation_answers_total", **reserve, answer="not_found") == 1
+
+
+async def test_an_internal_error_is_not_retried_without_asking(harness: Harness) -> None:
+    await harness.restart(operations=OperationPolicy(ask_unknown=False))
+    harness.caller.fail_with(S.RESERVE_INVENTORY, F, grpc.StatusCode.INTERNAL, times=1)
+    assert harness.shard is not None
+    task = asyncio.create_task(harness.shard.place_order(order()))
+    placed = await settle(harness, task)
+    assert placed.saga.state is SagaState.FAILED
+    assert calls(harness, S.RESERVE_INVENTORY, F) == 1 and calls(harness, S.RESERVE_INVENTORY, Action.COMPENSATE) == 1
+
+
 async def test_a_service_that_cannot_say_leaves_the_saga_as_before(harness: Harness) -> None:
     harness.caller.ask_unknown = True
     harness.caller.fail_with(S.RESERVE_INVENTORY, F, grpc.StatusCode.UNAVAILABLE, times=2)
@@ -193,6 +269,8 @@ async def test_a_compensation_is_skipped_when_the_forward_call_was_rejected(harn
     assert placed.saga.state is SagaState.FAILED
     assert calls(harness, S.PROCESS_PAYMENT, C) == 0
     assert calls(harness, S.RESERVE_INVENTORY, C) == 1 and calls(harness, S.CREATE_ORDER, C) == 1
+    assert metric(harness, "saga_compensations_skipped_total", step="process_payment") == 1
+    assert metric(harness, "saga_operation_answers_total", **PAY_F, answer="rejected") == 1
     rec, _ = await harness.shard.get("o-1")
     assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
 
