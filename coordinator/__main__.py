@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
     logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
-    tracing.setup("saga-coordinator", instance=cfg.shard_id)
+    try:
+        tracing.setup("saga-coordinator", instance=cfg.shard_id)
+    except tracing.TracingConfigError as e:
+        print(f"coordinator: bad configuration: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         uvloop.run(run(cfg, tls, auth))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed, a key file missing or too open:

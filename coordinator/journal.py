@@ -122,7 +122,7 @@ _MIGRATION_SQL: tuple[str, ...] = (
         history TEXT NOT NULL
     )
     """,
-    # v6: the trace context a saga's spans hang under (common.tracing.carrier: traceparent, then tracestate), so spans
+    # v6: the trace context a saga's spans hang under (common.tracing.carrier: the propagators' headers), so spans
     # after a restart or a long wait join the trace of the request that started the saga. '' when tracing was off.
     """
     ALTER TABLE sagas ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''

@@ -102,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Measured with `make bench BENCH_ARGS="stubs"`: see the commit that set this.
     gc.set_threshold(50_000, 50, 100)
     logs.setup("stubs", level=log_level)
-    tracing.setup("saga-stubs")
+    try:
+        tracing.setup("saga-stubs")
+    except tracing.TracingConfigError as e:
+        logger.error("cannot start: {}", e)
+        raise SystemExit(2) from e
     try:
         uvloop.run(run(config))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed: found before anything is bound.

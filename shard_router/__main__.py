@@ -101,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
     logs.setup("router", json_lines=config.log_json)
-    tracing.setup("saga-router")
+    try:
+        tracing.setup("saga-router")
+    except tracing.TracingConfigError as e:
+        print(f"saga-router: {e}", file=sys.stderr)
+        return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config, auth))
 

@@ -46,9 +46,6 @@ _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connect
 """Also the ring epoch: only the router says which ring it routed a call by (Caller.routed_by)."""
 
 
-_TRACE_KEYS = frozenset({"traceparent", "tracestate"})
-
-
 def forwardable(metadata: Any) -> Metadata:
     """The caller's invocation metadata that travels on to the shard."""
     if not metadata:
@@ -78,9 +75,10 @@ class Caller:
         if principal is not None:
             metadata += forwarded_metadata(principal)
         if tracing.enabled():
-            # The router's own span (its server interceptor's) is the shards' parent: its context replaces the
-            # caller's, written by the SDK's propagator (the channels to the shards carry no client interceptor).
-            metadata = [kv for kv in metadata if kv[0] not in _TRACE_KEYS]
+            # The router's own span (its server interceptor's) is the shards' parent: its context replaces all of the
+            # caller's, written by the configured propagators (the channels to the shards carry no client interceptor).
+            replaced = tracing.context_keys()
+            metadata = [kv for kv in metadata if kv[0] not in replaced]
             metadata += tracing.outgoing()
         return cls(tuple(metadata), deadline)
 

@@ -5,11 +5,17 @@ carries payment data; log lines carry the trace id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from opentelemetry import baggage, context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -18,22 +24,32 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from common.tls import TlsFiles, aio_channel
+from deploy.local import LaunchError
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardSettings
 from tests.helpers.coordinator import place_request
-from tests.helpers.otlp import OtlpReceiver, Span
+from tests.helpers.otlp import OtlpHttpReceiver, OtlpReceiver, Span
 from tests.helpers.stubs import StubControlClient, fault_rule
 
 pytestmark = pytest.mark.timeout(180)
 
 SECRET = "tok_ok_tracing_secret_7c1f"
-"""The payment token: no span, attribute or span name may contain it."""
+"""The payment token: no byte the receiver is sent may contain it (span names, attributes, status, events, resource)."""
+FAILING_SECRET = "tok_fail_tracing_secret_e94b2d"
+"""The token of a saga whose payment fails: its failing path (error statuses, compensations) must not carry it."""
 FORWARD = {
     "create_order": "/shop.v1.OrderService/CreateOrder",
     "reserve_inventory": "/shop.v1.InventoryService/ReserveInventory",
     "process_payment": "/shop.v1.PaymentService/ChargePayment",
     "schedule_shipment": "/shop.v1.ShippingService/ScheduleShipment",
 }
+COMPENSATE = {
+    "create_order": "/shop.v1.OrderService/CancelOrder",
+    "reserve_inventory": "/shop.v1.InventoryService/ReleaseInventory",
+    "process_payment": "/shop.v1.PaymentService/RefundPayment",
+    "schedule_shipment": "/shop.v1.ShippingService/CancelShipment",
+}
+STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
 SERVER, CLIENT = trace_pb2.Span.SPAN_KIND_SERVER, trace_pb2.Span.SPAN_KIND_CLIENT
 
 
@@ -88,9 +104,20 @@ def chain(spans: list[Span], span: Span) -> list[Span]:
     return out
 
 
-def assert_no_secret(spans: list[Span]) -> None:
-    leaks = [(s.service, s.name) for s in spans if any(SECRET in text for text in s.strings())]
-    assert not leaks, f"spans carry the payment token: {leaks}"
+def assert_no_secret(receiver: OtlpReceiver | OtlpHttpReceiver, *secrets: str) -> None:
+    """No span's strings hold a token, nor any byte of any export request (what decoding would not show too)."""
+    secrets = secrets or (SECRET,)
+    requests = receiver.requests
+    assert requests and len(requests) == receiver.exports
+    for secret in secrets:
+        leaks = [(s.service, s.name) for s in receiver.spans if any(secret in text for text in s.strings())]
+        assert not leaks, f"spans carry the payment token: {leaks}"
+        raw = [i for i, body in enumerate(requests) if secret.encode() in body]
+        assert not raw, f"export requests {raw} of {len(requests)} carry the payment token"
+
+
+def trace_of(root: Any) -> str:
+    return format(root.get_span_context().trace_id, "032x")
 
 
 async def test_a_saga_is_one_tree_from_the_client_to_each_service(
@@ -98,8 +125,13 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
 ) -> None:
     client = Client(receiver, cluster.router.address)
     try:
-        with client.tracer.start_as_current_span("checkout") as root:
-            reply = await client.saga.PlaceOrder(place_request("trace-ok-1", token=SECRET), timeout=60)
+        # Baggage of the caller's (W3C baggage: the default OTEL_PROPAGATORS of the client and the processes).
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            with client.tracer.start_as_current_span("checkout") as root:
+                reply = await client.saga.PlaceOrder(place_request("trace-ok-1", token=SECRET), timeout=60)
+        finally:
+            context.detach(token)
         assert reply.status == saga_pb2.SUCCESS, reply
     finally:
         await client.close()
@@ -142,19 +174,88 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
         assert attempt.attributes["saga.id"] == reply.saga_id
         assert attempt.instance == shard_in.instance != ""
     assert any(s.name == "saga SUCCEEDED" for s in spans)
-    assert_no_secret(receiver.spans)
+    assert_no_secret(receiver)
 
-    # A saga's log lines lead to its trace (a declined one: a success logs nothing at INFO).
+    # The saga's journal row keeps the router's context whole, the caller's baggage with it (spans after a restart
+    # join the trace, and the services' calls carry the baggage).
+    (node,) = [n for n in cluster.nodes if n.shard_id == shard_in.instance]
+    with contextlib.closing(sqlite3.connect(f"file:{node.journal}?mode=ro", uri=True)) as journal:
+        (kept,) = journal.execute("SELECT trace_context FROM sagas WHERE order_id = ?", ("trace-ok-1",)).fetchone()
+    headers = json.loads(kept)
+    assert sorted(headers) == ["baggage", "traceparent"] and headers["baggage"] == "tenant=acme"
+    assert headers["traceparent"].startswith(f"00-{trace_id}-{router_in.span_id}-")
+
+
+async def test_a_failed_saga_traces_its_compensations(cluster: Cluster, receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A declined payment: the failed forward's span has the failing outcome and an error status, each compensation
+    its own span (the service's span its child), and the shard's log lines of the saga its trace id. A payment failing
+    for good (the stub's fault rule, another token): no byte sent to the receiver holds either token."""
     client = Client(receiver, cluster.router.address)
-    try:
-        with client.tracer.start_as_current_span("checkout") as declined_root:
-            declined = await client.saga.PlaceOrder(place_request("trace-declined-1", token="tok_declined"), timeout=60)
-        assert declined.status == saga_pb2.FAILED, declined
-    finally:
-        await client.close()
-    declined_trace = format(declined_root.get_span_context().trace_id, "032x")
-    shard_log = (tmp_path / f"{shard_in.instance}.log").read_text()
-    assert f"trace_id={declined_trace}" in shard_log
+    async with StubControlClient(cluster.stub_address) as control:
+        rule = fault_rule("ChargePayment", order_id_prefix="trace-fail-", error_rate=1.0, error_code="INVALID_ARGUMENT")
+        await control.set_faults([rule], seed=1)
+        try:
+            with client.tracer.start_as_current_span("checkout") as declined_root:
+                declined = await client.saga.PlaceOrder(
+                    place_request("trace-declined-1", token="tok_declined"), timeout=60
+                )
+            with client.tracer.start_as_current_span("checkout") as failing_root:
+                failing = await client.saga.PlaceOrder(place_request("trace-fail-1", token=FAILING_SECRET), timeout=60)
+        finally:
+            await client.close()
+    assert declined.status == saga_pb2.FAILED, declined
+    assert failing.status == saga_pb2.FAILED, failing
+    traces = {trace_of(declined_root): declined, trace_of(failing_root): failing}
+
+    def compensated(spans: list[Span]) -> bool:
+        """Both sagas ended, their services' spans of each compensation arrived, and every span's parent."""
+        for trace_id in traces:
+            mine = one_trace(spans, trace_id)
+            ids = {s.span_id for s in mine}
+            ended = any(s.name == "saga FAILED" for s in mine)
+            undone = all(stub_span(mine, COMPENSATE[step]) for step in ("create_order", "reserve_inventory"))
+            if not (ended and undone and all(s.parent_id in ids for s in mine if s.parent_id)):
+                return False
+        return True
+
+    everything = receiver.wait_for(compensated, timeout_s=60)
+    for trace_id, reply in traces.items():
+        spans = one_trace(everything, trace_id)
+        by_id = {s.span_id: s for s in spans}
+        (router_in,) = [s for s in spans if s.service == "saga-router"]
+        (payment,) = [s for s in spans if s.name == "forward process_payment"]
+        code = "FAILED_PRECONDITION" if reply is declined else "INVALID_ARGUMENT"
+        assert payment.attributes["saga.outcome"] == code and payment.status_code == STATUS_ERROR
+        assert payment.status_message == code  # the code's name only: never the service's message
+        assert payment.attributes["rpc.grpc.status_code"] == getattr(grpc.StatusCode, code).value[0]
+        (charge,) = stub_span(spans, FORWARD["process_payment"])
+        # The instrumentation marks a server span an error only for the server's own faults (INTERNAL, ...).
+        assert charge.parent_id == payment.span_id
+        assert charge.attributes["rpc.grpc.status_code"] == payment.attributes["rpc.grpc.status_code"]
+        assert not [s for s in spans if s.name == "forward schedule_shipment"]
+
+        compensations = sorted((s for s in spans if s.name.startswith("compensate ")), key=lambda s: s.start_ns)
+        # Undone in reverse order; the payment that was refused has nothing to undo.
+        assert [s.name for s in compensations] == ["compensate reserve_inventory", "compensate create_order"]
+        for span in compensations:
+            step = span.name.removeprefix("compensate ")
+            assert (span.service, span.kind, span.parent_id) == ("saga-coordinator", CLIENT, router_in.span_id)
+            assert span.attributes["saga.step"] == step and span.attributes["saga.action"] == "compensate"
+            assert span.attributes["saga.attempt"] == 1 and span.attributes["saga.outcome"] == "OK"
+            assert span.attributes["saga.id"] == reply.saga_id and span.status_code != STATUS_ERROR
+            service, _, name = COMPENSATE[step].rpartition("/")
+            assert (span.attributes["rpc.service"], span.attributes["rpc.method"]) == (service.strip("/"), name)
+            (service_span,) = stub_span(spans, COMPENSATE[step])
+            assert by_id[service_span.parent_id] is span
+        states = [s.name for s in sorted(spans, key=lambda s: s.start_ns) if s.name.startswith("saga ")]
+        assert states == ["saga COMPENSATING", "saga FAILED"], states
+
+        # A saga's log lines lead to its trace (a failed one logs at INFO).
+        shard = payment.instance
+        assert f"trace_id={trace_id}" in (tmp_path / f"{shard}.log").read_text()
+    # The search can find what is there: the order ids are in the bytes, as plain strings.
+    assert any(b"trace-fail-1" in body for body in receiver.requests)
+    assert_no_secret(receiver, SECRET, FAILING_SECRET)
 
 
 async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluster, receiver: OtlpReceiver) -> None:
@@ -216,7 +317,7 @@ async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluste
             assert s.start_ns < dead_at_ns and top.service == "saga-stubs", (s.name, s.start_ns - dead_at_ns, top.name)
     (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED"]
     assert succeeded.attributes["saga.resumed"] and succeeded.parent_id == router_in.span_id
-    assert_no_secret(receiver.spans)
+    assert_no_secret(receiver)
 
 
 async def test_no_span_is_made_when_no_endpoint_is_named(tmp_path: Path, receiver: OtlpReceiver) -> None:
@@ -237,3 +338,51 @@ async def test_no_span_is_made_when_no_endpoint_is_named(tmp_path: Path, receive
         assert "trace_id=" not in shard_log
     finally:
         await cluster.stop()
+
+
+async def test_every_process_exports_over_otlp_http_protobuf(tmp_path: Path) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf: router, shard and stubs post to a real OTLP/HTTP receiver, at
+    the general endpoint with /v1/traces appended (the SDK's doing), one saga one tree."""
+    with OtlpHttpReceiver() as receiver:
+        cluster = Cluster(tmp_path, shards=1, env=receiver.environment())
+        await cluster.start()
+        try:
+            async with aio_channel(cluster.router.address, TlsFiles()) as channel:
+                saga = saga_pb2_grpc.SagaCoordinatorStub(channel)
+                reply = await saga.PlaceOrder(place_request("trace-http-1", token=SECRET), timeout=60)
+            assert reply.status == saga_pb2.SUCCESS, reply
+
+            def complete(spans: list[Span]) -> bool:
+                """Each process's spans arrived (each exports in batches of its own)."""
+                names = {s.name for s in spans}
+                services = {s.service for s in spans}
+                arrived = all(stub_span(spans, m) for m in FORWARD.values()) and "saga SUCCEEDED" in names
+                return arrived and "saga-router" in services
+
+            spans = receiver.wait_for(complete, timeout_s=60)
+        finally:
+            await cluster.stop()
+    assert {s.service for s in spans} == {"saga-router", "saga-coordinator", "saga-stubs"}
+    assert len({s.trace_id for s in spans}) == 1
+    by_id = {s.span_id: s for s in spans}
+    for step, method in FORWARD.items():
+        (service_span,) = stub_span(spans, method)
+        assert by_id[service_span.parent_id].name == f"forward {step}"
+    assert set(receiver.paths) == {"/v1/traces"}
+    assert_no_secret(receiver)
+
+
+async def test_an_unsupported_otlp_protocol_stops_the_processes_at_start_up(tmp_path: Path) -> None:
+    """http/json has no exporter here: a process asked for it does not start (rather than run exporting nothing), and
+    says which variable holds what, and what it accepts."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    cluster = Cluster(tmp_path, shards=1, env=env)
+    try:
+        with pytest.raises(LaunchError) as refused:
+            await cluster.start()
+    finally:
+        await cluster.stop()
+    assert "exited with code 2" in refused.value.reason  # a configuration error, as the other bad settings
+    assert "Traceback" not in str(refused.value)
+    expected = "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported: traces are exported over "
+    assert expected + '"grpc" or "http/protobuf"' in str(refused.value)
