@@ -2,6 +2,11 @@
 server credentials (mutual TLS, certificate reloaded from disk without a restart), the channel credentials (and the
 channels themselves, refused in plaintext off loopback), and the peer's identity for an authorisation interceptor.
 
+The client side that any caller needs (TlsFiles, channel credentials from PEM, plaintext refused off loopback, the
+channels) is sagaclient.credentials, so that the client library does not load this module's logging, metrics and X.509
+parsing; this module re-exports it and adds what only the processes do: checking the files with `cryptography`, server
+credentials, rotation, flags and the peer.
+
 Server side, rotation is grpcio's own: dynamic_ssl_server_credentials calls our fetcher before every new handshake;
 the fetcher stats the three files and re-reads them only when they changed (and only once cert and key match again,
 so a rotation caught between writing the certificate and the key keeps the old pair until both are in place).
@@ -19,7 +24,6 @@ Plaintext stays the zero-config default on loopback. Off loopback a process serv
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import threading
 import time
@@ -32,6 +36,18 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from loguru import logger
+
+from sagaclient.credentials import (
+    PlaintextRefused,
+    TlsConfigError,
+    TlsFiles,
+    aio_channel,
+    check_plaintext,
+    is_loopback,
+    read_pem,
+    ssl_credentials,
+    sync_channel,
+)
 
 from . import tracing
 
@@ -56,41 +72,6 @@ __all__ = [
 ]
 
 
-class TlsConfigError(ValueError):
-    """TLS files missing, unreadable, mismatched or only partly given; the message names the file or flag."""
-
-
-class PlaintextRefused(TlsConfigError):
-    """Plaintext gRPC to or from a non-loopback address without --insecure."""
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """The TLS files a process is given (--tls-cert, --tls-key, --tls-ca), or none of them (plaintext)."""
-
-    cert: Path | None = None
-    """PEM certificate chain this process presents, as a server and as a client."""
-    key: Path | None = None
-    """PEM private key of `cert`."""
-    ca: Path | None = None
-    """PEM CA bundle that peers' certificates must chain to (clients of a server, servers a client dials)."""
-    insecure: bool = False
-    """Without TLS files: allow plaintext on non-loopback addresses too (a warning is logged on every start)."""
-
-    def __post_init__(self) -> None:
-        given = [n for n in ("cert", "key", "ca") if getattr(self, n) is not None]
-        if given and len(given) != 3:
-            missing = [n for n in ("cert", "key", "ca") if n not in given]
-            flags = ", ".join(f"--tls-{n}" for n in missing)
-            raise TlsConfigError(f"TLS needs --tls-cert, --tls-key and --tls-ca together; missing {flags}")
-        if given and self.insecure:
-            raise TlsConfigError("--insecure and --tls-* contradict each other: give one or the other")
-
-    @property
-    def enabled(self) -> bool:
-        return self.cert is not None
-
-
 @dataclass(frozen=True)
 class PemBundle:
     """The three files' contents, checked to belong together."""
@@ -107,12 +88,10 @@ def load_pem(files: TlsFiles) -> PemBundle:
     if not files.enabled:
         raise TlsConfigError("no TLS files configured")
     assert files.cert is not None and files.key is not None and files.ca is not None
-    data: dict[str, bytes] = {}
-    for what, path in (("certificate", files.cert), ("key", files.key), ("CA bundle", files.ca)):
-        try:
-            data[what] = path.read_bytes()
-        except OSError as e:
-            raise TlsConfigError(f"cannot read TLS {what} {path}: {e.strerror or e}") from None
+    data = {
+        what: read_pem(path, what)
+        for what, path in (("certificate", files.cert), ("key", files.key), ("CA bundle", files.ca))
+    }
     try:
         leaf = x509.load_pem_x509_certificate(data["certificate"])
     except ValueError:
@@ -205,7 +184,7 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Mutual TLS as a client: present files.cert, trust servers whose certificate chains to files.ca."""
     pem = load_pem(files)
-    return grpc.ssl_channel_credentials(root_certificates=pem.ca, private_key=pem.key, certificate_chain=pem.cert)
+    return ssl_credentials(ca=pem.ca, cert=pem.cert, key=pem.key)
 
 
 class ClientTls:
@@ -228,7 +207,7 @@ class ClientTls:
         if self._watch is None:
             return None
         pem = self._watch.pem
-        return grpc.ssl_channel_credentials(root_certificates=pem.ca, private_key=pem.key, certificate_chain=pem.cert)
+        return ssl_credentials(ca=pem.ca, cert=pem.cert, key=pem.key)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         return self._credentials
@@ -251,54 +230,6 @@ class ClientTls:
         `traced` (False: the owner makes its own spans and puts their context in the calls' metadata)."""
         interceptors = tracing.client_interceptors() if traced else ()
         return aio_channel(address, self.files, options, credentials=self._credentials, interceptors=interceptors)
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and the name localhost. A wildcard (0.0.0.0, ::, empty) or any other name is not."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_plaintext(address: str, files: TlsFiles, what: str) -> None:
-    """Raises PlaintextRefused if `address` is served or dialled in plaintext off loopback without --insecure."""
-    if files.enabled or files.insecure:
-        return
-    host = address.rpartition(":")[0]
-    if not is_loopback(host):
-        raise PlaintextRefused(
-            f"refusing plaintext gRPC {what} {address}: not a loopback address. Give --tls-cert, --tls-key and "
-            "--tls-ca, or --insecure to allow plaintext on the network"
-        )
-
-
-def aio_channel(
-    address: str,
-    files: TlsFiles,
-    options: Sequence[tuple[str, Any]] = (),
-    credentials: grpc.ChannelCredentials | None = None,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
-) -> grpc.aio.Channel:
-    """A grpc.aio channel to address: mutual TLS when files are given (credentials, if passed, saves re-reading
-    them), else plaintext, refused off loopback without --insecure. `interceptors` (tracing) wrap every call."""
-    chain = list(interceptors) or None
-    if not files.enabled:
-        check_plaintext(address, files, "to")
-        return grpc.aio.insecure_channel(address, options=options, interceptors=chain)
-    creds = credentials or channel_credentials(files)
-    return grpc.aio.secure_channel(address, creds, options=options, interceptors=chain)
-
-
-def sync_channel(address: str, files: TlsFiles, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """The blocking-API twin of aio_channel (sagactl, the launcher's health checks)."""
-    if not files.enabled:
-        check_plaintext(address, files, "to")
-        return grpc.insecure_channel(address, options=options)
-    return grpc.secure_channel(address, channel_credentials(files), options=options)
 
 
 # ------------------------------------------------------------------ flags

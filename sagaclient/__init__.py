@@ -8,14 +8,17 @@ with SyncSagaClient.connect("127.0.0.1:50051") as client:
     reply = client.place_order("order-1", "user-1", [("sku-1", 2)], PaymentInfo(...))
 
 Modules: api (every call once, as data), client / sync (sending it over grpc.aio / grpc), base (what both hold,
-connect's options), retry (RetryPolicy, backoff honouring retry-after-ms), errors (the hierarchy and ERROR_BY_CODE).
+connect's options), retry (RetryPolicy, backoff honouring retry-after-ms), errors (the hierarchy and ERROR_BY_CODE),
+credentials (TlsFiles, channel credentials from PEM files or bytes, the bearer token). The package needs grpc, its
+protobuf messages and `backoff`, nothing of the coordinator's processes (no logging or metrics set-up).
 """
 
 from protos.saga.v1.saga_pb2 import PaymentInfo
 
 from .api import DeadLetterPage, RetriedOrders, SagaPage
-from .base import ConnectOptions, read_token_file
+from .base import ConnectOptions
 from .client import SagaClient
+from .credentials import PlaintextRefused, TlsConfigError, TlsFiles, read_token_file
 from .errors import (
     ERROR_BY_CODE,
     AlreadyExists,
@@ -47,6 +50,7 @@ __all__ = [
     "NotFound",
     "PaymentInfo",
     "PermissionDenied",
+    "PlaintextRefused",
     "ResourceExhausted",
     "RetriedOrders",
     "RetryPolicy",
@@ -55,6 +59,8 @@ __all__ = [
     "SagaPage",
     "ServerError",
     "SyncSagaClient",
+    "TlsConfigError",
+    "TlsFiles",
     "Unauthenticated",
     "Unavailable",
     "read_token_file",

@@ -162,8 +162,10 @@ def place_order(
     running (or returns its outcome) instead of starting a second one, so a retry after a lost answer never
     charges twice. UNAVAILABLE and RESOURCE_EXHAUSTED are retried with the same request until the client's retry
     policy (or `retry`) or timeout_s (default: the client's) runs out, waiting at least the server's
-    retry-after-ms. A different payload under a used order_id raises AlreadyExists; bad input InvalidRequest with
-    the field named. items: (item_id, quantity) pairs or saga_pb2.Item messages."""
+    retry-after-ms; a wait that would reach the end of timeout_s is not waited: the error is raised at once (e.g.
+    ResourceExhausted, its retry_after_s saying when to come back). A different payload under a used order_id
+    raises AlreadyExists; bad input InvalidRequest with the field named. items: (item_id, quantity) pairs or
+    saga_pb2.Item messages."""
     lines = [i if isinstance(i, saga_pb2.Item) else saga_pb2.Item(item_id=i[0], quantity=i[1]) for i in items]
     request = saga_pb2.PlaceOrderRequest(
         order_id=order_id, user_id=user_id, items=lines, payment_info=payment_info, no_wait=no_wait

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeAlias, Type
 
 import grpc
 
-from common.tls import TlsFiles
 from protos.saga.v1 import saga_pb2_grpc
 
 from . import api
 from .api import Paged, PageT, Service, Stream, Unary
+from .credentials import TlsFiles, bearer_metadata, read_token_file
 from .retry import Attempts, RetryPolicy
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["ClientBase", "ConnectOptions", "Interceptor", "read_token_file"]
+__all__ = ["ClientBase", "ConnectOptions", "Interceptor"]
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRY = RetryPolicy()
@@ -57,8 +57,8 @@ Dial: TypeAlias = Callable[[str, TlsFiles, Sequence[tuple[str, Any]], Sequence[I
 class ConnectOptions(TypedDict, total=False):
     """connect()'s keyword options, the same for SagaClient and SyncSagaClient.
 
-    tls: mutual TLS with these files (common.tls.TlsFiles: cert, key, ca); None (default): plaintext, which is refused
-    off loopback unless TlsFiles(insecure=True) is given (common.tls.PlaintextRefused).
+    tls: mutual TLS with these files (sagaclient.TlsFiles: cert, key, ca); None (default): plaintext, which is refused
+    off loopback unless TlsFiles(insecure=True) is given (sagaclient.PlaintextRefused).
     token / token_file: a bearer token sent with every call (the router's auth policy says who it is and what they may
     do); token_file is read once, at connect.
     timeout_s: default timeout of every call, retries included (default 60; place_order waits for the saga's end).
@@ -70,7 +70,8 @@ class ConnectOptions(TypedDict, total=False):
     under the first kind it subclasses), e.g. OpenTelemetry's `aio_client_interceptors()` so that a trace continues
     through the coordinator. SyncSagaClient: grpc ones (the channel is wrapped with grpc.intercept_channel);
     OpenTelemetry's blocking-API interceptor is not one of those: its GrpcInstrumentorClient().instrument() traces
-    every channel the process opens, this client's too."""
+    every channel the process opens, this client's too, with the global tracer provider (instrument()'s
+    tracer_provider argument does not reach the channels)."""
 
     tls: TlsFiles | None
     token: str | None
@@ -80,18 +81,6 @@ class ConnectOptions(TypedDict, total=False):
     rng: random.Random | None
     channel_options: Sequence[tuple[str, Any]]
     interceptors: Sequence[Interceptor]
-
-
-def read_token_file(path: Path) -> str:
-    """The bearer token in a file: its first line, whitespace stripped. ValueError naming the file, never the token."""
-    try:
-        lines = path.read_text().strip().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read token file {path}: {getattr(e, 'strerror', None) or 'not text'}") from None
-    token = lines[0].strip() if lines else ""
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"token file {path} holds no token (one line: the token itself)")
-    return token
 
 
 class _Method(Generic[P, T]):
@@ -159,7 +148,7 @@ class ClientBase:
         """Prefer connect(); this takes a channel you made yourself (e.g. with your own interceptors): a grpc.aio
         channel for SagaClient, a grpc one for SyncSagaClient."""
         self._channel = channel
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self.timeout_s = timeout_s
         self.retry = retry
         self._rng = rng or random.Random()

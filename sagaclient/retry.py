@@ -1,5 +1,9 @@
 """How calls that are safe to repeat retry, for both clients: RetryPolicy, the waits between attempts (never shorter
-than the server's "retry-after-ms"), and Attempts, one call's retries within its timeout."""
+than the server's "retry-after-ms"), and Attempts, one call's retries within its timeout.
+
+A wait that would reach the call's deadline is not slept: the call gives up at once with the last error (as Google API
+core's retry does), since no attempt could follow it. Sleeping to the deadline would only make the caller wait out its
+whole timeout for the answer it already has, e.g. an overloaded shard asking for 30 s more than the call has left."""
 
 from __future__ import annotations
 
@@ -48,15 +52,23 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def waits(policy: RetryPolicy, rng: random.Random) -> Generator[float, BaseException | None, None]:
+def waits(
+    policy: RetryPolicy,
+    rng: random.Random,
+    deadline_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[float, BaseException | None, None]:
     """backoff's wait generator: it is sent the exception of each failed attempt, so a retry-after-ms hint stretches
-    the next wait (exponential backoff alone might retry an overloaded shard too early)."""
+    the next wait (exponential backoff alone might retry an overloaded shard too early). It ends, and backoff then
+    re-raises that exception, when the wait would last until deadline_s (on `clock`) or later."""
     delay_s = policy.initial_backoff_s
     error = yield 0.0  # backoff primes the generator with send(None)
     while True:
         wait_s = delay_s * (1 - policy.jitter * rng.random())
         if isinstance(error, grpc.RpcError):
             wait_s = max(wait_s, retry_after_s(error) or 0.0)
+        if deadline_s is not None and clock() + wait_s >= deadline_s:
+            return  # backoff (2.x, sync and async alike) gives up on an ended generator, re-raising the attempt's error
         delay_s = min(policy.max_backoff_s, delay_s * policy.multiplier)
         error = yield wait_s
 
@@ -72,7 +84,7 @@ class Attempts:
         self._retrying = None
         if policy.max_attempts > 1:
             self._retrying = backoff.on_exception(
-                lambda: waits(policy, rng),
+                lambda: waits(policy, rng, self._deadline),
                 grpc.RpcError,
                 max_tries=policy.max_attempts,
                 max_time=budget_s,
@@ -92,8 +104,8 @@ class Attempts:
         return e.code() not in RETRYABLE_CODES
 
     def timeout_s(self) -> float:
-        """The next attempt's timeout; once backoff has slept to the deadline, the last error is the answer (the
-        outage, not an empty attempt)."""
+        """The next attempt's timeout. No wait reaches the deadline (waits() ends first), but a late wake-up can: then
+        the last error is the answer (the outage, not an empty attempt)."""
         remaining_s = self._deadline - time.monotonic()
         if remaining_s <= 0 and self._last is not None:
             raise self._last

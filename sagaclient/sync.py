@@ -10,11 +10,10 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
-from common.tls import TlsFiles, sync_channel
-
 from . import api
 from .api import PageT
 from .base import ClientBase, ConnectOptions, Interceptor
+from .credentials import TlsFiles, sync_channel
 from .errors import from_rpc_error
 
 __all__ = ["SyncSagaClient"]

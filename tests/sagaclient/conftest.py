@@ -5,7 +5,7 @@ compensation budget of SHARD_CONFIG."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,23 @@ DEAD_LETTER_RULE = control_pb2.FaultRule(method="RefundPayment", order_id_prefix
 
 
 def start_system(
-    tmp: Path, *, tls: bool = False, shard_config: str = "", faults: Sequence[control_pb2.FaultRule] = ()
+    tmp: Path,
+    *,
+    tls: bool = False,
+    shard_config: str = "",
+    faults: Sequence[control_pb2.FaultRule] = (),
+    process_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> LocalSystem:
-    """A running system; shard_config is appended to SHARD_CONFIG, faults to DEAD_LETTER_RULE."""
-    options = SystemOptions(tmp / "data", shards=1, tls=tls, dashboard=False, shard_config=SHARD_CONFIG + shard_config)
+    """A running system; shard_config is appended to SHARD_CONFIG, faults to DEAD_LETTER_RULE; process_env: extra
+    environment by process name (e.g. the router's OTEL_* variables)."""
+    options = SystemOptions(
+        tmp / "data",
+        shards=1,
+        tls=tls,
+        dashboard=False,
+        shard_config=SHARD_CONFIG + shard_config,
+        process_env=process_env or {},
+    )
     system = LocalSystem(options, log_dir=tmp)
     system.start()
     try:

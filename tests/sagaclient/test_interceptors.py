@@ -1,17 +1,21 @@
 """connect(interceptors=...) against a real system with the router's auth policy: an interceptor of our own sees every
 call (unary, paged, streamed) and adds a header the router acts on (a bearer token: with it a certificate without a
 role may do what the token's role may), for SagaClient (grpc.aio interceptors) and SyncSagaClient (grpc ones); and
-OpenTelemetry's aio interceptors, as a user would pass them, put the call's span context on the wire."""
+OpenTelemetry's aio interceptors, as a user would pass them, put the call's span context on the wire. SyncSagaClient
+is traced by OpenTelemetry's GrpcInstrumentorClient instead: its span's context reaches a traced router."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient, aio_client_interceptors
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,6 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from deploy.local import LocalSystem
 from protos.saga.v1 import saga_pb2
 from sagaclient import PaymentInfo, SagaClient, SyncSagaClient, Unauthenticated
+from tests.helpers.otlp import OtlpReceiver, Span
+
+from .conftest import start_system
 
 PAY = PaymentInfo(payment_token="tok_ok", amount_cents=1200, currency="EUR")
 SAGA = "/saga.v1.SagaCoordinator/"
@@ -136,3 +143,44 @@ async def test_opentelemetry_interceptors_send_the_calls_span_context(tls_system
     assert span.name == f"{SAGA}PlaceOrder" and span.context is not None
     traceparent = recorder.metadata[0]["traceparent"]
     assert traceparent.split("-")[1:3] == [f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"]
+
+
+def test_grpc_instrumentor_traces_sync_client_calls_into_the_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    # GrpcInstrumentorClient traces with the global provider (0.66b2 reads tracer_provider from each channel call's
+    # arguments, not from instrument()'s), which a process sets only once: the test lends it its own meanwhile.
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    place_order = f"{SAGA}PlaceOrder"
+
+    def routed(got: list[Span]) -> bool:
+        return any(s.service == "saga-router" and s.name == place_order for s in got)
+
+    with OtlpReceiver() as receiver:
+        # The router exports its spans here: the server side of the call, with the parent it read from the metadata.
+        system = start_system(tmp_path, process_env={"router": receiver.environment()})
+        instrumentor = GrpcInstrumentorClient()
+        try:
+            instrumentor.instrument()
+            recorder = Recorder(("x-test", "sync"))  # an interceptor of the user's own beside OpenTelemetry's
+            with SyncSagaClient.connect(system.router.address, interceptors=[SyncInterceptor(recorder)]) as client:
+                reply = client.place_order("otel-s-1", "u-1", [("sku-1", 1)], PAY)
+                assert reply.status == saga_pb2.SUCCESS, reply
+            received = receiver.wait_for(routed, timeout_s=30)
+        finally:
+            instrumentor.uninstrument()  # channels opened after this test are not wrapped
+            system.stop()
+    provider.shutdown()
+    (call,) = [s for s in spans.get_finished_spans() if s.name == place_order]
+    assert call.kind == trace.SpanKind.CLIENT and call.context is not None
+    (router_in,) = [s for s in received if s.service == "saga-router" and s.name == place_order]
+    assert router_in.kind == trace_pb2.Span.SPAN_KIND_SERVER
+    # The client span's traceparent reached the router: its span is the client span's child, in the same trace.
+    assert (router_in.trace_id, router_in.parent_id) == (
+        f"{call.context.trace_id:032x}",
+        f"{call.context.span_id:016x}",
+    )
+    assert recorder.methods == [place_order]

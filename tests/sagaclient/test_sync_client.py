@@ -1,5 +1,6 @@
 """SyncSagaClient against a real system (plaintext on loopback): the same calls, errors and retries as SagaClient,
-without an event loop, and a shed PlaceOrder retried no sooner than the shard's retry-after-ms."""
+without an event loop, and a shed PlaceOrder retried no sooner than the shard's retry-after-ms (and not at all when
+that is past the call's timeout)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,12 @@ def test_a_shed_place_order_is_retried_after_retry_after_ms(tmp_path: Path) -> N
             with pytest.raises(ResourceExhausted) as shed:
                 client.place_order("s-shed-0", "u-1", [("sku-1", 1)], PAY, retry=NO_RETRY)
             assert shed.value.retryable and shed.value.retry_after_s == 2.0
+            # A timeout ending before the shard's retry-after-ms leaves no time for a retry: the call gives up at once
+            # instead of sleeping out its timeout.
+            started = time.monotonic()
+            with pytest.raises(ResourceExhausted):
+                client.place_order("s-shed-2", "u-1", [("sku-1", 1)], PAY, timeout_s=1.9)
+            assert time.monotonic() - started < 1.0
 
             started = time.monotonic()
             reply = client.place_order("s-shed-1", "u-1", [("sku-1", 1)], PAY)
