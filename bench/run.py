@@ -174,6 +174,7 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
+    stopped = False
     try:
         print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
         cluster.start()
@@ -234,7 +235,9 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
         if profiler is not None:
             figures["profiles"] = profiler.outputs
         if receiver is not None:
-            # Received by now (exports trail by up to one batch delay): enough to show the traces flowed.
+            # The processes flush their last batch as they exit (the SDK's batching trails by up to 5 s).
+            cluster.stop()
+            stopped = True
             figures["spans_received"] = receiver.span_count
             figures["otlp_bytes_received"] = receiver.bytes
         return figures
@@ -248,7 +251,8 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
             for stream in (w.stdin, w.stdout):
                 if stream is not None:
                     stream.close()
-        cluster.stop()
+        if not stopped:
+            cluster.stop()
         if receiver is not None:
             receiver.stop()
         if cfg.keep:

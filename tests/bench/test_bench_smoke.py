@@ -93,3 +93,16 @@ def test_bad_flag_is_named_not_a_traceback() -> None:
     proc = _bench("--fail-rate", "1.5", timeout_s=20)
     assert proc.returncode == 2
     assert "--fail-rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_traced_run_exports_spans_to_the_benchs_receiver(tmp_path: Path) -> None:
+    proc = _bench(
+        "--sagas", "10", "--warmup", "2", "--shards", "1", "--concurrency", "2", "--tracing", "on", "--no-floor",
+        "--no-budget", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "-otel-" in figures["label"] and figures["errors"] == 0 and figures["outcomes"] == {"SUCCESS": 10}
+    # Each saga: the router's span, the shard's PlaceOrder, 4 attempts, 4 stub spans and the end state (warm-up too);
+    # the processes flush their last batch as they stop.
+    assert figures["spans_received"] >= 10 * 11
