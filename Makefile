@@ -137,7 +137,8 @@ buf-generate-check: setup
 	node_modules/.bin/tsc --noEmit --strict --target es2022 --module esnext --moduleResolution bundler \
 	  $$(find $(GEN)/gen/ts -name '*.ts') && echo "TypeScript client generated and type-checked"
 	@if command -v go >/dev/null 2>&1 && test -d /usr/share/gocode/src/google.golang.org/grpc; then \
-	  GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache \
+	  GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode \
+	    GOCACHE=$${GOCACHE:-$${HOME:+$$HOME/.cache/go-build}} GOCACHE=$${GOCACHE:-$(CURDIR)/build/gocache} \
 	    go vet example.com/yourteam/sagaapi/gen/go/... && echo "Go client generated, built and vetted"; \
 	else echo "Go toolchain missing (make go-deps): Go client generated, not built"; fi
 

@@ -319,6 +319,15 @@ class Journal:
     # ---- life cycle ---------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Opens (creating or migrating) the file. If that fails, what was opened is closed again before the error
+        goes up: a refused journal (newer schema, unreadable file) leaves no connection thread behind."""
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._w = await aiosqlite.connect(self.path, isolation_level=None)
         async with self._w.execute("PRAGMA page_count") as cur:

@@ -97,6 +97,8 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     j = Journal(path)
     with pytest.raises(RuntimeError, match="newer than this build"):
         await j.open()
+    # Refused, it left nothing open behind (an open connection's thread would outlive the test's loop).
+    assert j._w is None and j._r is None and j._c is None and j._q is None
 
 
 async def test_a_journal_used_without_the_upkeep_still_bounds_its_wal(journal: Journal, tmp_path: Path) -> None:
