@@ -28,8 +28,12 @@ setup: $(STAMP) $(BUF)
 run: setup
 	$(PY) -m deploy.local
 
+# Two workers, each taking whole files (module-scoped systems stay with their tests): most of the suite waits on real
+# processes starting and stopping, so two workers on two cores take about 60% of the time one does. TEST_WORKERS=0
+# runs it in one process (pytest -p no:xdist semantics); PYTEST_ARGS adds to the command line.
+TEST_WORKERS ?= 2
 test: setup browser-deps k8s-deps go-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The dashboard's browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
 # Installed only when missing and when this user may run apt-get; otherwise that one test is skipped with the reason.
