@@ -573,7 +573,7 @@ class Engine:
         for record in records:
             if isinstance(record, Event):
                 run.record.apply(record)
-        fut = self._journal.submit(records)
+        fut = self._journal.submit(records, ends_round=wait)
 
         def committed(f: asyncio.Future[None]) -> None:
             if f.cancelled() or f.exception() is not None:

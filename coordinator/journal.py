@@ -301,6 +301,8 @@ class Journal:
         self.writers: Callable[[], int] = lambda: 0
         """How many tasks write to the journal now (the shard: its sagas in flight); sizes the commit window's wait."""
         self._gathering: tuple[asyncio.Future[None], int] | None = None
+        self._rounds_pending = 0
+        """Pending submissions that end a writer's round (submit's ends_round): what the commit window counts."""
         self._lag_s = 0.0
         """How late the event loop runs (EWMA of a timer's lateness, _watch_lag): the commit window opens only when
         the process has more work than CPU."""
@@ -310,7 +312,7 @@ class Journal:
         self._c: aiosqlite.Connection | None = None
         self._q: sqlite3.Connection | None = None
         """The checkpointer's connection: PASSIVE checkpoints beside the writer, never holding it."""
-        self._pending: deque[tuple[Sequence[Record], asyncio.Future[None]] | _Upkeep] = deque()
+        self._pending: deque[tuple[Sequence[Record], asyncio.Future[None], bool] | _Upkeep] = deque()
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -400,9 +402,14 @@ class Journal:
 
     # ---- writes -----------------------------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+    def submit(self, records: Sequence[Record], ends_round: bool = True) -> asyncio.Future[None]:
         """Queues records for the next commit; the future resolves once they are durable (or fails with
-        JournalUnavailable). Order is kept: records submitted earlier commit in the same or an earlier transaction."""
+        JournalUnavailable). Order is kept: records submitted earlier commit in the same or an earlier transaction.
+
+        ends_round: the writer waits for this commit before it goes on (a saga's next intent, its terminal state).
+        False for records a writer submits without waiting, just before a submission that does end its round (a
+        step's outcome before the next intent, a new saga's row before its first intent): the commit window waits
+        until as many writers have ended their round as are running, so it must not count a writer twice."""
         for r in records:
             if isinstance(r, StateChange):
                 check_transition(r.expected, r.new)  # a bug in the caller: raise at it, not at the whole batch
@@ -410,9 +417,11 @@ class Journal:
         if self._closing:
             fut.set_exception(JournalUnavailable("journal is closing"))
             return fut
-        self._pending.append((records, fut))
+        self._pending.append((records, fut, ends_round))
+        if ends_round:
+            self._rounds_pending += 1
         self._wakeup.set()
-        if self._gathering is not None and len(self._pending) >= self._gathering[1]:
+        if self._gathering is not None and self._rounds_pending >= self._gathering[1]:
             _ok(self._gathering[0])
         return fut
 
@@ -439,8 +448,10 @@ class Journal:
                     item = self._pending[0]
                     if isinstance(item, _Upkeep) or (batch and size + len(item[0]) > self._max_batch):
                         break
-                    batch.append(item)
-                    size += len(item[0])
+                    records, fut, ends_round = item
+                    batch.append((records, fut))
+                    size += len(records)
+                    self._rounds_pending -= ends_round
                     self._pending.popleft()
                 await self._commit_batch(batch)
             if self._closing and not self._pending:
@@ -449,7 +460,8 @@ class Journal:
     async def _gather(self) -> None:
         """The commit window (PostgreSQL's commit_delay, config [group_commit]): while the process has more work than
         CPU (the loop runs at least `busy_lag_ms` late) and at least `siblings` sagas are running, wait up to
-        `window_ms` until as many submissions are pending as sagas are running, so that one fsync serves them all.
+        `window_ms` until as many sagas have ended their round (submitted what they wait for) as are running, so that
+        one fsync serves them all.
         Sagas that share a commit then make their calls together and come back together: commits become rounds.
         Waiting then costs no latency (the sagas would have waited for CPU); an idle or lightly loaded shard, or one
         whose sagas wait on slow services, never waits, and neither does a lone saga."""
@@ -461,7 +473,7 @@ class Journal:
         ):
             return
         writers = self.writers()
-        if writers < window.siblings or len(self._pending) >= writers:
+        if writers < window.siblings or self._rounds_pending >= writers:
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()

@@ -231,7 +231,7 @@ class Shard:
         # Not awaited here: the saga task's first write-ahead record joins the same commit (the journal's writer lets
         # ready tasks submit before it takes a batch). The engine sends nothing, and the caller is answered nothing,
         # before this future resolves: nothing goes out or is acknowledged before the saga is durable.
-        creation = self.journal.submit([NewSaga(rec.copy()), created])
+        creation = self.journal.submit([NewSaga(rec.copy()), created], ends_round=False)
         # The request in memory, not the sealed blob opened again: the payload is the same either way.
         items = tuple((i.item_id, i.quantity) for i in req.items)
         payload = SagaPayload(saga_id, req.order_id, req.user_id, items, req.payment_info)

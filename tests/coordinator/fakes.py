@@ -159,8 +159,8 @@ class ObservedJournal(Journal):
     def idle(self) -> bool:
         return self.open_work == 0
 
-    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
-        fut = super().submit(records)
+    def submit(self, records: Sequence[Record], ends_round: bool = True) -> asyncio.Future[None]:
+        fut = super().submit(records, ends_round)
         if not fut.done():
             self.open_work += 1
             fut.add_done_callback(self._finished)
