@@ -13,6 +13,7 @@
     make bench BENCH_ARGS="scale --scale-sagas 200000"  cost at 0, N/10, N finished sagas; retention of half
     make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
     make bench BENCH_ARGS="grpc"                        the floor: an empty unary call's CPU, server and client
+    make bench BENCH_ARGS="relay"                       a shard that only makes its calls: what gRPC alone costs it
     make bench BENCH_ARGS="profile-summary /tmp/prof"   summarise py-spy recordings again
 
 The JSON line is also written to bench/results/<UTC timestamp>-<mode>.json. Exit status 1 if any call failed or a
@@ -33,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import grpc_floor, journal_bench, profile_summary, scale_bench, stub_bench
+from . import grpc_floor, journal_bench, profile_summary, relay_bench, scale_bench, stub_bench
 from .cluster import REPO_ROOT, ClusterError
 from .run import KINDS, BenchError, RunConfig, run
 
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "what",
         nargs="*",
         default=["cluster"],
-        help="cluster (default) | journal | scale | stubs | grpc | profile-summary DIR",
+        help="cluster (default) | journal | scale | stubs | grpc | relay | profile-summary DIR",
     )
     p.add_argument("--shards", type=int, default=3, help="coordinator shards (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="closed loop: concurrent callers (default %(default)s)")
@@ -108,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad input: a message naming the flag (argparse exits 2), never a traceback."""
     what = args.what[0]
-    if what not in ("cluster", "journal", "scale", "stubs", "grpc", "profile-summary"):
-        p.error(f"unknown benchmark {what!r}: cluster, journal, scale, stubs, grpc or profile-summary DIR")
+    if what not in ("cluster", "journal", "scale", "stubs", "grpc", "relay", "profile-summary"):
+        p.error(f"unknown benchmark {what!r}: cluster, journal, scale, stubs, grpc, relay or profile-summary DIR")
     if what == "profile-summary" and len(args.what) != 2:
         p.error("profile-summary takes one directory: profile-summary DIR")
     if what != "profile-summary" and len(args.what) != 1:
@@ -251,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scale(args)
         if what == "grpc":
             return _grpc(args)
+        if what == "relay":
+            return _relay(args)
         return _cluster(args)
     except KeyboardInterrupt:
         print("interrupted: everything this run started has been stopped", file=sys.stderr)
@@ -322,6 +325,24 @@ def _grpc(args: argparse.Namespace) -> int:
     figures["results_file"] = str(_save(figures, args.results_dir, "grpc"))
     print(json.dumps(figures))
     return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    runs = [
+        relay_bench.run(args.sagas, args.concurrency, args.warmup, args.budget_sagas, args.floor_calls)
+        for _ in range(args.repeat)
+    ]
+    summary = runs[0] if len(runs) == 1 else _median(runs)
+    floor = summary["grpc_floor_us"]
+    print(
+        f"gRPC floor (same invocation): server {floor['server_us']} us, client {floor['client_us']} us a call\n"
+        f"  relay CPU/saga {summary['relay_cpu_ms_per_saga']} ms over a shard's floor {summary['shard_floor_ms']} ms "
+        f"(1 call in, 4 out): x{summary['relay_over_floor']}, {summary['sagas_per_s']} sagas/s\n"
+        f"  one caller: p50 {summary['c1_p50_ms']} ms (client, relay, 4 durable stub calls; median of {len(runs)})"
+    )
+    summary["results_file"] = str(_save(summary, args.results_dir, "relay"))
+    print(json.dumps(summary))
+    return 1 if any(r["failures"] for r in runs) else 0
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -106,3 +106,17 @@ def test_a_traced_run_exports_spans_to_the_benchs_receiver(tmp_path: Path) -> No
     # Each saga: the router's span, the shard's PlaceOrder, 4 attempts, 4 stub spans and the end state (warm-up too);
     # the processes flush their last batch as they stop.
     assert figures["spans_received"] >= 10 * 11
+
+
+def test_relay_run_measures_a_shard_that_only_makes_its_calls(tmp_path: Path) -> None:
+    proc = _bench(
+        "relay", "--sagas", "30", "--warmup", "3", "--concurrency", "4", "--budget-sagas", "5",
+        "--floor-calls", "300", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["mode"] == "relay" and figures["failures"] == 0
+    assert figures["relay_cpu_ms_per_saga"] > 0 and figures["shard_floor_ms"] > 0 and figures["c1_p50_ms"] > 0
+    assert figures["relay_over_floor"] == round(figures["relay_cpu_ms_per_saga"] / figures["shard_floor_ms"], 2)
+    assert "relay CPU/saga" in proc.stdout
+    assert Path(figures["results_file"]).parent == tmp_path
