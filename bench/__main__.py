@@ -13,7 +13,7 @@
     make bench BENCH_ARGS="scale --scale-sagas 200000"  cost at 0, N/10, N finished sagas; retention of half
     make bench BENCH_ARGS="stubs --sagas 3000"          the stub process alone: CPU per call
     make bench BENCH_ARGS="grpc"                        the floor: an empty unary call's CPU, server and client
-    make bench BENCH_ARGS="relay"                       a shard that only makes its calls: what gRPC alone costs it
+    make bench BENCH_ARGS="relay"                       a shard and a router that only relay: what gRPC alone costs
     make bench BENCH_ARGS="profile-summary /tmp/prof"   summarise py-spy recordings again
 
 The JSON line is also written to bench/results/<UTC timestamp>-<mode>.json. Exit status 1 if any call failed or a
@@ -337,8 +337,11 @@ def _relay(args: argparse.Namespace) -> int:
     print(
         f"gRPC floor (same invocation): server {floor['server_us']} us, client {floor['client_us']} us a call\n"
         f"  relay CPU/saga {summary['relay_cpu_ms_per_saga']} ms over a shard's floor {summary['shard_floor_ms']} ms "
-        f"(1 call in, 4 out): x{summary['relay_over_floor']}, {summary['sagas_per_s']} sagas/s\n"
-        f"  one caller: p50 {summary['c1_p50_ms']} ms (client, relay, 4 durable stub calls; median of {len(runs)})"
+        f"(1 call in, 4 out): x{summary['relay_over_floor']}\n"
+        f"  proxy CPU/saga {summary['proxy_cpu_ms_per_saga']} ms over a router's floor {summary['router_floor_ms']} ms "
+        f"(1 in, 1 out): x{summary['proxy_over_floor']}\n"
+        f"  {summary['sagas_per_s']} sagas/s at c={args.concurrency}; one caller: p50 {summary['c1_p50_ms']} ms "
+        f"(client, proxy, relay, 4 durable stub calls; median of {len(runs)})"
     )
     summary["results_file"] = str(_save(summary, args.results_dir, "relay"))
     print(json.dumps(summary))
