@@ -186,9 +186,10 @@ class GroupCommit:
     one fsync, and each step of a saga waits for one (its intent is durable before its call). The writer commits
     together whatever piled up during the previous commit, but with 20 sagas in flight a shard still made 1.4 commits
     a saga. While the shard has more work than CPU (its event loop runs `busy_lag_ms` late or more) and at least
-    `siblings` sagas are running, the writer waits up to `window_ms` until every saga running has submitted what it waits
-    for (its next intent or its end; a step's outcome, queued unwaited just before, is not counted) (bench/README.md "commit window": fsyncs a saga, CPU, and what it costs in latency: nothing measurable
-    when it applies, since the sagas would have waited for CPU anyway). An idle or lightly loaded shard never waits."""
+    `siblings` sagas are running, the writer waits up to `window_ms` until every saga running has submitted what it
+    waits for: its next intent or its end (a step's outcome, queued unwaited just before, is not counted). See
+    bench/README.md "commit window" for fsyncs a saga, CPU, and what it costs in latency: nothing measurable when it
+    applies, since the sagas would have waited for CPU anyway. An idle or lightly loaded shard never waits."""
 
     window_ms: float = 25.0
     """Longest a commit waits for more writers; 0 turns the window off."""

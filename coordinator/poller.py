@@ -56,8 +56,10 @@ class Poller:
             self._wake.set()  # it is now the earliest: the sleeping loop must wake sooner
 
     def waiting(self) -> list[SagaRun]:
-        """Sagas waiting (queued or being asked now)."""
-        return [entry[2] for entry in self._heap] + list(self._asking.values())
+        """Sagas waiting (queued or being asked now). Safe from another thread (the metrics endpoint): both are copied
+        in one C call each before anything is read from them."""
+        heap, asking = list(self._heap), list(self._asking.values())
+        return [entry[2] for entry in heap] + asking
 
     def __len__(self) -> int:
         return len(self._heap) + len(self._polls)

@@ -76,11 +76,15 @@ class Shard:
         not wait for it)."""
         journal.writers = lambda: self._driving - self._engine.resting
 
+    # The two below run on the metrics endpoint's thread while the loop changes what they read. They copy the
+    # collections first, each in one C call under the GIL (list() of a dict view or a list): a Python loop over the
+    # live dict met it mid-change under load, and the scrape answered 500 (RuntimeError).
+
     def _live_ages(self) -> list[tuple[str, float]]:
         now = self.clock.now_epoch_ms()
         return [
             (run.record.state.name.lower(), max(0, now - run.record.created_at_epoch_ms) / 1000)
-            for run in self._live.values()
+            for run in list(self._live.values())
         ]
 
     def _waiting_ages(self) -> list[tuple[str, str, float]]:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+import prometheus_client
+
+from coordinator.model import SagaState
 from protos.saga.v1 import saga_pb2
+from tests.coordinator.conftest import Harness
 from tests.helpers.coordinator import SagaClient, ShardProcess, place_request
 from tests.helpers.net import free_port
 from tests.helpers.stubs import StubControlClient, fault_rule, running_stubs
@@ -71,3 +79,42 @@ async def test_metrics_and_logs(tmp_path: Path) -> None:
     assert any(e["order_id"] == "m-1" and e["action"] == "forward" for e in step_lines)
     assert any(r["message"].startswith("saga FAILED") and r["extra"]["order_id"] == "m-0" for r in records)
     assert saga_pb2.SUCCESS  # the import is the proto the shard speaks
+
+
+async def test_a_scrape_from_the_metrics_thread_never_meets_the_live_sagas_mid_change(harness: Harness) -> None:
+    """The metrics endpoint's thread computes the in-flight and waiting gauges while the event loop adds and removes
+    sagas. It once walked the live-saga dict in Python and met it mid-change: RuntimeError, a 500 to the scraper (the
+    refunds-under-kills test saw it while 150 orders were being placed). Fails on that code within a second."""
+    shard = harness.shard
+    assert shard is not None
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                prometheus_client.generate_latest(shard.metrics.registry)
+            except BaseException as e:  # the test reports whatever the scrape raised
+                errors.append(e)
+                return
+
+    # What the gauges read of a live saga: its record's state and creation time.
+    standin = SimpleNamespace(record=SimpleNamespace(state=SagaState.RUNNING, created_at_epoch_ms=0))
+    scraper = threading.Thread(target=scrape)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over every few bytecodes: a switch mid-walk within milliseconds
+    scraper.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not errors:
+            for j in range(200):
+                shard._live[f"standin-{j}"] = standin  # type: ignore[assignment]
+            await asyncio.sleep(0)
+            for j in range(200):
+                del shard._live[f"standin-{j}"]
+            await asyncio.sleep(0)
+    finally:
+        stop.set()
+        sys.setswitchinterval(switch)
+        await asyncio.to_thread(scraper.join, 10)
+    assert not errors, errors
