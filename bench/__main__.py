@@ -376,11 +376,12 @@ def _cluster(args: argparse.Namespace) -> int:
         raise SystemExit("bench: compare one thing at a time (--tls, --tracing or --commit-window compare)")
     if compared:
         return _compare(args, cfg, compared[0])
-    floor = _floor(args)
+    floor_before = _floor(args)
+    measured = [run(replace(cfg, seed=cfg.seed + i)) for i in range(args.repeat)]
+    floor = _floor_again(args, floor_before)
     runs = []
-    for i in range(args.repeat):
-        figures = _with_ratios(run(replace(cfg, seed=cfg.seed + i)), floor)
-        runs.append(figures)
+    for i, figures in enumerate(measured):
+        runs.append(_with_ratios(figures, floor))
         print(_table(figures, f"run {i + 1}/{args.repeat}: {cfg.label}"), flush=True)
     summary = runs[0] if len(runs) == 1 else _median(runs)
     if len(runs) > 1:
@@ -415,6 +416,24 @@ def _floor(args: argparse.Namespace) -> dict[str, float] | None:
     return {"server_us": figures["server_cpu_us_per_call"], "client_us": figures["client_cpu_us_per_call"]}
 
 
+def _floor_again(args: argparse.Namespace, before: dict[str, float] | None) -> dict[str, float] | None:
+    """The floor measured again after the runs; the ratios use the mean of both. This machine's speed drifts by 5-10%
+    within a minute, and the ratio moves with the floor as much as with the CPU per saga: a floor taken on one side
+    of the runs only put the same relay (bench relay) at x1.23 and x1.86 of it in two invocations minutes apart."""
+    if before is None:
+        return None
+    after = _floor(args)
+    assert after is not None
+    return {
+        "server_us": round((before["server_us"] + after["server_us"]) / 2, 1),
+        "client_us": round((before["client_us"] + after["client_us"]) / 2, 1),
+        "server_us_before": before["server_us"],
+        "client_us_before": before["client_us"],
+        "server_us_after": after["server_us"],
+        "client_us_after": after["client_us"],
+    }
+
+
 def _floors_ms(floor: dict[str, float]) -> tuple[float, float]:
     """A saga's floor at a shard (1 call in, 4 out) and at the router (1 in, 1 out), in CPU ms."""
     server, client = floor["server_us"], floor["client_us"]
@@ -438,7 +457,13 @@ def _ratios(figures: dict[str, Any], floor: dict[str, float]) -> str:
     shard_floor, router_floor = _floors_ms(floor)
     cpu, ratio = figures["cpu_ms_per_saga"], figures["floor_ratio"]
     lines = [
-        f"gRPC floor (same invocation): server {floor['server_us']:g} us, client {floor['client_us']:g} us a call",
+        f"gRPC floor (same invocation): server {floor['server_us']:g} us, client {floor['client_us']:g} us a call"
+        + (
+            f" (mean of before the runs, {floor['server_us_before']:g} / {floor['client_us_before']:g}, and after, "
+            f"{floor['server_us_after']:g} / {floor['client_us_after']:g})"
+            if "server_us_before" in floor
+            else ""
+        ),
         f"  shard  CPU/saga {cpu['shard']:g} ms over its floor {shard_floor:.3f} ms (1 call in, 4 out): "
         f"x{ratio['shard']:g}",
     ]

@@ -6,7 +6,8 @@ coordinator.caller.GrpcCaller (the same requests, idempotency keys and channel),
 SUCCESS. No validation, hashing, sealing, journal, engine, metrics or logs. Three relays behind the proxy below, 64
 callers in this process, as `make bench` spreads them over three shards; then one caller for the latency of the
 chain without the journal and without the router's and the coordinator's own work. The gRPC floor (bench/grpc_floor.py)
-is measured in the same invocation, so the relay's CPU per saga reads against it as the shard's does.
+is measured in the same invocation (before and after, the mean), so the relay's CPU per saga reads against it as the
+shard's does.
 
 In front of the relays, a proxy stands for the router with its work taken out: it reads order_id from the request (as
 the router does), picks a relay by a hash of it, and passes the request's bytes on and the reply's bytes back, with no
@@ -140,7 +141,7 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
 def run(
     sagas: int, concurrency: int, warmup: int = 200, c1_sagas: int = 300, floor_calls: int = 10_000
 ) -> dict[str, Any]:
-    floor = grpc_floor.run(floor_calls, 64)
+    floor_before = grpc_floor.run(floor_calls, 64)
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-relay-"))
     cluster = Cluster(workdir, shards=0)
     procs: list[subprocess.Popen[str]] = []
@@ -169,6 +170,10 @@ def run(
                 proc.stdout.close()
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    # Measured on both sides of the runs, as `make bench` does: the machine's speed drifts within a minute.
+    floor_after = grpc_floor.run(floor_calls, 64)
+    keys = ("server_cpu_us_per_call", "client_cpu_us_per_call")
+    floor = {k: round((floor_before[k] + floor_after[k]) / 2, 1) for k in keys}
     server_ms, client_ms = floor["server_cpu_us_per_call"] / 1000, floor["client_cpu_us_per_call"] / 1000
     shard_floor_ms, router_floor_ms = server_ms + 4 * client_ms, server_ms + client_ms
     relay_ms, proxy_ms = relay_cpu * 1000 / sagas, proxy_cpu * 1000 / sagas

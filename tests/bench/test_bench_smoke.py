@@ -46,7 +46,11 @@ def test_cluster_run_reports_every_figure(tmp_path: Path) -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert KEYS <= set(figures), KEYS - set(figures)
     # The gRPC floor of the same invocation, the ratios to it, and the c=1 budget (printed, and in the JSON).
-    assert figures["grpc_floor_us"]["server_us"] > 0 and figures["grpc_floor_us"]["client_us"] > 0
+    floor = figures["grpc_floor_us"]
+    assert floor["server_us"] > 0 and floor["client_us"] > 0
+    # Measured before and after the runs; the ratios use the mean.
+    assert floor["server_us"] == round((floor["server_us_before"] + floor["server_us_after"]) / 2, 1)
+    assert floor["client_us"] == round((floor["client_us_before"] + floor["client_us_after"]) / 2, 1)
     assert figures["floor_ratio"]["shard"] > 0 and figures["floor_ratio"]["router"] > 0
     assert "over its floor" in proc.stdout and "c=1 budget" in proc.stdout
     budget = figures["budget_c1"]
