@@ -156,7 +156,7 @@ class Engine:
             if self._clock.monotonic() + wait_s >= run.deadline_mono:
                 return ForwardResult(StepOutcome.EXPIRED)
             if wait_s > 0:  # a first attempt does not yield: its intent joins the commit of the saga's creation
-                await self._rest(wait_s)
+                await self.rest(wait_s)
             attempt = progress.forward_attempts + 1
             spent_before_ms = progress.forward_spent_ms
             began = self._clock.monotonic()
@@ -264,7 +264,7 @@ class Engine:
         while True:
             progress = run.record.steps[step]
             if (wait_s := self._due_in_s(*progress.retry_due(Action.COMPENSATE))) > 0:
-                await self._rest(wait_s)
+                await self.rest(wait_s)
             made, spent_before_ms = progress.budget_used(Action.COMPENSATE)
             attempt = progress.compensate_attempts + 1
             began = self._clock.monotonic()
@@ -429,9 +429,11 @@ class Engine:
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
 
-    async def _rest(self, seconds: float) -> None:
-        """A retry's backoff: counted in `resting`, so the journal's commit window does not wait for this saga."""
+    async def rest(self, seconds: float) -> None:
+        """A retry's backoff (or the shard's pause before re-driving a saga): counted in `resting`, so the journal's
+        commit window does not wait for this saga, including a window already open."""
         self.resting += 1
+        self._journal.recheck()
         try:
             await self._clock.sleep(seconds)
         finally:

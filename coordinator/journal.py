@@ -300,7 +300,7 @@ class Journal:
         self._window = window or GroupCommit(window_ms=0)
         self.writers: Callable[[], int] = lambda: 0
         """How many tasks write to the journal now (the shard: its sagas in flight); sizes the commit window's wait."""
-        self._gathering: tuple[asyncio.Future[None], int] | None = None
+        self._gathering: asyncio.Future[None] | None = None
         self._rounds_pending = 0
         """Pending submissions that end a writer's round (submit's ends_round): what the commit window counts."""
         self._lag_s = 0.0
@@ -386,7 +386,7 @@ class Journal:
         self._closing = True
         self._wakeup.set()
         if self._gathering is not None:
-            _ok(self._gathering[0])
+            _ok(self._gathering)
         if self._lag_watch is not None:
             self._lag_watch.cancel()
             await asyncio.gather(self._lag_watch, return_exceptions=True)
@@ -421,9 +421,16 @@ class Journal:
         if ends_round:
             self._rounds_pending += 1
         self._wakeup.set()
-        if self._gathering is not None and self._rounds_pending >= self._gathering[1]:
-            _ok(self._gathering[0])
+        if ends_round:
+            self.recheck()
         return fut
+
+    def recheck(self) -> None:
+        """Ends the commit window's wait once every writer has ended its round. Called on each submission that ends one,
+        and by the shard whenever its count of writers falls (a saga task ended, or went to rest in a backoff): the
+        count is read now, not when the window opened, so a saga that stopped writing is not waited for."""
+        if self._gathering is not None and self._rounds_pending >= self.writers():
+            _ok(self._gathering)
 
     async def write(self, records: Sequence[Record]) -> None:
         await self.submit(records)
@@ -478,7 +485,7 @@ class Journal:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         timer = loop.call_later(window.window_ms / 1000, _ok, fut)
-        self._gathering = (fut, writers)
+        self._gathering = fut
         started = loop.time()
         try:
             await fut

@@ -287,8 +287,9 @@ class SagaRecord:
     def waiting_on(self) -> tuple[Step, Action] | None:
         """The step and action whose call a service accepted and has not finished, if any (at most one at a time)."""
         for s in STEPS:
-            if self.steps[s].waiting:
-                return s, Action(self.steps[s].waiting)
+            # Read once: the metrics endpoint's thread calls this while the loop may end the wait (waiting = 0).
+            if waiting := self.steps[s].waiting:
+                return s, Action(waiting)
         return None
 
     def next_forward(self) -> Step | None:

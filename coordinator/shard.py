@@ -289,6 +289,7 @@ class Shard:
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         self._driving -= 1
+        self.journal.recheck()  # an open commit window stops waiting for this saga
 
     async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
@@ -308,7 +309,7 @@ class Shard:
                             logger.error("journal write failed; re-driving from the journal in {:.2f}s: {}", pause_s, e)
                         else:
                             logger.exception("saga driver failed; re-driving from the journal in {:.2f}s", pause_s)
-                    await self.clock.sleep(pause_s)
+                    await self._engine.rest(pause_s)  # writes nothing meanwhile: the commit window does not wait
                     pause_s = min(pause_s * 2, 5.0)
                     fresh = await self.journal.get_by_order(run.record.order_id)
                     if fresh is None:
