@@ -29,7 +29,7 @@ from common import tracing
 from . import crashpoints, retry, transitions
 from .caller import METHODS, Caller, SagaPayload, rpc_attributes
 from .clock import Clock
-from .config import OperationPolicy, ShardConfig
+from .config import OperationPolicy, RetryPolicy, ShardConfig
 from .errors import CallClass, CallResult, OperationAnswer, OperationState
 from .journal import DeadLetterOpen, Journal, Record
 from .logs import at_step, saga_context
@@ -152,11 +152,17 @@ class Engine:
         policy = self._cfg.forward
         while True:
             progress = run.record.steps[step]
+            if progress.open_attempt == Action.FORWARD and (spent := await self._settle(run, step, Action.FORWARD)):
+                message = f"{step.label} failed after {progress.forward_attempts} attempts: {spent.summary}"
+                return ForwardResult(StepOutcome.FAILED, message)
             wait_s = self._due_in_s(*progress.retry_due(Action.FORWARD))
             if self._clock.monotonic() + wait_s >= run.deadline_mono:
                 return ForwardResult(StepOutcome.EXPIRED)
             if wait_s > 0:  # a first attempt does not yield: its intent joins the commit of the saga's creation
                 await self.rest(wait_s)
+            if spent := await self._out_of_budget(run, step, Action.FORWARD):
+                message = f"{step.label} failed after {progress.forward_attempts} attempts: {spent.summary}"
+                return ForwardResult(StepOutcome.FAILED, message)
             attempt = progress.forward_attempts + 1
             spent_before_ms = progress.forward_spent_ms
             began = self._clock.monotonic()
@@ -263,8 +269,14 @@ class Engine:
         policy = self._cfg.compensate
         while True:
             progress = run.record.steps[step]
+            if progress.open_attempt == Action.COMPENSATE and (
+                spent := await self._settle(run, step, Action.COMPENSATE)
+            ):
+                return CompensationResult(False, progress.compensate_attempts, spent.summary)
             if (wait_s := self._due_in_s(*progress.retry_due(Action.COMPENSATE))) > 0:
                 await self.rest(wait_s)
+            if spent := await self._out_of_budget(run, step, Action.COMPENSATE):
+                return CompensationResult(False, progress.compensate_attempts, spent.summary)
             made, spent_before_ms = progress.budget_used(Action.COMPENSATE)
             attempt = progress.compensate_attempts + 1
             began = self._clock.monotonic()
@@ -322,8 +334,7 @@ class Engine:
 
     async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
         """One GetOperation, bounded by the step's attempt timeout (and traced); a failure to ask is UNKNOWN."""
-        policy = self._cfg.forward if action is Action.FORWARD else self._cfg.compensate
-        timeout_s = policy.attempt_timeout_ms / 1000
+        timeout_s = self._policy(action).attempt_timeout_ms / 1000
         if run.trace_parent is None:
             answer = await self._ask_service(run, step, action, timeout_s)
         else:
@@ -426,6 +437,42 @@ class Engine:
             else:
                 await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
                 await self._park(run, step, CompensationResult(False, attempt, result.summary))
+
+    # ---- the budget ---------------------------------------------------------------------------------------------
+
+    def _policy(self, action: Action) -> RetryPolicy:
+        return self._cfg.forward if action is Action.FORWARD else self._cfg.compensate
+
+    async def _settle(self, run: SagaRun, step: Step, action: Action) -> CallResult | None:
+        """An attempt journaled as started whose outcome a crash (or a stop) left unknown is spent (DESIGN contract
+        11): its call time counts, at most its timeout, and the next attempt waits a backoff and passes the budget
+        check like any retry. Journals its RETRYING (then returns None) or, with the budget gone, its failure (returns
+        the result the step failed with)."""
+        progress = run.record.steps[step]
+        policy = self._policy(action)
+        made, spent_ms = progress.budget_used(action)
+        ran_ms = self._clock.now_epoch_ms() - progress.attempt_started_at_epoch_ms
+        spent_ms += min(max(ran_ms, 0), policy.attempt_timeout_ms)
+        attempt = progress.attempts(action)
+        result = CallResult(grpc.StatusCode.UNKNOWN, "outcome unknown: the shard stopped during the attempt")
+        decision = retry.decide(policy, made, spent_ms, self._rng)
+        if decision.retry:
+            await self._retrying(run, step, action, attempt, result, decision)
+            return None
+        await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
+        return result
+
+    async def _out_of_budget(self, run: SagaRun, step: Step, action: Action) -> CallResult | None:
+        """Checked before every send: journals the step's failure and returns its result when the policy has no
+        attempt left; None otherwise. A retry the engine drew always fits; a re-send asked for without a backoff (a
+        long-running operation the service lost, or stopped answering about) may not."""
+        made, spent_ms = run.record.steps[step].budget_used(action)
+        if made == 0 or retry.allows(self._policy(action), made, spent_ms):
+            return None
+        result = CallResult(grpc.StatusCode.UNKNOWN, f"retry budget spent ({made} attempts, {spent_ms} ms)")
+        attempt = run.record.steps[step].attempts(action)
+        await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
+        return result
 
     # ---- plumbing -------------------------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 A policy bounds a step's calls by attempts and by retry time (`max_elapsed_ms`). Both are counted from the journal,
 never from the process: attempts are the STARTED events, and each RETRYING event records the wait it drew and the
 retry time spent so far. So a policy of N attempts means N attempts whatever the number of restarts, and a restarted
-shard waits out the same backoff before the next attempt instead of firing at once.
+shard waits out the same backoff before the next attempt instead of firing at once. An attempt a crash interrupted
+(STARTED with no outcome) is spent like any failed one: the engine journals its RETRYING, with a backoff drawn, or
+fails the step when the budget is gone (DESIGN contract 11).
 
 Waits are exponential with full jitter: the n-th wait is uniform(0, min(initial * multiplier^(n-1), max)), its bound
 from the `backoff` package's expo generator, its draw from the engine's seeded Random.
@@ -49,6 +51,15 @@ def decide(policy: RetryPolicy, attempts_made: int, spent_ms: int, rng: random.R
     if policy.max_elapsed_ms and total_ms > policy.max_elapsed_ms:
         return RetryDecision(False, spent_ms=spent_ms)
     return RetryDecision(True, wait_ms, total_ms)
+
+
+def allows(policy: RetryPolicy, attempts_made: int, spent_ms: int) -> bool:
+    """Whether the budget still has room for one more attempt after `attempts_made` that spent `spent_ms`: checked
+    before every send, so a path that asks for a re-send without a backoff (a lost long-running operation) is bounded
+    like any retry."""
+    if attempts_made >= policy.max_attempts:
+        return False
+    return not (policy.max_elapsed_ms and spent_ms > policy.max_elapsed_ms)
 
 
 def remaining_wait_s(due_at_epoch_ms: int, wait_ms: int, now_epoch_ms: int) -> float:

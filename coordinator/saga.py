@@ -88,6 +88,11 @@ class StepProgress:
     """When it is asked next."""
     polls: int = 0
     """Polls answered "in progress" since it was accepted."""
+    open_attempt: int = 0
+    """The Action of an attempt journaled as started with no outcome yet (0: none). Seen on a saga loaded from the
+    journal, it is an attempt a crash interrupted: spent, its outcome unknown (Engine settles it before the next)."""
+    attempt_started_at_epoch_ms: int = 0
+    """When the last attempt of either action started."""
 
     def copy(self) -> StepProgress:
         # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path).
@@ -110,6 +115,8 @@ class StepProgress:
             self.heard_at_epoch_ms,
             self.next_poll_at_epoch_ms,
             self.polls,
+            self.open_attempt,
+            self.attempt_started_at_epoch_ms,
         )
 
     @property
@@ -154,6 +161,7 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
             progress.compensate_spent_ms = 0
             progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
             progress.waiting = 0
+            progress.open_attempt = 0
         return
     if not event.step:
         return
@@ -162,6 +170,7 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
     forward = event.action == Action.FORWARD
     kind = event.kind
     if kind is EventKind.ACCEPTED:
+        progress.open_attempt = 0
         progress.waiting = event.action
         progress.accepted_at_epoch_ms = progress.heard_at_epoch_ms = event.at_epoch_ms
         progress.next_poll_at_epoch_ms = event.at_epoch_ms + event.wait_ms
@@ -176,6 +185,8 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
         return
     progress.waiting = 0  # any other outcome of the step ends a wait
     if kind is EventKind.STARTED:
+        progress.open_attempt = event.action
+        progress.attempt_started_at_epoch_ms = event.at_epoch_ms
         progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
         if forward:
             progress.status = StepStatus.IN_FLIGHT
@@ -184,7 +195,9 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
         else:
             progress.status = StepStatus.COMPENSATING
             progress.compensate_attempts = max(progress.compensate_attempts, event.attempt)
-    elif kind is EventKind.SUCCEEDED:
+        return
+    progress.open_attempt = 0  # the attempt's outcome: succeeded, retrying, failed or past the deadline
+    if kind is EventKind.SUCCEEDED:
         progress.status = StepStatus.SUCCEEDED if forward else StepStatus.COMPENSATED
         if forward:
             progress.forward_code = "OK"
@@ -192,10 +205,11 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
         progress.last_error = event.detail
         progress.next_attempt_at_epoch_ms = event.at_epoch_ms + event.wait_ms
         progress.next_attempt_wait_ms = event.wait_ms
+        # max: a re-send after a long-running operation was lost journals spent_ms 0, which must not refund the time.
         if forward:
-            progress.forward_spent_ms = event.spent_ms
+            progress.forward_spent_ms = max(progress.forward_spent_ms, event.spent_ms)
         else:
-            progress.compensate_spent_ms = event.spent_ms
+            progress.compensate_spent_ms = max(progress.compensate_spent_ms, event.spent_ms)
     elif kind is EventKind.FAILED or kind is EventKind.DEADLINE:
         progress.last_error = event.detail
         if forward:

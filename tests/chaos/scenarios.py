@@ -165,12 +165,15 @@ async def check(ctx: Ctx, quiesce_s: float = 90.0) -> Report:
 
 async def crash_loop(ctx: Ctx) -> None:
     """SIGKILL a random shard every 2 s under load; restart it on the same journal at once. Calls fail transiently
-    now and then (refunds often), so retries straddle the kills: no step may make more attempts than its policy allows,
-    however many restarts it lived through (issue 20: the budget is durable)."""
+    now and then (refunds often), and some hang until their attempt timeout, so retries straddle the kills and many
+    kills land during a call: no step may make more attempts than its policy allows, however many restarts it lived
+    through, an attempt a kill interrupted included (issue 20: the budget is durable; issue 27: an interrupted attempt
+    is spent)."""
     async with StubControlClient(ctx.cluster.stub_address) as control:
         # A little latency on every call keeps sagas in flight, so every kill lands mid-saga.
         rules = [
-            fault_rule("RefundPayment", latency_ms=15, error_rate=0.5, error_code="UNAVAILABLE"),
+            fault_rule("RefundPayment", latency_ms=15, hang_rate=0.3, error_rate=0.4, error_code="UNAVAILABLE"),
+            fault_rule("ChargePayment", latency_ms=15, hang_rate=0.1, error_rate=0.1, error_code="UNAVAILABLE"),
             fault_rule("*", latency_ms=15, error_rate=0.1, error_code="UNAVAILABLE"),
         ]
         await control.set_faults(rules, seed=ctx.result.seed)
@@ -205,11 +208,15 @@ async def crash_loop(ctx: Ctx) -> None:
         ctx.violation("crash_loop: no restart found an unfinished saga: the kills did not land mid-flight")
     settings = ctx.cluster.settings
     most: Counter[str] = Counter()
+    interrupted: Counter[str] = Counter()
     for node in ctx.cluster.nodes:
         async with grpc.aio.insecure_channel(node.address) as channel:
             stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
             for saga in await list_all_sagas(node.address):
                 full = await stub.GetSaga(S.GetSagaRequest(order_id=saga.order_id, include_events=True), timeout=20)
+                for ev in full.events:
+                    if "shard stopped during the attempt" in ev.detail:
+                        interrupted["forward" if ev.action == Action.FORWARD else "compensate"] += 1
                 for (step, action), n in attempts_per_budget(full).items():
                     label = "forward" if action == Action.FORWARD else "compensate"
                     most[label] = max(most[label], n)
@@ -218,7 +225,8 @@ async def crash_loop(ctx: Ctx) -> None:
                         ctx.violation(f"crash_loop: {saga.order_id}: {n} {label} attempts of step {step} > {limit}")
     ctx.result.notes.append(
         f"most attempts of one step: forward {most['forward']} (policy {settings.forward_attempts}), "
-        f"compensate {most['compensate']} (policy {settings.compensate_attempts})"
+        f"compensate {most['compensate']} (policy {settings.compensate_attempts}); attempts a kill interrupted, "
+        f"each counted: forward {interrupted['forward']}, compensate {interrupted['compensate']}"
     )
 
 
@@ -1097,7 +1105,8 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario("crash_loop", crash_loop),
+        # A compensation budget of 12 and 2 s attempts: hung refunds straddle the kills (every 2 s) and the budget.
+        Scenario("crash_loop", crash_loop, ShardSettings(compensate_attempts=12, attempt_timeout_ms=2_000)),
         Scenario("crash_points", crash_points, min_success_per_s=1.0),
         Scenario("lost_replies", lost_replies),
         # The same with GetOperation off ([operations] ask_unknown = false): what asking saves (make chaos only).

@@ -131,6 +131,87 @@ async def test_a_crash_loop_does_not_grant_fresh_attempts(harness: Harness) -> N
     assert row.attempts == 5
 
 
+async def _crash_during_every_attempt(h: Harness, step: Step, action: Action, into_call_s: float = 0.0) -> list[Event]:
+    """Restarts the shard `into_call_s` into every attempt of (step, action) (the call hangs: its outcome is never
+    known) until the saga stops; returns its events."""
+    key = ("o-1", step, action)
+    for n in range(1, 100):
+        await _advance_until(h, lambda n=n: h.caller.attempts[key] >= n or h.shard.in_flight == 0)  # type: ignore[union-attr]
+        if h.caller.attempts[key] < n:
+            break
+        await h.clock.advance(into_call_s)
+        await h.quiesce()  # STARTED is durable, the call hangs: the process "dies" mid-call
+        await h.restart()
+        await h.quiesce()
+        assert h.caller.attempts[key] == n  # no attempt is sent at once on restart: it waits its backoff first
+    return await _events(h, "o-1")
+
+
+async def test_a_crash_mid_compensation_spends_the_attempt(harness: Harness) -> None:
+    """Issue 27.1: a refund that never answers, its shard killed during every call. Before, each restart sent the
+    interrupted attempt again at once, uncounted: 50 refunds under a policy of 12. Now each interrupted attempt is
+    journaled as spent (RETRYING, outcome unknown, with a backoff drawn) and the saga parks after the policy's 5."""
+    harness.caller.fail_with(S.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION, msg="unshippable")
+    harness.caller.hang(S.PROCESS_PAYMENT, C)
+    await harness.shard.place_order(order(no_wait=True))
+    events = await _crash_during_every_attempt(harness, S.PROCESS_PAYMENT, C)
+    starts = _starts(events, S.PROCESS_PAYMENT, C)
+    assert len(starts) == harness.cfg.compensate.max_attempts == 5
+    refunds = [e for e in events if e.step == S.PROCESS_PAYMENT and e.action == C]
+    settled = [e for e in refunds if e.kind is EventKind.RETRYING and "shard stopped" in e.detail]
+    assert len(settled) == 4  # every interrupted attempt but the last (which failed the budget) drew a backoff
+    assert all(e.code == "UNKNOWN" for e in settled)
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.state is SagaState.DEAD_LETTERED
+    assert "failed after 5 attempts" in rec.parked_note
+    (row,) = await harness.shard.dead_letters(0, False, 10, 0)
+    assert row.attempts == 5
+
+
+async def test_a_crash_mid_forward_call_spends_the_attempt(harness: Harness) -> None:
+    """The same for a forward step: the interrupted attempts count against its policy (4), the step fails with an
+    unknown outcome, and so it is compensated (its key tombstoned against the call still hanging)."""
+    harness.caller.hang(S.PROCESS_PAYMENT, F)
+    await harness.shard.place_order(order(no_wait=True))
+    events = await _crash_during_every_attempt(harness, S.PROCESS_PAYMENT, F)
+    assert len(_starts(events, S.PROCESS_PAYMENT, F)) == harness.cfg.forward.max_attempts == 4
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.state is SagaState.FAILED
+    assert rec.last_error.startswith("process_payment failed after 4 attempts: UNKNOWN: outcome unknown")
+    assert harness.caller.attempts[("o-1", S.PROCESS_PAYMENT, C)] == 1  # compensated: its outcome was unknown
+
+
+async def test_an_interrupted_attempt_counts_its_time_against_the_window(harness: Harness) -> None:
+    """A policy bounded by time alone: each interrupted 1 s attempt spends up to its timeout of the 2.5 s window."""
+    await harness.restart(
+        compensate=RetryPolicy(max_attempts=100, initial_backoff_ms=10, max_backoff_ms=10, max_elapsed_ms=2_500)
+    )
+    harness.caller.fail_with(S.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION)
+    harness.caller.hang(S.PROCESS_PAYMENT, C)
+    await harness.shard.place_order(order(no_wait=True))
+    await _crash_during_every_attempt(harness, S.PROCESS_PAYMENT, C, into_call_s=0.9)
+    starts = _starts(await _events(harness, "o-1"), S.PROCESS_PAYMENT, C)
+    assert len(starts) == 3  # 0.9 + 0.9 + 0.9 s > 2.5 s: the third interrupted attempt ends the window
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.state is SagaState.DEAD_LETTERED
+
+
+async def test_a_lost_operation_resent_without_backoff_still_passes_the_budget(harness: Harness) -> None:
+    """A service that accepts the refund and then forgets it (GetOperation: NOT_FOUND) asks for a re-send with no
+    backoff drawn; the budget is checked before each send, so the refunds stop at the policy's 5."""
+    harness.caller.fail_with(S.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION)
+    harness.caller.script(
+        S.PROCESS_PAYMENT, C, lambda p, n: CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=10)
+    )
+    await harness.shard.place_order(order(no_wait=True))
+    await _advance_until(harness, lambda: harness.shard.in_flight == 0, limit_s=120)
+    events = await _events(harness, "o-1")
+    assert len(_starts(events, S.PROCESS_PAYMENT, C)) == 5
+    rec, _ = await harness.shard.get("o-1")
+    assert rec.state is SagaState.DEAD_LETTERED
+    assert "retry budget spent (5 attempts" in rec.parked_note
+
+
 async def test_a_restart_waits_out_the_journaled_backoff(harness: Harness) -> None:
     await harness.restart(
         compensate=RetryPolicy(max_attempts=5, initial_backoff_ms=2_000, max_backoff_ms=2_000, max_elapsed_ms=0),

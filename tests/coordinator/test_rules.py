@@ -160,6 +160,6 @@ def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
 
 
 def test_step_progress_copy_is_complete() -> None:
-    progress = StepProgress(Step.PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 15))
+    progress = StepProgress(Step.PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 17))
     assert all(getattr(progress, f.name) != f.default for f in dataclasses.fields(progress))
     assert progress.copy() == progress and progress.copy() is not progress
