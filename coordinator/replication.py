@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,11 @@ class ReplicaMonitor:
         self._on_lagging = on_lagging
         self.lagging: bool | None = None
         self.last: ReplicaStatus | None = None
+        self._said = ""
+        """What the log last said of the replica: "", "starting", "lagging" or "ok" (one line per change)."""
+        self._grace_until_mono = time.monotonic() + cfg.max_lag_s
+        """Until then, a replica not yet up or never synced is a start (Litestream comes up beside the shard and syncs
+        within its interval), said at INFO; past it, or once it was up, lagging is a WARNING."""
 
     async def check_once(self) -> ReplicaStatus:
         now = datetime.datetime.now(datetime.UTC)
@@ -125,16 +131,35 @@ class ReplicaMonitor:
         age = status.last_sync_age_s
         lagging = not status.up or age is None or age > self._cfg.max_lag_s
         self._lagging.set(1 if lagging else 0)
+        self._say(status, lagging)
         if lagging != self.lagging:
-            if lagging:
-                why = status.why or f"last successful sync {age:.0f} s ago (bound {self._cfg.max_lag_s:.0f} s)"
-                logger.warning("journal replica is lagging: {}", why)
-            elif self.lagging is not None:
-                logger.info("journal replica caught up (last sync {:.1f} s ago)", age)
             await self._on_lagging(lagging)
             self.lagging = lagging
         self.last = status
         return status
+
+    def _say(self, status: ReplicaStatus, lagging: bool) -> None:
+        """One log line per change of what there is to say; never fails (a None age is "never synced")."""
+        age = status.last_sync_age_s
+        if not lagging:
+            said = "ok"
+        elif self._said in ("", "starting") and time.monotonic() < self._grace_until_mono:
+            said = "starting"
+        else:
+            said = "lagging"
+        if said == self._said:
+            return
+        if age is None:
+            why = status.why or "no successful sync yet"
+        else:
+            why = status.why or f"last successful sync {age:.0f} s ago (bound {self._cfg.max_lag_s:.0f} s)"
+        if said == "starting":
+            logger.info("journal replica not synced yet: {}", why)
+        elif said == "lagging":
+            logger.warning("journal replica is lagging: {}", why)
+        elif self._said:
+            logger.info("journal replica caught up (last sync {:.1f} s ago)", age or 0.0)
+        self._said = said
 
     async def run(self) -> None:
         await run_every(self._cfg.check_interval_s, self.check_once, name="replica check")

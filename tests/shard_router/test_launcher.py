@@ -280,3 +280,43 @@ def test_local_system_replicates_each_shards_journal_with_litestream(tmp_path: P
     launcher = (tmp_path / "launcher.log").read_text()
     # Stopped after its shard: the shard's last writes still reach the replica.
     assert launcher.index("shard-1 stopped") < launcher.index("replica-1 stopped (exit code 0)")
+
+
+def _default_system_on_free_ports(tmp_path: Path) -> tuple[str, int]:
+    """`make run`'s own files (cluster.toml and what it names beside it) copied with every port replaced by a free
+    one, consistently across the files, into tmp_path (where _launch writes the cluster file: its {here}); returns
+    the cluster file's text and the first router's port."""
+    conf = tmp_path
+    texts = {p.name: p.read_text() for p in DEFAULT_CONFIG.parent.iterdir() if p.suffix in (".toml", ".yml")}
+    ports = sorted({int(p) for text in texts.values() for p in re.findall(r"127\.0\.0\.1:(\d+)", text)})
+    fresh = {old: free_port() for old in ports}
+    for name, text in texts.items():
+        text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{fresh[int(m.group(1))]}", text)
+        (conf / name).write_text(text)
+    router = re.search(r'name = "router"\nmodule = "shard_router"\nlisten = "127\.0\.0\.1:(\d+)"', texts["cluster.toml"])
+    assert router is not None
+    return (conf / "cluster.toml").read_text(), fresh[int(router.group(1))]
+
+
+@pytest.mark.skipif(not HAVE_SYSTEM, reason="needs coordinator/ and service_stubs/")
+def test_make_run_starts_and_restarts_without_an_error_line(tmp_path: Path) -> None:
+    """Issue 27.9: a fresh `make run` showed three tracebacks (each shard's replica check formatted a None sync age
+    before Litestream's first sync). The default system, on an empty data dir and again on the full one, logs no
+    ERROR line and no traceback in any process, with an order placed and the replica monitors given time to check."""
+    cluster, router = _default_system_on_free_ports(tmp_path)
+    for run in ("fresh", "restart"):
+        proc, log = _launch(tmp_path, cluster)
+        try:
+            _wait_for(log, r"all \d+ processes up", proc, timeout_s=120)
+            with grpc.insecure_channel(f"127.0.0.1:{router}") as channel:
+                stub = saga_pb2_grpc.SagaCoordinatorStub(channel)
+                reply = stub.PlaceOrder(place_request(f"quiet-{run}"), timeout=60)
+                assert reply.status == saga_pb2.SUCCESS, reply.error_message
+            _wait_for(log, r"replica|litestream", proc)
+            time.sleep(3.0)  # several replica checks (every 1 s), Litestream's first syncs (every 1 s)
+        finally:
+            code = _stop(proc)
+        text = log.read_text()
+        assert code == 0, text
+        bad = [line for line in text.splitlines() if re.search(r"\bERROR\b|Traceback", line)]
+        assert not bad, f"{run}: " + "\n".join(bad[:20])
