@@ -293,7 +293,8 @@ def _default_system_on_free_ports(tmp_path: Path) -> tuple[str, int]:
     for name, text in texts.items():
         text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{fresh[int(m.group(1))]}", text)
         (conf / name).write_text(text)
-    router = re.search(r'name = "router"\nmodule = "shard_router"\nlisten = "127\.0\.0\.1:(\d+)"', texts["cluster.toml"])
+    first_router = r'name = "router"\nmodule = "shard_router"\nlisten = "127\.0\.0\.1:(\d+)"'
+    router = re.search(first_router, texts["cluster.toml"])
     assert router is not None
     return (conf / "cluster.toml").read_text(), fresh[int(router.group(1))]
 
