@@ -132,9 +132,6 @@ class PeerStreamLimit(grpc.aio.ServerInterceptor):
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()  # handlers run on the event loop, but a server may be shared in tests
 
-    def open_streams(self, key: str) -> int:
-        return self._open.get(key, 0)
-
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],

@@ -1,7 +1,7 @@
 """One saga coordinator shard: a durable saga engine over a WAL-mode SQLite journal, served over gRPC."""
 
 from .app import ShardApp
-from .clock import Clock, FakeClock, SystemClock
+from .clock import Clock, SystemClock
 from .config import ConfigError, Limits, RetryPolicy, Services, ShardConfig, load
 from .model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
 
@@ -10,7 +10,6 @@ __all__ = [
     "Action",
     "Clock",
     "ConfigError",
-    "FakeClock",
     "Limits",
     "RetryPolicy",
     "SagaState",

@@ -1170,13 +1170,6 @@ async def _in_thread(db: aiosqlite.Connection, work: Callable[[sqlite3.Connectio
     return result
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
-    try:
-        await db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
-
-
 def _ok(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)

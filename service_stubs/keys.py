@@ -163,11 +163,6 @@ class KeyTable:
     def __iter__(self) -> Iterator[KeyRecord]:
         return iter(self._records.values())
 
-    @property
-    def keys_locked(self) -> int:
-        """Keys a call holds or waits for right now (0 when idle: lock entries do not leak)."""
-        return len(self._locks)
-
     def get(self, key: str) -> KeyRecord | None:
         return self._records.get(key)
 

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator.caller import SagaPayload
-from coordinator.clock import FakeClock
 from coordinator.errors import CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.journal import Journal, Record
 from coordinator.model import Action, Step, idempotency_key
+from tests.helpers.clock import FakeClock
 
 Script = Callable[[SagaPayload, int], CallResult | None]
 

@@ -23,7 +23,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator import convert
-from coordinator.clock import FakeClock
 from coordinator.config import ConfigError, Retention, ShardConfig, Wal
 from coordinator.errors import PayloadMismatch, SagaNotFound, WrongState
 from coordinator.journal import DeadLetterClose, DeadLetterOpen, Journal, NewSaga
@@ -32,6 +31,7 @@ from coordinator.model import Action, SagaState, Step
 from coordinator.retention import Upkeep, read_archive, saga_from_archive
 from coordinator.saga import Event, EventKind, SagaRecord
 from protos.saga.v1 import saga_pb2
+from tests.helpers.clock import FakeClock
 
 from .conftest import Harness, order
 

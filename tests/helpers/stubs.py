@@ -41,6 +41,7 @@ from protos.shop.v1 import (
     shipping_pb2_grpc,
 )
 from service_stubs import IDEMPOTENCY_KEY, StubServer
+from service_stubs.keys import KeyTable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -371,3 +372,9 @@ async def clear_faults(addresses: str | Sequence[str]) -> None:
     for address in [addresses] if isinstance(addresses, str) else addresses:
         async with StubControlClient(address) as control:
             await control.clear_faults()
+
+
+def keys_locked(table: KeyTable) -> int:
+    """Keys a call holds or waits for right now in a stub's KeyTable (0 when idle: lock entries do not leak). Reads
+    the table's private lock map: a test's question, not the service's."""
+    return len(table._locks)

@@ -8,7 +8,7 @@ import grpc
 
 from protos.shop.v1 import payment_pb2
 from service_stubs import DECLINED_MESSAGE, StubServer
-from tests.helpers.stubs import ShopClient, StubControlClient
+from tests.helpers.stubs import ShopClient, StubControlClient, keys_locked
 from tests.service_stubs.conftest import rpc_error
 
 
@@ -18,7 +18,7 @@ async def test_fifty_concurrent_duplicate_reservations_apply_once(
     await control.set_stock({"sku-dup": 100})
     replies = await asyncio.gather(*(shop.reserve("o-dup", key="k-dup", lines=[("sku-dup", 10)]) for _ in range(50)))
     assert len({reply.reservation_id for reply in replies}) == 1
-    assert stubs.services["inventory"].keys.keys_locked == 0
+    assert keys_locked(stubs.services["inventory"].keys) == 0
 
     ledger = await control.get_ledger("o-dup")
     assert dict(ledger.reserved_net) == {"sku-dup": 10}
