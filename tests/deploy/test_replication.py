@@ -28,6 +28,7 @@ from coordinator.config import Replication
 from coordinator.metrics import ShardMetrics
 from coordinator.replication import ReplicaMonitor, ask
 from coordinator.restore import RestoreError, litestream_binary
+from tests.helpers.tools import require_tool
 
 from .conftest import K8S, ROOT, Manifest, Overlay, Render
 from .manifests import (
@@ -486,8 +487,8 @@ def test_the_alerts_and_the_dashboard_name_metrics_that_exist(
 
 def _promtool() -> str:
     path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not found (Debian: apt-get install prometheus)")
+    require_tool("promtool", path is not None, "promtool not found (Debian package prometheus)")
+    assert path is not None
     return path
 
 
