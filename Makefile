@@ -25,7 +25,9 @@ SAGA_ALLOW_MISSING_TOOLS ?=
 export SAGA_ALLOW_MISSING_TOOLS
 # $(call missing,TOOL,WHY): in a recipe, when TOOL is unavailable: exit 1 with WHY, unless SAGA_ALLOW_MISSING_TOOLS
 # names TOOL (then one line saying its tests will be skipped). No commas in WHY: they would split the arguments.
-missing = case ",$(SAGA_ALLOW_MISSING_TOOLS)," in \
+empty :=
+ALLOWED_MISSING = ,$(subst $(empty) $(empty),,$(SAGA_ALLOW_MISSING_TOOLS)),
+missing = case "$(ALLOWED_MISSING)" in \
 	*,$(1),*) echo "$(1) unavailable: $(2). Its tests will be skipped: SAGA_ALLOW_MISSING_TOOLS names it";; \
 	*) echo "$(1) unavailable: $(2). make test needs it; to run without it set SAGA_ALLOW_MISSING_TOOLS=$(1)" >&2; \
 	   exit 1;; esac
