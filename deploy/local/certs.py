@@ -168,8 +168,14 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
 
 LAUNCHER = "launcher"
 """The identity the launcher's health checks present."""
-DEFAULT_NAMES = ("stubs", "shard-1", "shard-2", "shard-3", "router", "operator", "client", LAUNCHER)
-"""What `python -m deploy.local certs` issues by default: cluster.toml's processes, sagactl, a client, the launcher."""
+CALLERS = ("operator", "client", LAUNCHER)
+"""Certificates for callers of the system rather than its processes: sagactl, a client, the launcher's health checks."""
+
+
+def default_names(cluster: ClusterSpec) -> list[str]:
+    """What `python -m deploy.local certs` issues by default: every gRPC process of the cluster file (each router
+    included), then CALLERS."""
+    return [p.name for p in cluster.processes if p.ready is Ready.GRPC] + list(CALLERS)
 
 
 def tls_args(files: TlsFiles) -> list[str]:

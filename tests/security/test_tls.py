@@ -273,6 +273,18 @@ def test_certs_command_creates_ca_and_named_certificates(tmp_path: Path, capsys:
     assert "ca.pem" in capsys.readouterr().out
 
 
+def test_certs_command_issues_every_process_of_the_cluster_file_by_default(tmp_path: Path) -> None:
+    from deploy.local import DEFAULT_CONFIG, load
+
+    assert certs_main(["--dir", str(tmp_path / "tls")]) == 0
+    cluster = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
+    grpc_processes = [p.name for p in cluster.processes if p.ready == "grpc"]
+    assert "router-2" in grpc_processes
+    issued = {path.name.removesuffix(".pem") for path in (tmp_path / "tls").glob("*.pem")} - {"ca"}
+    issued = {name for name in issued if not name.endswith("-key")}
+    assert issued == {*grpc_processes, "operator", "client", "launcher"}
+
+
 async def test_long_lived_channels_are_reopened_when_the_client_certificate_rotates(ca: LocalCA) -> None:
     """grpcio cannot re-key a channel: the router's pool and the shard's caller open new ones (and close the old)."""
     from coordinator.caller import GrpcCaller
