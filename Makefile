@@ -16,16 +16,40 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# Tools from outside Python that `make test` needs: chromium (the dashboard in a browser), kubectl and promtool (the
+# Kubernetes manifests, the alert rules), go (the Go client's build) and buf (the API checks; from npm). `make setup`
+# and `make test` install them where they can; a tool they cannot install fails the run, saying why. To run without
+# some, name them: SAGA_ALLOW_MISSING_TOOLS=chromium,go make test. Their tests are then skipped, and pytest's summary
+# (-ra) says each was skipped because that variable names the tool (tests/helpers/tools.py reads it too).
+SAGA_ALLOW_MISSING_TOOLS ?=
+export SAGA_ALLOW_MISSING_TOOLS
+# $(call missing,TOOL,WHY): in a recipe, when TOOL is unavailable: exit 1 with WHY, unless SAGA_ALLOW_MISSING_TOOLS
+# names TOOL (then one line saying its tests will be skipped). No commas in WHY: they would split the arguments.
+empty :=
+ALLOWED_MISSING = ,$(subst $(empty) $(empty),,$(SAGA_ALLOW_MISSING_TOOLS)),
+missing = case "$(ALLOWED_MISSING)" in \
+	*,$(1),*) echo "$(1) unavailable: $(2). Its tests will be skipped: SAGA_ALLOW_MISSING_TOOLS names it";; \
+	*) echo "$(1) unavailable: $(2). make test needs it; to run without it set SAGA_ALLOW_MISSING_TOOLS=$(1)" >&2; \
+	   exit 1;; esac
+# $(call apt_install,PACKAGES): installs Debian packages if this user may (root, with apt-get), refreshing the package
+# lists once if the first attempt fails; false otherwise.
+apt_install = [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	{ apt-get install -y -q $(1) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	  apt-get install -y -q $(1) >/dev/null 2>&1; }; }
+NO_APT := apt-get could not install it (it needs root and an apt source)
+
 # buf (protos/ lint and breaking-change checks) comes from npm, pinned in package-lock.json; reinstalled when the lock
-# changes. Without npm the rest of the set-up still works and the buf targets say what is missing.
+# changes. Without npm `make setup` fails, unless SAGA_ALLOW_MISSING_TOOLS names buf.
 BUF := node_modules/.bin/buf
 $(BUF): package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js to get buf (make buf-lint)"; exit 0; } && \
-	  npm ci --no-audit --no-fund --loglevel=error && touch $(BUF)
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error && touch $(BUF); \
+	else $(call missing,buf,npm not found: install Node.js to get buf); fi
 
+# The venv and buf: what `make test` and `make lint` need. The targets that need only the venv (run, bench, proto, ...)
+# depend on it alone, so `make run` works without Node.js.
 setup: $(STAMP) $(BUF)
 
-run: setup
+run: $(STAMP)
 	$(PY) -m deploy.local
 
 # Two workers, each taking whole files (module-scoped systems stay with their tests): most of the suite waits on real
@@ -35,38 +59,32 @@ TEST_WORKERS ?= 2
 test: setup browser-deps k8s-deps go-deps
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
-# The dashboard's browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
-# Installed only when missing and when this user may run apt-get; otherwise that one test is skipped with the reason.
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
-	    apt-get install -y -q chromium >/dev/null 2>&1; }; } ; } || echo "chromium unavailable: the browser test will skip"
+	@command -v chromium >/dev/null 2>&1 || { $(call apt_install,chromium) && command -v chromium >/dev/null 2>&1; } || \
+	  { $(call missing,chromium,not found and $(NO_APT): Debian package chromium); }
 
-# tests/deploy renders deploy/k8s with `kubectl kustomize` (kustomize 5: kubectl 1.27 or later). Installed only when
-# missing and when this user may run apt-get: the `kubectl` package where an apt source has it (the Kubernetes
-# project's own repository), else the distribution's kubernetes-client. Without kubectl, or with one whose kustomize is
-# older, those tests skip and say so. promtool (Debian's prometheus package) checks and unit-tests deploy/grafana/alerts.yml.
+# tests/deploy renders deploy/k8s with `kubectl kustomize` (kustomize 5: kubectl 1.27 or later): the `kubectl` package
+# where an apt source has it (the Kubernetes project's own repository), else the distribution's kubernetes-client.
+# promtool (Debian's prometheus package) checks and unit-tests deploy/grafana/alerts.yml.
 k8s-deps:
-	@command -v kubectl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
-	    { apt-get install -y -q kubectl >/dev/null 2>&1 || apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; }; \
-	  } ; } || echo "kubectl unavailable: the Kubernetes manifest tests will skip"
-	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
-	    && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } ; } || \
-	  echo "promtool unavailable: the alert rules' tests will skip"
+	@command -v kubectl >/dev/null 2>&1 || { { $(call apt_install,kubectl) || $(call apt_install,kubernetes-client); } \
+	  && command -v kubectl >/dev/null 2>&1; } || \
+	  { $(call missing,kubectl,not found and $(NO_APT): Debian package kubectl or kubernetes-client); }
+	@command -v promtool >/dev/null 2>&1 || \
+	  { $(call apt_install,--no-install-recommends prometheus) && command -v promtool >/dev/null 2>&1; } || \
+	  { $(call missing,promtool,not found and $(NO_APT): Debian package prometheus); }
 
 # Go's protobuf and gRPC plugins and libraries (Debian's packages: offline, no module proxy), for the Go client that
-# buf.gen.yaml generates and `make buf-generate-check` builds. Installed only when missing and when this user may run
-# apt-get; without them the Go half of that check (and of its test) is skipped and says so.
+# buf.gen.yaml generates and `make buf-generate-check` builds.
 GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev golang-google-grpc-dev
+GO_MISSING := Go or its protobuf/gRPC plugins and libraries are missing and $(NO_APT): Debian packages $(GO_DEBS)
+HAVE_GO := command -v go && command -v protoc-gen-go && command -v protoc-gen-go-grpc && \
+	test -d /usr/share/gocode/src/google.golang.org/grpc
 go-deps:
-	@{ command -v go && command -v protoc-gen-go && command -v protoc-gen-go-grpc && \
-	  test -d /usr/share/gocode/src/google.golang.org/grpc; } >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  { apt-get install -y -q --no-install-recommends $(GO_DEBS) >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
-	    && apt-get install -y -q --no-install-recommends $(GO_DEBS) >/dev/null 2>&1; }; } ; } || \
-	  echo "Go toolchain unavailable: the Go client's build check will skip"
+	@{ $(HAVE_GO); } >/dev/null 2>&1 || \
+	  { $(call apt_install,--no-install-recommends $(GO_DEBS)) && { $(HAVE_GO); } >/dev/null 2>&1; } || \
+	  { $(call missing,go,$(GO_MISSING)); }
 
 # deploy/requirements.lock: the image's runtime dependencies (pyproject.toml [project] dependencies), each pinned with
 # the hash of every file PyPI has for that version, so `pip install --require-hashes` in deploy/Dockerfile accepts the
@@ -77,34 +95,34 @@ lock: $(STAMP)
 	  --no-emit-find-links --output-file=deploy/requirements.lock $(LOCK_ARGS) pyproject.toml
 
 # Local cluster under load: a table plus one JSON line; results under bench/results/. BENCH_ARGS="--help" lists modes.
-bench: setup
+bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The long versions of the soak tests (the short ones run in make test): the journal's WAL under a 60-second burst;
 # 10,000 sagas waiting a minute on long-running operations (the shard's CPU between polls and its memory).
-soak: setup
+soak: $(STAMP)
 	SAGA_SOAK_S=60 $(PY) -m pytest -q -s tests/coordinator/test_retention.py -k burst
 	SAGA_WAITING_N=10000 SAGA_WAITING_S=60 $(PY) -m pytest -q -s tests/coordinator/test_operations_process.py \
 	  -k many_waiting
 
 # The ring protocol's deterministic simulation, many more schedules than make test runs (SIM_ARGS="--help").
 SIM_ARGS ?= --seeds 20000
-sim: setup
+sim: $(STAMP)
 	$(PY) -m tests.simulation $(SIM_ARGS)
 
 # Every chaos scenario, the long version (a minute or more each). The short versions run inside `make test`.
-chaos: setup
+chaos: $(STAMP)
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # Also writes protos/descriptor_set.binpb (with comments) for server reflection: grpcurl describe shows the docs.
 PROTOC = -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
 	--include_source_info --include_imports --descriptor_set_out=protos/descriptor_set.binpb
 
-proto: setup
+proto: $(STAMP)
 	$(PY) $(PROTOC) $(PROTOS)
 
 # Fails if the committed generated code differs from what `make proto` produces.
-proto-check: setup
+proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && cp -r protos $$tmp/ && cd $$tmp && \
 	  $(CURDIR)/$(PY) $(PROTOC) $(PROTOS) && \
 	  diff -r $(CURDIR)/protos $$tmp/protos -x __pycache__ && echo "generated code is fresh"; \
@@ -130,7 +148,7 @@ buf-breaking: setup
 
 # Other languages' clients: buf.gen.yaml itself, run into build/gopath (not committed); the Go package built with
 # Debian's Go libraries (GOPATH mode: no module proxy, no network) and the TypeScript type-checked with tsc --strict.
-# Without Go (make go-deps) the Go build is skipped and says so.
+# Without Go (make go-deps) it fails, unless SAGA_ALLOW_MISSING_TOOLS names go.
 GEN := build/gopath/src/example.com/yourteam/sagaapi
 buf-generate-check: setup
 	@test -x $(BUF) || { echo "buf is missing: install Node.js/npm, then make setup"; exit 1; }
@@ -144,14 +162,14 @@ buf-generate-check: setup
 	  GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/build/gopath:/usr/share/gocode \
 	    GOCACHE=$${GOCACHE:-$${HOME:+$$HOME/.cache/go-build}} GOCACHE=$${GOCACHE:-$(CURDIR)/build/gocache} \
 	    go vet example.com/yourteam/sagaapi/gen/go/... && echo "Go client generated, built and vetted"; \
-	else echo "Go toolchain missing (make go-deps): Go client generated, not built"; fi
+	else $(call missing,go,the Go toolchain is missing (make go-deps): Go client generated but not built); fi
 
 lint: setup buf-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-fmt: setup
+fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

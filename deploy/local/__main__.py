@@ -7,9 +7,9 @@ stop, 1 if a process failed to start or exited on its own, 2 for a bad config fi
 With --tls every process serves mutual TLS with its own certificate from a local CA under --tls-dir (default
 $SAGA_DATA_DIR/tls, created on first use), and dials the others with it.
 
-`python -m deploy.local certs --dir DIR [NAME ...]`: creates the CA (if DIR has none) and a certificate per NAME
-(default: every process of cluster.toml, operator, client and launcher), each with URI SAN spiffe://saga/NAME, DNS
-localhost and IP 127.0.0.1. Existing certificates are kept unless --renew.
+`python -m deploy.local certs --dir DIR [--config FILE] [NAME ...]`: creates the CA (if DIR has none) and a certificate
+per NAME (default: every gRPC process of the cluster file, each router included, then operator, client and launcher),
+each with URI SAN spiffe://saga/NAME, DNS localhost and IP 127.0.0.1. Existing certificates are kept unless --renew.
 
 With --tls every process also gets --auth-policy: the policy of its kind, written beside the CA
 (deploy/local/authpolicy.py), with a JWT key pair for test tokens.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .authpolicy import SIGNING_KEY, mint_token
-from .certs import DEFAULT_NAMES, LocalCA, with_tls
+from .certs import CALLERS, LocalCA, default_names, with_tls
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .supervisor import Supervisor
 
@@ -36,15 +36,20 @@ from .supervisor import Supervisor
 def certs_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.local certs", description="Create a local CA and certificates.")
     p.add_argument("--dir", type=Path, required=True, help="where ca.pem, NAME.pem and NAME-key.pem go")
-    p.add_argument("names", nargs="*", default=list(DEFAULT_NAMES), help="certificate names (default %(default)s)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        help=f"certificate names (default: every gRPC process of --config, then {', '.join(CALLERS)})",
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster file (default %(default)s)")
     p.add_argument("--renew", action="store_true", help="issue new certificates (new serials) even if present")
     args = p.parse_args(argv)
     ca = LocalCA(args.dir)
     try:
-        for name in args.names:
+        for name in args.names or default_names(load(args.config)):
             issued = ca.issue(name, renew=args.renew)
             print(f"{issued.files.cert} (key {issued.files.key}, serial {issued.serial:x})")
-    except ValueError as e:
+    except ValueError as e:  # ClusterConfigError too
         print(f"deploy.local certs: {e}", file=sys.stderr)
         return 2
     print(f"CA: {ca.ca_path}")

@@ -6,8 +6,9 @@ One policy per kind of process, each naming only who may call that process:
 
     auth-router.toml   spiffe://saga/client -> client, spiffe://saga/operator -> operator + client (sagactl places
                        test orders too), and bearer JWTs (ES256, aud "saga") checked with jwt.pem
-    auth-shard.toml    spiffe://saga/router -> router: a shard serves the router only, which passes on the principal
-                       it authenticated; a client's or an operator's certificate has no role there
+    auth-shard.toml    spiffe://saga/<router> -> router, for every router of the system (router, router-2, ...: each
+                       has a certificate of its own): a shard serves the routers only, which pass on the principal
+                       they authenticated; a client's or an operator's certificate has no role there
     auth-stubs.toml    spiffe://saga/shard-* -> coordinator (the shop services), spiffe://saga/operator -> operator
                        (StubControl: ledgers and faults for tests and benchmarks)
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,8 @@ JWT_ISSUER = "deploy.local"
 SIGNING_KEY = "jwt-signing-key.pem"
 VERIFY_KEY = "jwt.pem"
 KINDS = ("router", "shard", "stubs")
-_KIND_BY_MODULE = {"shard_router": "router", "service_stubs": "stubs"}
+ROUTER_MODULE = "shard_router"
+_KIND_BY_MODULE = {ROUTER_MODULE: "router", "service_stubs": "stubs"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def _identity(name: str, *roles: str) -> str:
     return f'[[identity]]\nsan = "{spiffe_id(name)}"\nroles = [{listed}]\n'
 
 
-def _policies() -> dict[str, str]:
+def _policies(routers: Sequence[str]) -> dict[str, str]:
     header = "# Written by deploy.local (deploy/local/authpolicy.py); format: deploy/README.md, 'Auth policy'.\n\n"
     jwt_table = (
         f'[jwt]\nkey_file = "{VERIFY_KEY}"\nalgorithms = ["ES256"]\naudience = "{JWT_AUDIENCE}"\n'
@@ -79,13 +81,18 @@ def _policies() -> dict[str, str]:
     )
     return {
         "router": header + _identity("client", "client") + _identity("operator", "operator", "client") + jwt_table,
-        "shard": header + _identity("router", "router"),
+        "shard": header + "".join(_identity(name, "router") for name in routers),
         "stubs": header + _identity("shard-*", "coordinator") + _identity("operator", "operator"),
     }
 
 
-def write_policies(directory: Path) -> LocalPolicies:
-    """Writes the three policies (rewritten each time: they are derived) and a JWT key pair unless one is there."""
+def write_policies(directory: Path, *, routers: Iterable[str]) -> LocalPolicies:
+    """Writes the three policies (rewritten each time: they are derived from the system) and a JWT key pair unless one
+    is there. `routers` names every router of the system (its certificate's name): the shards' policy gives each of
+    them the router role, and no one else."""
+    names = tuple(routers)
+    if not names:
+        raise ValueError("a system has at least one router: the shards' policy would let no one in")
     policies = LocalPolicies(Path(directory).absolute())
     policies.directory.mkdir(parents=True, exist_ok=True)
     if not (policies.signing_key.exists() and policies.verify_key.exists()):
@@ -98,7 +105,7 @@ def write_policies(directory: Path) -> LocalPolicies:
         )
         _write(policies.signing_key, private, 0o600)
         _write(policies.verify_key, public, 0o644)
-    for kind, text in _policies().items():
+    for kind, text in _policies(names).items():
         _write(policies.path(kind), text.encode(), 0o644)
     return policies
 

@@ -168,8 +168,14 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
 
 LAUNCHER = "launcher"
 """The identity the launcher's health checks present."""
-DEFAULT_NAMES = ("stubs", "shard-1", "shard-2", "shard-3", "router", "operator", "client", LAUNCHER)
-"""What `python -m deploy.local certs` issues by default: cluster.toml's processes, sagactl, a client, the launcher."""
+CALLERS = ("operator", "client", LAUNCHER)
+"""Certificates for callers of the system rather than its processes: sagactl, a client, the launcher's health checks."""
+
+
+def default_names(cluster: ClusterSpec) -> list[str]:
+    """What `python -m deploy.local certs` issues by default: every gRPC process of the cluster file (each router
+    included), then CALLERS."""
+    return [p.name for p in cluster.processes if p.ready is Ready.GRPC] + list(CALLERS)
 
 
 def tls_args(files: TlsFiles) -> list[str]:
@@ -179,11 +185,14 @@ def tls_args(files: TlsFiles) -> list[str]:
 
 def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
     """The cluster with every gRPC process serving mutual TLS under its own name's certificate (issued if missing) and
-    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA),
+    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA; the
+    shards' names every router the cluster lists),
     and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
-    from .authpolicy import write_policies  # authpolicy names identities with spiffe_id() from here
+    from .authpolicy import ROUTER_MODULE, write_policies  # authpolicy names identities with spiffe_id() from here
 
-    policies = write_policies(ca.dir)
+    # Each router has a certificate of its own (its process name), so the shards must know every one of them.
+    routers = [p.name for p in cluster.processes if p.module == ROUTER_MODULE]
+    policies = write_policies(ca.dir, routers=routers)
     for caller in ("operator", "client"):  # the callers the policies name, ready for sagactl and grpcurl
         ca.issue(caller)
     processes = tuple(

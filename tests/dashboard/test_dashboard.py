@@ -6,8 +6,8 @@ timeline. One cluster for the module; the browser test skips only if /usr/bin/ch
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +21,10 @@ from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.coordinator import place_request
 from tests.helpers.live_cluster import LiveCluster
+from tests.helpers.tools import require_tool
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium")
+"""Debian's Chromium, found on PATH as `make browser-deps` finds it (it installs it); None if missing."""
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -231,17 +233,24 @@ def test_browser_side_defences(live: LiveCluster) -> None:
     assert status == 200 and me == {"signed_in": True, "name": "local-dev", "can_act": True, "auth": "development"}
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (Debian package chromium)")
+def require_chromium() -> str:
+    """Chromium's path; fails the test (or skips it, SAGA_ALLOW_MISSING_TOOLS=chromium) if it is not installed."""
+    require_tool("chromium", CHROMIUM is not None, "chromium is not installed (Debian package chromium)")
+    assert CHROMIUM is not None
+    return CHROMIUM
+
+
 def test_the_page_shows_orders_and_retries_a_dead_letter(
     live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
 ) -> None:
+    chromium = require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     # The page follows the cluster (polls every 1-2 s, each step a round trip to busy shards): generous waits.
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []

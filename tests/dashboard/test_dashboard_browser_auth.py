@@ -1,12 +1,11 @@
 """The dashboard of a system with mutual TLS and an auth policy (deploy.local.LocalSystem(tls=True)), in headless
 Chromium: a viewer signs in with a token and sees the dead letters but no button to act; an operator signs in and
 retries one (the shard's audit names the operator); a page of another origin, open in the same browser, cannot act
-with the operator's session. Skips only if /usr/bin/chromium is missing."""
+with the operator's session. Without Chromium it fails, unless SAGA_ALLOW_MISSING_TOOLS names chromium (then skips)."""
 
 from __future__ import annotations
 
 import http.server
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,15 @@ from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.coordinator import place_request
 
-from .test_dashboard import CHROMIUM, CHROMIUM_ARGS, EXPECT_TIMEOUT_MS
+from .test_dashboard import CHROMIUM_ARGS, EXPECT_TIMEOUT_MS, require_chromium
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> str:
+    """Checked before the system starts (an autouse fixture of the module comes before the others)."""
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def _events(system: LocalSystem, order_id: str) -> list[saga_pb2.SagaEvent]:
     return list(saga.events)
 
 
-def test_viewer_reads_operator_acts_and_another_site_cannot(system: LocalSystem) -> None:
+def test_viewer_reads_operator_acts_and_another_site_cannot(system: LocalSystem, chromium: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     # The page follows the cluster (polls every 1-2 s, each step a round trip to busy shards): generous waits.
@@ -95,7 +99,7 @@ def test_viewer_reads_operator_acts_and_another_site_cannot(system: LocalSystem)
     evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EvilSite)
     threading.Thread(target=evil.serve_forever, daemon=True).start()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []

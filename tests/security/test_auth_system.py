@@ -136,7 +136,7 @@ def test_an_expired_or_wrongly_signed_token_is_unauthenticated(system: LocalSyst
     other = LocalCA(tmp_path / "other")  # a key pair the router has never seen
     from deploy.local.authpolicy import write_policies
 
-    foreign = write_policies(other.dir)
+    foreign = write_policies(other.dir, routers=["router"])
     tokens = {
         "expired": system.policies.token("alice", ["client"], ttl_s=-300),  # past the 30 s leeway
         "foreign key": mint_token(foreign.signing_key, "alice", ["client"]),

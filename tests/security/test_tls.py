@@ -17,6 +17,7 @@ from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
+from common.auth import Role, load_policy
 from common.grpc_server import ServerLimits, build_server, listen
 from common.tls import (
     ClientTls,
@@ -272,6 +273,18 @@ def test_certs_command_creates_ca_and_named_certificates(tmp_path: Path, capsys:
     assert "ca.pem" in capsys.readouterr().out
 
 
+def test_certs_command_issues_every_process_of_the_cluster_file_by_default(tmp_path: Path) -> None:
+    from deploy.local import DEFAULT_CONFIG, load
+
+    assert certs_main(["--dir", str(tmp_path / "tls")]) == 0
+    cluster = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
+    grpc_processes = [p.name for p in cluster.processes if p.ready == "grpc"]
+    assert "router-2" in grpc_processes
+    issued = {path.name.removesuffix(".pem") for path in (tmp_path / "tls").glob("*.pem")} - {"ca"}
+    issued = {name for name in issued if not name.endswith("-key")}
+    assert issued == {*grpc_processes, "operator", "client", "launcher"}
+
+
 async def test_long_lived_channels_are_reopened_when_the_client_certificate_rotates(ca: LocalCA) -> None:
     """grpcio cannot re-key a channel: the router's pool and the shard's caller open new ones (and close the old)."""
     from coordinator.caller import GrpcCaller
@@ -315,6 +328,12 @@ def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Pat
         assert args[args.index("--tls-cert") + 1] == str(tmp_path / "tls" / f"{p.name}.pem")
         assert args[args.index("--tls-ca") + 1] == str(tmp_path / "tls" / "ca.pem")
     assert cluster.tls is not None and cluster.tls.cert == tmp_path / "tls" / "launcher.pem"
+    # Each router has a certificate of its own: the shards' policy names every router cluster.toml lists.
+    shard_policy = load_policy(tmp_path / "tls" / "auth-shard.toml")
+    assert dict(shard_policy.identities) == {
+        f"spiffe://saga/{p.name}": {Role.ROUTER} for p in cluster.processes if p.module == "shard_router"
+    }
+    assert len(shard_policy.identities) == 2
 
 
 async def test_health_watch_and_reflection_streams_are_bounded_per_peer(ca: LocalCA) -> None:
