@@ -850,6 +850,13 @@ class Journal:
         assert row is not None
         return str(row[0])
 
+    async def stored_key_fingerprint(self, purpose: str) -> str | None:
+        """The fingerprint the journal holds for `purpose`, or None (a journal no key file has opened yet)."""
+        sql = "SELECT fingerprint FROM key_fingerprints WHERE purpose = ?"
+        async with self._reader.execute(sql, (purpose,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
     async def ring_history(self) -> str | None:
         """The ring history (JSON) save_ring_history last stored, or None."""
         async with self._reader.execute("SELECT history FROM ring_history WHERE id = 1") as cur:
@@ -1115,6 +1122,19 @@ class Journal:
         return str(row[0]) if row else "no answer"
 
 
+def read_key_fingerprint(path: str, purpose: str) -> str | None:
+    """The fingerprint a journal file holds for `purpose` (None: none, or a journal older than schema v3), read
+    without opening it as a Journal: for a check before a shard starts on it (coordinator/restore.py)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'key_fingerprints'").fetchone():
+            return None
+        row = db.execute("SELECT fingerprint FROM key_fingerprints WHERE purpose = ?", (purpose,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
 def _saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
     return SagaRecord(
         saga_id=str(r[0]),
@@ -1284,4 +1304,5 @@ __all__ = [
     "Record",
     "StateChange",
     "TransitionConflict",
+    "read_key_fingerprint",
 ]
