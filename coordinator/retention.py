@@ -1,11 +1,14 @@
 """Bounded growth of a shard's journal: retention of finished sagas, their archive, WAL checkpoints, file metrics.
 
 - A retention pass removes SUCCEEDED, FAILED and RESOLVED sagas finished more than retention.finished_after_s ago, with
-  their events and closed dead letters, `batch_sagas` at a time: each batch is one short transaction of the journal's
-  writer, queued behind the saga commits already waiting, so the hot path never waits long behind it. Each removed
-  saga leaves a dedup record (order id, payload hash, outcome, saga id) that PlaceOrder and GetSaga answer from until
+  their events, `batch_sagas` at a time: each batch is one short transaction of the journal's writer, queued behind
+  the saga commits already waiting, so the hot path never waits long behind it. Each removed saga leaves a dedup
+  record (order id, payload hash, outcome, saga id) that PlaceOrder and GetSaga answer from until
   retention.dedup_after_s; the pass then expires those older than that. Unfinished and dead-lettered sagas are never
   touched (the journal checks it again in SQL).
+- Operators' actions are the audit trail: a removed saga's closed dead letters (who retried or resolved it, and why)
+  stay, listed by ListDeadLetters(include_closed), and its ADMIN_RETRY / ADMIN_RESOLVE events stay in
+  operator_events (GetSaga shows them with the dedup record's minimal view), until retention.audit_after_s.
 - With retention.archive_dir set, each batch is first appended to <dir>/<shard>-<YYYY-MM-DD>.jsonl.gz (the UTC day the
   sagas finished; one gzip member per batch, fsynced before the rows go): one saga per line with its events and dead
   letters, never its sealed payment blob. A line can repeat if a pass stopped between archive and removal.
@@ -54,6 +57,8 @@ class PassReport:
     removed: int
     archived: int
     forgotten: int
+    audit_removed: int
+    """Operator actions (closed dead letters, ADMIN events of removed sagas) past retention.audit_after_s."""
     batches: int
     vacuumed_pages: int
     duration_s: float
@@ -103,7 +108,7 @@ class Upkeep:
         started = time.perf_counter()
         now = self.clock.now_epoch_ms()
         cutoff = now - r.finished_after_s * 1000
-        removed = archived = forgotten = batches = vacuumed = 0
+        removed = archived = forgotten = audit = batches = vacuumed = 0
         # Every job that held the writer during the pass counts (a checkpoint between two batches too): that is the
         # pause sagas saw while retention ran.
         self.journal.stats.longest_upkeep_s = 0.0
@@ -131,21 +136,31 @@ class Upkeep:
             self.metrics.retention_removed.labels("dedup").inc(n)
             if n < r.batch_sagas:
                 break
-        if removed or forgotten:
+        audit_cutoff = now - r.audit_after_s * 1000
+        while batches < r.max_batches_per_pass:
+            n = await self.journal.forget_audit(audit_cutoff, r.batch_sagas)
+            batches += 1
+            audit += n
+            self.metrics.retention_removed.labels("audit").inc(n)
+            if n == 0:
+                break
+        if removed or forgotten or audit:
             for _ in range(r.max_batches_per_pass):
                 n = await self.journal.vacuum_step(r.vacuum_pages)
                 vacuumed += n
                 if n < r.vacuum_pages:
                     break
         longest = self.journal.stats.longest_upkeep_s
-        report = PassReport(removed, archived, forgotten, batches, vacuumed, time.perf_counter() - started, longest)
-        if removed or forgotten:
+        took = time.perf_counter() - started
+        report = PassReport(removed, archived, forgotten, audit, batches, vacuumed, took, longest)
+        if removed or forgotten or audit:
             logger.info(
-                "retention removed {} sagas ({} archived), forgot {} orders, freed {} pages in {:.2f}s; "
-                "longest batch {:.1f} ms",
+                "retention removed {} sagas ({} archived), forgot {} orders and {} operator actions, freed {} pages "
+                "in {:.2f}s; longest batch {:.1f} ms",
                 removed,
                 archived,
                 forgotten,
+                audit,
                 vacuumed,
                 report.duration_s,
                 longest * 1000,

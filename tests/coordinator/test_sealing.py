@@ -405,3 +405,23 @@ async def test_journal_bytes_hold_no_payment_token_after_100_sagas(tmp_path: Pat
     finally:
         await h.stop()
     assert b"tok_" not in file_bytes(h.path)
+
+
+async def test_a_lost_key_file_is_not_replaced_even_when_no_sealed_blob_is_left(tmp_path: Path) -> None:
+    """A journal whose sagas retention removed (or that never took an order) holds no sealed blob, but its fingerprint
+    says a key file wrote it: a fresh key would give every retried order another saga id, so other idempotency keys
+    (issue 6). The start is refused and no key file is created; the backed-up one starts it."""
+    h = Harness(tmp_path)
+    await h.start()
+    await h.stop()
+    path = h.path + ".keys"
+    saved = file_bytes(path)
+    os.remove(path)
+    refusal = f"key file {path} does not exist, and journal {h.path} was written with one"
+    with pytest.raises(KeyFileError, match=refusal):
+        await h.start()
+    await h.stop()
+    assert not os.path.lexists(path)  # noqa: ASYNC240 - not silently replaced by a fresh key
+    write_key_file(read_key_file_from_bytes(tmp_path, saved, as_path=path))  # the backup, put back
+    await h.start()
+    await h.stop()

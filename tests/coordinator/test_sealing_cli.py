@@ -44,6 +44,8 @@ async def test_keys_rotate_reseal_status(tmp_path: Path) -> None:
     status = run("keys", "status", "--journal", h.path)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[1].split() == ["k1", "5", "2", "newest"]
+    # Which backed-up key file is this journal's: the fingerprint the journal holds.
+    assert status.stdout.splitlines()[-1].endswith("(matches the journal)"), status.stdout
 
     rotated = run("keys", "rotate", "--journal", h.path)
     assert rotated.returncode == 0 and "added key k2" in rotated.stdout, rotated.stderr

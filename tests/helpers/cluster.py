@@ -125,6 +125,9 @@ class Cluster:
     """Each router reads its own copy of the ring files, brought up to date by publish(name)."""
     env: dict[str, str] = field(default_factory=dict)
     """More environment for every process (e.g. OTEL_* to export traces)."""
+    shared_key: bool = True
+    """Every shard's hash key derived from one secret (SAGA_JOURNAL_KEY); False: each shard's own key file with a
+    random key, created beside its journal at its first start, as `make run` does."""
     system: LocalSystem | None = None
     integrity_checks: int = 0
     integrity_failures: list[str] = field(default_factory=list)
@@ -153,7 +156,7 @@ class Cluster:
             dashboard=False,
             shard_config=self.settings.toml(),
             shard_module=self.shard_module,
-            env={"SAGA_JOURNAL_KEY": "chaos-secret", **self.env},
+            env={**({"SAGA_JOURNAL_KEY": "chaos-secret"} if self.shared_key else {}), **self.env},
             process_env={f"shard-{i}": self._clock_env(f"shard-{i}") for i in range(1, self.shards + 1)},
             services=self.services,
             journal_dirs=self.journal_dirs,
