@@ -780,10 +780,6 @@ class Journal:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def state_counts(self) -> dict[SagaState, int]:
-        async with self._reader.execute("SELECT state, count(*) FROM sagas GROUP BY state") as cur:
-            return {SagaState(s): n for s, n in await cur.fetchall()}
-
     # ---- sealed payment blobs (coordinator/sealing.py decides what they hold) ------------------------------------
 
     async def sealed_page(self, after_saga_id: str, limit: int) -> list[tuple[str, SagaState, bytes]]:

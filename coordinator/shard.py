@@ -29,7 +29,7 @@ from .metrics import ShardMetrics
 from .model import SagaState
 from .ownership import Ownership
 from .poller import Poller
-from .retention import PassReport, Upkeep
+from .retention import Upkeep
 from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
 from .validation import validate_place_order
@@ -519,10 +519,6 @@ class Shard:
         """The saga as it stands and what resolve_dead_letter(order_id) would do."""
         rec = await self._read_parked(order_id, ring_epoch)
         return rec, preview.plan_resolve(rec)
-
-    async def retention_pass(self) -> PassReport:
-        """One retention pass now (the periodic one waits for it to finish, and the other way round)."""
-        return await self.upkeep.run_pass()
 
     async def _redrive_loop(self) -> None:
         await run_every(

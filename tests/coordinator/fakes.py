@@ -15,7 +15,7 @@ import grpc
 from coordinator.caller import SagaPayload
 from coordinator.errors import CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.journal import Journal, Record
-from coordinator.model import Action, Step, idempotency_key
+from coordinator.model import Action, SagaState, Step, idempotency_key
 from tests.helpers.clock import FakeClock
 
 Script = Callable[[SagaPayload, int], CallResult | None]
@@ -168,6 +168,11 @@ class ObservedJournal(Journal):
 
     def _finished(self, _: object) -> None:
         self.open_work -= 1
+
+    async def state_counts(self) -> dict[SagaState, int]:
+        """How many sagas the journal holds in each state (a test's question: no product code asks it)."""
+        async with self._reader.execute("SELECT state, count(*) FROM sagas GROUP BY state") as cur:
+            return {SagaState(s): n for s, n in await cur.fetchall()}
 
 
 def _counted(fn: _F) -> _F:

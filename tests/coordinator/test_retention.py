@@ -151,7 +151,7 @@ async def test_a_retry_after_retention_gets_the_original_answer(short: Harness) 
     declined = await _settle(short, asyncio.create_task(shard.place_order(order("no-1", token="tok_declined"))))
     assert ok.saga.state is SagaState.SUCCEEDED and declined.saga.state is SagaState.FAILED  # type: ignore[attr-defined]
     await short.clock.advance(61)
-    report = await shard.retention_pass()
+    report = await shard.upkeep.run_pass()
     assert report.removed == 2 and report.archived == 2
     calls = len(short.caller.calls)
 
@@ -181,9 +181,9 @@ async def test_an_order_id_past_the_dedup_window_is_new(short: Harness) -> None:
     assert shard is not None
     first = await shard.place_order(order("o-1"))
     await short.clock.advance(61)
-    await shard.retention_pass()
+    await shard.upkeep.run_pass()
     await short.clock.advance(60)
-    assert (await shard.retention_pass()).forgotten == 1
+    assert (await shard.upkeep.run_pass()).forgotten == 1
     with pytest.raises(SagaNotFound):
         await shard.get("o-1")
     second = await shard.place_order(order("o-1", amount=5))  # even another payload: the id is forgotten
@@ -200,7 +200,7 @@ async def test_archive_lines_round_trip_to_the_get_saga_view(short: Harness) -> 
         rec, events = await shard.get(oid, with_events=True)
         views[oid] = convert.saga_message(rec, "shard-1", events)
     await short.clock.advance(61)
-    assert (await shard.retention_pass()).archived == 3
+    assert (await shard.upkeep.run_pass()).archived == 3
     files = list((Path(short.path).parent / "ar").glob("shard-1-*.jsonl.gz"))
     assert len(files) == 1
     raw = gzip.decompress(files[0].read_bytes())
@@ -231,7 +231,7 @@ async def test_a_pass_while_sagas_flow_loses_nothing(tmp_path: Path) -> None:
                 out += await asyncio.gather(*(shard.place_order(order(oid)) for oid in new[i : i + 20]))
             return out
 
-        placed, report = await asyncio.gather(flow(), shard.retention_pass())
+        placed, report = await asyncio.gather(flow(), shard.upkeep.run_pass())
         assert report.removed == len(old) and report.batches >= len(old) // 20
         assert all(p.saga.state is SagaState.SUCCEEDED for p in placed)  # type: ignore[attr-defined]
         assert _rows(h.path, "SELECT order_id FROM sagas") == set(new)
@@ -462,7 +462,7 @@ async def test_operator_actions_outlive_their_saga_for_the_audit_period(tmp_path
 
         assert await audit() == notes
         await h.clock.advance(61)
-        assert (await shard.retention_pass()).removed == 3
+        assert (await shard.upkeep.run_pass()).removed == 3
         assert _rows(h.path, "SELECT order_id FROM sagas") == set()
         assert await audit() == notes, "the sagas are gone; what operators did stays"
         for order_id, note in notes.items():
@@ -471,7 +471,7 @@ async def test_operator_actions_outlive_their_saga_for_the_audit_period(tmp_path
             assert [(e.kind, e.detail) for e in view.events] == [(str(kinds[order_id]), note)]
 
         await h.clock.advance(60)  # past the dedup window: the orders are forgotten, the audit is not
-        report = await shard.retention_pass()
+        report = await shard.upkeep.run_pass()
         assert report.forgotten == 3 and report.audit_removed == 0
         with pytest.raises(SagaNotFound):
             await shard.get("dl-1")
@@ -479,7 +479,7 @@ async def test_operator_actions_outlive_their_saga_for_the_audit_period(tmp_path
         assert _rows(h.path, "SELECT order_id FROM operator_events") == set(notes)
 
         await h.clock.advance(600 - 121 + 1)  # past the audit period
-        assert (await shard.retention_pass()).audit_removed == 6  # 3 closed dead letters, 3 operator events
+        assert (await shard.upkeep.run_pass()).audit_removed == 6  # 3 closed dead letters, 3 operator events
         assert await audit() == {}
         assert _rows(h.path, "SELECT count(*) FROM operator_events") == {"0"}
     finally:
@@ -499,7 +499,7 @@ async def test_a_dead_letter_of_a_saga_still_in_the_journal_is_kept_past_the_aud
             break
         await short.clock.advance(0.05)
     await short.clock.advance(2 * Retention().audit_after_s)
-    await shard.retention_pass()
+    await shard.upkeep.run_pass()
     letters = await shard.dead_letters(0, True, 100, 0)
     assert [(d.order_id, d.closed_note) for d in letters] == [("dl-3", "retried by bob: try again"), ("dl-3", "")]
 

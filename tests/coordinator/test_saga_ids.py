@@ -73,7 +73,7 @@ async def test_a_retry_after_the_dedup_window_re_creates_the_saga_under_its_id(t
             declined = await client.place(place_request("late-2", token="tok_declined"))
             changed = await client.place(place_request("late-3"))
             await asyncio.sleep(1.2)
-            report = await app.shard.retention_pass()
+            report = await app.shard.upkeep.run_pass()
             assert (report.removed, report.forgotten) == (3, 3)
             with pytest.raises(grpc.aio.AioRpcError) as gone:
                 await client.get("late-1")
