@@ -43,6 +43,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert stage.startswith("${BASE} AS build\n"), "the first stage is expected to build the wheel"
     # Each COPY of the build stage keeps the name: `COPY protos ./protos`, `COPY pyproject.toml README.md ./`.
     for line in re.findall(r"^COPY (.+)$", stage, re.MULTILINE):
+        if line.split()[-1].startswith("/"):
+            continue  # not the source tree (the lock file, for the dependencies' step)
         for name in line.split()[:-1]:
             if (ROOT / name).is_dir():
                 shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -136,11 +138,21 @@ def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
 def test_the_dockerfile_installs_from_the_lock_as_uid_10001() -> None:
     text = DOCKERFILE.read_text()
     base = re.search(r"^ARG BASE=(\S+)$", text, re.MULTILINE)
-    assert base and re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", base.group(1)), "base not pinned by digest"
+    pinned = r"docker\.io/library/debian:bookworm-slim@sha256:[0-9a-f]{64}"
+    assert base and re.fullmatch(pinned, base.group(1)), "base not Debian bookworm slim pinned by digest"
+    # make image builds on the same name without the digest (deploy/image.sh makes that base with debootstrap).
+    image_sh = (ROOT / "deploy" / "image.sh").read_text()
+    assert f"BASE_NAME:-{base.group(1).split('@')[0]}}}" in image_sh
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["${BASE}", "${BASE}"]
-    assert re.search(r"pip install [^\n]*--require-hashes[^\n]*-r /tmp/requirements\.lock", text)
-    assert re.search(r"pip install [^\n]*--no-deps [^\n]*\.whl", text)
-    assert all("--no-cache-dir" in line for line in re.findall(r"pip (?:install|wheel)[^\n]*", text))
+    # Continuation lines joined: one RUN, one line.
+    runs = text.replace("\\\n", " ")
+    assert re.search(r"pip install [^\n]*--require-hashes[^\n]*-r /tmp/requirements\.lock", runs)
+    assert re.search(r"pip install [^\n]*--no-deps [^\n]*\.whl", runs)
+    assert all("--no-cache-dir" in line for line in re.findall(r"pip (?:install|wheel)[^\n]*", runs))
+    # Debian's Python in the final stage, and only it: no pip, venv tooling or compilers.
+    final = runs.split("\nFROM ")[2]
+    assert re.search(r"apt-get install [^\n]*--no-install-recommends python3 ", final)
+    assert not re.search(r"python3-(pip|venv|dev)|build-essential|gcc", final)
     assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
     for script in _scripts():
         assert script in text, f"the image's build does not check that {script} is installed"
