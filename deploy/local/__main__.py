@@ -14,6 +14,10 @@ each with URI SAN spiffe://saga/NAME, DNS localhost and IP 127.0.0.1. Existing c
 With --tls every process also gets --auth-policy: the policy of its kind, written beside the CA
 (deploy/local/authpolicy.py), with a JWT key pair for test tokens.
 
+`python -m deploy.local certs --k8s [--dir DIR] [--namespace saga] [--shards 3] [--replica-credentials]`: the
+Kubernetes overlays' Secrets (TLS, journal key files, JWT key; deploy/local/k8s_secrets.py) as DIR/secrets.yaml, from
+files kept in DIR (default $SAGA_DATA_DIR/k8s) and made there if missing.
+
 `python -m deploy.local token --sub alice --roles operator [--ttl-s 3600] [--key PATH]`: prints a bearer JWT the router
 of a --tls system accepts (ES256, audience "saga"), signed with the local key (default $SAGA_DATA_DIR/tls/
 jwt-signing-key.pem, made by the first --tls run); e.g. `sagactl --token-file <(python -m deploy.local token ...)`.
@@ -30,12 +34,13 @@ from pathlib import Path
 from .authpolicy import SIGNING_KEY, mint_token
 from .certs import CALLERS, LocalCA, default_names, with_tls
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
+from .k8s_secrets import write_secrets
 from .supervisor import Supervisor
 
 
 def certs_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.local certs", description="Create a local CA and certificates.")
-    p.add_argument("--dir", type=Path, required=True, help="where ca.pem, NAME.pem and NAME-key.pem go")
+    p.add_argument("--dir", type=Path, help="where ca.pem, NAME.pem and NAME-key.pem go (required without --k8s)")
     p.add_argument(
         "names",
         nargs="*",
@@ -43,7 +48,20 @@ def certs_main(argv: Sequence[str]) -> int:
     )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="cluster file (default %(default)s)")
     p.add_argument("--renew", action="store_true", help="issue new certificates (new serials) even if present")
+    k8s = p.add_argument_group("Kubernetes", "--k8s: the overlays' Secrets as one manifest, DIR/secrets.yaml")
+    k8s.add_argument("--k8s", action="store_true", help="write the Secrets (default --dir: $SAGA_DATA_DIR/k8s)")
+    k8s.add_argument("--namespace", default="saga", help="the Secrets' namespace and DNS names (default %(default)s)")
+    k8s.add_argument("--shards", type=int, default=3, help="journal key files saga-shard-0.. (default %(default)s)")
+    k8s.add_argument(
+        "--replica-credentials",
+        action="store_true",
+        help="also saga-replica-credentials, random keys for the dev overlay's MinIO (prod: your bucket's keys)",
+    )
     args = p.parse_args(argv)
+    if args.k8s:
+        return _k8s_secrets(args)
+    if args.dir is None:
+        p.error("--dir is required (without --k8s)")
     ca = LocalCA(args.dir)
     try:
         for name in args.names or default_names(load(args.config)):
@@ -53,6 +71,20 @@ def certs_main(argv: Sequence[str]) -> int:
         print(f"deploy.local certs: {e}", file=sys.stderr)
         return 2
     print(f"CA: {ca.ca_path}")
+    return 0
+
+
+def _k8s_secrets(args: argparse.Namespace) -> int:
+    try:
+        directory = args.dir or load(args.config).data_dir / "k8s"
+        out = write_secrets(
+            directory, namespace=args.namespace, shards=args.shards, replica_credentials=args.replica_credentials
+        )
+    except (OSError, ValueError) as e:  # ClusterConfigError too
+        print(f"deploy.local certs --k8s: {e}", file=sys.stderr)
+        return 2
+    print(f"{out}: the Secrets of deploy/k8s/README.md, from {directory} (back it up: journal keys, CA)")
+    print(f"  kubectl apply -f {out}")
     return 0
 
 

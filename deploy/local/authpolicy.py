@@ -94,20 +94,26 @@ def write_policies(directory: Path, *, routers: Iterable[str]) -> LocalPolicies:
     if not names:
         raise ValueError("a system has at least one router: the shards' policy would let no one in")
     policies = LocalPolicies(Path(directory).absolute())
-    policies.directory.mkdir(parents=True, exist_ok=True)
-    if not (policies.signing_key.exists() and policies.verify_key.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        private = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        _write(policies.signing_key, private, 0o600)
-        _write(policies.verify_key, public, 0o644)
+    write_jwt_keys(policies.directory)
     for kind, text in _policies(names).items():
         _write(policies.path(kind), text.encode(), 0o644)
     return policies
+
+
+def write_jwt_keys(directory: Path) -> None:
+    """The bearer tokens' ES256 key pair in `directory` (SIGNING_KEY private, VERIFY_KEY public), unless there."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    signing, verify = directory / SIGNING_KEY, directory / VERIFY_KEY
+    if signing.exists() and verify.exists():
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write(signing, private, 0o600)
+    _write(verify, public, 0o644)
 
 
 def mint_token(signing_key: Path, sub: str, roles: Iterable[str], ttl_s: float = 3600, **claims: object) -> str:

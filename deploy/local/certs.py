@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +99,12 @@ class LocalCA:
         _check_name(name)
         return TlsFiles(cert=self.dir / f"{name}.pem", key=self.dir / f"{name}-key.pem", ca=self.ca_path)
 
-    def issue(self, name: str, *, renew: bool = False, valid_days: int = LEAF_VALID_DAYS) -> Issued:
+    def issue(
+        self, name: str, *, renew: bool = False, valid_days: int = LEAF_VALID_DAYS, dns: Sequence[str] = ()
+    ) -> Issued:
         """Process `name`'s certificate: reused if present, else (or with renew=True) a new one with a new serial,
-        written cert-then-key each by rename so a reader never sees half a file."""
+        written cert-then-key each by rename so a reader never sees half a file. `dns`: DNS SANs besides localhost
+        (the names peers dial in a cluster)."""
         self.ensure()
         files = self.files(name)
         assert files.cert is not None and files.key is not None
@@ -125,7 +129,7 @@ class LocalCA:
                 x509.SubjectAlternativeName(
                     [
                         x509.UniformResourceIdentifier(spiffe_id(name)),
-                        x509.DNSName("localhost"),
+                        *(x509.DNSName(d) for d in (*dns, "localhost")),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
                 ),
