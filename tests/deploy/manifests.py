@@ -25,6 +25,25 @@ def workloads_of(objects: list[Manifest]) -> list[Manifest]:
     return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
 
 
+SAGA_IMAGE = "saga-coordinator"
+"""deploy/Dockerfile's image, as the base names it (each overlay's `images:` sets its tag or digest)."""
+
+
+def saga_workloads_of(objects: list[Manifest]) -> list[Manifest]:
+    """The workloads of saga processes (the router, shards and stubs), not the other programs an overlay runs (dev's
+    MinIO and its bucket Job)."""
+    return [w for w in workloads_of(objects) if all(_is_saga(c["image"]) for c in main_containers(w))]
+
+
+def long_running(objects: list[Manifest]) -> list[Manifest]:
+    """Workloads whose pods keep running (not Jobs): what a disruption budget and probes are for."""
+    return [w for w in workloads_of(objects) if w["kind"] not in ("Job", "CronJob")]
+
+
+def _is_saga(image: str) -> bool:
+    return image.split("@", 1)[0].rsplit(":", 1)[0].rsplit("/", 1)[-1] == SAGA_IMAGE
+
+
 def pod_template(workload: Manifest) -> dict[str, Any]:
     spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
     template: dict[str, Any] = spec["template"]

@@ -21,6 +21,7 @@ from .manifests import (
     container_of,
     containers_of,
     env_of,
+    long_running,
     main_containers,
     namespace_name,
     one_shot_init_containers,
@@ -28,6 +29,7 @@ from .manifests import (
     pod_template,
     port_of,
     replicas_of,
+    saga_workloads_of,
     selects,
     sidecars,
     validate,
@@ -130,11 +132,13 @@ def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
             where = f"{workload['metadata']['name']}/{container['name']}"
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
-        for container in main_containers(workload):
+        for container in main_containers(workload) if workload in long_running(overlay.objects) else []:
             where = f"{workload['metadata']['name']}/{container['name']}"
             for probe in PROBES:
+                assert probe in container, f"{where}: {probe}"
                 # Every saga port speaks mutual TLS, which neither an httpGet nor a grpc probe of the kubelet can.
-                assert "tcpSocket" in container[probe], f"{where}: {probe}"
+                if workload in saga_workloads_of(overlay.objects):
+                    assert "tcpSocket" in container[probe], f"{where}: {probe}"
         for container in sidecars(workload):
             where = f"{workload['metadata']['name']}/{container['name']}"
             ports = {p["name"] for p in container.get("ports", [])}
@@ -149,7 +153,7 @@ def test_every_container_has_resources_and_probes(overlay: Overlay) -> None:
 
 
 def test_every_pod_declares_its_metrics_for_prometheus(overlay: Overlay) -> None:
-    for workload in workloads_of(overlay.objects):
+    for workload in saga_workloads_of(overlay.objects):
         annotations = pod_template(workload)["metadata"]["annotations"]
         (container,) = pod_template(workload)["spec"]["containers"]
         assert annotations["prometheus.io/scrape"] == "true"
@@ -158,7 +162,7 @@ def test_every_pod_declares_its_metrics_for_prometheus(overlay: Overlay) -> None
 
 
 def test_every_workload_has_its_own_disruption_budget(overlay: Overlay) -> None:
-    workloads = workloads_of(overlay.objects)
+    workloads = long_running(overlay.objects)
     budgets = overlay.of_kind("PodDisruptionBudget")
     for workload in workloads:
         mine = [b for b in budgets if selects(b["spec"]["selector"], pod_labels(workload))]
@@ -318,7 +322,7 @@ def test_the_shards_keep_their_journals_and_keys(overlay: Overlay) -> None:
     env = env_of(coordinator)
     assert env["SAGA_JOURNAL_KEY_FILE"] == f"{mount['mountPath']}/$(POD_NAME).keys"
     assert not [a for a in coordinator["command"] if a.startswith("--services")], "the flag would hide the ConfigMap"
-    for workload in workloads_of(overlay.objects):
+    for workload in saga_workloads_of(overlay.objects):
         for container in main_containers(workload):
             # Logs as JSON lines for the cluster's collector; the stubs have no such option (service_stubs logs text).
             if container["name"] != "stubs":
