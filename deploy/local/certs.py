@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.tls import TlsFiles
 
-from .cluster import ClusterSpec, Ready
+from .cluster import ClusterSpec, Ready, launcher_bin
 
 SPIFFE_TRUST_DOMAIN = "saga"
 CA_VALID_DAYS = 3650
@@ -209,3 +209,27 @@ def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
         for p in cluster.processes
     )
     return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)
+
+
+def client_commands(cluster: ClusterSpec) -> list[str]:
+    """grpcurl and sagactl command lines that reach the cluster's first router, with the certificate flags its TLS
+    needs (the client's certificate for PlaceOrder, the operator's for sagactl): what the launcher prints once up."""
+    from .authpolicy import ROUTER_MODULE  # authpolicy imports this module
+
+    router = next((p.listen for p in cluster.processes if p.module == ROUTER_MODULE), None)
+    if router is None:
+        return []
+    bin_dir = launcher_bin()
+    order = (
+        """'{"order_id":"o-1","user_id":"alice","items":[{"item_id":"sku-1","quantity":2}],"""
+        """"payment_info":{"payment_token":"tok_ok","amount_cents":2500,"currency":"EUR"}}'"""
+    )
+    place = f"-d {order} {router} saga.v1.SagaCoordinator/PlaceOrder"
+    if cluster.tls is None or cluster.tls.ca is None:
+        return [f"{bin_dir / 'grpcurl'} -plaintext {place}", f"{bin_dir / 'sagactl'} --router {router} list"]
+    tls_dir = cluster.tls.ca.parent
+    client, operator = (LocalCA(tls_dir).files(name) for name in ("client", "operator"))
+    return [
+        f"{bin_dir / 'grpcurl'} -cacert {client.ca} -cert {client.cert} -key {client.key} {place}",
+        f"{bin_dir / 'sagactl'} --router {router} {' '.join(tls_args(operator))} list",
+    ]

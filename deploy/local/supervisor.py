@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.tls import sync_channel
 
+from .certs import client_commands
 from .cluster import ClusterSpec, ProcessSpec, Ready
 
 _LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
@@ -268,6 +269,8 @@ class Supervisor:
             metrics = [f"{p.name} http://{p.metrics}/metrics" for p in self.cluster.processes if p.metrics]
             if metrics:
                 self.say("metrics: " + ", ".join(metrics))
+            for line in client_commands(self.cluster):
+                self.say(f"try: {line}")
             while not self._stop:
                 exited = [c for c in self._children if c.exit_code() is not None]
                 for c in exited:

@@ -336,6 +336,26 @@ def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Pat
     assert len(shard_policy.identities) == 2
 
 
+def test_make_run_tls_prints_commands_with_the_certificate_flags(tmp_path: Path) -> None:
+    """`make run-tls` ends its start-up with a grpcurl (the client's certificate) and a sagactl line (the operator's)
+    that reach the first router; plain `make run`, with -plaintext and no certificate."""
+    from deploy.local import DEFAULT_CONFIG, load
+    from deploy.local.certs import client_commands, with_tls
+
+    plain = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
+    grpcurl, sagactl = client_commands(plain)
+    assert "-plaintext" in grpcurl and "127.0.0.1:50051" in grpcurl and "-cert" not in grpcurl
+    assert "--tls-cert" not in sagactl
+    tls = tmp_path / "tls"
+    grpcurl, sagactl = client_commands(with_tls(plain, LocalCA(tls)))
+    assert f"-cacert {tls / 'ca.pem'} -cert {tls / 'client.pem'} -key {tls / 'client-key.pem'}" in grpcurl
+    assert "-plaintext" not in grpcurl and grpcurl.endswith("127.0.0.1:50051 saga.v1.SagaCoordinator/PlaceOrder")
+    operator = f"--tls-cert {tls / 'operator.pem'} --tls-key {tls / 'operator-key.pem'} --tls-ca {tls / 'ca.pem'}"
+    assert operator in sagactl
+    for path in (tls / "client.pem", tls / "operator-key.pem"):
+        assert path.exists(), f"{path}: printed but not issued"
+
+
 async def test_health_watch_and_reflection_streams_are_bounded_per_peer(ca: LocalCA) -> None:
     """Health and reflection need no role, so any holder of a CA certificate could hold their streams open and starve
     the server's RPC bound: they count against the per-peer stream limit like WatchSaga."""
