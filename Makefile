@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 # Tools from outside Python that `make test` needs: chromium (the dashboard in a browser), kubectl and promtool (the
 # Kubernetes manifests, the alert rules), go (the Go client's build) and buf (the API checks; from npm). `make setup`
 # and `make test` install them where they can; a tool they cannot install fails the run, saying why. To run without
-# some, name them: SAGA_ALLOW_MISSING_TOOLS=chromium,go make test. Their tests are then skipped, and pytest's summary
+# some, name them: SAGA_ALLOW_MISSING_TOOLS=chromium,go make test. `make image` and `make image-check` (CI runs the
+# latter after make test) install buildah and debootstrap the same way; the tool name `buildah` covers both. Their tests are then skipped, and pytest's summary
 # (-ra) says each was skipped because that variable names the tool (tests/helpers/tools.py reads it too).
 SAGA_ALLOW_MISSING_TOOLS ?=
 export SAGA_ALLOW_MISSING_TOOLS

@@ -165,7 +165,7 @@ def test_the_image_is_what_the_dockerfile_promises(container: Container) -> None
         "if os.path.isdir(p) and [f for f in os.listdir(p) if f not in ('partial', 'lock')]] or ['no-caches'])\n"
     )
     done = container.output("python3", "-c", checks)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 5, f"{done.stdout!r} {done.stderr[-2000:]!r}"
     uid, scripts, tools, no_pip, caches = done.stdout.splitlines()
     assert uid.split()[0] == str(UID) and uid.split()[1].startswith("3.11."), uid
     assert "MISSING" not in scripts, scripts
