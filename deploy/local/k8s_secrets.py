@@ -7,7 +7,7 @@ journal key file would make every existing journal's payment data unreadable):
     ca.pem, ca-key.pem                      the CA every certificate below chains to (deploy.local.certs.LocalCA)
     router.pem, shard-set.pem, stubs.pem    the processes' certificates, named as deploy/k8s/README.md lists them
     operator.pem                            sagactl's, for an operator (Secret saga-operator-tls too)
-    saga-shard-N.keys                       each shard's journal key file (coordinator.sealing): back these up apart
+    saga-shard-N.keys                       each shard's journal key file (`coordinator keys init`): back these up apart
     jwt-signing-key.pem, jwt.pem            the bearer tokens' key pair: the routers get the public half
     replica.env                             with replica_credentials: random keys for dev's MinIO and its Litestreams
 
@@ -20,11 +20,11 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from coordinator.sealing import new_key_ring, write_key_file
 
 from .authpolicy import VERIFY_KEY, write_jwt_keys
 from .certs import LocalCA
@@ -73,7 +73,7 @@ def write_secrets(
     for i in range(shards):
         path = directory / f"saga-shard-{i}.keys"
         if not path.exists():
-            write_key_file(new_key_ring(str(path)))
+            _init_key_file(path)
         keys[path.name] = path.read_bytes()
     docs.append(_secret("saga-journal-keys", namespace, keys))
     write_jwt_keys(directory)
@@ -83,6 +83,19 @@ def write_secrets(
     out = directory / SECRETS_FILE
     _write_private(out, "".join(docs).encode())
     return out
+
+
+def _init_key_file(path: Path) -> None:
+    """A new journal key file, made by the coordinator's own command (`saga-coordinator keys init`, as the README
+    says to by hand): deploy may not import the coordinator's internals (tests/architecture)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "coordinator", "keys", "init", "--key-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise ValueError(f"coordinator keys init --key-file {path} failed: {done.stderr.strip()[-500:]}")
 
 
 def _replica_credentials(path: Path) -> dict[str, bytes]:
