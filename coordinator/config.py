@@ -142,7 +142,7 @@ class Retention:
     """How finished sagas leave the journal (coordinator/retention.py). A finished saga's rows go once it has been
     finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
     still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then re-creates its saga
-    (README.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
+    (docs/operations.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
     resolved what, and why) are the audit trail: they stay until audit_after_s."""
 
     finished_after_s: int = 7 * 86_400

@@ -1,6 +1,6 @@
 """Long-running operations against real processes (issue 14): refunds that settle seconds later while the shard is
 SIGKILLed, a charge that never finishes, and many sagas waiting at once (the shard's CPU and memory meanwhile). The
-stubs' request rules pick the case (README, "The stub services' business rules": tok_lro-refund-3s,
+stubs' request rules pick the case (docs/walkthrough.md, "The stub services' business rules": tok_lro-refund-3s,
 tok_lro-charge-never, lro-create-20s-*)."""
 
 from __future__ import annotations
