@@ -16,6 +16,7 @@ import grpc
 from loguru import logger
 
 from common import tracing
+from common.metadata import IDEMPOTENCY_KEY
 from common.rpc_errors import TOMBSTONED, error_reason
 from common.tls import ClientTls, TlsFiles
 from protos.saga.v1 import saga_pb2
@@ -162,7 +163,7 @@ class GrpcCaller:
         self._reopen_if_rotated()
         method = self._methods[(step, action)]
         request = build_request(payload, step, action)
-        metadata = (("idempotency-key", idempotency_key(payload.saga_id, step, action)), *tracing.outgoing())
+        metadata = ((IDEMPOTENCY_KEY, idempotency_key(payload.saga_id, step, action)), *tracing.outgoing())
         try:
             reply = await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as e:

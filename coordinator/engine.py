@@ -30,13 +30,12 @@ from . import crashpoints, retry, transitions
 from .caller import METHODS, Caller, SagaPayload, rpc_attributes
 from .clock import Clock
 from .config import OperationPolicy, RetryPolicy, ShardConfig
-from .errors import CallClass, CallResult, OperationAnswer, OperationState
+from .errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
 from .journal import DeadLetterOpen, Journal, Record
 from .logs import at_step, saga_context
 from .metrics import ShardMetrics
 from .model import Action, SagaState, Step, StepStatus
-from .preview import asks_first
-from .saga import Event, EventKind, SagaRecord
+from .saga import Event, EventKind, SagaRecord, asks_first
 
 
 class StepOutcome(enum.Enum):
@@ -85,12 +84,6 @@ class SagaRun:
     trace_id: str = ""
     resumed: bool = False
     """Loaded from the journal (a restart, a failover) rather than created by this process: marked on its spans."""
-
-
-RETRY_IF_NOT_APPLIED = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED})
-"""Codes that leave a call's outcome unknown and are not retried on their own: retried when the service, asked, has
-no record of the call. ALREADY_EXISTS (the key was used for another request) and DATA_LOSS are not: the same call would
-meet the same fault."""
 
 
 class Engine:

@@ -12,7 +12,8 @@
     └── ShuttingDown                the shard is stopping (UNAVAILABLE)
 
 Replies of downstream services are classified by DOWNSTREAM_CLASS, one table: a CallClass says whether to retry and
-whether the call may have taken effect. What a reply says is kept only as CallResult.summary: the status code the engine
+whether the call may have taken effect (RETRY_IF_NOT_APPLIED: which unknown outcomes a service's "never applied" turns
+back into retries). What a reply says is kept only as CallResult.summary: the status code the engine
 classified, then a bounded detail with anything that looks like a card number or a token scrubbed out.
 """
 
@@ -119,6 +120,11 @@ DOWNSTREAM_CLASS: dict[grpc.StatusCode, CallClass] = {
     _C.CANCELLED: CallClass.UNKNOWN,
 }
 
+
+RETRY_IF_NOT_APPLIED = frozenset({_C.INTERNAL, _C.UNKNOWN, _C.CANCELLED})
+"""UNKNOWN-class codes that are retried after all when the service, asked (GetOperation), has no record of the call.
+ALREADY_EXISTS (the key was used for another request) and DATA_LOSS are not: the same call would meet the same
+fault."""
 
 _CLASS_BY_NAME: dict[str, CallClass] = {code.name: cls for code, cls in DOWNSTREAM_CLASS.items()}
 

@@ -21,10 +21,10 @@ from google.protobuf.descriptor import FileDescriptor
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import inventory_pb2, order_pb2, payment_pb2, shipping_pb2
 
-from .config import OperationPolicy, ShardConfig
+from .config import ShardConfig
 from .errors import WrongState
-from .model import Action, SagaState, Step, StepStatus, idempotency_key
-from .saga import EventKind, SagaRecord, StepProgress
+from .model import Action, SagaState, Step, idempotency_key
+from .saga import EventKind, SagaRecord, asks_first
 from .transitions import records_for
 
 
@@ -96,14 +96,6 @@ class SagaPlan:
     """Where the saga ends if every call succeeds."""
     calls: tuple[PlannedCall, ...]
     """In the order they would be made."""
-
-
-def asks_first(progress: StepProgress, policy: OperationPolicy) -> bool:
-    """Whether the engine asks the service about the step's forward call before compensating it (the condition of
-    Engine._nothing_to_undo): the forward outcome was unknown when the step stopped (FAILED or still IN_FLIGHT), no
-    compensation of it was tried yet, and the step's policy asks about unknown outcomes."""
-    unknown = progress.status in (StepStatus.FAILED, StepStatus.IN_FLIGHT)
-    return progress.compensate_attempts == 0 and unknown and policy.ask_unknown
 
 
 def plan_retry(saga: SagaRecord, cfg: ShardConfig) -> SagaPlan:

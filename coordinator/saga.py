@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .config import OperationPolicy
 from .errors import may_have_applied
 from .model import STEPS, Action, SagaState, Step, StepStatus
 
@@ -311,3 +312,11 @@ class SagaRecord:
             if self.steps[s].status is not StepStatus.SUCCEEDED:
                 return s
         return None
+
+
+def asks_first(progress: StepProgress, policy: OperationPolicy) -> bool:
+    """Whether the engine asks the service about the step's forward call before compensating it (the condition of
+    Engine._nothing_to_undo, which dry runs show too): the forward outcome was unknown when the step stopped (FAILED or
+    still IN_FLIGHT), no compensation of it was tried yet, and the step's policy asks about unknown outcomes."""
+    unknown = progress.status in (StepStatus.FAILED, StepStatus.IN_FLIGHT)
+    return progress.compensate_attempts == 0 and unknown and policy.ask_unknown
