@@ -18,6 +18,7 @@ One policy per kind of process, each naming only who may call that process:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .certs import spiffe_id
+from .certs import LAUNCHER, LocalCA, spiffe_id, tls_args
+from .cluster import ClusterSpec, Ready
 
 JWT_AUDIENCE = "saga"
 JWT_ISSUER = "deploy.local"
@@ -133,3 +135,25 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
+    """The cluster with every gRPC process serving mutual TLS under its own name's certificate (issued if missing) and
+    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA; the
+    shards' names every router the cluster lists),
+    and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
+    # Each router has a certificate of its own (its process name), so the shards must know every one of them.
+    routers = [p.name for p in cluster.processes if p.module == ROUTER_MODULE]
+    policies = write_policies(ca.dir, routers=routers)
+    for caller in ("operator", "client"):  # the callers the policies name, ready for sagactl and grpcurl
+        ca.issue(caller)
+    processes = tuple(
+        dataclasses.replace(
+            p,
+            args=(*p.args, *tls_args(ca.issue(p.name).files), "--auth-policy", str(policies.for_module(p.module))),
+        )
+        if p.ready is Ready.GRPC
+        else p  # not a gRPC server (a Litestream): nothing to secure, and none of these flags
+        for p in cluster.processes
+    )
+    return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)

@@ -317,7 +317,7 @@ async def test_long_lived_channels_are_reopened_when_the_client_certificate_rota
 
 def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Path) -> None:
     from deploy.local import DEFAULT_CONFIG, load
-    from deploy.local.certs import with_tls
+    from deploy.local.authpolicy import with_tls
 
     cluster = with_tls(load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)}), LocalCA(tmp_path / "tls"))
     for p in cluster.processes:
