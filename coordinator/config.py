@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.tomlfile import read_toml
+from common.tomlfile import build, read_toml
 
 
 class ConfigError(ValueError):
@@ -351,30 +351,6 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be host:port, got {value!r}")
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], where: str, base: Any = None) -> Any:
-    """A `cls` with `data` laid over `base` (default: cls()): a table names only what it changes."""
-    base = cls() if base is None else base
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"unknown setting {where}{key}")
-        default = getattr(base, key)
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}{key} must be a table")
-            # [compensate] max_attempts = 4 keeps the other compensate defaults, not RetryPolicy's.
-            kwargs[key] = _build(type(default), value, f"{where}{key}.", default)
-        else:
-            expected = type(default) if default is not None else int
-            if expected is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ConfigError(f"{where}{key} must be {expected.__name__}, got {value!r}")
-            kwargs[key] = value
-    return dataclasses.replace(base, **kwargs)
-
-
 def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -389,12 +365,13 @@ def load(
     if isinstance(data.get("operations"), Mapping) and "steps" in data["operations"]:
         data = {**data, "operations": dict(data["operations"])}
         steps = data["operations"].pop("steps")
-    cfg: ShardConfig = _build(ShardConfig, data, "")
+    cfg: ShardConfig = build(ShardConfig, data, "", ConfigError)
     if not isinstance(steps, Mapping) or not all(isinstance(v, Mapping) for v in steps.values()):
         raise ConfigError("operations.steps must hold one table per step: [operations.steps.process_payment]")
     if steps:
         per_step = {
-            str(k): _build(OperationPolicy, v, f"operations.steps.{k}.", cfg.operations) for k, v in steps.items()
+            str(k): build(OperationPolicy, v, f"operations.steps.{k}.", ConfigError, cfg.operations)
+            for k, v in steps.items()
         }
         cfg = dataclasses.replace(cfg, step_operations=per_step)
 
