@@ -10,11 +10,17 @@ with the same key file (kept apart from the journal: without it the payment deta
 opened, and retried orders would get other saga ids). Sagas acknowledged after the replica's last sync are not in the
 restored journal: a client retrying such an order re-creates its saga with the same id and the same idempotency keys,
 and the services answer with what they already did.
+
+The restored journal is marked as such (Journal.mark_restored) before it is moved into place: the replica may also have
+missed the newest ring epoch the shard had acknowledged, and a shard whose epoch went back could start a second saga
+for an order a newer ring placed elsewhere. At start the shard sees the mark and creates no saga until it has learnt
+the newest history its peers hold (coordinator/ownership.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import sqlite3
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load
+from .journal import Journal
 from .sealing import key_file_path
 
 _RESTORE_TIMEOUT_S = 600.0
@@ -86,6 +93,12 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False) ->
     except (sqlite3.Error, RestoreError) as e:
         tmp.rename(f"{tmp}.corrupt")
         raise RestoreError(f"the restored journal fails its checks ({e}); kept as {tmp}.corrupt") from e
+    asyncio.run(_mark_restored(str(tmp)))
+    for suffix in ("-wal", "-shm"):
+        if Path(str(tmp) + suffix).exists():  # the journal's close checkpoints its WAL: the file alone is the journal
+            raise RestoreError(
+                f"{tmp}{suffix} is left after marking the restored journal; nothing was moved into place"
+            )
     os.replace(tmp, target)
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -93,6 +106,18 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False) ->
     finally:
         os.close(dir_fd)
     return Restored(journal, *stats, took_s=time.monotonic() - started)
+
+
+async def _mark_restored(path: str) -> None:
+    """Marks the journal as restored (migrating it first if the replica is of an older schema): the shard then learns
+    the newest ring history from its peers before it creates a saga, since the replica may have missed the last one it
+    acknowledged (coordinator/ownership.py)."""
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await journal.mark_restored(time.time_ns() // 1_000_000)
+    finally:
+        await journal.close()
 
 
 def _check(path: Path) -> tuple[int, int, int | None]:
@@ -139,5 +164,8 @@ def main(argv: list[str]) -> int:
     keys = key_file_path(cfg)
     if not Path(keys).exists():
         print(f"WARNING: no key file at {keys}: restore it from its own backup before starting the shard")
-    print(f"start the shard as before, as {cfg.shard_id} (the routers' ring is unchanged)")
+    print(
+        f"start the shard as before, as {cfg.shard_id} (the routers' ring is unchanged); it creates no saga until it"
+        " has asked every shard of its ring which epoch they hold (its log says when it has caught up)"
+    )
     return 0

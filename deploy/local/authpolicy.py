@@ -79,7 +79,7 @@ def _policies() -> dict[str, str]:
     )
     return {
         "router": header + _identity("client", "client") + _identity("operator", "operator", "client") + jwt_table,
-        "shard": header + _identity("router", "router"),
+        "shard": header + _identity("router", "router") + _identity("shard-*", "coordinator"),
         "stubs": header + _identity("shard-*", "coordinator") + _identity("operator", "operator"),
     }
 
