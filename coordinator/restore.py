@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -118,11 +119,17 @@ async def _mark_restored(path: str) -> None:
         await journal.mark_restored(time.time_ns() // 1_000_000)
     finally:
         await journal.close()
+    # The last connection to close in WAL mode folds the WAL into the file and removes it, unless that connection was
+    # a read-only one (the journal's readers): one writable connection, closed last, makes sure of it.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _check(path: Path) -> tuple[int, int, int | None]:
     """integrity_check, then what the journal holds: (sagas, unfinished sagas, newest saga's creation time)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    # closing(): a connection's own `with` only ends a transaction; left open, this read-only one would keep the WAL
+    # from being folded back into the file before it is moved into place.
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         verdict = db.execute("PRAGMA integrity_check").fetchone()[0]
         if verdict != "ok":
             raise RestoreError(f"integrity_check: {verdict}")
