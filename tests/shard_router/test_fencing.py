@@ -20,7 +20,7 @@ from common.ring import EpochHistory, history_message
 from coordinator import ownership
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
-from shard_router import HashRing, RouterServer, load
+from shard_router import HashRing, RouterServer, epochs_cli, load
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import running_stubs
 
@@ -260,3 +260,21 @@ async def test_a_router_in_conflict_with_the_shards_creates_no_saga_until_it_agr
     assert got.saga_id == placed.saga_id
     answer = await (await rig.client(first)).place(place_request(order_id))
     assert (await rig.sagas_of(order_id)) == {RING3.owner(order_id): answer.saga_id}
+
+
+async def test_the_first_commit_shows_its_ring_to_every_shard_before_it_writes_the_file(rig: Rig) -> None:
+    """Without an epochs file, `epochs commit` starts from the shards' history and shows the result to every shard
+    first: a router that starts without seeing the file (a late copy) learns it from the shards."""
+    await rig.router("first", THREE, epochs_file=False)
+    folder = rig.tmp_path / "operator"
+    folder.mkdir()
+    config, history = folder / "shards.toml", folder / "shards.epochs.json"
+    write_shards(config, [(sid, rig.shards[sid]) for sid in FOUR])
+    args = ["commit", "--config", str(config), "--epochs", str(history)]
+    assert await asyncio.to_thread(epochs_cli.main, args) == 0
+    for sid in FOUR:
+        async with grpc.aio.insecure_channel(rig.shards[sid]) as channel:
+            held = await ring_pb2_grpc.RingServiceStub(channel).GetRing(ring_pb2.GetRingRequest(), timeout=10)
+        assert [len(e.shards) for e in held.history.epochs] == [3, 4], sid
+    late = await rig.router("late", FOUR, epochs_file=False)
+    assert late.topologies.current.epoch == 2
