@@ -4,9 +4,7 @@
 one way a re-shard takes effect. Routers only read the epochs file; each picks the new epoch up at its next reload, or
 earlier from a shard that another router has shown it to. If there is no epochs file yet, the shards are asked for the
 history they hold (routers that started without a file route by it, or made the config's ring epoch 1 when no shard
-held one). The new history is shown to every shard (InstallRing) before the file is written, and nothing is written
-unless every one took it: each epoch a router may route by is then held by every shard, which is what lets a router
-without the file, or a shard restored from a replica, learn it from the others. --offline skips the shards.
+held one), and the new history is shown to every shard before the file is written.
 
 Dropping epochs 1..N is safe when no saga depends on them: every saga that one of their shards holds and that a client
 may still ask about (unfinished, or terminal but created within the PlaceOrder retry window) is still placed on that
@@ -56,10 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--retry-window-s", type=int, help="default: [router] place_order_retry_window_s")
         if name == "commit":
             sp.add_argument(
-                "--offline",
-                action="store_true",
-                help="do not ask the shards nor show them the new ring (without a file: start at epoch 1); the routers"
-                " show it to them when they read the file",
+                "--offline", action="store_true", help="without an epochs file, do not ask the shards: start at epoch 1"
             )
         if name != "list":
             # The shards ask for a certificate (role router in their auth policy): the router's own, as a rule.
@@ -98,7 +93,8 @@ def _print(history: EpochHistory) -> None:
 
 async def _commit(config: RouterConfig, history: EpochHistory, offline: bool) -> int:
     expect = history.number
-    if not history.epochs and not offline:
+    first = not history.epochs and not offline
+    if first:
         held = await _shards_history(config)
         if held is None:
             return 2
@@ -107,11 +103,11 @@ async def _commit(config: RouterConfig, history: EpochHistory, offline: bool) ->
     if new == history and expect == history.number and history.epochs:
         print(f"nothing to commit: the config's ring is epoch {history.number} already")
         return 0
-    # Every shard of the config holds the new history before the file names it, so every epoch a router can route by
-    # is on every shard: a router that starts without seeing the file (a late copy) learns it from any shard, and a
-    # shard whose journal was restored from a replica catches up from any peer (coordinator.ownership). A shard that
-    # refuses it (it holds another placement under one of its numbers) or cannot be asked stops the commit.
-    if not offline and not await _install_everywhere(config, new):
+    # The first file starts from what the shards hold; it is shown to every shard before it is written, so a router
+    # that starts without seeing the file (a late copy) learns it, or a newer one, from the shards: none can take its
+    # config for an epoch 1 the file contradicts. A shard that refuses it (a router showed it another ring since the
+    # shards were asked) stops the commit.
+    if first and not await _install_everywhere(config, new):
         return 2
     try:
         epochs.write(config.epochs_path, new, expect=expect)

@@ -302,8 +302,8 @@ class World:
     def _operator(self) -> None:
         """no_file: lists the next ring in the shards file (uncommitted), or commits the listed one as `saga-router
         epochs commit` does (shard_router.epochs_cli): the file's history, or with no file yet the newest history a
-        shard holds, with the listed ring as its next epoch, shown to every shard before it is written and not written
-        if one refuses it. (Each shard's answer is one atomic step here.)"""
+        shard holds, with the listed ring as its next epoch; the first one is shown to every shard before it is
+        written, and not written if one refuses it. (Each shard's answer is one atomic step here.)"""
         if not any(s.history.epochs for s in self.shards.values()):
             return  # the cluster's first start is not over: the README's procedures start from a running system
         if self.listed == self.committed and self.listed < len(RINGS) - 1:
@@ -314,10 +314,11 @@ class World:
             return
         base = self.files[-1] if self.files else max((s.history for s in self.shards.values()), key=lambda h: h.number)
         new = base.advance(VNODES, [(s, s) for s in RINGS[self.listed]], len(self.files) + 1)
-        for sid in RINGS[self.listed]:
-            if self.shards[sid].install(new)[0] == "conflict":
-                self.trace.append(("operator's commit refused by shard %s: nothing written", sid))
-                return
+        if not self.files:
+            for sid in RINGS[self.listed]:
+                if self.shards[sid].install(new)[0] == "conflict":
+                    self.trace.append(("operator's commit refused by shard %s: nothing written", sid))
+                    return
         self.files.append(new)
         self.published = len(self.files) - 1
         self.committed = self.listed
