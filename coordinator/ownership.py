@@ -158,14 +158,17 @@ class Ownership:
         rounds = 0
         while self.catching_up:
             rounds += 1
+            start = self.history
+            # Asked without the install lock: a router's InstallRing meanwhile is taken, and the round starts again.
+            try:
+                found, unanswered = await self._ask_peers(start)
+            except RingRefused as e:
+                # Two placements under one number: no history is safe to route by until an operator settles it.
+                logger.error("restored shard {} cannot catch up: {}", self._shard_id, e.message)
+                found, unanswered = start, ["(conflict)"]
             async with self._installing:
-                try:
-                    found, unanswered = await self._ask_peers(self.history)
-                except RingRefused as e:
-                    # Two placements under one number: no history is safe to route by until an operator settles it.
-                    logger.error("restored shard {} cannot catch up: {}", self._shard_id, e.message)
-                    found, unanswered = self.history, ["(conflict)"]
-                before = self.history.number
+                if self.history != start:
+                    continue  # a router showed it another history meanwhile: ask the owners of that one
                 if not unanswered:
                     await self._store(found, caught_up=True)
                     self.catching_up = False
@@ -174,10 +177,10 @@ class Ownership:
                         "restored shard {} caught up with its peers: ring epoch {} (the replica held {})",
                         self._shard_id,
                         found.number or "none",
-                        before or "none",
+                        start.number or "none",
                     )
                     return
-                if found.number > before:
+                if found.number > start.number:
                     await self._store(found)
             if rounds == 1 or rounds % 30 == 0:
                 logger.warning(

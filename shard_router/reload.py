@@ -221,11 +221,11 @@ class TopologyManager:
         if not self._conflicts:
             self._disagreement = None
             return
-        where = ", ".join(f"{sid} (epoch {n})" for sid, n in sorted(self._conflicts.items()))
+        where = ", ".join(f"{sid} (at epoch {n})" for sid, n in sorted(self._conflicts.items()))
         self._disagreement = (
-            f"this router's ring history (epoch {self.current.epoch}) holds another placement than shard(s) {where}"
-            " under the same epoch number: it places no new order until they agree. Compare `saga-router epochs list`"
-            " with GetRing on the shards, restore the epochs file, and restart this router"
+            f"this router's ring history (epoch {self.current.epoch}) and shard(s) {where} hold different placements"
+            " under one epoch number: it places no new order until they agree. Compare `saga-router epochs list` with"
+            " GetRing on the shards, restore the epochs file, and restart this router"
         )
 
     def _read_signatures(self) -> tuple[object, object]:
@@ -253,9 +253,10 @@ class TopologyManager:
                 ring_pb2.InstallRingRequest(history=history_message(topo.history)), timeout=RING_CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as e:
-            self._ring_call_failed("InstallRing", shard_id, e)
-            if _refusal(e) is Refusal.CONFLICT:
+            if _refusal(e) is Refusal.CONFLICT:  # logged once per shard and epoch: the refusal repeats at each poll
                 self._record_conflict(shard_id, topo, _epoch_of(e, topo.epoch))
+            else:
+                self._ring_call_failed("InstallRing", shard_id, e)
             return
         self._record_agreement(shard_id, topo)
         await self.adopt(reply.history, shard_id)
