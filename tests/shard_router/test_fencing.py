@@ -18,9 +18,10 @@ import pytest
 
 from common.ring import EpochHistory, history_message
 from coordinator import ownership
+from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
-from shard_router import HashRing, RouterServer, epochs_cli, load
+from shard_router import HashRing, RouterServer, epochs_cli, load, reload
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import running_stubs
 
@@ -278,3 +279,25 @@ async def test_the_first_commit_shows_its_ring_to_every_shard_before_it_writes_t
         assert [len(e.shards) for e in held.history.epochs] == [3, 4], sid
     late = await rig.router("late", FOUR, epochs_file=False)
     assert late.topologies.current.epoch == 2
+
+
+async def test_without_an_epochs_file_a_router_does_not_guess_while_a_shard_cannot_be_asked(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No shard that answered holds a ring and one cannot be asked: it may hold the ring the others were routed by, so
+    the router refuses to start (after FIRST_RING_WAIT_S) rather than make its config epoch 1. Once a shard that
+    answers holds one, that one is used."""
+    monkeypatch.setattr(reload, "FIRST_RING_WAIT_S", 0.3)
+    folder = rig.tmp_path / "guess"
+    folder.mkdir()
+    config = folder / "shards.toml"
+    write_shards(config, [(sid, rig.shards[sid]) for sid in THREE] + [("shard-9", f"127.0.0.1:{free_port()}")])
+    router = RouterServer(load(config, listen="127.0.0.1:0", epochs_path=folder / "none.json", env={}))
+    with pytest.raises(reload.RingChangeRefused, match="shard-9"):
+        await router.start()
+    await router.stop(0)
+    await rig.router("first", THREE, epochs_file=False)  # the shards hold epoch 1 now
+    again = RouterServer(load(config, listen="127.0.0.1:0", epochs_path=folder / "none.json", env={}))
+    await again.start()
+    rig.stack.push_async_callback(again.stop, 0.5)
+    assert again.topologies.current.ring.shard_ids == tuple(THREE)
