@@ -21,6 +21,7 @@ from .config import ShardConfig
 from .journal import Journal
 from .metrics import ShardMetrics
 from .replication import HEALTH_SERVICE, ReplicaMonitor
+from .ring_peers import GrpcPeerRings
 from .sealing import open_sealer
 from .server import build_server, set_serving
 from .shard import Shard
@@ -80,7 +81,8 @@ class ShardApp:
             await caller.close()
             raise
         rng = random.Random(cfg.seed)
-        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
+        peers = GrpcPeerRings(ClientTls(tls))
+        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics, peers)
         try:
             on_denied = denied_counter(metrics.registry)
             server, port, health_servicer = build_server(shard, cfg.listen, tls, limits, policy, on_denied)

@@ -166,6 +166,15 @@ _MIGRATION_SQL: tuple[str, ...] = (
     CREATE INDEX operator_events_by_order ON operator_events (order_id, id);
     CREATE INDEX operator_events_by_time ON operator_events (at_epoch_ms)
     """,
+    # v8: a journal rebuilt from its replica (coordinator/restore.py) may hold an older ring history than the shard had
+    # acknowledged before the loss; this row says so, and the shard creates no saga until it has caught up with its
+    # peers (coordinator/ownership.py). It goes in the same commit as the caught-up history.
+    """
+    CREATE TABLE ring_catch_up (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        restored_at_epoch_ms INTEGER NOT NULL
+    )
+    """,
 )
 # Statements are separated by a semicolon at the end of a line (the v2 UPDATE has semicolons inside its strings).
 MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
@@ -859,17 +868,45 @@ class Journal:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
 
-    async def save_ring_history(self, epoch: int, history: str) -> None:
-        """Replaces the stored ring history; durable (one fsynced commit) when this returns."""
+    async def save_ring_history(self, epoch: int, history: str, caught_up: bool = False) -> None:
+        """Replaces the stored ring history; durable (one fsynced commit) when this returns. caught_up: in the same
+        commit, clear the mark a restore left (mark_restored)."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    "INSERT INTO ring_history (id, epoch, history) VALUES (1, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, history = excluded.history",
+                    (epoch, history),
+                )
+                if caught_up:
+                    await db.execute("DELETE FROM ring_catch_up")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+        await self._upkeep("ring", run)
+
+    async def mark_restored(self, now_epoch_ms: int) -> None:
+        """Records that this journal was rebuilt from a replica: its ring history may be older than the one the shard
+        had acknowledged (coordinator.ownership catches up before it creates a saga)."""
 
         async def run(db: aiosqlite.Connection) -> None:
             await db.execute(
-                "INSERT INTO ring_history (id, epoch, history) VALUES (1, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, history = excluded.history",
-                (epoch, history),
+                "INSERT INTO ring_catch_up (id, restored_at_epoch_ms) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET restored_at_epoch_ms = excluded.restored_at_epoch_ms",
+                (now_epoch_ms,),
             )
 
         await self._upkeep("ring", run)
+
+    async def restored_at(self) -> int | None:
+        """When mark_restored marked the journal (wall-clock epoch ms), or None if it holds no such mark."""
+        async with self._reader.execute("SELECT restored_at_epoch_ms FROM ring_catch_up WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
 
     # ---- retention and file upkeep (coordinator/retention.py decides when) ---------------------------------------
 

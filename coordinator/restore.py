@@ -11,11 +11,18 @@ the same shard id, so the routers' ring is unchanged, and with the same key file
 it the payment details of unfinished sagas cannot be opened, and retried orders would get other saga ids). Sagas
 acknowledged after the replica's last sync are not in the restored journal: a client retrying such an order re-creates
 its saga with the same id and the same idempotency keys, and the services answer with what they already did.
+
+The restored journal is marked as such (Journal.mark_restored) before it is moved into place: the replica may also have
+missed the newest ring epoch the shard had acknowledged, and a shard whose epoch went back could start a second saga
+for an order a newer ring placed elsewhere. At start the shard sees the mark and creates no saga until it has learnt
+the newest history its peers hold (coordinator/ownership.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load
-from .journal import read_key_fingerprint
+from .journal import Journal, read_key_fingerprint
 from .sealing import FINGERPRINT_PURPOSE, KeyFileError, check_key_file, key_file_path, read_key_file
 
 _RESTORE_TIMEOUT_S = 600.0
@@ -97,6 +104,12 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False, ke
             for suffix in ("", "-wal", "-shm"):
                 Path(str(tmp) + suffix).unlink(missing_ok=True)
             raise RestoreError(f"{e} (then run the restore again)") from None
+    asyncio.run(_mark_restored(str(tmp)))
+    for suffix in ("-wal", "-shm"):
+        if Path(str(tmp) + suffix).exists():  # the journal's close checkpoints its WAL: the file alone is the journal
+            raise RestoreError(
+                f"{tmp}{suffix} is left after marking the restored journal; nothing was moved into place"
+            )
     if target.exists():
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for suffix in ("", "-wal", "-shm"):
@@ -112,9 +125,27 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False, ke
     return Restored(journal, *stats, took_s=time.monotonic() - started)
 
 
+async def _mark_restored(path: str) -> None:
+    """Marks the journal as restored (migrating it first if the replica is of an older schema): the shard then learns
+    the newest ring history from its peers before it creates a saga, since the replica may have missed the last one it
+    acknowledged (coordinator/ownership.py)."""
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await journal.mark_restored(time.time_ns() // 1_000_000)
+    finally:
+        await journal.close()
+    # The last connection to close in WAL mode folds the WAL into the file and removes it, unless that connection was
+    # a read-only one (the journal's readers): one writable connection, closed last, makes sure of it.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def _check(path: Path) -> tuple[int, int, int | None]:
     """integrity_check, then what the journal holds: (sagas, unfinished sagas, newest saga's creation time)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    # closing(): a connection's own `with` only ends a transaction; left open, this read-only one would keep the WAL
+    # from being folded back into the file before it is moved into place.
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         verdict = db.execute("PRAGMA integrity_check").fetchone()[0]
         if verdict != "ok":
             raise RestoreError(f"integrity_check: {verdict}")
@@ -168,5 +199,8 @@ def main(argv: list[str]) -> int:
         )
     else:
         print(f"key file {keys} matches the journal")
-    print(f"start the shard as before, as {cfg.shard_id} (the routers' ring is unchanged)")
+    print(
+        f"start the shard as before, as {cfg.shard_id} (the routers' ring is unchanged); it creates no saga until it"
+        " has asked every shard of its ring which epoch they hold (its log says when it has caught up)"
+    )
     return 0

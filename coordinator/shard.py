@@ -30,6 +30,7 @@ from .model import SagaState
 from .ownership import Ownership
 from .poller import Poller
 from .retention import Upkeep
+from .ring_peers import PeerRings
 from .saga import Event, EventKind, SagaRecord
 from .sealing import Sealer
 from .validation import validate_place_order
@@ -53,7 +54,10 @@ class Shard:
         sealer: Sealer,
         rng: random.Random | None = None,
         metrics: ShardMetrics | None = None,
+        peers: PeerRings | None = None,
     ) -> None:
+        """peers: how the shard asks other shards for their ring history (a restored journal's catch-up, a first
+        ring's check); None: it asks none (a restored journal then cannot start)."""
         self.metrics = metrics or ShardMetrics()
         self.cfg = cfg
         self.journal = journal
@@ -68,7 +72,8 @@ class Shard:
         self._redrive: asyncio.Task[None] | None = None
         self._resumer: asyncio.Task[None] | None = None
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
-        self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
+        self.ownership = Ownership(cfg.shard_id, journal, self.metrics, peers)
+        self._catching_up: asyncio.Task[None] | None = None
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
         self._driving = 0
         """Saga tasks running now: with those not resting in a retry's backoff, the journal's writers (a saga waiting
@@ -112,6 +117,8 @@ class Shard:
     async def start(self) -> int:
         """Resumes every unfinished saga in the journal; returns how many."""
         await self.ownership.load()
+        if self.ownership.catching_up:
+            self._catching_up = asyncio.create_task(self.ownership.catch_up(), name="ring-catch-up")
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
         self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
         self.metrics.watch_waiting(self._waiting_ages)
@@ -151,6 +158,8 @@ class Shard:
     async def stop(self) -> None:
         """Stops driving sagas (they resume at the next start) and lets queued journal writes commit."""
         self._stopping = True
+        if self._catching_up:
+            self._catching_up.cancel()
         if self._redrive:
             self._redrive.cancel()
         if self._resumer:

@@ -3,7 +3,8 @@
 `commit` records the config's ring as the next epoch (after a shard is added, marked draining, or vnodes changed): the
 one way a re-shard takes effect. Routers only read the epochs file; each picks the new epoch up at its next reload, or
 earlier from a shard that another router has shown it to. If there is no epochs file yet, the shards are asked for the
-history they hold (the config's ring was epoch 1 for routers that started without a file).
+history they hold (routers that started without a file route by it, or made the config's ring epoch 1 when no shard
+held one), and the new history is shown to every shard before the file is written.
 
 Dropping epochs 1..N is safe when no saga depends on them: every saga that one of their shards holds and that a client
 may still ask about (unfinished, or terminal but created within the PlaceOrder retry window) is still placed on that
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from common.ring import Epoch, EpochError, EpochHistory, history_from_message
+from common.ring import Epoch, EpochError, EpochHistory, history_from_message, history_message
 from common.tls import ClientTls, TlsConfigError, add_tls_arguments, tls_from_args
 from protos.ring.v1 import ring_pb2
 
@@ -92,7 +93,8 @@ def _print(history: EpochHistory) -> None:
 
 async def _commit(config: RouterConfig, history: EpochHistory, offline: bool) -> int:
     expect = history.number
-    if not history.epochs and not offline:
+    first = not history.epochs and not offline
+    if first:
         held = await _shards_history(config)
         if held is None:
             return 2
@@ -101,6 +103,12 @@ async def _commit(config: RouterConfig, history: EpochHistory, offline: bool) ->
     if new == history and expect == history.number and history.epochs:
         print(f"nothing to commit: the config's ring is epoch {history.number} already")
         return 0
+    # The first file starts from what the shards hold; it is shown to every shard before it is written, so a router
+    # that starts without seeing the file (a late copy) learns it, or a newer one, from the shards: none can take its
+    # config for an epoch 1 the file contradicts. A shard that refuses it (a router showed it another ring since the
+    # shards were asked) stops the commit.
+    if first and not await _install_everywhere(config, new):
+        return 2
     try:
         epochs.write(config.epochs_path, new, expect=expect)
     except EpochError as e:
@@ -143,6 +151,29 @@ async def _shards_history(config: RouterConfig) -> EpochHistory | None:
         await pool.close()
     print(f"no epochs file: starting from the shards' history (epoch {newest.number or 'none'})")
     return newest
+
+
+async def _install_everywhere(config: RouterConfig, history: EpochHistory) -> bool:
+    """Shows history to every shard of the config (InstallRing); False, with the reason printed, unless all took it."""
+    try:
+        pool = ChannelPool(config.settings.max_message_bytes, 0.0, ClientTls(config.tls))
+    except TlsConfigError as e:
+        print(f"saga-router epochs: {e}")
+        return False
+    try:
+        for spec in config.ring.shards:
+            await pool.get(spec.address).ring.InstallRing(
+                ring_pb2.InstallRingRequest(history=history_message(history)), timeout=_RPC_TIMEOUT_S
+            )
+    except grpc.aio.AioRpcError as e:
+        print(
+            f"nothing written: shard {spec.id} did not take epoch {history.number} ({e.code().name}: {e.details()});"
+            " check `saga-router epochs list` against GetRing on the shards, then commit again"
+        )
+        return False
+    finally:
+        await pool.close()
+    return True
 
 
 async def _drop(config: RouterConfig, history: EpochHistory, through: int, force: bool, window_s: int | None) -> int:

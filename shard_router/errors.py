@@ -4,6 +4,7 @@
     ├── ShardStatus          a shard's own non-OK answer (or its channel's, when the shard is unreachable),
     │                        relayed unchanged: google.rpc.Status details ("grpc-status-details-bin") and
     │                        "retry-after-ms" included
+    ├── RingDisagreement     UNAVAILABLE for a new order while a shard refuses the router's ring as a conflict
     └── InvalidArgument      bad input the router checks itself (page_size, page_token), the field named in
                              google.rpc.BadRequest details, as a shard would
 
@@ -44,6 +45,14 @@ class ShardStatus(RouterError):
     def with_context(self, prefix: str) -> ShardStatus:
         """The same status with a hint for operators in front of the details."""
         return ShardStatus(self.shard_id, self.code, f"{prefix}: {self.details}", self.trailing_metadata)
+
+
+class RingDisagreement(RouterError):
+    """The router's ring history and a shard's hold different placements under one epoch number: it creates no saga
+    (UNAVAILABLE, so clients retry) until it agrees with the shards again (shard_router.reload)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, details)
 
 
 class InvalidArgument(RouterError):

@@ -4,11 +4,20 @@ The router holds no state of its own that correctness depends on. The ring histo
 - the epochs file (read-only here; `saga-router epochs commit` writes it), re-read when it changes (polled, SIGHUP);
 - what the shards hold: a shard that refuses a call as routed by a stale epoch is asked for its history (GetRing), and
   every history this router installs is shown to every shard (InstallRing), whose answer may be newer still;
-- with neither (a first start without an epochs file), the config's ring as epoch 1.
+- a first start without an epochs file asks every shard the config lists for its history (GetRing) and routes by the
+  newest one any of them holds: the config's shard list may have been edited since that ring was made, and an edited,
+  uncommitted list taken as "epoch 1" would be a second placement under a number the shards already use. Only when
+  every shard answers and none holds a history (a new cluster) does the config's ring become epoch 1; when some cannot
+  be asked and none that answered holds one, the start waits (FIRST_RING_WAIT_S), then refuses.
 A router never goes back to an older epoch, and refuses a history that puts another placement under a number it holds
 (RingChangeRefused: the previous ring stays, an error is logged). The config file gives addresses and settings; a shard
 list that differs from the current epoch's placement is reported (log, saga_router_ring_refused_total) and routes
 nothing until it is committed.
+
+A shard that refuses our history as a conflict (another placement under one of our numbers), or shows us one, means
+this router's ring was made by no commit the shards know: until every such shard agrees again, the router creates no
+saga (PlaceOrder answers UNAVAILABLE, disagreement()); reads still go to the shards, which answer only for what they
+hold or fence. While it disagrees it shows its history to every shard at each poll, so the block lifts once they agree.
 
 A change builds a new Topology and swaps it in with one assignment; calls already running keep the snapshot they
 started with, so nothing in flight is dropped or re-routed.
@@ -29,7 +38,15 @@ import grpc
 from loguru import logger
 
 from common.loops import run_every
-from common.ring import EpochError, EpochHistory, Refusal, history_from_message, history_message
+from common.ring import (
+    EPOCH_KEY,
+    REFUSAL_KEY,
+    EpochError,
+    EpochHistory,
+    Refusal,
+    history_from_message,
+    history_message,
+)
 from protos.ring.v1 import ring_pb2
 from protos.saga.v1 import saga_pb2
 
@@ -44,6 +61,10 @@ _CHECK_TIMEOUT_S = 5.0
 """Bound on asking a departing shard about its sagas; a reload should never hang on a sick shard."""
 RING_CALL_TIMEOUT_S = 2.0
 """Bound on one GetRing/InstallRing call to a shard."""
+FIRST_RING_WAIT_S = 10.0
+"""Without an epochs file: how long the start waits for shards that cannot be asked which ring they hold (when none
+that answered holds one) before the router refuses to start; one of them may hold the ring the others route by."""
+_FIRST_RING_RETRY_S = 0.5
 
 
 class RingChangeRefused(Exception):
@@ -52,6 +73,30 @@ class RingChangeRefused(Exception):
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _refusal(e: grpc.aio.AioRpcError) -> Refusal | None:
+    """The fencing refusal (x-saga-ring-refusal) a shard's FAILED_PRECONDITION carries, if any."""
+    if e.code() is not grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    for key, value in e.trailing_metadata() or ():
+        if key == REFUSAL_KEY:
+            try:
+                return Refusal(value if isinstance(value, str) else value.decode())
+            except ValueError:
+                return None
+    return None
+
+
+def _epoch_of(e: grpc.aio.AioRpcError, default: int) -> int:
+    """The shard's epoch a refusal names (x-saga-ring-epoch), else default."""
+    for key, value in e.trailing_metadata() or ():
+        if key == EPOCH_KEY:
+            try:
+                return int(value)
+            except ValueError:
+                break
+    return default
 
 
 def _signature(path: os.PathLike[str]) -> tuple[int, int, int] | None:
@@ -85,6 +130,10 @@ class TopologyManager:
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
         self._announcing: set[asyncio.Task[None]] = set()
+        self._conflicts: dict[str, int] = {}
+        """Shard id -> an epoch number under which it holds another placement than the history in use."""
+        self._disagreement: str | None = None
+        """Why no saga may be created (built when _conflicts changes: PlaceOrder reads it per call), or None."""
 
     @property
     def current(self) -> Topology:
@@ -142,6 +191,42 @@ class TopologyManager:
         self._kick.clear()
         if kicked or self._read_signatures() != self._signatures:
             await self.reload()
+        if self._conflicts:
+            await self.announce()  # each shard that agrees again is cleared; the block lifts when none is left
+
+    def disagreement(self) -> str | None:
+        """Why this router must create no saga now (a shard holds another placement under an epoch of ours), or None."""
+        return self._disagreement
+
+    def _record_conflict(self, shard_id: str, topo: Topology, epoch: int) -> None:
+        if topo is not self._current:
+            return  # about a history no longer in use
+        if self._conflicts.get(shard_id) != epoch:
+            self._conflicts[shard_id] = epoch
+            self._metrics.ring_refused()
+            self._update_disagreement()
+            logger.error("{}", self._disagreement)
+
+    def _record_agreement(self, shard_id: str, topo: Topology) -> None:
+        if topo is self._current and self._conflicts.pop(shard_id, None) is not None:
+            self._update_disagreement()
+            logger.info(
+                "shard {} agrees with ring epoch {} now{}",
+                shard_id,
+                topo.epoch,
+                "; creating sagas again" if not self._conflicts else "",
+            )
+
+    def _update_disagreement(self) -> None:
+        if not self._conflicts:
+            self._disagreement = None
+            return
+        where = ", ".join(f"{sid} (at epoch {n})" for sid, n in sorted(self._conflicts.items()))
+        self._disagreement = (
+            f"this router's ring history (epoch {self.current.epoch}) and shard(s) {where} hold different placements"
+            " under one epoch number: it places no new order until they agree. Compare `saga-router epochs list` with"
+            " GetRing on the shards, restore the epochs file, and restart this router"
+        )
 
     def _read_signatures(self) -> tuple[object, object]:
         cfg = self._config
@@ -168,8 +253,12 @@ class TopologyManager:
                 ring_pb2.InstallRingRequest(history=history_message(topo.history)), timeout=RING_CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as e:
-            self._ring_call_failed("InstallRing", shard_id, e)
+            if _refusal(e) is Refusal.CONFLICT:  # logged once per shard and epoch: the refusal repeats at each poll
+                self._record_conflict(shard_id, topo, _epoch_of(e, topo.epoch))
+            else:
+                self._ring_call_failed("InstallRing", shard_id, e)
             return
+        self._record_agreement(shard_id, topo)
         await self.adopt(reply.history, shard_id)
 
     async def learn_from(self, shard_id: str, topo: Topology) -> None:
@@ -195,17 +284,13 @@ class TopologyManager:
         async with self._lock:
             cfg, topo = self._config, self.current
             assert cfg is not None
-            if offered.number <= topo.epoch:
-                return False
             conflict = topo.history.conflict_with(offered)
             if conflict is not None:
-                self._metrics.ring_refused()
-                logger.error(
-                    "shard {} holds another placement under ring epoch {} than this router: not adopted; fix the epochs"
-                    " file (saga-router epochs list, and GetRing on the shards)",
-                    shard_id,
-                    conflict,
-                )
+                logger.error("shard {} holds another placement under ring epoch {}: not adopted", shard_id, conflict)
+                self._record_conflict(shard_id, topo, conflict)
+                return False
+            self._record_agreement(shard_id, topo)
+            if offered.number <= topo.epoch:
                 return False
             self._install_topology(cfg, offered, f"learnt from shard {shard_id}")
         self._announce_later()
@@ -263,12 +348,7 @@ class TopologyManager:
         elif in_use.epochs:
             chosen = in_use  # never re-derived from an edited config: epoch 1 means one placement
         else:
-            chosen = epochs.committed(EpochHistory(), cfg.ring, self._now_ms())
-            logger.warning(
-                "no epochs file at {}: routing by the config's ring as epoch 1 until one is committed (saga-router"
-                " epochs commit), or a shard shows a newer one",
-                cfg.epochs_path,
-            )
+            chosen = await self._first_history(cfg)
 
         if previous is not None:
             listed_before, addresses_before = self._config_ids, previous.addresses
@@ -277,6 +357,62 @@ class TopologyManager:
 
         self._config_ids = frozenset(cfg.ring.addresses)
         self._install_topology(cfg, chosen, "from the epochs file" if from_file.epochs else "")
+
+    async def _first_history(self, cfg: RouterConfig) -> EpochHistory:
+        """No epochs file and no ring yet: the newest history a shard of the config holds; the config's ring as epoch 1
+        only if every shard answered and none holds any (a new cluster). Raises RingChangeRefused if, for
+        FIRST_RING_WAIT_S, some cannot be asked and none that answered holds one."""
+        deadline = time.monotonic() + FIRST_RING_WAIT_S
+        shards = sorted(cfg.ring.addresses.items())
+        while True:
+            answers = await asyncio.gather(*(self._held_by(sid, address) for sid, address in shards))
+            held = [(sid, h) for (sid, _), h in zip(shards, answers, strict=True) if h is not None and h.epochs]
+            if held:
+                source, newest = max(held, key=lambda found: found[1].number)
+                for sid, h in held:
+                    if (conflict := newest.conflict_with(h)) is not None:
+                        logger.error(
+                            "shards {} and {} hold other placements under ring epoch {}", source, sid, conflict
+                        )
+                logger.warning(
+                    "no epochs file at {}: routing by ring epoch {} as shard {} holds it (the config's shard list is"
+                    " not a ring until `saga-router epochs commit` records it)",
+                    cfg.epochs_path,
+                    newest.number,
+                    source,
+                )
+                return newest
+            unanswered = [sid for (sid, _), h in zip(shards, answers, strict=True) if h is None]
+            if not unanswered:
+                logger.warning(
+                    "no epochs file at {} and no shard holds a ring: a new cluster, routing by the config's ring as"
+                    " epoch 1 (saga-router epochs commit records it)",
+                    cfg.epochs_path,
+                )
+                return epochs.committed(EpochHistory(), cfg.ring, self._now_ms())
+            if time.monotonic() >= deadline:
+                raise RingChangeRefused(
+                    f"no epochs file at {cfg.epochs_path}, and shard(s) {unanswered} cannot be asked which ring they"
+                    " hold (none that answered holds one): taking the config's shard list as the ring could put a"
+                    " second placement under an epoch they use. Bring them up and start again, or restore the epochs"
+                    " file"
+                )
+            await asyncio.sleep(_FIRST_RING_RETRY_S)
+
+    async def _held_by(self, shard_id: str, address: str) -> EpochHistory | None:
+        """The history the shard holds; None if it cannot be asked (or sends a malformed one)."""
+        try:
+            reply = await self._pool.get(address).ring.GetRing(ring_pb2.GetRingRequest(), timeout=RING_CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return EpochHistory()  # no RingService: it holds no ring, and fences nothing either
+            self._ring_call_failed("GetRing", shard_id, e)
+            return None
+        try:
+            return history_from_message(reply.history)
+        except EpochError as e:
+            logger.error("shard {} sent a malformed ring history: {}", shard_id, e)
+            return None
 
     def _install_topology(self, cfg: RouterConfig, history: EpochHistory, source: str) -> None:
         previous = self._current

@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 from common.ring import REFUSAL_KEY, Refusal
 from protos.saga.v1 import saga_pb2
 
-from .errors import InvalidArgument, Outcome, ShardStatus, outcome
+from .errors import InvalidArgument, Outcome, RingDisagreement, ShardStatus, outcome
 from .forwarding import GET_SAGA, PLACE_ORDER, WATCH_SAGA, Caller, Forwarder, Reply, ShardStream
 from .topology import Topology
 
@@ -51,6 +51,10 @@ class Rings(Protocol):
     """Where a refused call's router refreshes its ring (shard_router.reload.TopologyManager)."""
 
     async def resolve(self, refusal: Refusal, shard_id: str) -> None: ...
+
+    def disagreement(self) -> str | None:
+        """Why no saga may be created now (a shard holds another placement under an epoch of ours), or None."""
+        ...
 
 
 def ring_refusal(e: ShardStatus) -> Refusal | None:
@@ -151,6 +155,12 @@ class Router:
         return await self._fenced(lambda topo, attempt: self._place(topo, attempt, order_id, request, caller))
 
     async def _place(self, topo: Topology, attempt: int, order_id: str, request: bytes, caller: Caller) -> Reply:
+        # A ring a shard refused as a conflict must place nothing (checked at every attempt: a refresh after a refusal
+        # may be what found the conflict): under it a fresh shard might take an order that another ring's owner takes
+        # too. One attribute read; no I/O on the hot path.
+        why = self._rings.disagreement()
+        if why is not None:
+            raise RingDisagreement(why)
         routed = caller.routed_by(topo.epoch)
         # A retry after a refusal places the order afresh rather than following a call that went to the refusing shard.
         follow = attempt == 0

@@ -83,7 +83,8 @@ def _policies(routers: Sequence[str]) -> dict[str, str]:
     )
     return {
         "router": header + _identity("client", "client") + _identity("operator", "operator", "client") + jwt_table,
-        "shard": header + "".join(_identity(name, "router") for name in routers),
+        # Every router of the system by name; the shards ask each other for their ring history (role coordinator).
+        "shard": header + "".join(_identity(name, "router") for name in routers) + _identity("shard-*", "coordinator"),
         "stubs": header + _identity("shard-*", "coordinator") + _identity("operator", "operator"),
     }
 
