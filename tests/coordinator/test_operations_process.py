@@ -162,10 +162,16 @@ async def test_refunds_that_settle_later_survive_two_shard_kills(system: LocalSy
         assert len(refunds) == 1 and refunds[0].applied_count == 1, refunds
         events = [e for e in saga.events if e.step == PAYMENT and e.action == COMPENSATE]
         kinds = [e.kind for e in events]
-        assert "accepted" in kinds, kinds
+        attempts += kinds.count("started")
+        if "accepted" not in kinds:
+            # The kill landed during the refund call itself, before its acceptance was journaled: that attempt is spent
+            # (retrying, outcome unknown) and the next one, after its backoff, found the refund already settled (the
+            # service's final answer for the key: applied once, checked above).
+            assert any(e.kind == "retrying" and "shard stopped" in e.detail for e in events), kinds
+            assert kinds[-1] == "succeeded", kinds
+            continue
         # Once the acceptance is journaled, the refund is only asked about, never sent again.
         assert "started" not in kinds[kinds.index("accepted") :], kinds
-        attempts += kinds.count("started")
         accepted_ms = next(e.at.ToMilliseconds() for e in events if e.kind == "accepted")
         done_ms = next(e.at.ToMilliseconds() for e in events if e.kind == "succeeded")
         for i, kill_ms in enumerate(kills_ms):

@@ -328,12 +328,12 @@ def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Pat
         assert args[args.index("--tls-cert") + 1] == str(tmp_path / "tls" / f"{p.name}.pem")
         assert args[args.index("--tls-ca") + 1] == str(tmp_path / "tls" / "ca.pem")
     assert cluster.tls is not None and cluster.tls.cert == tmp_path / "tls" / "launcher.pem"
-    # Each router has a certificate of its own: the shards' policy names every router cluster.toml lists.
+    # Each router has a certificate of its own: the shards' policy names every router cluster.toml lists, and the
+    # shards themselves as coordinators (a fresh or restored shard reads its peers' ring history).
     shard_policy = load_policy(tmp_path / "tls" / "auth-shard.toml")
-    assert dict(shard_policy.identities) == {
-        f"spiffe://saga/{p.name}": {Role.ROUTER} for p in cluster.processes if p.module == "shard_router"
-    }
-    assert len(shard_policy.identities) == 2
+    routers = {f"spiffe://saga/{p.name}": {Role.ROUTER} for p in cluster.processes if p.module == "shard_router"}
+    assert len(routers) == 2
+    assert dict(shard_policy.identities) == {**routers, "spiffe://saga/shard-*": {Role.COORDINATOR}}
 
 
 async def test_health_watch_and_reflection_streams_are_bounded_per_peer(ca: LocalCA) -> None:
