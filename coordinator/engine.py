@@ -102,8 +102,6 @@ class Engine:
         self._caller = caller
         self._clock = clock
         self._rng = rng
-        self.resting = 0
-        """Sagas sleeping out a retry's backoff now (they write nothing until it ends)."""
 
     async def drive(self, run: SagaRun) -> None:
         """Moves the saga on until it is terminal or parked. Cancelling it is safe: the journal holds where it was."""
@@ -470,14 +468,10 @@ class Engine:
     # ---- plumbing -------------------------------------------------------------------------------------------------
 
     async def rest(self, seconds: float) -> None:
-        """A retry's backoff (or the shard's pause before re-driving a saga): counted in `resting`, so the journal's
-        commit window does not wait for this saga, including a window already open."""
-        self.resting += 1
-        self._journal.recheck()
-        try:
+        """A retry's backoff (or the shard's pause before re-driving a saga): the journal's commit window does not
+        wait for a resting saga, including a window already open."""
+        with self._journal.window.resting():
             await self._clock.sleep(seconds)
-        finally:
-            self.resting -= 1
 
     def _due_in_s(self, due_at_epoch_ms: int, wait_ms: int) -> float:
         return retry.remaining_wait_s(due_at_epoch_ms, wait_ms, self._clock.now_epoch_ms())

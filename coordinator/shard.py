@@ -75,11 +75,6 @@ class Shard:
         self.ownership = Ownership(cfg.shard_id, journal, self.metrics, peers)
         self._catching_up: asyncio.Task[None] | None = None
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
-        self._driving = 0
-        """Saga tasks running now: with those not resting in a retry's backoff, the journal's writers (a saga waiting
-        on an operation, or not yet resumed after a restart, has no task and writes nothing: the commit window must
-        not wait for it)."""
-        journal.writers = lambda: self._driving - self._engine.resting
 
     # The two below run on the metrics endpoint's thread while the loop changes what they read. They copy the
     # collections first, each in one C call under the GIL (list() of a dict view or a list): a Python loop over the
@@ -293,12 +288,13 @@ class Shard:
 
     def _start_task(self, run: SagaRun) -> None:
         run.task = asyncio.create_task(self._supervise(run), name=f"saga:{run.record.order_id}")
-        self._driving += 1
+        # A saga's task writes to the journal; one waiting on an operation, or not yet resumed after a restart, has no
+        # task and writes nothing: the commit window counts tasks, not sagas.
+        self.journal.window.writer_started()
         run.task.add_done_callback(self._task_ended)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        self._driving -= 1
-        self.journal.recheck()  # an open commit window stops waiting for this saga
+        self.journal.window.writer_stopped()  # an open commit window stops waiting for this saga
 
     async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
