@@ -17,11 +17,11 @@ from loguru import logger
 from common import logs, process
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
-
-from . import crashpoints, sealing
-from .app import ShardApp
-from .config import ConfigError, ShardConfig, load
-from .journal import Journal
+from coordinator import crashpoints
+from coordinator.app import ShardApp
+from coordinator.config import ConfigError, ShardConfig, load
+from coordinator.journal import Journal
+from coordinator.security import sealing
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,11 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         keys_main(argv[1:])
         return
     if argv[:1] == ["restore"]:
-        from . import restore  # only this command needs it
+        from coordinator.operations import restore  # only this command needs it
 
         sys.exit(restore.main(argv[1:]))
     if argv[:1] == ["retention"]:
-        from . import retention_cli  # only this command needs it
+        from coordinator.operations import retention_cli  # only this command needs it
 
         sys.exit(retention_cli.main(argv[1:]))
     args = parse_args(argv)

@@ -139,8 +139,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Retention:
-    """How finished sagas leave the journal (coordinator/retention.py). A finished saga's rows go once it has been
-    finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
+    """How finished sagas leave the journal (coordinator/operations/retention.py). A finished saga's rows go once it has
+    been finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
     still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then re-creates its saga
     (docs/operations.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
     resolved what, and why) are the audit trail: they stay until audit_after_s."""
@@ -209,8 +209,8 @@ class GroupCommit:
 
 @dataclass(frozen=True)
 class Replication:
-    """The journal's continuous replication by Litestream (coordinator/replication.py, deploy/README.md "Availability
-    and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
+    """The journal's continuous replication by Litestream (coordinator/operations/replication.py, deploy/README.md
+    "Availability and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
 
     litestream_socket: str = ""
     """Control socket of the Litestream replicating this journal; empty: not replicated (nothing watched). While set,
@@ -243,8 +243,8 @@ class ShardConfig:
     journal_path: str = ""
     """SQLite journal file; default $SAGA_DATA_DIR/<shard_id>.db."""
     journal_key_file: str = ""
-    """Key file sealing payment details in the journal (format: coordinator/sealing.py); keep it, and back it up,
-    apart from the journal. Default: <journal>.keys, created (mode 0600) at the first start of a new journal."""
+    """Key file sealing payment details in the journal (format: coordinator/security/sealing.py); keep it, and back it
+    up, apart from the journal. Default: <journal>.keys, created (mode 0600) at the first start of a new journal."""
     journal_key: str = ""
     """Secret of builds before key files; only opens blobs they sealed (re-sealed at start); default <journal>.key."""
     services: Services = field(default_factory=Services)

@@ -15,25 +15,32 @@ from loguru import logger
 
 from common import tracing
 from common.loops import run_every
+from coordinator.clock import Clock
+from coordinator.config import ShardConfig
+from coordinator.engine import preview
+from coordinator.engine.caller import Caller, SagaPayload
+from coordinator.engine.engine import Engine, SagaRun
+from coordinator.engine.poller import Poller
+from coordinator.journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
+from coordinator.logs import saga_context
+from coordinator.metrics import ShardMetrics
+from coordinator.operations.retention import Upkeep
+from coordinator.ring.ownership import Ownership
+from coordinator.ring.peers import PeerRings
+from coordinator.saga import transitions
+from coordinator.saga.errors import (
+    JournalUnavailable,
+    Overloaded,
+    PayloadMismatch,
+    SagaNotFound,
+    ShuttingDown,
+    WrongState,
+)
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
+from coordinator.saga.validation import validate_place_order
+from coordinator.security.sealing import Sealer
 from protos.saga.v1 import saga_pb2
-
-from . import preview, transitions
-from .caller import Caller, SagaPayload
-from .clock import Clock
-from .config import ShardConfig
-from .engine import Engine, SagaRun
-from .errors import JournalUnavailable, Overloaded, PayloadMismatch, SagaNotFound, ShuttingDown, WrongState
-from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
-from .logs import saga_context
-from .metrics import ShardMetrics
-from .model import SagaState
-from .ownership import Ownership
-from .poller import Poller
-from .retention import Upkeep
-from .ring_peers import PeerRings
-from .saga import Event, EventKind, SagaRecord
-from .sealing import Sealer
-from .validation import validate_place_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +225,8 @@ class Shard:
         now = self.clock.now_epoch_ms()
         ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
-        # Derived, not random (coordinator.sealing.Sealer.saga_id): a saga re-created for the same request after its
-        # record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
+        # Derived, not random (coordinator.security.sealing.Sealer.saga_id): a saga re-created for the same request
+        # after its record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
         saga_id = self._sealer.saga_id(req.order_id, payload_hash)
         rec = SagaRecord(
             saga_id=saga_id,
@@ -362,7 +369,8 @@ class Shard:
     async def get(
         self, order_id: str, with_events: bool = False, ring_epoch: int | None = None
     ) -> tuple[SagaRecord, list[Event]]:
-        """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced (coordinator.ownership)."""
+        """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced
+        (coordinator.ring.ownership)."""
         run = self._live.get(order_id)
         if run is not None and run.created is not None and not run.created.done():
             # A saga being created is held already: a router asking whether this shard has the order must not hear
@@ -501,7 +509,7 @@ class Shard:
         return rec
 
     # Dry runs: what the actions above would do, after the same checks with the same errors; nothing is written and
-    # nothing is claimed (coordinator.preview).
+    # nothing is claimed (coordinator.engine.preview).
 
     async def preview_retry(self, order_id: str, ring_epoch: int | None = None) -> preview.SagaPlan:
         """What retry_dead_letter(order_id) would do."""

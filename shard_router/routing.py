@@ -16,12 +16,11 @@ Also, within one router a PlaceOrder arriving while another PlaceOrder for the s
 same shard, so a client that retries during a ring change cannot slip between "not there yet" and "accepted".
 With no earlier epoch (the usual steady state) none of this costs anything: the owner is one ring lookup.
 
-Across routers, the shards enforce it (fencing, coordinator.ownership): every call, probes included, carries the epoch
-it was routed by, and a shard that knows a newer ring, or has not been shown this one, refuses a call about an order it
-does not hold (FAILED_PRECONDITION with x-saga-ring-refusal). The router then learns the newer ring from that shard, or
-shows it its own, and routes the call again from the start, at most RING_ATTEMPTS times. deploy/README.md, "Ring
-epochs and fencing", states the invariant and why it holds.
-"""
+Across routers, the shards enforce it (fencing, coordinator.ring.ownership): every call, probes included, carries the
+epoch it was routed by, and a shard that knows a newer ring, or has not been shown this one, refuses a call about an
+order it does not hold (FAILED_PRECONDITION with x-saga-ring-refusal). The router then learns the newer ring from that
+shard, or shows it its own, and routes the call again from the start, at most RING_ATTEMPTS times. deploy/README.md,
+"Ring epochs and fencing", states the invariant and why it holds."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ It may import the coordinator's model (model, saga, errors, config, metrics, cra
 or the server.
 """
 
-from .journal import Journal
-from .records import (
+from coordinator.journal.journal import Journal
+from coordinator.journal.records import (
     ArchivedSaga,
     Checkpointed,
     DeadLetterClose,
@@ -34,8 +34,8 @@ from .records import (
     StateChange,
     TransitionConflict,
 )
-from .schema import DEFAULT_WAL_LIMIT_BYTES, MIGRATIONS, read_key_fingerprint
-from .window import CommitWindow
+from coordinator.journal.schema import DEFAULT_WAL_LIMIT_BYTES, MIGRATIONS, read_key_fingerprint
+from coordinator.journal.window import CommitWindow
 
 __all__ = [
     "DEFAULT_WAL_LIMIT_BYTES",

@@ -6,8 +6,8 @@ import sqlite3
 
 import aiosqlite
 
-from ..metrics import ShardMetrics
-from .records import JournalStats
+from coordinator.journal.records import JournalStats
+from coordinator.metrics import ShardMetrics
 
 
 class JournalBase:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import aiosqlite
 
-from ..config import GroupCommit
-from ..metrics import ShardMetrics
-from .reads import JournalReads
-from .records import JournalStats
-from .schema import DEFAULT_WAL_LIMIT_BYTES, migrate
-from .stored import JournalStore
-from .upkeep import JournalUpkeep
-from .window import CommitWindow
+from coordinator.config import GroupCommit
+from coordinator.journal.reads import JournalReads
+from coordinator.journal.records import JournalStats
+from coordinator.journal.schema import DEFAULT_WAL_LIMIT_BYTES, migrate
+from coordinator.journal.stored import JournalStore
+from coordinator.journal.upkeep import JournalUpkeep
+from coordinator.journal.window import CommitWindow
+from coordinator.metrics import ShardMetrics
 
 
 class Journal(JournalReads, JournalUpkeep, JournalStore):
@@ -72,10 +72,10 @@ class Journal(JournalReads, JournalUpkeep, JournalStore):
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=5000")
         # No checkpoint inside a commit in the normal run of things: SQLite's automatic one (every 1,000 pages by
-        # default) would copy pages while every saga waiting for that commit waits too. Checkpoints run from the
-        # upkeep instead (coordinator/retention.py): PASSIVE ones from a connection of their own, beside the writer;
-        # TRUNCATE ones from the writer when it is quiet. SQLite's own stays only as a safety net at the WAL's bound.
-        # A replicated journal leaves them all to Litestream.
+        # default) would copy pages while every saga waiting for that commit waits too. Checkpoints run from the upkeep
+        # instead (coordinator/operations/retention.py): PASSIVE ones from a connection of their own, beside the writer;
+        # TRUNCATE ones from the writer when it is quiet. SQLite's own stays only as a safety net at the WAL's bound. A
+        # replicated journal leaves them all to Litestream.
         await db.execute(f"PRAGMA wal_autocheckpoint={self._fallback_pages(DEFAULT_WAL_LIMIT_BYTES)}")
         await migrate(db, self.path)
         self._reader_db = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)

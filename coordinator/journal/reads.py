@@ -6,11 +6,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..model import SagaState
-from ..saga import Event, SagaRecord, fold_steps
-from .base import JournalBase
-from .records import ArchivedSaga, DeadLetterRow
-from .schema import EVENT_COLUMNS, FINISHED, SAGA_COLUMNS, event_from_row, order_query, order_row, saga_from_row
+from coordinator.journal.base import JournalBase
+from coordinator.journal.records import ArchivedSaga, DeadLetterRow
+from coordinator.journal.schema import (
+    EVENT_COLUMNS,
+    FINISHED,
+    SAGA_COLUMNS,
+    event_from_row,
+    order_query,
+    order_row,
+    saga_from_row,
+)
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, SagaRecord, fold_steps
 
 
 class JournalReads(JournalBase):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import JournalUnavailable
-from ..model import SagaState
-from ..saga import Event, SagaRecord
+from coordinator.saga.errors import JournalUnavailable
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, SagaRecord
 
 
 @dataclass(frozen=True, slots=True)

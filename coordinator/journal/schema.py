@@ -8,9 +8,9 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
-from ..model import TERMINAL_STATES, SagaState
-from ..saga import Event, EventKind, SagaRecord
-from .records import DedupRecord
+from coordinator.journal.records import DedupRecord
+from coordinator.saga.model import TERMINAL_STATES, SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 # Numbered migrations, applied in order at start-up in one transaction each; schema_version holds the last applied.
 _MIGRATION_SQL: tuple[str, ...] = (
@@ -70,17 +70,18 @@ _MIGRATION_SQL: tuple[str, ...] = (
                           ELSE '' END
     WHERE last_error LIKE '%; parked for an operator' AND instr(last_error, 'compensation of ') > 0
     """,
-    # v3: a fingerprint of the key that hashes payloads (coordinator/sealing.py), so a start with another key file than
-    # the one the journal was written with is refused instead of answering every retried PlaceOrder "different payload".
+    # v3: a fingerprint of the key that hashes payloads (coordinator/security/sealing.py), so a start with another key
+    # file than the one the journal was written with is refused instead of answering every retried PlaceOrder "different
+    # payload".
     """
     CREATE TABLE key_fingerprints (
         purpose TEXT PRIMARY KEY,
         fingerprint TEXT NOT NULL
     )
     """,
-    # v4: retention (coordinator/retention.py). A finished saga's rows leave after a while; what PlaceOrder needs to
-    # answer a retry (and the router to find the order after a re-shard) stays longer in order_dedup. The partial index
-    # finds retention's candidates without touching running sagas' rows (only terminal rows are in it);
+    # v4: retention (coordinator/operations/retention.py). A finished saga's rows leave after a while; what PlaceOrder
+    # needs to answer a retry (and the router to find the order after a re-shard) stays longer in order_dedup. The
+    # partial index finds retention's candidates without touching running sagas' rows (only terminal rows are in it);
     # dead_letters_by_saga serves the foreign key check and the removal of a saga's closed dead letters (else a scan).
     """
     CREATE TABLE order_dedup (
@@ -96,8 +97,8 @@ _MIGRATION_SQL: tuple[str, ...] = (
     CREATE INDEX sagas_by_finished ON sagas (updated_at_epoch_ms) WHERE state IN (3, 4, 6);
     CREATE INDEX dead_letters_by_saga ON dead_letters (saga_id)
     """,
-    # v5: the ring history routers showed this shard (coordinator/ownership.py): fencing state, so a restarted shard
-    # still refuses calls routed by rings older than one it has acknowledged.
+    # v5: the ring history routers showed this shard (coordinator/ring/ownership.py): fencing state, so a restarted
+    # shard still refuses calls routed by rings older than one it has acknowledged.
     """
     CREATE TABLE ring_history (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -149,9 +150,9 @@ _MIGRATION_SQL: tuple[str, ...] = (
     CREATE INDEX operator_events_by_order ON operator_events (order_id, id);
     CREATE INDEX operator_events_by_time ON operator_events (at_epoch_ms)
     """,
-    # v8: a journal rebuilt from its replica (coordinator/restore.py) may hold an older ring history than the shard had
-    # acknowledged before the loss; this row says so, and the shard creates no saga until it has caught up with its
-    # peers (coordinator/ownership.py). It goes in the same commit as the caught-up history.
+    # v8: a journal rebuilt from its replica (coordinator/operations/restore.py) may hold an older ring history than the
+    # shard had acknowledged before the loss; this row says so, and the shard creates no saga until it has caught up
+    # with its peers (coordinator/ring/ownership.py). It goes in the same commit as the caught-up history.
     """
     CREATE TABLE ring_catch_up (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -204,7 +205,7 @@ async def migrate(db: aiosqlite.Connection, path: str) -> None:
 
 def read_key_fingerprint(path: str, purpose: str) -> str | None:
     """The fingerprint a journal file holds for `purpose` (None: none, or a journal older than schema v3), read
-    without opening it as a Journal: for a check before a shard starts on it (coordinator/restore.py)."""
+    without opening it as a Journal: for a check before a shard starts on it (coordinator/operations/restore.py)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'key_fingerprints'").fetchone():

@@ -1,6 +1,6 @@
-"""What the journal keeps besides sagas: the sealed payment blobs' bookkeeping (coordinator/sealing.py decides what
-they hold), the key fingerprints, and the ring history routers showed this shard with the mark a restore leaves
-(coordinator/ownership.py decides what they mean)."""
+"""What the journal keeps besides sagas: the sealed payment blobs' bookkeeping (coordinator/security/sealing.py decides
+what they hold), the key fingerprints, and the ring history routers showed this shard with the mark a restore leaves
+(coordinator/ring/ownership.py decides what they mean)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-from ..model import SagaState
-from .writer import JournalWriter
+from coordinator.journal.writer import JournalWriter
+from coordinator.saga.model import SagaState
 
 
 class JournalStore(JournalWriter):
@@ -113,7 +113,7 @@ class JournalStore(JournalWriter):
 
     async def mark_restored(self, now_epoch_ms: int) -> None:
         """Records that this journal was rebuilt from a replica: its ring history may be older than the one the shard
-        had acknowledged (coordinator.ownership catches up before it creates a saga)."""
+        had acknowledged (coordinator.ring.ownership catches up before it creates a saga)."""
 
         async def run(db: aiosqlite.Connection) -> None:
             await db.execute(

@@ -1,6 +1,6 @@
-"""What retention and file upkeep write (coordinator/retention.py decides when): finished sagas removed (archived
-first when asked), forgotten orders and audit records, the freed pages handed back, checkpoints and the WAL's bound.
-Each batch runs alone on the writer (run_alone), between saga commits."""
+"""What retention and file upkeep write (coordinator/operations/retention.py decides when): finished sagas removed
+(archived first when asked), forgotten orders and audit records, the freed pages handed back, checkpoints and the WAL's
+bound. Each batch runs alone on the writer (run_alone), between saga commits."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import aiosqlite
 
-from ..errors import JournalUnavailable
-from .records import Checkpointed, FileStats
-from .schema import DEDUP_COLUMNS, OPERATOR_KINDS, SAGA_COLUMNS, saga_from_row
-from .writer import JournalWriter, in_thread
+from coordinator.journal.records import Checkpointed, FileStats
+from coordinator.journal.schema import DEDUP_COLUMNS, OPERATOR_KINDS, SAGA_COLUMNS, saga_from_row
+from coordinator.journal.writer import JournalWriter, in_thread
+from coordinator.saga.errors import JournalUnavailable
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from ..config import GroupCommit
-from ..metrics import ShardMetrics
+from coordinator.config import GroupCommit
+from coordinator.metrics import ShardMetrics
 
 
 class CommitWindow:

@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 import aiosqlite
 from loguru import logger
 
-from .. import crashpoints
-from ..errors import JournalUnavailable
-from ..model import check_transition
-from ..saga import Event
-from .base import JournalBase
-from .records import DeadLetterOpen, NewSaga, Record, StateChange, TransitionConflict
-from .schema import EVENT_COLUMNS, SAGA_COLUMNS
-from .window import CommitWindow
+from coordinator import crashpoints
+from coordinator.journal.base import JournalBase
+from coordinator.journal.records import DeadLetterOpen, NewSaga, Record, StateChange, TransitionConflict
+from coordinator.journal.schema import EVENT_COLUMNS, SAGA_COLUMNS
+from coordinator.journal.window import CommitWindow
+from coordinator.saga.errors import JournalUnavailable
+from coordinator.saga.model import check_transition
+from coordinator.saga.record import Event
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ import grpc
 
 from common.ring import HashRing
 from coordinator.crashpoints import POINTS
-from coordinator.model import Action, Step
-from coordinator.sealing import read_key_file
+from coordinator.saga.model import Action, Step
+from coordinator.security.sealing import read_key_file
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas

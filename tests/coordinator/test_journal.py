@@ -11,8 +11,8 @@ import pytest
 
 from coordinator.config import GroupCommit
 from coordinator.journal import MIGRATIONS, Journal, NewSaga, StateChange, TransitionConflict
-from coordinator.model import IllegalTransition, SagaState
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.saga.model import IllegalTransition, SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 
 def saga(i: int) -> SagaRecord:

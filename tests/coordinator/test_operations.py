@@ -11,9 +11,9 @@ import math
 import grpc
 
 from coordinator.config import OperationPolicy
-from coordinator.errors import CallResult
-from coordinator.model import Action, SagaState, Step, StepStatus, idempotency_key
-from coordinator.saga import EventKind
+from coordinator.saga.errors import CallResult
+from coordinator.saga.model import Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga.record import EventKind
 
 from .conftest import Harness, order
 from .test_engine import settle

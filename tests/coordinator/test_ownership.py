@@ -1,5 +1,5 @@
-"""A shard's fencing (coordinator.ownership) over gRPC: which calls it refuses for their ring epoch, and that the ring
-it acknowledged survives a restart (a shard that forgot it would accept the older ring's calls again)."""
+"""A shard's fencing (coordinator.ring.ownership) over gRPC: which calls it refuses for their ring epoch, and that the
+ring it acknowledged survives a restart (a shard that forgot it would accept the older ring's calls again)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from common.ring import EpochHistory, history_message
-from coordinator import restore
+from coordinator.operations import restore
 from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2

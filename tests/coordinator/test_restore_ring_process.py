@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.restore import RestoreError, litestream_binary
+from coordinator.operations.restore import RestoreError, litestream_binary
 from deploy.local import LocalSystem, SystemOptions
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2

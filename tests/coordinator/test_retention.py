@@ -22,14 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import convert
+from coordinator.api import convert
 from coordinator.config import ConfigError, Retention, ShardConfig, Wal
-from coordinator.errors import PayloadMismatch, SagaNotFound, WrongState
 from coordinator.journal import DeadLetterClose, DeadLetterOpen, DeadLetterRow, Journal, NewSaga
 from coordinator.metrics import ShardMetrics
-from coordinator.model import Action, SagaState, Step
-from coordinator.retention import Upkeep, read_archive, saga_from_archive
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.operations.retention import Upkeep, read_archive, saga_from_archive
+from coordinator.saga.errors import PayloadMismatch, SagaNotFound, WrongState
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.record import Event, EventKind, SagaRecord
 from protos.saga.v1 import saga_pb2
 from tests.helpers.clock import FakeClock
 

@@ -19,7 +19,7 @@ import pytest
 
 from common.ring import history_message
 from common.tls import ClientTls, TlsFiles, sync_channel
-from coordinator.ring_peers import GrpcPeerRings
+from coordinator.ring.peers import GrpcPeerRings
 from deploy.local import LocalSystem, SystemOptions
 from deploy.local.authpolicy import mint_token
 from deploy.local.certs import LocalCA, tls_args

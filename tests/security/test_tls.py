@@ -287,8 +287,8 @@ def test_certs_command_issues_every_process_of_the_cluster_file_by_default(tmp_p
 
 async def test_long_lived_channels_are_reopened_when_the_client_certificate_rotates(ca: LocalCA) -> None:
     """grpcio cannot re-key a channel: the router's pool and the shard's caller open new ones (and close the old)."""
-    from coordinator.caller import GrpcCaller
     from coordinator.config import Services
+    from coordinator.engine.caller import GrpcCaller
     from shard_router.channels import ChannelPool
 
     now = [0.0]

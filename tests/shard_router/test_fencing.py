@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from common.ring import EpochHistory, history_message
-from coordinator import ownership
+from coordinator.ring import ownership
 from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2

@@ -9,15 +9,14 @@ scheduler interleaves every process step by step, so a seed names one schedule a
 Checked after every step: no order is held by two shards, and every PlaceOrder a router answered names the saga the
 order's one holder has (so nothing acknowledged was lost or duplicated). `python -m tests.simulation --help`.
 
-With no_file, the cluster starts as `make run` does before any commit: no epochs file. The operator first lists the
-next ring in the shards file (uncommitted: routers must not route by it), later commits it; routers (re)start from
-the file they see, or without one: they ask every shard of their config for its history, one call a step, and route
-by the newest (the config's ring as epoch 1 only if no shard holds one: shard_router.reload). A shard's first history
-is checked against its peers' (coordinator.ownership; atomic here, one step), and a router that a shard refuses as a
-conflict places nothing until the shards agree with it. first_ring="config", peer_check=False and
-block_on_conflict=False model the rules before that fix (a router without a file took its config as epoch 1, a fresh
-shard took any first history, a refused router went on placing): the simulation must find orders run twice there.
-"""
+With no_file, the cluster starts as `make run` does before any commit: no epochs file. The operator first lists the next
+ring in the shards file (uncommitted: routers must not route by it), later commits it; routers (re)start from the file
+they see, or without one: they ask every shard of their config for its history, one call a step, and route by the newest
+(the config's ring as epoch 1 only if no shard holds one: shard_router.reload). A shard's first history is checked
+against its peers' (coordinator.ring.ownership; atomic here, one step), and a router that a shard refuses as a conflict
+places nothing until the shards agree with it. first_ring="config", peer_check=False and block_on_conflict=False model
+the rules before that fix (a router without a file took its config as epoch 1, a fresh shard took any first history, a
+refused router went on placing): the simulation must find orders run twice there."""
 
 from __future__ import annotations
 
@@ -69,7 +68,7 @@ class Shard:
     peer_check: bool = True
 
     def install(self, offered: EpochHistory) -> tuple[str, EpochHistory]:
-        """("ok", what the shard holds now) or ("conflict", what it holds): coordinator.ownership.install."""
+        """("ok", what the shard holds now) or ("conflict", what it holds): coordinator.ring.ownership.install."""
         if self.history.conflict_with(offered) is not None:
             return "conflict", self.history
         if not self.history.epochs and offered.epochs and self.peer_check:

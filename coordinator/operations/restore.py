@@ -15,7 +15,7 @@ its saga with the same id and the same idempotency keys, and the services answer
 The restored journal is marked as such (Journal.mark_restored) before it is moved into place: the replica may also have
 missed the newest ring epoch the shard had acknowledged, and a shard whose epoch went back could start a second saga
 for an order a newer ring placed elsewhere. At start the shard sees the mark and creates no saga until it has learnt
-the newest history its peers hold (coordinator/ownership.py).
+the newest history its peers hold (coordinator/ring/ownership.py).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, load
-from .journal import Journal, read_key_fingerprint
-from .sealing import FINGERPRINT_PURPOSE, KeyFileError, check_key_file, key_file_path, read_key_file
+from coordinator.config import ConfigError, load
+from coordinator.journal import Journal, read_key_fingerprint
+from coordinator.security.sealing import FINGERPRINT_PURPOSE, KeyFileError, check_key_file, key_file_path, read_key_file
 
 _RESTORE_TIMEOUT_S = 600.0
 
@@ -128,7 +128,7 @@ def restore(journal: str, replica: str, litestream: str, force: bool = False, ke
 async def _mark_restored(path: str) -> None:
     """Marks the journal as restored (migrating it first if the replica is of an older schema): the shard then learns
     the newest ring history from its peers before it creates a saga, since the replica may have missed the last one it
-    acknowledged (coordinator/ownership.py)."""
+    acknowledged (coordinator/ring/ownership.py)."""
     journal = Journal(path)
     await journal.open()
     try:

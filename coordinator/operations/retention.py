@@ -16,11 +16,11 @@
   or whatever the load once the WAL is past wal.limit_bytes; readers can hold it up for checkpoint_busy_ms at most.
 - After a pass that removed rows, incremental vacuum steps hand free pages back (journals created by this build;
   older journals keep auto_vacuum=NONE: their free pages are reused by new rows, so the file stops growing, and
-  `python -m coordinator.retention_cli vacuum` on a stopped shard converts them).
+  `python -m coordinator.operations.retention_cli vacuum` on a stopped shard converts them).
 
-`python -m coordinator.retention_cli run` runs one pass now (beside a running shard: SQLite serialises the two writers);
-`export ORDER_ID` prints one saga's archive line, from the journal or the archive (coordinator/retention_cli.py).
-"""
+`python -m coordinator.operations.retention_cli run` runs one pass now (beside a running shard: SQLite serialises the
+two writers); `export ORDER_ID` prints one saga's archive line, from the journal or the archive
+(coordinator/operations/retention_cli.py)."""
 
 from __future__ import annotations
 
@@ -40,14 +40,13 @@ from google.protobuf import json_format
 from loguru import logger
 
 from common.loops import run_every
+from coordinator.clock import Clock
+from coordinator.config import ShardConfig
+from coordinator.journal import ArchivedSaga, Journal
+from coordinator.metrics import ShardMetrics
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord, fold_steps
 from protos.saga.v1 import saga_pb2
-
-from .clock import Clock
-from .config import ShardConfig
-from .journal import ArchivedSaga, Journal
-from .metrics import ShardMetrics
-from .model import SagaState
-from .saga import Event, EventKind, SagaRecord, fold_steps
 
 ARCHIVE_VERSION = 1
 

@@ -23,16 +23,16 @@ from common.grpc_server import listen as listen_on
 from common.ring import EPOCH_KEY, EpochError, history_from_message, history_message
 from common.rpc_errors import bad_request
 from common.tls import TlsFiles
+from coordinator.api import convert
+from coordinator.engine import preview
+from coordinator.ring.ownership import call_epoch
+from coordinator.saga.errors import InvalidRequest, SagaError
+from coordinator.saga.model import SagaState
+from coordinator.saga.validation import check_id
+from coordinator.shard import Shard
 from protos.reflection import enable_reflection
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
-
-from . import convert, preview
-from .errors import InvalidRequest, SagaError
-from .model import SagaState
-from .ownership import call_epoch
-from .shard import Shard
-from .validation import check_id
 
 SERVICE_NAMES = (
     saga_pb2.DESCRIPTOR.services_by_name["SagaCoordinator"].full_name,
@@ -61,7 +61,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], err: SagaError) -> 
 
 
 def ring_epoch(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
-    """The ring epoch a router routed the call by (coordinator.ownership); InvalidRequest if malformed."""
+    """The ring epoch a router routed the call by (coordinator.ring.ownership); InvalidRequest if malformed."""
     try:
         return call_epoch(context.invocation_metadata())
     except EpochError as e:

@@ -30,9 +30,8 @@ from loguru import logger
 from prometheus_client import Gauge
 
 from common.loops import run_every
-
-from .config import Replication
-from .metrics import ShardMetrics
+from coordinator.config import Replication
+from coordinator.metrics import ShardMetrics
 
 HEALTH_SERVICE = "saga.replication"
 _TIMEOUT_S = 2.0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
+from coordinator.config import Limits
+from coordinator.saga.errors import InvalidRequest
 from protos.saga.v1 import saga_pb2
-
-from .config import Limits
-from .errors import InvalidRequest
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]+")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")

@@ -14,7 +14,7 @@ The payload hash (sagas.payload_hash) compares a retried PlaceOrder with the ori
 does not let anyone test guesses of a card token against it, and its key is its own entry that rotation never touches:
 a client retrying after a rotation must get the same hash, or its order would be refused as "a different payload".
 The journal records a fingerprint of that key (journal v3), so a start with another key file (another shard's: each
-shard has a hash key of its own) is refused, and so is a restore (coordinator/restore.py).
+shard has a hash key of its own) is refused, and so is a restore (coordinator/operations/restore.py).
 
 Blobs written before key rings (an HMAC keystream under one secret: SAGA_JOURNAL_KEY, else `<journal>.key`) still open
 with that secret; a start reseals them, and a migrated key file takes its hash key from that secret, so stored hashes
@@ -39,9 +39,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from loguru import logger
 
-from .config import ShardConfig
-from .journal import Journal
-from .model import SagaState
+from coordinator.config import ShardConfig
+from coordinator.journal import Journal
+from coordinator.saga.model import SagaState
 
 MAGIC = b"SJv2"
 LEGACY = "legacy"
@@ -129,7 +129,7 @@ def read_key_file(path: str) -> KeyRing:
 def write_key_file(ring: KeyRing) -> None:
     """Writes the ring atomically (temporary file, fsync, rename), mode 0600."""
     lines = [
-        "# Saga journal keys (coordinator/sealing.py). Mode 0600; back this file up apart from the journal:",
+        "# Saga journal keys (coordinator/security/sealing.py). Mode 0600; back this file up apart from the journal:",
         "# without it the payment details of unfinished sagas are lost.",
         f"# {HASH_ENTRY}= keys the payload hash and never changes; the other lines seal: the last one seals new blobs,",
         "# every one opens. `python -m coordinator keys rotate` appends a key.",

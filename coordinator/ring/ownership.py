@@ -11,8 +11,9 @@ saga per order.
 A newer history is stored in the journal before the shard acts on it: once a router has been told "I know epoch N", a
 crash and restart cannot make the shard forget N and accept a call routed by an older ring.
 
-Two cases where the shard's own history is not enough, so it asks its peers (coordinator.ring_peers, GetRing):
-- A journal restored from its replica (coordinator/restore.py marks it) may hold an older history than the one the
+Two cases where the shard's own history is not enough, so it asks its peers (coordinator.ring.peers, GetRing): - A
+journal restored from its replica (coordinator/operations/restore.py marks it) may hold an older history than the one
+the
   shard had acknowledged before the disk was lost: the last replicated second may not hold the newest InstallRing.
   Until it has caught up, the shard creates no saga and answers no routed call about an order it does not hold
   (UNAVAILABLE, x-saga-ring-refusal: catching-up; the client retries): it asks every owner of its current epoch, then
@@ -35,11 +36,10 @@ import json
 from loguru import logger
 
 from common.ring import EPOCH_KEY, REFUSAL_KEY, EpochError, EpochHistory, Refusal, fence
-
-from .errors import SagaError
-from .journal import Journal
-from .metrics import ShardMetrics
-from .ring_peers import PeerRings, PeerUnanswered
+from coordinator.journal import Journal
+from coordinator.metrics import ShardMetrics
+from coordinator.ring.peers import PeerRings, PeerUnanswered
+from coordinator.saga.errors import SagaError
 
 CATCH_UP_RETRY_S = 1.0
 """Pause between two rounds of asking the peers while a restored shard catches up (until all of them answered)."""

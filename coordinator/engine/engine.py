@@ -25,17 +25,17 @@ import grpc
 from loguru import logger
 
 from common import tracing
-
-from . import crashpoints, retry, transitions
-from .caller import METHODS, Caller, SagaPayload, rpc_attributes
-from .clock import Clock
-from .config import OperationPolicy, RetryPolicy, ShardConfig
-from .errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
-from .journal import DeadLetterOpen, Journal, Record
-from .logs import at_step, saga_context
-from .metrics import ShardMetrics
-from .model import Action, SagaState, Step, StepStatus
-from .saga import Event, EventKind, SagaRecord, asks_first
+from coordinator import crashpoints
+from coordinator.clock import Clock
+from coordinator.config import OperationPolicy, RetryPolicy, ShardConfig
+from coordinator.engine.caller import METHODS, Caller, SagaPayload, rpc_attributes
+from coordinator.journal import DeadLetterOpen, Journal, Record
+from coordinator.logs import at_step, saga_context
+from coordinator.metrics import ShardMetrics
+from coordinator.saga import retry, transitions
+from coordinator.saga.errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
+from coordinator.saga.model import Action, SagaState, Step, StepStatus
+from coordinator.saga.record import Event, EventKind, SagaRecord, asks_first
 
 
 class StepOutcome(enum.Enum):

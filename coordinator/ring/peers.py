@@ -1,4 +1,4 @@
-"""Asking another shard which ring history it holds (ring.v1.RingService/GetRing), as coordinator.ownership does
+"""Asking another shard which ring history it holds (ring.v1.RingService/GetRing), as coordinator.ring.ownership does
 when its own history may be behind theirs: a journal restored from a replica, or a shard's first history.
 
 One short-lived channel per question: these are rare (a restore, a shard's first ring), never on the hot path.

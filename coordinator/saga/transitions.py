@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from .journal import Record, StateChange
-from .metrics import ShardMetrics
-from .model import SagaState, check_transition
-from .saga import Event, EventKind, SagaRecord
+from coordinator.journal import Record, StateChange
+from coordinator.metrics import ShardMetrics
+from coordinator.saga.model import SagaState, check_transition
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 Write = Callable[[Sequence[Record]], Awaitable[None]]
 """Commits records and applies their events to the saga's in-memory record(s); returns once they are durable."""

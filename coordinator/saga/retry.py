@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import backoff
 
-from .config import RetryPolicy
+from coordinator.config import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,9 @@ from common import tracing
 from common.metadata import IDEMPOTENCY_KEY
 from common.rpc_errors import TOMBSTONED, error_reason
 from common.tls import ClientTls, TlsFiles
+from coordinator.config import Services
+from coordinator.saga.errors import CallResult, OperationAnswer, OperationState
+from coordinator.saga.model import Action, Step, idempotency_key
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import (
     common_pb2,
@@ -31,10 +34,6 @@ from protos.shop.v1 import (
     shipping_pb2,
     shipping_pb2_grpc,
 )
-
-from .config import Services
-from .errors import CallResult, OperationAnswer, OperationState
-from .model import Action, Step, idempotency_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""`python -m coordinator.retention_cli {run,export,vacuum}`: journal retention by hand (coordinator/retention.py).
+"""`python -m coordinator.operations.retention_cli {run,export,vacuum}`: journal retention by hand
+(coordinator/operations/retention.py).
 
 A module of its own, not retention.py's __main__: `coordinator` imports retention (through shard), and running an
 already imported module with -m makes runpy warn and execute it a second time.
@@ -13,10 +14,10 @@ import json
 import sqlite3
 import sys
 
-from .clock import SystemClock
-from .config import ConfigError, ShardConfig, load
-from .journal import Journal
-from .retention import Upkeep, archive_line, find_in_archive
+from coordinator.clock import SystemClock
+from coordinator.config import ConfigError, ShardConfig, load
+from coordinator.journal import Journal
+from coordinator.operations.retention import Upkeep, archive_line, find_in_archive
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -7,7 +7,7 @@
     ├── SagaNotFound                no saga for that order (NOT_FOUND)
     ├── WrongState                  admin action on a saga in the wrong state (FAILED_PRECONDITION)
     ├── RingRefused                 routed by a ring this shard cannot serve the call under (FAILED_PRECONDITION;
-    │                               coordinator.ownership)
+    │                               coordinator.ring.ownership)
     ├── JournalUnavailable          the journal cannot commit (disk full, I/O error): nothing acknowledged (UNAVAILABLE)
     └── ShuttingDown                the shard is stopping (UNAVAILABLE)
 

@@ -7,12 +7,11 @@ import binascii
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coordinator.journal import DeadLetterRow
+from coordinator.saga.errors import InvalidRequest
+from coordinator.saga.model import STEPS, SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
 from protos.saga.v1 import saga_pb2
-
-from .errors import InvalidRequest
-from .journal import DeadLetterRow
-from .model import STEPS, SagaState
-from .saga import Event, EventKind, SagaRecord
 
 CLIENT_STATUS = {
     SagaState.SUCCEEDED: saga_pb2.SUCCESS,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .config import OperationPolicy
-from .errors import may_have_applied
-from .model import STEPS, Action, SagaState, Step, StepStatus
+from coordinator.config import OperationPolicy
+from coordinator.saga.errors import may_have_applied
+from coordinator.saga.model import STEPS, Action, SagaState, Step, StepStatus
 
 
 class EventKind(enum.StrEnum):

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
-from .clock import Clock
-from .engine import SagaRun
+from coordinator.clock import Clock
+from coordinator.engine.engine import SagaRun
 
 
 class Poller:

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import FileDescriptor
 
+from coordinator.config import ShardConfig
+from coordinator.saga.errors import WrongState
+from coordinator.saga.model import Action, SagaState, Step, idempotency_key
+from coordinator.saga.record import EventKind, SagaRecord, asks_first
+from coordinator.saga.transitions import records_for
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import inventory_pb2, order_pb2, payment_pb2, shipping_pb2
-
-from .config import ShardConfig
-from .errors import WrongState
-from .model import Action, SagaState, Step, idempotency_key
-from .saga import EventKind, SagaRecord, asks_first
-from .transitions import records_for
 
 
 def _path(file: FileDescriptor, service: str, method: str) -> str:
@@ -53,7 +52,7 @@ _SHOP: dict[Step, tuple[str, FileDescriptor, str, str, str]] = {
     ),
 }
 """Per step: its service's name in the shard's [services] table, its shop.v1 file and service, forward and
-compensation methods (as coordinator.caller.GrpcCaller calls them)."""
+compensation methods (as coordinator.engine.caller.GrpcCaller calls them)."""
 
 SERVICE_OF_STEP: dict[Step, str] = {step: row[0] for step, row in _SHOP.items()}
 """The service each step calls: "order", "inventory", "payment" or "shipping"."""
