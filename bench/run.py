@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from tests.helpers.otlp import OtlpReceiver
+from bench.otlp import OtlpReceiver
 
 from . import ledger
 from .cluster import REPO_ROOT, Cluster

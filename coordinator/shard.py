@@ -17,7 +17,7 @@ from common import tracing
 from common.loops import run_every
 from coordinator.clock import Clock
 from coordinator.config import ShardConfig
-from coordinator.engine import preview
+from coordinator.engine import preview, transitions
 from coordinator.engine.caller import Caller, SagaPayload
 from coordinator.engine.engine import Engine, SagaRun
 from coordinator.engine.poller import Poller
@@ -27,7 +27,6 @@ from coordinator.metrics import ShardMetrics
 from coordinator.operations.retention import Upkeep
 from coordinator.ring.ownership import Ownership
 from coordinator.ring.peers import PeerRings
-from coordinator.saga import transitions
 from coordinator.saga.errors import (
     JournalUnavailable,
     Overloaded,

@@ -24,11 +24,10 @@ from common import process
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.ring import EpochError
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
-
-from . import epochs_cli
-from .config import ConfigError, RouterConfig, load
-from .reload import RingChangeRefused
-from .server import RouterServer
+from shard_router.config import ConfigError, RouterConfig, load
+from shard_router.ring import epochs_cli
+from shard_router.ring.reload import RingChangeRefused
+from shard_router.server import RouterServer
 
 
 def _parser() -> argparse.ArgumentParser:

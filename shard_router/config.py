@@ -152,7 +152,7 @@ class RouterConfig:
     config_path: Path
     """The shards file; re-read when it changes."""
     epochs_path: Path
-    """State file holding the earlier rings (see shard_router.epochs); default: next to the config file."""
+    """State file holding the earlier rings (see shard_router.ring.epochs); default: next to the config file."""
     ring: RingSpec
     """The ring the file describes now."""
     settings: RouterSettings

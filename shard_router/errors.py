@@ -8,11 +8,10 @@
     └── InvalidArgument      bad input the router checks itself (page_size, page_token), the field named in
                              google.rpc.BadRequest details, as a shard would
 
-When the router asks a shard whether it holds an order (shard_router.routing), the answer's code is read through one
-table, OUTCOMES: only OK and NOT_FOUND say where the saga is; a few codes are the shard's final word on the request;
+When the router asks a shard whether it holds an order (shard_router.relay.routing), the answer's code is read through
+one table, OUTCOMES: only OK and NOT_FOUND say where the saga is; a few codes are the shard's final word on the request;
 every other code (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, ...) leaves open whether the shard holds
-it, so the router must not send the order anywhere else.
-"""
+it, so the router must not send the order anywhere else."""
 
 from __future__ import annotations
 
@@ -49,7 +48,7 @@ class ShardStatus(RouterError):
 
 class RingDisagreement(RouterError):
     """The router's ring history and a shard's hold different placements under one epoch number: it creates no saga
-    (UNAVAILABLE, so clients retry) until it agrees with the shards again (shard_router.reload)."""
+    (UNAVAILABLE, so clients retry) until it agrees with the shards again (shard_router.ring.reload)."""
 
     def __init__(self, details: str) -> None:
         super().__init__(grpc.StatusCode.UNAVAILABLE, details)

@@ -1,5 +1,6 @@
-"""Driving sagas: the engine (write-ahead, retries, compensation, deadlines), the calls to the services (caller), the
-poller of long-running operations, and the operators' dry runs (preview), which follow the engine's own rules.
+"""Driving sagas: the engine (write-ahead, retries, compensation, deadlines), the one path by which a saga changes state
+(transitions: the guarded journal records of a move), the calls to the services (caller), the poller of long-running
+operations, and the operators' dry runs (preview), which follow the engine's own rules.
 
 May import: coordinator.saga, coordinator.journal, coordinator.config, coordinator.metrics, coordinator.clock,
 coordinator.logs, coordinator.crashpoints, common, protos. Imported by coordinator.shard.

@@ -8,6 +8,10 @@ fires the next attempt early. Forward retries are also bounded by the saga deadl
 
 Every call ends by itself: the Caller gives each attempt its timeout (forward: never past the saga deadline), as gRPC
 deadlines do, so the engine never races a call against a timer of its own.
+
+One class, a little over 600 lines: forward steps, compensation, the retry budget, unknown outcomes and long-running
+operations are the branches of one state machine over one SagaRun, and each branch journals through the same
+_append; split across modules, every one of them would reach back into the others' private helpers.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from common import tracing
 from coordinator import crashpoints
 from coordinator.clock import Clock
 from coordinator.config import OperationPolicy, RetryPolicy, ShardConfig
+from coordinator.engine import transitions
 from coordinator.engine.caller import METHODS, Caller, SagaPayload, rpc_attributes
 from coordinator.journal import DeadLetterOpen, Journal, Record
 from coordinator.logs import at_step, saga_context
 from coordinator.metrics import ShardMetrics
-from coordinator.saga import retry, transitions
+from coordinator.saga import retry
 from coordinator.saga.errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.saga.model import Action, SagaState, Step, StepStatus
 from coordinator.saga.record import Event, EventKind, SagaRecord, asks_first

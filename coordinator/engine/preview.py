@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FileDescriptor
 
 from coordinator.config import ShardConfig
+from coordinator.engine.transitions import records_for
 from coordinator.saga.errors import WrongState
 from coordinator.saga.model import Action, SagaState, Step, idempotency_key
 from coordinator.saga.record import EventKind, SagaRecord, asks_first
-from coordinator.saga.transitions import records_for
 from protos.saga.v1 import saga_pb2
 from protos.shop.v1 import inventory_pb2, order_pb2, payment_pb2, shipping_pb2
 

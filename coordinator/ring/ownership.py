@@ -24,7 +24,7 @@ the
   offered history names. If one of them holds another placement under a number both hold, the offer is refused
   (CONFLICT): a router that derived the ring from an edited, uncommitted config must not find a fresh shard that
   accepts it while the others refuse it. A newer history a peer holds is taken instead. Peers that do not answer are
-  skipped here (a shard must be able to join while another is down); the routers' own rule (shard_router.reload)
+  skipped here (a shard must be able to join while another is down); the routers' own rule (shard_router.ring.reload)
   keeps them from deriving such a ring in the first place.
 """
 

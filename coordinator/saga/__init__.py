@@ -1,6 +1,6 @@
 """What a saga is, with no I/O: its states and steps (model), its journaled record and events folded into step progress
-(record), the one transition path (transitions), the retry schedule (retry), every error with its retry semantics
-(errors), and the checks of a PlaceOrder before anything is written (validation).
+(record), the retry schedule (retry), every error with its retry semantics (errors), and the checks of a PlaceOrder
+before anything is written (validation).
 
 May import: coordinator.config, common, protos. Imported by every other part of the coordinator.
 """

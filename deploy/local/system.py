@@ -40,8 +40,8 @@ from types import TracebackType
 from typing import TextIO
 
 from common.tls import TlsFiles
-from shard_router import config as router_config
 from shard_router import epochs
+from shard_router import load as load_router_config
 
 from .authpolicy import LocalPolicies, write_policies
 from .certs import LAUNCHER, LocalCA, tls_args
@@ -277,7 +277,7 @@ class LocalSystem:
             return
         # Then its ring becomes the next epoch, as `saga-router epochs commit` does it.
         history = epochs.read(self.epochs_file)
-        ring = router_config.load(self.router_config, epochs_path=self.epochs_file, env={}).ring
+        ring = load_router_config(self.router_config, epochs_path=self.epochs_file, env={}).ring
         new = epochs.committed(history, ring, time.time_ns() // 1_000_000)
         if new != history:
             epochs.write(self.epochs_file, new, expect=history.number)

@@ -24,8 +24,8 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bench.otlp import OtlpHttpReceiver, OtlpReceiver
 from common import tracing
-from tests.helpers.otlp import OtlpHttpReceiver, OtlpReceiver
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -303,7 +303,7 @@ class _IncomingCall:
 def test_a_router_replaces_all_of_its_callers_context_with_its_own(traced: OtlpReceiver) -> None:
     """The router's calls to the shards carry its own span's context: every header of the configured propagators is
     the router's (the caller's baggage once, as the router's context holds it), the rest of the metadata passes."""
-    from shard_router.forwarding import Caller  # the one hop that replaces a caller's context
+    from shard_router.relay.forwarding import Caller  # the one hop that replaces a caller's context
 
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
     incoming = (("traceparent", TRACEPARENT), ("tracestate", "vendor=x"), ("baggage", "tenant=acme"), ("x-a", "1"))

@@ -83,7 +83,7 @@ def _router_entry(name: str, port: int) -> str:
 
 def _committed(tmp_path: Path, *routers: str) -> None:
     """Lists a shard that is never started, with its ring committed for each router: a router without an epochs file
-    would wait for that shard to say which ring it holds, then refuse to start (shard_router.reload)."""
+    would wait for that shard to say which ring it holds, then refuse to start (shard_router.ring.reload)."""
     write_shards(tmp_path / "shards.toml", [("shard-1", "127.0.0.1:1")])
     (tmp_path / "data").mkdir()
     for name in routers:

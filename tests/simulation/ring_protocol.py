@@ -1,10 +1,11 @@
 """A deterministic simulation of the ring protocol: routers that learn ring changes late and in any order, crash and
 restart with nothing; clients that retry through any router, several copies at once; shards that fence.
 
-The shards' rule is the product's own (common.ring.fence, EpochHistory); the routers' steps model shard_router.routing
-and shard_router.reload one remote call at a time: each call is one atomic step at one shard, as a shard's single
-event loop makes it (its fence check and the registration of a new saga happen with no await in between). A seeded
-scheduler interleaves every process step by step, so a seed names one schedule and replays it exactly.
+The shards' rule is the product's own (common.ring.fence, EpochHistory); the routers' steps model
+shard_router.relay.routing and shard_router.ring.reload one remote call at a time: each call is one atomic step at one
+shard, as a shard's single event loop makes it (its fence check and the registration of a new saga happen with no await
+in between). A seeded scheduler interleaves every process step by step, so a seed names one schedule and replays it
+exactly.
 
 Checked after every step: no order is held by two shards, and every PlaceOrder a router answered names the saga the
 order's one holder has (so nothing acknowledged was lost or duplicated). `python -m tests.simulation --help`.
@@ -12,7 +13,7 @@ order's one holder has (so nothing acknowledged was lost or duplicated). `python
 With no_file, the cluster starts as `make run` does before any commit: no epochs file. The operator first lists the next
 ring in the shards file (uncommitted: routers must not route by it), later commits it; routers (re)start from the file
 they see, or without one: they ask every shard of their config for its history, one call a step, and route by the newest
-(the config's ring as epoch 1 only if no shard holds one: shard_router.reload). A shard's first history is checked
+(the config's ring as epoch 1 only if no shard holds one: shard_router.ring.reload). A shard's first history is checked
 against its peers' (coordinator.ring.ownership; atomic here, one step), and a router that a shard refuses as a conflict
 places nothing until the shards agree with it. first_ring="config", peer_check=False and block_on_conflict=False model
 the rules before that fix (a router without a file took its config as epoch 1, a fresh shard took any first history, a
@@ -183,7 +184,8 @@ class World:
         self.trace: list[tuple[Any, ...]] = []
         """(format, args...) per event; rendered only for a replay (lines())."""
 
-    # ---- the router's side (shard_router.routing / reload, one remote call per step) --------------------------------
+    # ---- the router's side (shard_router.relay.routing / reload, one remote call per step)
+    # --------------------------------
 
     def place_order(self, router: Router, order: str) -> Step:
         for _ in range(ATTEMPTS):
@@ -235,7 +237,7 @@ class World:
         return None
 
     def first_history(self, router: Router) -> Step:
-        """A start without an epochs file (shard_router.reload): with first_ring="shards", ask every shard of the
+        """A start without an epochs file (shard_router.ring.reload): with first_ring="shards", ask every shard of the
         config, then route by the newest history one holds (the config's ring as epoch 1 if none holds one); with
         "config", the config's ring as epoch 1 at once. Then the history is shown to every shard."""
         config = EpochHistory().advance(VNODES, [(s, s) for s in RINGS[self.listed]], 0)
@@ -300,7 +302,7 @@ class World:
 
     def _operator(self) -> None:
         """no_file: lists the next ring in the shards file (uncommitted), or commits the listed one as `saga-router
-        epochs commit` does (shard_router.epochs_cli): the file's history, or with no file yet the newest history a
+        epochs commit` does (shard_router.ring.epochs_cli): the file's history, or with no file yet the newest history a
         shard holds, with the listed ring as its next epoch; the first one is shown to every shard before it is
         written, and not written if one refuses it. (Each shard's answer is one atomic step here.)"""
         if not any(s.history.epochs for s in self.shards.values()):

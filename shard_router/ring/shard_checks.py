@@ -1,5 +1,5 @@
 """Questions the router asks shards about their sagas before it changes what it remembers: may this shard leave the
-config (shard_router.reload), may these epochs be forgotten (shard_router.epochs_cli)?"""
+config (shard_router.ring.reload), may these epochs be forgotten (shard_router.ring.epochs_cli)?"""
 
 from __future__ import annotations
 

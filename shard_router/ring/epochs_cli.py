@@ -26,12 +26,11 @@ import grpc
 from common.ring import Epoch, EpochError, EpochHistory, history_from_message, history_message
 from common.tls import ClientTls, TlsConfigError, add_tls_arguments, tls_from_args
 from protos.ring.v1 import ring_pb2
-
-from . import epochs
-from .channels import ChannelPool
-from .config import ConfigError, RouterConfig, load
-from .shard_checks import sagas_that_need_routing
-from .topology import Topology
+from shard_router.channels import ChannelPool
+from shard_router.config import ConfigError, RouterConfig, load
+from shard_router.ring import epochs
+from shard_router.ring.shard_checks import sagas_that_need_routing
+from shard_router.ring.topology import Topology
 
 _RPC_TIMEOUT_S = 30.0
 _SHOWN = 10

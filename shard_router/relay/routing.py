@@ -1,7 +1,7 @@
 """Which shard a call about one order goes to: the current owner, unless an earlier ring put the order elsewhere.
 
 The epoch rule (DESIGN contract 7). The current ring decides where a *new* order goes; earlier rings
-(shard_router.epochs) decide where an *existing* order may already be:
+(shard_router.ring.epochs) decide where an *existing* order may already be:
 
 - PlaceOrder: for every shard an earlier ring placed the order on (other than its current owner), the router asks that
   shard GetSaga(order_id), all at once. If one holds the saga, the PlaceOrder goes there (the shard joins the existing
@@ -33,10 +33,9 @@ from google.protobuf.message import DecodeError
 
 from common.ring import REFUSAL_KEY, Refusal
 from protos.saga.v1 import saga_pb2
-
-from .errors import InvalidArgument, Outcome, RingDisagreement, ShardStatus, outcome
-from .forwarding import GET_SAGA, PLACE_ORDER, WATCH_SAGA, Caller, Forwarder, Reply, ShardStream
-from .topology import Topology
+from shard_router.errors import InvalidArgument, Outcome, RingDisagreement, ShardStatus, outcome
+from shard_router.relay.forwarding import GET_SAGA, PLACE_ORDER, WATCH_SAGA, Forwarder, IncomingCall, Reply, ShardStream
+from shard_router.ring.topology import Topology
 
 RING_ATTEMPTS = 5
 """Routings of one call while shards refuse it for its ring epoch; each one refreshes the ring first. Ring changes are
@@ -47,7 +46,7 @@ T = TypeVar("T")
 
 
 class Rings(Protocol):
-    """Where a refused call's router refreshes its ring (shard_router.reload.TopologyManager)."""
+    """Where a refused call's router refreshes its ring (shard_router.ring.reload.TopologyManager)."""
 
     async def resolve(self, refusal: Refusal, shard_id: str) -> None: ...
 
@@ -150,10 +149,10 @@ class Router:
                 await self._rings.resolve(refusal, e.shard_id)
         raise AssertionError("unreachable")
 
-    async def place_order(self, order_id: str, request: bytes, caller: Caller) -> Reply:
+    async def place_order(self, order_id: str, request: bytes, caller: IncomingCall) -> Reply:
         return await self._fenced(lambda topo, attempt: self._place(topo, attempt, order_id, request, caller))
 
-    async def _place(self, topo: Topology, attempt: int, order_id: str, request: bytes, caller: Caller) -> Reply:
+    async def _place(self, topo: Topology, attempt: int, order_id: str, request: bytes, caller: IncomingCall) -> Reply:
         # A ring a shard refused as a conflict must place nothing (checked at every attempt: a refresh after a refusal
         # may be what found the conflict): under it a fresh shard might take an order that another ring's owner takes
         # too. One attribute read; no I/O on the hot path.
@@ -173,7 +172,7 @@ class Router:
         finally:
             self._placing.leave(order_id)
 
-    async def _placement(self, topo: Topology, order_id: str, caller: Caller) -> str:
+    async def _placement(self, topo: Topology, order_id: str, caller: IncomingCall) -> str:
         earlier = topo.earlier_owners(order_id)
         if not earlier or not order_id:  # an empty order_id is the owner's to refuse
             return topo.owner(order_id)
@@ -197,7 +196,7 @@ class Router:
         return topo.owner(order_id)
 
     async def _probe(
-        self, topo: Topology, shard_id: str, probe: bytes, caller: Caller
+        self, topo: Topology, shard_id: str, probe: bytes, caller: IncomingCall
     ) -> tuple[Outcome, ShardStatus | None]:
         try:
             await self._forwarder.unary(
@@ -207,11 +206,13 @@ class Router:
             return outcome(e.code), e
         return Outcome.FOUND, None
 
-    async def to_holder(self, order_id: str, method: str, request: bytes, caller: Caller) -> Reply:
+    async def to_holder(self, order_id: str, method: str, request: bytes, caller: IncomingCall) -> Reply:
         """Relays a call about an existing saga to the shard that holds it."""
         return await self._fenced(lambda topo, _: self._to_holder(topo, order_id, method, request, caller))
 
-    async def _to_holder(self, topo: Topology, order_id: str, method: str, request: bytes, caller: Caller) -> Reply:
+    async def _to_holder(
+        self, topo: Topology, order_id: str, method: str, request: bytes, caller: IncomingCall
+    ) -> Reply:
         caller = caller.routed_by(topo.epoch)
         absent: ShardStatus | None = None
         unknown: ShardStatus | None = None
@@ -222,12 +223,12 @@ class Router:
                 absent, unknown = self._keep_looking(e, absent, unknown, epoch, topo.epoch, order_id)
         raise unknown or absent or AssertionError("no candidate shard")
 
-    async def open_watch(self, order_id: str, request: bytes, caller: Caller) -> tuple[ShardStream, bytes | None]:
+    async def open_watch(self, order_id: str, request: bytes, caller: IncomingCall) -> tuple[ShardStream, bytes | None]:
         """Opens WatchSaga on the shard that holds the saga: the stream and its first message (None if it ended)."""
         return await self._fenced(lambda topo, _: self._open_watch(topo, order_id, request, caller))
 
     async def _open_watch(
-        self, topo: Topology, order_id: str, request: bytes, caller: Caller
+        self, topo: Topology, order_id: str, request: bytes, caller: IncomingCall
     ) -> tuple[ShardStream, bytes | None]:
         caller = caller.routed_by(topo.epoch)
         absent: ShardStatus | None = None

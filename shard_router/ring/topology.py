@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from common.ring import EpochHistory, HashRing
-
-from .config import RingSpec
+from shard_router.config import RingSpec
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from protos.saga.v1 import saga_pb2
-
-from .config import RouterSettings
-from .errors import InvalidArgument, ShardStatus
-from .forwarding import LIST_DEAD_LETTERS, LIST_SAGAS, RETRY_DEAD_LETTER, Caller, Forwarder, Method
-from .topology import Topology
+from shard_router.config import RouterSettings
+from shard_router.errors import InvalidArgument, ShardStatus
+from shard_router.relay.forwarding import (
+    LIST_DEAD_LETTERS,
+    LIST_SAGAS,
+    RETRY_DEAD_LETTER,
+    Forwarder,
+    IncomingCall,
+    Method,
+)
+from shard_router.ring.topology import Topology
 
 T = TypeVar("T")
 _MAX_TOKEN_CHARS = 65_536
@@ -253,7 +259,7 @@ class FanOut:
         self._forwarder = forwarder
         self._settings = settings
 
-    async def list_sagas(self, request: saga_pb2.ListSagasRequest, caller: Caller) -> saga_pb2.ListSagasResponse:
+    async def list_sagas(self, request: saga_pb2.ListSagasRequest, caller: IncomingCall) -> saga_pb2.ListSagasResponse:
         def shard_request(token: str, n: int) -> bytes:
             shard = saga_pb2.ListSagasRequest(state=request.state, page_size=n, page_token=token)
             return bytes(shard.SerializeToString())
@@ -263,7 +269,7 @@ class FanOut:
         return saga_pb2.ListSagasResponse(sagas=sagas, next_page_token=next_token)
 
     async def list_dead_letters(
-        self, request: saga_pb2.ListDeadLettersRequest, caller: Caller
+        self, request: saga_pb2.ListDeadLettersRequest, caller: IncomingCall
     ) -> saga_pb2.ListDeadLettersResponse:
         def shard_request(token: str, n: int) -> bytes:
             shard = saga_pb2.ListDeadLettersRequest(
@@ -281,7 +287,7 @@ class FanOut:
         request: _PageRequest,
         filter_key: str,
         shard_request: Callable[[str, int], bytes],
-        caller: Caller,
+        caller: IncomingCall,
     ) -> tuple[list[T], str]:
         """The merged page a list request asks for (its page_size and page_token) and the next_page_token.
 
@@ -304,7 +310,7 @@ class FanOut:
         return items, encode_token(filter_key, after)
 
     async def retry_all(
-        self, request: bytes, caller: Caller, dry_run: bool = False
+        self, request: bytes, caller: IncomingCall, dry_run: bool = False
     ) -> saga_pb2.RetryDeadLetterResponse:
         """RetryDeadLetter(all=true) on every shard; the order ids of all of them (and, for a dry run, what each retry
         would do), shard by shard.

@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 from common.ring import EpochError, EpochHistory
-
-from .config import RingSpec
+from shard_router.config import RingSpec
 
 
 def read(path: Path) -> EpochHistory:

@@ -26,8 +26,7 @@ from http import HTTPStatus
 import jwt
 
 from common.auth import Authenticator, AuthError, Principal, Role
-
-from .http import HttpError, Request
+from shard_router.dashboard.http import HttpError, Request
 
 COOKIE = "saga_session"
 SESSION_TTL_S = 8 * 3600.0

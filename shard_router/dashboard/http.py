@@ -25,7 +25,6 @@ MAX_BODY_BYTES = 64 * 1024
 """Request bodies are small JSON objects (a resolve reason)."""
 READ_TIMEOUT_S = 10.0
 """A client that does not finish sending its request within this is dropped."""
-MAX_SCRAPE_BYTES = 8 * 1024 * 1024
 """Largest /metrics body read from a shard."""
 
 
@@ -167,31 +166,3 @@ def _encode(response: Response) -> bytes:
         *(f"{k}: {v}" for k, v in headers.items()),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
-
-
-async def get_text(address: str, path: str, timeout_s: float) -> str:
-    """GET http://address/path; its body as text. Raises OSError (or TimeoutError) if it cannot, with the reason."""
-
-    async def fetch() -> str:
-        host, _, port = address.rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n".encode())
-            await writer.drain()
-            data = await reader.read(MAX_SCRAPE_BYTES + 1)
-            while len(data) <= MAX_SCRAPE_BYTES:
-                more = await reader.read(MAX_SCRAPE_BYTES + 1 - len(data))
-                if not more:
-                    break
-                data += more
-        finally:
-            writer.close()
-        if len(data) > MAX_SCRAPE_BYTES:
-            raise OSError(f"{address}{path}: response larger than {MAX_SCRAPE_BYTES} bytes")
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(status) < 2 or status[1] != b"200":
-            raise OSError(f"{address}{path}: HTTP {status[1:2]!r}")
-        return body.decode("utf-8", errors="replace")
-
-    return await asyncio.wait_for(fetch(), timeout_s)

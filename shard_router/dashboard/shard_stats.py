@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.loops import run_every
-
-from .http import get_text
-from .topology import Topology
+from common.scrape import JOURNAL, Key, get_text, journal_figures
+from common.scrape import parse as parse_page
+from shard_router.ring.topology import Topology
 
 WANTED = frozenset(
     {
@@ -38,84 +37,20 @@ WANTED = frozenset(
         "saga_compensation_failures_total",
     }
 )
-JOURNAL = frozenset(
-    {
-        "saga_journal_file_bytes",
-        "saga_journal_wal_bytes",
-        "saga_journal_rows",
-        "saga_journal_oldest_row_age_seconds",
-        "saga_replica_up",
-        "saga_replica_last_sync_age_seconds",
-        "saga_replica_lagging",
-    }
-)
-"""Per shard, never summed: each shard's own journal (its size, WAL, rows and oldest row per table) and its replica
-(whether Litestream replicates it, its last sync, whether it lags)."""
 _MAXED = frozenset({"saga_oldest_in_flight_age_seconds"})
 """Gauges whose across-shard value is the largest, not the sum."""
 OUTCOMES = ("succeeded", "failed", "dead_lettered", "resolved")
 PERCENTILE_WINDOW_S = 60.0
 """Percentiles and retry counts cover about the last minute (all time if nothing happened in it)."""
 
-Key = tuple[str, tuple[tuple[str, str], ...]]
-"""(sample name, sorted labels)."""
 
-
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_PREFIXES = tuple(sorted(WANTED | JOURNAL))
+_KEPT = WANTED | JOURNAL
+_PREFIXES = tuple(sorted(_KEPT))
 
 
 def parse(text: str) -> dict[Key, float]:
-    """The WANTED samples of one /metrics text (Prometheus text format 0.0.4).
-
-    A line-level parser for the few series we keep: prometheus_client's full parser took ~14 ms for one shard's page,
-    and this runs on the router's event loop, between relayed calls; this takes well under a millisecond."""
-    out: dict[Key, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(_PREFIXES):
-            continue
-        brace = line.find("{")
-        if brace == -1:
-            name, _, rest = line.partition(" ")
-            labels: tuple[tuple[str, str], ...] = ()
-        else:
-            name = line[:brace]
-            close = line.rfind("}")
-            if close == -1:
-                continue
-            labels = tuple(sorted((k, _unescape(v)) for k, v in _LABEL.findall(line[brace + 1 : close])))
-            rest = line[close + 1 :]
-        if name not in WANTED and name not in JOURNAL:
-            continue
-        try:
-            out[(name, labels)] = float(rest.split()[0])
-        except (ValueError, IndexError):
-            continue
-    return out
-
-
-def journal_figures(values: Mapping[Key, float]) -> dict[str, float]:
-    """One shard's journal and replica figures from its parsed /metrics (the dashboard's Journals table, and
-    `sagactl journals`)."""
-    short = {
-        "saga_journal_file_bytes": "file_bytes",
-        "saga_journal_wal_bytes": "wal_bytes",
-        "saga_journal_rows": "rows",
-        "saga_journal_oldest_row_age_seconds": "oldest_age_s",
-        "saga_replica_up": "replica_up",
-        "saga_replica_last_sync_age_seconds": "replica_sync_age_s",
-        "saga_replica_lagging": "replica_lagging",
-    }
-    out: dict[str, float] = {}
-    for (name, labels), value in values.items():
-        if name in short:
-            table = dict(labels).get("table")
-            out[f"{short[name]}.{table}" if table else short[name]] = value
-    return out
-
-
-def _unescape(value: str) -> str:
-    return value.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\") if "\\" in value else value
+    """The samples the dashboard keeps (WANTED, JOURNAL) of one /metrics text."""
+    return parse_page(text, _KEPT, _PREFIXES)
 
 
 @dataclass(frozen=True)

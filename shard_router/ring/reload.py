@@ -49,13 +49,12 @@ from common.ring import (
 )
 from protos.ring.v1 import ring_pb2
 from protos.saga.v1 import saga_pb2
-
-from . import epochs
-from .channels import ChannelPool
-from .config import ConfigError, RouterConfig
-from .metrics import Metrics
-from .shard_checks import first_unfinished
-from .topology import Topology
+from shard_router.channels import ChannelPool
+from shard_router.config import ConfigError, RouterConfig
+from shard_router.metrics import Metrics
+from shard_router.ring import epochs
+from shard_router.ring.shard_checks import first_unfinished
+from shard_router.ring.topology import Topology
 
 _CHECK_TIMEOUT_S = 5.0
 """Bound on asking a departing shard about its sagas; a reload should never hang on a sick shard."""

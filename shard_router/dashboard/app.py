@@ -1,6 +1,6 @@
 """The dashboard: a static page and a JSON API served by the router on its own port (--dashboard-listen).
 
-    GET  /                                  the page (shard_router/static/dashboard.html)
+    GET  /                                  the page (shard_router/dashboard/static/dashboard.html)
     GET  /api/summary                       everything the page's overview shows, one call (polled every 2 s)
     GET  /api/sagas?state=RUNNING&limit=50  sagas, newest first, merged across shards
     GET  /api/dead-letters                  open dead letters, oldest first
@@ -14,11 +14,11 @@
 
 Lists ask every shard through the router's channels and show what the shards that answer hold (a shard that does not is
 named in "errors"); saga detail and actions go through the router's own routing (the rules gRPC clients get); rates,
-percentiles and retries come from scraping the shards' /metrics (shard_router.shard_stats). Payment details are not in
-any of it: shards never return them.
+percentiles and retries come from scraping the shards' /metrics (shard_router.dashboard.shard_stats). Payment details
+are not in any of it: shards never return them.
 
 Who may see and act, and the browser-side defences (Host and Origin allow-lists, JSON-only POSTs, session cookies,
-Content-Security-Policy): shard_router.dashboard_auth. The dashboard binds to loopback unless allow_remote is set;
+Content-Security-Policy): shard_router.dashboard.auth. The dashboard binds to loopback unless allow_remote is set;
 its actions reach the shard on behalf of the signed-in operator (the shard's audit names them).
 """
 
@@ -37,17 +37,16 @@ import grpc
 from common.auth import Authenticator, forwarded_metadata
 from common.tls import is_loopback
 from protos.saga.v1 import saga_pb2
-
-from . import shard_checks
-from .channels import ChannelPool, ShardClient
-from .dashboard_auth import DashboardGuard, Session, page_csp
-from .errors import RouterError
-from .forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, Caller
-from .http import HttpError, HttpServer, Request, Response
-from .routing import Router
-from .shard_health import ShardHealth
-from .shard_stats import ShardStats
-from .topology import Topology
+from shard_router.channels import ChannelPool, ShardClient
+from shard_router.dashboard.auth import DashboardGuard, Session, page_csp
+from shard_router.dashboard.http import HttpError, HttpServer, Request, Response
+from shard_router.dashboard.shard_stats import ShardStats
+from shard_router.errors import RouterError
+from shard_router.relay.forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, IncomingCall
+from shard_router.relay.routing import Router
+from shard_router.ring import shard_checks
+from shard_router.ring.shard_health import ShardHealth
+from shard_router.ring.topology import Topology
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
 CALL_TIMEOUT_S = 5.0
@@ -227,10 +226,10 @@ class Dashboard:
         await self._http.close()
 
     @staticmethod
-    def _caller(session: Session | None = None) -> Caller:
+    def _caller(session: Session | None = None) -> IncomingCall:
         """Reads go under the router's own identity; actions on behalf of the signed-in operator."""
         metadata = forwarded_metadata(session.principal) if session is not None else ()
-        return Caller(metadata, time.monotonic() + CALL_TIMEOUT_S)
+        return IncomingCall(metadata, time.monotonic() + CALL_TIMEOUT_S)
 
     async def handle(self, req: Request) -> Response:
         self.guard.check_host(req)

@@ -24,10 +24,9 @@ import grpc
 from common import tracing
 from common.auth import current_principal, forwarded_metadata, strip_claimed
 from common.ring import EPOCH_KEY, REFUSAL_KEY
-
-from .channels import ChannelPool
-from .errors import Metadata, RouterError, ShardStatus
-from .metrics import Metrics
+from shard_router.channels import ChannelPool
+from shard_router.errors import Metadata, RouterError, ShardStatus
+from shard_router.metrics import Metrics
 
 SAGA_SERVICE = "saga.v1.SagaCoordinator"
 ADMIN_SERVICE = "saga.v1.SagaAdmin"
@@ -43,7 +42,7 @@ R = TypeVar("R")
 
 # Connection-level headers of the caller's hop: gRPC sets its own on the next hop (and ignores or rejects ours).
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", "connection", EPOCH_KEY, REFUSAL_KEY})
-"""Also the ring epoch: only the router says which ring it routed a call by (Caller.routed_by)."""
+"""Also the ring epoch: only the router says which ring it routed a call by (IncomingCall.routed_by)."""
 
 
 def forwardable(metadata: Any) -> Metadata:
@@ -56,8 +55,9 @@ def forwardable(metadata: Any) -> Metadata:
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
-    """What every call made on behalf of one incoming call inherits."""
+class IncomingCall:
+    """The call being handled, as every call made on its behalf inherits it: its metadata and its deadline (not the
+    downstream client the coordinator calls a Caller)."""
 
     metadata: Metadata
     """Forwarded metadata."""
@@ -65,7 +65,7 @@ class Caller:
     """When the caller stops waiting (time.monotonic()), or None if it set no deadline."""
 
     @classmethod
-    def from_context(cls, context: Any) -> Caller:
+    def from_context(cls, context: Any) -> IncomingCall:
         """The caller of the call being handled: its metadata without claimed identity, plus the principal the
         interceptor authenticated (none on a public method)."""
         remaining = context.time_remaining()
@@ -82,9 +82,9 @@ class Caller:
             metadata += tracing.outgoing()
         return cls(tuple(metadata), deadline)
 
-    def routed_by(self, epoch: int) -> Caller:
+    def routed_by(self, epoch: int) -> IncomingCall:
         """The same caller, its calls to shards marked with the ring epoch they were routed by (fencing)."""
-        return Caller((*self.metadata, (EPOCH_KEY, str(epoch))), self.deadline_monotonic)
+        return IncomingCall((*self.metadata, (EPOCH_KEY, str(epoch))), self.deadline_monotonic)
 
     def timeout_s(self, cap_s: float | None = None) -> float | None:
         """Seconds left for the next hop (at most cap_s); DEADLINE_EXCEEDED if none are left."""
@@ -157,20 +157,27 @@ class Forwarder:
         self.metrics = metrics
 
     async def unary(
-        self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, *, cap_s: float | None = None
+        self,
+        shard_id: str,
+        address: str,
+        method: str,
+        request: bytes,
+        caller: IncomingCall,
+        *,
+        cap_s: float | None = None,
     ) -> Reply:
         """Relays one unary call; raises ShardStatus with the shard's status if it is not OK."""
         call, body = await self._relay(shard_id, address, method, request, caller, cap_s)
         return Reply(body, tuple(await call.initial_metadata() or ()), tuple(await call.trailing_metadata() or ()))
 
-    async def call(self, shard_id: str, address: str, method: Method[R], request: bytes, caller: Caller) -> R:
+    async def call(self, shard_id: str, address: str, method: Method[R], request: bytes, caller: IncomingCall) -> R:
         """One unary call whose answer the router reads (fan-out): the shard's response, decoded; raises ShardStatus
         with the shard's status if it is not OK."""
         _, body = await self._relay(shard_id, address, method.path, request, caller, None)
         return method.decode(body)
 
     async def _relay(
-        self, shard_id: str, address: str, method: str, request: bytes, caller: Caller, cap_s: float | None
+        self, shard_id: str, address: str, method: str, request: bytes, caller: IncomingCall, cap_s: float | None
     ) -> tuple[Any, bytes]:
         """The finished call and its response body. The one place a unary call to a shard is timed, counted, and its
         failure turned into ShardStatus."""
@@ -186,7 +193,7 @@ class Forwarder:
         self.metrics.forwarded(method, shard_id, "OK", time.perf_counter() - started)
         return call, bytes(body)
 
-    def stream(self, shard_id: str, address: str, method: str, request: bytes, caller: Caller) -> ShardStream:
+    def stream(self, shard_id: str, address: str, method: str, request: bytes, caller: IncomingCall) -> ShardStream:
         """Opens a server stream; nothing is awaited until the first read()."""
         multicallable = self.pool.get(address).stream(method)
         call = multicallable(request, metadata=caller.metadata, timeout=caller.timeout_s())

@@ -23,10 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
 from common.loops import run_every
-
-from .channels import ChannelPool
-from .metrics import Metrics
-from .topology import Topology
+from shard_router.channels import ChannelPool
+from shard_router.metrics import Metrics
+from shard_router.ring.topology import Topology
 
 DOWN_INTERVAL_S = 0.2
 """How often a shard that failed its last check is checked again (the others: health_check_interval_s)."""
