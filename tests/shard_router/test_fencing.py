@@ -21,7 +21,8 @@ from coordinator.ring import ownership
 from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
-from shard_router import HashRing, RouterServer, epochs_cli, load, reload
+from shard_router import HashRing, RouterServer, load
+from shard_router.ring import epochs_cli, reload
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import running_stubs
 
