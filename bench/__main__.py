@@ -84,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
         help="every process exports OTLP traces to a receiver in the bench; compare: off and on alternated",
     )
     p.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --tracing: OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=R in every process",
+    )
+    p.add_argument(
+        "--otlp-protocol",
+        choices=("grpc", "http/protobuf"),
+        default="grpc",
+        help="with --tracing: the OTLP protocol the processes export over (default %(default)s)",
+    )
+    p.add_argument(
         "--commit-window",
         metavar="MS|compare",
         default="",
@@ -365,6 +378,8 @@ def _cluster(args: argparse.Namespace) -> int:
         profile_native=args.native,
         tls=args.tls == "on",
         tracing=args.tracing == "on",
+        trace_ratio=args.trace_ratio,
+        otlp_protocol=args.otlp_protocol,
         commit_window_ms=float(args.commit_window) if args.commit_window not in ("", "compare") else None,
     )
     compared = [

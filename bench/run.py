@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from tests.helpers.otlp import OtlpReceiver
+from tests.helpers.otlp import OtlpHttpReceiver, OtlpReceiver
 
 from . import ledger
 from .cluster import REPO_ROOT, Cluster
@@ -59,6 +59,11 @@ class RunConfig:
     """Mutual TLS on every hop, load generators included (LocalSystem's local CA)."""
     tracing: bool = False
     """Every process exports traces over OTLP (common.tracing) to a receiver in the bench process that counts them."""
+    trace_ratio: float | None = None
+    """With tracing: the SDK's own variables ask every process for parentbased_traceidratio at this ratio (None:
+    the SDK's default, every trace)."""
+    otlp_protocol: str = "grpc"
+    """With tracing: the OTLP protocol the processes export over ("grpc" or "http/protobuf")."""
     commit_window_ms: float | None = None
     """The shards' [group_commit] window_ms (None: their default; 0: no window)."""
 
@@ -75,7 +80,9 @@ class RunConfig:
         if self.tls:
             base += "-tls"
         if self.tracing:
-            base += "-otel"
+            base += "-otel" if self.otlp_protocol == "grpc" else "-otelhttp"
+            if self.trace_ratio is not None:
+                base += f"{self.trace_ratio:g}"
         if self.commit_window_ms is not None:
             base += f"-cw{self.commit_window_ms:g}"
         return f"{base}-s{self.shards}"
@@ -168,9 +175,13 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     """Runs the benchmark once; returns the figures (the JSON line's content)."""
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
     # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
-    receiver = OtlpReceiver(keep=False).start() if cfg.tracing else None
+    receiver: OtlpReceiver | OtlpHttpReceiver | None = None
+    if cfg.tracing:
+        receiver = (OtlpReceiver if cfg.otlp_protocol == "grpc" else OtlpHttpReceiver)(keep=False).start()
     shard_config = "" if cfg.commit_window_ms is None else f"[group_commit]\nwindow_ms = {cfg.commit_window_ms:g}\n"
     env = receiver.environment(None) if receiver else None
+    if env is not None and cfg.trace_ratio is not None:
+        env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{cfg.trace_ratio:g}"}
     cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
