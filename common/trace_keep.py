@@ -145,6 +145,12 @@ class SagaTrace:
             self.keep(kept)
 
     @property
+    def trace_id(self) -> str:
+        """The trace's id (32 hex digits), "" if the saga's spans are roots (no trace was kept)."""
+        ctx = trace.get_current_span(self.parent).get_span_context()
+        return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+    @property
     def holding(self) -> bool:
         return self._mode is _HOLDING
 

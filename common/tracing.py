@@ -13,13 +13,16 @@ Contract:
   service.name in OTEL_RESOURCE_ATTRIBUTES) says otherwise.
 - Off (the default), nothing is installed: no interceptor on any server or channel, no span objects, no context reads.
   The functions below answer "nothing" cheaply, so callers need no `if`.
-- On, every gRPC server and channel built through common.grpc_server / common.tls carries OpenTelemetry's own gRPC
-  interceptors (opentelemetry-instrumentation-grpc): the caller's context in, child spans and their context out, in
-  the headers of the configured propagators (OTEL_PROPAGATORS: W3C traceparent, tracestate and baggage by default).
+- On, every gRPC server built through common.grpc_server makes a server span per call under the caller's context
+  (common.trace_server, on the OpenTelemetry API), and every channel built through common.tls with traced=True
+  carries OpenTelemetry's client interceptors (opentelemetry-instrumentation-grpc), in the headers of the configured
+  propagators (OTEL_PROPAGATORS: W3C traceparent, tracestate and baggage by default).
+- Sampling is the SDK's (OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), wrapped so that a saga that goes wrong is
+  exported whatever it says (saga(), common.trace_keep).
   Health checks, reflection and the ring service (routers' bookkeeping) are not traced, nor services named in
   OTEL_PYTHON_GRPC_EXCLUDED_SERVICES.
-- Spans carry identifiers and outcomes only. Nothing here or in the callers puts request payloads on a span: the
-  instrumentation records method, peer and status code; the coordinator adds saga id, order id, step, action, attempt,
+- Spans carry identifiers and outcomes only. Nothing here or in the callers puts request payloads on a span: a
+  server span records method, peer and status code; the coordinator adds saga id, order id, step, action, attempt,
   outcome code.
 - A saga outlives its request: carrier()/restore() turn a context into the string the journal keeps (every header
   the configured propagators inject, as a JSON object) and back, so spans made after a restart join the same trace.
@@ -124,12 +127,13 @@ def setup(
     exporter = _exporter(protocol(environ))
     # Imported here: a process with tracing off never loads the SDK or the exporter.
     from opentelemetry import trace
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from common.trace_keep import Hold, KeepMarked
+    from common.trace_server import ServerSpans
 
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     attributes = {} if named else {SERVICE_NAME: service}
@@ -152,7 +156,7 @@ def setup(
         tracer=tracer,
         sampler=provider.sampler,
         hold=Hold(held_spans_max),
-        server=[aio_server_interceptor(tracer_provider=provider, filter_=traced)],  # type: ignore[no-untyped-call]
+        server=[ServerSpans(tracer, frozenset(excluded))],
         client=aio_client_interceptors(tracer_provider=provider, filter_=traced),  # type: ignore[no-untyped-call]
     )
     return True
@@ -197,7 +201,8 @@ def shutdown() -> None:
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """OpenTelemetry's server interceptor when tracing is on (first in the chain, so refused calls are traced too)."""
+    """The server span interceptor (common.trace_server) when tracing is on (first in the chain, so refused calls
+    are traced too)."""
     return list(_state.get("server", ()))
 
 
