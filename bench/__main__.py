@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --tracing: OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=R in every process",
     )
     p.add_argument(
+        "--scrape-cost",
+        action="store_true",
+        help="after the window: server CPU of a /metrics scrape, and per saga when every process is scraped every 5 s",
+    )
+    p.add_argument(
         "--otlp-protocol",
         choices=("grpc", "http/protobuf"),
         default="grpc",
@@ -380,6 +385,7 @@ def _cluster(args: argparse.Namespace) -> int:
         tracing=args.tracing == "on",
         trace_ratio=args.trace_ratio,
         otlp_protocol=args.otlp_protocol,
+        scrape_cost=args.scrape_cost,
         commit_window_ms=float(args.commit_window) if args.commit_window not in ("", "compare") else None,
     )
     compared = [
