@@ -84,6 +84,9 @@ HELD_SPANS_MAX = 100_000
 """Span records a process holds at most for sagas whose traces are not sampled, until each one's end is known
 (common.trace_keep; a record is a few hundred bytes: some 30 MB at worst)."""
 
+OUTGOING_CACHED = 4096
+"""Contexts whose outgoing headers are kept (about the sagas in flight in a shard, whose calls share one each)."""
+
 _state: dict[str, Any] = {}
 """The process's tracing once setup() turned it on: provider, tracer, interceptors. Empty: off."""
 
@@ -234,8 +237,22 @@ def outgoing() -> tuple[tuple[str, str], ...]:
     any span. The configured propagators write it: nothing here formats headers."""
     if not _state:
         return ()
+    from opentelemetry import context, propagate, trace
+
+    # A saga whose trace is not sampled makes each of its calls under one context object (its parent's): its headers
+    # are written once. Contexts are immutable, so an object always injects the same headers for one propagator.
+    current, textmap = context.get_current(), propagate.get_global_textmap()
+    written: dict[int, tuple[Any, Any, tuple[tuple[str, str], ...]]] = _state.setdefault("outgoing", {})
+    last = written.get(id(current))
+    if last is not None and last[0] is current and last[1] is textmap:
+        return last[2]
     # gRPC refuses metadata keys with capitals; header names, all a propagator knows, are case-insensitive.
-    return tuple((key.lower(), value) for key, value in _injected(None).items())
+    headers = tuple((key.lower(), value) for key, value in _injected(current).items())
+    if not trace.get_current_span(current).is_recording():  # a recorded span's context serves one call only
+        if len(written) >= OUTGOING_CACHED:
+            written.clear()
+        written[id(current)] = (current, textmap, headers)
+    return headers
 
 
 def context_keys() -> frozenset[str]:
