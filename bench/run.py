@@ -278,7 +278,7 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
 
 
 SCRAPE_INTERVAL_S = 5.0
-"""A Prometheus scrape interval (deploy/'s scrape configs use 15 s; the issue asks for 5 s)."""
+"""The scrape interval of deploy/grafana/prometheus.yml (the Kubernetes PodMonitors scrape every 15 s)."""
 
 
 def _scrape_cost(cluster: Cluster, pids: dict[str, list[int]], throughput: float, scrapes: int = 20) -> dict[str, Any]:
