@@ -80,4 +80,6 @@ async def test_at_one_percent_every_failed_saga_is_traced(tmp_path: Path, receiv
     compensation_parents = {s.span_id for i in failed for s in by_saga[i] if s.name.startswith("compensate ")}
     served = {s.parent_id for s in receiver.spans if s.service == "saga-stubs"}
     assert compensation_parents <= served
+    # No payment token in any byte exported, kept spans included.
     assert not [s for s in receiver.spans if any(SECRET in text for text in s.strings())]
+    assert receiver.requests and not [body for body in receiver.requests if SECRET.encode() in body]
