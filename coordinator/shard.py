@@ -284,9 +284,18 @@ class Shard:
             created=created,
         )
         if tracing.enabled():
-            run.trace_parent = tracing.restore(rec.trace_context)
-            run.trace_id = tracing.trace_id_of(rec.trace_context)
             run.resumed = created is None
+            fields: dict[str, object] = {
+                "saga.id": rec.saga_id,
+                "saga.order_id": rec.order_id,
+                "saga.shard": self.cfg.shard_id,
+            }
+            if run.resumed:
+                fields["saga.resumed"] = True
+            # A saga loaded past its failure (compensating, dead-lettered, failed): exported whatever the sampler says.
+            failing = "" if rec.state in (SagaState.RUNNING, SagaState.SUCCEEDED) else rec.state.name
+            run.trace = tracing.saga(rec.trace_context, fields, failing)
+            run.trace_id = run.trace.trace_id
         self._live[rec.order_id] = run
         if start:
             self._start_task(run)

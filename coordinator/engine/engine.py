@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -84,11 +85,21 @@ class SagaRun:
     """Resolves once the saga's creation is durable (None for a saga loaded from the journal)."""
     write_error: BaseException | None = None
     task: asyncio.Task[None] | None = None
-    trace_parent: Any = None
-    """The context its spans hang under (common.tracing.restore of the journaled one); None with tracing off."""
+    trace: Any = None
+    """Its spans, under the journaled context (common.tracing.saga: made at once, or held until the saga's end is
+    known when its trace is not sampled); None with tracing off."""
     trace_id: str = ""
     resumed: bool = False
     """Loaded from the journal (a restart, a failover) rather than created by this process: marked on its spans."""
+
+
+@functools.cache
+def _span_of(step: Step, action: Action, method: str) -> tuple[str, dict[str, Any]]:
+    """The name and the fixed attributes of the span of a call to step's service (built once)."""
+    fields = {**rpc_attributes(step, method), "saga.step": step.label, "saga.action": action.label}
+    if method == "GetOperation":
+        return f"get_operation {action.label} {step.label}", fields
+    return f"{action.label} {step.label}", fields
 
 
 class Engine:
@@ -331,17 +342,11 @@ class Engine:
     async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
         """One GetOperation, bounded by the step's attempt timeout (and traced); a failure to ask is UNKNOWN."""
         timeout_s = self._policy(action).attempt_timeout_ms / 1000
-        if run.trace_parent is None:
+        if run.trace is None:
             answer = await self._ask_service(run, step, action, timeout_s)
         else:
-            fields = {
-                **self._span_fields(run),
-                **rpc_attributes(step, "GetOperation"),
-                "saga.step": step.label,
-                "saga.action": action.label,
-            }
-            name = f"get_operation {action.label} {step.label}"
-            with tracing.span(name, run.trace_parent, fields, client=True) as span:
+            name, fields = _span_of(step, action, "GetOperation")
+            with run.trace.span(name, fields, client=True) as span:
                 answer = await self._ask_service(run, step, action, timeout_s)
                 span.set_attribute("saga.operation", answer.label)
         self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.verdict).inc()
@@ -506,7 +511,7 @@ class Engine:
         """One attempt, measured (and traced when tracing is on). It ends within timeout_s (the Caller's contract); an
         exception from the caller (a bug or a broken channel) must not kill the saga, so it counts as transient."""
         started = time.perf_counter()
-        if run.trace_parent is not None:
+        if run.trace is not None:
             result = await self._traced_call(run, step, action, attempt, timeout_s)
         else:
             try:
@@ -525,32 +530,14 @@ class Engine:
     ) -> CallResult:
         """The attempt as the span of its call ("forward process_payment", kind CLIENT), under the saga's trace; the
         caller puts its context in the call's metadata, so the service's own span is its child."""
-        fields = {
-            **self._span_fields(run),
-            **rpc_attributes(step, METHODS[(step, action)]),
-            "saga.step": step.label,
-            "saga.action": action.label,
-            "saga.attempt": attempt,
-        }
-        with tracing.span(f"{action.label} {step.label}", run.trace_parent, fields, client=True) as span:
+        name, fields = _span_of(step, action, METHODS[(step, action)])
+        with run.trace.span(name, {**fields, "saga.attempt": attempt}, client=True) as span:
             try:
                 result = await self._caller.call(run.payload, step, action, timeout_s)
             except Exception as e:
                 result = CallResult.failed_to_call(e)
             tracing.outcome(span, result.code.name, result.ok)
         return result
-
-    def _span_fields(self, run: SagaRun) -> dict[str, Any]:
-        """What every span of this saga says about it: identifiers only, never payment data."""
-        saga = run.record
-        fields: dict[str, Any] = {
-            "saga.id": saga.saga_id,
-            "saga.order_id": saga.order_id,
-            "saga.shard": self._cfg.shard_id,
-        }
-        if run.resumed:
-            fields["saga.resumed"] = True
-        return fields
 
     def _event(
         self,
@@ -590,9 +577,14 @@ class Engine:
         note: str = "",
         extra: Sequence[Record] = (),
     ) -> None:
-        if run.trace_parent is not None:
-            fields = {**self._span_fields(run), "saga.state": new.name}
-            with tracing.span(f"saga {new.name}", run.trace_parent, fields):
+        if run.trace is not None:
+            # The shard knows here whether the saga went wrong: if so its trace is exported whatever the sampler said
+            # (the spans held so far with it); a success forgets what it held.
+            if new is SagaState.SUCCEEDED:
+                run.trace.drop()
+            elif new is not SagaState.RUNNING:
+                run.trace.keep(new.name)
+            with run.trace.span(f"saga {new.name}", {"saga.state": new.name}):
                 pass
         await transitions.move(
             run.record,
