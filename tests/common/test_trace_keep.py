@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.trace import Status, StatusCode
 
+from bench.otlp import OtlpReceiver
 from common import tracing
 from common.trace_keep import KEPT
-from bench.otlp import OtlpReceiver
 
 UNSAMPLED, SAMPLED = "00", "01"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.otlp import OtlpReceiver, Span
 from common.tls import TlsFiles, aio_channel
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardSettings
 from tests.helpers.coordinator import place_request
-from bench.otlp import OtlpReceiver, Span
 
 pytestmark = pytest.mark.timeout(240)
 
