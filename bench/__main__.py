@@ -84,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
         help="every process exports OTLP traces to a receiver in the bench; compare: off and on alternated",
     )
     p.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --tracing: OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=R in every process",
+    )
+    p.add_argument(
+        "--scrape-cost",
+        action="store_true",
+        help="after the window: server CPU of a /metrics scrape, and per saga when every process is scraped every 5 s",
+    )
+    p.add_argument(
+        "--otlp-protocol",
+        choices=("grpc", "http/protobuf"),
+        default="grpc",
+        help="with --tracing: the OTLP protocol the processes export over (default %(default)s)",
+    )
+    p.add_argument(
         "--commit-window",
         metavar="MS|compare",
         default="",
@@ -365,6 +383,9 @@ def _cluster(args: argparse.Namespace) -> int:
         profile_native=args.native,
         tls=args.tls == "on",
         tracing=args.tracing == "on",
+        trace_ratio=args.trace_ratio,
+        otlp_protocol=args.otlp_protocol,
+        scrape_cost=args.scrape_cost,
         commit_window_ms=float(args.commit_window) if args.commit_window not in ("", "compare") else None,
     )
     compared = [

@@ -24,8 +24,8 @@ import uvloop
 from loguru import logger
 
 from coordinator.journal import Journal, NewSaga, StateChange
-from coordinator.model import Action, SagaState, Step
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 AWAITED_PER_SAGA = 5
 RECORDS_PER_SAGA = 12

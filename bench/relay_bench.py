@@ -2,7 +2,7 @@
 
 A relay is a shard with everything of the coordinator taken out but its calls: a grpc.aio server (uvloop, as the shards
 run) that takes PlaceOrder, makes the saga's four forward calls to the durable stubs through the shards' own
-coordinator.caller.GrpcCaller (the same requests, idempotency keys and channel), one after the other, and answers
+coordinator.engine.caller.GrpcCaller (the same requests, idempotency keys and channel), one after the other, and answers
 SUCCESS. No validation, hashing, sealing, journal, engine, metrics or logs. Three relays behind the proxy below, 64
 callers in this process, as `make bench` spreads them over three shards; then one caller for the latency of the
 chain without the journal and without the router's and the coordinator's own work. The gRPC floor (bench/grpc_floor.py)
@@ -30,9 +30,9 @@ from typing import Any
 import grpc
 import uvloop
 
-from coordinator.caller import GrpcCaller, SagaPayload
 from coordinator.config import Services
-from coordinator.model import STEPS, Action
+from coordinator.engine.caller import GrpcCaller, SagaPayload
+from coordinator.saga.model import STEPS, Action
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 
 from . import grpc_floor

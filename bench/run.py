@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from tests.helpers.otlp import OtlpReceiver
+from bench.otlp import OtlpHttpReceiver, OtlpReceiver
 
 from . import ledger
 from .cluster import REPO_ROOT, Cluster
@@ -59,6 +59,14 @@ class RunConfig:
     """Mutual TLS on every hop, load generators included (LocalSystem's local CA)."""
     tracing: bool = False
     """Every process exports traces over OTLP (common.tracing) to a receiver in the bench process that counts them."""
+    trace_ratio: float | None = None
+    """With tracing: the SDK's own variables ask every process for parentbased_traceidratio at this ratio (None:
+    the SDK's default, every trace)."""
+    scrape_cost: bool = False
+    """After the window: CPU of a /metrics scrape in each process (20 scrapes each), and what scraping every
+    SCRAPE_INTERVAL_S costs a saga at the run's throughput."""
+    otlp_protocol: str = "grpc"
+    """With tracing: the OTLP protocol the processes export over ("grpc" or "http/protobuf")."""
     commit_window_ms: float | None = None
     """The shards' [group_commit] window_ms (None: their default; 0: no window)."""
 
@@ -75,7 +83,9 @@ class RunConfig:
         if self.tls:
             base += "-tls"
         if self.tracing:
-            base += "-otel"
+            base += "-otel" if self.otlp_protocol == "grpc" else "-otelhttp"
+            if self.trace_ratio is not None:
+                base += f"{self.trace_ratio:g}"
         if self.commit_window_ms is not None:
             base += f"-cw{self.commit_window_ms:g}"
         return f"{base}-s{self.shards}"
@@ -168,9 +178,13 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     """Runs the benchmark once; returns the figures (the JSON line's content)."""
     workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
     # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
-    receiver = OtlpReceiver(keep=False).start() if cfg.tracing else None
+    receiver: OtlpReceiver | OtlpHttpReceiver | None = None
+    if cfg.tracing:
+        receiver = (OtlpReceiver if cfg.otlp_protocol == "grpc" else OtlpHttpReceiver)(keep=False).start()
     shard_config = "" if cfg.commit_window_ms is None else f"[group_commit]\nwindow_ms = {cfg.commit_window_ms:g}\n"
     env = receiver.environment(None) if receiver else None
+    if env is not None and cfg.trace_ratio is not None:
+        env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{cfg.trace_ratio:g}"}
     cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
     workers: list[subprocess.Popen[str]] = []
     profiler: Profiler | None = None
@@ -221,6 +235,8 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
             profiler.stop()
         results = [json.loads(Path(s.result_path).read_text()) for s in specs]
         figures = _figures(cfg, results, cpu_before, cpu_after, counters_before, counters_after, window_s)
+        if cfg.scrape_cost:
+            figures.update(_scrape_cost(cluster, pids, figures["throughput_sagas_per_s"]))
         print("checking the services' ledgers", file=log)
         order_ids = [o for r in results for o in r["order_ids"]]
         outcomes = [o for r in results for o in r["outcomes"]]
@@ -259,6 +275,29 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
             print(f"kept {workdir}", file=log)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+SCRAPE_INTERVAL_S = 5.0
+"""The scrape interval of deploy/grafana/prometheus.yml (the Kubernetes PodMonitors scrape every 15 s)."""
+
+
+def _scrape_cost(cluster: Cluster, pids: dict[str, list[int]], throughput: float, scrapes: int = 20) -> dict[str, Any]:
+    """Server CPU of one /metrics scrape by process kind (ms, the mean of `scrapes` in a row on an idle cluster) and,
+    scraping every process every SCRAPE_INTERVAL_S, the CPU that adds per saga at `throughput`."""
+    kinds = ("router", "shard", "stubs")
+    before = _cpu_by_kind({k: pids[k] for k in kinds})
+    for _ in range(scrapes):
+        for member in cluster.children:
+            member.metrics_text()
+    after = _cpu_by_kind({k: pids[k] for k in kinds})
+    per_scrape_ms = {k: (after[k] - before[k]) * 1e3 / scrapes / len(pids[k]) for k in kinds}
+    sagas_per_interval = max(throughput, 1e-9) * SCRAPE_INTERVAL_S
+    return {
+        "scrape_cpu_ms": {k: round(v, 3) for k, v in per_scrape_ms.items()},
+        "scrape_cpu_ms_per_saga": {
+            k: round(v * len(pids[k]) / sagas_per_interval, 4) for k, v in per_scrape_ms.items()
+        },
+    }
 
 
 def _figures(

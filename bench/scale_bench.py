@@ -25,14 +25,14 @@ import grpc
 import uvloop
 from loguru import logger
 
-from coordinator.caller import SagaPayload
 from coordinator.clock import SystemClock
 from coordinator.config import Limits, Retention, ShardConfig
-from coordinator.errors import CallResult, OperationAnswer, OperationState
+from coordinator.engine.caller import SagaPayload
 from coordinator.journal import Journal, NewSaga
-from coordinator.model import Action, SagaState, Step
-from coordinator.saga import Event, EventKind, SagaRecord
-from coordinator.sealing import open_sealer
+from coordinator.saga.errors import CallResult, OperationAnswer, OperationState
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.record import Event, EventKind, SagaRecord
+from coordinator.security.sealing import open_sealer
 from coordinator.shard import Shard
 from protos.saga.v1 import saga_pb2
 

@@ -12,6 +12,7 @@ Modules, one concept each:
                   disk, channel credentials (ClientTls), plaintext refused off loopback, the peer's certificate identity
     grpc_server   build_server(): ServerLimits applied and long-lived streams bounded per peer; listen(): TLS or
                   loopback plaintext
+    metadata      gRPC metadata names both sides of a call must spell alike (IDEMPOTENCY_KEY)
 """
 
 from .grpc_server import PeerStreamLimit, ServerLimits, build_server, listen

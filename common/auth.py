@@ -70,8 +70,9 @@ DEFAULT_METHOD_ROLES: tuple[tuple[str, frozenset[Role]], ...] = (
     ("/saga.v1.SagaAdmin/ListDeadLetters", frozenset({Role.OPERATOR, Role.ROUTER})),
     ("/saga.v1.SagaAdmin/", frozenset({Role.OPERATOR})),
     ("/service_stubs.v1.StubControl/", frozenset({Role.OPERATOR})),
-    # Ring epochs (coordinator.ownership): routers install them; operators may look.
-    ("/ring.v1.RingService/GetRing", frozenset({Role.ROUTER, Role.OPERATOR})),
+    # Ring epochs (coordinator.ring.ownership): routers install them; operators may look, and shards read their peers'
+    # (a restored or fresh shard catches up with, or checks against, what its peers hold).
+    ("/ring.v1.RingService/GetRing", frozenset({Role.ROUTER, Role.OPERATOR, Role.COORDINATOR})),
     ("/ring.v1.RingService/", frozenset({Role.ROUTER})),
     ("/shop.v1.", frozenset({Role.COORDINATOR})),
 )

@@ -190,6 +190,10 @@ class Refusal(enum.StrEnum):
     """Same epoch, but it does not place this new order here: the router places the order again."""
     CONFLICT = "conflict"
     """The shard holds another placement under that number: an operator must fix the epochs file."""
+    CATCHING_UP = "catching-up"
+    """Sent with UNAVAILABLE, not FAILED_PRECONDITION: the shard's journal was restored from a replica and it has not
+    yet learnt the newest history its peers hold, so it neither creates sagas nor answers NOT_FOUND to a routed call.
+    The router relays it; the client retries."""
 
 
 def fence(

@@ -1,9 +1,9 @@
 """One saga coordinator shard: a durable saga engine over a WAL-mode SQLite journal, served over gRPC."""
 
-from .app import ShardApp
-from .clock import Clock, SystemClock
-from .config import ConfigError, Limits, RetryPolicy, Services, ShardConfig, load
-from .model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.app import ShardApp
+from coordinator.clock import Clock, SystemClock
+from coordinator.config import ConfigError, Limits, RetryPolicy, Services, ShardConfig, load
+from coordinator.saga.model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
 
 __all__ = [
     "TRANSITIONS",

@@ -8,21 +8,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
 import uvloop
 from loguru import logger
 
-from common import logs, tracing
+from common import logs, process
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, TlsFiles, add_tls_arguments, tls_from_args
-
-from . import crashpoints, sealing
-from .app import ShardApp
-from .config import ConfigError, ShardConfig, load
-from .journal import Journal
+from coordinator import crashpoints
+from coordinator.app import ShardApp
+from coordinator.config import ConfigError, ShardConfig, load
+from coordinator.journal import Journal
+from coordinator.security import sealing
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,15 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(cfg: ShardConfig, tls: TlsFiles | None = None, auth: AuthPolicy | None = None) -> None:
     app = await ShardApp.start(cfg, tls=tls, auth=auth)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stopped = process.stop_event()
     metrics = ""
     if app.metrics_server is not None:
         metrics = f" metrics http://{cfg.metrics_listen.rpartition(':')[0]}:{app.metrics_server.port}/metrics"
     print(f"coordinator {cfg.shard_id} listening on {app.address}{metrics}", flush=True)
-    await stop.wait()
+    await stopped.wait()
     logger.info("signal received, stopping")
     await app.stop()
 
@@ -135,11 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         keys_main(argv[1:])
         return
     if argv[:1] == ["restore"]:
-        from . import restore  # only this command needs it
+        from coordinator.operations import restore  # only this command needs it
 
         sys.exit(restore.main(argv[1:]))
     if argv[:1] == ["retention"]:
-        from . import retention_cli  # only this command needs it
+        from coordinator.operations import retention_cli  # only this command needs it
 
         sys.exit(retention_cli.main(argv[1:]))
     args = parse_args(argv)
@@ -162,12 +158,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError) as e:
         print(f"coordinator: bad configuration: {e}", file=sys.stderr)
         sys.exit(2)
-    logs.setup(cfg.shard_id, json_lines=cfg.log_json, level=cfg.log_level.upper())
-    try:
-        tracing.setup("saga-coordinator", instance=cfg.shard_id)
-    except tracing.TracingConfigError as e:
-        print(f"coordinator: bad configuration: {e}", file=sys.stderr)
-        sys.exit(2)
+    process.setup(
+        "coordinator",
+        log_name=cfg.shard_id,
+        service="saga-coordinator",
+        instance=cfg.shard_id,
+        json_lines=cfg.log_json,
+        level=cfg.log_level.upper(),
+    )
     try:
         uvloop.run(run(cfg, tls, auth))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed, a key file missing or too open:

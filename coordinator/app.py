@@ -14,16 +14,16 @@ from common.auth import AuthPolicy, denied_counter, resolve_policy
 from common.grpc_server import ServerLimits
 from common.metrics_http import MetricsServer
 from common.tls import ClientTls, TlsFiles, check_plaintext
-
-from .caller import Caller, GrpcCaller
-from .clock import Clock, SystemClock
-from .config import ShardConfig
-from .journal import Journal
-from .metrics import ShardMetrics
-from .replication import HEALTH_SERVICE, ReplicaMonitor
-from .sealing import open_sealer
-from .server import build_server, set_serving
-from .shard import Shard
+from coordinator.api.server import build_server, set_serving
+from coordinator.clock import Clock, SystemClock
+from coordinator.config import ShardConfig
+from coordinator.engine.caller import Caller, GrpcCaller
+from coordinator.journal import Journal
+from coordinator.metrics import ShardMetrics
+from coordinator.operations.replication import HEALTH_SERVICE, ReplicaMonitor
+from coordinator.ring.peers import GrpcPeerRings
+from coordinator.security.sealing import open_sealer
+from coordinator.shard import Shard
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ShardApp:
         auth: AuthPolicy | None = None,
     ) -> ShardApp:
         """tls: the shard's certificate, key and CA (--tls-*), served to the router and presented to the services;
-        None: plaintext, on loopback only. limits: the gRPC server's (default: coordinator.server.server_limits).
+        None: plaintext, on loopback only. limits: the gRPC server's (default: coordinator.api.server.server_limits).
         auth: who may call (--auth-policy); None: auth off, refused unless plaintext on loopback."""
         tls = tls or TlsFiles()
         # Before the journal opens: bad TLS files, a refused plaintext address or a missing auth policy fail the start
@@ -80,7 +80,8 @@ class ShardApp:
             await caller.close()
             raise
         rng = random.Random(cfg.seed)
-        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics)
+        peers = GrpcPeerRings(ClientTls(tls))
+        shard = Shard(cfg, journal, caller, clock or SystemClock(), sealer, rng, metrics, peers)
         try:
             on_denied = denied_counter(metrics.registry)
             server, port, health_servicer = build_server(shard, cfg.listen, tls, limits, policy, on_denied)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.tomlfile import read_toml
+from common.tomlfile import build, read_toml
 
 
 class ConfigError(ValueError):
@@ -139,10 +139,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class Retention:
-    """How finished sagas leave the journal (coordinator/retention.py). A finished saga's rows go once it has been
-    finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
+    """How finished sagas leave the journal (coordinator/operations/retention.py). A finished saga's rows go once it has
+    been finished for finished_after_s; a compact record of its outcome stays until dedup_after_s, so a PlaceOrder retry
     still gets the original answer. Past dedup_after_s the order id is forgotten: a retry then re-creates its saga
-    (README.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
+    (docs/operations.md "Retention" says what the services then do). Operators' actions on dead letters (who retried or
     resolved what, and why) are the audit trail: they stay until audit_after_s."""
 
     finished_after_s: int = 7 * 86_400
@@ -209,8 +209,8 @@ class GroupCommit:
 
 @dataclass(frozen=True)
 class Replication:
-    """The journal's continuous replication by Litestream (coordinator/replication.py, deploy/README.md "Availability
-    and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
+    """The journal's continuous replication by Litestream (coordinator/operations/replication.py, deploy/README.md
+    "Availability and recovery"): the shard does not copy anything itself, it watches the Litestream that does."""
 
     litestream_socket: str = ""
     """Control socket of the Litestream replicating this journal; empty: not replicated (nothing watched). While set,
@@ -243,8 +243,8 @@ class ShardConfig:
     journal_path: str = ""
     """SQLite journal file; default $SAGA_DATA_DIR/<shard_id>.db."""
     journal_key_file: str = ""
-    """Key file sealing payment details in the journal (format: coordinator/sealing.py); keep it, and back it up,
-    apart from the journal. Default: <journal>.keys, created (mode 0600) at the first start of a new journal."""
+    """Key file sealing payment details in the journal (format: coordinator/security/sealing.py); keep it, and back it
+    up, apart from the journal. Default: <journal>.keys, created (mode 0600) at the first start of a new journal."""
     journal_key: str = ""
     """Secret of builds before key files; only opens blobs they sealed (re-sealed at start); default <journal>.key."""
     services: Services = field(default_factory=Services)
@@ -351,30 +351,6 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be host:port, got {value!r}")
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], where: str, base: Any = None) -> Any:
-    """A `cls` with `data` laid over `base` (default: cls()): a table names only what it changes."""
-    base = cls() if base is None else base
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"unknown setting {where}{key}")
-        default = getattr(base, key)
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}{key} must be a table")
-            # [compensate] max_attempts = 4 keeps the other compensate defaults, not RetryPolicy's.
-            kwargs[key] = _build(type(default), value, f"{where}{key}.", default)
-        else:
-            expected = type(default) if default is not None else int
-            if expected is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ConfigError(f"{where}{key} must be {expected.__name__}, got {value!r}")
-            kwargs[key] = value
-    return dataclasses.replace(base, **kwargs)
-
-
 def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -389,12 +365,13 @@ def load(
     if isinstance(data.get("operations"), Mapping) and "steps" in data["operations"]:
         data = {**data, "operations": dict(data["operations"])}
         steps = data["operations"].pop("steps")
-    cfg: ShardConfig = _build(ShardConfig, data, "")
+    cfg: ShardConfig = build(ShardConfig, data, "", ConfigError)
     if not isinstance(steps, Mapping) or not all(isinstance(v, Mapping) for v in steps.values()):
         raise ConfigError("operations.steps must hold one table per step: [operations.steps.process_payment]")
     if steps:
         per_step = {
-            str(k): _build(OperationPolicy, v, f"operations.steps.{k}.", cfg.operations) for k, v in steps.items()
+            str(k): build(OperationPolicy, v, f"operations.steps.{k}.", ConfigError, cfg.operations)
+            for k, v in steps.items()
         }
         cfg = dataclasses.replace(cfg, step_operations=per_step)
 

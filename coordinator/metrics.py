@@ -50,7 +50,8 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_compensations_skipped_total{step}          compensations not sent: the service said the forward call
                                                     applied nothing
     saga_ring_epoch                                 newest ring epoch the shard holds (0: none yet)
-    saga_ring_refusals_total{reason}                calls refused by fencing: stale | unknown | not-owner | conflict
+    saga_ring_refusals_total{reason}                calls refused by fencing: stale | unknown | not-owner | conflict |
+                                                    catching-up (a restored journal before its peers answered)
 """
 
 from __future__ import annotations

@@ -15,24 +15,31 @@ from loguru import logger
 
 from common import tracing
 from common.loops import run_every
+from coordinator.clock import Clock
+from coordinator.config import ShardConfig
+from coordinator.engine import preview, transitions
+from coordinator.engine.caller import Caller, SagaPayload
+from coordinator.engine.engine import Engine, SagaRun
+from coordinator.engine.poller import Poller
+from coordinator.journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
+from coordinator.logs import saga_context
+from coordinator.metrics import ShardMetrics
+from coordinator.operations.retention import Upkeep
+from coordinator.ring.ownership import Ownership
+from coordinator.ring.peers import PeerRings
+from coordinator.saga.errors import (
+    JournalUnavailable,
+    Overloaded,
+    PayloadMismatch,
+    SagaNotFound,
+    ShuttingDown,
+    WrongState,
+)
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
+from coordinator.saga.validation import validate_place_order
+from coordinator.security.sealing import Sealer
 from protos.saga.v1 import saga_pb2
-
-from . import preview, transitions
-from .caller import Caller, SagaPayload
-from .clock import Clock
-from .config import ShardConfig
-from .engine import Engine, SagaRun
-from .errors import JournalUnavailable, Overloaded, PayloadMismatch, SagaNotFound, ShuttingDown, WrongState
-from .journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
-from .logs import saga_context
-from .metrics import ShardMetrics
-from .model import SagaState
-from .ownership import Ownership
-from .poller import Poller
-from .retention import Upkeep
-from .saga import Event, EventKind, SagaRecord
-from .sealing import Sealer
-from .validation import validate_place_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +60,10 @@ class Shard:
         sealer: Sealer,
         rng: random.Random | None = None,
         metrics: ShardMetrics | None = None,
+        peers: PeerRings | None = None,
     ) -> None:
+        """peers: how the shard asks other shards for their ring history (a restored journal's catch-up, a first
+        ring's check); None: it asks none (a restored journal then cannot start)."""
         self.metrics = metrics or ShardMetrics()
         self.cfg = cfg
         self.journal = journal
@@ -68,13 +78,9 @@ class Shard:
         self._redrive: asyncio.Task[None] | None = None
         self._resumer: asyncio.Task[None] | None = None
         self.upkeep = Upkeep(cfg, journal, clock, self.metrics)
-        self.ownership = Ownership(cfg.shard_id, journal, self.metrics)
+        self.ownership = Ownership(cfg.shard_id, journal, self.metrics, peers)
+        self._catching_up: asyncio.Task[None] | None = None
         self._poller = Poller(clock, self._engine.poll, self._start_task, cfg.limits.max_concurrent_polls)
-        self._driving = 0
-        """Saga tasks running now: with those not resting in a retry's backoff, the journal's writers (a saga waiting
-        on an operation, or not yet resumed after a restart, has no task and writes nothing: the commit window must
-        not wait for it)."""
-        journal.writers = lambda: self._driving - self._engine.resting
 
     # The two below run on the metrics endpoint's thread while the loop changes what they read. They copy the
     # collections first, each in one C call under the GIL (list() of a dict view or a list): a Python loop over the
@@ -112,6 +118,8 @@ class Shard:
     async def start(self) -> int:
         """Resumes every unfinished saga in the journal; returns how many."""
         await self.ownership.load()
+        if self.ownership.catching_up:
+            self._catching_up = asyncio.create_task(self.ownership.catch_up(), name="ring-catch-up")
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
         self.metrics.watch_live(self._live_ages, self.journal.path + "-wal")
         self.metrics.watch_waiting(self._waiting_ages)
@@ -151,6 +159,8 @@ class Shard:
     async def stop(self) -> None:
         """Stops driving sagas (they resume at the next start) and lets queued journal writes commit."""
         self._stopping = True
+        if self._catching_up:
+            self._catching_up.cancel()
         if self._redrive:
             self._redrive.cancel()
         if self._resumer:
@@ -214,8 +224,8 @@ class Shard:
         now = self.clock.now_epoch_ms()
         ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
-        # Derived, not random (coordinator.sealing.Sealer.saga_id): a saga re-created for the same request after its
-        # record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
+        # Derived, not random (coordinator.security.sealing.Sealer.saga_id): a saga re-created for the same request
+        # after its record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
         saga_id = self._sealer.saga_id(req.order_id, payload_hash)
         rec = SagaRecord(
             saga_id=saga_id,
@@ -274,9 +284,18 @@ class Shard:
             created=created,
         )
         if tracing.enabled():
-            run.trace_parent = tracing.restore(rec.trace_context)
-            run.trace_id = tracing.trace_id_of(rec.trace_context)
             run.resumed = created is None
+            fields: dict[str, object] = {
+                "saga.id": rec.saga_id,
+                "saga.order_id": rec.order_id,
+                "saga.shard": self.cfg.shard_id,
+            }
+            if run.resumed:
+                fields["saga.resumed"] = True
+            # A saga loaded past its failure (compensating, dead-lettered, failed): exported whatever the sampler says.
+            failing = "" if rec.state in (SagaState.RUNNING, SagaState.SUCCEEDED) else rec.state.name
+            run.trace = tracing.saga(rec.trace_context, fields, failing)
+            run.trace_id = run.trace.trace_id
         self._live[rec.order_id] = run
         if start:
             self._start_task(run)
@@ -284,12 +303,13 @@ class Shard:
 
     def _start_task(self, run: SagaRun) -> None:
         run.task = asyncio.create_task(self._supervise(run), name=f"saga:{run.record.order_id}")
-        self._driving += 1
+        # A saga's task writes to the journal; one waiting on an operation, or not yet resumed after a restart, has no
+        # task and writes nothing: the commit window counts tasks, not sagas.
+        self.journal.window.writer_started()
         run.task.add_done_callback(self._task_ended)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        self._driving -= 1
-        self.journal.recheck()  # an open commit window stops waiting for this saga
+        self.journal.window.writer_stopped()  # an open commit window stops waiting for this saga
 
     async def _supervise(self, run: SagaRun) -> None:
         """Drives the saga; a journal failure re-drives it from what the journal holds, after a pause."""
@@ -357,7 +377,8 @@ class Shard:
     async def get(
         self, order_id: str, with_events: bool = False, ring_epoch: int | None = None
     ) -> tuple[SagaRecord, list[Event]]:
-        """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced (coordinator.ownership)."""
+        """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced
+        (coordinator.ring.ownership)."""
         run = self._live.get(order_id)
         if run is not None and run.created is not None and not run.created.done():
             # A saga being created is held already: a router asking whether this shard has the order must not hear
@@ -496,7 +517,7 @@ class Shard:
         return rec
 
     # Dry runs: what the actions above would do, after the same checks with the same errors; nothing is written and
-    # nothing is claimed (coordinator.preview).
+    # nothing is claimed (coordinator.engine.preview).
 
     async def preview_retry(self, order_id: str, ring_epoch: int | None = None) -> preview.SagaPlan:
         """What retry_dead_letter(order_id) would do."""

@@ -10,7 +10,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeAlias, TypedDict, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Self, TypeAlias, TypedDict, TypeVar, overload
 
 import grpc
 
@@ -21,14 +21,10 @@ from .api import Paged, PageT, Service, Stream, Unary
 from .credentials import TlsFiles, bearer_metadata, read_token_file
 from .retry import Attempts, RetryPolicy
 
-if TYPE_CHECKING:
-    from .client import SagaClient
-    from .sync import SyncSagaClient
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["ClientBase", "ConnectOptions", "Interceptor"]
+__all__ = ["AsyncClientBase", "ClientBase", "ConnectOptions", "Interceptor", "SyncClientBase"]
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRY = RetryPolicy()
@@ -104,9 +100,9 @@ class _UnaryMethod(_Method[P, Unary[T]]):
     @overload
     def __get__(self, obj: None, owner: type) -> Self: ...
     @overload
-    def __get__(self, obj: SagaClient, owner: type) -> Callable[P, Awaitable[T]]: ...
+    def __get__(self, obj: AsyncClientBase, owner: type) -> Callable[P, Awaitable[T]]: ...
     @overload
-    def __get__(self, obj: SyncSagaClient, owner: type) -> Callable[P, T]: ...
+    def __get__(self, obj: SyncClientBase, owner: type) -> Callable[P, T]: ...
     def __get__(self, obj: ClientBase | None, owner: type) -> Any:
         return self if obj is None else self._bind(obj._send)
 
@@ -115,9 +111,9 @@ class _PagedMethod(_Method[P, Paged[PageT]]):
     @overload
     def __get__(self, obj: None, owner: type) -> Self: ...
     @overload
-    def __get__(self, obj: SagaClient, owner: type) -> Callable[P, AsyncIterator[PageT]]: ...
+    def __get__(self, obj: AsyncClientBase, owner: type) -> Callable[P, AsyncIterator[PageT]]: ...
     @overload
-    def __get__(self, obj: SyncSagaClient, owner: type) -> Callable[P, Iterator[PageT]]: ...
+    def __get__(self, obj: SyncClientBase, owner: type) -> Callable[P, Iterator[PageT]]: ...
     def __get__(self, obj: ClientBase | None, owner: type) -> Any:
         return self if obj is None else self._bind(obj._pages)
 
@@ -126,9 +122,9 @@ class _StreamMethod(_Method[P, Stream[T]]):
     @overload
     def __get__(self, obj: None, owner: type) -> Self: ...
     @overload
-    def __get__(self, obj: SagaClient, owner: type) -> Callable[P, AsyncIterator[T]]: ...
+    def __get__(self, obj: AsyncClientBase, owner: type) -> Callable[P, AsyncIterator[T]]: ...
     @overload
-    def __get__(self, obj: SyncSagaClient, owner: type) -> Callable[P, Iterator[T]]: ...
+    def __get__(self, obj: SyncClientBase, owner: type) -> Callable[P, Iterator[T]]: ...
     def __get__(self, obj: ClientBase | None, owner: type) -> Any:
         return self if obj is None else self._bind(obj._follow)
 
@@ -208,3 +204,11 @@ class ClientBase:
     def _attempts(self, call: Unary[Any]) -> Attempts:
         budget_s = self.timeout_s if call.timeout_s is None else call.timeout_s
         return Attempts(call.retry or self.retry, budget_s, self._rng)
+
+
+class AsyncClientBase(ClientBase):
+    """What SagaClient is to the method descriptors: its calls are awaited (grpc.aio)."""
+
+
+class SyncClientBase(ClientBase):
+    """What SyncSagaClient is to the method descriptors: its calls return values (grpc's own API)."""

@@ -17,7 +17,7 @@ import grpc
 
 from . import api
 from .api import PageT
-from .base import ClientBase, ConnectOptions, Interceptor
+from .base import AsyncClientBase, ConnectOptions, Interceptor
 from .credentials import TlsFiles, aio_channel
 from .errors import from_rpc_error
 
@@ -26,7 +26,7 @@ __all__ = ["SagaClient"]
 T = TypeVar("T")
 
 
-class SagaClient(ClientBase):
+class SagaClient(AsyncClientBase):
     """An asyncio client of the saga coordinator (its router, or a single shard: they serve the same API).
 
     Build it with `await SagaClient.connect(...)`; use it as `async with` or call close(). Safe to share between tasks.

@@ -12,7 +12,7 @@ import grpc
 
 from . import api
 from .api import PageT
-from .base import ClientBase, ConnectOptions, Interceptor
+from .base import ConnectOptions, Interceptor, SyncClientBase
 from .credentials import TlsFiles, sync_channel
 from .errors import from_rpc_error
 
@@ -21,7 +21,7 @@ __all__ = ["SyncSagaClient"]
 T = TypeVar("T")
 
 
-class SyncSagaClient(ClientBase):
+class SyncSagaClient(SyncClientBase):
     """A blocking client of the saga coordinator (its router, or a single shard: they serve the same API).
 
     Build it with `SyncSagaClient.connect(...)`; use it as `with` or call close(). Safe to share between threads.

@@ -11,9 +11,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from shard_router.config import ConfigError, load
-from shard_router.http import get_text
-from shard_router.shard_stats import journal_figures, parse
+from common.scrape import JOURNAL, get_text, journal_figures, parse
+from shard_router import ConfigError, load
 
 from . import render
 from .client import EXIT_OK, EXIT_UNREACHABLE, Client, UsageError
@@ -64,7 +63,7 @@ def targets(ns: argparse.Namespace) -> dict[str, str]:
 async def _scrape(where: dict[str, str], timeout_s: float) -> dict[str, dict[str, float] | str]:
     async def one(address: str) -> dict[str, float] | str:
         try:
-            return journal_figures(parse(await get_text(address, "/metrics", timeout_s)))
+            return journal_figures(parse(await get_text(address, "/metrics", timeout_s), JOURNAL))
         except (OSError, TimeoutError, ValueError) as e:
             return f"unreachable ({e or type(e).__name__})"
 

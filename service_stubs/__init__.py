@@ -8,6 +8,7 @@ state, the idempotency-key and tombstone contracts, business rejections and seed
 `python -m service_stubs --help` runs them as a process.
 """
 
+from common.metadata import IDEMPOTENCY_KEY
 from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig, default_data_dir
 from service_stubs.errors import TOMBSTONED_MESSAGE
 from service_stubs.faults import FaultPlan, FaultRule
@@ -15,7 +16,6 @@ from service_stubs.inventory import SOLD_OUT_PREFIX
 from service_stubs.payment import DECLINED_MESSAGE, TOKEN_DECLINED, TOKEN_HANG, TOKEN_SLOW
 from service_stubs.server import StubServer, serve, start
 from service_stubs.shipping import UNSHIPPABLE_PREFIX
-from service_stubs.validation import IDEMPOTENCY_KEY
 
 __all__ = [
     "ALL_SERVICES",

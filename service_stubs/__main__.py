@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 from loguru import logger
 
-from common import logs, tracing
+from common import process
 from common.auth import AuthConfigError, add_auth_arguments, auth_policy_from_args
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from service_stubs.config import ALL_SERVICES, StubConfig, default_data_dir, parse_services, parse_stock
@@ -75,6 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
 async def run(config: StubConfig) -> None:
     """Serves until SIGTERM/SIGINT, then stops gracefully."""
     server = await serve(config)
+    stopped = process.stop_event()
     # Everything loaded from the stores lives as long as the process: out of the collector's sight for good.
     gc.freeze()
     # One line on stdout, flushed: launchers and tests read it to know the process is ready and where.
@@ -84,12 +83,8 @@ async def run(config: StubConfig) -> None:
         f"data_dir={config.data_dir}{metrics}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await stopped.wait()
         logger.info("signal received, stopping")
     finally:
         await server.stop()
@@ -101,12 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # with the default thresholds (700, 10, 10) the collector runs every few calls and keeps re-walking the tables.
     # Measured with `make bench BENCH_ARGS="stubs"`: see the commit that set this.
     gc.set_threshold(50_000, 50, 100)
-    logs.setup("stubs", level=log_level)
-    try:
-        tracing.setup("saga-stubs")
-    except tracing.TracingConfigError as e:
-        logger.error("cannot start: {}", e)
-        raise SystemExit(2) from e
+    process.setup("service_stubs", log_name="stubs", service="saga-stubs", level=log_level)
     try:
         uvloop.run(run(config))
     # Unusable TLS files, plaintext off loopback, no auth policy where one is needed: found before anything is bound.

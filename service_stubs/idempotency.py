@@ -44,7 +44,7 @@ from service_stubs.operations import (
 )
 from service_stubs.stats import CANCELLED, HANG, CallStats, OperationEvent
 from service_stubs.store import Loaded, Store
-from service_stubs.validation import idempotency_key, require_compensation, require_key
+from service_stubs.validation import read_idempotency_key, require_compensation, require_key
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -179,7 +179,7 @@ class ShopService(abc.ABC, Generic[Req]):
         method = self.forward_method
 
         async def body(call: Call) -> Answer:
-            key = idempotency_key(context)
+            key = read_idempotency_key(context)
             self.validate(request)
             rules = self.lro_rules(request)
             self._check_store()
@@ -209,7 +209,7 @@ class ShopService(abc.ABC, Generic[Req]):
         method = self.compensation_method
 
         async def body(call: Call) -> Answer:
-            key = idempotency_key(context)
+            key = read_idempotency_key(context)
             require_compensation(request)
             if request.forward_idempotency_key == key:
                 raise InvalidArgument("forward_idempotency_key", "must differ from the call's own idempotency-key")

@@ -14,14 +14,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from service_stubs.errors import StoreFailed
 from service_stubs.keys import Answer, KeyRecord
 from service_stubs.lro_rules import NEVER, Lro
-
-if TYPE_CHECKING:
-    from service_stubs.group_commit import GroupCommitter
 
 # Numbered migrations, applied in order at start-up in one transaction; never edit one that has shipped, add the next.
 MIGRATIONS: tuple[str, ...] = (
@@ -198,6 +195,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+class Committer(Protocol):
+    """What makes a store's rows durable (group_commit.GroupCommitter): submit() returns a future resolved once they
+    are on disk, in submission order."""
+
+    def submit(self, store: Store, keys: Sequence[KeyRow], stock: Sequence[StockRow]) -> asyncio.Future[None]: ...
+
+
 class Store:
     """One service's SQLite file. `open()` and `close()` block (run them off the event loop); rows reach `write()`
     through the process's GroupCommitter, which calls it from its writer thread."""
@@ -205,7 +209,7 @@ class Store:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
-        self._committer: GroupCommitter | None = None
+        self._committer: Committer | None = None
         self.failure: str | None = None
         """Why the store stopped committing, or None while it is healthy. Set by the writer thread."""
         self.transactions = 0
@@ -237,7 +241,7 @@ class Store:
             raise
         return cls(path, conn), Loaded(records, stock)
 
-    def attach(self, committer: GroupCommitter) -> None:
+    def attach(self, committer: Committer) -> None:
         assert self._committer is None, "store already attached"
         self._committer = committer
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import grpc
 
+from common.metadata import IDEMPOTENCY_KEY
 from protos.shop.v1 import common_pb2
 from service_stubs.errors import InvalidArgument
 
-IDEMPOTENCY_KEY = "idempotency-key"
 """The metadata key every shop call must carry."""
 MAX_ID_LENGTH = 256
 """Bound on ids (order, user, item, token, currency): they are stored and indexed, and no real one is longer."""
@@ -19,7 +19,7 @@ MAX_ITEMS = 1_000
 """Bound on order lines per request."""
 
 
-def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+def read_idempotency_key(context: grpc.aio.ServicerContext) -> str:
     """The call's idempotency key; InvalidArgument if it is missing, empty or oversized."""
     for name, value in context.invocation_metadata() or ():
         if name == IDEMPOTENCY_KEY:

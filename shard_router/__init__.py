@@ -1,19 +1,23 @@
 """The shard router: a thin, stateless gRPC front that consistent-hashes order_id onto coordinator shards.
 
-Modules, one concept each: config (the shards file), epochs (the epochs file; hashing, epochs and fencing are
-common.ring, shared with the shards),
-topology (one routing snapshot), channels (one channel per shard), forwarding (relaying a call as bytes), routing (the
-epoch rule: which shard gets a call about an order), fanout (merged list pages, bulk retry), reload (installing rings
-live), shard_checks (asking shards about their sagas before forgetting anything), server (the gRPC server), metrics
-(the seam for Prometheus), epochs_cli (`saga-router epochs`). Log set-up, the /metrics server and the periodic
-loops come from `common`.
+    config, errors, metrics, channels   the router's settings (the shards file), its errors, its metrics, one channel
+                                        per shard
+    ring/        which ring it routes by: the epochs file and `saga-router epochs`, live reloads, the routing snapshot,
+                 the shards' health and what they still hold (hashing, epochs and fencing are common.ring)
+    relay/       calls relayed as bytes to the owner (routing), list calls fanned out and merged (fanout)
+    dashboard/   the web dashboard, its sign-in and the shards' /metrics summed
+    server       the gRPC server that puts them together
+
+A part imports only parts listed above it (tests/architecture). Log set-up, the /metrics server and the periodic loops
+come from `common`. The public surface below is what the launcher and sagactl use: the shards file (load) and the
+epochs file (epochs).
 """
 
 from common.ring import Epoch, EpochError, EpochHistory, HashRing, stable_hash
-
-from .config import ConfigError, RingSpec, RouterConfig, RouterSettings, ShardSpec, load
-from .server import RouterServer
-from .topology import Topology
+from shard_router.config import ConfigError, RingSpec, RouterConfig, RouterSettings, ShardSpec, load
+from shard_router.ring import epochs
+from shard_router.ring.topology import Topology
+from shard_router.server import RouterServer
 
 __all__ = [
     "ConfigError",
@@ -27,6 +31,7 @@ __all__ = [
     "RouterSettings",
     "ShardSpec",
     "Topology",
+    "epochs",
     "load",
     "stable_hash",
 ]

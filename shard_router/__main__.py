@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 
 import uvloop
 from loguru import logger
 
-from common import logs, tracing
+from common import process
 from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_policy_from_args
 from common.ring import EpochError
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
-
-from . import epochs_cli
-from .config import ConfigError, RouterConfig, load
-from .reload import RingChangeRefused
-from .server import RouterServer
+from shard_router.config import ConfigError, RouterConfig, load
+from shard_router.ring import epochs_cli
+from shard_router.ring.reload import RingChangeRefused
+from shard_router.server import RouterServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +58,7 @@ async def _serve(config: RouterConfig, auth: AuthPolicy | None) -> int:
     except (ConfigError, EpochError, RingChangeRefused, TlsConfigError) as e:
         logger.error("cannot start: {}", e)
         return 2
+    stopped = process.stop_event(on_hangup=server.request_reload)
     host = config.listen.rpartition(":")[0]
     logger.info("config {}, epochs {}", config.config_path, config.epochs_path)
     # One line on stdout, flushed, like the shards and stubs print: launchers and scripts read it to know where.
@@ -69,12 +68,7 @@ async def _serve(config: RouterConfig, auth: AuthPolicy | None) -> int:
     if server.dashboard_port is not None and config.dashboard_listen:
         extra += f" dashboard http://{config.dashboard_listen.rpartition(':')[0]}:{server.dashboard_port}/"
     print(f"shard_router listening on {host}:{port}{extra}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
-    await stop.wait()
+    await stopped.wait()
     logger.info("stopping: draining in-flight calls for up to {}s", config.settings.shutdown_grace_s)
     await server.stop()
     logger.info("stopped")
@@ -100,12 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TlsConfigError, AuthConfigError) as e:
         print(f"saga-router: {e}", file=sys.stderr)
         return 2
-    logs.setup("router", json_lines=config.log_json)
-    try:
-        tracing.setup("saga-router")
-    except tracing.TracingConfigError as e:
-        print(f"saga-router: {e}", file=sys.stderr)
-        return 2
+    process.setup("saga-router", log_name="router", service="saga-router", json_lines=config.log_json)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config, auth))
 

@@ -41,7 +41,7 @@ class ShardClient:
     def __init__(self, address: str, max_message_bytes: int, tls: ClientTls | None = None) -> None:
         self.address = address
         tls = tls or ClientTls(TlsFiles())
-        # Untraced: a forwarded call carries the router's span context in its metadata (forwarding.Caller).
+        # Untraced: a forwarded call carries the router's span context in its metadata (forwarding.IncomingCall).
         self.channel = tls.channel(address, channel_options(max_message_bytes), traced=False)
         self.coordinator = saga_pb2_grpc.SagaCoordinatorStub(self.channel)
         self.admin = saga_pb2_grpc.SagaAdminStub(self.channel)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from common.tls import TlsFiles
-from common.tomlfile import read_toml
+from common.tomlfile import build, check_keys, read_toml
 
 _SHARD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -152,7 +152,7 @@ class RouterConfig:
     config_path: Path
     """The shards file; re-read when it changes."""
     epochs_path: Path
-    """State file holding the earlier rings (see shard_router.epochs); default: next to the config file."""
+    """State file holding the earlier rings (see shard_router.ring.epochs); default: next to the config file."""
     ring: RingSpec
     """The ring the file describes now."""
     settings: RouterSettings
@@ -236,11 +236,7 @@ def load(
 
 
 def _parse_tls(table: object, base: Path) -> TlsFiles:
-    if not isinstance(table, Mapping):
-        raise ConfigError("[tls] must be a table")
-    unknown = set(table) - {"cert", "key", "ca"}
-    if unknown:
-        raise ConfigError(f"unknown setting(s) [tls] {sorted(unknown)}; known: cert, key, ca")
+    table = check_keys(table, ("cert", "key", "ca"), "[tls] ", ConfigError)
     paths: dict[str, Path] = {}
     for key, value in table.items():
         if not isinstance(value, str) or not value:
@@ -259,11 +255,7 @@ def _merge_tls(file_tls: TlsFiles, flags: TlsFiles | None) -> TlsFiles:
 
 
 def _parse(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[RingSpec, RouterSettings]:
-    unknown = set(data) - {"vnodes", "router", "shards", "shard_set", "tls"}
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {sorted(unknown)}; expected vnodes, [router], [[shards]] or [shard_set], [tls]"
-        )
+    check_keys(data, ("vnodes", "router", "shards", "shard_set", "tls"), "", ConfigError)
     vnodes = data.get("vnodes", DEFAULT_VNODES)
     if not isinstance(vnodes, int) or isinstance(vnodes, bool) or not 1 <= vnodes <= 65_536:
         raise ConfigError(f"vnodes must be an integer in 1..65536, got {vnodes!r}")
@@ -293,13 +285,7 @@ def _expand_shard_set(table: object, env: Mapping[str, str]) -> list[dict[str, A
     """[shard_set]: `count` shards named by templates in which {i} is 0..count-1 (a StatefulSet's pods);
     SAGA_SHARD_COUNT overrides count, so the one place that sets the number of pods also sets the list. `draining`
     lists ids of the set that own no new orders (the first step of removing the highest pod)."""
-    if not isinstance(table, Mapping):
-        raise ConfigError("[shard_set] must be a table")
-    unknown = set(table) - {"count", "id", "address", "metrics", "draining"}
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) [shard_set] {sorted(unknown)}; known: count, id, address, metrics, draining"
-        )
+    table = check_keys(table, ("count", "id", "address", "metrics", "draining"), "[shard_set] ", ConfigError)
     count: object = table.get("count")
     if env.get("SAGA_SHARD_COUNT"):
         raw = env["SAGA_SHARD_COUNT"]
@@ -332,11 +318,7 @@ def _expand_shard_set(table: object, env: Mapping[str, str]) -> list[dict[str, A
 
 def _parse_shard(index: int, entry: object) -> ShardSpec:
     where = f"shards[{index}]"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    unknown = set(entry) - {"id", "address", "draining", "metrics"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    entry = check_keys(entry, ("id", "address", "draining", "metrics"), f"{where}: ", ConfigError)
     shard_id = entry.get("id")
     if not isinstance(shard_id, str) or not _SHARD_ID.match(shard_id):
         raise ConfigError(f"{where}.id must be 1-64 characters of [A-Za-z0-9._-], got {shard_id!r}")
@@ -353,22 +335,6 @@ def _parse_shard(index: int, entry: object) -> ShardSpec:
 def _parse_settings(table: object) -> RouterSettings:
     if not isinstance(table, Mapping):
         raise ConfigError("[router] must be a table")
-    known = {f.name: f for f in dataclasses.fields(RouterSettings)}
-    defaults = RouterSettings()
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"unknown setting [router] {key}; known: {sorted(known)}")
-        expected = type(getattr(defaults, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if expected is tuple:
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"[router] {key} must be a list of strings, got {value!r}")
-            value = tuple(value)
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            raise ConfigError(f"[router] {key} must be {expected.__name__}, got {value!r}")
-        kwargs[key] = value
-    settings = RouterSettings(**kwargs)
+    settings: RouterSettings = build(RouterSettings, table, "[router] ", ConfigError)
     settings.validate()
     return settings

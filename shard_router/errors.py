@@ -4,14 +4,14 @@
     ├── ShardStatus          a shard's own non-OK answer (or its channel's, when the shard is unreachable),
     │                        relayed unchanged: google.rpc.Status details ("grpc-status-details-bin") and
     │                        "retry-after-ms" included
+    ├── RingDisagreement     UNAVAILABLE for a new order while a shard refuses the router's ring as a conflict
     └── InvalidArgument      bad input the router checks itself (page_size, page_token), the field named in
                              google.rpc.BadRequest details, as a shard would
 
-When the router asks a shard whether it holds an order (shard_router.routing), the answer's code is read through one
-table, OUTCOMES: only OK and NOT_FOUND say where the saga is; a few codes are the shard's final word on the request;
+When the router asks a shard whether it holds an order (shard_router.relay.routing), the answer's code is read through
+one table, OUTCOMES: only OK and NOT_FOUND say where the saga is; a few codes are the shard's final word on the request;
 every other code (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, ...) leaves open whether the shard holds
-it, so the router must not send the order anywhere else.
-"""
+it, so the router must not send the order anywhere else."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ class ShardStatus(RouterError):
     def with_context(self, prefix: str) -> ShardStatus:
         """The same status with a hint for operators in front of the details."""
         return ShardStatus(self.shard_id, self.code, f"{prefix}: {self.details}", self.trailing_metadata)
+
+
+class RingDisagreement(RouterError):
+    """The router's ring history and a shard's hold different placements under one epoch number: it creates no saga
+    (UNAVAILABLE, so clients retry) until it agrees with the shards again (shard_router.ring.reload)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, details)
 
 
 class InvalidArgument(RouterError):

@@ -5,8 +5,8 @@ Every method is registered with bytes in and bytes out: requests routed by order
 (only their order_id is read), and list calls are decoded only because their pages must be merged.
 
 Who may call is decided once, here, by the server's one common.auth interceptor (policy from --auth-policy); the
-principal it authenticated travels on to the shard in metadata (forwarding.Caller), over the router's own mTLS link.
-"""
+principal it authenticated travels on to the shard in metadata (forwarding.IncomingCall), over the router's own mTLS
+link."""
 
 from __future__ import annotations
 
@@ -25,30 +25,29 @@ from common.metrics_http import MetricsServer
 from common.tls import ClientTls, TlsConfigError, check_plaintext
 from protos.reflection import enable_reflection
 from protos.saga.v1 import saga_pb2
-
-from .channels import ChannelPool
-from .config import ConfigError, RouterConfig
-from .config import load as load_config
-from .dashboard import Dashboard
-from .errors import InvalidArgument, RouterError
-from .fanout import FanOut
-from .forwarding import (
+from shard_router.channels import ChannelPool
+from shard_router.config import ConfigError, RouterConfig
+from shard_router.config import load as load_config
+from shard_router.dashboard.app import Dashboard
+from shard_router.dashboard.shard_stats import ShardStats
+from shard_router.errors import InvalidArgument, RouterError
+from shard_router.metrics import Metrics, NullMetrics, RouterMetrics
+from shard_router.relay.fanout import FanOut
+from shard_router.relay.forwarding import (
     ADMIN_SERVICE,
     GET_SAGA,
     RESOLVE_DEAD_LETTER,
     RETRY_DEAD_LETTER,
     SAGA_SERVICE,
-    Caller,
     Forwarder,
+    IncomingCall,
     Reply,
 )
-from .metrics import Metrics, NullMetrics, RouterMetrics
-from .reload import TopologyManager
-from .routing import Router, parse_order_id
-from .shard_health import ShardHealth
-from .shard_stats import ShardStats
+from shard_router.relay.routing import Router, parse_order_id
+from shard_router.ring.reload import TopologyManager
+from shard_router.ring.shard_health import ShardHealth
 
-UnaryHandler = Callable[[bytes, Caller], Awaitable[Reply | bytes]]
+UnaryHandler = Callable[[bytes, IncomingCall], Awaitable[Reply | bytes]]
 WATCH_METHODS = (f"/{SAGA_SERVICE}/WatchSaga",)
 WATCH_STREAMS_PER_PEER = 100
 """WatchSaga streams one client (certificate identity, else IP address) may hold open through the router."""
@@ -71,7 +70,7 @@ async def _abort(context: Any, e: RouterError) -> None:
 def _unary(fn: UnaryHandler, name: str) -> Any:
     async def handler(request: bytes, context: Any) -> bytes:
         try:
-            reply = await fn(request, Caller.from_context(context))
+            reply = await fn(request, IncomingCall.from_context(context))
         except RouterError as e:
             await _abort(context, e)
             raise  # unreachable: abort raises
@@ -97,22 +96,22 @@ class RouterServicer:
         self._router = router
         self._fanout = fanout
 
-    async def place_order(self, request: bytes, caller: Caller) -> Reply:
+    async def place_order(self, request: bytes, caller: IncomingCall) -> Reply:
         order_id = parse_order_id(saga_pb2.PlaceOrderRequest, request)
         return await self._router.place_order(order_id, request, caller)
 
-    async def get_saga(self, request: bytes, caller: Caller) -> Reply:
+    async def get_saga(self, request: bytes, caller: IncomingCall) -> Reply:
         order_id = parse_order_id(saga_pb2.GetSagaRequest, request)
         return await self._router.to_holder(order_id, GET_SAGA, request, caller)
 
-    async def list_sagas(self, request: bytes, caller: Caller) -> bytes:
+    async def list_sagas(self, request: bytes, caller: IncomingCall) -> bytes:
         parsed = _decode(saga_pb2.ListSagasRequest, request)
         return bytes((await self._fanout.list_sagas(parsed, caller)).SerializeToString())
 
     async def watch_saga(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         try:
             order_id = parse_order_id(saga_pb2.WatchSagaRequest, request)
-            stream, message = await self._router.open_watch(order_id, request, Caller.from_context(context))
+            stream, message = await self._router.open_watch(order_id, request, IncomingCall.from_context(context))
         except RouterError as e:
             await _abort(context, e)
             raise
@@ -131,17 +130,17 @@ class RouterServicer:
         finally:
             stream.cancel()  # no-op once the shard ended the stream; stops it if our caller went away
 
-    async def list_dead_letters(self, request: bytes, caller: Caller) -> bytes:
+    async def list_dead_letters(self, request: bytes, caller: IncomingCall) -> bytes:
         parsed = _decode(saga_pb2.ListDeadLettersRequest, request)
         return bytes((await self._fanout.list_dead_letters(parsed, caller)).SerializeToString())
 
-    async def retry_dead_letter(self, request: bytes, caller: Caller) -> Reply | bytes:
+    async def retry_dead_letter(self, request: bytes, caller: IncomingCall) -> Reply | bytes:
         parsed = _decode(saga_pb2.RetryDeadLetterRequest, request)
         if parsed.all:
             return bytes((await self._fanout.retry_all(request, caller, parsed.dry_run)).SerializeToString())
         return await self._router.to_holder(parsed.order_id, RETRY_DEAD_LETTER, request, caller)
 
-    async def resolve_dead_letter(self, request: bytes, caller: Caller) -> Reply:
+    async def resolve_dead_letter(self, request: bytes, caller: IncomingCall) -> Reply:
         order_id = parse_order_id(saga_pb2.ResolveDeadLetterRequest, request)
         return await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, request, caller)
 

@@ -31,8 +31,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .authpolicy import SIGNING_KEY, mint_token
-from .certs import CALLERS, LocalCA, default_names, with_tls
+from .authpolicy import SIGNING_KEY, mint_token, with_tls
+from .certs import CALLERS, LocalCA, default_names
 from .cluster import DEFAULT_CONFIG, ClusterConfigError, load
 from .k8s_secrets import write_secrets
 from .supervisor import Supervisor

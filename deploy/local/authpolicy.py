@@ -18,6 +18,7 @@ One policy per kind of process, each naming only who may call that process:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .certs import spiffe_id
+from .certs import LAUNCHER, LocalCA, spiffe_id, tls_args
+from .cluster import ClusterSpec, Ready, launcher_bin
 
 JWT_AUDIENCE = "saga"
 JWT_ISSUER = "deploy.local"
@@ -81,7 +83,8 @@ def _policies(routers: Sequence[str]) -> dict[str, str]:
     )
     return {
         "router": header + _identity("client", "client") + _identity("operator", "operator", "client") + jwt_table,
-        "shard": header + "".join(_identity(name, "router") for name in routers),
+        # Every router of the system by name; the shards ask each other for their ring history (role coordinator).
+        "shard": header + "".join(_identity(name, "router") for name in routers) + _identity("shard-*", "coordinator"),
         "stubs": header + _identity("shard-*", "coordinator") + _identity("operator", "operator"),
     }
 
@@ -139,3 +142,48 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
+    """The cluster with every gRPC process serving mutual TLS under its own name's certificate (issued if missing) and
+    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA; the
+    shards' names every router the cluster lists),
+    and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
+    # Each router has a certificate of its own (its process name), so the shards must know every one of them.
+    routers = [p.name for p in cluster.processes if p.module == ROUTER_MODULE]
+    policies = write_policies(ca.dir, routers=routers)
+    for caller in ("operator", "client"):  # the callers the policies name, ready for sagactl and grpcurl
+        ca.issue(caller)
+    processes = tuple(
+        dataclasses.replace(
+            p,
+            args=(*p.args, *tls_args(ca.issue(p.name).files), "--auth-policy", str(policies.for_module(p.module))),
+        )
+        if p.ready is Ready.GRPC
+        else p  # not a gRPC server (a Litestream): nothing to secure, and none of these flags
+        for p in cluster.processes
+    )
+    return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)
+
+
+def client_commands(cluster: ClusterSpec) -> list[str]:
+    """grpcurl and sagactl command lines that reach the cluster's first router, with the certificate flags its TLS
+    needs (the client's certificate for PlaceOrder, the operator's for sagactl, as with_tls issues them): what the
+    launcher prints once up."""
+    router = next((p.listen for p in cluster.processes if p.module == ROUTER_MODULE), None)
+    if router is None:
+        return []
+    bin_dir = launcher_bin()
+    order = (
+        """'{"order_id":"o-1","user_id":"alice","items":[{"item_id":"sku-1","quantity":2}],"""
+        """"payment_info":{"payment_token":"tok_ok","amount_cents":2500,"currency":"EUR"}}'"""
+    )
+    place = f"-d {order} {router} saga.v1.SagaCoordinator/PlaceOrder"
+    if cluster.tls is None or cluster.tls.ca is None:
+        return [f"{bin_dir / 'grpcurl'} -plaintext {place}", f"{bin_dir / 'sagactl'} --router {router} list"]
+    tls_dir = cluster.tls.ca.parent
+    client, operator = (LocalCA(tls_dir).files(name) for name in ("client", "operator"))
+    return [
+        f"{bin_dir / 'grpcurl'} -cacert {client.ca} -cert {client.cert} -key {client.key} {place}",
+        f"{bin_dir / 'sagactl'} --router {router} {' '.join(tls_args(operator))} list",
+    ]

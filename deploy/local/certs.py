@@ -13,7 +13,6 @@ are both (a shard serves the router and calls the stubs).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import ipaddress
 import os
@@ -29,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.tls import TlsFiles
 
-from .cluster import ClusterSpec, Ready, launcher_bin
+from .cluster import ClusterSpec, Ready
 
 SPIFFE_TRUST_DOMAIN = "saga"
 CA_VALID_DAYS = 3650
@@ -185,51 +184,3 @@ def default_names(cluster: ClusterSpec) -> list[str]:
 def tls_args(files: TlsFiles) -> list[str]:
     """The flags every process takes for its TLS files (common.tls.add_tls_arguments)."""
     return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
-
-
-def with_tls(cluster: ClusterSpec, ca: LocalCA) -> ClusterSpec:
-    """The cluster with every gRPC process serving mutual TLS under its own name's certificate (issued if missing) and
-    authenticating its callers with the local policy of its kind (deploy.local.authpolicy, written beside the CA; the
-    shards' names every router the cluster lists),
-    and the launcher's health checks presenting its own certificate (health is open to every certificate of the CA)."""
-    from .authpolicy import ROUTER_MODULE, write_policies  # authpolicy names identities with spiffe_id() from here
-
-    # Each router has a certificate of its own (its process name), so the shards must know every one of them.
-    routers = [p.name for p in cluster.processes if p.module == ROUTER_MODULE]
-    policies = write_policies(ca.dir, routers=routers)
-    for caller in ("operator", "client"):  # the callers the policies name, ready for sagactl and grpcurl
-        ca.issue(caller)
-    processes = tuple(
-        dataclasses.replace(
-            p,
-            args=(*p.args, *tls_args(ca.issue(p.name).files), "--auth-policy", str(policies.for_module(p.module))),
-        )
-        if p.ready is Ready.GRPC
-        else p  # not a gRPC server (a Litestream): nothing to secure, and none of these flags
-        for p in cluster.processes
-    )
-    return dataclasses.replace(cluster, processes=processes, tls=ca.issue(LAUNCHER).files)
-
-
-def client_commands(cluster: ClusterSpec) -> list[str]:
-    """grpcurl and sagactl command lines that reach the cluster's first router, with the certificate flags its TLS
-    needs (the client's certificate for PlaceOrder, the operator's for sagactl): what the launcher prints once up."""
-    from .authpolicy import ROUTER_MODULE  # authpolicy imports this module
-
-    router = next((p.listen for p in cluster.processes if p.module == ROUTER_MODULE), None)
-    if router is None:
-        return []
-    bin_dir = launcher_bin()
-    order = (
-        """'{"order_id":"o-1","user_id":"alice","items":[{"item_id":"sku-1","quantity":2}],"""
-        """"payment_info":{"payment_token":"tok_ok","amount_cents":2500,"currency":"EUR"}}'"""
-    )
-    place = f"-d {order} {router} saga.v1.SagaCoordinator/PlaceOrder"
-    if cluster.tls is None or cluster.tls.ca is None:
-        return [f"{bin_dir / 'grpcurl'} -plaintext {place}", f"{bin_dir / 'sagactl'} --router {router} list"]
-    tls_dir = cluster.tls.ca.parent
-    client, operator = (LocalCA(tls_dir).files(name) for name in ("client", "operator"))
-    return [
-        f"{bin_dir / 'grpcurl'} -cacert {client.ca} -cert {client.cert} -key {client.key} {place}",
-        f"{bin_dir / 'sagactl'} --router {router} {' '.join(tls_args(operator))} list",
-    ]

@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.tls import sync_channel
 
-from .certs import client_commands
+from .authpolicy import client_commands
 from .cluster import ClusterSpec, ProcessSpec, Ready
 
 _LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal

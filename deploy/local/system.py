@@ -40,8 +40,8 @@ from types import TracebackType
 from typing import TextIO
 
 from common.tls import TlsFiles
-from shard_router import config as router_config
 from shard_router import epochs
+from shard_router import load as load_router_config
 
 from .authpolicy import LocalPolicies, write_policies
 from .certs import LAUNCHER, LocalCA, tls_args
@@ -140,6 +140,9 @@ class SystemOptions:
     """With tls: where the CA and the certificates live (default <data_dir>/tls); a CA already there is reused."""
     replicate: bool = False
     """A Litestream per shard (replica-N) replicating its journal, watched by the shard (--litestream-socket)."""
+    commit_ring: bool = True
+    """Record the shards file's ring in the epochs file at start; False: no epochs file until `saga-router epochs
+    commit` (as `make run` starts the first time)."""
 
     def __post_init__(self) -> None:
         if self.shards < 0:
@@ -186,7 +189,7 @@ class LocalSystem:
         shards = [self._shard_spec(shard_id) for shard_id in shard_ids]
         specs = [stubs, *replicas, *shards]
         if options.shards:
-            self._write_router_config(shards)
+            self._write_router_config(shards, commit=options.commit_ring)
             for i, name in enumerate(self.router_names):
                 config, history = self._router_files(name)
                 if options.router_views:
@@ -259,7 +262,7 @@ class LocalSystem:
         """The control socket of replica-N (`litestream list -socket PATH`; the shard's --litestream-socket)."""
         return self._journal_dir(shard_id) / f"{shard_id}.litestream.sock"
 
-    def _write_router_config(self, shards: list[ProcessSpec]) -> None:
+    def _write_router_config(self, shards: list[ProcessSpec], commit: bool = True) -> None:
         lines = [f"vnodes = {self.options.vnodes}", "", "[router]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.options.router_settings.items()]
         for s in shards:
@@ -270,9 +273,11 @@ class LocalSystem:
         tmp = self.router_config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, self.router_config)
+        if not commit:
+            return
         # Then its ring becomes the next epoch, as `saga-router epochs commit` does it.
         history = epochs.read(self.epochs_file)
-        ring = router_config.load(self.router_config, epochs_path=self.epochs_file, env={}).ring
+        ring = load_router_config(self.router_config, epochs_path=self.epochs_file, env={}).ring
         new = epochs.committed(history, ring, time.time_ns() // 1_000_000)
         if new != history:
             epochs.write(self.epochs_file, new, expect=history.number)
@@ -346,16 +351,17 @@ class LocalSystem:
     def restart(self, name: str, env: Mapping[str, str] | None = None) -> Child:
         return self.supervisor.restart(name, env)
 
-    def add_shard(self, env: Mapping[str, str] | None = None, publish: bool = True) -> Child:
+    def add_shard(self, env: Mapping[str, str] | None = None, publish: bool = True, commit: bool = True) -> Child:
         """Starts shard-<N+1> (with replicate, its Litestream first) and, once it is healthy, lists it in the routers'
         file and commits the new ring (the routers reload it). publish=False (with router_views): each router sees it
-        only once publish(name) is called."""
+        only once publish(name) is called. commit=False: listed, not committed (the routers report an uncommitted
+        ring until `saga-router epochs commit`)."""
         shard_id = f"shard-{len(self.shards) + 1}"
         if self.options.replicate:
             self.supervisor.add(self._replica_spec(shard_id))
         spec = self._shard_spec(shard_id, env)
         child = self.supervisor.add(spec)
-        self._write_router_config([c.spec for c in self.shards])
+        self._write_router_config([c.spec for c in self.shards], commit=commit)
         if publish:
             for name in self.router_names:
                 self.publish(name)

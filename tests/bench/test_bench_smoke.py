@@ -124,3 +124,23 @@ def test_relay_run_measures_a_shard_and_a_router_that_only_relay(tmp_path: Path)
     assert figures["proxy_cpu_ms_per_saga"] > 0 and figures["router_floor_ms"] > 0
     assert "relay CPU/saga" in proc.stdout and "proxy CPU/saga" in proc.stdout
     assert Path(figures["results_file"]).parent == tmp_path
+
+
+def test_a_sampled_traced_run_keeps_its_failed_sagas_and_measures_scrapes(tmp_path: Path) -> None:
+    """--trace-ratio 0: no successful saga is sampled, every declined one is exported all the same (its shard's
+    spans); --scrape-cost adds the CPU of a /metrics scrape per process kind."""
+    proc = _bench(
+        "--sagas", "10", "--warmup", "2", "--shards", "1", "--concurrency", "2", "--tracing", "on", "--trace-ratio",
+        "0", "--fail-rate", "0.3", "--scrape-cost", "--no-floor", "--no-budget", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "-otel0-" in figures["label"] and figures["errors"] == 0
+    failed = figures["outcomes"].get("FAILED", 0)
+    assert failed > 0
+    # A declined saga's shard spans: 3 forward attempts, 2 compensations, COMPENSATING and FAILED; the services' spans
+    # of its compensations (their parents were sampled); nothing of the successful ones.
+    assert figures["spans_received"] >= failed * 7
+    assert figures["spans_received"] <= (failed + 2) * 9  # the 2 warm-up sagas may be declined too
+    assert set(figures["scrape_cpu_ms"]) == {"router", "shard", "stubs"}
+    assert all(v > 0 for v in figures["scrape_cpu_ms"].values())

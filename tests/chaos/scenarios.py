@@ -25,8 +25,8 @@ import grpc
 
 from common.ring import HashRing
 from coordinator.crashpoints import POINTS
-from coordinator.model import Action, Step
-from coordinator.sealing import read_key_file
+from coordinator.saga.model import Action, Step
+from coordinator.security.sealing import read_key_file
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
@@ -659,7 +659,14 @@ async def add_shard(ctx: Ctx) -> None:
     on_new = sum(1 for hs in held.values() if hs[0].shard == cluster.nodes[-1].shard_id)
     ctx.result.notes.append(f"{on_new} sagas on the new shard")
     if not on_new:
-        ctx.violation("add_shard: the new shard received no orders")
+        # What the ring did, for the report: the router's and the new shard's ring lines.
+        ring_lines = [
+            f"{name}: {line.strip()[:200]}"
+            for name, text in (("router", cluster.router.log()), (cluster.nodes[-1].shard_id, cluster.nodes[-1].log()))
+            for line in text.splitlines()
+            if any(w in line for w in ("epoch", "ring", "conflict", "refus", "peer", "ERROR"))
+        ]
+        ctx.violation("add_shard: the new shard received no orders; " + " | ".join(ring_lines[-12:]))
 
 
 # ---------------------------------------------------------------- 8b. multi-router

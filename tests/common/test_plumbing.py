@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from pathlib import Path
 
@@ -57,3 +58,32 @@ def test_metrics_server_serves_its_registry_and_frees_the_port() -> None:
         server.close()
     again = MetricsServer(f"127.0.0.1:{server.port}", CollectorRegistry())  # the port was released
     again.close()
+
+
+def test_build_lays_a_table_over_settings_and_names_what_is_wrong() -> None:
+    import dataclasses
+
+    from common.tomlfile import TomlFileError, build, check_keys
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        n: int = 1
+        ratio: float = 0.5
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        names: tuple[str, ...] = ()
+        inner: Inner = Inner(n=7)
+
+    built = build(Outer, {"names": ["a", "b"], "inner": {"ratio": 2}}, "[x] ")
+    assert built == Outer(("a", "b"), Inner(n=7, ratio=2.0))  # the nested default (n=7) kept, 2 taken as 2.0
+    for data, message in (
+        ({"nope": 1}, "unknown setting [x] nope; known: inner, names"),
+        ({"inner": 3}, "[x] inner must be a table"),
+        ({"inner": {"n": True}}, "[x] inner.n must be int, got True"),
+        ({"names": ["a", 1]}, "[x] names must be a list of strings"),
+    ):
+        with pytest.raises(TomlFileError, match=re.escape(message)):
+            build(Outer, data, "[x] ")
+    with pytest.raises(TomlFileError, match=re.escape("[tls] unknown setting(s) ['port']; known: cert, key")):
+        check_keys({"cert": "a", "port": 1}, ("cert", "key"), "[tls] ")

@@ -24,8 +24,8 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bench.otlp import OtlpHttpReceiver, OtlpReceiver
 from common import tracing
-from tests.helpers.otlp import OtlpHttpReceiver, OtlpReceiver
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -288,7 +288,7 @@ def test_a_context_kept_by_an_earlier_version_still_restores(traced: OtlpReceive
 
 
 class _IncomingCall:
-    """What the router's Caller reads of the call it handles (grpc.aio.ServicerContext's two methods)."""
+    """What the router's IncomingCall reads of the call it handles (grpc.aio.ServicerContext's two methods)."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self._metadata = metadata
@@ -303,7 +303,7 @@ class _IncomingCall:
 def test_a_router_replaces_all_of_its_callers_context_with_its_own(traced: OtlpReceiver) -> None:
     """The router's calls to the shards carry its own span's context: every header of the configured propagators is
     the router's (the caller's baggage once, as the router's context holds it), the rest of the metadata passes."""
-    from shard_router.forwarding import Caller  # the one hop that replaces a caller's context
+    from shard_router.relay.forwarding import IncomingCall  # the one hop that replaces a caller's context
 
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
     incoming = (("traceparent", TRACEPARENT), ("tracestate", "vendor=x"), ("baggage", "tenant=acme"), ("x-a", "1"))
@@ -311,7 +311,7 @@ def test_a_router_replaces_all_of_its_callers_context_with_its_own(traced: OtlpR
     token = context.attach(propagate.extract(dict(incoming)))
     try:
         with tracing.span("/saga.v1.SagaCoordinator/PlaceOrder", None, {}) as span:
-            metadata = Caller.from_context(_IncomingCall(incoming)).metadata
+            metadata = IncomingCall.from_context(_IncomingCall(incoming)).metadata
             router = format(span.get_span_context().span_id, "016x")
     finally:
         context.detach(token)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from coordinator.config import Limits, RetryPolicy, ShardConfig
-from coordinator.sealing import open_sealer
+from coordinator.security.sealing import open_sealer
 from coordinator.shard import Shard
 from protos.saga.v1 import saga_pb2
 from tests.helpers.clock import FakeClock

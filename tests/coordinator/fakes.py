@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.caller import SagaPayload
-from coordinator.errors import CallClass, CallResult, OperationAnswer, OperationState
+from coordinator.engine.caller import SagaPayload
 from coordinator.journal import Journal, Record
-from coordinator.model import Action, SagaState, Step, idempotency_key
+from coordinator.saga.errors import CallClass, CallResult, OperationAnswer, OperationState
+from coordinator.saga.model import Action, SagaState, Step, idempotency_key
 from tests.helpers.clock import FakeClock
 
 Script = Callable[[SagaPayload, int], CallResult | None]

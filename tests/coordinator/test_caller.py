@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.caller import GrpcCaller, SagaPayload
 from coordinator.config import Services
-from coordinator.errors import CallClass, OperationState
-from coordinator.model import Action, Step, idempotency_key
+from coordinator.engine.caller import GrpcCaller, SagaPayload
+from coordinator.saga.errors import CallClass, OperationState
+from coordinator.saga.model import Action, Step, idempotency_key
 from protos.saga.v1 import saga_pb2
 from tests.helpers.stubs import ShopClient, StubControlClient, fault_rule, running_stubs
 

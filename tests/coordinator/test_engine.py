@@ -8,8 +8,8 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.errors import Overloaded, PayloadMismatch, ShuttingDown
-from coordinator.model import STEPS, Action, SagaState, Step, StepStatus
+from coordinator.saga.errors import Overloaded, PayloadMismatch, ShuttingDown
+from coordinator.saga.model import STEPS, Action, SagaState, Step, StepStatus
 
 from .conftest import Harness, order
 

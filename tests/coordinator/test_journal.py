@@ -11,8 +11,8 @@ import pytest
 
 from coordinator.config import GroupCommit
 from coordinator.journal import MIGRATIONS, Journal, NewSaga, StateChange, TransitionConflict
-from coordinator.model import IllegalTransition, SagaState
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.saga.model import IllegalTransition, SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 
 def saga(i: int) -> SagaRecord:
@@ -98,7 +98,7 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer than this build"):
         await j.open()
     # Refused, it left nothing open behind (an open connection's thread would outlive the test's loop).
-    assert j._w is None and j._r is None and j._c is None and j._q is None
+    assert j._writer_db is None and j._reader_db is None and j._checkpoint_db is None and j._loop_db is None
 
 
 async def test_a_journal_used_without_the_upkeep_still_bounds_its_wal(journal: Journal, tmp_path: Path) -> None:
@@ -150,12 +150,12 @@ async def test_the_commit_window_counts_writers_not_submissions(tmp_path: Path) 
     for counted_twice in (False, True):
         j = Journal(str(tmp_path / f"{counted_twice}.db"), window=GroupCommit(window_ms=200, siblings=4, busy_lag_ms=0))
         await j.open()
-        j.writers = lambda: 20
+        j.window.writers = 20
         try:
             await asyncio.gather(*(_engine_steps(j, i, 5, 0.02, counted_twice) for i in range(20)))
         finally:
             await j.close()
-        assert j._rounds_pending == 0
+        assert j.window.rounds_pending == 0
         commits[counted_twice] = j.stats.commits
     print(f"commits: {commits[False]} counting writers, {commits[True]} counting submissions (9 when measured)")
     # 6 rounds (the creations join the first). Counting submissions, a round's commit left out its slower half.
@@ -164,18 +164,17 @@ async def test_the_commit_window_counts_writers_not_submissions(tmp_path: Path) 
 
 async def test_an_open_window_stops_waiting_for_a_saga_that_stops_writing(tmp_path: Path) -> None:
     """The window counts the writers when a submission comes, not when it opened: a saga that ends, or rests in a
-    retry's backoff, after the window opened is not waited for (the shard calls recheck() when its count falls)."""
+    retry's backoff, after the window opened is not waited for (the shard and the engine tell the window)."""
     j = Journal(str(tmp_path / "recheck.db"), window=GroupCommit(window_ms=5_000, siblings=4, busy_lag_ms=0))
     await j.open()
-    writers = 10
-    j.writers = lambda: writers
+    for _ in range(10):
+        j.window.writer_started()
     try:
         started = time.monotonic()
         waits = [j.submit([NewSaga(saga(i))]) for i in range(9)]  # 9 of 10 end their round; the window waits
         await asyncio.sleep(0.2)
         assert not any(w.done() for w in waits), "the window did not wait for the tenth writer"
-        writers = 9  # the tenth went to rest (or ended)
-        j.recheck()
+        j.window.writer_stopped()  # the tenth went to rest (or ended)
         await asyncio.wait_for(asyncio.gather(*waits), 4.0)
         assert time.monotonic() - started < 4.0
     finally:
@@ -188,7 +187,7 @@ async def _commits_for(
 ) -> tuple[int, float]:
     j = Journal(str(tmp_path / name), window=GroupCommit(window_ms=window_ms, siblings=4, busy_lag_ms=busy_lag_ms))
     await j.open()
-    j.writers = lambda: writers
+    j.window.writers = writers
     hog = asyncio.create_task(_hog_the_loop()) if busy else None
     if busy:
         await asyncio.sleep(0.3)  # the lag watch sees the loop run late
@@ -228,7 +227,7 @@ async def test_a_lone_writer_never_waits_and_the_window_is_bounded(tmp_path: Pat
     # A shard that counts 8 sagas in flight of which only one writes: each commit waits the window out, no longer.
     j = Journal(str(tmp_path / "bounded.db"), window=GroupCommit(window_ms=50, siblings=4, busy_lag_ms=0))
     await j.open()
-    j.writers = lambda: 8
+    j.window.writers = 8
     started = time.monotonic()
     await _steps(j, 0, 3, 0)
     took = time.monotonic() - started

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import prometheus_client
 
-from coordinator.model import SagaState
+from coordinator.saga.model import SagaState
 from protos.saga.v1 import saga_pb2
 from tests.coordinator.conftest import Harness
 from tests.helpers.coordinator import SagaClient, ShardProcess, place_request

@@ -11,9 +11,9 @@ import math
 import grpc
 
 from coordinator.config import OperationPolicy
-from coordinator.errors import CallResult
-from coordinator.model import Action, SagaState, Step, StepStatus, idempotency_key
-from coordinator.saga import EventKind
+from coordinator.saga.errors import CallResult
+from coordinator.saga.model import Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga.record import EventKind
 
 from .conftest import Harness, order
 from .test_engine import settle
@@ -284,7 +284,7 @@ async def test_polls_are_bounded_and_a_restart_spreads_the_overdue_ones(harness:
         await harness.shard.place_order(order(f"o-{i}", ttl_ms=600_000))
     assert harness.shard.waiting == 60
     # Sagas waiting on an operation have no task: the journal's commit window counts no writer for them.
-    assert harness.shard.journal.writers is not None and harness.shard.journal.writers() == 0
+    assert harness.shard.journal.window.writers == 0
     # Down for a minute: every poll is overdue at the restart, and they go out at resume_per_s (here 20 a second).
     await harness.stop()
     await harness.clock.advance(60)
@@ -298,7 +298,7 @@ async def test_polls_are_bounded_and_a_restart_spreads_the_overdue_ones(harness:
         await wait_state(harness, f"o-{i}", (SagaState.SUCCEEDED,))
     assert shard.waiting == 0 and calls(harness, S.CREATE_ORDER, F) == 60
     await harness.quiesce()
-    assert shard.journal.writers is not None and shard.journal.writers() == 0  # every saga task ended
+    assert shard.journal.window.writers == 0  # every saga task ended
 
 
 async def test_an_operation_the_service_stops_answering_about_is_sent_again(harness: Harness) -> None:

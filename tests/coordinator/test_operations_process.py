@@ -1,6 +1,6 @@
 """Long-running operations against real processes (issue 14): refunds that settle seconds later while the shard is
 SIGKILLed, a charge that never finishes, and many sagas waiting at once (the shard's CPU and memory meanwhile). The
-stubs' request rules pick the case (README, "The stub services' business rules": tok_lro-refund-3s,
+stubs' request rules pick the case (docs/walkthrough.md, "The stub services' business rules": tok_lro-refund-3s,
 tok_lro-charge-never, lro-create-20s-*)."""
 
 from __future__ import annotations
@@ -162,10 +162,16 @@ async def test_refunds_that_settle_later_survive_two_shard_kills(system: LocalSy
         assert len(refunds) == 1 and refunds[0].applied_count == 1, refunds
         events = [e for e in saga.events if e.step == PAYMENT and e.action == COMPENSATE]
         kinds = [e.kind for e in events]
-        assert "accepted" in kinds, kinds
+        attempts += kinds.count("started")
+        if "accepted" not in kinds:
+            # The kill landed during the refund call itself, before its acceptance was journaled: that attempt is spent
+            # (retrying, outcome unknown) and the next one, after its backoff, found the refund already settled (the
+            # service's final answer for the key: applied once, checked above).
+            assert any(e.kind == "retrying" and "shard stopped" in e.detail for e in events), kinds
+            assert kinds[-1] == "succeeded", kinds
+            continue
         # Once the acceptance is journaled, the refund is only asked about, never sent again.
         assert "started" not in kinds[kinds.index("accepted") :], kinds
-        attempts += kinds.count("started")
         accepted_ms = next(e.at.ToMilliseconds() for e in events if e.kind == "accepted")
         done_ms = next(e.at.ToMilliseconds() for e in events if e.kind == "succeeded")
         for i, kill_ms in enumerate(kills_ms):

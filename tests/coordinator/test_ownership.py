@@ -1,9 +1,12 @@
-"""A shard's fencing (coordinator.ownership) over gRPC: which calls it refuses for their ring epoch, and that the ring
-it acknowledged survives a restart (a shard that forgot it would accept the older ring's calls again)."""
+"""A shard's fencing (coordinator.ring.ownership) over gRPC: which calls it refuses for their ring epoch, and that the
+ring it acknowledged survives a restart (a shard that forgot it would accept the older ring's calls again)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import grpc
 import pytest
 
 from common.ring import EpochHistory, history_message
+from coordinator.operations import restore
+from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
@@ -96,3 +101,70 @@ async def test_the_acknowledged_ring_survives_a_restart(tmp_path: Path, stubs: s
             )
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _replace(journal: Path, replica: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(replica, journal)
+
+
+async def test_a_restored_journal_creates_no_saga_until_it_has_caught_up_with_its_peers(
+    tmp_path: Path, stubs: str
+) -> None:
+    """The replica missed the newest ring the shard had acknowledged (epoch 2): restored, the shard holds epoch 1 and
+    would start a saga for an order epoch 2 placed on its peer, on a call from a router still on epoch 1. It must
+    refuse (UNAVAILABLE) until it has asked its peers, then fence by what they hold."""
+    addresses = {sid: f"127.0.0.1:{free_port()}" for sid in ("shard-a", "shard-b")}
+    configs = {}
+    for sid, address in addresses.items():
+        (tmp_path / sid).mkdir()
+        configs[sid] = shard_config(tmp_path / sid, stubs, shard_id=sid, listen=address)
+    epoch1 = EpochHistory().advance(64, list(addresses.items()), 1)
+    epoch2 = epoch1.advance(128, list(addresses.items()), 2)  # another placement (vnodes): a new epoch
+    owner1, owner2 = epoch1.current, epoch2.current
+    assert owner1 is not None and owner2 is not None
+    moved = next(
+        o for o in (f"m-{i}" for i in range(1000)) if owner1.ring.owner(o) == "shard-a" != owner2.ring.owner(o)
+    )
+    journal_a = Path(configs["shard-a"].journal_path)
+    replica = tmp_path / "replica.db"
+
+    async def install(history: EpochHistory) -> None:
+        for address in addresses.values():
+            async with grpc.aio.insecure_channel(address) as channel:
+                await ring_pb2_grpc.RingServiceStub(channel).InstallRing(
+                    ring_pb2.InstallRingRequest(history=history_message(history)), timeout=10
+                )
+
+    async with running_shard(configs["shard-b"]):
+        async with running_shard(configs["shard-a"]):
+            await install(epoch1)
+        with sqlite3.connect(journal_a) as src, sqlite3.connect(replica) as dst:
+            src.backup(dst)  # the replica's last sync: epoch 1
+        async with running_shard(configs["shard-a"]):
+            await install(epoch2)
+        async with SagaClient(addresses["shard-b"]) as b:
+            placed = await b.saga.PlaceOrder(place_request(moved), metadata=routed(2), timeout=10)
+    # shard-a's disk is lost and its journal restored from the replica, as `coordinator restore` leaves it.
+    await asyncio.to_thread(_replace, journal_a, replica)
+    await restore._mark_restored(str(journal_a))
+
+    async with running_shard(configs["shard-a"]) as a, SagaClient(a.address) as client:  # its peer is down
+        assert a.shard.ownership.catching_up and a.shard.ownership.history.number == 1
+        for metadata in (routed(1), ()):
+            code, trailers = await refusal(client.saga.PlaceOrder(place_request(moved), metadata=metadata, timeout=10))
+            assert (code, trailers.get("x-saga-ring-refusal")) == (grpc.StatusCode.UNAVAILABLE, "catching-up")
+        code, _ = await refusal(
+            client.saga.GetSaga(saga_pb2.GetSagaRequest(order_id=moved), metadata=routed(1), timeout=10)
+        )
+        assert code == grpc.StatusCode.UNAVAILABLE  # not NOT_FOUND: that answer is what lets a router place it
+        async with running_shard(configs["shard-b"]):
+            await asyncio.wait_for(a.shard.ownership.caught_up.wait(), 20)
+            assert not a.shard.ownership.catching_up and a.shard.ownership.history == epoch2
+            code, trailers = await refusal(client.saga.PlaceOrder(place_request(moved), metadata=routed(1), timeout=10))
+            assert (code, trailers["x-saga-ring-refusal"]) == (grpc.StatusCode.FAILED_PRECONDITION, "stale")
+    async with running_shard(configs["shard-a"]) as a:  # caught up for good: the mark went with that commit
+        assert not a.shard.ownership.catching_up and a.shard.ownership.history.number == 2
+    async with running_shard(configs["shard-b"]) as b, SagaClient(b.address) as client:
+        assert (await client.get(moved)).saga_id == placed.saga_id

@@ -6,7 +6,7 @@ import asyncio
 import types
 from typing import Any
 
-from coordinator.poller import Poller
+from coordinator.engine.poller import Poller
 
 NOW = 1_000_000
 

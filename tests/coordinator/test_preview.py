@@ -1,6 +1,6 @@
-"""Dry runs of the operators' actions (coordinator.preview): the plan of a retry from a saga's record alone, and, on an
-in-process shard over a real journal with the scripted caller, that a dry run writes nothing and that the real action
-then makes exactly the planned calls (the same keys, the same attempt numbers)."""
+"""Dry runs of the operators' actions (coordinator.engine.preview): the plan of a retry from a saga's record alone, and,
+on an in-process shard over a real journal with the scripted caller, that a dry run writes nothing and that the real
+action then makes exactly the planned calls (the same keys, the same attempt numbers)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator import preview
-from coordinator.caller import GrpcCaller
 from coordinator.config import OperationPolicy, Services, ShardConfig
-from coordinator.errors import SagaNotFound, WrongState
-from coordinator.model import Action, SagaState, Step, idempotency_key
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.engine import preview
+from coordinator.engine.caller import GrpcCaller
+from coordinator.saga.errors import SagaNotFound, WrongState
+from coordinator.saga.model import Action, SagaState, Step, idempotency_key
+from coordinator.saga.record import Event, EventKind, SagaRecord
 
 from .conftest import Harness, order
 from .test_engine import _wait_terminal, settle

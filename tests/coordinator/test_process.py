@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ async def test_sigterm_with_sagas_in_flight_then_resume(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)  # the charges are in flight
             assert await asyncio.to_thread(shard.terminate) == 0
             assert "stopped" in shard.log()
+            # On a busy machine the first sagas may have ended before the SIGTERM: resumed are those the journal holds
+            # unfinished (the last ones placed, with their 1 s charges, at least).
+            with sqlite3.connect(f"file:{shard.journal}?mode=ro", uri=True) as db:
+                unfinished = db.execute("SELECT count(*) FROM sagas WHERE state IN (1, 2)").fetchone()[0]
+            assert unfinished > 0
             await asyncio.to_thread(shard.start)
             async with SagaClient(shard.address) as client:
                 answers = await asyncio.gather(*(client.place(place_request(i, token="tok_slow")) for i in ids))
@@ -54,7 +60,7 @@ async def test_sigterm_with_sagas_in_flight_then_resume(tmp_path: Path) -> None:
                 ledgers = await control.get_ledgers(ids)
                 for order_id in ids:
                     assert ledger_violations(order_id, saga_pb2.SUCCESS, ledgers[order_id]) == []
-            assert "20 sagas resumed" in shard.log()
+            assert f"{unfinished} sagas resumed" in shard.log()
         finally:
             shard.terminate()
 

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.ring import HashRing
 from coordinator.config import Replication
-from coordinator.replication import HEALTH_SERVICE
-from coordinator.sealing import read_key_file
+from coordinator.operations.replication import HEALTH_SERVICE
+from coordinator.security.sealing import read_key_file
 from deploy.local import LaunchError, LocalSystem, SystemOptions
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.coordinator import REPO_ROOT, SagaClient, place_request, running_shard, shard_config

@@ -22,14 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator import convert
+from coordinator.api import convert
 from coordinator.config import ConfigError, Retention, ShardConfig, Wal
-from coordinator.errors import PayloadMismatch, SagaNotFound, WrongState
 from coordinator.journal import DeadLetterClose, DeadLetterOpen, DeadLetterRow, Journal, NewSaga
 from coordinator.metrics import ShardMetrics
-from coordinator.model import Action, SagaState, Step
-from coordinator.retention import Upkeep, read_archive, saga_from_archive
-from coordinator.saga import Event, EventKind, SagaRecord
+from coordinator.operations.retention import Upkeep, read_archive, saga_from_archive
+from coordinator.saga.errors import PayloadMismatch, SagaNotFound, WrongState
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.record import Event, EventKind, SagaRecord
 from protos.saga.v1 import saga_pb2
 from tests.helpers.clock import FakeClock
 
@@ -312,7 +312,7 @@ async def test_retention_queries_use_their_indexes(tmp_path: Path) -> None:
         plans: list[str] = []
         db = sqlite3.connect(path)
         db.set_trace_callback(None)
-        original = journal._upkeep
+        original = journal.run_alone
 
         async def explain(name: str, run):  # type: ignore[no-untyped-def]
             async def traced(conn):  # type: ignore[no-untyped-def]
@@ -324,7 +324,7 @@ async def test_retention_queries_use_their_indexes(tmp_path: Path) -> None:
 
             return await original(name, traced)
 
-        journal._upkeep = explain  # type: ignore[method-assign]
+        journal.run_alone = explain  # type: ignore[method-assign]
         await Upkeep(_config(path, batch_sagas=20), journal, clock).run_pass()
         statements = {p.split(" WHERE")[0] + " WHERE ..." for p in plans if p.startswith(("SELECT", "DELETE"))}
         for sql in statements:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from coordinator.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState, Step
 
 from .conftest import Harness, order
 

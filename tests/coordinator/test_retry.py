@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator import retry
 from coordinator.config import RetryPolicy, ShardConfig
-from coordinator.errors import CallResult, scrub
-from coordinator.model import Action, SagaState, Step
-from coordinator.saga import Event, EventKind
+from coordinator.saga import retry
+from coordinator.saga.errors import CallResult, scrub
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.record import Event, EventKind
 
 from .conftest import Harness, order
 

@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.config import ConfigError, GroupCommit, Limits, ShardConfig, load
-from coordinator.errors import CallClass, InvalidRequest, classify
-from coordinator.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
-from coordinator.saga import SagaRecord, StepProgress
-from coordinator.sealing import Sealer, SealError, new_key_ring
-from coordinator.validation import validate_place_order
+from coordinator.saga.errors import CallClass, InvalidRequest, classify
+from coordinator.saga.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
+from coordinator.saga.record import SagaRecord, StepProgress
+from coordinator.saga.validation import validate_place_order
+from coordinator.security.sealing import Sealer, SealError, new_key_ring
 from protos.saga.v1 import saga_pb2
 
 from .conftest import order

@@ -1,5 +1,5 @@
-"""Saga ids derived from the order (coordinator.sealing.Sealer.saga_id): a saga re-created for the same request after
-its journal was lost sends the same idempotency keys, so the services do nothing twice."""
+"""Saga ids derived from the order (coordinator.security.sealing.Sealer.saga_id): a saga re-created for the same request
+after its journal was lost sends the same idempotency keys, so the services do nothing twice."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from coordinator.config import Retention
-from coordinator.sealing import Sealer, new_key_ring, read_key_file, rotate_key_file, write_key_file
+from coordinator.security.sealing import Sealer, new_key_ring, read_key_file, rotate_key_file, write_key_file
 from protos.saga.v1 import saga_pb2
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import get_ledgers, running_stubs

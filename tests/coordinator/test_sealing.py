@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.caller import SagaPayload
 from coordinator.config import Limits
-from coordinator.errors import CallResult, PayloadMismatch
-from coordinator.model import Action, SagaState, Step
-from coordinator.sealing import (
+from coordinator.engine.caller import SagaPayload
+from coordinator.saga.errors import CallResult, PayloadMismatch
+from coordinator.saga.model import Action, SagaState, Step
+from coordinator.security.sealing import (
     LEGACY,
     KeyFileError,
     KeyRing,

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator.model import Action, Step
-from coordinator.sealing import read_key_file
+from coordinator.saga.model import Action, Step
+from coordinator.security.sealing import read_key_file
 
 from .conftest import Harness, order
 

@@ -19,16 +19,16 @@ import pytest
 
 from common.auth import PRINCIPAL_KEY, Authenticator, AuthPolicy, JwtSettings, Role, StaticToken
 from protos.saga.v1 import saga_pb2
-from shard_router.dashboard import Dashboard
-from shard_router.dashboard_auth import DashboardGuard
+from shard_router.dashboard.app import Dashboard
+from shard_router.dashboard.auth import DashboardGuard
+from shard_router.dashboard.http import HttpError
 from shard_router.errors import RouterError
-from shard_router.http import HttpError
 
 VIEWER, OPERATOR = "viewer-token-0123456789", "operator-token-9876543210"
 
 
 class FakeRouter:
-    """Stands in for shard_router.routing.Router: records what an action would send to the shard."""
+    """Stands in for shard_router.relay.routing.Router: records what an action would send to the shard."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, str]]] = []

@@ -73,7 +73,7 @@ def test_the_wheel_declares_every_console_script(wheel: Path) -> None:
     assert declared == _scripts()
     # Files the processes open at run time (server reflection, the dashboard page): package data, easy to lose.
     assert "protos/descriptor_set.binpb" in names
-    assert any(n.startswith("shard_router/static/") and n.endswith(".html") for n in names)
+    assert any(n.startswith("shard_router/dashboard/static/") and n.endswith(".html") for n in names)
 
 
 def test_every_console_script_of_the_wheel_starts(wheel: Path, tmp_path: Path) -> None:

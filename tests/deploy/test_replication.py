@@ -26,8 +26,8 @@ import yaml
 
 from coordinator.config import Replication
 from coordinator.metrics import ShardMetrics
-from coordinator.replication import ReplicaMonitor, ask
-from coordinator.restore import RestoreError, litestream_binary
+from coordinator.operations.replication import ReplicaMonitor, ask
+from coordinator.operations.restore import RestoreError, litestream_binary
 from tests.helpers.tools import require_tool
 
 from .conftest import K8S, ROOT, Manifest, Overlay, Render
@@ -367,7 +367,7 @@ def test_litestream_runs_the_sidecars_config(
         )
     running.append(proc)
     _metrics(port, until="go_goroutines")
-    # The shard's own client of the control socket (coordinator/replication.py) finds its journal listed.
+    # The shard's own client of the control socket (coordinator/operations/replication.py) finds its journal listed.
     listed = ask(str(tmp_path / "run" / Path(config["socket"]["path"]).name), "/list")
     assert [d["path"] for d in listed["databases"]] == [str(tmp_path / "data" / f"{SHARD}.db")]
     # ${VAR}s expanded into the replica Litestream writes to: <bucket>/<prefix>/<pod>.

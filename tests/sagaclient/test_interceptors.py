@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench.otlp import OtlpReceiver, Span
 from deploy.local import LocalSystem
 from protos.saga.v1 import saga_pb2
 from sagaclient import PaymentInfo, SagaClient, SyncSagaClient, Unauthenticated
-from tests.helpers.otlp import OtlpReceiver, Span
 
 from .conftest import start_system
 

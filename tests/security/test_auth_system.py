@@ -6,6 +6,7 @@ metadata the caller sends."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -16,10 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.tls import TlsFiles, sync_channel
+from common.ring import history_message
+from common.tls import ClientTls, TlsFiles, sync_channel
+from coordinator.ring.peers import GrpcPeerRings
 from deploy.local import LocalSystem, SystemOptions
 from deploy.local.authpolicy import mint_token
 from deploy.local.certs import LocalCA, tls_args
+from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 
@@ -191,6 +195,22 @@ def test_a_shard_serves_the_router_only(system: LocalSystem) -> None:
         assert not _saga_exists(system, order_id)
     assert _metric(shard.spec.metrics, "saga_auth_denied_total", code="UNAUTHENTICATED") >= before + 7
     assert len(_dead_letters(system, "dl-jwt")) == 1  # the forged bulk retry closed nothing
+
+
+def test_a_shard_reads_its_peers_ring_and_nothing_else_of_theirs(system: LocalSystem) -> None:
+    """A restored or new shard asks the others which ring they hold (GetRing, role coordinator, over mutual TLS); that
+    certificate installs no ring and places no order on them."""
+    first, peer = system.shards
+    tls = system.client_tls(first.name)
+    held = asyncio.run(GrpcPeerRings(ClientTls(tls)).get(peer.address))
+    assert held.number >= 1
+    with sync_channel(peer.address, tls) as channel:
+        ring = ring_pb2_grpc.RingServiceStub(channel)
+        install = ring_pb2.InstallRingRequest(history=history_message(held))
+        assert _code(ring.InstallRing, install) is grpc.StatusCode.PERMISSION_DENIED
+        saga = saga_pb2_grpc.SagaCoordinatorStub(channel)
+        assert _code(saga.PlaceOrder, _order("auth-peer")) is grpc.StatusCode.PERMISSION_DENIED
+    assert not _saga_exists(system, "auth-peer")
 
 
 def test_an_operator_retries_and_the_audit_names_the_certificate_not_the_metadata(system: LocalSystem) -> None:

@@ -287,8 +287,8 @@ def test_certs_command_issues_every_process_of_the_cluster_file_by_default(tmp_p
 
 async def test_long_lived_channels_are_reopened_when_the_client_certificate_rotates(ca: LocalCA) -> None:
     """grpcio cannot re-key a channel: the router's pool and the shard's caller open new ones (and close the old)."""
-    from coordinator.caller import GrpcCaller
     from coordinator.config import Services
+    from coordinator.engine.caller import GrpcCaller
     from shard_router.channels import ChannelPool
 
     now = [0.0]
@@ -317,7 +317,7 @@ async def test_long_lived_channels_are_reopened_when_the_client_certificate_rota
 
 def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Path) -> None:
     from deploy.local import DEFAULT_CONFIG, load
-    from deploy.local.certs import with_tls
+    from deploy.local.authpolicy import with_tls
 
     cluster = with_tls(load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)}), LocalCA(tmp_path / "tls"))
     for p in cluster.processes:
@@ -328,19 +328,19 @@ def test_make_run_with_tls_gives_every_process_its_own_certificate(tmp_path: Pat
         assert args[args.index("--tls-cert") + 1] == str(tmp_path / "tls" / f"{p.name}.pem")
         assert args[args.index("--tls-ca") + 1] == str(tmp_path / "tls" / "ca.pem")
     assert cluster.tls is not None and cluster.tls.cert == tmp_path / "tls" / "launcher.pem"
-    # Each router has a certificate of its own: the shards' policy names every router cluster.toml lists.
+    # Each router has a certificate of its own: the shards' policy names every router cluster.toml lists, and the
+    # shards themselves as coordinators (a fresh or restored shard reads its peers' ring history).
     shard_policy = load_policy(tmp_path / "tls" / "auth-shard.toml")
-    assert dict(shard_policy.identities) == {
-        f"spiffe://saga/{p.name}": {Role.ROUTER} for p in cluster.processes if p.module == "shard_router"
-    }
-    assert len(shard_policy.identities) == 2
+    routers = {f"spiffe://saga/{p.name}": {Role.ROUTER} for p in cluster.processes if p.module == "shard_router"}
+    assert len(routers) == 2
+    assert dict(shard_policy.identities) == {**routers, "spiffe://saga/shard-*": {Role.COORDINATOR}}
 
 
 def test_make_run_tls_prints_commands_with_the_certificate_flags(tmp_path: Path) -> None:
     """`make run-tls` ends its start-up with a grpcurl (the client's certificate) and a sagactl line (the operator's)
     that reach the first router; plain `make run`, with -plaintext and no certificate."""
     from deploy.local import DEFAULT_CONFIG, load
-    from deploy.local.certs import client_commands, with_tls
+    from deploy.local.authpolicy import client_commands, with_tls
 
     plain = load(DEFAULT_CONFIG, env={"SAGA_DATA_DIR": str(tmp_path)})
     grpcurl, sagactl = client_commands(plain)

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from protos.saga.v1 import saga_pb2
-from shard_router import HashRing, epochs_cli
+from shard_router import HashRing
+from shard_router.ring import epochs_cli
 
 from .conftest import Cluster, eventually, order
 

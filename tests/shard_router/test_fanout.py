@@ -12,9 +12,9 @@ from protos.saga.v1 import saga_pb2
 from shard_router import HashRing, RouterSettings, Topology
 from shard_router.channels import ChannelPool
 from shard_router.errors import ShardStatus
-from shard_router.fanout import Cursor, FanOut, Fetch, decode_token, encode_token, merge_page
-from shard_router.forwarding import Caller, Forwarder
 from shard_router.metrics import RouterMetrics
+from shard_router.relay.fanout import Cursor, FanOut, Fetch, decode_token, encode_token, merge_page
+from shard_router.relay.forwarding import Forwarder, IncomingCall
 
 from .conftest import Cluster
 from .fake_shard import Failure
@@ -202,7 +202,7 @@ async def test_fan_out_calls_shards_through_the_forwarder(cluster: Cluster) -> N
     pool = ChannelPool(4 * 1024 * 1024, 0)
     try:
         fanout = FanOut(lambda: topology, Forwarder(pool, metrics), RouterSettings())
-        page = await fanout.list_dead_letters(saga_pb2.ListDeadLettersRequest(), Caller((), None))
+        page = await fanout.list_dead_letters(saga_pb2.ListDeadLettersRequest(), IncomingCall((), None))
         assert [d.order_id for d in page.dead_letters] == ["dl-1", "dl-2"] and not page.next_page_token
         for sid in addresses:
             labels = {"method": "ListDeadLetters", "shard": sid}
@@ -210,7 +210,7 @@ async def test_fan_out_calls_shards_through_the_forwarder(cluster: Cluster) -> N
 
         cluster.shards["shard-2"].failures["ListSagas"] = Failure(grpc.StatusCode.INTERNAL, "disk on fire", times=1)
         with pytest.raises(ShardStatus) as e:
-            await fanout.list_sagas(saga_pb2.ListSagasRequest(), Caller((), None))
+            await fanout.list_sagas(saga_pb2.ListSagasRequest(), IncomingCall((), None))
         assert (e.value.shard_id, e.value.code) == ("shard-2", grpc.StatusCode.INTERNAL)
         assert e.value.details == "ListSagas needs every shard; shard shard-2 did not answer: disk on fire"
         errors = {"method": "ListSagas", "shard": "shard-2", "code": "INTERNAL"}

@@ -16,10 +16,13 @@ from typing import Any
 import grpc
 import pytest
 
-from coordinator import ownership
+from common.ring import EpochHistory, history_message
+from coordinator.ring import ownership
+from deploy.local import free_port
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing, RouterServer, load
+from shard_router.ring import epochs_cli, reload
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
 from tests.helpers.stubs import running_stubs
 
@@ -196,3 +199,106 @@ async def test_a_shard_never_goes_back_and_refuses_a_second_placement_under_one_
                 saga_pb2.GetSagaRequest(order_id="x"), metadata=(("x-saga-ring-epoch", "soon"),), timeout=10
             )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "x-saga-ring-epoch" in (e.value.details() or "")
+
+
+# ---- routers that start without an epochs file (issue: a restart between a shards-file edit and `epochs commit`) ----
+
+
+async def test_a_router_restarted_before_the_commit_routes_by_the_shards_ring_not_its_edited_config(rig: Rig) -> None:
+    """`make run` before any commit: the routers took the config's three shards as epoch 1 and showed it to the shards.
+    An operator adds shard-4 to the file and one router restarts before `epochs commit`: it must route by the shards'
+    epoch 1, not take its edited config as another epoch 1 (that ring put orders on shard-4 while the other router
+    put the same orders on their old owners: two sagas, two different answers)."""
+    orders = [o for o in (f"r2-{i}" for i in range(400)) if RING4.owner(o) == "shard-4"][:12]
+    first = await rig.router("first", THREE, epochs_file=False)
+    restarted = await rig.router("restarted", FOUR, epochs_file=False)  # the edited file, no commit yet
+    a, b = await rig.client(first), await rig.client(restarted)
+    for order_id in orders:
+        through_b = await b.place(place_request(order_id))
+        through_a = await a.place(place_request(order_id))
+        assert (through_a.saga_id, through_a.status) == (through_b.saga_id, through_b.status)
+        held = await rig.sagas_of(order_id)
+        assert held == {RING3.owner(order_id): through_a.saga_id}, order_id
+    assert (first.topologies.current.epoch, restarted.topologies.current.epoch) == (1, 1)
+    assert restarted.topologies.current.ring.shard_ids == tuple(THREE), "an uncommitted ring was routed by"
+    async with grpc.aio.insecure_channel(rig.shards["shard-4"]) as channel:
+        held4 = (await ring_pb2_grpc.RingServiceStub(channel).GetRing(ring_pb2.GetRingRequest(), timeout=10)).history
+    assert all(e.epoch != 1 or len(e.shards) == 3 for e in held4.epochs), "shard-4 took an uncommitted ring"
+
+
+async def test_a_fresh_shard_refuses_a_first_ring_its_peers_hold_another_placement_under(rig: Rig) -> None:
+    """A router of an older build (or a forked epochs file) offers the fresh shard-4 an epoch 1 with four shards while
+    the other shards hold epoch 1 with three: the fresh shard must refuse it as the others do, not adopt it."""
+    await rig.router("first", THREE, epochs_file=False)
+    forked = EpochHistory().advance(1024, [(sid, rig.shards[sid]) for sid in FOUR], 1)
+    async with grpc.aio.insecure_channel(rig.shards["shard-4"]) as channel:
+        ring = ring_pb2_grpc.RingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await ring.InstallRing(ring_pb2.InstallRingRequest(history=history_message(forked)), timeout=10)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert dict(e.value.trailing_metadata() or ())["x-saga-ring-refusal"] == "conflict"
+        assert not (await ring.GetRing(ring_pb2.GetRingRequest(), timeout=10)).history.epochs
+        # The committed ring is taken: epoch 2 extends what the peers hold.
+        committed = EpochHistory().advance(1024, [(sid, rig.shards[sid]) for sid in THREE], 1)
+        committed = committed.advance(1024, [(sid, rig.shards[sid]) for sid in FOUR], 2)
+        kept = await ring.InstallRing(ring_pb2.InstallRingRequest(history=history_message(committed)), timeout=10)
+        assert [e.epoch for e in kept.history.epochs] == [1, 2]
+
+
+async def test_a_router_in_conflict_with_the_shards_creates_no_saga_until_it_agrees(rig: Rig) -> None:
+    """A router whose epochs file was forked by hand (another epoch 1) is refused by the shards: it must answer
+    UNAVAILABLE for new orders instead of placing them by its own ring, while it still serves reads."""
+    order_id = moving_order("c1")
+    first = await rig.router("first", THREE, epochs_file=False)
+    forked = await rig.router("forked", FOUR)  # its file says epoch 1 is four shards
+    staying = next(o for o in (f"c1-kept-{i}" for i in range(1000)) if RING4.owner(o) != "shard-4")
+    placed = await (await rig.client(first)).place(place_request(staying))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await (await rig.client(forked)).place(place_request(order_id))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "epoch 1" in (e.value.details() or "") and "shard-" in (e.value.details() or "")
+    assert (await rig.sagas_of(order_id)) == {}
+    got = await (await rig.client(forked)).get(staying)  # reads are still served: the shard that holds it answers
+    assert got.saga_id == placed.saga_id
+    answer = await (await rig.client(first)).place(place_request(order_id))
+    assert (await rig.sagas_of(order_id)) == {RING3.owner(order_id): answer.saga_id}
+
+
+async def test_the_first_commit_shows_its_ring_to_every_shard_before_it_writes_the_file(rig: Rig) -> None:
+    """Without an epochs file, `epochs commit` starts from the shards' history and shows the result to every shard
+    first: a router that starts without seeing the file (a late copy) learns it from the shards."""
+    await rig.router("first", THREE, epochs_file=False)
+    folder = rig.tmp_path / "operator"
+    folder.mkdir()
+    config, history = folder / "shards.toml", folder / "shards.epochs.json"
+    write_shards(config, [(sid, rig.shards[sid]) for sid in FOUR])
+    args = ["commit", "--config", str(config), "--epochs", str(history)]
+    assert await asyncio.to_thread(epochs_cli.main, args) == 0
+    for sid in FOUR:
+        async with grpc.aio.insecure_channel(rig.shards[sid]) as channel:
+            held = await ring_pb2_grpc.RingServiceStub(channel).GetRing(ring_pb2.GetRingRequest(), timeout=10)
+        assert [len(e.shards) for e in held.history.epochs] == [3, 4], sid
+    late = await rig.router("late", FOUR, epochs_file=False)
+    assert late.topologies.current.epoch == 2
+
+
+async def test_without_an_epochs_file_a_router_does_not_guess_while_a_shard_cannot_be_asked(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No shard that answered holds a ring and one cannot be asked: it may hold the ring the others were routed by, so
+    the router refuses to start (after FIRST_RING_WAIT_S) rather than make its config epoch 1. Once a shard that
+    answers holds one, that one is used."""
+    monkeypatch.setattr(reload, "FIRST_RING_WAIT_S", 0.3)
+    folder = rig.tmp_path / "guess"
+    folder.mkdir()
+    config = folder / "shards.toml"
+    write_shards(config, [(sid, rig.shards[sid]) for sid in THREE] + [("shard-9", f"127.0.0.1:{free_port()}")])
+    router = RouterServer(load(config, listen="127.0.0.1:0", epochs_path=folder / "none.json", env={}))
+    with pytest.raises(reload.RingChangeRefused, match="shard-9"):
+        await router.start()
+    await router.stop(0)
+    await rig.router("first", THREE, epochs_file=False)  # the shards hold epoch 1 now
+    again = RouterServer(load(config, listen="127.0.0.1:0", epochs_path=folder / "none.json", env={}))
+    await again.start()
+    rig.stack.push_async_callback(again.stop, 0.5)
+    assert again.topologies.current.ring.shard_ids == tuple(THREE)

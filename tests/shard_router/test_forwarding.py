@@ -17,8 +17,8 @@ from protos.saga.v1 import saga_pb2
 from shard_router import HashRing
 from shard_router.channels import ChannelPool
 from shard_router.errors import RouterError, ShardStatus
-from shard_router.forwarding import GET_SAGA, LIST_SAGAS, Caller, Forwarder, Method
 from shard_router.metrics import NullMetrics
+from shard_router.relay.forwarding import GET_SAGA, LIST_SAGAS, Forwarder, IncomingCall, Method
 
 from .conftest import Cluster, order, rich_status
 from .fake_shard import Failure
@@ -196,7 +196,7 @@ async def test_call_returns_the_decoded_answer_and_is_counted_like_a_relay(clust
     shard.add_saga("o-1")
     metrics = _Recorded()
     forwarder = Forwarder(pool, metrics)
-    caller = Caller((("x-request-id", "r-1"),), time.monotonic() + 5)
+    caller = IncomingCall((("x-request-id", "r-1"),), time.monotonic() + 5)
     request = saga_pb2.ListSagasRequest(page_size=10).SerializeToString()
 
     page = await forwarder.call("shard-1", shard.address, _LIST_SAGAS, request, caller)
@@ -221,7 +221,7 @@ async def test_call_raises_the_shards_status_whole(cluster: Cluster, pool: Chann
     metrics = _Recorded()
     forwarder = Forwarder(pool, metrics)
     with pytest.raises(ShardStatus) as e:
-        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), None))
+        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", IncomingCall((), None))
     assert (e.value.shard_id, e.value.code, e.value.details) == (
         "shard-1",
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -232,7 +232,7 @@ async def test_call_raises_the_shards_status_whole(cluster: Cluster, pool: Chann
 
     await shard.stop()
     with pytest.raises(ShardStatus) as e:
-        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), time.monotonic() + 5))
+        await forwarder.call("shard-1", shard.address, _LIST_SAGAS, b"", IncomingCall((), time.monotonic() + 5))
     assert e.value.code == grpc.StatusCode.UNAVAILABLE
     assert metrics.calls[-1] == (LIST_SAGAS, "shard-1", "UNAVAILABLE")
 
@@ -241,7 +241,9 @@ async def test_call_past_the_callers_deadline_is_not_sent(cluster: Cluster, pool
     shard = await cluster.add_shard("shard-1")
     metrics = _Recorded()
     with pytest.raises(RouterError) as e:
-        await Forwarder(pool, metrics).call("shard-1", shard.address, _LIST_SAGAS, b"", Caller((), time.monotonic()))
+        await Forwarder(pool, metrics).call(
+            "shard-1", shard.address, _LIST_SAGAS, b"", IncomingCall((), time.monotonic())
+        )
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not isinstance(e.value, ShardStatus)
     assert shard.calls == [] and metrics.calls == []
 

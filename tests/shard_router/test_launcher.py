@@ -23,7 +23,7 @@ from tests.helpers.coordinator import place_request
 from tests.helpers.net import free_port
 from tests.helpers.scrape import scrape, value
 
-from .conftest import write_shards
+from .conftest import commit_ring, write_shards
 
 REPO = Path(__file__).parents[2]
 HAVE_SYSTEM = all((REPO / m / "__main__.py").exists() for m in ("coordinator", "service_stubs"))
@@ -81,8 +81,17 @@ def _router_entry(name: str, port: int) -> str:
     )
 
 
-def test_starts_everything_and_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+def _committed(tmp_path: Path, *routers: str) -> None:
+    """Lists a shard that is never started, with its ring committed for each router: a router without an epochs file
+    would wait for that shard to say which ring it holds, then refuse to start (shard_router.ring.reload)."""
     write_shards(tmp_path / "shards.toml", [("shard-1", "127.0.0.1:1")])
+    (tmp_path / "data").mkdir()
+    for name in routers:
+        commit_ring(tmp_path / "shards.toml", tmp_path / "data" / f"{name}.json")
+
+
+def test_starts_everything_and_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+    _committed(tmp_path, "router-a", "router-b")
     proc, log = _launch(tmp_path, _router_entry("router-a", free_port()) + _router_entry("router-b", free_port()))
     try:
         text = _wait_for(log, r"all 2 processes up", proc)
@@ -98,7 +107,7 @@ def test_starts_everything_and_stops_every_child_on_sigterm(tmp_path: Path) -> N
 
 
 def test_a_child_that_dies_stops_the_rest_and_fails_the_launcher(tmp_path: Path) -> None:
-    write_shards(tmp_path / "shards.toml", [("shard-1", "127.0.0.1:1")])
+    _committed(tmp_path, "router")
     broken = '[[process]]\nname = "broken"\nmodule = "shard_router"\nlisten = "127.0.0.1:9"\n'
     broken += 'args = ["--config", "/nonexistent.toml"]\n'
     proc, log = _launch(tmp_path, _router_entry("router", free_port()) + broken)

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from shard_router.errors import ShardStatus
-from shard_router.fanout import (
+from shard_router.relay.fanout import (
     Buffer,
     Cursor,
     cursors_after,

@@ -11,9 +11,9 @@ from types import MappingProxyType
 import pytest
 
 from shard_router import ConfigError, load
-from shard_router.http import MAX_BODY_BYTES, HttpServer, Request, Response
+from shard_router.dashboard.http import MAX_BODY_BYTES, HttpServer, Request, Response
+from shard_router.dashboard.shard_stats import Sample, ShardStats, parse, quantile
 from shard_router.metrics import RouterMetrics
-from shard_router.shard_stats import Sample, ShardStats, parse, quantile
 
 from .conftest import write_shards
 
@@ -64,7 +64,7 @@ def test_parse_keeps_only_what_the_dashboard_shows() -> None:
 
 
 def test_a_shards_journal_view_is_its_own() -> None:
-    from shard_router.shard_stats import journal_figures
+    from shard_router.dashboard.shard_stats import journal_figures
 
     text = (
         "saga_journal_file_bytes 8192\nsaga_journal_wal_bytes 4096\n"

@@ -3,7 +3,8 @@ replicates it."""
 
 from __future__ import annotations
 
-from shard_router.shard_stats import journal_figures, parse
+from common.scrape import journal_figures
+from shard_router.dashboard.shard_stats import parse
 
 PAGE = """\
 # HELP saga_journal_wal_bytes Size of the -wal file

@@ -3,6 +3,7 @@
 python -m tests.simulation --seeds 20000            # explore; prints schedules/s and any failing seed
 python -m tests.simulation --replay 1234            # one schedule, step by step
 python -m tests.simulation --seeds 2000 --unfenced  # the variant without fencing (it must fail)
+python -m tests.simulation --no-file [--before-fix]  # routers without an epochs file, uncommitted edits
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ def main() -> int:
     p.add_argument("--first", type=int, default=0, help="first seed")
     p.add_argument("--replay", type=int, help="run this seed and print its trace")
     p.add_argument("--unfenced", action="store_true", help="shards do not fence (shows the bug the fence prevents)")
+    p.add_argument("--no-file", action="store_true", help="start without an epochs file; edits precede commits")
+    p.add_argument(
+        "--before-fix",
+        action="store_true",
+        help="with --no-file: a router without a file takes its config as epoch 1, fresh shards check no peers",
+    )
     ns = p.parse_args()
     fence = (lambda *a: None) if ns.unfenced else None
+    world_args: dict[str, object] = {"no_file": ns.no_file}
+    if ns.before_fix:
+        world_args.update(first_ring="config", peer_check=False, block_on_conflict=False)
     if ns.replay is not None:
-        world = World(ns.replay, fence) if fence else World(ns.replay)
+        world = World(ns.replay, fence, **world_args) if fence else World(ns.replay, **world_args)  # type: ignore[arg-type]
         try:
             world.run()
         except Violation as e:
@@ -35,11 +45,16 @@ def main() -> int:
         return 0
     started = time.perf_counter()
     seeds = range(ns.first, ns.first + ns.seeds)
-    failures = explore(seeds, fence) if fence else explore(seeds)
+    failures = explore(seeds, fence, **world_args) if fence else explore(seeds, **world_args)
     took = time.perf_counter() - started
     print(f"{len(seeds)} schedules in {took:.1f} s ({len(seeds) / took:.0f}/s), {len(failures)} violated an invariant")
     for seed, why in failures[:10]:
-        print(f"  {why}  (replay: python -m tests.simulation --replay {seed}{' --unfenced' if ns.unfenced else ''})")
+        flags = "".join(
+            f" --{f}"
+            for f, on in (("unfenced", ns.unfenced), ("no-file", ns.no_file), ("before-fix", ns.before_fix))
+            if on
+        )
+        print(f"  {why}  (replay: python -m tests.simulation --replay {seed}{flags})")
     return 1 if failures else 0
 
 

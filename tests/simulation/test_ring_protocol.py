@@ -42,3 +42,19 @@ def test_a_seed_replays_the_same_schedule() -> None:
     fenced = World(seed)
     fenced.run()  # the same seed with fencing: no violation
     assert fenced.acks
+
+
+BEFORE_THE_FIX = {"first_ring": "config", "peer_check": False, "block_on_conflict": False}
+"""The rules before routers without an epochs file asked the shards: the config's ring as epoch 1, a fresh shard taking
+any first ring, a router refused as a conflict placing on."""
+
+
+def test_routers_without_an_epochs_file_and_an_uncommitted_edit_keep_one_saga_per_order() -> None:
+    failures = explore(range(SCHEDULES), no_file=True)
+    assert not failures, failures[:3]
+
+
+def test_with_the_rules_before_the_fix_the_simulation_finds_an_order_run_twice_without_an_epochs_file() -> None:
+    failures = explore(range(300), no_file=True, **BEFORE_THE_FIX)
+    assert any("held by shards" in why for _, why in failures), failures[:3]
+    assert not explore(range(300), no_file=True)  # the same schedules with today's rules

@@ -23,12 +23,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from bench.otlp import OtlpHttpReceiver, OtlpReceiver, Span
 from common.tls import TlsFiles, aio_channel
 from deploy.local import LaunchError
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardSettings
 from tests.helpers.coordinator import place_request
-from tests.helpers.otlp import OtlpHttpReceiver, OtlpReceiver, Span
 from tests.helpers.stubs import StubControlClient, fault_rule
 
 pytestmark = pytest.mark.timeout(180)

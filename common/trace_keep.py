@@ -1,0 +1,228 @@
+"""Which of a saga's spans are exported: the sampler's choice, and every saga that goes wrong whatever it chose.
+
+Contract:
+
+- The process's sampler is the SDK's own, read from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, wrapped in
+  KeepMarked: a span whose attributes carry KEPT is recorded and sampled whatever the wrapped sampler says (the
+  shard marks the spans of a saga that compensates, fails or is dead-lettered); every other span gets the wrapped
+  sampler's decision. Nothing here samples, batches or exports: the SDK does, through its BatchSpanProcessor.
+- SagaTrace is one saga's spans in one process. A saga whose trace the sampler keeps makes its spans at once, as
+  any traced code does. A saga it does not keep makes no SDK span at all (a span the SDK records only, to decide
+  later, costs nearly as much as one exported): each span is held as a small record (name, kind, times,
+  attributes, status) until the saga's end is known. keep() (the saga compensates, fails, is dead-lettered) makes
+  the held spans then, with their own times, marked KEPT so the sampler passes them, and every later span directly;
+  drop() (it succeeded) forgets them.
+- What is held is bounded per process (Hold: common.tracing.HELD_SPANS_MAX records): past it, the saga holding the
+  oldest records loses all of them, and makes no span afterwards either, so a trace is exported or dropped whole.
+- Held or not, a saga's span is current in the block (its context, or its parent's while held, goes on in the
+  calls' metadata): the services see the trace's own sampled flag, and decide by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
+
+__all__ = ["KEPT", "Hold", "KeepMarked", "SagaTrace"]
+
+KEPT = "saga.kept"
+"""The attribute that makes KeepMarked sample a span; its value is why (the saga's state: COMPENSATING, FAILED, ...)."""
+
+
+class KeepMarked(Sampler):
+    """The configured sampler, except that a span marked KEPT is always recorded and sampled."""
+
+    def __init__(self, configured: Sampler) -> None:
+        self.configured = configured
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        if attributes and KEPT in attributes:
+            parent = trace.get_current_span(parent_context).get_span_context()
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state if parent else None)
+        return self.configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"KeepMarked{{{self.configured.get_description()}}}"
+
+
+class Hold:
+    """The span records a process holds for sagas not yet known to be kept, oldest saga first; bounded."""
+
+    def __init__(self, max_spans: int) -> None:
+        self.max_spans = max_spans
+        self.spans = 0
+        """Records held now."""
+        self.dropped_sagas = 0
+        """Sagas whose held records were dropped for room (their traces are not exported)."""
+        self._sagas: OrderedDict[SagaTrace, None] = OrderedDict()
+
+    def add(self, saga: SagaTrace) -> None:
+        if saga not in self._sagas:
+            self._sagas[saga] = None
+        self.spans += 1
+        while self.spans > self.max_spans and self._sagas:
+            oldest, _ = self._sagas.popitem(last=False)
+            self.spans -= len(oldest.held)
+            oldest.overflowed()
+            self.dropped_sagas += 1
+
+    def release(self, saga: SagaTrace) -> None:
+        """The saga is kept or dropped: its records leave the count (called before they are cleared)."""
+        if saga in self._sagas:
+            del self._sagas[saga]
+            self.spans -= len(saga.held)
+
+    def __len__(self) -> int:
+        return len(self._sagas)
+
+
+class _HeldSpan:
+    """What a held span's block may set on it (the engine's outcome: an attribute, an error status)."""
+
+    __slots__ = ("attributes", "end_ns", "kind", "name", "start_ns", "status")
+
+    def __init__(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.status: Status | None = None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_status(self, status: Status) -> None:
+        self.status = status
+
+    def is_recording(self) -> bool:
+        return False
+
+
+_HOLDING, _EXPORTING, _DROPPED = "holding", "exporting", "dropped"
+
+
+class SagaTrace:
+    """One saga's spans in this process (see the module's contract). fields go on every span."""
+
+    __slots__ = ("_hold", "_mode", "_tracer", "fields", "held", "parent", "reason")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        hold: Hold,
+        parent: otel_context.Context,
+        fields: Mapping[str, Any],
+        sampled: bool,
+        kept: str = "",
+    ) -> None:
+        self._tracer = tracer
+        self._hold = hold
+        self.parent = parent
+        self.fields = dict(fields)
+        self.held: list[_HeldSpan] = []
+        self.reason = ""
+        self._mode = _EXPORTING if sampled else _HOLDING
+        if kept:
+            self.keep(kept)
+
+    @property
+    def trace_id(self) -> str:
+        """The trace's id (32 hex digits), "" if the saga's spans are roots (no trace was kept)."""
+        ctx = trace.get_current_span(self.parent).get_span_context()
+        return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+    @property
+    def holding(self) -> bool:
+        return self._mode is _HOLDING
+
+    @property
+    def exporting(self) -> bool:
+        return self._mode is _EXPORTING
+
+    def keep(self, reason: str) -> None:
+        """The saga went wrong: every span of it is exported, those held so far (with their own times) included."""
+        if self._mode is _DROPPED or self.reason:
+            return
+        if self._mode is _HOLDING:
+            self._hold.release(self)
+            held, self.held = self.held, []
+            self._mode = _EXPORTING
+            self.reason = reason
+            for h in held:
+                attributes = {**h.attributes, KEPT: reason}
+                span = self._tracer.start_span(
+                    h.name, context=self.parent, kind=h.kind, attributes=attributes, start_time=h.start_ns
+                )
+                if h.status is not None:
+                    span.set_status(h.status)
+                span.end(end_time=h.end_ns or None)
+        # A saga whose trace was sampled anyway is exported as it is: no mark, no change.
+
+    def drop(self) -> None:
+        """The saga succeeded: what is held is forgotten, and what follows is not recorded."""
+        if self._mode is _HOLDING:
+            self._hold.release(self)
+            self.held = []
+            self._mode = _DROPPED
+
+    def overflowed(self) -> None:
+        """Hold made room: the saga's records are gone, so it exports nothing more (no partial tree)."""
+        self.held = []
+        self._mode = _DROPPED
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any], client: bool = False) -> Iterator[Any]:
+        """A span of the saga, current in the block with the rest of the saga's parent context (its baggage).
+        Yields the span (or a held record with the same set_attribute/set_status); an exception leaving the block
+        is recorded as the span's error status."""
+        kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+        if self._mode is _EXPORTING:
+            fields = {**self.fields, **attributes, KEPT: self.reason} if self.reason else {**self.fields, **attributes}
+            span = self._tracer.start_span(name, context=self.parent, kind=kind, attributes=fields)
+            token = otel_context.attach(trace.set_span_in_context(span, self.parent))
+            try:
+                yield span
+            except BaseException as e:
+                span.record_exception(e)
+                span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
+                raise
+            finally:
+                otel_context.detach(token)
+                span.end()
+            return
+        # Held or dropped: no SDK span; the parent's context is current, so the calls carry the trace unsampled.
+        token = otel_context.attach(self.parent)
+        held = None
+        if self._mode is _HOLDING:
+            held = _HeldSpan(name, kind, {**self.fields, **attributes})
+            self.held.append(held)
+            self._hold.add(self)
+        try:
+            yield held if held is not None else trace.INVALID_SPAN
+        except BaseException as e:
+            if held is not None:
+                held.status = Status(StatusCode.ERROR, type(e).__name__)
+            raise
+        finally:
+            otel_context.detach(token)
+            if held is not None:
+                held.end_ns = time.time_ns()

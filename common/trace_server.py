@@ -1,0 +1,134 @@
+"""The server span of every traced gRPC call (grpc.aio), made with the OpenTelemetry API: the caller's context read
+by the configured propagators, a SERVER span named for the method under it (the sampler decides), current in the
+handler.
+
+Why not opentelemetry-instrumentation-grpc's server interceptor: measured on this machine (an echo server on uvloop
+behind one pass-through interceptor, 5,000 calls at c=32 carrying an unsampled traceparent), it added 240-290 us of
+server CPU a call even when the sampler recorded nothing (386-490 us without it), about as much as an empty call
+costs: a wrapt proxy around every ServicerContext, two context managers, the metadata copied to a dict and the peer
+parsed for attributes of a span that is then dropped. Here an unsampled call costs one extract and one attach.
+
+What a recorded span carries, as the instrumentation's did: rpc.system, rpc.service, rpc.method, rpc.grpc.status_code
+(the code the handler ended with, aborts included), net.peer.ip and net.peer.port; an error status (with the code's
+name only, never the handler's message) for the codes the semantic conventions count as the server's fault. Not kept:
+rpc.user_agent and net.peer.name (grpc's version string; "localhost" for loopback peers).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+__all__ = ["ServerSpans"]
+
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+"""Codes that mark a server span an error (OpenTelemetry's RPC semantic conventions; the others are the caller's)."""
+
+
+@functools.cache
+def _fixed(method: str) -> dict[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context:
+    # Text metadata only (binary values are no propagator's); the last value of a key wins.
+    return propagate.extract({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+
+
+def _start(tracer: trace.Tracer, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Any, Any]:
+    parent = _parent(context)
+    span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=_fixed(method))
+    if span.is_recording():
+        peer = context.peer()
+        if peer.startswith(("ipv4:", "ipv6:")):
+            ip, _, port = peer.split(",")[0].split(":", 1)[1].rpartition(":")
+            span.set_attribute("net.peer.ip", unquote(ip))
+            span.set_attribute("net.peer.port", port)
+    return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _end(span: Any, token: Any, context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> None:
+    otel_context.detach(token)
+    if span.is_recording():
+        code = context.code()
+        if not isinstance(code, grpc.StatusCode):
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in SERVER_FAULTS:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
+
+
+class ServerSpans(grpc.aio.ServerInterceptor):
+    """A span per call of every unary-request method whose service is not in `untraced` (see the module's doc)."""
+
+    def __init__(self, tracer: trace.Tracer, untraced: frozenset[str]) -> None:
+        self._tracer = tracer
+        self._untraced = untraced
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.request_streaming or method.lstrip("/").partition("/")[0] in self._untraced:
+            return handler
+        tracer = self._tracer
+        if not handler.response_streaming:
+            behavior = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                span, token = _start(tracer, method, context)
+                failed = True
+                try:
+                    reply = await behavior(request, context)
+                    failed = False
+                    return reply
+                finally:
+                    _end(span, token, context, failed)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        stream = handler.unary_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            span, token = _start(tracer, method, context)
+            failed = True
+            try:
+                replies = stream(request, context)
+                if hasattr(replies, "__aiter__"):
+                    async for reply in replies:
+                        yield reply
+                else:  # a handler that writes with context.write() and returns
+                    await replies
+                failed = False
+            finally:
+                _end(span, token, context, failed)
+
+        return grpc.unary_stream_rpc_method_handler(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,131 @@
+"""What the journal keeps besides sagas: the sealed payment blobs' bookkeeping (coordinator/security/sealing.py decides
+what they hold), the key fingerprints, and the ring history routers showed this shard with the mark a restore leaves
+(coordinator/ring/ownership.py decides what they mean)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiosqlite
+
+from coordinator.journal.writer import JournalWriter
+from coordinator.saga.model import SagaState
+
+
+class JournalStore(JournalWriter):
+    async def sealed_page(self, after_saga_id: str, limit: int) -> list[tuple[str, SagaState, bytes]]:
+        """(saga_id, state, payment_sealed) of every saga, by saga_id, `limit` at a time after `after_saga_id`."""
+        async with self._reader.execute(
+            "SELECT saga_id, state, payment_sealed FROM sagas WHERE saga_id > ? ORDER BY saga_id LIMIT ?",
+            (after_saga_id, limit),
+        ) as cur:
+            return [(str(r[0]), SagaState(int(r[1])), bytes(r[2])) for r in await cur.fetchall()]
+
+    async def sealed_of_states(self, states: Sequence[SagaState]) -> list[tuple[str, SagaState, bytes]]:
+        """(saga_id, state, payment_sealed) of the sagas in `states` (through the state index: unfinished sagas are
+        few, however many finished ones the journal holds)."""
+        marks = ",".join("?" * len(states))
+        async with self._reader.execute(
+            f"SELECT saga_id, state, payment_sealed FROM sagas WHERE state IN ({marks})", tuple(int(s) for s in states)
+        ) as cur:
+            return [(str(r[0]), SagaState(int(r[1])), bytes(r[2])) for r in await cur.fetchall()]
+
+    async def sealed_counts(self, header: bytes) -> tuple[int, int]:
+        """(sealed blobs, those not starting with `header`): counted inside SQLite, no blob crosses into Python."""
+        async with self._reader.execute(
+            "SELECT count(*), coalesce(sum(substr(payment_sealed, 1, ?) != ?), 0) FROM sagas "
+            "WHERE length(payment_sealed) > 0",
+            (len(header), header),
+        ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def replace_sealed(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        """Swaps (saga_id, old blob, new blob) where the saga still holds the old blob; returns how many swapped.
+
+        Its own short transaction on its own connection: it never interleaves with the writer task's batches, and is
+        safe beside a shard process writing the same file (SQLite serialises writers; the old blob is the guard)."""
+        if not rows:
+            return 0
+        async with aiosqlite.connect(self.path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                swapped = 0
+                for saga_id, old, new in rows:
+                    cur = await db.execute(
+                        "UPDATE sagas SET payment_sealed = ? WHERE saga_id = ? AND payment_sealed = ?",
+                        (new, saga_id, old),
+                    )
+                    swapped += cur.rowcount
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return swapped
+
+    async def key_fingerprint(self, purpose: str, fingerprint: str) -> str:
+        """The fingerprint the journal holds for `purpose`, recording `fingerprint` first if it holds none."""
+        async with aiosqlite.connect(self.path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute(
+                "INSERT INTO key_fingerprints (purpose, fingerprint) VALUES (?, ?) ON CONFLICT (purpose) DO NOTHING",
+                (purpose, fingerprint),
+            )
+            async with db.execute("SELECT fingerprint FROM key_fingerprints WHERE purpose = ?", (purpose,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def stored_key_fingerprint(self, purpose: str) -> str | None:
+        """The fingerprint the journal holds for `purpose`, or None (a journal no key file has opened yet)."""
+        sql = "SELECT fingerprint FROM key_fingerprints WHERE purpose = ?"
+        async with self._reader.execute(sql, (purpose,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def ring_history(self) -> str | None:
+        """The ring history (JSON) save_ring_history last stored, or None."""
+        async with self._reader.execute("SELECT history FROM ring_history WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def save_ring_history(self, epoch: int, history: str, caught_up: bool = False) -> None:
+        """Replaces the stored ring history; durable (one fsynced commit) when this returns. caught_up: in the same
+        commit, clear the mark a restore left (mark_restored)."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    "INSERT INTO ring_history (id, epoch, history) VALUES (1, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, history = excluded.history",
+                    (epoch, history),
+                )
+                if caught_up:
+                    await db.execute("DELETE FROM ring_catch_up")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+        await self.run_alone("ring", run)
+
+    async def mark_restored(self, now_epoch_ms: int) -> None:
+        """Records that this journal was rebuilt from a replica: its ring history may be older than the one the shard
+        had acknowledged (coordinator.ring.ownership catches up before it creates a saga)."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO ring_catch_up (id, restored_at_epoch_ms) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET restored_at_epoch_ms = excluded.restored_at_epoch_ms",
+                (now_epoch_ms,),
+            )
+
+        await self.run_alone("ring", run)
+
+    async def restored_at(self) -> int | None:
+        """When mark_restored marked the journal (wall-clock epoch ms), or None if it holds no such mark."""
+        async with self._reader.execute("SELECT restored_at_epoch_ms FROM ring_catch_up WHERE id = 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])

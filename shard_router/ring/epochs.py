@@ -1,0 +1,81 @@
+"""The epochs file: the numbered history of rings (common.ring.EpochHistory) as JSON, next to the shard list.
+
+Routers only read it. It is written by `saga-router epochs commit` (which appends the config's ring as a new epoch)
+and `saga-router epochs drop` (which forgets epochs no saga depends on), each with a version check: the command says
+which epoch it expects to extend, and refuses if the file moved on meanwhile. In Kubernetes it is a key of the same
+ConfigMap as the shard list, so both change together. Shards keep the histories routers show them (coordinator
+ownership), so the history also survives the loss of this file and of every router at once.
+
+The file is written atomically (temporary file, fsync, rename), so a crash never leaves half a history. A file that
+exists but cannot be parsed is an error, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from common.ring import EpochError, EpochHistory
+from shard_router.config import RingSpec
+
+
+def read(path: Path) -> EpochHistory:
+    """The history in path; an empty history if the file does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return EpochHistory()
+    except OSError as e:
+        raise EpochError(f"cannot read epochs file {path}: {e}") from e
+    try:
+        return EpochHistory.from_json(json.loads(text))
+    except (ValueError, EpochError) as e:
+        raise EpochError(f"epochs file {path} is corrupt ({e}); restore it from version control or a backup") from e
+
+
+def write(path: Path, history: EpochHistory, expect: int | None = None) -> None:
+    """Replaces path atomically with history. expect: the current epoch number the caller read (0: no file yet); if
+    the file holds another one now, nothing is written (EpochError), so two concurrent writers cannot both win."""
+    body = json.dumps(history.to_json(), indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            # Check and rename under one lock (on the directory: no lock file left behind): two commands racing on
+            # this file cannot both pass the check.
+            lock = os.open(path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if expect is not None and (found := read(path).number) != expect:
+                    raise EpochError(
+                        f"epochs file {path} changed meanwhile (epoch {found}, expected {expect}): nothing written;"
+                        " run the command again"
+                    )
+                os.replace(tmp, path)
+            finally:
+                os.close(lock)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # The rename itself is durable only once the directory entry is.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise EpochError(f"cannot write epochs file {path}: {e}") from e
+
+
+def committed(history: EpochHistory, ring: RingSpec, now_epoch_ms: int) -> EpochHistory:
+    """history with the config's ring as its current epoch (a new epoch if placement changed): what `epochs commit`
+    writes."""
+    addresses = ring.addresses
+    return history.advance(ring.vnodes, [(sid, addresses[sid]) for sid in ring.ring_ids], now_epoch_ms)
