@@ -197,17 +197,8 @@ class SagaTrace:
         kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
         if self._mode is _EXPORTING:
             fields = {**self.fields, **attributes, KEPT: self.reason} if self.reason else {**self.fields, **attributes}
-            span = self._tracer.start_span(name, context=self.parent, kind=kind, attributes=fields)
-            token = otel_context.attach(trace.set_span_in_context(span, self.parent))
-            try:
+            with started_span(self._tracer, name, self.parent, kind, fields) as span:
                 yield span
-            except BaseException as e:
-                span.record_exception(e)
-                span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
-                raise
-            finally:
-                otel_context.detach(token)
-                span.end()
             return
         # Held or dropped: no SDK span; the parent's context is current, so the calls carry the trace unsampled.
         token = otel_context.attach(self.parent)
@@ -226,3 +217,21 @@ class SagaTrace:
             otel_context.detach(token)
             if held is not None:
                 held.end_ns = time.time_ns()
+
+
+@contextlib.contextmanager
+def started_span(tracer: Any, name: str, parent: Any, kind: SpanKind, attributes: Mapping[str, Any]) -> Iterator[Any]:
+    """A span started under `parent` and current for the block with the rest of parent (its baggage stays current
+    too: given only as start_span's context, parent would name the span's parent and nothing else of it would be
+    current); an exception leaving the block is recorded on it as its error status."""
+    span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    except BaseException as e:
+        span.record_exception(e)
+        span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()

@@ -327,23 +327,13 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
     if tracer is None:
         yield None
         return
-    from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind
+
+    from common.trace_keep import started_span
 
     kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-    # One attach of parent with the span in it: parent's baggage stays current with the span (given only as
-    # start_span's context, parent would name the span's parent and nothing else of it would be current).
-    s = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
-    token = context.attach(trace.set_span_in_context(s, parent))
-    try:
+    with started_span(tracer, name, parent, kind, attributes) as s:
         yield s
-    except BaseException as e:
-        s.record_exception(e)
-        s.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
-        raise
-    finally:
-        context.detach(token)
-        s.end()
 
 
 def saga(kept: str, fields: Mapping[str, Any], failing: str = "") -> Any:
