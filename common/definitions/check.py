@@ -1,0 +1,392 @@
+"""Checks a definition and compiles it, reporting every problem at once, in three passes:
+
+1. structure: the JSON Schema (schema.json, the one published for editors), every violation;
+2. saga rules: ids unique, at most one pivot, only retriable steps after it, a compensation for every compensable
+   step and none for a retriable one, worst-case forward retry time within the TTL;
+3. types: every method in the catalog, every request field path and type (common.definitions.paths), the key a string
+   field of the input.
+
+A document that passes all three becomes a Definition whose identity (identity()) is the BLAKE2b of its normalised
+content plus the fingerprints of every message type it uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from google.protobuf import descriptor_pb2, message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
+
+from common.definitions import paths
+from common.definitions.catalog import Catalog, default_catalog
+from common.definitions.model import Call, Definition, Kind, Policy, Step
+from common.definitions.problems import DefinitionError, Problem, pointer
+
+# The built-in table of retry settings (coordinator.config.RetryPolicy's defaults), for the TTL rule when neither the
+# file nor a shard says otherwise. The shard checks again with its own configuration at load.
+DEFAULT_FORWARD = {"max_attempts": 30, "attempt_timeout_ms": 3_000, "max_elapsed_ms": 10_000, "max_backoff_ms": 1_000}
+DEFAULT_TTL_MAX_MS = 3_600_000
+_RETRY_KEYS = ("max_attempts", "initial_backoff_ms", "max_backoff_ms", "multiplier", "attempt_timeout_ms")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The published JSON Schema of definition files."""
+    return json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+
+
+def parse(text: str, source: str = "<definition>") -> Any:
+    """A definition file's text as data: YAML (JSON is YAML too). Raises DefinitionError on a syntax error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise DefinitionError(source, [Problem("file.syntax", "", f"not YAML or JSON{where}: {e}")]) from e
+
+
+def normalise(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document with defaults written out (kind, compensation), as hashed, stored and shown: two files that
+    differ only in layout, key order, anchors or defaults left implicit are the same definition."""
+    doc = json.loads(json.dumps(document))
+    for step in doc.get("steps", []):
+        if isinstance(step, dict):
+            step.setdefault("kind", Kind.COMPENSABLE.value)
+            step.setdefault("compensation", "none")
+    return doc
+
+
+def _structure(document: Any) -> list[Problem]:
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = []
+    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        where = pointer(*error.absolute_path)
+        code = f"schema.{error.validator}"
+        hint = ""
+        if error.validator == "additionalProperties":
+            hint = "known: " + ", ".join(sorted(error.schema.get("properties", {})))
+        problems.append(Problem(code, where, error.message, hint))
+    return problems
+
+
+def _retry(policy: Mapping[str, Any], defaults: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    return {**DEFAULT_FORWARD, **defaults.get(key, {}), **policy.get(key, {})}
+
+
+def worst_case_forward_ms(retry: Mapping[str, Any]) -> int:
+    """The longest a forward step may take by its policy: its retry window, or (with none) every attempt timing out
+    with the longest wait between."""
+    if retry.get("max_elapsed_ms", 0) > 0:
+        return int(retry["max_elapsed_ms"]) + int(retry["attempt_timeout_ms"])
+    return int(retry["max_attempts"]) * (int(retry["attempt_timeout_ms"]) + int(retry.get("max_backoff_ms", 0)))
+
+
+def _rules(doc: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    steps = doc["steps"]
+    seen: dict[str, int] = {}
+    pivots = [i for i, s in enumerate(steps) if s["kind"] == Kind.PIVOT]
+    for i, step in enumerate(steps):
+        if step["id"] in seen:
+            problems.append(
+                Problem("step.duplicate-id", pointer("steps", i, "id"), f"step id {step['id']!r} is also step {seen[step['id']]}")
+            )
+        seen.setdefault(step["id"], i)
+    if len(pivots) > 1:
+        for i in pivots[1:]:
+            problems.append(
+                Problem(
+                    "pivot.more-than-one",
+                    pointer("steps", i, "kind"),
+                    f"a second pivot (the first is {steps[pivots[0]]['id']})",
+                    "a saga has one point of no return: mark the others compensable or retriable",
+                )
+            )
+    first_pivot = pivots[0] if pivots else len(steps)
+    for i, step in enumerate(steps):
+        kind = step["kind"]
+        undo = step["compensation"]
+        if i > first_pivot and kind != Kind.RETRIABLE:
+            problems.append(
+                Problem(
+                    "pivot.not-retriable-after",
+                    pointer("steps", i, "kind"),
+                    f"{step['id']} comes after the pivot {steps[first_pivot]['id']} but is {kind}",
+                    "after the point of no return a step can only be retried: kind retriable",
+                )
+            )
+        if kind == Kind.RETRIABLE and i < first_pivot and pivots:
+            problems.append(
+                Problem(
+                    "retriable.before-pivot",
+                    pointer("steps", i, "kind"),
+                    f"{step['id']} is retriable but comes before the pivot {steps[first_pivot]['id']}",
+                    "a step before the pivot may have to be undone: kind compensable",
+                )
+            )
+        if kind == Kind.RETRIABLE and not pivots:
+            problems.append(
+                Problem(
+                    "retriable.no-pivot",
+                    pointer("steps", i, "kind"),
+                    f"{step['id']} is retriable but the definition has no pivot",
+                    "mark the step before the retriable ones as the pivot",
+                )
+            )
+        if kind == Kind.COMPENSABLE and undo == "none":
+            problems.append(
+                Problem(
+                    "compensation.missing",
+                    pointer("steps", i, "compensation"),
+                    f"{step['id']} is compensable and has no compensation",
+                    "give it a compensation, or make it the pivot or a retriable step",
+                )
+            )
+        if kind == Kind.RETRIABLE and undo != "none":
+            problems.append(
+                Problem(
+                    "compensation.never-runs",
+                    pointer("steps", i, "compensation"),
+                    f"{step['id']} is retriable: it is never compensated",
+                    "remove the compensation, or make the step compensable (before the pivot)",
+                )
+            )
+    ttl = doc.get("ttl_ms", {})
+    if "default" in ttl and "max" in ttl and ttl["default"] > ttl["max"]:
+        problems.append(Problem("ttl.default-above-max", pointer("ttl_ms", "default"), "the default TTL exceeds the max"))
+    ttl_max = ttl.get("max", DEFAULT_TTL_MAX_MS)
+    defaults = doc.get("defaults", {})
+    worst = 0
+    for step in steps[: first_pivot + 1]:
+        worst += worst_case_forward_ms(_retry(step.get("policy", {}), defaults, "forward"))
+    if worst > ttl_max:
+        problems.append(
+            Problem(
+                "ttl.retries-exceed",
+                pointer("ttl_ms", "max") if "max" in ttl else "",
+                f"the steps up to the pivot may retry for {worst} ms, more than the longest TTL ({ttl_max} ms)",
+                "shorten the steps' forward retry windows, or raise ttl_ms.max",
+            )
+        )
+    return problems
+
+
+def _fingerprint(message: Descriptor, into: dict[str, str]) -> None:
+    """BLAKE2b of the message type's descriptor (field names, numbers, types; not comments), for it and every message
+    type it contains."""
+    if message.full_name in into:
+        return
+    proto = descriptor_pb2.DescriptorProto()
+    message.CopyToProto(proto)
+    into[message.full_name] = hashlib.blake2b(proto.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+    for f in message.fields:
+        if f.message_type is not None:
+            _fingerprint(f.message_type, into)
+        if f.enum_type is not None and f.enum_type.full_name not in into:
+            enum = descriptor_pb2.EnumDescriptorProto()
+            f.enum_type.CopyToProto(enum)
+            into[f.enum_type.full_name] = hashlib.blake2b(enum.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def identity(doc: Mapping[str, Any], types: list[Descriptor]) -> str:
+    """The definition's hash: its normalised content and the fingerprints of the message types it uses."""
+    fingerprints: dict[str, str] = {}
+    for t in types:
+        _fingerprint(t, fingerprints)
+    canonical = json.dumps({"definition": doc, "types": fingerprints}, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def _method(catalog: Catalog, spelled: str, ptr: str) -> tuple[MethodDescriptor | None, list[Problem]]:
+    service_name, _, method_name = spelled.rpartition("/")
+    service = catalog.service(service_name)
+    if service is None:
+        return None, [Problem("method.unknown-service", ptr, f"no service {service_name!r} is known", "check the package; a service outside the repo needs --descriptor-set")]
+    method = service.methods_by_name.get(method_name)
+    if method is None:
+        known = ", ".join(service.methods_by_name)
+        return None, [Problem("method.unknown-method", ptr, f"{service_name} has no method {method_name!r}", f"its methods: {known}")]
+    if method.client_streaming or method.server_streaming:
+        return None, [Problem("method.streaming", ptr, f"{spelled} is a streaming method", "steps call unary methods")]
+    return method, []
+
+
+def _long_running(response: Descriptor) -> bool:
+    f = response.fields_by_name.get("operation")
+    return f is not None and f.message_type is not None and f.message_type.full_name == "shop.v1.Operation"
+
+
+def _types(doc: Mapping[str, Any], catalog: Catalog) -> tuple[Definition | None, list[Problem]]:
+    problems: list[Problem] = []
+    input_type = catalog.message(doc["input"]["type"])
+    if input_type is None:
+        problems.append(Problem("input.unknown-type", pointer("input", "type"), f"no message type {doc['input']['type']!r} is known"))
+    else:
+        key_type, more = paths.resolve_input_field(input_type, doc["input"]["key"], pointer("input", "key"))
+        problems += more
+        if key_type is not None and (key_type.kind != "string" or key_type.repeated):
+            problems.append(Problem("input.key-not-string", pointer("input", "key"), f"the key is {key_type.name}", "the key is a string field"))
+    # Every step's response type first: a mapping may read a later one's only to be told it is later.
+    methods: dict[int, tuple[MethodDescriptor | None, MethodDescriptor | None]] = {}
+    step_types: dict[str, tuple[int, Descriptor]] = {}
+    for i, step in enumerate(doc["steps"]):
+        call, more = _method(catalog, step["call"]["method"], pointer("steps", i, "call", "method"))
+        problems += more
+        undo = None
+        if step["compensation"] != "none":
+            undo, more = _method(catalog, step["compensation"]["method"], pointer("steps", i, "compensation", "method"))
+            problems += more
+        methods[i] = (call, undo)
+        if call is not None:
+            step_types.setdefault(step["id"], (i + 1, call.output_type))
+    if input_type is None:
+        return None, problems
+    built: list[tuple[Call | None, Call | None, set[int]]] = []
+    used: set[int] = set()
+    for i, step in enumerate(doc["steps"]):
+        calls: list[Call | None] = []
+        for which, method in (("call", methods[i][0]), ("compensation", methods[i][1])):
+            if method is None:
+                calls.append(None)
+                continue
+            scope = paths.Scope(input_type, step_types, i + 1, compensation=which == "compensation")
+            spec = step[which]
+            build, more = paths.check_request(spec["request"], method.input_type, scope, pointer("steps", i, which, "request"))
+            problems += more
+            used |= scope.used_outputs
+            if build is None:
+                calls.append(None)
+                continue
+            if method.containing_service.full_name != methods[i][0].containing_service.full_name if methods[i][0] else False:
+                problems.append(
+                    Problem(
+                        "compensation.other-service",
+                        pointer("steps", i, which, "method"),
+                        f"the compensation is on {method.containing_service.full_name}, the call on {methods[i][0].containing_service.full_name}",
+                        "a step's compensation is a method of the same service (it shares its address and GetOperation)",
+                    )
+                )
+            calls.append(
+                Call(
+                    method=spec["method"],
+                    path=f"/{method.containing_service.full_name}/{method.name}",
+                    service=method.containing_service.full_name,
+                    request_type=message_factory.GetMessageClass(method.input_type),
+                    response_type=message_factory.GetMessageClass(method.output_type),
+                    build=build,
+                    long_running=_long_running(method.output_type),
+                    mapping=spec["request"],
+                )
+            )
+        built.append((calls[0], calls[1], set()))
+    if problems:
+        return None, problems
+    defaults = doc.get("defaults", {})
+    steps = []
+    types: list[Descriptor] = [input_type]
+    for i, step in enumerate(doc["steps"]):
+        call, undo, _ = built[i]
+        assert call is not None
+        types += [call.request_type.DESCRIPTOR, call.response_type.DESCRIPTOR]
+        if undo is not None:
+            types += [undo.request_type.DESCRIPTOR, undo.response_type.DESCRIPTOR]
+        own = step.get("policy", {})
+        policy = Policy(
+            forward={**defaults.get("forward", {}), **own.get("forward", {})},
+            compensate={**defaults.get("compensate", {}), **own.get("compensate", {})},
+            operations={**defaults.get("operations", {}), **own.get("operations", {})},
+            codes={
+                k: tuple(v)
+                for k, v in {**defaults.get("codes", {}), **own.get("codes", {})}.items()
+            },
+        )
+        service = catalog.service(call.service)
+        assert service is not None
+        get_op = f"/{service.full_name}/GetOperation" if "GetOperation" in service.methods_by_name else ""
+        steps.append(
+            Step(
+                number=i + 1,
+                id=step["id"],
+                kind=Kind(step["kind"]),
+                endpoint=step["service"],
+                call=call,
+                compensation=undo,
+                policy=policy,
+                get_operation=get_op,
+                output_used=(i + 1) in used,
+            )
+        )
+    key_get = _key_getter(doc["input"]["key"])
+    ttl = doc.get("ttl_ms", {})
+    definition = Definition(
+        name=doc["name"],
+        version=doc["version"],
+        hash=identity(doc, types),
+        input_type=message_factory.GetMessageClass(input_type),
+        key_field=doc["input"]["key"],
+        key_of=key_get,
+        steps=tuple(steps),
+        ttl_default_ms=ttl.get("default"),
+        ttl_max_ms=ttl.get("max"),
+        document=doc,
+        description=doc.get("description", ""),
+    )
+    return definition, []
+
+
+def _key_getter(dotted: str) -> Any:
+    import operator
+
+    return operator.attrgetter(dotted)
+
+
+def check(document: Any, catalog: Catalog | None = None) -> tuple[Definition | None, list[Problem]]:
+    """Every problem of a parsed document; the Definition when there is none."""
+    problems = _structure(document)
+    if problems:
+        return None, problems
+    doc = normalise(document)
+    problems = _rules(doc)
+    definition, more = _types(doc, catalog or default_catalog())
+    problems += more
+    if problems:
+        return None, problems
+    return definition, []
+
+
+def load(source: str | Path, text: str | None = None, catalog: Catalog | None = None) -> Definition:
+    """A checked definition from a file (or its text); DefinitionError with every problem otherwise."""
+    name = str(source)
+    if text is None:
+        text = Path(source).read_text()
+    definition, problems = check(parse(text, name), catalog)
+    if definition is None:
+        raise DefinitionError(name, problems)
+    return definition
+
+
+def from_document(document: Mapping[str, Any], source: str, catalog: Catalog | None = None) -> Definition:
+    """A definition from its stored (normalised) document, as a journal keeps it."""
+    definition, problems = check(document, catalog)
+    if definition is None:
+        raise DefinitionError(source, problems)
+    return definition
+
+
+def shipped(name: str) -> Path:
+    """A definition file shipped with the coordinator (common/definitions/shipped/<name>.yaml)."""
+    return Path(str(resources.files(__package__).joinpath("shipped", f"{name}.yaml")))
+
+
+@cache
+def order_flow() -> Definition:
+    """The order flow as shipped: what PlaceOrder runs on a journal that holds no other version of it."""
+    return load(shipped("order"))
