@@ -24,8 +24,9 @@ import uvloop
 from loguru import logger
 
 from coordinator.journal import Journal, NewSaga, StateChange
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
+from tests.helpers.order_flow import STEPS
 
 AWAITED_PER_SAGA = 5
 RECORDS_PER_SAGA = 12
@@ -64,7 +65,7 @@ async def _saga(journal: Journal, saga_id: str) -> None:
     journal.submit(
         [NewSaga(rec), Event(saga_id, seq, now, EventKind.CREATED, SagaState.RUNNING, detail="ttl 30000 ms")]
     )
-    for step in Step:
+    for step in STEPS:
         seq += 1
         await journal.submit(
             [Event(saga_id, seq, now, EventKind.STARTED, SagaState.RUNNING, int(step), int(Action.FORWARD), 1)]

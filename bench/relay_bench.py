@@ -30,10 +30,12 @@ from typing import Any
 import grpc
 import uvloop
 
+from common.definitions.model import Values
 from coordinator.config import Services
-from coordinator.engine.caller import GrpcCaller, SagaPayload
-from coordinator.saga.model import STEPS, Action
+from coordinator.engine.caller import GrpcCaller
+from coordinator.saga.model import Action
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from tests.helpers.order_flow import STEPS
 
 from . import grpc_floor
 from .cluster import REPO_ROOT, Cluster, free_port
@@ -50,7 +52,7 @@ async def _serve(address: str, stubs: str) -> None:
     async def place_order(body: bytes, context: Any) -> bytes:
         req = saga_pb2.PlaceOrderRequest.FromString(body)
         items = tuple((i.item_id, i.quantity) for i in req.items)
-        payload = SagaPayload(f"relay-{req.order_id}", req.order_id, req.user_id, items, req.payment_info)
+        payload = Values(f"relay-{req.order_id}", req.order_id, req.user_id, items, req.payment_info)
         for step in STEPS:
             result = await caller.call(payload, step, Action.FORWARD, 10.0)
             if not result.ok:

@@ -25,16 +25,17 @@ import grpc
 import uvloop
 from loguru import logger
 
+from common.definitions.model import Step, Values
 from coordinator.clock import SystemClock
 from coordinator.config import Limits, Retention, ShardConfig
-from coordinator.engine.caller import SagaPayload
 from coordinator.journal import Journal, NewSaga
 from coordinator.saga.errors import CallResult, OperationAnswer, OperationState
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
 from coordinator.security.sealing import open_sealer
 from coordinator.shard import Shard
 from protos.saga.v1 import saga_pb2
+from tests.helpers.order_flow import CREATE_ORDER, PROCESS_PAYMENT, RESERVE_INVENTORY
 
 CONCURRENCY = 64
 DAY_MS = 86_400_000
@@ -48,15 +49,15 @@ class InstantCaller:
     def __init__(self) -> None:
         self.first_call: dict[str, float] = {}
 
-    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+    async def call(self, payload: Values, step: Step, action: Action, timeout_s: float) -> CallResult:
         self.first_call.setdefault(payload.saga_id, time.perf_counter())
         declined = payload.payment.payment_token == "tok_declined"
-        if step is Step.PROCESS_PAYMENT and action is Action.FORWARD and declined:
+        if step is PROCESS_PAYMENT and action is Action.FORWARD and declined:
             return CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
         return CallResult(grpc.StatusCode.OK)
 
     async def get_operation(
-        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+        self, payload: Values, step: Step, action: Action, timeout_s: float
     ) -> OperationAnswer:
         return OperationAnswer(OperationState.NOT_FOUND)  # never asked: every call answers
 
@@ -70,14 +71,14 @@ def _events(saga_id: str, at: int, failed: bool) -> list[Event]:
     steps = list(Step)[:3] if failed else list(Step)
     for step in steps:
         evs.append(Event(saga_id, len(evs) + 1, at, EventKind.STARTED, SagaState.RUNNING, int(step), 1, 1))
-        if failed and step is Step.PROCESS_PAYMENT:
+        if failed and step is PROCESS_PAYMENT:
             evs.append(Event(saga_id, len(evs) + 1, at, EventKind.FAILED, SagaState.RUNNING, int(step), 1, 1,
                              "FAILED_PRECONDITION", "payment declined"))  # fmt: skip
         else:
             evs.append(Event(saga_id, len(evs) + 1, at, EventKind.SUCCEEDED, SagaState.RUNNING, int(step), 1, 1, "OK"))
     if failed:
         evs.append(Event(saga_id, len(evs) + 1, at, EventKind.STATE, SagaState.COMPENSATING, detail="payment declined"))
-        for step in (Step.RESERVE_INVENTORY, Step.CREATE_ORDER):
+        for step in (RESERVE_INVENTORY, CREATE_ORDER):
             evs.append(Event(saga_id, len(evs) + 1, at, EventKind.STARTED, SagaState.COMPENSATING, int(step), 2, 1))
             evs.append(
                 Event(saga_id, len(evs) + 1, at, EventKind.SUCCEEDED, SagaState.COMPENSATING, int(step), 2, 1, "OK")

@@ -3,7 +3,7 @@
 from coordinator.app import ShardApp
 from coordinator.clock import Clock, SystemClock
 from coordinator.config import ConfigError, Limits, RetryPolicy, Services, ShardConfig, load
-from coordinator.saga.model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga.model import TRANSITIONS, Action, SagaState, StepStatus, idempotency_key
 
 __all__ = [
     "TRANSITIONS",
@@ -16,7 +16,6 @@ __all__ = [
     "Services",
     "ShardApp",
     "ShardConfig",
-    "Step",
     "StepStatus",
     "SystemClock",
     "idempotency_key",

@@ -224,12 +224,33 @@ class Replication:
 
 @dataclass(frozen=True)
 class Services:
-    """Addresses (host:port) of the four downstream services."""
+    """Addresses (host:port) of the downstream services, by the names definitions give them (a step's `service:`).
+    The development stubs' five have defaults; any other name is a key of the [services] table (`fraud = "h:p"`)."""
 
     order: str = "127.0.0.1:50061"
     inventory: str = "127.0.0.1:50061"
     payment: str = "127.0.0.1:50061"
     shipping: str = "127.0.0.1:50061"
+    loyalty: str = "127.0.0.1:50061"
+    others: Mapping[str, str] = field(default_factory=dict)
+    """Every other name of the [services] table."""
+
+    @classmethod
+    def all_at(cls, address: str, others: Mapping[str, str] | None = None) -> Services:
+        """Every service at one address (SAGA_SERVICES, --services: the stubs serve all of them on one port)."""
+        return cls(address, address, address, address, address, {k: address for k in (others or {})})
+
+    def address(self, name: str) -> str | None:
+        """The address of the service a definition names; None if the table has no such name."""
+        if name in _SERVICE_FIELDS:
+            return str(getattr(self, name))
+        return self.others.get(name)
+
+    def names(self) -> dict[str, str]:
+        return {**{n: str(getattr(self, n)) for n in _SERVICE_FIELDS}, **self.others}
+
+
+_SERVICE_FIELDS = ("order", "inventory", "payment", "shipping", "loyalty")
 
 
 @dataclass(frozen=True)
@@ -289,8 +310,8 @@ class ShardConfig:
         _check_address("listen", self.listen)
         if self.metrics_listen:
             _check_address("metrics_listen", self.metrics_listen)
-        for f in dataclasses.fields(self.services):
-            _check_address(f"services.{f.name}", getattr(self.services, f.name))
+        for name, address in self.services.names().items():
+            _check_address(f"services.{name}", address)
         if not self.journal_path:
             raise ConfigError("journal_path is required")
         if not 1 <= self.default_ttl_ms <= self.max_ttl_ms:
@@ -365,7 +386,19 @@ def load(
     if isinstance(data.get("operations"), Mapping) and "steps" in data["operations"]:
         data = {**data, "operations": dict(data["operations"])}
         steps = data["operations"].pop("steps")
+    others: dict[str, str] = {}
+    if isinstance(data.get("services"), Mapping):
+        # Names beyond the stubs' five are the services of the definitions the shard runs: any key, an address.
+        table = dict(data["services"])
+        for name in [k for k in table if k not in _SERVICE_FIELDS]:
+            value = table.pop(name)
+            if not isinstance(value, str):
+                raise ConfigError(f"services.{name} must be an address string (host:port)")
+            others[str(name)] = value
+        data = {**data, "services": table}
     cfg: ShardConfig = build(ShardConfig, data, "", ConfigError)
+    if others:
+        cfg = dataclasses.replace(cfg, services=dataclasses.replace(cfg.services, others=others))
     if not isinstance(steps, Mapping) or not all(isinstance(v, Mapping) for v in steps.values()):
         raise ConfigError("operations.steps must hold one table per step: [operations.steps.process_payment]")
     if steps:
@@ -396,16 +429,16 @@ def load(
     services = cfg.services
     if env.get("SAGA_SERVICES"):
         a = env["SAGA_SERVICES"]
-        services = Services(a, a, a, a)
-    for name in ("order", "inventory", "payment", "shipping"):
+        services = Services.all_at(a, services.others)
+    for name in _SERVICE_FIELDS:
         if env.get(f"SAGA_{name.upper()}_ADDR"):
-            services = dataclasses.replace(services, **{name: env[f"SAGA_{name.upper()}_ADDR"]})
+            services = dataclasses.replace(services, **{name: env[f"SAGA_{name.upper()}_ADDR"]})  # type: ignore[arg-type]
     changes["services"] = services
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key == "services":
-            changes["services"] = Services(value, value, value, value)
+            changes["services"] = Services.all_at(value, changes["services"].others)
         elif key == "litestream_socket":
             changes["replication"] = dataclasses.replace(
                 changes.get("replication", cfg.replication), litestream_socket=value

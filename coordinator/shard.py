@@ -11,6 +11,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
 from loguru import logger
 
 from common import tracing
@@ -18,7 +19,9 @@ from common.loops import run_every
 from coordinator.clock import Clock
 from coordinator.config import ShardConfig
 from coordinator.engine import preview, transitions
-from coordinator.engine.caller import Caller, SagaPayload
+from common.definitions.model import Definition, Values
+from coordinator.engine.book import DefinitionBook
+from coordinator.engine.caller import Caller
 from coordinator.engine.engine import Engine, SagaRun
 from coordinator.engine.poller import Poller
 from coordinator.journal import DeadLetterClose, DeadLetterRow, Journal, NewSaga, Record
@@ -27,7 +30,9 @@ from coordinator.metrics import ShardMetrics
 from coordinator.operations.retention import Upkeep
 from coordinator.ring.ownership import Ownership
 from coordinator.ring.peers import PeerRings
+from coordinator.saga import inputs
 from coordinator.saga.errors import (
+    InvalidRequest,
     JournalUnavailable,
     Overloaded,
     PayloadMismatch,
@@ -37,7 +42,6 @@ from coordinator.saga.errors import (
 )
 from coordinator.saga.model import SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
-from coordinator.saga.validation import validate_place_order
 from coordinator.security.sealing import Sealer
 from protos.saga.v1 import saga_pb2
 
@@ -71,6 +75,7 @@ class Shard:
         self._caller = caller
         self._sealer = sealer
         self._engine = Engine(cfg, journal, caller, clock, rng or random.Random(cfg.seed), self.metrics)
+        self.book = DefinitionBook(cfg, journal, clock, self._engine.policies)
         self._live: dict[str, SagaRun] = {}
         self._creating: dict[str, asyncio.Future[None]] = {}
         self._claimed: set[str] = set()  # dead letters an admin call is acting on right now
@@ -100,8 +105,8 @@ class Shard:
             waiting = run.record.waiting_on()
             if waiting is not None:
                 step, action = waiting
-                accepted = run.record.steps[step].accepted_at_epoch_ms
-                out.append((step.label, action.label, max(0, now - accepted) / 1000))
+                accepted = run.record.progress(step).accepted_at_epoch_ms
+                out.append((run.flow.step(step).label, action.label, max(0, now - accepted) / 1000))
         return out
 
     @property
@@ -118,6 +123,7 @@ class Shard:
     async def start(self) -> int:
         """Resumes every unfinished saga in the journal; returns how many."""
         await self.ownership.load()
+        await self.book.load()
         if self.ownership.catching_up:
             self._catching_up = asyncio.create_task(self.ownership.catch_up(), name="ring-catch-up")
         self.metrics.dead_letters_open.set(await self.journal.open_dead_letters())
@@ -127,7 +133,7 @@ class Shard:
         # Every unfinished saga is registered now (a retried PlaceOrder joins it, GetSaga shows it), but their tasks
         # start at most limits.resume_per_s a second: a restart with thousands of them must not call the services all
         # at once. A tenth of a second's worth starts here, the rest from a background task at the same pace.
-        runs = [self._launch(rec, created=None, start=False) for rec in recs]
+        runs = [run for rec in recs if (run := self._resume(rec)) is not None]
         # Sagas waiting on an operation get no task: they are asked about at their journaled due time, those that
         # fell due while the shard was down spread at the same pace (limits.resume_per_s).
         now = self.clock.now_epoch_ms()
@@ -136,7 +142,7 @@ class Shard:
             waiting = run.record.waiting_on()
             if waiting is None:
                 continue
-            due = run.record.steps[waiting[0]].next_poll_at_epoch_ms
+            due = run.record.progress(waiting[0]).next_poll_at_epoch_ms
             if due <= now:
                 due = now + overdue * 1000 // self.cfg.limits.resume_per_s
                 overdue += 1
@@ -181,21 +187,45 @@ class Shard:
     async def place_order(
         self, req: saga_pb2.PlaceOrderRequest, ring_epoch: int | None = None, trace_context: str = ""
     ) -> Placed:
-        """ring_epoch: the ring the router routed the call by (None: not routed, not fenced). trace_context: the trace
-        a new saga's spans join (common.tracing.carrier), kept in its journal row."""
-        validate_place_order(req, self.cfg.limits)
-        payload_hash = self._payload_hash(req)
+        """A saga of type "order" (StartSaga with the order as its input and its order_id as the key)."""
+        ttl_ms = req.ttl_ms if req.HasField("ttl_ms") else None
+        return await self.start_saga(inputs.ORDER_TYPE, req.order_id, req, ttl_ms, req.no_wait, ring_epoch, trace_context)
+
+    async def start_saga(
+        self,
+        saga_type: str,
+        key: str,
+        message: Message,
+        ttl_ms: int | None,
+        no_wait: bool,
+        ring_epoch: int | None = None,
+        trace_context: str = "",
+    ) -> Placed:
+        """Starts (or joins: idempotent per type and key) a saga of `saga_type` on the version its alias names now.
+        ring_epoch: the ring the router routed the call by (None: not routed, not fenced). trace_context: the trace a
+        new saga's spans join (common.tracing.carrier), kept in its journal row."""
+        flow = self.book.for_new(saga_type)
+        want = flow.input_type.DESCRIPTOR.full_name
+        if message.DESCRIPTOR.full_name != want:
+            raise InvalidRequest("input", f"saga type {saga_type} takes a {want}, not a {message.DESCRIPTOR.full_name}")
+        inputs.validate(message, key, self.cfg.limits)
+        if flow.key_of(message) != key:
+            raise InvalidRequest("key", f"must equal the input's {flow.key_field} ({flow.key_of(message)!r})")
+        if ttl_ms is not None and ttl_ms < 1:
+            raise InvalidRequest("ttl_ms", "must be at least 1 when set")
+        jkey = inputs.journal_key(flow.name, key)
+        payload_hash = self._sealer.payload_hash(inputs.canonical(message))
         while True:
             if self._stopping:
                 raise ShuttingDown("shard is shutting down")
-            run = self._live.get(req.order_id)
+            run = self._live.get(jkey)
             if run is not None:
                 self._check_same(run.record, payload_hash)
-                return await self._answer(run, req.no_wait)
-            creating = self._creating.get(req.order_id)
+                return await self._answer(run, no_wait)
+            creating = self._creating.get(jkey)
             if creating is None:
                 break
-            # A concurrent PlaceOrder for the same order is creating it: wait, then join it.
+            # A concurrent start of the same saga is creating it: wait, then join it.
             await asyncio.shield(creating)
         if self.in_flight - self.waiting + len(self._creating) >= self.cfg.limits.max_in_flight:
             self.metrics.shed.inc()
@@ -204,41 +234,52 @@ class Shard:
                 self.cfg.limits.shed_retry_after_ms,
             )
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._creating[req.order_id] = gate
+        self._creating[jkey] = gate
         try:
-            # A saga of this order, or what retention kept of it: the original answer, never a second saga.
-            existing = await self.journal.find_order(req.order_id)
+            # A saga of this key, or what retention kept of it: the original answer, never a second saga.
+            existing = await self.journal.find_order(jkey)
             if existing is not None:
                 self._check_same(existing, payload_hash)
                 return Placed(existing, pending=False)
             # The fence and the registration of the new saga with no await in between: a router that installs a newer
-            # ring here and then asks for this order sees either the saga or a refusal of this call, never neither.
-            self.ownership.check(ring_epoch, req.order_id, creating=True)
-            run = self._create(req, payload_hash, trace_context)
+            # ring here and then asks for this key sees either the saga or a refusal of this call, never neither.
+            self.ownership.check(ring_epoch, key, creating=True)
+            run = self._create(flow, jkey, key, message, ttl_ms, payload_hash, trace_context)
         finally:
-            del self._creating[req.order_id]
+            del self._creating[jkey]
             gate.set_result(None)
-        return await self._answer(run, req.no_wait)
+        return await self._answer(run, no_wait)
 
-    def _create(self, req: saga_pb2.PlaceOrderRequest, payload_hash: str, trace_context: str) -> SagaRun:
+    def _create(
+        self,
+        flow: Definition,
+        jkey: str,
+        key: str,
+        message: Message,
+        ttl_ms: int | None,
+        payload_hash: str,
+        trace_context: str,
+    ) -> SagaRun:
         now = self.clock.now_epoch_ms()
-        ttl_ms = min(req.ttl_ms if req.HasField("ttl_ms") else self.cfg.default_ttl_ms, self.cfg.max_ttl_ms)
-        stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
+        ttl_default = flow.ttl_default_ms or self.cfg.default_ttl_ms
+        ttl_ms = min(ttl_ms if ttl_ms is not None else ttl_default, flow.ttl_max_ms or self.cfg.max_ttl_ms)
+        user_id, clear, secret = inputs.parts(message)
         # Derived, not random (coordinator.security.sealing.Sealer.saga_id): a saga re-created for the same request
         # after its record was lost sends the same idempotency keys. Sagas created before keep the random ids they have.
-        saga_id = self._sealer.saga_id(req.order_id, payload_hash)
+        saga_id = self._sealer.saga_id(jkey, payload_hash)
         rec = SagaRecord(
             saga_id=saga_id,
-            order_id=req.order_id,
-            user_id=req.user_id,
-            request=stripped.SerializeToString(deterministic=True),
-            payment_sealed=self._sealer.seal(saga_id, req.payment_info.SerializeToString(deterministic=True)),
+            order_id=jkey,
+            user_id=user_id,
+            request=clear,
+            payment_sealed=self._sealer.seal(saga_id, secret),
             payload_hash=payload_hash,
             state=SagaState.RUNNING,
             created_at_epoch_ms=now,
             updated_at_epoch_ms=now,
             deadline_epoch_ms=now + ttl_ms,
             trace_context=trace_context,
+            definition_hash=flow.hash,
         )
         created = Event(rec.saga_id, 1, now, EventKind.CREATED, SagaState.RUNNING, detail=f"ttl {ttl_ms} ms")
         rec.next_seq = 2
@@ -246,13 +287,26 @@ class Shard:
         # ready tasks submit before it takes a batch). The engine sends nothing, and the caller is answered nothing,
         # before this future resolves: nothing goes out or is acknowledged before the saga is durable.
         creation = self.journal.submit([NewSaga(rec.copy()), created], ends_round=False)
-        # The request in memory, not the sealed blob opened again: the payload is the same either way.
-        items = tuple((i.item_id, i.quantity) for i in req.items)
-        payload = SagaPayload(saga_id, req.order_id, req.user_id, items, req.payment_info)
-        run = self._launch(rec, created=creation, payload=payload)
+        # The input in memory, not the sealed blob opened again: the values are the same either way.
+        run = self._launch(rec, flow, created=creation, values=Values(saga_id, key, message, {}))
         self.metrics.started.inc()
         creation.add_done_callback(lambda f: None if f.cancelled() or f.exception() else run.view.apply(created))
         return run
+
+    def _resume(self, rec: SagaRecord, start: bool = False) -> SagaRun | None:
+        """A journaled saga, on the definition it started on; None (logged) if this shard does not hold that one."""
+        try:
+            flow = self.book.of(rec.definition_hash)
+        except KeyError:
+            logger.error(
+                "saga {} of {} runs definition {}, which this shard does not hold: it waits until the definition is"
+                " installed (saga-router defs commit)",
+                rec.saga_id,
+                rec.order_id,
+                rec.definition_hash,
+            )
+            return None
+        return self._launch(rec, flow, created=None, start=start)
 
     async def _resume_rest(self, runs: list[SagaRun], step: int) -> None:
         for i in range(0, len(runs), step):
@@ -264,20 +318,23 @@ class Shard:
     def _launch(
         self,
         rec: SagaRecord,
+        flow: Definition,
         created: asyncio.Future[None] | None,
         start: bool = True,
-        payload: SagaPayload | None = None,
+        values: Values | None = None,
     ) -> SagaRun:
-        if payload is None:
-            payment = saga_pb2.PaymentInfo.FromString(self._sealer.open(rec.saga_id, rec.payment_sealed))
-            req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
-            items = tuple((i.item_id, i.quantity) for i in req.items)
-            payload = SagaPayload(rec.saga_id, rec.order_id, rec.user_id, items, payment)
+        if values is None:
+            message = inputs.restore(flow.input_type, rec.request, self._sealer.open(rec.saga_id, rec.payment_sealed))
+            outputs = {
+                n: flow.step(n).call.response_type.FromString(p.output) for n, p in rec.steps.items() if p.output
+            }
+            values = Values(rec.saga_id, inputs.routing_key(rec.order_id), message, outputs)
         remaining_s = (rec.deadline_epoch_ms - self.clock.now_epoch_ms()) / 1000
         loop = asyncio.get_running_loop()
         run = SagaRun(
             record=rec,
-            payload=payload,
+            flow=flow,
+            values=values,
             deadline_mono=self.clock.monotonic() + remaining_s,
             view=rec.copy(),
             done=loop.create_future(),
@@ -288,6 +345,7 @@ class Shard:
             fields: dict[str, object] = {
                 "saga.id": rec.saga_id,
                 "saga.order_id": rec.order_id,
+                "saga.type": flow.name,
                 "saga.shard": self.cfg.shard_id,
             }
             if run.resumed:
@@ -360,19 +418,28 @@ class Shard:
         await asyncio.shield(run.done)
         return Placed(run.view.copy(), pending=False)
 
-    def _payload_hash(self, req: saga_pb2.PlaceOrderRequest) -> str:
-        # ttl_ms and no_wait are how to run the order, not the order: a retry may change them.
-        canon = saga_pb2.PlaceOrderRequest(
-            order_id=req.order_id, user_id=req.user_id, items=req.items, payment_info=req.payment_info
-        )
-        return self._sealer.payload_hash(canon.SerializeToString(deterministic=True))
-
     @staticmethod
     def _check_same(rec: SagaRecord, payload_hash: str) -> None:
         if rec.payload_hash != payload_hash:
-            raise PayloadMismatch(f"order {rec.order_id} already exists with a different payload")
+            saga_type, key = inputs.split_key(rec.order_id)
+            if saga_type == inputs.ORDER_TYPE:
+                raise PayloadMismatch(f"order {key} already exists with a different payload")
+            raise PayloadMismatch(f"saga {saga_type} {key} already exists with a different input")
 
     # ---- queries ----------------------------------------------------------------------------------------------------
+
+    def flow_of(self, rec: SagaRecord) -> Definition | None:
+        """The definition a saga runs, None if this shard does not hold it."""
+        try:
+            return self.book.of(rec.definition_hash)
+        except KeyError:
+            return None
+
+    def flow_of_hash(self, definition_hash: str) -> Definition | None:
+        try:
+            return self.book.of(definition_hash)
+        except KeyError:
+            return None
 
     async def get(
         self, order_id: str, with_events: bool = False, ring_epoch: int | None = None
@@ -392,11 +459,11 @@ class Shard:
             # retention removed still exists (a minimal view, without steps or events).
             found = await self.journal.get_by_order(order_id, kept=True)
             if found is None:
-                self.ownership.check(ring_epoch, order_id, creating=False)
+                self.ownership.check(ring_epoch, inputs.routing_key(order_id), creating=False)
                 raise SagaNotFound(f"no saga for order {order_id}")
             rec = found
         events = await self.journal.events(rec.saga_id) if with_events else []
-        if with_events and not rec.request:
+        if with_events and rec.retained_only:
             # What retention kept of a removed saga (DedupRecord.as_saga: no request, no events): the operators'
             # actions on it stay readable for the audit period.
             events = await self.journal.operator_events(order_id)
@@ -452,8 +519,11 @@ class Shard:
             self._claimed.discard(order_id)
 
     async def _retry_claimed(self, saga: SagaRecord, who: str, reason: str) -> SagaRecord:
-        await self._operator_move(saga, SagaState.COMPENSATING, f"retried by {who}: {reason or 'no reason given'}")
-        self._launch(saga, created=None)
+        flow = self.book.of(saga.definition_hash)
+        # Parked past its pivot, it goes on forward; else its compensation resumes where it stopped.
+        new = SagaState.RUNNING if preview.resumes_forward(saga, flow) else SagaState.COMPENSATING
+        await self._operator_move(saga, new, f"retried by {who}: {reason or 'no reason given'}")
+        self._launch(saga, flow, created=None)
         logger.info("dead letter of order {} retried by {}", saga.order_id, who)
         return saga
 
@@ -486,7 +556,7 @@ class Shard:
         """An operator's retry or resolve: the state event names what they did, and their dead letter closes with it
         in the same commit. Such a saga has no task driving it, so its record is folded here once committed."""
         now = self.clock.now_epoch_ms()
-        kind = EventKind.ADMIN_RETRY if new is SagaState.COMPENSATING else EventKind.ADMIN_RESOLVE
+        kind = EventKind.ADMIN_RESOLVE if new is SagaState.RESOLVED else EventKind.ADMIN_RETRY
 
         async def write(records: Sequence[Record]) -> None:
             await self.journal.write(records)
@@ -508,7 +578,7 @@ class Shard:
         """Reads a dead-lettered saga an admin action may act on now, or raises what that action would answer."""
         rec = await self.journal.get_by_order(order_id, kept=True)  # a removed saga is finished: WrongState
         if rec is None:
-            self.ownership.check(ring_epoch, order_id, creating=False)
+            self.ownership.check(ring_epoch, inputs.routing_key(order_id), creating=False)
             raise SagaNotFound(f"no saga for order {order_id}")
         if order_id in self._live or order_id in self._claimed:
             raise WrongState(f"saga of order {order_id} is being acted on already")
@@ -521,7 +591,8 @@ class Shard:
 
     async def preview_retry(self, order_id: str, ring_epoch: int | None = None) -> preview.SagaPlan:
         """What retry_dead_letter(order_id) would do."""
-        return preview.plan_retry(await self._read_parked(order_id, ring_epoch), self.cfg)
+        rec = await self._read_parked(order_id, ring_epoch)
+        return preview.plan_retry(rec, self.book.of(rec.definition_hash), self._engine.policies)
 
     async def preview_retry_all(self, step: int) -> list[preview.SagaPlan]:
         """What retry_all_dead_letters(step) would do: the same dead letters, the same skips."""

@@ -50,7 +50,7 @@ class Values:
     saga_id: str
     key: str
     input: Message
-    outputs: Mapping[int, Message] = field(default_factory=dict)
+    outputs: dict[int, Message] = field(default_factory=dict)
     """Step number -> the step's forward response, for the steps whose output a mapping uses (journaled)."""
 
 
@@ -58,7 +58,7 @@ RequestBuilder = Callable[[Values, str], Message]
 """(values, forward idempotency key of the step) -> the request message."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Call:
     """One gRPC method a step calls, with the request mapping compiled."""
 
@@ -91,8 +91,11 @@ class Policy:
     """"transient" / "rejected" / "unknown" -> gRPC status code names that this step classifies so."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Step:
+    """Equal (and hashed) by number: the same step of two compilations of a definition is the same step, and a step
+    is interchangeable with its number (the journal's, an event's, a dict key of StepProgress)."""
+
     number: int
     """1-based position in the file: what the journal stores."""
     id: str
@@ -110,6 +113,25 @@ class Step:
     @property
     def label(self) -> str:
         return self.id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Step):
+            return (self.number, self.id) == (other.number, other.id)
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self.number == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.number)
+
+    def __index__(self) -> int:
+        return self.number
+
+    def __int__(self) -> int:
+        return self.number
+
+    def __repr__(self) -> str:
+        return f"Step({self.number}, {self.id!r}, {self.kind.value})"
 
 
 @dataclass(frozen=True, slots=True)

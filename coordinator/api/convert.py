@@ -9,8 +9,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.journal import DeadLetterRow
 from coordinator.saga.errors import InvalidRequest
-from coordinator.saga.model import STEPS, SagaState
-from coordinator.saga.record import Event, EventKind, SagaRecord
+from common.definitions.model import Definition
+from coordinator.saga.inputs import legacy_step, split_key
+from coordinator.saga.model import SagaState
+from coordinator.saga.record import Event, EventKind, SagaRecord, StepProgress
 from protos.saga.v1 import saga_pb2
 
 CLIENT_STATUS = {
@@ -27,11 +29,19 @@ def ts(epoch_ms: int) -> Timestamp:
     return t
 
 
-def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = None) -> saga_pb2.Saga:
-    req = saga_pb2.PlaceOrderRequest.FromString(rec.request)
+def saga_message(
+    rec: SagaRecord, shard_id: str, flow: Definition | None, events: list[Event] | None = None
+) -> saga_pb2.Saga:
+    """flow: the saga's definition (None if this shard does not hold it: steps are then numbered, not named)."""
+    req = saga_pb2.PlaceOrderRequest.FromString(rec.request)  # the order flow's clear part; empty for other types
+    saga_type, key = split_key(rec.order_id)
     msg = saga_pb2.Saga(
         saga_id=rec.saga_id,
-        order_id=rec.order_id,
+        order_id=key if saga_type == "order" else "",
+        saga_type=saga_type,
+        key=key,
+        definition_hash=rec.definition_hash,
+        definition_version=flow.version if flow else "",
         user_id=rec.user_id,
         state=int(rec.state),
         items=req.items,
@@ -42,12 +52,14 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
         parked_note=rec.parked_note,
         shard_id=shard_id,
     )
-    for s in STEPS:
-        p = rec.steps.get(s)
-        if p is None:
-            continue  # what retention kept of a removed saga has no steps
+    numbers = [s.number for s in flow.steps] if flow else sorted(rec.steps)
+    for n in [] if rec.retained_only else numbers:  # what retention kept of a removed saga has no steps
+        p = rec.steps.get(n) or StepProgress(n)
+        step_id = flow.step(n).id if flow else str(n)
         info = msg.steps.add(
-            step=int(s),
+            step=legacy_step(step_id),
+            step_id=step_id,
+            kind=str(flow.step(n).kind) if flow else "",
             status=int(p.status),
             forward_attempts=p.forward_attempts,
             compensate_attempts=p.compensate_attempts,
@@ -63,16 +75,26 @@ def saga_message(rec: SagaRecord, shard_id: str, events: list[Event] | None = No
             info.waiting_since.CopyFrom(ts(p.accepted_at_epoch_ms))
             info.next_poll_at.CopyFrom(ts(p.next_poll_at_epoch_ms))
     for ev in events or ():
-        msg.events.append(event_message(ev))
+        msg.events.append(event_message(ev, flow))
     return msg
 
 
-def event_message(event: Event) -> saga_pb2.SagaEvent:
+def _step_id(flow: Definition | None, number: int) -> str:
+    if not number:
+        return ""
+    if flow is None or number > len(flow.steps):
+        return str(number)
+    return flow.step(number).id
+
+
+def event_message(event: Event, flow: Definition | None) -> saga_pb2.SagaEvent:
+    step_id = _step_id(flow, event.step)
     msg = saga_pb2.SagaEvent(
         seq=event.seq,
         at=ts(event.at_epoch_ms),
         kind=str(event.kind),
-        step=event.step,
+        step=legacy_step(step_id),
+        step_id=step_id,
         action=event.action,
         attempt=event.attempt,
         code=event.code,
@@ -94,7 +116,7 @@ def place_order_response(rec: SagaRecord, pending: bool) -> saga_pb2.PlaceOrderR
     else:
         status = CLIENT_STATUS.get(rec.state, saga_pb2.PENDING)
     return saga_pb2.PlaceOrderResponse(
-        order_id=rec.order_id,
+        order_id=split_key(rec.order_id)[1],
         status=status,
         error_message="" if status in (saga_pb2.SUCCESS, saga_pb2.PENDING) else rec.message,
         saga_id=rec.saga_id,
@@ -102,11 +124,32 @@ def place_order_response(rec: SagaRecord, pending: bool) -> saga_pb2.PlaceOrderR
     )
 
 
-def dead_letter_message(row: DeadLetterRow, shard_id: str) -> saga_pb2.DeadLetter:
+def start_saga_response(rec: SagaRecord, flow: Definition | None) -> saga_pb2.StartSagaResponse:
+    saga_type, key = split_key(rec.order_id)
+    quiet = rec.state is SagaState.SUCCEEDED or rec.state is SagaState.RUNNING
+    return saga_pb2.StartSagaResponse(
+        saga_type=saga_type,
+        key=key,
+        saga_id=rec.saga_id,
+        state=int(rec.state),
+        error_message="" if quiet else rec.message,
+        definition_hash=rec.definition_hash,
+        definition_version=flow.version if flow else "",
+    )
+
+
+def dead_letter_message(row: DeadLetterRow, shard_id: str, flow: Definition | None) -> saga_pb2.DeadLetter:
+    saga_type, key = split_key(row.order_id)
+    step_id = _step_id(flow, row.step)
+    forward = flow is not None and row.step <= len(flow.steps) and flow.step(row.step).kind == "retriable"
     return saga_pb2.DeadLetter(
         saga_id=row.saga_id,
-        order_id=row.order_id,
-        step=row.step,
+        order_id=key if saga_type == "order" else "",
+        saga_type=saga_type,
+        key=key,
+        step=legacy_step(step_id),
+        step_id=step_id,
+        action=saga_pb2.ACTION_FORWARD if forward else saga_pb2.ACTION_COMPENSATE,
         last_error=row.last_error,
         attempts=row.attempts,
         parked_at=ts(row.parked_at_epoch_ms),

@@ -7,11 +7,13 @@ the admin handlers name in the audit trail the principal it authenticated (curre
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loguru import logger
 
@@ -24,9 +26,11 @@ from common.ring import EPOCH_KEY, EpochError, history_from_message, history_mes
 from common.rpc_errors import bad_request
 from common.tls import TlsFiles
 from coordinator.api import convert
+from coordinator.config import Limits
 from coordinator.engine import preview
 from coordinator.ring.ownership import call_epoch
 from coordinator.saga.errors import InvalidRequest, SagaError
+from coordinator.saga.inputs import ORDER_TYPE, journal_key, split_key
 from coordinator.saga.model import SagaState
 from coordinator.saga.validation import check_id
 from coordinator.shard import Shard
@@ -82,6 +86,29 @@ def operator_name() -> str:
     return principal.name
 
 
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def check_saga_type(saga_type: str) -> None:
+    if not saga_type:
+        raise InvalidRequest("saga_type", "is required: the name of a committed definition, e.g. order")
+    if not _TYPE_RE.fullmatch(saga_type):
+        raise InvalidRequest("saga_type", "is a definition name: a lowercase letter, then letters, digits or _")
+
+
+def target_key(order_id: str, saga_type: str, key: str, limits: Limits) -> str:
+    """The journal key a read or an admin call names: order_id (the order flow), or saga_type (default "order") and
+    key (any type)."""
+    if key or saga_type:
+        if order_id:
+            raise InvalidRequest("order_id", "must be empty when key is set")
+        check_saga_type(saga_type or ORDER_TYPE)
+        check_id("key", key, limits)
+        return journal_key(saga_type or ORDER_TYPE, key)
+    check_id("order_id", order_id, limits)
+    return order_id
+
+
 class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
     def __init__(self, shard: Shard) -> None:
         self._shard = shard
@@ -100,15 +127,45 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
             self._place_order_seconds.observe(time.perf_counter() - started)
         return convert.place_order_response(placed.saga, placed.pending)
 
+    async def StartSaga(
+        self, request: saga_pb2.StartSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.StartSagaResponse:
+        started = time.perf_counter()
+        shard = self._shard
+        try:
+            check_saga_type(request.saga_type)
+            check_id("key", request.key, shard.cfg.limits)
+            if not request.HasField("input"):
+                raise InvalidRequest("input", "is required: the definition's input message, as a google.protobuf.Any")
+            flow = shard.book.for_new(request.saga_type)
+            message = flow.input_type()
+            want = flow.input_type.DESCRIPTOR.full_name
+            try:
+                unpacked = request.input.Unpack(message)
+            except DecodeError as e:
+                raise InvalidRequest("input", f"is not a valid {want}") from e
+            if not unpacked:
+                raise InvalidRequest("input", f"saga type {request.saga_type} takes a {want}, not {request.input.type_url!r}")
+            ttl_ms = request.ttl_ms if request.HasField("ttl_ms") else None
+            trace = saga_trace(context) if tracing.enabled() else ""
+            placed = await shard.start_saga(
+                request.saga_type, request.key, message, ttl_ms, request.no_wait, ring_epoch(context), trace
+            )
+        except SagaError as e:
+            await abort(context, e)
+        finally:
+            self._place_order_seconds.observe(time.perf_counter() - started)
+        return convert.start_saga_response(placed.saga, shard.flow_of(placed.saga))
+
     async def GetSaga(
         self, request: saga_pb2.GetSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.Saga:
         try:
-            check_id("order_id", request.order_id, self._shard.cfg.limits)
-            rec, events = await self._shard.get(request.order_id, request.include_events, ring_epoch(context))
+            target = target_key(request.order_id, request.saga_type, request.key, self._shard.cfg.limits)
+            rec, events = await self._shard.get(target, request.include_events, ring_epoch(context))
         except SagaError as e:
             await abort(context, e)
-        return convert.saga_message(rec, self._shard.cfg.shard_id, events)
+        return convert.saga_message(rec, self._shard.cfg.shard_id, self._shard.flow_of(rec), events)
 
     async def ListSagas(
         self, request: saga_pb2.ListSagasRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -125,7 +182,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
             await abort(context, e)
         resp = saga_pb2.ListSagasResponse()
         for rec in recs[:size]:
-            resp.sagas.append(convert.saga_message(rec, self._shard.cfg.shard_id))
+            resp.sagas.append(convert.saga_message(rec, self._shard.cfg.shard_id, self._shard.flow_of(rec)))
         if len(recs) > size:
             last = recs[size - 1]
             resp.next_page_token = convert.encode_token(f"{last.created_at_epoch_ms}:{last.saga_id}")
@@ -136,11 +193,12 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
     ) -> AsyncIterator[saga_pb2.SagaUpdate]:
         shard_id = self._shard.cfg.shard_id
         try:
-            check_id("order_id", request.order_id, self._shard.cfg.limits)
-            async for rec, ev in self._shard.watch(request.order_id, ring_epoch(context)):
-                update = saga_pb2.SagaUpdate(saga=convert.saga_message(rec, shard_id))
+            target = target_key(request.order_id, request.saga_type, request.key, self._shard.cfg.limits)
+            async for rec, ev in self._shard.watch(target, ring_epoch(context)):
+                flow = self._shard.flow_of(rec)
+                update = saga_pb2.SagaUpdate(saga=convert.saga_message(rec, shard_id, flow))
                 if ev is not None:
-                    update.event.CopyFrom(convert.event_message(ev))
+                    update.event.CopyFrom(convert.event_message(ev, flow))
                 yield update
         except SagaError as e:
             await abort(context, e)
@@ -161,7 +219,10 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
         except SagaError as e:
             await abort(context, e)
         resp = saga_pb2.ListDeadLettersResponse(
-            dead_letters=[convert.dead_letter_message(r, self._shard.cfg.shard_id) for r in rows[:size]]
+            dead_letters=[
+                convert.dead_letter_message(r, self._shard.cfg.shard_id, self._shard.flow_of_hash(r.definition_hash))
+                for r in rows[:size]
+            ]
         )
         if len(rows) > size:
             resp.next_page_token = convert.encode_token(f"dl:{rows[size - 1].id}")
@@ -182,12 +243,12 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
                     return _previews(await shard.preview_retry_all(request.step), shard.cfg.shard_id)
                 order_ids = await shard.retry_all_dead_letters(request.step, who, request.reason)
             else:
-                check_id("order_id", request.order_id, shard.cfg.limits)
+                target = target_key(request.order_id, request.saga_type, request.key, shard.cfg.limits)
                 if request.dry_run:
-                    plan = await shard.preview_retry(request.order_id, ring_epoch(context))
+                    plan = await shard.preview_retry(target, ring_epoch(context))
                     return _previews([plan], shard.cfg.shard_id)
-                await shard.retry_dead_letter(request.order_id, who, request.reason, ring_epoch(context))
-                order_ids = [request.order_id]
+                await shard.retry_dead_letter(target, who, request.reason, ring_epoch(context))
+                order_ids = [split_key(target)[1]]
         except SagaError as e:
             await abort(context, e)
         return saga_pb2.RetryDeadLetterResponse(order_ids=order_ids)
@@ -196,29 +257,29 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
         self, request: saga_pb2.ResolveDeadLetterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> saga_pb2.ResolveDeadLetterResponse:
         try:
-            check_id("order_id", request.order_id, self._shard.cfg.limits)
+            target = target_key(request.order_id, request.saga_type, request.key, self._shard.cfg.limits)
             if not request.reason.strip():
                 raise InvalidRequest("reason", "is required: say what was done by hand")
             if len(request.reason) > self._shard.cfg.limits.reason_max_len:
                 raise InvalidRequest("reason", f"must be at most {self._shard.cfg.limits.reason_max_len} characters")
             if request.dry_run:
-                rec, plan = await self._shard.preview_resolve(request.order_id, ring_epoch(context))
+                rec, plan = await self._shard.preview_resolve(target, ring_epoch(context))
                 shard_id = self._shard.cfg.shard_id
                 return saga_pb2.ResolveDeadLetterResponse(
-                    saga=convert.saga_message(rec, shard_id), preview=preview.preview_message(plan, shard_id)
+                    saga=convert.saga_message(rec, shard_id, self._shard.flow_of(rec)),
+                    preview=preview.preview_message(plan, shard_id),
                 )
-            rec = await self._shard.resolve_dead_letter(
-                request.order_id, operator_name(), request.reason, ring_epoch(context)
-            )
+            rec = await self._shard.resolve_dead_letter(target, operator_name(), request.reason, ring_epoch(context))
         except SagaError as e:
             await abort(context, e)
-        return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id))
+        flow = self._shard.flow_of(rec)
+        return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id, flow))
 
 
 def _previews(plans: list[preview.SagaPlan], shard_id: str) -> saga_pb2.RetryDeadLetterResponse:
     """A dry run's answer: the orders that would be retried and what each retry would do."""
     return saga_pb2.RetryDeadLetterResponse(
-        order_ids=[p.order_id for p in plans], previews=[preview.preview_message(p, shard_id) for p in plans]
+        order_ids=[split_key(p.order_id)[1] for p in plans], previews=[preview.preview_message(p, shard_id) for p in plans]
     )
 
 

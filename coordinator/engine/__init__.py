@@ -6,8 +6,8 @@ May import: coordinator.saga, coordinator.journal, coordinator.config, coordinat
 coordinator.logs, coordinator.crashpoints, common, protos. Imported by coordinator.shard.
 """
 
-from coordinator.engine.caller import Caller, GrpcCaller, SagaPayload
+from coordinator.engine.caller import Caller, GrpcCaller
 from coordinator.engine.engine import Engine, SagaRun
 from coordinator.engine.poller import Poller
 
-__all__ = ["Caller", "Engine", "GrpcCaller", "Poller", "SagaPayload", "SagaRun"]
+__all__ = ["Caller", "Engine", "GrpcCaller", "Poller", "SagaRun"]

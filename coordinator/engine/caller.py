@@ -1,5 +1,5 @@
-"""Calls to the four downstream services: one long-lived channel per service, the idempotency key in metadata, the
-request built from the saga's payload. Every attempt has a deadline; replies become CallResults for the engine.
+"""Calls to the downstream services a definition names: one long-lived channel per address, the idempotency key in
+metadata, the request built by the step's compiled mapping (common.definitions.paths). Every attempt has a deadline; replies become CallResults for the engine.
 
 With TLS, the channels present the shard's certificate. grpcio fixes a channel's certificate when the channel is made,
 so when the files change on disk (checked at most once a second, on the next call) new channels are opened and the old
@@ -9,7 +9,6 @@ ones closed after CHANNEL_CLOSE_GRACE_S, letting the calls on them finish.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -21,65 +20,25 @@ from common.rpc_errors import TOMBSTONED, error_reason
 from common.tls import ClientTls, TlsFiles
 from coordinator.config import Services
 from coordinator.saga.errors import CallResult, OperationAnswer, OperationState
-from coordinator.saga.model import Action, Step, idempotency_key
-from protos.saga.v1 import saga_pb2
-from protos.shop.v1 import (
-    common_pb2,
-    inventory_pb2,
-    inventory_pb2_grpc,
-    order_pb2,
-    order_pb2_grpc,
-    payment_pb2,
-    payment_pb2_grpc,
-    shipping_pb2,
-    shipping_pb2_grpc,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SagaPayload:
-    """What the steps need to build their requests (payment details opened from the journal only in memory)."""
-
-    saga_id: str
-    order_id: str
-    user_id: str
-    items: tuple[tuple[str, int], ...]
-    payment: saga_pb2.PaymentInfo
+from common.definitions.model import Call, Values
+from common.definitions.model import Step as StepDef
+from coordinator.saga.model import Action, idempotency_key
+from protos.shop.v1 import common_pb2
 
 
 class Caller(Protocol):
-    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+    async def call(self, values: Values, step: StepDef, action: Action, timeout_s: float) -> CallResult:
         """One attempt of the step's forward call or compensation; an OK result may be "accepted, in progress"."""
 
-    async def get_operation(
-        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
-    ) -> OperationAnswer:
+    async def get_operation(self, values: Values, step: StepDef, action: Action, timeout_s: float) -> OperationAnswer:
         """What the step's service says became of that call (its idempotency key); UNKNOWN if it cannot be asked."""
 
     async def close(self) -> None: ...
 
 
-_SERVICES = {
-    Step.CREATE_ORDER: "shop.v1.OrderService",
-    Step.RESERVE_INVENTORY: "shop.v1.InventoryService",
-    Step.PROCESS_PAYMENT: "shop.v1.PaymentService",
-    Step.SCHEDULE_SHIPMENT: "shop.v1.ShippingService",
-}
-METHODS = {
-    (Step.CREATE_ORDER, Action.FORWARD): "CreateOrder",
-    (Step.CREATE_ORDER, Action.COMPENSATE): "CancelOrder",
-    (Step.RESERVE_INVENTORY, Action.FORWARD): "ReserveInventory",
-    (Step.RESERVE_INVENTORY, Action.COMPENSATE): "ReleaseInventory",
-    (Step.PROCESS_PAYMENT, Action.FORWARD): "ChargePayment",
-    (Step.PROCESS_PAYMENT, Action.COMPENSATE): "RefundPayment",
-    (Step.SCHEDULE_SHIPMENT, Action.FORWARD): "ScheduleShipment",
-    (Step.SCHEDULE_SHIPMENT, Action.COMPENSATE): "CancelShipment",
-}
-
-
-def rpc_attributes(step: Step, method: str) -> dict[str, str]:
-    """OpenTelemetry's RPC attributes of a call to step's service (the engine's spans are the calls' spans)."""
-    return {"rpc.system": "grpc", "rpc.service": _SERVICES[step], "rpc.method": method}
+def rpc_attributes(service: str, method: str) -> dict[str, str]:
+    """OpenTelemetry's RPC attributes of a call to a service (the engine's spans are the calls' spans)."""
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
 
 # Keepalive lets a channel notice a dead peer (half-open TCP) instead of waiting for the attempt deadline every time.
@@ -106,84 +65,93 @@ far shorter)."""
 
 
 class GrpcCaller:
+    """One channel per distinct address; one callable per (address, method), made at its first use from the
+    definition's compiled request and response types (no per-call lookup beyond one dict)."""
+
     def __init__(self, services: Services, tls: ClientTls | None = None) -> None:
         self._services = services
         self._tls = tls or ClientTls(TlsFiles())
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self._get_operation: dict[Step, Any] = {}
-        self._methods = self._open()
+        self._methods: dict[tuple[str, str], Any] = {}
 
-    def _open(self) -> dict[tuple[Step, Action], Any]:
-        """One channel per distinct address (the stubs serve all four on one), with the current credentials."""
-        self._channels = {}
-        services = self._services
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        address = self._services.address(endpoint)
+        if address is None:
+            raise UnknownService(endpoint)
+        channel = self._channels.get(address)
+        if channel is None:
+            # Untraced channels: the engine's span of each attempt is the call's span, and its context goes in the
+            # metadata (tracing.outgoing), without the cost of grpc.aio's interceptor machinery.
+            channel = self._channels[address] = self._tls.channel(address, _CHANNEL_OPTIONS, traced=False)
+        return channel
 
-        def channel(addr: str) -> grpc.aio.Channel:
-            if addr not in self._channels:
-                # Untraced channels: the engine's span of each attempt is the call's span, and its context goes in
-                # the metadata (tracing.outgoing), without the cost of grpc.aio's interceptor machinery.
-                self._channels[addr] = self._tls.channel(addr, _CHANNEL_OPTIONS, traced=False)
-            return self._channels[addr]
+    def _method(self, endpoint: str, call: Call) -> Any:
+        found = self._methods.get((endpoint, call.path))
+        if found is None:
+            found = self._methods[(endpoint, call.path)] = self._channel(endpoint).unary_unary(
+                call.path,
+                request_serializer=call.request_type.SerializeToString,
+                response_deserializer=call.response_type.FromString,
+            )
+        return found
 
-        order = order_pb2_grpc.OrderServiceStub(channel(services.order))
-        inventory = inventory_pb2_grpc.InventoryServiceStub(channel(services.inventory))
-        payment = payment_pb2_grpc.PaymentServiceStub(channel(services.payment))
-        shipping = shipping_pb2_grpc.ShippingServiceStub(channel(services.shipping))
-        self._get_operation = {
-            Step.CREATE_ORDER: order.GetOperation,
-            Step.RESERVE_INVENTORY: inventory.GetOperation,
-            Step.PROCESS_PAYMENT: payment.GetOperation,
-            Step.SCHEDULE_SHIPMENT: shipping.GetOperation,
-        }
-        return {
-            (Step.CREATE_ORDER, Action.FORWARD): order.CreateOrder,
-            (Step.CREATE_ORDER, Action.COMPENSATE): order.CancelOrder,
-            (Step.RESERVE_INVENTORY, Action.FORWARD): inventory.ReserveInventory,
-            (Step.RESERVE_INVENTORY, Action.COMPENSATE): inventory.ReleaseInventory,
-            (Step.PROCESS_PAYMENT, Action.FORWARD): payment.ChargePayment,
-            (Step.PROCESS_PAYMENT, Action.COMPENSATE): payment.RefundPayment,
-            (Step.SCHEDULE_SHIPMENT, Action.FORWARD): shipping.ScheduleShipment,
-            (Step.SCHEDULE_SHIPMENT, Action.COMPENSATE): shipping.CancelShipment,
-        }
+    def _get_operation_method(self, endpoint: str, path: str) -> Any:
+        found = self._methods.get((endpoint, path))
+        if found is None:
+            found = self._methods[(endpoint, path)] = self._channel(endpoint).unary_unary(
+                path,
+                request_serializer=common_pb2.GetOperationRequest.SerializeToString,
+                response_deserializer=common_pb2.GetOperationResponse.FromString,
+            )
+        return found
 
     def _reopen_if_rotated(self) -> None:
         if not self._tls.changed():
             return
         old = list(self._channels.values())
-        self._methods = self._open()
+        self._channels = {}
+        self._methods = {}
         logger.info("TLS files changed: new channels to the services; the old ones close in {}s", CHANNEL_CLOSE_GRACE_S)
         for ch in old:
             task = asyncio.create_task(ch.close(CHANNEL_CLOSE_GRACE_S))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
+    async def call(self, values: Values, step: StepDef, action: Action, timeout_s: float) -> CallResult:
         self._reopen_if_rotated()
-        method = self._methods[(step, action)]
-        request = build_request(payload, step, action)
-        metadata = ((IDEMPOTENCY_KEY, idempotency_key(payload.saga_id, step, action)), *tracing.outgoing())
+        forward_key = idempotency_key(values.saga_id, step.id, Action.FORWARD)
+        if action is Action.FORWARD:
+            call, key = step.call, forward_key
+        else:
+            assert step.compensation is not None, f"{step.id} has no compensation"
+            call, key = step.compensation, idempotency_key(values.saga_id, step.id, action)
+        method = self._method(step.endpoint, call)
+        request = call.build(values, forward_key)
+        metadata = ((IDEMPOTENCY_KEY, key), *tracing.outgoing())
         try:
             reply = await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             code = e.code()
             final = code is grpc.StatusCode.ABORTED and error_reason(e) == TOMBSTONED
             return CallResult(code, e.details() or "", final=final)
-        if reply.HasField("operation") and not reply.operation.done:
+        if call.long_running and reply.HasField("operation") and not reply.operation.done:
             return CallResult(grpc.StatusCode.OK, in_progress=True, poll_after_ms=max(0, reply.operation.poll_after_ms))
-        return CallResult(grpc.StatusCode.OK)
+        return CallResult(grpc.StatusCode.OK, response=reply if step.output_used else None)
 
-    async def get_operation(
-        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
-    ) -> OperationAnswer:
+    async def get_operation(self, values: Values, step: StepDef, action: Action, timeout_s: float) -> OperationAnswer:
         self._reopen_if_rotated()
-        request = common_pb2.GetOperationRequest(idempotency_key=idempotency_key(payload.saga_id, step, action))
+        if not step.get_operation:
+            return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNIMPLEMENTED, "no GetOperation"))
+        method = self._get_operation_method(step.endpoint, step.get_operation)
+        request = common_pb2.GetOperationRequest(idempotency_key=idempotency_key(values.saga_id, step.id, action))
         try:
-            reply = await self._get_operation[step](request, timeout=timeout_s, metadata=tracing.outgoing())
+            reply = await method(request, timeout=timeout_s, metadata=tracing.outgoing())
         except grpc.aio.AioRpcError as e:
             # UNIMPLEMENTED from a service without GetOperation: it cannot say, the saga goes on as before.
             return OperationAnswer(OperationState.UNKNOWN, CallResult(e.code(), e.details() or ""))
-        return operation_answer(reply)
+        response_type = step.call.response_type if action is Action.FORWARD and step.output_used else None
+        return operation_answer(reply, response_type)
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -193,6 +161,11 @@ class GrpcCaller:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
 
+class UnknownService(Exception):
+    """A step names a service the shard's [services] table has no address for (checked when a definition is
+    accepted; a call failing this way counts as transient, like a broken channel)."""
+
+
 _STATES = {
     common_pb2.OPERATION_STATE_NOT_FOUND: OperationState.NOT_FOUND,
     common_pb2.OPERATION_STATE_IN_PROGRESS: OperationState.IN_PROGRESS,
@@ -200,41 +173,18 @@ _STATES = {
 }
 
 
-def operation_answer(reply: common_pb2.GetOperationResponse) -> OperationAnswer:
-    """GetOperation's reply as the engine reads it; an unknown state or status code name is UNKNOWN."""
+def operation_answer(reply: common_pb2.GetOperationResponse, response_type: Any = None) -> OperationAnswer:
+    """GetOperation's reply as the engine reads it; an unknown state or status code name is UNKNOWN. response_type:
+    the forward call's response type when its output is used (unpacked from the answer's `response`)."""
     state = _STATES.get(reply.state, OperationState.UNKNOWN)
     if state is OperationState.DONE:
         code = grpc.StatusCode.__members__.get(reply.code)
         if code is None:
             return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNKNOWN, f"code {reply.code!r}"))
-        return OperationAnswer(state, CallResult(code, reply.message))
+        response = None
+        if response_type is not None and code is grpc.StatusCode.OK and reply.HasField("response"):
+            response = response_type()
+            if not reply.response.Unpack(response):
+                response = None
+        return OperationAnswer(state, CallResult(code, reply.message, response=response))
     return OperationAnswer(state, poll_after_ms=max(0, reply.poll_after_ms))
-
-
-def build_request(payload: SagaPayload, step: Step, action: Action) -> Any:
-    if action is Action.COMPENSATE:
-        return common_pb2.CompensationRequest(
-            order_id=payload.order_id,
-            forward_idempotency_key=idempotency_key(payload.saga_id, step, Action.FORWARD),
-            reason="saga compensation",
-        )
-    if step is Step.CREATE_ORDER:
-        return order_pb2.CreateOrderRequest(order_id=payload.order_id, user_id=payload.user_id, items=_items(payload))
-    if step is Step.RESERVE_INVENTORY:
-        return inventory_pb2.ReserveInventoryRequest(order_id=payload.order_id, items=_items(payload))
-    if step is Step.PROCESS_PAYMENT:
-        p = payload.payment
-        return payment_pb2.ChargePaymentRequest(
-            order_id=payload.order_id,
-            user_id=payload.user_id,
-            payment_token=p.payment_token,
-            amount_cents=p.amount_cents,
-            currency=p.currency,
-        )
-    return shipping_pb2.ScheduleShipmentRequest(
-        order_id=payload.order_id, user_id=payload.user_id, items=_items(payload)
-    )
-
-
-def _items(payload: SagaPayload) -> list[common_pb2.Item]:
-    return [common_pb2.Item(item_id=i, quantity=q) for i, q in payload.items]

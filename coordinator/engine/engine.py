@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import enum
 import functools
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,17 +31,20 @@ import grpc
 from loguru import logger
 
 from common import tracing
+from common.definitions.model import Definition, Values
+from common.definitions.model import Step as StepDef
 from coordinator import crashpoints
 from coordinator.clock import Clock
 from coordinator.config import OperationPolicy, RetryPolicy, ShardConfig
 from coordinator.engine import transitions
-from coordinator.engine.caller import METHODS, Caller, SagaPayload, rpc_attributes
+from coordinator.engine.caller import Caller, rpc_attributes
 from coordinator.journal import DeadLetterOpen, Journal, Record
 from coordinator.logs import at_step, saga_context
 from coordinator.metrics import ShardMetrics
 from coordinator.saga import retry
 from coordinator.saga.errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
-from coordinator.saga.model import Action, SagaState, Step, StepStatus
+from coordinator.saga.model import Action, SagaState, StepStatus
+from coordinator.saga.policies import Policies, StepPolicies
 from coordinator.saga.record import Event, EventKind, SagaRecord, asks_first
 
 
@@ -76,7 +80,10 @@ class SagaRun:
     durable view that readers see (only events already committed are folded into it)."""
 
     record: SagaRecord
-    payload: SagaPayload
+    flow: Definition
+    """The definition it runs (record.definition_hash), for its whole life."""
+    values: Values
+    """What its requests are built from: its input, identity and the outputs of its steps so far."""
     deadline_mono: float
     view: SagaRecord
     done: asyncio.Future[None]
@@ -93,13 +100,13 @@ class SagaRun:
     """Loaded from the journal (a restart, a failover) rather than created by this process: marked on its spans."""
 
 
-@functools.cache
-def _span_of(step: Step, action: Action, method: str) -> tuple[str, dict[str, Any]]:
+@functools.lru_cache(maxsize=4096)
+def _span_of(service: str, step_id: str, action: Action, method: str) -> tuple[str, dict[str, Any]]:
     """The name and the fixed attributes of the span of a call to step's service (built once)."""
-    fields = {**rpc_attributes(step, method), "saga.step": step.label, "saga.action": action.label}
+    fields = {**rpc_attributes(service, method), "saga.step": step_id, "saga.action": action.label}
     if method == "GetOperation":
-        return f"get_operation {action.label} {step.label}", fields
-    return f"{action.label} {step.label}", fields
+        return f"get_operation {action.label} {step_id}", fields
+    return f"{action.label} {step_id}", fields
 
 
 class Engine:
@@ -114,6 +121,7 @@ class Engine:
     ) -> None:
         self._metrics = metrics or ShardMetrics()
         self._cfg = cfg
+        self.policies = Policies(cfg)
         self._journal = journal
         self._caller = caller
         self._clock = clock
@@ -135,35 +143,55 @@ class Engine:
 
     async def _forward(self, run: SagaRun) -> None:
         saga = run.record
-        while (step := saga.next_forward()) is not None:
-            progress = saga.steps[step]
+        while (number := saga.next_forward(run.flow)) is not None:
+            step = run.flow.step(number)
+            progress = saga.progress(number)
+            # Past the pivot the saga only goes forward: no deadline, and a step that fails for good parks the saga.
+            committed = saga.past_pivot(run.flow)
             if progress.status is StepStatus.FAILED:
-                # The failure is journaled but the move to COMPENSATING is not (crash in between).
-                await self._move(run, SagaState.COMPENSATING, cause=progress.last_error or f"{step.label} failed")
+                # The failure is journaled but the move out of RUNNING is not (crash in between).
+                cause = progress.last_error or f"{step.label} failed"
+                await (self._park_forward(run, step, cause) if committed else self._compensate_from(run, cause))
                 return
-            if self._clock.monotonic() >= run.deadline_mono:
+            if not committed and self._clock.monotonic() >= run.deadline_mono:
                 await self._expire(run, step, in_flight=progress.forward_attempts > 0)
                 return
-            result = await self._forward_step(run, step)
+            result = await self._forward_step(run, step, math.inf if committed else run.deadline_mono)
             if result.outcome is StepOutcome.WAITING:
                 return
             if result.outcome is StepOutcome.EXPIRED:
                 await self._expire(run, step, in_flight=True)
                 return
             if result.outcome is StepOutcome.FAILED:
-                await self._move(run, SagaState.COMPENSATING, cause=result.message)
+                await (self._park_forward(run, step, result.message) if committed else self._compensate_from(run, result.message))
                 return
         await self._move(run, SagaState.SUCCEEDED, cause="")
 
-    async def _forward_step(self, run: SagaRun, step: Step) -> ForwardResult:
-        policy = self._cfg.forward
+    async def _compensate_from(self, run: SagaRun, cause: str) -> None:
+        await self._move(run, SagaState.COMPENSATING, cause=cause)
+
+    async def _park_forward(self, run: SagaRun, step: StepDef, cause: str) -> None:
+        """Dead-letters a saga past its pivot: a retriable step failed for good. It is never compensated (the pivot
+        cannot be undone); an operator's retry resumes it forward, with a fresh budget for the step."""
+        saga = run.record
+        progress = saga.progress(step.number)
+        note = f"{step.kind} step {step.label} failed after {progress.forward_attempts} attempts; parked for an operator"
+        now = self._clock.now_epoch_ms()
+        park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, cause, progress.forward_attempts, now)
+        self._metrics.child(self._metrics.compensation_failures, step.label).inc()
+        await self._move(run, SagaState.DEAD_LETTERED, cause=cause, note=note, extra=[park])
+        logger.warning("saga dead-lettered: {}", note)
+
+    async def _forward_step(self, run: SagaRun, step: StepDef, deadline_mono: float) -> ForwardResult:
+        """deadline_mono: the saga's deadline, or inf past the pivot (a retriable step is bounded by its policy)."""
+        policy = self.policies.of(run.flow, step).forward
         while True:
-            progress = run.record.steps[step]
+            progress = run.record.progress(step.number)
             if progress.open_attempt == Action.FORWARD and (spent := await self._settle(run, step, Action.FORWARD)):
                 message = f"{step.label} failed after {progress.forward_attempts} attempts: {spent.summary}"
                 return ForwardResult(StepOutcome.FAILED, message)
             wait_s = self._due_in_s(*progress.retry_due(Action.FORWARD))
-            if self._clock.monotonic() + wait_s >= run.deadline_mono:
+            if self._clock.monotonic() + wait_s >= deadline_mono:
                 return ForwardResult(StepOutcome.EXPIRED)
             if wait_s > 0:  # a first attempt does not yield: its intent joins the commit of the saga's creation
                 await self.rest(wait_s)
@@ -177,11 +205,11 @@ class Engine:
             await self._append(run, [self._event(run, EventKind.STARTED, step, Action.FORWARD, attempt)], wait=True)
             crashpoints.hit("after_intent_before_rpc")
             # Measured after the intent's commit, so that the call's own deadline is the saga's.
-            remaining_s = max(run.deadline_mono - self._clock.monotonic(), 0.001)
+            remaining_s = max(deadline_mono - self._clock.monotonic(), 0.001)
             timeout_s = min(policy.attempt_timeout_ms / 1000, remaining_s)
             result = await self._call(run, step, Action.FORWARD, attempt, timeout_s)
             crashpoints.hit("after_reply_before_outcome")
-            if self._clock.monotonic() >= run.deadline_mono:
+            if self._clock.monotonic() >= deadline_mono:
                 # The deadline ended the call (or came with its reply): its effect is unknown, so it is compensated.
                 deadline = self._event(
                     run, EventKind.DEADLINE, step, Action.FORWARD, attempt, result.code.name, "saga deadline"
@@ -196,7 +224,7 @@ class Engine:
                 return ForwardResult(StepOutcome.WAITING)
             if result.ok:
                 done = self._event(run, EventKind.SUCCEEDED, step, Action.FORWARD, attempt, result.code.name)
-                await self._append(run, [done], wait=False)
+                await self._append(run, [self._with_output(run, step, done, result)], wait=False)
                 return ForwardResult(StepOutcome.DONE)
             if result.cls is not CallClass.TRANSIENT:
                 await self._append(run, [self._failed(run, step, Action.FORWARD, attempt, result)], wait=False)
@@ -207,7 +235,7 @@ class Engine:
                 await self._append(run, [self._failed(run, step, Action.FORWARD, attempt, result)], wait=False)
                 message = f"{step.label} failed after {attempt} attempts: {result.summary}"
                 return ForwardResult(StepOutcome.FAILED, message)
-            if self._clock.monotonic() + decision.wait_ms / 1000 >= run.deadline_mono:
+            if self._clock.monotonic() + decision.wait_ms / 1000 >= deadline_mono:
                 # Never sleep past the deadline: the saga expires now instead.
                 code = result.code.name
                 late = self._event(
@@ -217,7 +245,7 @@ class Engine:
                 return ForwardResult(StepOutcome.EXPIRED)
             await self._retrying(run, step, Action.FORWARD, attempt, result, decision)
 
-    async def _expire(self, run: SagaRun, step: Step, in_flight: bool) -> None:
+    async def _expire(self, run: SagaRun, step: StepDef, in_flight: bool) -> None:
         saga = run.record
         ttl_ms = saga.deadline_epoch_ms - saga.created_at_epoch_ms
         where = "during" if in_flight else "before"
@@ -228,7 +256,9 @@ class Engine:
 
     async def _compensate(self, run: SagaRun) -> None:
         saga = run.record
-        for step in saga.to_compensate():
+        rejected = {step.number: self.policies.of(run.flow, step).rejected for step in run.flow.steps}
+        for number in saga.to_compensate(run.flow, rejected):
+            step = run.flow.step(number)
             if await self._nothing_to_undo(run, step):
                 continue
             result = await self._compensate_step(run, step)
@@ -239,7 +269,7 @@ class Engine:
                 return
         await self._move(run, SagaState.FAILED)
 
-    async def _park(self, run: SagaRun, step: Step, result: CompensationResult) -> None:
+    async def _park(self, run: SagaRun, step: StepDef, result: CompensationResult) -> None:
         """Dead-letters the saga: the compensation of `step` failed for good; an operator takes over."""
         saga = run.record
         note = (
@@ -247,18 +277,18 @@ class Engine:
             f"({result.last_error}); parked for an operator"
         )
         now = self._clock.now_epoch_ms()
-        park = DeadLetterOpen(saga.saga_id, saga.order_id, int(step), result.last_error, result.attempts, now)
+        park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, result.last_error, result.attempts, now)
         self._metrics.child(self._metrics.compensation_failures, step.label).inc()
         await self._move(run, SagaState.DEAD_LETTERED, note=note, extra=[park])
         logger.warning("saga dead-lettered: {}", note)
 
-    async def _nothing_to_undo(self, run: SagaRun, step: Step) -> bool:
+    async def _nothing_to_undo(self, run: SagaRun, step: StepDef) -> bool:
         """A step whose forward outcome was unknown when it failed, not yet compensated: if the service says the call
         ended with a rejection (it applied nothing, and a late copy of it gets that same answer), the compensation is
         skipped. Any other answer compensates as before; "not found" included, because the compensation is what
         tombstones the key against a copy of the forward call still on its way (DESIGN contract 2)."""
-        progress = run.record.steps[step]
-        if not asks_first(progress, self._cfg.operation_policy(step.label)):  # the rule dry runs show, too
+        progress = run.record.progress(step.number)
+        if not asks_first(progress, self.policies.of(run.flow, step).operations):  # the rule dry runs show, too
             return False
         answer = await self._get_operation(run, step, Action.FORWARD)
         asked = self._event(run, EventKind.ASKED, step, Action.FORWARD, progress.forward_attempts, answer.label)
@@ -271,11 +301,11 @@ class Engine:
         self._metrics.child(self._metrics.compensations_skipped, step.label).inc()
         return True
 
-    async def _compensate_step(self, run: SagaRun, step: Step) -> CompensationResult:
+    async def _compensate_step(self, run: SagaRun, step: StepDef) -> CompensationResult:
         """Compensations are not bounded by the deadline and retry on any error, until their own policy runs out."""
-        policy = self._cfg.compensate
+        policy = self.policies.of(run.flow, step).compensate
         while True:
-            progress = run.record.steps[step]
+            progress = run.record.progress(step.number)
             if progress.open_attempt == Action.COMPENSATE and (
                 spent := await self._settle(run, step, Action.COMPENSATE)
             ):
@@ -308,10 +338,10 @@ class Engine:
 
     # ---- long-running operations and unknown outcomes ---------------------------------------------------------------
 
-    async def _accepted(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> None:
+    async def _accepted(self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult) -> None:
         """The service took the call and finishes it later: durable before the saga stops driving, so a restart waits
         on the same operation instead of sending the call again."""
-        policy = self._cfg.operation_policy(step.label)
+        policy = self.policies.of(run.flow, step).operations
         wait_ms = self._poll_wait(policy, 0, result.poll_after_ms)
         detail = f"accepted; asking in {wait_ms} ms"
         event = self._event(run, EventKind.ACCEPTED, step, action, attempt, "IN_PROGRESS", detail, wait_ms)
@@ -319,10 +349,10 @@ class Engine:
         self._metrics.child(self._metrics.operations_accepted, step.label, action.label).inc()
         logger.info("{} {} accepted by the service; waiting", step.label, action.label)
 
-    async def _ask(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> CallResult:
+    async def _ask(self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult) -> CallResult:
         """The outcome of an attempt that ended without a trustworthy answer, as the service tells it (GetOperation),
         journaled; the attempt's own result when the service cannot say (or asking is off)."""
-        if not self._cfg.operation_policy(step.label).ask_unknown:
+        if not self.policies.of(run.flow, step).operations.ask_unknown:
             return result
         answer = await self._get_operation(run, step, action)
         asked = self._event(run, EventKind.ASKED, step, action, attempt, answer.label, result.summary)
@@ -339,22 +369,22 @@ class Engine:
         # itself (CANCELLED, UNAVAILABLE, ...; no verdict on the request): as if not asked.
         return result
 
-    async def _get_operation(self, run: SagaRun, step: Step, action: Action) -> OperationAnswer:
+    async def _get_operation(self, run: SagaRun, step: StepDef, action: Action) -> OperationAnswer:
         """One GetOperation, bounded by the step's attempt timeout (and traced); a failure to ask is UNKNOWN."""
-        timeout_s = self._policy(action).attempt_timeout_ms / 1000
+        timeout_s = self._policy(run, step, action).attempt_timeout_ms / 1000
         if run.trace is None:
             answer = await self._ask_service(run, step, action, timeout_s)
         else:
-            name, fields = _span_of(step, action, "GetOperation")
+            name, fields = _span_of(step.call.service, step.id, action, "GetOperation")
             with run.trace.span(name, fields, client=True) as span:
                 answer = await self._ask_service(run, step, action, timeout_s)
                 span.set_attribute("saga.operation", answer.label)
         self._metrics.child(self._metrics.operation_answers, step.label, action.label, answer.verdict).inc()
         return answer
 
-    async def _ask_service(self, run: SagaRun, step: Step, action: Action, timeout_s: float) -> OperationAnswer:
+    async def _ask_service(self, run: SagaRun, step: StepDef, action: Action, timeout_s: float) -> OperationAnswer:
         try:
-            return await self._caller.get_operation(run.payload, step, action, timeout_s)
+            return await self._caller.get_operation(run.values, step, action, timeout_s)
         except Exception as e:
             return OperationAnswer(OperationState.UNKNOWN, CallResult.failed_to_call(e))
 
@@ -372,9 +402,10 @@ class Engine:
         waiting = saga.waiting_on()
         if waiting is None:
             return None
-        step, action = waiting
-        progress = saga.steps[step]
-        policy = self._cfg.operation_policy(step.label)
+        number, action = waiting
+        step = run.flow.step(number)
+        progress = saga.progress(number)
+        policy = self.policies.of(run.flow, step).operations
         fields = {"trace_id": run.trace_id} if run.trace_id else {}
         with saga_context(saga.saga_id, saga.order_id, step=step.label, action=action.label, **fields):
             answer = await self._get_operation(run, step, action)
@@ -391,7 +422,7 @@ class Engine:
                 )
                 return None
             age_ms = now - progress.accepted_at_epoch_ms
-            if action is Action.FORWARD and self._clock.monotonic() >= run.deadline_mono:
+            if action is Action.FORWARD and not saga.past_pivot(run.flow) and self._clock.monotonic() >= run.deadline_mono:
                 late = self._event(run, EventKind.DEADLINE, step, action, attempt, "DEADLINE_EXCEEDED", "saga deadline")
                 await self._append(run, [late], wait=False)
                 await self._expire(run, step, in_flight=True)
@@ -420,19 +451,21 @@ class Engine:
                 return None
             return now + self._poll_wait(policy, progress.polls + 1, 0)
 
-    async def _operation_done(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> None:
+    async def _operation_done(self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult) -> None:
         """Journals how a waited-on call ended; the saga is then driven on from there."""
-        age_ms = self._clock.now_epoch_ms() - run.record.steps[step].accepted_at_epoch_ms
+        age_ms = self._clock.now_epoch_ms() - run.record.progress(step.number).accepted_at_epoch_ms
         self._metrics.child(self._metrics.operation_duration, step.label, action.label).observe(age_ms / 1000)
         if result.ok:
             done = self._event(run, EventKind.SUCCEEDED, step, action, attempt, "OK", f"done after {age_ms} ms")
+            if action is Action.FORWARD:
+                done = self._with_output(run, step, done, result)
             await self._append(run, [done], wait=False)
         elif action is Action.FORWARD:
             await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
         else:
             # A compensation that ended in an error: retried like any failed compensation attempt, by its policy.
-            made, spent_ms = run.record.steps[step].budget_used(Action.COMPENSATE)
-            decision = retry.decide(self._cfg.compensate, made, spent_ms, self._rng)
+            made, spent_ms = run.record.progress(step.number).budget_used(Action.COMPENSATE)
+            decision = retry.decide(self.policies.of(run.flow, step).compensate, made, spent_ms, self._rng)
             if decision.retry:
                 await self._retrying(run, step, action, attempt, result, decision)
             else:
@@ -441,16 +474,17 @@ class Engine:
 
     # ---- the budget ---------------------------------------------------------------------------------------------
 
-    def _policy(self, action: Action) -> RetryPolicy:
-        return self._cfg.forward if action is Action.FORWARD else self._cfg.compensate
+    def _policy(self, run: SagaRun, step: StepDef, action: Action) -> RetryPolicy:
+        policies = self.policies.of(run.flow, step)
+        return policies.forward if action is Action.FORWARD else policies.compensate
 
-    async def _settle(self, run: SagaRun, step: Step, action: Action) -> CallResult | None:
+    async def _settle(self, run: SagaRun, step: StepDef, action: Action) -> CallResult | None:
         """An attempt journaled as started whose outcome a crash (or a stop) left unknown is spent (DESIGN contract
         11): its call time counts, at most its timeout, and the next attempt waits a backoff and passes the budget
         check like any retry. Journals its RETRYING (then returns None) or, with the budget gone, its failure (returns
         the result the step failed with)."""
-        progress = run.record.steps[step]
-        policy = self._policy(action)
+        progress = run.record.progress(step.number)
+        policy = self._policy(run, step, action)
         made, spent_ms = progress.budget_used(action)
         ran_ms = self._clock.now_epoch_ms() - progress.attempt_started_at_epoch_ms
         spent_ms += min(max(ran_ms, 0), policy.attempt_timeout_ms)
@@ -463,15 +497,15 @@ class Engine:
         await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
         return result
 
-    async def _out_of_budget(self, run: SagaRun, step: Step, action: Action) -> CallResult | None:
+    async def _out_of_budget(self, run: SagaRun, step: StepDef, action: Action) -> CallResult | None:
         """Checked before every send: journals the step's failure and returns its result when the policy has no
         attempt left; None otherwise. A retry the engine drew always fits; a re-send asked for without a backoff (a
         long-running operation the service lost, or stopped answering about) may not."""
-        made, spent_ms = run.record.steps[step].budget_used(action)
-        if made == 0 or retry.allows(self._policy(action), made, spent_ms):
+        made, spent_ms = run.record.progress(step.number).budget_used(action)
+        if made == 0 or retry.allows(self._policy(run, step, action), made, spent_ms):
             return None
         result = CallResult(grpc.StatusCode.UNKNOWN, f"retry budget spent ({made} attempts, {spent_ms} ms)")
-        attempt = run.record.steps[step].attempts(action)
+        attempt = run.record.progress(step.number).attempts(action)
         await self._append(run, [self._failed(run, step, action, attempt, result)], wait=False)
         return result
 
@@ -490,7 +524,7 @@ class Engine:
         return round((self._clock.monotonic() - began_mono) * 1000)
 
     async def _retrying(
-        self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult, decision: retry.RetryDecision
+        self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult, decision: retry.RetryDecision
     ) -> None:
         """Journals the failed attempt with the wait it drew (the next attempt's due time); the caller's loop then
         waits until that time, as a restarted shard would."""
@@ -504,10 +538,19 @@ class Engine:
             "{} {} attempt {} got {}; next in {} ms", step.label, action.label, attempt, code, decision.wait_ms
         )
 
-    def _failed(self, run: SagaRun, step: Step, action: Action, attempt: int, result: CallResult) -> Event:
+    @staticmethod
+    def _with_output(run: SagaRun, step: StepDef, done: Event, result: CallResult) -> Event:
+        """A forward step's success, carrying its response when a later request reads it (journaled with it, so a
+        restarted shard builds the same requests)."""
+        if not step.output_used or result.response is None:
+            return done
+        run.values.outputs[step.number] = result.response
+        return dataclasses.replace(done, output=result.response.SerializeToString(deterministic=True))
+
+    def _failed(self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult) -> Event:
         return self._event(run, EventKind.FAILED, step, action, attempt, result.code.name, result.note)
 
-    async def _call(self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float) -> CallResult:
+    async def _call(self, run: SagaRun, step: StepDef, action: Action, attempt: int, timeout_s: float) -> CallResult:
         """One attempt, measured (and traced when tracing is on). It ends within timeout_s (the Caller's contract); an
         exception from the caller (a bug or a broken channel) must not kill the saga, so it counts as transient."""
         started = time.perf_counter()
@@ -515,10 +558,12 @@ class Engine:
             result = await self._traced_call(run, step, action, attempt, timeout_s)
         else:
             try:
-                result = await self._caller.call(run.payload, step, action, timeout_s)
+                result = await self._caller.call(run.values, step, action, timeout_s)
             except Exception as e:
                 result = CallResult.failed_to_call(e)
         elapsed_s = time.perf_counter() - started
+        if not result.ok and (classes := self.policies.of(run.flow, step).classes) is not None:
+            result = dataclasses.replace(result, classes=classes)
         metrics = self._metrics
         metrics.child(metrics.step_duration, step.label, action.label).observe(elapsed_s)
         metrics.child(metrics.step_attempts, step.label, action.label, result.code.name).inc()
@@ -526,14 +571,16 @@ class Engine:
         return result
 
     async def _traced_call(
-        self, run: SagaRun, step: Step, action: Action, attempt: int, timeout_s: float
+        self, run: SagaRun, step: StepDef, action: Action, attempt: int, timeout_s: float
     ) -> CallResult:
         """The attempt as the span of its call ("forward process_payment", kind CLIENT), under the saga's trace; the
         caller puts its context in the call's metadata, so the service's own span is its child."""
-        name, fields = _span_of(step, action, METHODS[(step, action)])
+        call = step.call if action is Action.FORWARD else step.compensation
+        assert call is not None
+        name, fields = _span_of(call.service, step.id, action, call.path.rpartition("/")[2])
         with run.trace.span(name, {**fields, "saga.attempt": attempt}, client=True) as span:
             try:
-                result = await self._caller.call(run.payload, step, action, timeout_s)
+                result = await self._caller.call(run.values, step, action, timeout_s)
             except Exception as e:
                 result = CallResult.failed_to_call(e)
             tracing.outcome(span, result.code.name, result.ok)
@@ -543,7 +590,7 @@ class Engine:
         self,
         run: SagaRun,
         kind: EventKind,
-        step: Step,
+        step: StepDef,
         action: Action,
         attempt: int,
         code: str = "",
@@ -558,7 +605,7 @@ class Engine:
             at_epoch_ms=self._clock.now_epoch_ms(),
             kind=kind,
             state=saga.state,
-            step=int(step),
+            step=step.number,
             action=int(action),
             attempt=attempt,
             code=code,

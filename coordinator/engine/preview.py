@@ -16,63 +16,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import FileDescriptor
-
-from coordinator.config import ShardConfig
+from common.definitions.model import Definition
+from common.definitions.model import Step as StepDef
 from coordinator.engine.transitions import records_for
 from coordinator.saga.errors import WrongState
-from coordinator.saga.model import Action, SagaState, Step, idempotency_key
-from coordinator.saga.record import EventKind, SagaRecord, asks_first
+from coordinator.saga.inputs import legacy_step, split_key
+from coordinator.saga.model import Action, SagaState, idempotency_key
+from coordinator.saga.policies import Policies
+from coordinator.saga.record import EventKind, SagaRecord, StepProgress, asks_first
 from protos.saga.v1 import saga_pb2
-from protos.shop.v1 import inventory_pb2, order_pb2, payment_pb2, shipping_pb2
-
-
-def _path(file: FileDescriptor, service: str, method: str) -> str:
-    """The full gRPC method path, looked up in the shop.v1 descriptors (KeyError at import if it is not there)."""
-    described = file.services_by_name[service]
-    return f"/{described.full_name}/{described.methods_by_name[method].name}"
-
-
-_SHOP: dict[Step, tuple[str, FileDescriptor, str, str, str]] = {
-    Step.CREATE_ORDER: ("order", order_pb2.DESCRIPTOR, "OrderService", "CreateOrder", "CancelOrder"),
-    Step.RESERVE_INVENTORY: (
-        "inventory",
-        inventory_pb2.DESCRIPTOR,
-        "InventoryService",
-        "ReserveInventory",
-        "ReleaseInventory",
-    ),
-    Step.PROCESS_PAYMENT: ("payment", payment_pb2.DESCRIPTOR, "PaymentService", "ChargePayment", "RefundPayment"),
-    Step.SCHEDULE_SHIPMENT: (
-        "shipping",
-        shipping_pb2.DESCRIPTOR,
-        "ShippingService",
-        "ScheduleShipment",
-        "CancelShipment",
-    ),
-}
-"""Per step: its service's name in the shard's [services] table, its shop.v1 file and service, forward and
-compensation methods (as coordinator.engine.caller.GrpcCaller calls them)."""
-
-SERVICE_OF_STEP: dict[Step, str] = {step: row[0] for step, row in _SHOP.items()}
-"""The service each step calls: "order", "inventory", "payment" or "shipping"."""
-
-METHOD_OF: dict[tuple[Step, Action], str] = {
-    (step, action): _path(file, service, forward if action is Action.FORWARD else compensate)
-    for step, (_, file, service, forward, compensate) in _SHOP.items()
-    for action in Action
-}
-"""The full gRPC method of each step's forward call and compensation."""
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedCall:
     """One call an action would make (saga.v1 PlannedCall)."""
 
-    step: Step
+    step: int
+    """The step's number in its definition."""
+    step_id: str
     action: Action
     service: str
-    """"order", "inventory", "payment" or "shipping"."""
+    """The service's name in the shard's [services] table (the step's `service:`), e.g. "payment"."""
     method: str
     """Full gRPC method path, e.g. "/shop.v1.PaymentService/RefundPayment"."""
     idempotency_key: str
@@ -97,32 +61,59 @@ class SagaPlan:
     """In the order they would be made."""
 
 
-def plan_retry(saga: SagaRecord, cfg: ShardConfig) -> SagaPlan:
-    """The calls an operator retry of this DEAD_LETTERED saga would make, in order, and its end state (FAILED).
+def resumes_forward(saga: SagaRecord, flow: Definition) -> bool:
+    """An operator's retry of this parked saga resumes it forward: it was parked past its pivot (a retriable step
+    failed for good), where compensation is no longer possible."""
+    return saga.past_pivot(flow)
+
+
+def plan_retry(saga: SagaRecord, flow: Definition, policies: Policies) -> SagaPlan:
+    """The calls an operator retry of this DEAD_LETTERED saga would make, in order, and its end state: FAILED once
+    compensated, or SUCCEEDED for a saga parked past its pivot (the failed retriable step and those after it run).
     WrongState for a saga in any other state, as the retry itself."""
     _check_parked(saga)
+    forward = resumes_forward(saga, flow)
     resumed = saga.copy()
     event, _ = records_for(
-        resumed, SagaState.COMPENSATING, saga.updated_at_epoch_ms, kind=EventKind.ADMIN_RETRY, note="dry run"
+        resumed,
+        SagaState.RUNNING if forward else SagaState.COMPENSATING,
+        saga.updated_at_epoch_ms,
+        kind=EventKind.ADMIN_RETRY,
+        note="dry run",
     )
     resumed.apply(event)
     calls = []
-    for step in resumed.to_compensate():
-        progress = resumed.steps[step]
+    if forward:
+        first = resumed.next_forward(flow) or len(flow.steps) + 1
+        for step in flow.steps[first - 1 :]:
+            progress = resumed.progress(step.number)
+            made = progress.attempts(Action.FORWARD)
+            calls.append(_planned(saga, step, progress, Action.FORWARD, made, asks=False))
+        return SagaPlan(saga.order_id, saga.saga_id, saga.state, SagaState.SUCCEEDED, tuple(calls))
+    rejected = {step.number: policies.of(flow, step).rejected for step in flow.steps}
+    for number in resumed.to_compensate(flow, rejected):
+        step = flow.step(number)
+        progress = resumed.progress(number)
         made = progress.attempts(Action.COMPENSATE)
-        calls.append(
-            PlannedCall(
-                step=step,
-                action=Action.COMPENSATE,
-                service=SERVICE_OF_STEP[step],
-                method=METHOD_OF[(step, Action.COMPENSATE)],
-                idempotency_key=idempotency_key(saga.saga_id, step, Action.COMPENSATE),
-                attempt=made + 1,
-                retry_of_earlier_attempt=made > 0,
-                asks_first=asks_first(progress, cfg.operation_policy(step.label)),
-            )
-        )
+        asks = asks_first(progress, policies.of(flow, step).operations)
+        calls.append(_planned(saga, step, progress, Action.COMPENSATE, made, asks))
     return SagaPlan(saga.order_id, saga.saga_id, saga.state, SagaState.FAILED, tuple(calls))
+
+
+def _planned(saga: SagaRecord, step: StepDef, progress: StepProgress, action: Action, made: int, asks: bool) -> PlannedCall:
+    call = step.call if action is Action.FORWARD else step.compensation
+    assert call is not None
+    return PlannedCall(
+        step=step.number,
+        step_id=step.id,
+        action=action,
+        service=step.endpoint,
+        method=call.path,
+        idempotency_key=idempotency_key(saga.saga_id, step.id, action),
+        attempt=made + 1,
+        retry_of_earlier_attempt=made > 0,
+        asks_first=asks,
+    )
 
 
 def plan_resolve(saga: SagaRecord) -> SagaPlan:
@@ -138,15 +129,19 @@ def _check_parked(saga: SagaRecord) -> None:
 
 
 def preview_message(plan: SagaPlan, shard_id: str) -> saga_pb2.SagaPreview:
+    saga_type, key = split_key(plan.order_id)
     return saga_pb2.SagaPreview(
-        order_id=plan.order_id,
+        order_id=key if saga_type == "order" else "",
+        saga_type=saga_type,
+        key=key,
         saga_id=plan.saga_id,
         shard_id=shard_id,
         state_now=int(plan.state_now),
         end_state=int(plan.end_state),
         calls=[
             saga_pb2.PlannedCall(
-                step=int(c.step),
+                step=legacy_step(c.step_id),
+                step_id=c.step_id,
                 action=int(c.action),
                 service=c.service,
                 method=c.method,

@@ -36,7 +36,7 @@ def records_for(
     last_error = saga.last_error if cause is None else cause
     if new is SagaState.DEAD_LETTERED:
         parked_note = note
-    elif new is SagaState.COMPENSATING and kind is EventKind.ADMIN_RETRY:
+    elif kind is EventKind.ADMIN_RETRY:
         parked_note = ""  # resumed: the note no longer holds
     else:
         parked_note = saga.parked_note
@@ -71,7 +71,7 @@ def observe(metrics: ShardMetrics, saga: SagaRecord, old: SagaState, new: SagaSt
     """Counts one move: outcomes with their duration since acceptance, and the open dead letters gauge."""
     if old is SagaState.DEAD_LETTERED:
         metrics.dead_letters_open.dec()
-    if new is SagaState.COMPENSATING:
+    if new is SagaState.COMPENSATING or new is SagaState.RUNNING:
         return
     outcome = new.name.lower()
     metrics.child(metrics.completed, outcome).inc()

@@ -12,7 +12,8 @@ data: nothing is reported to a client before it is on disk.
     writer.py   JournalWriter: the writer task, group commits, jobs that write alone
     reads.py    JournalReads: committed sagas, events, dead letters
     upkeep.py   JournalUpkeep: retention's removals, audit records, checkpoints, vacuum, file figures
-    stored.py   JournalStore: sealed blobs' bookkeeping, key fingerprints, the ring history and the restore mark
+    stored.py   JournalStore: sealed blobs' bookkeeping, key fingerprints, the ring history and the restore mark,
+                the saga definitions and their aliases
     journal.py  Journal: all of them, opened and closed as one
 
 It may import the coordinator's model (model, saga, errors, config, metrics, crashpoints), never the engine, the shard
@@ -35,6 +36,7 @@ from coordinator.journal.records import (
     TransitionConflict,
 )
 from coordinator.journal.schema import DEFAULT_WAL_LIMIT_BYTES, MIGRATIONS, read_key_fingerprint
+from coordinator.journal.stored import StoredDefinition
 from coordinator.journal.window import CommitWindow
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "NewSaga",
     "Record",
     "StateChange",
+    "StoredDefinition",
     "TransitionConflict",
     "read_key_fingerprint",
 ]

@@ -115,11 +115,13 @@ class JournalReads(JournalBase):
         """Oldest first (by id, which follows parking order)."""
         sql = (
             "SELECT id, saga_id, order_id, step, last_error, attempts, parked_at_epoch_ms, closed_at_epoch_ms, "
-            "closed_note FROM dead_letters WHERE id > ?"
+            "closed_note, coalesce((SELECT s.definition_hash FROM sagas s WHERE s.saga_id = dead_letters.saga_id), '') "
+            "FROM dead_letters WHERE id > ?"
         )
         args: list[object] = [after_id]
         if step:
-            sql += " AND step = ?"
+            # The saga.v1 Step enum names the order flow's steps: another type's step of that number is not one.
+            sql += " AND step = ? AND order_id NOT LIKE '%/%'"
             args.append(step)
         if not include_closed:
             sql += " AND closed_at_epoch_ms IS NULL"
@@ -136,7 +138,7 @@ class JournalReads(JournalBase):
     async def operator_events(self, order_id: str) -> list[Event]:
         """The operators' actions on the order's removed saga(s), kept for the audit period, oldest first."""
         async with self._reader.execute(
-            "SELECT saga_id, seq, at_epoch_ms, kind, 0, 0, 0, '', detail, state, 0, 0 FROM operator_events "
+            "SELECT saga_id, seq, at_epoch_ms, kind, 0, 0, 0, '', detail, state, 0, 0, NULL FROM operator_events "
             "WHERE order_id = ? ORDER BY id",
             (order_id,),
         ) as cur:

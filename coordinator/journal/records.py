@@ -57,6 +57,8 @@ class DeadLetterRow:
     parked_at_epoch_ms: int
     closed_at_epoch_ms: int | None
     closed_note: str
+    definition_hash: str = ""
+    """The definition of its saga ('' once retention removed the saga's row)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class DedupRecord:
     saga_id: str
     created_at_epoch_ms: int
     finished_at_epoch_ms: int
+    definition_hash: str = ""
 
     def as_saga(self) -> SagaRecord:
         """The minimal saga view: outcome, saga id and message; no request, steps or events (they were removed)."""
@@ -86,6 +89,7 @@ class DedupRecord:
             deadline_epoch_ms=self.finished_at_epoch_ms,
             last_error=self.message,
             steps={},
+            definition_hash=self.definition_hash,
         )
 
 

@@ -159,6 +159,29 @@ _MIGRATION_SQL: tuple[str, ...] = (
         restored_at_epoch_ms INTEGER NOT NULL
     )
     """,
+    # v9: saga definitions as data (common/definitions). Each saga names the definition it runs by hash, fixed at its
+    # creation; the journal keeps every definition it accepted (so a restored journal still holds the versions its
+    # sagas need) and the aliases that decide what new sagas get. Rows from before are the order flow's first
+    # version: the shard fills their '' in at start (Journal.adopt_unnamed). A step's response is journaled with its
+    # success only when a later request reads it (output: NULL otherwise).
+    """
+    ALTER TABLE sagas ADD COLUMN definition_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE saga_events ADD COLUMN output BLOB;
+    ALTER TABLE order_dedup ADD COLUMN definition_hash TEXT NOT NULL DEFAULT '';
+    CREATE TABLE definitions (
+        hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        document TEXT NOT NULL,
+        accepted_at_epoch_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE definition_aliases (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL REFERENCES definitions (hash),
+        history_version INTEGER NOT NULL,
+        set_at_epoch_ms INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
 )
 
 
@@ -169,11 +192,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(
 
 SAGA_COLUMNS = (
     "saga_id, order_id, user_id, request, payment_sealed, payload_hash, state, created_at_epoch_ms, "
-    "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note, trace_context"
+    "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note, trace_context, definition_hash"
 )
 _SAGA_FIELDS = SAGA_COLUMNS.split(", ")
-EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms"
-DEDUP_COLUMNS = "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms"
+EVENT_COLUMNS = (
+    "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms, output"
+)
+DEDUP_COLUMNS = (
+    "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms, definition_hash"
+)
 # The states retention may remove, spelled as in the partial index sagas_by_finished (the planner needs the same term).
 FINISHED = "state IN (3, 4, 6)"
 OPERATOR_KINDS = f"'{EventKind.ADMIN_RETRY}', '{EventKind.ADMIN_RESOLVE}'"
@@ -231,6 +258,7 @@ def saga_from_row(r: sqlite3.Row | tuple[object, ...]) -> SagaRecord:
         last_error=str(r[10]),
         parked_note=str(r[11]),
         trace_context=str(r[12]),
+        definition_hash=str(r[13]),
     )
 
 
@@ -248,6 +276,7 @@ def event_from_row(r: sqlite3.Row | tuple[object, ...]) -> Event:
         state=SagaState(int(r[9])),  # type: ignore[arg-type]
         wait_ms=int(r[10]),  # type: ignore[arg-type]
         spent_ms=int(r[11]),  # type: ignore[arg-type]
+        output=bytes(r[12]) if r[12] is not None else b"",  # type: ignore[arg-type]
     )
 
 
@@ -259,7 +288,7 @@ def order_query(order_id: str, kept: bool) -> tuple[str, tuple[str, ...]]:
     sql = (
         f"SELECT {SAGA_COLUMNS}, 0 FROM sagas WHERE order_id = ? UNION ALL SELECT saga_id, order_id, NULL, NULL, "
         "NULL, payload_hash, state, created_at_epoch_ms, finished_at_epoch_ms, finished_at_epoch_ms, message, "
-        "'', '', 1 FROM order_dedup WHERE order_id = ? LIMIT 1"
+        "'', '', definition_hash, 1 FROM order_dedup WHERE order_id = ? LIMIT 1"
     )
     return sql, (order_id, order_id)
 
@@ -274,5 +303,12 @@ def order_row(row: Any) -> tuple[SagaRecord, bool]:
 def kept_from_row(row: Any) -> SagaRecord:
     """An order_dedup row of order_query(kept=True) as a saga without steps."""
     return DedupRecord(
-        str(row[1]), str(row[5]), SagaState(int(row[6])), str(row[10]), str(row[0]), int(row[7]), int(row[8])
+        str(row[1]),
+        str(row[5]),
+        SagaState(int(row[6])),
+        str(row[10]),
+        str(row[0]),
+        int(row[7]),
+        int(row[8]),
+        str(row[13]),
     ).as_saga()

@@ -5,6 +5,7 @@ what they hold), the key fingerprints, and the ring history routers showed this 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiosqlite
 
@@ -129,3 +130,77 @@ class JournalStore(JournalWriter):
         async with self._reader.execute("SELECT restored_at_epoch_ms FROM ring_catch_up WHERE id = 1") as cur:
             row = await cur.fetchone()
         return None if row is None else int(row[0])
+
+    # ---- saga definitions (common.definitions; the shard's DefinitionBook decides what they mean) -----------------
+
+    async def stored_definitions(self) -> list[StoredDefinition]:
+        """Every definition this journal accepted, oldest first."""
+        async with self._reader.execute(
+            "SELECT hash, name, version, document, accepted_at_epoch_ms FROM definitions ORDER BY accepted_at_epoch_ms"
+        ) as cur:
+            return [StoredDefinition(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in await cur.fetchall()]
+
+    async def definition_aliases(self) -> dict[str, tuple[str, int]]:
+        """Alias name -> (definition hash, version of the definitions history that set it)."""
+        async with self._reader.execute("SELECT name, hash, history_version FROM definition_aliases") as cur:
+            return {str(r[0]): (str(r[1]), int(r[2])) for r in await cur.fetchall()}
+
+    async def save_definitions(
+        self,
+        definitions: Sequence[StoredDefinition],
+        aliases: dict[str, tuple[str, int]],
+        now_epoch_ms: int,
+        adopt_unnamed: str = "",
+    ) -> None:
+        """Stores definitions (a hash already stored is kept as it is: a version never changes) and sets the aliases,
+        in one durable commit. adopt_unnamed: the hash that sagas journaled before definitions existed run (their
+        '' becomes it), in the same commit."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO definitions (hash, name, version, document, accepted_at_epoch_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(d.hash, d.name, d.version, d.document, d.accepted_at_epoch_ms or now_epoch_ms) for d in definitions],
+                )
+                await db.executemany(
+                    "INSERT INTO definition_aliases (name, hash, history_version, set_at_epoch_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET hash = excluded.hash,"
+                    " history_version = excluded.history_version, set_at_epoch_ms = excluded.set_at_epoch_ms",
+                    [(name, h, v, now_epoch_ms) for name, (h, v) in aliases.items()],
+                )
+                if adopt_unnamed:
+                    await db.execute("UPDATE sagas SET definition_hash = ? WHERE definition_hash = ''", (adopt_unnamed,))
+                    await db.execute(
+                        "UPDATE order_dedup SET definition_hash = ? WHERE definition_hash = ''", (adopt_unnamed,)
+                    )
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+        await self.run_alone("definitions", run)
+
+    async def definition_users(self, definition_hash: str, limit: int = 5) -> tuple[int, list[str]]:
+        """How many sagas still need this definition (unfinished, dead-lettered, or finished and retained, including
+        what retention kept of them), and the keys of up to `limit` of them."""
+        sql = (
+            "SELECT order_id FROM sagas WHERE definition_hash = ? UNION ALL "
+            "SELECT order_id FROM order_dedup WHERE definition_hash = ?"
+        )
+        async with self._reader.execute(f"SELECT count(*) FROM ({sql})", (definition_hash, definition_hash)) as cur:
+            row = await cur.fetchone()
+        async with self._reader.execute(f"{sql} LIMIT ?", (definition_hash, definition_hash, limit)) as cur:
+            keys = [str(r[0]) for r in await cur.fetchall()]
+        return (int(row[0]) if row else 0), keys
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    hash: str
+    name: str
+    version: str
+    document: str
+    """The normalised document, as JSON."""
+    accepted_at_epoch_ms: int = 0

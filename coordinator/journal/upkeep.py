@@ -48,7 +48,7 @@ class JournalUpkeep(JournalWriter):
                     ids = tuple(r.saga_id for r in recs)
                     gone = ",".join("?" * len(ids))
                     conn.executemany(
-                        f"INSERT OR REPLACE INTO order_dedup ({DEDUP_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                        f"INSERT OR REPLACE INTO order_dedup ({DEDUP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                         [
                             (
                                 r.order_id,
@@ -58,6 +58,7 @@ class JournalUpkeep(JournalWriter):
                                 r.saga_id,
                                 r.created_at_epoch_ms,
                                 r.updated_at_epoch_ms,
+                                r.definition_hash,
                             )
                             for r in recs
                         ],

@@ -186,6 +186,7 @@ class JournalWriter(JournalBase):
                         ev.state,
                         ev.wait_ms,
                         ev.spent_ms,
+                        ev.output or None,
                     )
                 )
             elif isinstance(record, StateChange):
@@ -208,6 +209,7 @@ class JournalWriter(JournalBase):
                         saga.last_error,
                         saga.parked_note,
                         saga.trace_context,
+                        saga.definition_hash,
                     )
                 )
             elif isinstance(record, DeadLetterOpen):
@@ -231,9 +233,9 @@ def _write(
     conn.execute("BEGIN IMMEDIATE")
     try:
         if sagas:
-            conn.executemany(f"INSERT INTO sagas ({SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
+            conn.executemany(f"INSERT INTO sagas ({SAGA_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", sagas)
         if events:
-            conn.executemany(f"INSERT INTO saga_events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", events)
+            conn.executemany(f"INSERT INTO saga_events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", events)
         if changes:
             # Pair assertion: the engine checked the transition; SQL checks the saga is in the expected state.
             cur = conn.executemany(

@@ -1,4 +1,4 @@
-"""What a saga is, with no I/O: its states and steps (model), its journaled record and events folded into step progress
+"""What a saga is, with no I/O: its states, actions and step statuses (model), its journaled record and events folded into step progress
 (record), the retry schedule (retry), every error with its retry semantics (errors), and the checks of a PlaceOrder
 before anything is written (validation).
 
@@ -6,7 +6,7 @@ May import: coordinator.config, common, protos. Imported by every other part of 
 """
 
 from coordinator.saga.errors import CallClass, CallResult, SagaError
-from coordinator.saga.model import TRANSITIONS, Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga.model import TRANSITIONS, Action, SagaState, StepStatus, idempotency_key
 from coordinator.saga.record import Event, EventKind, SagaRecord, StepProgress
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "SagaError",
     "SagaRecord",
     "SagaState",
-    "Step",
     "StepProgress",
     "StepStatus",
     "idempotency_key",

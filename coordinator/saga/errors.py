@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -133,9 +135,30 @@ def classify(code: grpc.StatusCode) -> CallClass:
     return DOWNSTREAM_CLASS.get(code, CallClass.UNKNOWN)
 
 
-def may_have_applied(code_name: str) -> bool:
-    """Whether a call that ended with the status named `code_name` (as journaled) may have taken effect."""
+def may_have_applied(code_name: str, rejected: frozenset[str] | None = None) -> bool:
+    """Whether a call that ended with the status named `code_name` (as journaled) may have taken effect. rejected: the
+    codes the step's definition classifies as rejections (None: the default table's)."""
+    if rejected is not None:
+        return code_name not in rejected
     return _CLASS_BY_NAME.get(code_name, CallClass.UNKNOWN).may_have_applied
+
+
+def step_classes(codes: Mapping[str, tuple[str, ...]]) -> dict[grpc.StatusCode, CallClass] | None:
+    """A step's classification: DOWNSTREAM_CLASS with its definition's `codes:` laid over; None when it has none."""
+    if not codes:
+        return None
+    table = dict(DOWNSTREAM_CLASS)
+    for cls_name, names in codes.items():
+        for name in names:
+            table[grpc.StatusCode[name]] = CallClass(cls_name)
+    return table
+
+
+def rejected_codes(classes: Mapping[grpc.StatusCode, CallClass] | None) -> frozenset[str] | None:
+    """The names of the codes classified as rejections (None for the default table)."""
+    if classes is None:
+        return None
+    return frozenset(code.name for code, cls in classes.items() if cls is CallClass.REJECTED)
 
 
 DETAIL_MAX_CHARS = 200
@@ -170,6 +193,10 @@ class CallResult:
     not_applied: bool = False
     """Asked about afterwards (GetOperation), the service had no record of the call: whatever its code said, nothing
     was applied, and the same call may be sent again with the same key (transient)."""
+    classes: Mapping[grpc.StatusCode, CallClass] | None = None
+    """The step's own classification (its definition's `codes:`), laid over DOWNSTREAM_CLASS; None: the default."""
+    response: Any = None
+    """An OK reply's message, kept when a later request reads the step's output (Step.output_used)."""
 
     @property
     def cls(self) -> CallClass:
@@ -177,6 +204,8 @@ class CallResult:
             return CallClass.REJECTED
         if self.not_applied:
             return CallClass.TRANSIENT
+        if self.classes is not None:
+            return self.classes.get(self.code, CallClass.UNKNOWN)
         return classify(self.code)
 
     @property

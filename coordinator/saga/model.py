@@ -1,4 +1,5 @@
-"""The saga's vocabulary: states and their one transition table, steps, actions, step statuses.
+"""The saga's vocabulary: states and their one transition table, actions, step statuses. What the steps are is the
+saga's definition's (common.definitions): steps are numbered from 1 in its order, named by their ids.
 
 Enum values equal the saga.v1 proto enum numbers so conversion is a plain int() both ways.
 """
@@ -6,6 +7,10 @@ Enum values equal the saga.v1 proto enum numbers so conversion is a plain int() 
 from __future__ import annotations
 
 import enum
+
+from common.definitions.model import Action, idempotency_key
+
+__all__ = ["Action", "idempotency_key"]
 
 
 class SagaState(enum.IntEnum):
@@ -24,10 +29,12 @@ class SagaState(enum.IntEnum):
 TERMINAL_STATES = frozenset({SagaState.SUCCEEDED, SagaState.FAILED, SagaState.RESOLVED})
 
 # The only legal moves. The journal enforces each one again in SQL (UPDATE ... WHERE state = expected).
+# RUNNING -> DEAD_LETTERED -> RUNNING: a retriable step (after the pivot: never compensated) failed for good and waits
+# for an operator, whose retry resumes it forward.
 TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
-    SagaState.RUNNING: frozenset({SagaState.SUCCEEDED, SagaState.COMPENSATING}),
+    SagaState.RUNNING: frozenset({SagaState.SUCCEEDED, SagaState.COMPENSATING, SagaState.DEAD_LETTERED}),
     SagaState.COMPENSATING: frozenset({SagaState.FAILED, SagaState.DEAD_LETTERED}),
-    SagaState.DEAD_LETTERED: frozenset({SagaState.COMPENSATING, SagaState.RESOLVED}),
+    SagaState.DEAD_LETTERED: frozenset({SagaState.COMPENSATING, SagaState.RESOLVED, SagaState.RUNNING}),
     SagaState.SUCCEEDED: frozenset(),
     SagaState.FAILED: frozenset(),
     SagaState.RESOLVED: frozenset(),
@@ -43,29 +50,6 @@ def check_transition(current: SagaState, new: SagaState) -> None:
         raise IllegalTransition(f"illegal saga transition {current.name} -> {new.name}")
 
 
-class Step(enum.IntEnum):
-    CREATE_ORDER = 1
-    RESERVE_INVENTORY = 2
-    PROCESS_PAYMENT = 3
-    SCHEDULE_SHIPMENT = 4
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-STEPS: tuple[Step, ...] = tuple(Step)
-
-
-class Action(enum.IntEnum):
-    FORWARD = 1
-    COMPENSATE = 2
-
-    @property
-    def label(self) -> str:
-        return "forward" if self is Action.FORWARD else "compensate"
-
-
 class StepStatus(enum.IntEnum):
     PENDING = 1
     IN_FLIGHT = 2
@@ -76,6 +60,3 @@ class StepStatus(enum.IntEnum):
     COMPENSATION_FAILED = 7
 
 
-def idempotency_key(saga_id: str, step: Step, action: Action) -> str:
-    """The key a service sees for (saga, step, action): identical across retries and restarts."""
-    return f"{saga_id}/{step.label}/{action.label}"

@@ -7,11 +7,13 @@ including each step's retry budget and the due time of its next attempt (so a re
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coordinator.config import OperationPolicy
 from coordinator.saga.errors import may_have_applied
-from coordinator.saga.model import STEPS, Action, SagaState, Step, StepStatus
+from common.definitions.model import Definition
+from coordinator.saga.model import Action, SagaState, StepStatus
 
 
 class EventKind(enum.StrEnum):
@@ -57,11 +59,14 @@ class Event:
     POLLED: the wait before the service is asked (next) about its operation."""
     spent_ms: int = 0
     """On RETRYING: retry time this step and action have spent of their policy so far, this wait included."""
+    output: bytes = b""
+    """On a forward SUCCEEDED: the step's response, serialized, when a later request reads it (else empty)."""
 
 
 @dataclass(slots=True)
 class StepProgress:
-    step: Step
+    step: int
+    """The step's number in its definition (from 1)."""
     status: StepStatus = StepStatus.PENDING
     forward_attempts: int = 0
     compensate_attempts: int = 0
@@ -94,6 +99,10 @@ class StepProgress:
     journal, it is an attempt a crash interrupted: spent, its outcome unknown (Engine settles it before the next)."""
     attempt_started_at_epoch_ms: int = 0
     """When the last attempt of either action started."""
+    forward_base: int = 0
+    """Forward attempts made before the last operator retry of a parked retriable step: its budget counts from here."""
+    output: bytes = b""
+    """The forward call's response (serialized), kept when a later request reads it."""
 
     def copy(self) -> StepProgress:
         # Spelled out: dataclasses.replace re-runs field introspection on every call (a hot path).
@@ -118,15 +127,21 @@ class StepProgress:
             self.polls,
             self.open_attempt,
             self.attempt_started_at_epoch_ms,
+            self.forward_base,
+            self.output,
         )
 
     @property
     def may_have_applied(self) -> bool:
         """True unless the forward call was never sent or the service said it applied nothing."""
+        return self.may_have_applied_by(None)
+
+    def may_have_applied_by(self, rejected: frozenset[str] | None) -> bool:
+        """may_have_applied, with the step's own rejection codes (None: the default table's)."""
         if self.status is StepStatus.PENDING:
             return False
         if self.status is StepStatus.FAILED:
-            return may_have_applied(self.forward_code)
+            return may_have_applied(self.forward_code, rejected)
         return True
 
     def attempts(self, action: Action) -> int:
@@ -145,16 +160,24 @@ class StepProgress:
         """(attempts, retry ms) spent of the policy's budget for `action`: forward since the first attempt,
         compensation since the last operator retry."""
         if action is Action.FORWARD:
-            return self.forward_attempts, self.forward_spent_ms
+            return self.forward_attempts - self.forward_base, self.forward_spent_ms
         return self.compensate_attempts - self.compensate_base, self.compensate_spent_ms
 
 
-def new_steps() -> dict[Step, StepProgress]:
-    return {s: StepProgress(s) for s in STEPS}
-
-
-def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
+def apply_event(steps: dict[int, StepProgress], event: Event) -> None:
     """Folds one event into the steps' progress."""
+    if event.kind is EventKind.ADMIN_RETRY and event.state is SagaState.RUNNING:
+        # An operator's retry of a saga parked past its pivot: the failed (retriable) step goes again, with a fresh
+        # forward budget and the same idempotency key.
+        for progress in steps.values():
+            if progress.status is StepStatus.FAILED:
+                progress.status = StepStatus.IN_FLIGHT
+                progress.forward_base = progress.forward_attempts
+                progress.forward_spent_ms = 0
+                progress.next_attempt_at_epoch_ms = progress.next_attempt_wait_ms = 0
+                progress.waiting = 0
+                progress.open_attempt = 0
+        return
     if event.kind is EventKind.ADMIN_RETRY:
         # An operator's retry grants every compensation a fresh budget.
         for progress in steps.values():
@@ -166,7 +189,10 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
         return
     if not event.step:
         return
-    progress = steps[Step(event.step)]
+    found = steps.get(event.step)
+    if found is None:
+        found = steps[event.step] = StepProgress(event.step)
+    progress = found
     progress.updated_at_epoch_ms = event.at_epoch_ms
     forward = event.action == Action.FORWARD
     kind = event.kind
@@ -202,6 +228,7 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
         progress.status = StepStatus.SUCCEEDED if forward else StepStatus.COMPENSATED
         if forward:
             progress.forward_code = "OK"
+            progress.output = event.output
     elif kind is EventKind.RETRYING:
         progress.last_error = event.detail
         progress.next_attempt_at_epoch_ms = event.at_epoch_ms + event.wait_ms
@@ -220,8 +247,8 @@ def apply_event(steps: dict[Step, StepProgress], event: Event) -> None:
             progress.status = StepStatus.COMPENSATION_FAILED
 
 
-def fold_steps(events: list[Event]) -> dict[Step, StepProgress]:
-    steps = new_steps()
+def fold_steps(events: list[Event]) -> dict[int, StepProgress]:
+    steps: dict[int, StepProgress] = {}
     for event in events:
         apply_event(steps, event)
     return steps
@@ -245,10 +272,13 @@ class SagaRecord:
     """Why the saga failed (its cause), never the dead-letter note."""
     parked_note: str = ""
     """Why it waits for an operator: set when DEAD_LETTERED, cleared by an operator retry, kept once RESOLVED."""
-    steps: dict[Step, StepProgress] = field(default_factory=new_steps)
+    steps: dict[int, StepProgress] = field(default_factory=dict)
+    """Step number -> its progress; a step with no event yet has none (progress() makes it, PENDING)."""
     next_seq: int = 1
     trace_context: str = ""
     """The trace its spans join (common.tracing.carrier); "" when tracing was off at its creation."""
+    definition_hash: str = ""
+    """The definition it runs (common.definitions.model.Definition.hash), fixed at its creation: it finishes on it."""
 
     def apply(self, event: Event) -> None:
         self.next_seq = max(self.next_seq, event.seq + 1)
@@ -289,29 +319,56 @@ class SagaRecord:
             {step: progress.copy() for step, progress in self.steps.items()},
             self.next_seq,
             self.trace_context,
+            self.definition_hash,
         )
 
-    def to_compensate(self) -> list[Step]:
-        """Steps that may have taken effect and are not yet undone, last first."""
-        return [
-            s
-            for s in reversed(STEPS)
-            if self.steps[s].may_have_applied and self.steps[s].status is not StepStatus.COMPENSATED
-        ]
+    @property
+    def retained_only(self) -> bool:
+        """What retention kept of a removed saga (DedupRecord.as_saga): its outcome, no input, steps or events."""
+        return not self.payment_sealed
 
-    def waiting_on(self) -> tuple[Step, Action] | None:
+    def progress(self, step: int) -> StepProgress:
+        """The step's progress (PENDING if nothing happened to it yet)."""
+        found = self.steps.get(step)
+        if found is None:
+            found = self.steps[step] = StepProgress(step)
+        return found
+
+    def to_compensate(self, flow: Definition, rejected: Mapping[int, frozenset[str] | None] | None = None) -> list[int]:
+        """Steps that have a compensation, may have taken effect and are not yet undone, last first. A retriable
+        step has none; a pivot's runs only if the pivot did not succeed (else the saga never compensates)."""
+        out = []
+        for s in reversed(flow.steps):
+            if s.compensation is None:
+                continue
+            p = self.steps.get(s.number)
+            applied = p is not None and p.may_have_applied_by(rejected.get(s.number) if rejected else None)
+            if p is not None and applied and p.status is not StepStatus.COMPENSATED:
+                out.append(s.number)
+        return out
+
+    def waiting_on(self) -> tuple[int, Action] | None:
         """The step and action whose call a service accepted and has not finished, if any (at most one at a time)."""
-        for s in STEPS:
+        for s in list(self.steps.values()):
             # Read once: the metrics endpoint's thread calls this while the loop may end the wait (waiting = 0).
-            if waiting := self.steps[s].waiting:
-                return s, Action(waiting)
+            if waiting := s.waiting:
+                return s.step, Action(waiting)
         return None
 
-    def next_forward(self) -> Step | None:
-        for s in STEPS:
-            if self.steps[s].status is not StepStatus.SUCCEEDED:
-                return s
+    def next_forward(self, flow: Definition) -> int | None:
+        for s in flow.steps:
+            p = self.steps.get(s.number)
+            if p is None or p.status is not StepStatus.SUCCEEDED:
+                return s.number
         return None
+
+    def past_pivot(self, flow: Definition) -> bool:
+        """The pivot succeeded: the saga only goes forward from here (no deadline, no compensation)."""
+        pivot = flow.pivot
+        if not pivot:
+            return False
+        p = self.steps.get(pivot)
+        return p is not None and p.status is StepStatus.SUCCEEDED
 
 
 def asks_first(progress: StepProgress, policy: OperationPolicy) -> bool:

@@ -25,13 +25,14 @@ import grpc
 
 from common.ring import HashRing
 from coordinator.crashpoints import POINTS
-from coordinator.saga.model import Action, Step
+from coordinator.saga.model import Action
 from coordinator.security.sealing import read_key_file
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
 from tests.helpers.coordinator import place_request
 from tests.helpers.load import ITEMS, Load, Order
+from tests.helpers.order_flow import STEPS
 from tests.helpers.scrape import scrape, value
 from tests.helpers.shard_clockskew import write_offset
 from tests.helpers.stubs import StubControlClient, fault_rule, get_ledgers
@@ -1035,7 +1036,7 @@ async def disk_full(ctx: Ctx) -> None:
 
 async def check_write_ahead(ctx: Ctx, nodes: list[ShardChild]) -> None:
     """Every effect a service applied for a saga has its "started" intent in the saga's journal (contract 1)."""
-    labels = {int(step): step.label for step in Step}
+    labels = {int(step): step.label for step in STEPS}
     actions = {int(action): action.label for action in Action}
     checked = 0
     for node in nodes:

@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coordinator.engine.caller import SagaPayload
+from common.definitions.model import Step, Values
 from coordinator.journal import Journal, Record
 from coordinator.saga.errors import CallClass, CallResult, OperationAnswer, OperationState
-from coordinator.saga.model import Action, SagaState, Step, idempotency_key
+from coordinator.saga.model import Action, SagaState, idempotency_key
 from tests.helpers.clock import FakeClock
 
-Script = Callable[[SagaPayload, int], CallResult | None]
+Script = Callable[[Values, int], CallResult | None]
 
 
 @dataclass
@@ -66,17 +66,17 @@ class FakeCaller:
     def long_running(self, step: Step, action: Action, duration_s: float) -> None:
         """The call is accepted and finishes duration_s later (math.inf: never), applying its effect then."""
 
-        def accept(p: SagaPayload, n: int) -> CallResult:
-            key = idempotency_key(p.saga_id, step, action)
+        def accept(p: Values, n: int) -> CallResult:
+            key = idempotency_key(p.saga_id, step.id, action)
             self.operations.setdefault(key, self.clock.monotonic() + duration_s)
             return CallResult(grpc.StatusCode.OK, in_progress=True)
 
         self.script(step, action, accept)
 
     async def get_operation(
-        self, payload: SagaPayload, step: Step, action: Action, timeout_s: float
+        self, payload: Values, step: Step, action: Action, timeout_s: float
     ) -> OperationAnswer:
-        key = idempotency_key(payload.saga_id, step, action)
+        key = idempotency_key(payload.saga_id, step.id, action)
         self.asked.append(key)
         if self.ask_unknown:
             return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNIMPLEMENTED))
@@ -91,11 +91,11 @@ class FakeCaller:
             return OperationAnswer(OperationState.NOT_FOUND)
         return OperationAnswer(OperationState.DONE, found)
 
-    async def call(self, payload: SagaPayload, step: Step, action: Action, timeout_s: float) -> CallResult:
-        key = idempotency_key(payload.saga_id, step, action)
-        self.calls.append(Call(payload.order_id, step, action, key, timeout_s))
-        self.attempts[(payload.order_id, step, action)] += 1
-        n = self.attempts[(payload.order_id, step, action)]
+    async def call(self, payload: Values, step: Step, action: Action, timeout_s: float) -> CallResult:
+        key = idempotency_key(payload.saga_id, step.id, action)
+        self.calls.append(Call(payload.key, step, action, key, timeout_s))
+        self.attempts[(payload.key, step, action)] += 1
+        n = self.attempts[(payload.key, step, action)]
         script = self.scripts.get((step, action))
         result = script(payload, n) if script else CallResult(grpc.StatusCode.OK)
         if result is None:
@@ -108,7 +108,7 @@ class FakeCaller:
                 return self.answered[key]
             return result
         if result.ok:
-            fkey = idempotency_key(payload.saga_id, step, Action.FORWARD)
+            fkey = idempotency_key(payload.saga_id, step.id, Action.FORWARD)
             if action is Action.FORWARD and fkey in self.tombstones:
                 return CallResult(grpc.StatusCode.ABORTED, "tombstoned", final=True)
             if action is Action.COMPENSATE and fkey in self.operations and fkey not in self.answered:
@@ -121,16 +121,16 @@ class FakeCaller:
             self.answered[key] = result  # a business rejection is the key's final answer
         return result
 
-    def _apply(self, payload: SagaPayload, step: Step, action: Action) -> None:
-        key = idempotency_key(payload.saga_id, step, action)
-        fkey = idempotency_key(payload.saga_id, step, Action.FORWARD)
+    def _apply(self, payload: Values, step: Step, action: Action) -> None:
+        key = idempotency_key(payload.saga_id, step.id, action)
+        fkey = idempotency_key(payload.saga_id, step.id, Action.FORWARD)
         if action is Action.FORWARD:
             if self.applied[key] == 0:
                 self.applied[key] += 1
-                self.net[(payload.order_id, step)] += 1
+                self.net[(payload.key, step)] += 1
         elif self.applied[fkey] and self.applied[key] == 0:
             self.applied[key] += 1
-            self.net[(payload.order_id, step)] -= 1
+            self.net[(payload.key, step)] -= 1
         elif not self.applied[fkey]:
             self.tombstones.add(fkey)
 

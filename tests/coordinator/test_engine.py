@@ -9,12 +9,14 @@ import grpc
 import pytest
 
 from coordinator.saga.errors import Overloaded, PayloadMismatch, ShuttingDown
-from coordinator.saga.model import STEPS, Action, SagaState, Step, StepStatus
+from coordinator.saga.model import Action, SagaState, StepStatus
+from tests.helpers import order_flow
+from tests.helpers.order_flow import STEPS
 
 from .conftest import Harness, order
 
 F, C = Action.FORWARD, Action.COMPENSATE
-S = Step
+S = order_flow
 
 
 async def settle(h: Harness, task: asyncio.Task, step_s: float = 0.01, limit_s: float = 120) -> object:
@@ -53,8 +55,8 @@ async def test_transient_errors_are_retried_with_the_same_key(harness: Harness) 
     task = asyncio.create_task(harness.shard.place_order(order()))
     placed = await settle(harness, task)
     assert placed.saga.state is SagaState.SUCCEEDED
-    keys = {c.key for c in harness.caller.calls if c.step is S.RESERVE_INVENTORY}
-    assert len(keys) == 1 and placed.saga.steps[S.RESERVE_INVENTORY].forward_attempts == 3
+    keys = {c.key for c in harness.caller.calls if c.step == S.RESERVE_INVENTORY}
+    assert len(keys) == 1 and placed.saga.steps[S.RESERVE_INVENTORY.number].forward_attempts == 3
 
 
 async def test_exhausted_retries_compensate_the_unknown_step_too(harness: Harness) -> None:
@@ -134,7 +136,7 @@ async def test_deadline_that_passed_during_downtime_compensates_at_recovery(harn
     assert rec.state is SagaState.FAILED
     assert "deadline passed during reserve_inventory" in rec.last_error
     # No forward call after the restart; the in-flight reservation is compensated (tombstoned here).
-    fwd_after = [c for c in harness.caller.calls if c.action is F and c.step is S.SCHEDULE_SHIPMENT]
+    fwd_after = [c for c in harness.caller.calls if c.action is F and c.step == S.SCHEDULE_SHIPMENT]
     assert fwd_after == []
     assert harness.caller.steps_called("o-1", C) == [S.RESERVE_INVENTORY, S.CREATE_ORDER]
 
@@ -236,13 +238,13 @@ async def test_restart_resumes_in_flight_step_with_the_same_key(harness: Harness
     await harness.stop()
     with pytest.raises(ShuttingDown):
         await task
-    keys_before = [c.key for c in harness.caller.calls if c.step is S.PROCESS_PAYMENT]
+    keys_before = [c.key for c in harness.caller.calls if c.step == S.PROCESS_PAYMENT]
     harness.caller.scripts.clear()
     await harness.start()
     await settle(harness, asyncio.create_task(_wait_terminal(harness, "o-1")))
     rec, _ = await harness.shard.get("o-1")
     assert rec.state is SagaState.SUCCEEDED
-    keys_after = [c.key for c in harness.caller.calls if c.step is S.PROCESS_PAYMENT]
+    keys_after = [c.key for c in harness.caller.calls if c.step == S.PROCESS_PAYMENT]
     assert set(keys_after) == set(keys_before) and len(keys_after) == 2
     assert harness.caller.attempts[("o-1", S.CREATE_ORDER, F)] == 1  # finished steps are not re-run
     # Restarting again on a finished journal does nothing.

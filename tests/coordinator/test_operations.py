@@ -12,19 +12,22 @@ import grpc
 
 from coordinator.config import OperationPolicy
 from coordinator.saga.errors import CallResult
-from coordinator.saga.model import Action, SagaState, Step, StepStatus, idempotency_key
+from coordinator.saga.model import Action, SagaState, StepStatus, idempotency_key
 from coordinator.saga.record import EventKind
 
 from .conftest import Harness, order
 from .test_engine import settle
 
 F, C = Action.FORWARD, Action.COMPENSATE
-S = Step
+from common.definitions.model import Step
+from tests.helpers import order_flow  # noqa: E402
+
+S = order_flow
 FAST_POLLS = OperationPolicy(poll_min_ms=100, poll_max_ms=1_000, heartbeat_ms=5_000, forward_max_ms=20_000)
 
 
 def calls(h: Harness, step: Step, action: Action) -> int:
-    return sum(1 for c in h.caller.calls if c.step is step and c.action is action)
+    return sum(1 for c in h.caller.calls if c.step == step and c.action is action)
 
 
 async def wait_state(h: Harness, order_id: str, states: tuple[SagaState, ...], limit_s: float = 600) -> None:
@@ -58,7 +61,7 @@ async def test_an_accepted_charge_is_waited_on_and_never_sent_twice(harness: Har
     # Answered once the saga waits: PENDING, not after the operation.
     assert placed.saga.state is SagaState.RUNNING
     rec, _ = await harness.shard.get("o-1")
-    progress = rec.steps[S.PROCESS_PAYMENT]
+    progress = rec.steps[S.PROCESS_PAYMENT.number]
     assert progress.waiting == F and progress.status is StepStatus.IN_FLIGHT
     assert harness.shard.waiting == 1
     assert metric(harness, "saga_operations_accepted_total", **PAY_F) == 1
@@ -91,7 +94,7 @@ async def test_a_watcher_sees_the_wait_polls_and_completion(harness: Harness) ->
         assert harness.shard is not None
         async for rec, event in harness.shard.watch("o-1"):
             if event is None:
-                snapshot.append(rec.steps[S.PROCESS_PAYMENT].waiting)
+                snapshot.append(rec.steps[S.PROCESS_PAYMENT.number].waiting)
             else:
                 seen.append((event.kind, event.step))
         return rec.state
@@ -127,12 +130,12 @@ async def test_a_forward_step_past_its_limit_is_compensated_and_cancelled(harnes
     await harness.shard.place_order(order())
     await wait_state(harness, "o-1", (SagaState.FAILED,))
     rec, _ = await harness.shard.get("o-1")
-    assert "still in progress after" in rec.steps[S.PROCESS_PAYMENT].last_error
+    assert "still in progress after" in rec.steps[S.PROCESS_PAYMENT.number].last_error
     # The refund of a charge still in progress cancels it: nothing stays applied anywhere.
-    fkey = idempotency_key(rec.saga_id, S.PROCESS_PAYMENT, F)
+    fkey = idempotency_key(rec.saga_id, S.PROCESS_PAYMENT.id, F)
     assert harness.caller.applied[fkey] == 0 and fkey in harness.caller.tombstones
     assert all(v == 0 for (o, _), v in harness.caller.net.items() if o == "o-1")
-    assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
+    assert rec.steps[S.PROCESS_PAYMENT.number].status is StepStatus.COMPENSATED
     assert metric(harness, "saga_operations_timed_out_total", **PAY_F) == 1
 
 
@@ -163,7 +166,7 @@ async def test_a_refund_settling_later_is_waited_on_then_a_late_one_dead_letters
     await harness.shard.place_order(order("o-2"))
     await wait_state(harness, "o-2", (SagaState.DEAD_LETTERED,))
     rec, _ = await harness.shard.get("o-2")
-    assert "still in progress after" in rec.parked_note and rec.steps[S.PROCESS_PAYMENT].waiting == 0
+    assert "still in progress after" in rec.parked_note and rec.steps[S.PROCESS_PAYMENT.number].waiting == 0
 
 
 async def test_an_unknown_outcome_is_asked_about_instead_of_retried(harness: Harness) -> None:
@@ -172,7 +175,7 @@ async def test_an_unknown_outcome_is_asked_about_instead_of_retried(harness: Har
 
     async def call_losing_reply(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
         result = await original(payload, step, action, timeout_s)
-        if step is S.PROCESS_PAYMENT and action is F:
+        if step == S.PROCESS_PAYMENT and action is F:
             return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "reply lost")
         return result
 
@@ -193,7 +196,7 @@ async def test_without_asking_an_unknown_outcome_is_retried_as_before(harness: H
 
     async def call_losing_first_reply(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
         result = await original(payload, step, action, timeout_s)
-        if step is S.PROCESS_PAYMENT and action is F and lost["n"] == 0:
+        if step == S.PROCESS_PAYMENT and action is F and lost["n"] == 0:
             lost["n"] += 1
             return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "reply lost")
         return result
@@ -214,7 +217,7 @@ async def test_an_internal_error_the_service_has_no_record_of_is_retried(harness
     task = asyncio.create_task(harness.shard.place_order(order()))
     placed = await settle(harness, task)
     assert placed.saga.state is SagaState.SUCCEEDED
-    reserves = [c for c in harness.caller.calls if c.step is S.RESERVE_INVENTORY]
+    reserves = [c for c in harness.caller.calls if c.step == S.RESERVE_INVENTORY]
     assert [c.action for c in reserves] == [F, F] and reserves[0].key == reserves[1].key
     _, events = await harness.shard.get("o-1", with_events=True)
     assert [(e.step, e.code) for e in events if e.kind is EventKind.ASKED] == [(S.RESERVE_INVENTORY, "NOT_FOUND")]
@@ -250,8 +253,8 @@ async def test_a_compensation_is_skipped_when_the_forward_call_was_rejected(harn
     assert harness.shard is not None
 
     async def slow_decline(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
-        key = idempotency_key(payload.saga_id, step, action)
-        harness.caller.calls.append(type(harness.caller.calls[0])(payload.order_id, step, action, key, timeout_s))
+        key = idempotency_key(payload.saga_id, step.id, action)
+        harness.caller.calls.append(type(harness.caller.calls[0])(payload.key, step, action, key, timeout_s))
         harness.caller.answered[key] = CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
         await harness.clock.sleep(timeout_s)
         return CallResult(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -259,7 +262,7 @@ async def test_a_compensation_is_skipped_when_the_forward_call_was_rejected(harn
     original = harness.caller.call
 
     async def call(payload, step, action, timeout_s):  # type: ignore[no-untyped-def]
-        if step is S.PROCESS_PAYMENT and action is F:
+        if step == S.PROCESS_PAYMENT and action is F:
             return await slow_decline(payload, step, action, timeout_s)
         return await original(payload, step, action, timeout_s)
 
@@ -272,7 +275,7 @@ async def test_a_compensation_is_skipped_when_the_forward_call_was_rejected(harn
     assert metric(harness, "saga_compensations_skipped_total", step="process_payment") == 1
     assert metric(harness, "saga_operation_answers_total", **PAY_F, answer="rejected") == 1
     rec, _ = await harness.shard.get("o-1")
-    assert rec.steps[S.PROCESS_PAYMENT].status is StepStatus.COMPENSATED
+    assert rec.steps[S.PROCESS_PAYMENT.number].status is StepStatus.COMPENSATED
 
 
 async def test_polls_are_bounded_and_a_restart_spreads_the_overdue_ones(harness: Harness) -> None:
@@ -311,12 +314,12 @@ async def test_an_operation_the_service_stops_answering_about_is_sent_again(harn
     harness.caller.ask_unknown = True  # from now on the service cannot say
     harness.caller.scripts.pop((S.PROCESS_PAYMENT, F))  # and a call sent again is answered OK
     await wait_state(harness, "o-1", (SagaState.SUCCEEDED,))
-    keys = {c.key for c in harness.caller.calls if c.step is S.PROCESS_PAYMENT and c.action is F}
+    keys = {c.key for c in harness.caller.calls if c.step == S.PROCESS_PAYMENT and c.action is F}
     assert calls(harness, S.PROCESS_PAYMENT, F) == 2 and len(keys) == 1
     rec, events = await harness.shard.get("o-1", with_events=True)
     resent = [e for e in events if e.kind is EventKind.RETRYING and e.step == S.PROCESS_PAYMENT]
     assert len(resent) == 1 and "no word on the operation" in resent[0].detail
-    assert rec.steps[S.PROCESS_PAYMENT].forward_attempts == 2
+    assert rec.steps[S.PROCESS_PAYMENT.number].forward_attempts == 2
 
 
 async def test_an_accepted_call_the_service_forgot_is_sent_again(harness: Harness) -> None:

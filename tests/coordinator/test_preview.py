@@ -9,18 +9,21 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.config import OperationPolicy, Services, ShardConfig
+from coordinator.config import OperationPolicy, ShardConfig
 from coordinator.engine import preview
-from coordinator.engine.caller import GrpcCaller
 from coordinator.saga.errors import SagaNotFound, WrongState
-from coordinator.saga.model import Action, SagaState, Step, idempotency_key
+from coordinator.saga.model import Action, SagaState, idempotency_key
+from coordinator.saga.policies import Policies
 from coordinator.saga.record import Event, EventKind, SagaRecord
 
 from .conftest import Harness, order
 from .test_engine import _wait_terminal, settle
 
 F, C = Action.FORWARD, Action.COMPENSATE
-S = Step
+from common.definitions.model import Step
+from tests.helpers import order_flow  # noqa: E402
+
+S = order_flow
 
 
 class Log:
@@ -80,7 +83,7 @@ def shipment_rejected_refund_parked(attempts: int = 5) -> SagaRecord:
 
 def test_a_retry_compensates_what_is_left_last_step_first_with_the_same_keys() -> None:
     saga = shipment_rejected_refund_parked()
-    plan = preview.plan_retry(saga, ShardConfig())
+    plan = preview.plan_retry(saga, order_flow.FLOW, Policies(ShardConfig()))
     assert (plan.order_id, plan.saga_id) == ("o-1", "saga-1")
     assert (plan.state_now, plan.end_state) == (SagaState.DEAD_LETTERED, SagaState.FAILED)
     assert [(c.step, c.action, c.service, c.method, c.attempt, c.retry_of_earlier_attempt) for c in plan.calls] == [
@@ -95,7 +98,7 @@ def test_a_retry_compensates_what_is_left_last_step_first_with_the_same_keys() -
     ]
     assert not any(c.asks_first for c in plan.calls)
     # Pure: the record itself is untouched (still parked, no operator event folded in).
-    assert saga.state is SagaState.DEAD_LETTERED and saga.steps[S.PROCESS_PAYMENT].compensate_base == 0
+    assert saga.state is SagaState.DEAD_LETTERED and saga.steps[S.PROCESS_PAYMENT.number].compensate_base == 0
 
 
 def test_a_step_whose_forward_outcome_is_unknown_is_asked_about_first_unless_its_policy_says_not_to() -> None:
@@ -107,14 +110,14 @@ def test_a_step_whose_forward_outcome_is_unknown_is_asked_about_first_unless_its
     )
     log.state(SagaState.COMPENSATING).compensation_fails(S.RESERVE_INVENTORY, range(1, 3))
     saga = log.state(SagaState.DEAD_LETTERED).rec
-    plan = preview.plan_retry(saga, ShardConfig())
+    plan = preview.plan_retry(saga, order_flow.FLOW, Policies(ShardConfig()))
     assert [(c.step, c.attempt, c.asks_first) for c in plan.calls] == [
         (S.PROCESS_PAYMENT, 1, True),
         (S.RESERVE_INVENTORY, 3, False),  # compensated before: the forward's outcome is not asked about again
         (S.CREATE_ORDER, 1, False),
     ]
     quiet = ShardConfig(step_operations={"process_payment": OperationPolicy(ask_unknown=False)})
-    assert [c.asks_first for c in preview.plan_retry(saga, quiet).calls] == [False, False, False]
+    assert [c.asks_first for c in preview.plan_retry(saga, order_flow.FLOW, Policies(quiet)).calls] == [False, False, False]
 
 
 def test_a_declined_charge_is_not_compensated_and_a_second_retry_counts_on() -> None:
@@ -127,7 +130,7 @@ def test_a_declined_charge_is_not_compensated_and_a_second_retry_counts_on() -> 
     # An operator retried; the release failed four more times (a fresh budget), and the saga parked again.
     log.add(EventKind.ADMIN_RETRY, state=SagaState.COMPENSATING).compensation_fails(S.RESERVE_INVENTORY, range(5, 9))
     saga = log.state(SagaState.DEAD_LETTERED).rec
-    plan = preview.plan_retry(saga, ShardConfig())
+    plan = preview.plan_retry(saga, order_flow.FLOW, Policies(ShardConfig()))
     assert [(c.step, c.attempt, c.retry_of_earlier_attempt) for c in plan.calls] == [
         (S.RESERVE_INVENTORY, 9, True),
         (S.CREATE_ORDER, 1, False),
@@ -142,13 +145,13 @@ def test_resolve_makes_no_call_and_ends_resolved() -> None:
 def test_only_a_parked_saga_has_a_plan() -> None:
     running = Log().forward_ok(S.CREATE_ORDER).rec
     with pytest.raises(WrongState, match="RUNNING, not DEAD_LETTERED"):
-        preview.plan_retry(running, ShardConfig())
+        preview.plan_retry(running, order_flow.FLOW, Policies(ShardConfig()))
     with pytest.raises(WrongState):
         preview.plan_resolve(running)
 
 
 def test_the_message_carries_every_field() -> None:
-    message = preview.preview_message(preview.plan_retry(shipment_rejected_refund_parked(), ShardConfig()), "shard-7")
+    message = preview.preview_message(preview.plan_retry(shipment_rejected_refund_parked(), order_flow.FLOW, Policies(ShardConfig())), "shard-7")
     assert (message.order_id, message.saga_id, message.shard_id) == ("o-1", "saga-1", "shard-7")
     assert (message.state_now, message.end_state) == (SagaState.DEAD_LETTERED, SagaState.FAILED)
     first = message.calls[0]
@@ -166,13 +169,12 @@ def test_the_message_carries_every_field() -> None:
     )
 
 
-async def test_the_planned_methods_are_the_ones_the_caller_calls() -> None:
-    caller = GrpcCaller(Services())  # channels connect lazily: nothing is dialled
-    try:
-        methods = {key: bytes(stub._method).decode() for key, stub in caller._methods.items()}
-    finally:
-        await caller.close()
-    assert methods == preview.METHOD_OF
+def test_the_planned_methods_are_the_definitions() -> None:
+    """One source: the plan names the methods the definition's compensations call (the caller calls call.path)."""
+    plan = preview.plan_retry(shipment_rejected_refund_parked(), order_flow.FLOW, Policies(ShardConfig()))
+    undo = {s.number: s.compensation.path for s in order_flow.FLOW.steps if s.compensation}
+    assert [c.method for c in plan.calls] == [undo[c.step] for c in plan.calls]
+    assert [c.service for c in plan.calls] == ["payment", "inventory", "order"]
 
 
 # ---- on a shard: nothing written, then the real action does what was planned -------------------------------------
@@ -192,15 +194,15 @@ async def _until_finished(harness: Harness, *order_ids: str) -> None:
         await settle(harness, asyncio.create_task(_wait_terminal(harness, order_id, frozenset({SagaState.FAILED}))))
 
 
-async def _started_after_retry(harness: Harness, order_id: str) -> list[tuple[Step, Action, int]]:
+async def _started_after_retry(harness: Harness, order_id: str) -> list[tuple[int, Action, int]]:
     """(step, action, attempt) of every attempt started after the last operator retry."""
     assert harness.shard is not None
     _, events = await harness.shard.get(order_id, with_events=True)
     last = max(e.seq for e in events if e.kind is EventKind.ADMIN_RETRY)
-    return [(Step(e.step), Action(e.action), e.attempt) for e in events if e.seq > last and e.kind is EventKind.STARTED]
+    return [(e.step, Action(e.action), e.attempt) for e in events if e.seq > last and e.kind is EventKind.STARTED]
 
 
-def _planned(plan: preview.SagaPlan) -> list[tuple[Step, Action, int]]:
+def _planned(plan: preview.SagaPlan) -> list[tuple[int, Action, int]]:
     return [(c.step, c.action, c.attempt) for c in plan.calls]
 
 
@@ -279,4 +281,4 @@ async def test_a_second_round_plans_the_next_attempt_numbers(harness: Harness) -
     ]
     second = await shard.preview_retry("o-1")
     assert second.calls[0].attempt == plan.calls[0].attempt + 5
-    assert second.calls[0].idempotency_key == idempotency_key(second.saga_id, S.PROCESS_PAYMENT, C)
+    assert second.calls[0].idempotency_key == idempotency_key(second.saga_id, S.PROCESS_PAYMENT.id, C)

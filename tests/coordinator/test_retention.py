@@ -28,10 +28,11 @@ from coordinator.journal import DeadLetterClose, DeadLetterOpen, DeadLetterRow, 
 from coordinator.metrics import ShardMetrics
 from coordinator.operations.retention import Upkeep, read_archive, saga_from_archive
 from coordinator.saga.errors import PayloadMismatch, SagaNotFound, WrongState
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
 from protos.saga.v1 import saga_pb2
 from tests.helpers.clock import FakeClock
+from tests.helpers.order_flow import PROCESS_PAYMENT, SCHEDULE_SHIPMENT
 
 from .conftest import Harness, order
 
@@ -146,7 +147,7 @@ async def test_a_retry_after_retention_gets_the_original_answer(short: Harness) 
     shard = short.shard
     assert shard is not None
     ok = await shard.place_order(order("ok-1"))
-    short.caller.fail_with(Step.PROCESS_PAYMENT, Action.FORWARD, grpc.StatusCode.FAILED_PRECONDITION,
+    short.caller.fail_with(PROCESS_PAYMENT, Action.FORWARD, grpc.StatusCode.FAILED_PRECONDITION,
                            msg="payment declined")  # fmt: skip
     declined = await _settle(short, asyncio.create_task(shard.place_order(order("no-1", token="tok_declined"))))
     assert ok.saga.state is SagaState.SUCCEEDED and declined.saga.state is SagaState.FAILED  # type: ignore[attr-defined]
@@ -193,7 +194,7 @@ async def test_an_order_id_past_the_dedup_window_is_new(short: Harness) -> None:
 async def test_archive_lines_round_trip_to_the_get_saga_view(short: Harness) -> None:
     shard = short.shard
     assert shard is not None
-    short.caller.fail_with(Step.SCHEDULE_SHIPMENT, Action.FORWARD, grpc.StatusCode.UNAVAILABLE, times=2)
+    short.caller.fail_with(SCHEDULE_SHIPMENT, Action.FORWARD, grpc.StatusCode.UNAVAILABLE, times=2)
     views = {}
     for oid in ("a-1", "a-2", "a-3"):
         await _settle(short, asyncio.create_task(shard.place_order(order(oid, token="tok_secret_123"))))
@@ -416,8 +417,8 @@ def test_retention_command_through_python_m_coordinator(tmp_path: Path) -> None:
 async def _park(h: Harness, order_id: str) -> None:
     """Places an order whose shipment is refused and whose refund keeps failing: dead-lettered."""
     assert h.shard is not None
-    h.caller.fail_with(Step.SCHEDULE_SHIPMENT, Action.FORWARD, grpc.StatusCode.FAILED_PRECONDITION, msg="no ship")
-    h.caller.fail_with(Step.PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
+    h.caller.fail_with(SCHEDULE_SHIPMENT, Action.FORWARD, grpc.StatusCode.FAILED_PRECONDITION, msg="no ship")
+    h.caller.fail_with(PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
     await _settle(h, asyncio.create_task(h.shard.place_order(order(order_id))))
     for _ in range(100_000):
         await h.quiesce()
@@ -491,7 +492,7 @@ async def test_a_dead_letter_of_a_saga_still_in_the_journal_is_kept_past_the_aud
     shard = short.shard
     assert shard is not None
     await _park(short, "dl-3")
-    short.caller.fail_with(Step.PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
+    short.caller.fail_with(PROCESS_PAYMENT, Action.COMPENSATE, grpc.StatusCode.INTERNAL, msg="refund down")
     await shard.retry_dead_letter("dl-3", "bob", "try again")
     for _ in range(100_000):
         await short.quiesce()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
+from tests.helpers.order_flow import CREATE_ORDER
 
 from .conftest import Harness, order
 
@@ -13,7 +14,7 @@ from .conftest import Harness, order
 async def test_a_restart_resumes_unfinished_sagas_at_the_configured_rate(harness: Harness) -> None:
     shard = harness.shard
     assert shard is not None
-    harness.caller.hang(Step.CREATE_ORDER, Action.FORWARD)
+    harness.caller.hang(CREATE_ORDER, Action.FORWARD)
     ids = [f"r-{i}" for i in range(60)]
     for oid in ids:
         await shard.place_order(order(oid, no_wait=True))
@@ -41,4 +42,4 @@ async def test_a_restart_resumes_unfinished_sagas_at_the_configured_rate(harness
     assert started() == 60
     placed = await joiner
     assert placed.saga.state is SagaState.SUCCEEDED
-    assert len([c for c in harness.caller.calls if c.order_id == "r-59" and c.step is Step.CREATE_ORDER]) == 2
+    assert len([c for c in harness.caller.calls if c.order_id == "r-59" and c.step == CREATE_ORDER]) == 2

@@ -18,13 +18,16 @@ from hypothesis import strategies as st
 from coordinator.config import RetryPolicy, ShardConfig
 from coordinator.saga import retry
 from coordinator.saga.errors import CallResult, scrub
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
 from coordinator.saga.record import Event, EventKind
 
 from .conftest import Harness, order
 
 F, C = Action.FORWARD, Action.COMPENSATE
-S = Step
+from common.definitions.model import Step
+from tests.helpers import order_flow  # noqa: E402
+
+S = order_flow
 
 # ---- the pure rules -------------------------------------------------------------------------------------------------
 
@@ -266,7 +269,7 @@ async def test_forward_step_rides_out_a_short_outage(harness: Harness) -> None:
     await _advance_until(harness, task.done, step_s=0.01)
     placed = task.result()
     assert placed.saga.state is SagaState.SUCCEEDED
-    assert placed.saga.steps[S.PROCESS_PAYMENT].forward_attempts > 5  # the old default gave up after 5 (~0.5 s)
+    assert placed.saga.steps[S.PROCESS_PAYMENT.number].forward_attempts > 5  # the old default gave up after 5 (~0.5 s)
 
 
 async def test_forward_step_gives_up_at_its_retry_window(harness: Harness) -> None:

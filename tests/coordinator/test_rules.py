@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from coordinator.config import ConfigError, GroupCommit, Limits, ShardConfig, load
 from coordinator.saga.errors import CallClass, InvalidRequest, classify
-from coordinator.saga.model import TRANSITIONS, IllegalTransition, SagaState, Step, StepStatus, check_transition
+from coordinator.saga.model import TRANSITIONS, IllegalTransition, SagaState, StepStatus, check_transition
 from coordinator.saga.record import SagaRecord, StepProgress
 from coordinator.saga.validation import validate_place_order
 from coordinator.security.sealing import Sealer, SealError, new_key_ring
 from protos.saga.v1 import saga_pb2
+from tests.helpers.order_flow import PROCESS_PAYMENT
 
 from .conftest import order
 
@@ -148,18 +149,18 @@ def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
     rec = SagaRecord(
         "s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", "parked", next_seq=7, trace_context="00-tp"
     )
-    rec.steps[Step.PROCESS_PAYMENT].forward_attempts = 2
+    rec.steps[PROCESS_PAYMENT.number].forward_attempts = 2
     # Every field holds a value other than its default (a field added later must be set here, and in copy()) ...
     assert all(getattr(rec, f.name) != f.default for f in dataclasses.fields(rec))
     c = rec.copy()
     # ... and is carried over ...
     assert c == rec and c == dataclasses.replace(rec)
     # ... and the steps are the copy's own.
-    c.steps[Step.PROCESS_PAYMENT].forward_attempts = 3
-    assert rec.steps[Step.PROCESS_PAYMENT].forward_attempts == 2
+    c.steps[PROCESS_PAYMENT.number].forward_attempts = 3
+    assert rec.steps[PROCESS_PAYMENT.number].forward_attempts == 2
 
 
 def test_step_progress_copy_is_complete() -> None:
-    progress = StepProgress(Step.PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 17))
+    progress = StepProgress(PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 17))
     assert all(getattr(progress, f.name) != f.default for f in dataclasses.fields(progress))
     assert progress.copy() == progress and progress.copy() is not progress

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from common.definitions.model import Values
 from coordinator.config import Limits
-from coordinator.engine.caller import SagaPayload
 from coordinator.saga.errors import CallResult, PayloadMismatch
-from coordinator.saga.model import Action, SagaState, Step
+from coordinator.saga.model import Action, SagaState
 from coordinator.security.sealing import (
     LEGACY,
     KeyFileError,
@@ -31,6 +31,7 @@ from coordinator.security.sealing import (
     rotate_key_file,
     write_key_file,
 )
+from tests.helpers.order_flow import PROCESS_PAYMENT, RESERVE_INVENTORY, SCHEDULE_SHIPMENT
 
 from .conftest import Harness, order
 
@@ -59,11 +60,11 @@ def record_payment_tokens(h: Harness) -> dict[str, str]:
     """The payment token each order's payment step was sent (opened from the journal by the shard)."""
     seen: dict[str, str] = {}
 
-    def script(p: SagaPayload, n: int) -> CallResult:
-        seen[p.order_id] = p.payment.payment_token
+    def script(p: Values, n: int) -> CallResult:
+        seen[p.key] = p.payment.payment_token
         return CallResult(grpc.StatusCode.OK)
 
-    h.caller.script(Step.PROCESS_PAYMENT, F, script)
+    h.caller.script(PROCESS_PAYMENT, F, script)
     return seen
 
 
@@ -163,7 +164,7 @@ async def test_new_journal_gets_a_private_key_file(tmp_path: Path) -> None:
 async def test_start_refuses_missing_open_or_foreign_key_file(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     await h.start()
-    h.caller.hang(Step.PROCESS_PAYMENT, F)
+    h.caller.hang(PROCESS_PAYMENT, F)
     await h.shard.place_order(order("o-run", no_wait=True))
     await h.stop()
     path = h.path + ".keys"
@@ -295,13 +296,13 @@ async def test_rotation_then_reseal_leaves_no_blob_under_the_old_key(tmp_path: P
     try:
         for i in range(5):
             await h.shard.place_order(order(f"done-{i}"))
-        h.caller.fail_with(Step.SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION)
-        h.caller.fail_with(Step.PROCESS_PAYMENT, C, grpc.StatusCode.INTERNAL)
+        h.caller.fail_with(SCHEDULE_SHIPMENT, F, grpc.StatusCode.FAILED_PRECONDITION)
+        h.caller.fail_with(PROCESS_PAYMENT, C, grpc.StatusCode.INTERNAL)
         parked = asyncio.create_task(h.shard.place_order(order("parked", token="tok_parked")))
         await drive_until(h, lambda: _settled(h, ["parked"]))
         await parked
         h.caller.scripts.clear()
-        h.caller.hang(Step.RESERVE_INVENTORY, F)
+        h.caller.hang(RESERVE_INVENTORY, F)
         for i in range(5):
             await h.shard.place_order(order(f"run-{i}", no_wait=True))
         path = key_file_path(h.cfg)
@@ -344,12 +345,12 @@ async def test_rotation_with_200_sagas_in_flight_across_a_restart(tmp_path: Path
         at_payment = {oid for i, oid in enumerate(orders) if i % 2}
         seen: dict[str, str] = {}
 
-        def pay(p: SagaPayload, n: int) -> CallResult | None:
-            seen.setdefault(p.order_id, p.payment.payment_token)
-            return None if p.order_id in at_payment else CallResult(grpc.StatusCode.OK)
+        def pay(p: Values, n: int) -> CallResult | None:
+            seen.setdefault(p.key, p.payment.payment_token)
+            return None if p.key in at_payment else CallResult(grpc.StatusCode.OK)
 
-        h.caller.script(Step.PROCESS_PAYMENT, F, pay)
-        h.caller.hang(Step.SCHEDULE_SHIPMENT, F)
+        h.caller.script(PROCESS_PAYMENT, F, pay)
+        h.caller.hang(SCHEDULE_SHIPMENT, F)
         for oid, token in orders.items():
             await h.shard.place_order(order(oid, token=token, no_wait=True))
         await h.quiesce()
@@ -369,7 +370,7 @@ async def test_rotation_with_200_sagas_in_flight_across_a_restart(tmp_path: Path
         waited_at_payment = set(at_payment)
         at_payment.clear()
         seen.clear()
-        h.caller.scripts.pop((Step.SCHEDULE_SHIPMENT, F))
+        h.caller.scripts.pop((SCHEDULE_SHIPMENT, F))
         await drive_until(h, lambda: _all_terminal(h))
         counts = await h.journal.state_counts()  # type: ignore[union-attr]
         assert counts == {SagaState.SUCCEEDED: 201}, counts
@@ -378,8 +379,8 @@ async def test_rotation_with_200_sagas_in_flight_across_a_restart(tmp_path: Path
         expected = {**orders, "o-new": "tok_new"}
         assert set(seen) == waited_at_payment and all(seen[oid] == expected[oid] for oid in seen)
         for oid in expected:
-            assert h.caller.net[(oid, Step.PROCESS_PAYMENT)] == 1
-            assert h.caller.net[(oid, Step.SCHEDULE_SHIPMENT)] == 1
+            assert h.caller.net[(oid, PROCESS_PAYMENT)] == 1
+            assert h.caller.net[(oid, SCHEDULE_SHIPMENT)] == 1
     finally:
         await h.stop()
 
@@ -393,7 +394,7 @@ async def test_journal_bytes_hold_no_payment_token_after_100_sagas(tmp_path: Pat
     try:
         for i in range(100):
             if i == 80:
-                h.caller.hang(Step.SCHEDULE_SHIPMENT, F)  # the last 20 stay in flight: their rows are in the WAL
+                h.caller.hang(SCHEDULE_SHIPMENT, F)  # the last 20 stay in flight: their rows are in the WAL
             await h.shard.place_order(order(f"o-{i}", token=f"tok_secret_{i:03d}", no_wait=i >= 80))
         await h.quiesce()
         files = [Path(h.path), Path(h.path + "-wal")]

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator.saga.model import Action, Step
+from coordinator.saga.model import Action
 from coordinator.security.sealing import read_key_file
+from tests.helpers.order_flow import PROCESS_PAYMENT
 
 from .conftest import Harness, order
 
@@ -31,7 +32,7 @@ async def journal_with_sagas(tmp_path: Path) -> Harness:
     await h.start()
     for i in range(3):
         await h.shard.place_order(order(f"done-{i}"))  # type: ignore[union-attr]
-    h.caller.hang(Step.PROCESS_PAYMENT, Action.FORWARD)
+    h.caller.hang(PROCESS_PAYMENT, Action.FORWARD)
     for i in range(2):
         await h.shard.place_order(order(f"run-{i}", no_wait=True))  # type: ignore[union-attr]
     await h.stop()

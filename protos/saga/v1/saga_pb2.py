@@ -22,70 +22,75 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/saga/v1/saga.proto\x12\x07saga.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"L\n\x0bPaymentInfo\x12\x15\n\rpayment_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xb1\x01\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.saga.v1.Item\x12*\n\x0cpayment_info\x18\x04 \x01(\x0b\x32\x14.saga.v1.PaymentInfo\x12\x13\n\x06ttl_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x42\t\n\x07_ttl_ms\"\x9c\x01\n\x12PlaceOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.saga.v1.PlaceOrderStatus\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\"\x96\x03\n\x08StepInfo\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.saga.v1.StepStatus\x12\x18\n\x10\x66orward_attempts\x18\x03 \x01(\x05\x12\x1b\n\x13\x63ompensate_attempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07waiting\x18\x08 \x01(\x08\x12\'\n\x0ewaiting_action\x18\t \x01(\x0e\x32\x0f.saga.v1.Action\x12\x31\n\rwaiting_since\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_poll_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x02\n\tSagaEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1b\n\x04step\x18\x04 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12!\n\x05state\x18\t \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12 \n\x05steps\x18\x05 \x03(\x0b\x32\x11.saga.v1.StepInfo\x12\x1c\n\x05items\x18\x06 \x03(\x0b\x32\r.saga.v1.Item\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x10\n\x08shard_id\x18\x0b \x01(\t\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.saga.v1.SagaEvent\x12\x13\n\x0bparked_note\x18\r \x01(\t\":\n\x0eGetSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\"\\\n\x10ListSagasRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x11ListSagasResponse\x12\x1c\n\x05sagas\x18\x01 \x03(\x0b\x32\r.saga.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10WatchSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"L\n\nSagaUpdate\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.saga.v1.SagaEvent\"\xd8\x01\n\nDeadLetter\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12-\n\tparked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x13\n\x0b\x63losed_note\x18\x08 \x01(\t\x12\x10\n\x08shard_id\x18\t \x01(\t\"t\n\x16ListDeadLettersRequest\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListDeadLettersResponse\x12)\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x13.saga.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"u\n\x16RetryDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"T\n\x17RetryDeadLetterResponse\x12\x11\n\torder_ids\x18\x01 \x03(\t\x12&\n\x08previews\x18\x02 \x03(\x0b\x32\x14.saga.v1.SagaPreview\"M\n\x18ResolveDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"_\n\x19ResolveDeadLetterResponse\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12%\n\x07preview\x18\x02 \x01(\x0b\x32\x14.saga.v1.SagaPreview\"\xb5\x01\n\x0bSagaPreview\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x10\n\x08shard_id\x18\x03 \x01(\t\x12%\n\tstate_now\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12%\n\tend_state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\x12#\n\x05\x63\x61lls\x18\x06 \x03(\x0b\x32\x14.saga.v1.PlannedCall\"\xcc\x01\n\x0bPlannedCall\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12 \n\x18retry_of_earlier_attempt\x18\x07 \x01(\x08\x12\x12\n\nasks_first\x18\x08 \x01(\x08*\\\n\x10PlaceOrderStatus\x12\"\n\x1ePLACE_ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07PENDING\x10\x03*\xc4\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x02\x12\x18\n\x14SAGA_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11SAGA_STATE_FAILED\x10\x04\x12\x1c\n\x18SAGA_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13SAGA_STATE_RESOLVED\x10\x06*\x85\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x15\n\x11STEP_CREATE_ORDER\x10\x01\x12\x1a\n\x16STEP_RESERVE_INVENTORY\x10\x02\x12\x18\n\x14STEP_PROCESS_PAYMENT\x10\x03\x12\x1a\n\x16STEP_SCHEDULE_SHIPMENT\x10\x04*K\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x15\n\x11\x41\x43TION_COMPENSATE\x10\x02*\xf0\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x19\n\x15STEP_STATUS_IN_FLIGHT\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x05\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x06\x12#\n\x1fSTEP_STATUS_COMPENSATION_FAILED\x10\x07\x32\x8e\x02\n\x0fSagaCoordinator\x12\x45\n\nPlaceOrder\x12\x1a.saga.v1.PlaceOrderRequest\x1a\x1b.saga.v1.PlaceOrderResponse\x12\x31\n\x07GetSaga\x12\x17.saga.v1.GetSagaRequest\x1a\r.saga.v1.Saga\x12\x42\n\tListSagas\x12\x19.saga.v1.ListSagasRequest\x1a\x1a.saga.v1.ListSagasResponse\x12=\n\tWatchSaga\x12\x19.saga.v1.WatchSagaRequest\x1a\x13.saga.v1.SagaUpdate0\x01\x32\x93\x02\n\tSagaAdmin\x12T\n\x0fListDeadLetters\x12\x1f.saga.v1.ListDeadLettersRequest\x1a .saga.v1.ListDeadLettersResponse\x12T\n\x0fRetryDeadLetter\x12\x1f.saga.v1.RetryDeadLetterRequest\x1a .saga.v1.RetryDeadLetterResponse\x12Z\n\x11ResolveDeadLetter\x12!.saga.v1.ResolveDeadLetterRequest\x1a\".saga.v1.ResolveDeadLetterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/saga/v1/saga.proto\x12\x07saga.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\"L\n\x0bPaymentInfo\x12\x15\n\rpayment_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xb1\x01\n\x11PlaceOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.saga.v1.Item\x12*\n\x0cpayment_info\x18\x04 \x01(\x0b\x32\x14.saga.v1.PaymentInfo\x12\x13\n\x06ttl_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x42\t\n\x07_ttl_ms\"\x88\x01\n\x10StartSagaRequest\x12\x11\n\tsaga_type\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x13\n\x06ttl_ms\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07no_wait\x18\x05 \x01(\x08\x42\t\n\x07_ttl_ms\"\xb3\x01\n\x11StartSagaResponse\x12\x11\n\tsaga_type\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07saga_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_hash\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x07 \x01(\t\"\x9c\x01\n\x12PlaceOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.saga.v1.PlaceOrderStatus\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12!\n\x05state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\"\xb5\x03\n\x08StepInfo\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.saga.v1.StepStatus\x12\x18\n\x10\x66orward_attempts\x18\x03 \x01(\x05\x12\x1b\n\x13\x63ompensate_attempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07waiting\x18\x08 \x01(\x08\x12\'\n\x0ewaiting_action\x18\t \x01(\x0e\x32\x0f.saga.v1.Action\x12\x31\n\rwaiting_since\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_poll_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07step_id\x18\x0c \x01(\t\x12\x0c\n\x04kind\x18\r \x01(\t\"\xa4\x02\n\tSagaEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1b\n\x04step\x18\x04 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x05 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12!\n\x05state\x18\t \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07step_id\x18\x0b \x01(\t\"\xdf\x03\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12 \n\x05steps\x18\x05 \x03(\x0b\x32\x11.saga.v1.StepInfo\x12\x1c\n\x05items\x18\x06 \x03(\x0b\x32\r.saga.v1.Item\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x10\n\x08shard_id\x18\x0b \x01(\t\x12\"\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x12.saga.v1.SagaEvent\x12\x13\n\x0bparked_note\x18\r \x01(\t\x12\x11\n\tsaga_type\x18\x0e \x01(\t\x12\x0b\n\x03key\x18\x0f \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_hash\x18\x10 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x11 \x01(\t\"Z\n\x0eGetSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_events\x18\x02 \x01(\x08\x12\x11\n\tsaga_type\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\"\\\n\x10ListSagasRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.saga.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"J\n\x11ListSagasResponse\x12\x1c\n\x05sagas\x18\x01 \x03(\x0b\x32\r.saga.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x10WatchSagaRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\tsaga_type\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"L\n\nSagaUpdate\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12!\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x12.saga.v1.SagaEvent\"\xaa\x02\n\nDeadLetter\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12-\n\tparked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x07 \x01(\x08\x12\x13\n\x0b\x63losed_note\x18\x08 \x01(\t\x12\x10\n\x08shard_id\x18\t \x01(\t\x12\x0f\n\x07step_id\x18\n \x01(\t\x12\x11\n\tsaga_type\x18\x0b \x01(\t\x12\x0b\n\x03key\x18\x0c \x01(\t\x12\x1f\n\x06\x61\x63tion\x18\r \x01(\x0e\x32\x0f.saga.v1.Action\"t\n\x16ListDeadLettersRequest\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x16\n\x0einclude_closed\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListDeadLettersResponse\x12)\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x13.saga.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x01\n\x16RetryDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x1b\n\x04step\x18\x03 \x01(\x0e\x32\r.saga.v1.Step\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x11\n\tsaga_type\x18\x06 \x01(\t\x12\x0b\n\x03key\x18\x07 \x01(\t\"T\n\x17RetryDeadLetterResponse\x12\x11\n\torder_ids\x18\x01 \x03(\t\x12&\n\x08previews\x18\x02 \x03(\x0b\x32\x14.saga.v1.SagaPreview\"m\n\x18ResolveDeadLetterRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x11\n\tsaga_type\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\"_\n\x19ResolveDeadLetterResponse\x12\x1b\n\x04saga\x18\x01 \x01(\x0b\x32\r.saga.v1.Saga\x12%\n\x07preview\x18\x02 \x01(\x0b\x32\x14.saga.v1.SagaPreview\"\xd5\x01\n\x0bSagaPreview\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07saga_id\x18\x02 \x01(\t\x12\x10\n\x08shard_id\x18\x03 \x01(\t\x12%\n\tstate_now\x18\x04 \x01(\x0e\x32\x12.saga.v1.SagaState\x12%\n\tend_state\x18\x05 \x01(\x0e\x32\x12.saga.v1.SagaState\x12#\n\x05\x63\x61lls\x18\x06 \x03(\x0b\x32\x14.saga.v1.PlannedCall\x12\x11\n\tsaga_type\x18\x07 \x01(\t\x12\x0b\n\x03key\x18\x08 \x01(\t\"\xdd\x01\n\x0bPlannedCall\x12\x1b\n\x04step\x18\x01 \x01(\x0e\x32\r.saga.v1.Step\x12\x1f\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x0f.saga.v1.Action\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12 \n\x18retry_of_earlier_attempt\x18\x07 \x01(\x08\x12\x12\n\nasks_first\x18\x08 \x01(\x08\x12\x0f\n\x07step_id\x18\t \x01(\t*\\\n\x10PlaceOrderStatus\x12\"\n\x1ePLACE_ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07PENDING\x10\x03*\xc4\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x02\x12\x18\n\x14SAGA_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11SAGA_STATE_FAILED\x10\x04\x12\x1c\n\x18SAGA_STATE_DEAD_LETTERED\x10\x05\x12\x17\n\x13SAGA_STATE_RESOLVED\x10\x06*\x85\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x15\n\x11STEP_CREATE_ORDER\x10\x01\x12\x1a\n\x16STEP_RESERVE_INVENTORY\x10\x02\x12\x18\n\x14STEP_PROCESS_PAYMENT\x10\x03\x12\x1a\n\x16STEP_SCHEDULE_SHIPMENT\x10\x04*K\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41\x43TION_FORWARD\x10\x01\x12\x15\n\x11\x41\x43TION_COMPENSATE\x10\x02*\xf0\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x19\n\x15STEP_STATUS_IN_FLIGHT\x10\x02\x12\x19\n\x15STEP_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x1c\n\x18STEP_STATUS_COMPENSATING\x10\x05\x12\x1b\n\x17STEP_STATUS_COMPENSATED\x10\x06\x12#\n\x1fSTEP_STATUS_COMPENSATION_FAILED\x10\x07\x32\xd2\x02\n\x0fSagaCoordinator\x12\x45\n\nPlaceOrder\x12\x1a.saga.v1.PlaceOrderRequest\x1a\x1b.saga.v1.PlaceOrderResponse\x12\x42\n\tStartSaga\x12\x19.saga.v1.StartSagaRequest\x1a\x1a.saga.v1.StartSagaResponse\x12\x31\n\x07GetSaga\x12\x17.saga.v1.GetSagaRequest\x1a\r.saga.v1.Saga\x12\x42\n\tListSagas\x12\x19.saga.v1.ListSagasRequest\x1a\x1a.saga.v1.ListSagasResponse\x12=\n\tWatchSaga\x12\x19.saga.v1.WatchSagaRequest\x1a\x13.saga.v1.SagaUpdate0\x01\x32\x93\x02\n\tSagaAdmin\x12T\n\x0fListDeadLetters\x12\x1f.saga.v1.ListDeadLettersRequest\x1a .saga.v1.ListDeadLettersResponse\x12T\n\x0fRetryDeadLetter\x12\x1f.saga.v1.RetryDeadLetterRequest\x1a .saga.v1.RetryDeadLetterResponse\x12Z\n\x11ResolveDeadLetter\x12!.saga.v1.ResolveDeadLetterRequest\x1a\".saga.v1.ResolveDeadLetterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.saga.v1.saga_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLACEORDERSTATUS']._serialized_start=3165
-  _globals['_PLACEORDERSTATUS']._serialized_end=3257
-  _globals['_SAGASTATE']._serialized_start=3260
-  _globals['_SAGASTATE']._serialized_end=3456
-  _globals['_STEP']._serialized_start=3459
-  _globals['_STEP']._serialized_end=3592
-  _globals['_ACTION']._serialized_start=3594
-  _globals['_ACTION']._serialized_end=3669
-  _globals['_STEPSTATUS']._serialized_start=3672
-  _globals['_STEPSTATUS']._serialized_end=3912
-  _globals['_ITEM']._serialized_start=71
-  _globals['_ITEM']._serialized_end=112
-  _globals['_PAYMENTINFO']._serialized_start=114
-  _globals['_PAYMENTINFO']._serialized_end=190
-  _globals['_PLACEORDERREQUEST']._serialized_start=193
-  _globals['_PLACEORDERREQUEST']._serialized_end=370
-  _globals['_PLACEORDERRESPONSE']._serialized_start=373
-  _globals['_PLACEORDERRESPONSE']._serialized_end=529
-  _globals['_STEPINFO']._serialized_start=532
-  _globals['_STEPINFO']._serialized_end=938
-  _globals['_SAGAEVENT']._serialized_start=941
-  _globals['_SAGAEVENT']._serialized_end=1216
-  _globals['_SAGA']._serialized_start=1219
-  _globals['_SAGA']._serialized_end=1613
-  _globals['_GETSAGAREQUEST']._serialized_start=1615
-  _globals['_GETSAGAREQUEST']._serialized_end=1673
-  _globals['_LISTSAGASREQUEST']._serialized_start=1675
-  _globals['_LISTSAGASREQUEST']._serialized_end=1767
-  _globals['_LISTSAGASRESPONSE']._serialized_start=1769
-  _globals['_LISTSAGASRESPONSE']._serialized_end=1843
-  _globals['_WATCHSAGAREQUEST']._serialized_start=1845
-  _globals['_WATCHSAGAREQUEST']._serialized_end=1881
-  _globals['_SAGAUPDATE']._serialized_start=1883
-  _globals['_SAGAUPDATE']._serialized_end=1959
-  _globals['_DEADLETTER']._serialized_start=1962
-  _globals['_DEADLETTER']._serialized_end=2178
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2180
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2296
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2298
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2391
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=2393
-  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=2510
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=2512
-  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=2596
-  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_start=2598
-  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_end=2675
-  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_start=2677
-  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_end=2772
-  _globals['_SAGAPREVIEW']._serialized_start=2775
-  _globals['_SAGAPREVIEW']._serialized_end=2956
-  _globals['_PLANNEDCALL']._serialized_start=2959
-  _globals['_PLANNEDCALL']._serialized_end=3163
-  _globals['_SAGACOORDINATOR']._serialized_start=3915
-  _globals['_SAGACOORDINATOR']._serialized_end=4185
-  _globals['_SAGAADMIN']._serialized_start=4188
-  _globals['_SAGAADMIN']._serialized_end=4463
+  _globals['_PLACEORDERSTATUS']._serialized_start=3906
+  _globals['_PLACEORDERSTATUS']._serialized_end=3998
+  _globals['_SAGASTATE']._serialized_start=4001
+  _globals['_SAGASTATE']._serialized_end=4197
+  _globals['_STEP']._serialized_start=4200
+  _globals['_STEP']._serialized_end=4333
+  _globals['_ACTION']._serialized_start=4335
+  _globals['_ACTION']._serialized_end=4410
+  _globals['_STEPSTATUS']._serialized_start=4413
+  _globals['_STEPSTATUS']._serialized_end=4653
+  _globals['_ITEM']._serialized_start=98
+  _globals['_ITEM']._serialized_end=139
+  _globals['_PAYMENTINFO']._serialized_start=141
+  _globals['_PAYMENTINFO']._serialized_end=217
+  _globals['_PLACEORDERREQUEST']._serialized_start=220
+  _globals['_PLACEORDERREQUEST']._serialized_end=397
+  _globals['_STARTSAGAREQUEST']._serialized_start=400
+  _globals['_STARTSAGAREQUEST']._serialized_end=536
+  _globals['_STARTSAGARESPONSE']._serialized_start=539
+  _globals['_STARTSAGARESPONSE']._serialized_end=718
+  _globals['_PLACEORDERRESPONSE']._serialized_start=721
+  _globals['_PLACEORDERRESPONSE']._serialized_end=877
+  _globals['_STEPINFO']._serialized_start=880
+  _globals['_STEPINFO']._serialized_end=1317
+  _globals['_SAGAEVENT']._serialized_start=1320
+  _globals['_SAGAEVENT']._serialized_end=1612
+  _globals['_SAGA']._serialized_start=1615
+  _globals['_SAGA']._serialized_end=2094
+  _globals['_GETSAGAREQUEST']._serialized_start=2096
+  _globals['_GETSAGAREQUEST']._serialized_end=2186
+  _globals['_LISTSAGASREQUEST']._serialized_start=2188
+  _globals['_LISTSAGASREQUEST']._serialized_end=2280
+  _globals['_LISTSAGASRESPONSE']._serialized_start=2282
+  _globals['_LISTSAGASRESPONSE']._serialized_end=2356
+  _globals['_WATCHSAGAREQUEST']._serialized_start=2358
+  _globals['_WATCHSAGAREQUEST']._serialized_end=2426
+  _globals['_SAGAUPDATE']._serialized_start=2428
+  _globals['_SAGAUPDATE']._serialized_end=2504
+  _globals['_DEADLETTER']._serialized_start=2507
+  _globals['_DEADLETTER']._serialized_end=2805
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2807
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2923
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2925
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=3018
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=3021
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=3170
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=3172
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=3256
+  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_start=3258
+  _globals['_RESOLVEDEADLETTERREQUEST']._serialized_end=3367
+  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_start=3369
+  _globals['_RESOLVEDEADLETTERRESPONSE']._serialized_end=3464
+  _globals['_SAGAPREVIEW']._serialized_start=3467
+  _globals['_SAGAPREVIEW']._serialized_end=3680
+  _globals['_PLANNEDCALL']._serialized_start=3683
+  _globals['_PLANNEDCALL']._serialized_end=3904
+  _globals['_SAGACOORDINATOR']._serialized_start=4656
+  _globals['_SAGACOORDINATOR']._serialized_end=4994
+  _globals['_SAGAADMIN']._serialized_start=4997
+  _globals['_SAGAADMIN']._serialized_end=5272
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -113,6 +114,38 @@ class PlaceOrderRequest(_message.Message):
     no_wait: bool
     def __init__(self, order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., payment_info: _Optional[_Union[PaymentInfo, _Mapping]] = ..., ttl_ms: _Optional[int] = ..., no_wait: _Optional[bool] = ...) -> None: ...
 
+class StartSagaRequest(_message.Message):
+    __slots__ = ("saga_type", "key", "input", "ttl_ms", "no_wait")
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    saga_type: str
+    key: str
+    input: _any_pb2.Any
+    ttl_ms: int
+    no_wait: bool
+    def __init__(self, saga_type: _Optional[str] = ..., key: _Optional[str] = ..., input: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., ttl_ms: _Optional[int] = ..., no_wait: _Optional[bool] = ...) -> None: ...
+
+class StartSagaResponse(_message.Message):
+    __slots__ = ("saga_type", "key", "saga_id", "state", "error_message", "definition_hash", "definition_version")
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SAGA_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_HASH_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    saga_type: str
+    key: str
+    saga_id: str
+    state: SagaState
+    error_message: str
+    definition_hash: str
+    definition_version: str
+    def __init__(self, saga_type: _Optional[str] = ..., key: _Optional[str] = ..., saga_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., error_message: _Optional[str] = ..., definition_hash: _Optional[str] = ..., definition_version: _Optional[str] = ...) -> None: ...
+
 class PlaceOrderResponse(_message.Message):
     __slots__ = ("order_id", "status", "error_message", "saga_id", "state")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -128,7 +161,7 @@ class PlaceOrderResponse(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., status: _Optional[_Union[PlaceOrderStatus, str]] = ..., error_message: _Optional[str] = ..., saga_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ...) -> None: ...
 
 class StepInfo(_message.Message):
-    __slots__ = ("step", "status", "forward_attempts", "compensate_attempts", "last_error", "started_at", "updated_at", "waiting", "waiting_action", "waiting_since", "next_poll_at")
+    __slots__ = ("step", "status", "forward_attempts", "compensate_attempts", "last_error", "started_at", "updated_at", "waiting", "waiting_action", "waiting_since", "next_poll_at", "step_id", "kind")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +173,8 @@ class StepInfo(_message.Message):
     WAITING_ACTION_FIELD_NUMBER: _ClassVar[int]
     WAITING_SINCE_FIELD_NUMBER: _ClassVar[int]
     NEXT_POLL_AT_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     step: Step
     status: StepStatus
     forward_attempts: int
@@ -151,10 +186,12 @@ class StepInfo(_message.Message):
     waiting_action: Action
     waiting_since: _timestamp_pb2.Timestamp
     next_poll_at: _timestamp_pb2.Timestamp
-    def __init__(self, step: _Optional[_Union[Step, str]] = ..., status: _Optional[_Union[StepStatus, str]] = ..., forward_attempts: _Optional[int] = ..., compensate_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting: _Optional[bool] = ..., waiting_action: _Optional[_Union[Action, str]] = ..., waiting_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_poll_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    step_id: str
+    kind: str
+    def __init__(self, step: _Optional[_Union[Step, str]] = ..., status: _Optional[_Union[StepStatus, str]] = ..., forward_attempts: _Optional[int] = ..., compensate_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., waiting: _Optional[bool] = ..., waiting_action: _Optional[_Union[Action, str]] = ..., waiting_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_poll_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SagaEvent(_message.Message):
-    __slots__ = ("seq", "at", "kind", "step", "action", "attempt", "code", "detail", "state", "next_attempt_at")
+    __slots__ = ("seq", "at", "kind", "step", "action", "attempt", "code", "detail", "state", "next_attempt_at", "step_id")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +202,7 @@ class SagaEvent(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at: _timestamp_pb2.Timestamp
     kind: str
@@ -175,10 +213,11 @@ class SagaEvent(_message.Message):
     detail: str
     state: SagaState
     next_attempt_at: _timestamp_pb2.Timestamp
-    def __init__(self, seq: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., attempt: _Optional[int] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    step_id: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., attempt: _Optional[int] = ..., code: _Optional[str] = ..., detail: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_id: _Optional[str] = ...) -> None: ...
 
 class Saga(_message.Message):
-    __slots__ = ("saga_id", "order_id", "user_id", "state", "steps", "items", "created_at", "updated_at", "deadline", "last_error", "shard_id", "events", "parked_note")
+    __slots__ = ("saga_id", "order_id", "user_id", "state", "steps", "items", "created_at", "updated_at", "deadline", "last_error", "shard_id", "events", "parked_note", "saga_type", "key", "definition_hash", "definition_version")
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +231,10 @@ class Saga(_message.Message):
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     PARKED_NOTE_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_HASH_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_VERSION_FIELD_NUMBER: _ClassVar[int]
     saga_id: str
     order_id: str
     user_id: str
@@ -205,15 +248,23 @@ class Saga(_message.Message):
     shard_id: str
     events: _containers.RepeatedCompositeFieldContainer[SagaEvent]
     parked_note: str
-    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., steps: _Optional[_Iterable[_Union[StepInfo, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., shard_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[SagaEvent, _Mapping]]] = ..., parked_note: _Optional[str] = ...) -> None: ...
+    saga_type: str
+    key: str
+    definition_hash: str
+    definition_version: str
+    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., user_id: _Optional[str] = ..., state: _Optional[_Union[SagaState, str]] = ..., steps: _Optional[_Iterable[_Union[StepInfo, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., shard_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[SagaEvent, _Mapping]]] = ..., parked_note: _Optional[str] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ..., definition_hash: _Optional[str] = ..., definition_version: _Optional[str] = ...) -> None: ...
 
 class GetSagaRequest(_message.Message):
-    __slots__ = ("order_id", "include_events")
+    __slots__ = ("order_id", "include_events", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     include_events: bool
-    def __init__(self, order_id: _Optional[str] = ..., include_events: _Optional[bool] = ...) -> None: ...
+    saga_type: str
+    key: str
+    def __init__(self, order_id: _Optional[str] = ..., include_events: _Optional[bool] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class ListSagasRequest(_message.Message):
     __slots__ = ("state", "page_size", "page_token")
@@ -234,10 +285,14 @@ class ListSagasResponse(_message.Message):
     def __init__(self, sagas: _Optional[_Iterable[_Union[Saga, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchSagaRequest(_message.Message):
-    __slots__ = ("order_id",)
+    __slots__ = ("order_id", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
-    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+    saga_type: str
+    key: str
+    def __init__(self, order_id: _Optional[str] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class SagaUpdate(_message.Message):
     __slots__ = ("saga", "event")
@@ -248,7 +303,7 @@ class SagaUpdate(_message.Message):
     def __init__(self, saga: _Optional[_Union[Saga, _Mapping]] = ..., event: _Optional[_Union[SagaEvent, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("saga_id", "order_id", "step", "last_error", "attempts", "parked_at", "closed", "closed_note", "shard_id")
+    __slots__ = ("saga_id", "order_id", "step", "last_error", "attempts", "parked_at", "closed", "closed_note", "shard_id", "step_id", "saga_type", "key", "action")
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +313,10 @@ class DeadLetter(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_NOTE_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     saga_id: str
     order_id: str
     step: Step
@@ -267,7 +326,11 @@ class DeadLetter(_message.Message):
     closed: bool
     closed_note: str
     shard_id: str
-    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., last_error: _Optional[str] = ..., attempts: _Optional[int] = ..., parked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed: _Optional[bool] = ..., closed_note: _Optional[str] = ..., shard_id: _Optional[str] = ...) -> None: ...
+    step_id: str
+    saga_type: str
+    key: str
+    action: Action
+    def __init__(self, saga_id: _Optional[str] = ..., order_id: _Optional[str] = ..., step: _Optional[_Union[Step, str]] = ..., last_error: _Optional[str] = ..., attempts: _Optional[int] = ..., parked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., closed: _Optional[bool] = ..., closed_note: _Optional[str] = ..., shard_id: _Optional[str] = ..., step_id: _Optional[str] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ...) -> None: ...
 
 class ListDeadLettersRequest(_message.Message):
     __slots__ = ("step", "include_closed", "page_size", "page_token")
@@ -290,18 +353,22 @@ class ListDeadLettersResponse(_message.Message):
     def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RetryDeadLetterRequest(_message.Message):
-    __slots__ = ("order_id", "all", "step", "reason", "dry_run")
+    __slots__ = ("order_id", "all", "step", "reason", "dry_run", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     all: bool
     step: Step
     reason: str
     dry_run: bool
-    def __init__(self, order_id: _Optional[str] = ..., all: _Optional[bool] = ..., step: _Optional[_Union[Step, str]] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    saga_type: str
+    key: str
+    def __init__(self, order_id: _Optional[str] = ..., all: _Optional[bool] = ..., step: _Optional[_Union[Step, str]] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class RetryDeadLetterResponse(_message.Message):
     __slots__ = ("order_ids", "previews")
@@ -312,14 +379,18 @@ class RetryDeadLetterResponse(_message.Message):
     def __init__(self, order_ids: _Optional[_Iterable[str]] = ..., previews: _Optional[_Iterable[_Union[SagaPreview, _Mapping]]] = ...) -> None: ...
 
 class ResolveDeadLetterRequest(_message.Message):
-    __slots__ = ("order_id", "reason", "dry_run")
+    __slots__ = ("order_id", "reason", "dry_run", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     reason: str
     dry_run: bool
-    def __init__(self, order_id: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    saga_type: str
+    key: str
+    def __init__(self, order_id: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class ResolveDeadLetterResponse(_message.Message):
     __slots__ = ("saga", "preview")
@@ -330,23 +401,27 @@ class ResolveDeadLetterResponse(_message.Message):
     def __init__(self, saga: _Optional[_Union[Saga, _Mapping]] = ..., preview: _Optional[_Union[SagaPreview, _Mapping]] = ...) -> None: ...
 
 class SagaPreview(_message.Message):
-    __slots__ = ("order_id", "saga_id", "shard_id", "state_now", "end_state", "calls")
+    __slots__ = ("order_id", "saga_id", "shard_id", "state_now", "end_state", "calls", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     SAGA_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_NOW_FIELD_NUMBER: _ClassVar[int]
     END_STATE_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    SAGA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     saga_id: str
     shard_id: str
     state_now: SagaState
     end_state: SagaState
     calls: _containers.RepeatedCompositeFieldContainer[PlannedCall]
-    def __init__(self, order_id: _Optional[str] = ..., saga_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., state_now: _Optional[_Union[SagaState, str]] = ..., end_state: _Optional[_Union[SagaState, str]] = ..., calls: _Optional[_Iterable[_Union[PlannedCall, _Mapping]]] = ...) -> None: ...
+    saga_type: str
+    key: str
+    def __init__(self, order_id: _Optional[str] = ..., saga_id: _Optional[str] = ..., shard_id: _Optional[str] = ..., state_now: _Optional[_Union[SagaState, str]] = ..., end_state: _Optional[_Union[SagaState, str]] = ..., calls: _Optional[_Iterable[_Union[PlannedCall, _Mapping]]] = ..., saga_type: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class PlannedCall(_message.Message):
-    __slots__ = ("step", "action", "service", "method", "idempotency_key", "attempt", "retry_of_earlier_attempt", "asks_first")
+    __slots__ = ("step", "action", "service", "method", "idempotency_key", "attempt", "retry_of_earlier_attempt", "asks_first", "step_id")
     STEP_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +430,7 @@ class PlannedCall(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RETRY_OF_EARLIER_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ASKS_FIRST_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
     step: Step
     action: Action
     service: str
@@ -363,4 +439,5 @@ class PlannedCall(_message.Message):
     attempt: int
     retry_of_earlier_attempt: bool
     asks_first: bool
-    def __init__(self, step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_of_earlier_attempt: _Optional[bool] = ..., asks_first: _Optional[bool] = ...) -> None: ...
+    step_id: str
+    def __init__(self, step: _Optional[_Union[Step, str]] = ..., action: _Optional[_Union[Action, str]] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_of_earlier_attempt: _Optional[bool] = ..., asks_first: _Optional[bool] = ..., step_id: _Optional[str] = ...) -> None: ...

@@ -40,6 +40,11 @@ class SagaCoordinatorStub:
                 request_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderRequest.SerializeToString,
                 response_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderResponse.FromString,
                 _registered_method=True)
+        self.StartSaga = channel.unary_unary(
+                '/saga.v1.SagaCoordinator/StartSaga',
+                request_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaRequest.SerializeToString,
+                response_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaResponse.FromString,
+                _registered_method=True)
         self.GetSaga = channel.unary_unary(
                 '/saga.v1.SagaCoordinator/GetSaga',
                 request_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.GetSagaRequest.SerializeToString,
@@ -66,6 +71,16 @@ class SagaCoordinatorServicer:
         no_wait is set, answers once the saga's terminal state is durable. The same order_id with a different payload is
         ALREADY_EXISTS. Bad input is INVALID_ARGUMENT with the field named in google.rpc.BadRequest details; an overloaded
         shard answers RESOURCE_EXHAUSTED with a retry hint in trailing metadata "retry-after-ms".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartSaga(self, request, context):
+        """Starts a saga of any defined type (docs/definitions.md) or joins the existing one: idempotent per (saga_type,
+        key). PlaceOrder is StartSaga of type "order". The input is the definition's declared message type; its key field
+        must equal `key`. The same (saga_type, key) with a different input is ALREADY_EXISTS; an unknown type is
+        NOT_FOUND; bad input is INVALID_ARGUMENT naming the field, as for PlaceOrder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +114,11 @@ def add_SagaCoordinatorServicer_to_server(servicer, server):
                     servicer.PlaceOrder,
                     request_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderRequest.FromString,
                     response_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderResponse.SerializeToString,
+            ),
+            'StartSaga': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartSaga,
+                    request_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaRequest.FromString,
+                    response_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaResponse.SerializeToString,
             ),
             'GetSaga': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSaga,
@@ -144,6 +164,33 @@ class SagaCoordinator:
             '/saga.v1.SagaCoordinator/PlaceOrder',
             protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderRequest.SerializeToString,
             protos_dot_saga_dot_v1_dot_saga__pb2.PlaceOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saga.v1.SagaCoordinator/StartSaga',
+            protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaRequest.SerializeToString,
+            protos_dot_saga_dot_v1_dot_saga__pb2.StartSagaResponse.FromString,
             options,
             channel_credentials,
             insecure,
