@@ -471,11 +471,10 @@ def _constructor(cls: Any, fields: tuple[tuple[str, Producer], ...]) -> Producer
 
 
 def check_request(
-    mapping: Any, request_type: Descriptor, scope: Scope, ptr: str
+    mapping: Mapping[str, Any], request_type: Descriptor, scope: Scope, ptr: str
 ) -> tuple[RequestBuilder | None, list[Problem]]:
-    """Checks a request mapping against its message type and compiles it; every problem, with its pointer."""
-    if not isinstance(mapping, Mapping):
-        return None, [Problem("request.not-a-table", ptr, "a request is a table of the request's fields")]
+    """Checks a request mapping (a table: the JSON Schema pass has checked that) against its message type and compiles
+    it; every problem, with its pointer."""
     build, problems = _message(mapping, request_type, scope, ptr)
     if build is None:
         return None, problems
