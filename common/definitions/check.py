@@ -70,12 +70,10 @@ def _structure(document: Any) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
-        where = pointer(*error.absolute_path)
-        code = f"schema.{error.validator}"
         hint = ""
         if error.validator == "additionalProperties":
             hint = "known: " + ", ".join(sorted(error.schema.get("properties", {})))
-        problems.append(Problem(code, where, error.message, hint))
+        problems.append(Problem(f"schema.{error.validator}", pointer(*error.absolute_path), error.message, hint))
     return problems
 
 
@@ -184,7 +182,8 @@ def _rules(doc: Mapping[str, Any]) -> list[Problem]:
     for i, step in enumerate(steps):
         kind = step["kind"]
         undo = step["compensation"]
-        if i > first_pivot and kind != Kind.RETRIABLE:
+        # A second pivot is reported as such (pivot.more-than-one), not again as a step that should be retriable.
+        if i > first_pivot and kind == Kind.COMPENSABLE:
             problems.append(
                 Problem(
                     "pivot.not-retriable-after",
@@ -255,6 +254,15 @@ def _rules(doc: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
+def _drop_json_names(message: descriptor_pb2.DescriptorProto) -> None:
+    """json_name is in a descriptor read from a descriptor set or reflection, not in one compiled into Python: it
+    does not change the wire, so a type has one fingerprint wherever its descriptor came from."""
+    for f in message.field:
+        f.ClearField("json_name")
+    for nested in message.nested_type:
+        _drop_json_names(nested)
+
+
 def _fingerprint(message: Descriptor, into: dict[str, str]) -> None:
     """BLAKE2b of the message type's descriptor (field names, numbers, types; not comments), for it and every message
     type it contains."""
@@ -262,6 +270,7 @@ def _fingerprint(message: Descriptor, into: dict[str, str]) -> None:
         return
     proto = descriptor_pb2.DescriptorProto()
     message.CopyToProto(proto)
+    _drop_json_names(proto)
     into[message.full_name] = hashlib.blake2b(proto.SerializeToString(deterministic=True), digest_size=16).hexdigest()
     for f in message.fields:
         if f.message_type is not None:
