@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from common.definitions import check
-from common.definitions.catalog import Catalog, default_catalog
+from common.definitions.catalog import Catalog
 from common.definitions.model import Kind, Values
 from common.definitions.problems import CODES, DefinitionError, Problem
 from protos.saga.v1 import saga_pb2
@@ -264,8 +263,3 @@ def test_the_compiled_requests_build_what_the_services_expect() -> None:
     refund = compensation.build(values, "s-1/process_payment/forward")
     assert refund.forward_idempotency_key == "s-1/process_payment/forward"
     assert refund.reason == "saga compensation"
-
-
-def test_the_default_catalog_takes_descriptor_sets(tmp_path: Path) -> None:
-    assert default_catalog().service("shop.v1.PaymentService") is not None
-    assert re.fullmatch(r"[0-9a-f]{32}", check.order_flow().hash)
