@@ -23,7 +23,7 @@ ORDER = check.shipped("order")
 LOYALTY_PROTO = """
 syntax = "proto3";
 package loyalty.v1;
-import "shop/v1/common.proto";
+import "protos/shop/v1/common.proto";
 
 // Points for an order, outside the repo's protos: what --descriptor-set and --reflect are for.
 service LoyaltyService {
@@ -76,7 +76,7 @@ def loyalty_doc() -> dict[str, Any]:
 
 def compile_proto(directory: Path, name: str, text: str) -> Path:
     """`name` (e.g. loyalty/v1/loyalty.proto) written under directory and compiled, its imports included, into
-    directory/<stem>.binpb; the repo root is on the include path (shop/v1/..., google/protobuf/...)."""
+    directory/<stem>.binpb; the repo root is on the include path (protos/shop/v1/..., google/protobuf/...)."""
     source = directory / name
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_text(text)
