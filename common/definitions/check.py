@@ -164,7 +164,7 @@ def _rules(doc: Mapping[str, Any]) -> list[Problem]:
                 Problem(
                     "step.duplicate-id",
                     pointer("steps", i, "id"),
-                    f"step id {step['id']!r} is also step {seen[step['id']]}",
+                    f"{step['id']!r} is already the id of step {seen[step['id']] + 1}",
                 )
             )
         seen.setdefault(step["id"], i)

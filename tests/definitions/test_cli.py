@@ -81,7 +81,7 @@ def test_every_problem_of_every_file_one_a_line() -> None:
     assert run.returncode == 1
     problems = [line for line in run.stdout.splitlines() if line.startswith(str(BROKEN))]
     assert len(problems) == 2
-    assert problems[0].startswith(f"{dup}:/steps/1/id: step.duplicate-id: step id 'create_order' is also step 0")
+    assert problems[0].startswith(f"{dup}:/steps/1/id: step.duplicate-id: 'create_order' is already the id of step 1")
     assert problems[1].startswith(f"{syntax}:/: file.syntax: not YAML or JSON (line ")
     assert f"{ORDER}: order version 1" in run.stdout  # the clean file is still shown
     assert "2 problem(s) in 2 of 3 file(s)" in run.stderr
