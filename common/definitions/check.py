@@ -45,10 +45,21 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without implicit timestamps: `2026-01-31` stays the string it reads as, as it would in JSON (a
+    date object is no JSON value: it could be neither checked, hashed nor stored)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def parse(text: str, source: str = "<definition>") -> Any:
     """A definition file's text as data: YAML (JSON is YAML too). Raises DefinitionError on a syntax error."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -447,9 +458,35 @@ def _types(doc: Mapping[str, Any], catalog: Catalog) -> tuple[Definition | None,
     return definition, []
 
 
+def _not_json(value: Any, at: tuple[str | int, ...] = ()) -> list[Problem]:
+    """What YAML can say and JSON cannot (binary, sets, explicit timestamps, keys that are not strings): each is a
+    schema.type problem, before the schema is asked (it would not know what to say)."""
+    if isinstance(value, dict):
+        problems = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                problems.append(
+                    Problem(
+                        "schema.type",
+                        pointer(*at, str(k)),
+                        f"the key {k!r} is a {type(k).__name__}, not a string",
+                        "quote it: YAML reads yes, no, on, off and numbers as other types",
+                    )
+                )
+            problems += _not_json(v, (*at, str(k)))
+        return problems
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _not_json(v, (*at, i))]
+    if value is None or isinstance(value, str | int | float):
+        return []
+    return [
+        Problem("schema.type", pointer(*at), f"a {type(value).__name__} is not a JSON value", "write it as a string")
+    ]
+
+
 def check(document: Any, catalog: Catalog | None = None) -> tuple[Definition | None, list[Problem]]:
     """Every problem of a parsed document; the Definition when there is none."""
-    problems = _structure(document)
+    problems = _not_json(document) or _structure(document)
     if problems:
         return None, problems
     doc = normalise(document)

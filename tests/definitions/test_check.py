@@ -94,6 +94,26 @@ def test_every_structural_mistake_is_reported_at_once() -> None:
     assert got == {("schema.pattern", "/steps/0/id"), ("schema.enum", "/steps/1/kind"), ("schema.required", "/input")}
 
 
+def test_what_yaml_says_and_json_cannot_is_a_schema_type_problem() -> None:
+    text = ORDER.read_text().replace("reason: saga compensation", "reason: !!binary c2FnYQ==")
+    text = text.replace(
+        "        user_id: $input.user_id\n        items", "        yes: $input.user_id\n        items", 1
+    )
+    # The compensation request is an anchor: its reason is reported where each alias puts it.
+    assert [(p.code, p.path) for p in problems_of(text)] == [
+        ("schema.type", "/steps/0/call/request/True"),
+        *[("schema.type", f"/steps/{i}/compensation/request/reason") for i in range(4)],
+    ]
+
+
+def test_a_date_stays_the_string_it_reads_as() -> None:
+    text = ORDER.read_text().replace("reason: saga compensation", "reason: 2026-01-31")
+    definition, problems = check.check(check.parse(text))
+    assert definition is not None, problems
+    assert definition.steps[0].compensation is not None
+    assert definition.steps[0].compensation.mapping["reason"] == "2026-01-31"
+
+
 def test_an_unknown_method_does_not_make_its_step_unknown_to_later_paths() -> None:
     doc = order_doc()
     doc["steps"][0]["call"]["method"] = "shop.v1.OrderService/Create"
@@ -120,7 +140,7 @@ def _emitted_codes() -> set[str]:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Problem" and node.args:
                 first = node.args[0]
                 if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                    codes.add(first.value)
+                    codes.add("schema.*" if first.value.startswith("schema.") else first.value)
                 else:
                     assert isinstance(first, ast.JoinedStr), (
                         f"{source.name}:{node.lineno}: a code that is not a literal"
