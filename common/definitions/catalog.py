@@ -13,6 +13,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 import protos
 
@@ -45,16 +46,50 @@ class Catalog:
         return None if s is None else s.methods_by_name.get(method)
 
 
-def add_descriptor_sets(paths: Iterable[str | Path]) -> None:
-    """Adds the files of descriptor sets to the default pool (files already there are skipped)."""
+class CatalogError(ValueError):
+    """A descriptor set that cannot be read, or files that clash with those already known."""
+
+
+def add_files(files: Iterable[descriptor_pb2.FileDescriptorProto], source: str) -> None:
+    """Adds file descriptors to the default pool, each after the files it imports; a file already there (by name) is
+    kept as it is: the project's compiled protos win over a copy of them."""
     pool = descriptor_pool.Default()
+    pending = {f.name: f for f in files}
+
+    def known(name: str) -> bool:
+        try:
+            pool.FindFileByName(name)
+            return True
+        except KeyError:
+            return False
+
+    def add(name: str, chain: tuple[str, ...]) -> None:
+        f = pending.pop(name, None)
+        if f is None or known(name):
+            return
+        if name in chain:
+            raise CatalogError(f"{source}: {name} imports itself through {' -> '.join(chain)}")
+        for dep in f.dependency:
+            add(dep, (*chain, name))
+        try:
+            pool.Add(f)
+        except (TypeError, ValueError) as e:
+            raise CatalogError(f"{source}: {name} cannot be added: {e}") from None
+
+    for name in list(pending):
+        add(name, ())
+
+
+def add_descriptor_sets(paths: Iterable[str | Path]) -> None:
+    """Adds the files of descriptor sets (`protoc --include_imports --descriptor_set_out`) to the default pool."""
     for path in paths:
-        fds = descriptor_pb2.FileDescriptorSet.FromString(Path(path).read_bytes())
-        for f in fds.file:
-            try:
-                pool.FindFileByName(f.name)
-            except KeyError:
-                pool.Add(f)
+        try:
+            fds = descriptor_pb2.FileDescriptorSet.FromString(Path(path).read_bytes())
+        except OSError as e:
+            raise CatalogError(f"{path}: cannot read: {e.strerror}") from None
+        except DecodeError:
+            raise CatalogError(f"{path}: not a FileDescriptorSet") from None
+        add_files(fds.file, str(path))
 
 
 def default_catalog(descriptor_sets: Iterable[str | Path] = ()) -> Catalog:

@@ -8,9 +8,10 @@ A mapping is a table of the request message's fields. Each value is:
 - a table: the fields of a message-typed field, mapped the same way;
 - a list: the elements of a repeated field, each mapped the same way.
 
-Types are checked against the message descriptors: scalars by type (an int32 fits an int64, not the other way),
-enums by their values, messages by type or by shape (every field of the source has a field of the same name and a
-compatible type in the target: saga.v1.Item -> shop.v1.Item), repeated only to repeated. check_request() reports
+Types are checked against the message descriptors: scalars by type, only where no value is lost (an int32 fits an
+int64, not the other way; a double takes an int32, a uint32 or a float, a float only a float), enums by their values,
+messages by type or by shape (every field of the source has a field of the same name and a compatible type in the
+target: saga.v1.Item -> shop.v1.Item), repeated only to repeated. check_request() reports
 every problem with its code and JSON Pointer and compiles the mapping into a builder: attribute getters and message
 constructors prepared once, so building a request walks no dict and resolves no name.
 """
@@ -96,8 +97,9 @@ class Scope:
     """What a mapping may read."""
 
     input_type: Descriptor
-    steps: Mapping[str, tuple[int, Descriptor]]
-    """Every step of the definition: id -> (number, response type)."""
+    steps: Mapping[str, tuple[int, Descriptor | None]]
+    """Every step of the definition: id -> (number, response type); None when the step's method did not resolve (a
+    problem reported once, at the method: its paths are not reported again)."""
     current: int
     """The number of the step whose request this is."""
     compensation: bool
@@ -141,9 +143,15 @@ def _resolve_fields(message: Descriptor, names: list[str], at: str, ptr: str) ->
                 )
             ]
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
-            return None, [Problem("path.map-field", ptr, f"{at}: {name} is a map field", "map fields are not supported")]
+            return None, [
+                Problem("path.map-field", ptr, f"{at}: {name} is a map field", "map fields are not supported")
+            ]
         current = field_type(f)
     return current, []
+
+
+def _whole(m: Message) -> Message:
+    return m
 
 
 def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Problem]]:
@@ -158,14 +166,16 @@ def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Pr
         t, problems = _resolve_fields(scope.input_type, parts[1:], expr, ptr)
         if t is None:
             return None, problems
-        get = operator.attrgetter(".".join(parts[1:]))
-        return _Path(t, lambda v, fk: get(v.input)), []
+        read = operator.attrgetter(".".join(parts[1:]))
+        return _Path(t, lambda v, fk: read(v.input)), []
     if root == "saga":
         if parts[1:] == ["id"]:
             return _Path(_STRING, lambda v, fk: v.saga_id), []
         if parts[1:] == ["key"]:
             return _Path(_STRING, lambda v, fk: v.key), []
-        return None, [Problem("path.unknown-root", ptr, f"{expr!r}: the saga has id and key", "$saga.id or $saga.key")]
+        return None, [
+            Problem("path.no-such-field", ptr, f"{expr!r}: the saga has an id and a key", "$saga.id or $saga.key")
+        ]
     if root == "forward_key":
         if len(parts) != 1:
             return None, [Problem("path.syntax", ptr, f"{expr!r}: $forward_key has no fields")]
@@ -206,7 +216,10 @@ def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Pr
                 )
             ]
         scope.used_outputs.add(number)
+        if response is None:
+            return None, []
         names = parts[3:]
+        get: Callable[[Message], Any]
         if names:
             t, problems = _resolve_fields(response, names, expr, ptr)
             if t is None:
@@ -214,9 +227,7 @@ def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Pr
             get = operator.attrgetter(".".join(names))
         else:
             t = SlotType("message", message=response)
-
-            def get(m: Message) -> Message:
-                return m
+            get = _whole
 
         empty = message_factory.GetMessageClass(response)()
 
@@ -267,11 +278,14 @@ def _fits(src: SlotType, dst: SlotType, seen: frozenset[tuple[str, str]] = froze
         return ""
     if dst.kind in _INT_FITS and src.kind in _INT_FITS[dst.kind]:
         return ""
-    if dst.kind == "double" and (src.kind in _INT_FITS or src.kind == "float"):
-        return ""
-    if dst.kind == "float" and src.kind in ("int32", "uint32"):
+    # A double holds every 32-bit integer exactly; a 64-bit one or any integer in a float may be rounded.
+    if dst.kind == "double" and src.kind in ("int32", "uint32", "float"):
         return ""
     return f"{src.name} cannot fill {dst.name}"
+
+
+def _each(convert: Callable[[Message], Message]) -> Callable[[Any], list[Message]]:
+    return lambda xs: [convert(x) for x in xs]
 
 
 def _converter(src: Descriptor, dst: Descriptor) -> Callable[[Message], Message]:
@@ -282,10 +296,14 @@ def _converter(src: Descriptor, dst: Descriptor) -> Callable[[Message], Message]
     plan: list[tuple[str, Callable[[Any], Any] | None]] = []
     for f in src.fields:
         g = dst.fields_by_name[f.name]
-        if f.message_type is not None and f.message_type.full_name != g.message_type.full_name:
+        if (
+            f.message_type is not None
+            and g.message_type is not None
+            and f.message_type.full_name != g.message_type.full_name
+        ):
             inner = _converter(f.message_type, g.message_type)
             if f.is_repeated:
-                plan.append((f.name, lambda xs, inner=inner: [inner(x) for x in xs]))
+                plan.append((f.name, _each(inner)))
             else:
                 plan.append((f.name, inner))
         else:
@@ -363,6 +381,15 @@ def _value(value: Any, dst: SlotType, scope: Scope, ptr: str) -> tuple[Producer 
         path, problems = check_path(value, scope, ptr)
         if path is None:
             return None, problems
+        if path.type.repeated != dst.repeated:
+            return None, [
+                Problem(
+                    "request.repeated-mismatch",
+                    ptr,
+                    f"{value} is {path.type.name}, the field is {dst.name}",
+                    "a repeated field takes a repeated path or a list; a single field one value",
+                )
+            ]
         why = _fits(path.type, dst)
         if why:
             return None, [Problem("request.type-mismatch", ptr, f"{value} is {path.type.name}: {why}")]
@@ -391,15 +418,17 @@ def _value(value: Any, dst: SlotType, scope: Scope, ptr: str) -> tuple[Producer 
     if dst.kind == "message":
         assert dst.message is not None
         if not isinstance(value, Mapping):
-            return None, [
-                Problem("request.literal-type", ptr, f"{dst.name} takes a table of its fields or a path", "")
-            ]
+            return None, [Problem("request.literal-type", ptr, f"{dst.name} takes a table of its fields or a path", "")]
         build, problems = _message(value, dst.message, scope, ptr)
         if build is None:
             return None, problems
         return build, []
-    if isinstance(value, (Mapping, list)):
-        return None, [Problem("request.literal-type", ptr, f"a field of type {dst.name} takes one value")]
+    if isinstance(value, list):
+        return None, [
+            Problem("request.repeated-mismatch", ptr, f"a list for a single field of type {dst.name}", "give one value")
+        ]
+    if isinstance(value, Mapping):
+        return None, [Problem("request.literal-type", ptr, f"a table for a field of type {dst.name}", "give one value")]
     return _literal(value, dst, ptr)
 
 
@@ -415,7 +444,9 @@ def _message(
         if f is None:
             known = ", ".join(sorted(message.fields_by_name)) or "none"
             problems.append(
-                Problem("request.no-such-field", at, f"{message.full_name} has no field {name!r}", f"its fields: {known}")
+                Problem(
+                    "request.no-such-field", at, f"{message.full_name} has no field {name!r}", f"its fields: {known}"
+                )
             )
             continue
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
@@ -434,17 +465,16 @@ def _constructor(cls: Any, fields: tuple[tuple[str, Producer], ...]) -> Producer
     if not fields:
         return lambda v, fk: cls()
     if len(fields) == 1:
-        (n1, p1), = fields
+        ((n1, p1),) = fields
         return lambda v, fk: cls(**{n1: p1(v, fk)})
     return lambda v, fk: cls(**{n: p(v, fk) for n, p in fields})
 
 
 def check_request(
-    mapping: Any, request_type: Descriptor, scope: Scope, ptr: str
+    mapping: Mapping[str, Any], request_type: Descriptor, scope: Scope, ptr: str
 ) -> tuple[RequestBuilder | None, list[Problem]]:
-    """Checks a request mapping against its message type and compiles it; every problem, with its pointer."""
-    if not isinstance(mapping, Mapping):
-        return None, [Problem("request.not-a-table", ptr, "a request is a table of the request's fields")]
+    """Checks a request mapping (a table: the JSON Schema pass has checked that) against its message type and compiles
+    it; every problem, with its pointer."""
     build, problems = _message(mapping, request_type, scope, ptr)
     if build is None:
         return None, problems
