@@ -1,5 +1,6 @@
-"""Development stubs of the saga's downstream services: Order, Inventory, Payment and Shipping over gRPC, with durable
-state, the idempotency-key and tombstone contracts, business rejections and seeded fault injection (StubControl).
+"""Development stubs of the saga's downstream services: Order, Inventory, Payment and Shipping, and of Loyalty, over
+gRPC, with durable state, the idempotency-key and tombstone contracts, business rejections and seeded fault injection
+(StubControl).
 
     server = await service_stubs.start(data_dir=tmp_path)      # in-process, port picked for you
     ... server.address ...
@@ -13,14 +14,17 @@ from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig, defaul
 from service_stubs.errors import TOMBSTONED_MESSAGE
 from service_stubs.faults import FaultPlan, FaultRule
 from service_stubs.inventory import SOLD_OUT_PREFIX
+from service_stubs.loyalty import BANNED_PREFIX, MAX_POINTS
 from service_stubs.payment import DECLINED_MESSAGE, TOKEN_DECLINED, TOKEN_HANG, TOKEN_SLOW
 from service_stubs.server import StubServer, serve, start
 from service_stubs.shipping import UNSHIPPABLE_PREFIX
 
 __all__ = [
     "ALL_SERVICES",
+    "BANNED_PREFIX",
     "DECLINED_MESSAGE",
     "IDEMPOTENCY_KEY",
+    "MAX_POINTS",
     "SHOP_SERVICES",
     "SOLD_OUT_PREFIX",
     "TOKEN_DECLINED",

@@ -21,7 +21,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StubConfig, str]:
     """The config and log level the command line asks for; exits with usage on bad flags."""
     parser = argparse.ArgumentParser(
         prog="saga-stubs",
-        description="Order, Inventory, Payment and Shipping stub services with durable state and fault injection.",
+        description=(
+            "Order, Inventory, Payment, Shipping and Loyalty stub services with durable state and fault injection."
+        ),
     )
     parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port (default %(default)s; port 0: any)")
     parser.add_argument(

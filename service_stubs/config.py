@@ -10,8 +10,9 @@ from pathlib import Path
 from common.auth import AuthPolicy
 from common.tls import TlsFiles
 
-SHOP_SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping")
-"""The four downstream services of the saga, in saga order; each has its own SQLite file `<name>.db`."""
+SHOP_SERVICES: tuple[str, ...] = ("order", "inventory", "payment", "shipping", "loyalty")
+"""The shop.v1 services a stub process can host: the saga's four downstream services in saga order, then loyalty; each
+has its own SQLite file `<name>.db`."""
 
 ALL_SERVICES: tuple[str, ...] = (*SHOP_SERVICES, "control")
 """Everything a stub process can serve; "control" is the StubControl plane (faults, ledgers, stats, stock)."""

@@ -10,13 +10,19 @@ from protos.service_stubs.v1.control_pb2 import OrderLedger
 def ledger_violations(
     order_id: str, status: int, ledger: OrderLedger, items: dict[str, int] | None = None
 ) -> list[str]:
-    """SUCCESS => every effect exactly once, nothing compensated; FAILED => net zero everywhere; never a key twice."""
+    """SUCCESS => every effect exactly once, nothing compensated; FAILED => net zero everywhere; never a key twice.
+    Loyalty points (no saga step awards them yet, so only where some were): never more revoked than awarded, never a
+    balance below what the order still holds; none revoked on SUCCESS, all of them on FAILED."""
     out = []
     for k in ledger.keys:
         if k.applied_count > 1:
             out.append(f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times")
         if k.in_progress:  # a saga answers only once every call it made has a final outcome
             out.append(f"{order_id}: key {k.idempotency_key} still in progress")
+    for p in ledger.points:
+        # The order's net points are part of the user's balance (which counts every order), so it is never below them.
+        if not 0 <= p.revoked <= p.awarded or p.balance < p.awarded - p.revoked:
+            out.append(f"{order_id}: user {p.user_id} awarded {p.awarded} revoked {p.revoked} balance {p.balance}")
     reserved = {i: q for i, q in ledger.reserved_net.items() if q}
     if status == saga_pb2.SUCCESS:
         if not ledger.order_created or ledger.order_cancelled:
@@ -33,6 +39,9 @@ def ledger_violations(
             applied = sum(k.applied_count for k in ledger.keys if k.method == method)
             if applied != 1:
                 out.append(f"{order_id}: SUCCESS but {method} applied {applied} times")
+        for p in ledger.points:
+            if p.revoked:
+                out.append(f"{order_id}: SUCCESS but {p.revoked} points of user {p.user_id} revoked")
         compensations = [k for k in ledger.keys if k.idempotency_key.endswith("/compensate") and k.applied_count]
         if compensations:
             out.append(f"{order_id}: SUCCESS but compensations applied: {[k.idempotency_key for k in compensations]}")
@@ -45,6 +54,9 @@ def ledger_violations(
             out.append(f"{order_id}: FAILED but charged {ledger.charged_cents} refunded {ledger.refunded_cents}")
         if ledger.shipment_scheduled and not ledger.shipment_cancelled:
             out.append(f"{order_id}: FAILED but the shipment is still scheduled")
+        for p in ledger.points:
+            if p.awarded != p.revoked:
+                out.append(f"{order_id}: FAILED but user {p.user_id} awarded {p.awarded} revoked {p.revoked}")
     else:
         out.append(f"{order_id}: status {status} is neither SUCCESS nor FAILED")
     return out

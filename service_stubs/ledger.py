@@ -10,6 +10,7 @@ from typing import Any
 
 from protos.service_stubs.v1 import control_pb2
 from service_stubs.idempotency import ShopService
+from service_stubs.loyalty import LoyaltyService
 
 
 def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control_pb2.OrderLedger:
@@ -17,6 +18,8 @@ def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control
     # (applied, undone) per kind of one-off effect: "cancelled" means every applied one was undone.
     creates: list[bool] = []
     shipments: list[bool] = []
+    points: dict[str, list[int]] = {}
+    """User id -> [awarded, revoked] for this order."""
     for service in services:
         for record in service.keys.for_order(order_id):
             ledger.keys.append(
@@ -44,8 +47,20 @@ def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control
                 cents = record.effect.get("cents", 0)
                 ledger.charged_cents += cents
                 ledger.refunded_cents += cents if undone else 0
+            elif record.method == "AwardPoints":
+                for user_id, awarded in record.effect.items():
+                    totals = points.setdefault(user_id, [0, 0])
+                    totals[0] += awarded
+                    totals[1] += awarded if undone else 0
     ledger.order_created = bool(creates)
     ledger.order_cancelled = bool(creates) and all(creates)
     ledger.shipment_scheduled = bool(shipments)
     ledger.shipment_cancelled = bool(shipments) and all(shipments)
+    loyalty = next((s for s in services if isinstance(s, LoyaltyService)), None)
+    for user_id in sorted(points):
+        awarded, revoked = points[user_id]
+        balance = loyalty.balance(user_id) if loyalty is not None else 0
+        ledger.points.append(
+            control_pb2.PointsLedger(user_id=user_id, awarded=awarded, revoked=revoked, balance=balance)
+        )
     return ledger

@@ -3,7 +3,8 @@
     "lro-<what>-<N>s"    finishes N whole seconds (0 to MAX_LRO_S) after the call was accepted; 0: at the first poll
     "lro-<what>-never"   never finishes (a forward call stays in progress until its compensation cancels it)
 
-found anywhere in a payment token (Payment) or in any item id of the order (Inventory, Shipping, Order). <what> is one
+found anywhere in a payment token (Payment), in any item id of the order (Inventory, Shipping, Order) or in the user id
+(Loyalty). <what> is one
 of WHATS: each service reads one word for its forward call and one for its compensation, whose rule comes from the
 request of the forward call it undoes. Several rules for the same word in one request: the longest wins.
 """
@@ -17,9 +18,20 @@ from dataclasses import dataclass
 from protos.shop.v1 import common_pb2
 from service_stubs.errors import InvalidArgument
 
-WHATS: tuple[str, ...] = ("charge", "refund", "reserve", "release", "schedule", "cancel", "create", "cancelorder")
+WHATS: tuple[str, ...] = (
+    "charge",
+    "refund",
+    "reserve",
+    "release",
+    "schedule",
+    "cancel",
+    "create",
+    "cancelorder",
+    "award",
+    "revoke",
+)
 """The calls a rule can name: ChargePayment, RefundPayment, ReserveInventory, ReleaseInventory, ScheduleShipment,
-CancelShipment, CreateOrder, CancelOrder."""
+CancelShipment, CreateOrder, CancelOrder, AwardPoints, RevokePoints."""
 MAX_LRO_S = 86_400
 """Bound on N: a day is longer than any test or demo waits, and keeps due times far from int64 overflow."""
 _PREFIX = "lro-"
@@ -81,6 +93,14 @@ def lro_rule(what: str, fields: Iterable[tuple[str, str]]) -> Lro | None:
                 raise InvalidArgument(field, f"long-running rule lro-{what}: more than {MAX_LRO_S} s")
             found = Lro(int(seconds) * 1000).longer(found)
     return found
+
+
+def field_rules(field: str, value: str, forward: str, undo: str) -> LroRules:
+    """The rules for `forward` and its compensation `undo` in one request field (a payment token, a user id)."""
+    if _PREFIX not in value:  # the usual case: nothing to look for
+        return NO_RULES
+    fields = ((field, value),)
+    return LroRules(forward=lro_rule(forward, fields), undo=lro_rule(undo, fields))
 
 
 def item_rules(items: Sequence[common_pb2.Item], forward: str, undo: str) -> LroRules:

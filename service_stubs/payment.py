@@ -11,7 +11,7 @@ from service_stubs.errors import InvalidArgument
 from service_stubs.faults import FaultInjector
 from service_stubs.idempotency import Call, Decision, ShopService
 from service_stubs.keys import Answer, KeyRecord, derived_id
-from service_stubs.lro_rules import NO_RULES, LroRules, lro_rule
+from service_stubs.lro_rules import LroRules, field_rules
 from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
@@ -67,11 +67,7 @@ class PaymentService(ShopService[payment_pb2.ChargePaymentRequest]):
         require_id(request.currency, "currency")
 
     def lro_rules(self, request: payment_pb2.ChargePaymentRequest) -> LroRules:
-        token = request.payment_token
-        if "lro-" not in token:
-            return NO_RULES
-        fields = (("payment_token", token),)
-        return LroRules(forward=lro_rule("charge", fields), undo=lro_rule("refund", fields))
+        return field_rules("payment_token", request.payment_token, "charge", "refund")
 
     async def before_apply(self, request: payment_pb2.ChargePaymentRequest, call: Call) -> None:
         if request.payment_token == TOKEN_SLOW:

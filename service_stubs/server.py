@@ -19,13 +19,20 @@ from common.metrics_http import MetricsServer
 from common.tls import TlsFiles
 from protos.reflection import enable_reflection
 from protos.service_stubs.v1 import control_pb2_grpc
-from protos.shop.v1 import inventory_pb2_grpc, order_pb2_grpc, payment_pb2_grpc, shipping_pb2_grpc
+from protos.shop.v1 import (
+    inventory_pb2_grpc,
+    loyalty_pb2_grpc,
+    order_pb2_grpc,
+    payment_pb2_grpc,
+    shipping_pb2_grpc,
+)
 from service_stubs.config import ALL_SERVICES, SHOP_SERVICES, StubConfig
 from service_stubs.control import StubControlService
 from service_stubs.faults import FaultInjector
 from service_stubs.group_commit import GroupCommitter
 from service_stubs.idempotency import ShopService
 from service_stubs.inventory import InventoryService
+from service_stubs.loyalty import LoyaltyService
 from service_stubs.metrics import StubCollector
 from service_stubs.operations import OperationSettings
 from service_stubs.order import OrderService
@@ -220,6 +227,8 @@ def _build_service(
         return PaymentService(store, loaded, faults, stats, config.slow_token_delay_s, operations)
     if name == "shipping":
         return ShippingService(store, loaded, faults, stats, operations)
+    if name == "loyalty":
+        return LoyaltyService(store, loaded, faults, stats, operations)
     raise ValueError(f"unknown shop service {name!r}")
 
 
@@ -228,4 +237,5 @@ _ADD_SERVICER = {
     "inventory": inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
     "payment": payment_pb2_grpc.add_PaymentServiceServicer_to_server,
     "shipping": shipping_pb2_grpc.add_ShippingServiceServicer_to_server,
+    "loyalty": loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server,
 }

@@ -33,6 +33,8 @@ from protos.shop.v1 import (
     common_pb2,
     inventory_pb2,
     inventory_pb2_grpc,
+    loyalty_pb2,
+    loyalty_pb2_grpc,
     order_pb2,
     order_pb2_grpc,
     payment_pb2,
@@ -187,7 +189,7 @@ class _Channel:
 
 
 class ShopClient(_Channel):
-    """The four shop services on one address, with the idempotency key as an argument."""
+    """The shop services on one address, with the idempotency key as an argument."""
 
     def __init__(self, address: str) -> None:
         super().__init__(address)
@@ -195,6 +197,7 @@ class ShopClient(_Channel):
         self.inventory = inventory_pb2_grpc.InventoryServiceStub(self.channel)
         self.payment = payment_pb2_grpc.PaymentServiceStub(self.channel)
         self.shipping = shipping_pb2_grpc.ShippingServiceStub(self.channel)
+        self.loyalty = loyalty_pb2_grpc.LoyaltyServiceStub(self.channel)
 
     async def create_order(
         self,
@@ -242,6 +245,12 @@ class ShopClient(_Channel):
         request = shipping_pb2.ScheduleShipmentRequest(order_id=order_id, user_id=user_id, items=items(*lines))
         return await self.shipping.ScheduleShipment(request, metadata=key_metadata(key), timeout=timeout_s)
 
+    async def award(
+        self, order_id: str, *, key: str, user_id: str = "u-1", points: int = 100, timeout_s: float = 10.0
+    ) -> loyalty_pb2.AwardPointsResponse:
+        request = loyalty_pb2.AwardPointsRequest(order_id=order_id, user_id=user_id, points=points)
+        return await self.loyalty.AwardPoints(request, metadata=key_metadata(key), timeout=timeout_s)
+
     async def compensate(
         self,
         service: str,
@@ -252,7 +261,7 @@ class ShopClient(_Channel):
         reason: str = "test",
         timeout_s: float = 10.0,
     ) -> common_pb2.CompensationResponse:
-        """service: "order", "inventory", "payment" or "shipping"."""
+        """service: "order", "inventory", "payment", "shipping" or "loyalty"."""
         request = common_pb2.CompensationRequest(order_id=order_id, forward_idempotency_key=forward_key, reason=reason)
         metadata = key_metadata(key)
         if service == "order":
@@ -263,13 +272,21 @@ class ShopClient(_Channel):
             return await self.payment.RefundPayment(request, metadata=metadata, timeout=timeout_s)
         if service == "shipping":
             return await self.shipping.CancelShipment(request, metadata=metadata, timeout=timeout_s)
+        if service == "loyalty":
+            return await self.loyalty.RevokePoints(request, metadata=metadata, timeout=timeout_s)
         raise ValueError(f"unknown service {service!r}")
 
     async def get_operation(
         self, service: str, key: str, *, timeout_s: float = 10.0
     ) -> common_pb2.GetOperationResponse:
-        """GetOperation of "order", "inventory", "payment" or "shipping" (no idempotency key: it is a read)."""
-        stub = {"order": self.order, "inventory": self.inventory, "payment": self.payment, "shipping": self.shipping}
+        """GetOperation of "order", "inventory", "payment", "shipping" or "loyalty" (no idempotency key: a read)."""
+        stub = {
+            "order": self.order,
+            "inventory": self.inventory,
+            "payment": self.payment,
+            "shipping": self.shipping,
+            "loyalty": self.loyalty,
+        }
         if service not in stub:
             raise ValueError(f"unknown service {service!r}")
         request = common_pb2.GetOperationRequest(idempotency_key=key)
@@ -348,6 +365,7 @@ def merge_ledgers(into: OrderLedger, other: OrderLedger) -> None:
     into.shipment_scheduled |= other.shipment_scheduled
     into.shipment_cancelled |= other.shipment_cancelled
     into.keys.extend(other.keys)
+    into.points.extend(other.points)
 
 
 async def get_ledgers(addresses: str | Sequence[str], order_ids: Iterable[str]) -> dict[str, OrderLedger]:

@@ -94,6 +94,8 @@ BAD_REQUESTS: list[tuple[str, BadCall, str]] = [
     ("payment: empty user_id", lambda s: s.charge("o", key="k", user_id=""), "user_id"),
     ("shipping: empty user_id", lambda s: s.schedule("o", key="k", user_id=""), "user_id"),
     ("shipping: quantity -1", lambda s: s.schedule("o", key="k", lines=[("a", -1)]), "items[0].quantity"),
+    ("loyalty: points 0", lambda s: s.award("o", key="k", points=0), "points"),
+    ("loyalty: empty user_id", lambda s: s.award("o", key="k", user_id=""), "user_id"),
     (
         "compensation: empty forward key",
         lambda s: s.compensate("payment", "o", key="k", forward_key=""),

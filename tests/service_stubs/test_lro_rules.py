@@ -7,7 +7,7 @@ import pytest
 from protos.shop.v1 import common_pb2
 from service_stubs.errors import InvalidArgument
 from service_stubs.keys import KeyRecord
-from service_stubs.lro_rules import MAX_LRO_S, NEVER, NO_RULES, Lro, LroRules, item_rules, lro_rule
+from service_stubs.lro_rules import MAX_LRO_S, NEVER, NO_RULES, Lro, LroRules, field_rules, item_rules, lro_rule
 from service_stubs.operations import MAX_POLL_AFTER_MS, MIN_POLL_AFTER_MS, poll_after_ms
 
 
@@ -58,6 +58,16 @@ def test_item_rules_read_every_item_for_both_calls() -> None:
     with pytest.raises(InvalidArgument) as info:
         item_rules([*items, common_pb2.Item(item_id="lro-reserve-100000s", quantity=1)], "reserve", "release")
     assert info.value.field == "items[2].item_id"
+
+
+def test_field_rules_read_one_field_for_both_calls() -> None:
+    assert field_rules("user_id", "u-lro-award-2s-lro-revoke-never", "award", "revoke") == LroRules(
+        forward=Lro(2_000), undo=NEVER
+    )
+    assert field_rules("user_id", "u-plain", "award", "revoke") is NO_RULES
+    with pytest.raises(InvalidArgument) as info:
+        field_rules("user_id", "u-lro-revoke-100000s", "award", "revoke")
+    assert info.value.field == "user_id"
 
 
 def operation(lro: Lro, accepted_at_ms: int) -> KeyRecord:

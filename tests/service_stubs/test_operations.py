@@ -34,6 +34,7 @@ FORWARDS: dict[str, tuple[Forward, str, str]] = {
         "refund",
     ),
     "shipping": (lambda shop, o, key, rule: shop.schedule(o, key=key, lines=[(rule, 1)]), "schedule", "cancel"),
+    "loyalty": (lambda shop, o, key, rule: shop.award(o, key=key, user_id=f"u-{rule}", points=50), "award", "revoke"),
 }
 
 
@@ -43,10 +44,11 @@ def effect(ledger: Any) -> tuple[object, ...]:
         dict(ledger.reserved_net),
         ledger.charged_cents - ledger.refunded_cents,
         ledger.shipment_scheduled and not ledger.shipment_cancelled,
+        sum(p.awarded - p.revoked for p in ledger.points),
     )
 
 
-NOTHING: tuple[object, ...] = (False, {}, 0, False)
+NOTHING: tuple[object, ...] = (False, {}, 0, False, 0)
 
 
 def keys(ledger: Any) -> dict[str, tuple[int, bool, str]]:

@@ -34,6 +34,7 @@ async def test_reflection_lists_every_service(stubs: StubServer) -> None:
         "shop.v1.InventoryService",
         "shop.v1.PaymentService",
         "shop.v1.ShippingService",
+        "shop.v1.LoyaltyService",
         "service_stubs.v1.StubControl",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -22,6 +22,7 @@ FORWARDS: dict[str, Forward] = {
     "inventory": lambda shop, order_id, key: shop.reserve(order_id, key=key, lines=[("sku-t", 2)]),
     "payment": lambda shop, order_id, key: shop.charge(order_id, key=key, amount_cents=900),
     "shipping": lambda shop, order_id, key: shop.schedule(order_id, key=key),
+    "loyalty": lambda shop, order_id, key: shop.award(order_id, key=key, points=300),
 }
 
 
@@ -32,10 +33,11 @@ def effect(ledger: Any) -> tuple[object, ...]:
         ledger.charged_cents,
         ledger.refunded_cents,
         ledger.shipment_scheduled,
+        [(p.awarded, p.revoked) for p in ledger.points],
     )
 
 
-NO_EFFECT: tuple[object, ...] = (False, {}, 0, 0, False)
+NO_EFFECT: tuple[object, ...] = (False, {}, 0, 0, False, [])
 
 
 @pytest.mark.parametrize("service", sorted(FORWARDS))
@@ -68,6 +70,7 @@ async def test_compensation_after_forward_undoes_it(shop: ShopClient, control: S
     assert ledger.shipment_scheduled == ledger.shipment_cancelled
     assert not ledger.reserved_net
     assert ledger.charged_cents == ledger.refunded_cents
+    assert all(p.awarded == p.revoked for p in ledger.points)
     assert [key.applied_count for key in ledger.keys] == [1, 1]
 
 

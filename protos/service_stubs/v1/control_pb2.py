@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/service_stubs/v1/control.proto\x12\x10service_stubs.v1\"\xa1\x01\n\tFaultRule\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0forder_id_prefix\x18\x02 \x01(\t\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x05\x12\x11\n\thang_rate\x18\x06 \x01(\x01\x12\x1c\n\x14\x61pply_then_fail_rate\x18\x07 \x01(\x01\"L\n\x10SetFaultsRequest\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.service_stubs.v1.FaultRule\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"\"\n\x11SetFaultsResponse\x12\r\n\x05rules\x18\x01 \x01(\x05\"\x14\n\x12\x43learFaultsRequest\"\x15\n\x13\x43learFaultsResponse\"7\n\x10GetLedgerRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x93\x01\n\tKeyRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x15\n\rapplied_count\x18\x04 \x01(\x05\x12\x12\n\ntombstoned\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0bin_progress\x18\x07 \x01(\x08\"\xdb\x02\n\x0bOrderLedger\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x15\n\rorder_created\x18\x02 \x01(\x08\x12\x17\n\x0forder_cancelled\x18\x03 \x01(\x08\x12\x44\n\x0creserved_net\x18\x04 \x03(\x0b\x32..service_stubs.v1.OrderLedger.ReservedNetEntry\x12\x15\n\rcharged_cents\x18\x05 \x01(\x03\x12\x16\n\x0erefunded_cents\x18\x06 \x01(\x03\x12\x1a\n\x12shipment_scheduled\x18\x07 \x01(\x08\x12\x1a\n\x12shipment_cancelled\x18\x08 \x01(\x08\x12)\n\x04keys\x18\t \x03(\x0b\x32\x1b.service_stubs.v1.KeyRecord\x1a\x32\n\x10ReservedNetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"C\n\x11GetLedgerResponse\x12.\n\x07ledgers\x18\x01 \x03(\x0b\x32\x1d.service_stubs.v1.OrderLedger\"\x11\n\x0fGetStatsRequest\"9\n\nMethodStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"W\n\rOperationStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\"t\n\x10GetStatsResponse\x12+\n\x05stats\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.MethodStat\x12\x33\n\noperations\x18\x02 \x03(\x0b\x32\x1f.service_stubs.v1.OperationStat\"/\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"?\n\x0fSetStockRequest\x12,\n\x06levels\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.StockLevel\"\x12\n\x10SetStockResponse2\xbb\x03\n\x0bStubControl\x12T\n\tSetFaults\x12\".service_stubs.v1.SetFaultsRequest\x1a#.service_stubs.v1.SetFaultsResponse\x12Z\n\x0b\x43learFaults\x12$.service_stubs.v1.ClearFaultsRequest\x1a%.service_stubs.v1.ClearFaultsResponse\x12T\n\tGetLedger\x12\".service_stubs.v1.GetLedgerRequest\x1a#.service_stubs.v1.GetLedgerResponse\x12Q\n\x08GetStats\x12!.service_stubs.v1.GetStatsRequest\x1a\".service_stubs.v1.GetStatsResponse\x12Q\n\x08SetStock\x12!.service_stubs.v1.SetStockRequest\x1a\".service_stubs.v1.SetStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/service_stubs/v1/control.proto\x12\x10service_stubs.v1\"\xa1\x01\n\tFaultRule\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0forder_id_prefix\x18\x02 \x01(\t\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x05\x12\x11\n\thang_rate\x18\x06 \x01(\x01\x12\x1c\n\x14\x61pply_then_fail_rate\x18\x07 \x01(\x01\"L\n\x10SetFaultsRequest\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.service_stubs.v1.FaultRule\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"\"\n\x11SetFaultsResponse\x12\r\n\x05rules\x18\x01 \x01(\x05\"\x14\n\x12\x43learFaultsRequest\"\x15\n\x13\x43learFaultsResponse\"7\n\x10GetLedgerRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x93\x01\n\tKeyRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x15\n\rapplied_count\x18\x04 \x01(\x05\x12\x12\n\ntombstoned\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0bin_progress\x18\x07 \x01(\x08\"\x8b\x03\n\x0bOrderLedger\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x15\n\rorder_created\x18\x02 \x01(\x08\x12\x17\n\x0forder_cancelled\x18\x03 \x01(\x08\x12\x44\n\x0creserved_net\x18\x04 \x03(\x0b\x32..service_stubs.v1.OrderLedger.ReservedNetEntry\x12\x15\n\rcharged_cents\x18\x05 \x01(\x03\x12\x16\n\x0erefunded_cents\x18\x06 \x01(\x03\x12\x1a\n\x12shipment_scheduled\x18\x07 \x01(\x08\x12\x1a\n\x12shipment_cancelled\x18\x08 \x01(\x08\x12)\n\x04keys\x18\t \x03(\x0b\x32\x1b.service_stubs.v1.KeyRecord\x12.\n\x06points\x18\n \x03(\x0b\x32\x1e.service_stubs.v1.PointsLedger\x1a\x32\n\x10ReservedNetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"R\n\x0cPointsLedger\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61warded\x18\x02 \x01(\x03\x12\x0f\n\x07revoked\x18\x03 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x04 \x01(\x03\"C\n\x11GetLedgerResponse\x12.\n\x07ledgers\x18\x01 \x03(\x0b\x32\x1d.service_stubs.v1.OrderLedger\"\x11\n\x0fGetStatsRequest\"9\n\nMethodStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"W\n\rOperationStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\"t\n\x10GetStatsResponse\x12+\n\x05stats\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.MethodStat\x12\x33\n\noperations\x18\x02 \x03(\x0b\x32\x1f.service_stubs.v1.OperationStat\"/\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"?\n\x0fSetStockRequest\x12,\n\x06levels\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.StockLevel\"\x12\n\x10SetStockResponse2\xbb\x03\n\x0bStubControl\x12T\n\tSetFaults\x12\".service_stubs.v1.SetFaultsRequest\x1a#.service_stubs.v1.SetFaultsResponse\x12Z\n\x0b\x43learFaults\x12$.service_stubs.v1.ClearFaultsRequest\x1a%.service_stubs.v1.ClearFaultsResponse\x12T\n\tGetLedger\x12\".service_stubs.v1.GetLedgerRequest\x1a#.service_stubs.v1.GetLedgerResponse\x12Q\n\x08GetStats\x12!.service_stubs.v1.GetStatsRequest\x1a\".service_stubs.v1.GetStatsResponse\x12Q\n\x08SetStock\x12!.service_stubs.v1.SetStockRequest\x1a\".service_stubs.v1.SetStockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,25 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYRECORD']._serialized_start=440
   _globals['_KEYRECORD']._serialized_end=587
   _globals['_ORDERLEDGER']._serialized_start=590
-  _globals['_ORDERLEDGER']._serialized_end=937
-  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_start=887
-  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_end=937
-  _globals['_GETLEDGERRESPONSE']._serialized_start=939
-  _globals['_GETLEDGERRESPONSE']._serialized_end=1006
-  _globals['_GETSTATSREQUEST']._serialized_start=1008
-  _globals['_GETSTATSREQUEST']._serialized_end=1025
-  _globals['_METHODSTAT']._serialized_start=1027
-  _globals['_METHODSTAT']._serialized_end=1084
-  _globals['_OPERATIONSTAT']._serialized_start=1086
-  _globals['_OPERATIONSTAT']._serialized_end=1173
-  _globals['_GETSTATSRESPONSE']._serialized_start=1175
-  _globals['_GETSTATSRESPONSE']._serialized_end=1291
-  _globals['_STOCKLEVEL']._serialized_start=1293
-  _globals['_STOCKLEVEL']._serialized_end=1340
-  _globals['_SETSTOCKREQUEST']._serialized_start=1342
-  _globals['_SETSTOCKREQUEST']._serialized_end=1405
-  _globals['_SETSTOCKRESPONSE']._serialized_start=1407
-  _globals['_SETSTOCKRESPONSE']._serialized_end=1425
-  _globals['_STUBCONTROL']._serialized_start=1428
-  _globals['_STUBCONTROL']._serialized_end=1871
+  _globals['_ORDERLEDGER']._serialized_end=985
+  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_start=935
+  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_end=985
+  _globals['_POINTSLEDGER']._serialized_start=987
+  _globals['_POINTSLEDGER']._serialized_end=1069
+  _globals['_GETLEDGERRESPONSE']._serialized_start=1071
+  _globals['_GETLEDGERRESPONSE']._serialized_end=1138
+  _globals['_GETSTATSREQUEST']._serialized_start=1140
+  _globals['_GETSTATSREQUEST']._serialized_end=1157
+  _globals['_METHODSTAT']._serialized_start=1159
+  _globals['_METHODSTAT']._serialized_end=1216
+  _globals['_OPERATIONSTAT']._serialized_start=1218
+  _globals['_OPERATIONSTAT']._serialized_end=1305
+  _globals['_GETSTATSRESPONSE']._serialized_start=1307
+  _globals['_GETSTATSRESPONSE']._serialized_end=1423
+  _globals['_STOCKLEVEL']._serialized_start=1425
+  _globals['_STOCKLEVEL']._serialized_end=1472
+  _globals['_SETSTOCKREQUEST']._serialized_start=1474
+  _globals['_SETSTOCKREQUEST']._serialized_end=1537
+  _globals['_SETSTOCKRESPONSE']._serialized_start=1539
+  _globals['_SETSTOCKRESPONSE']._serialized_end=1557
+  _globals['_STUBCONTROL']._serialized_start=1560
+  _globals['_STUBCONTROL']._serialized_end=2003
 # @@protoc_insertion_point(module_scope)

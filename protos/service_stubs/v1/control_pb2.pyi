@@ -73,7 +73,7 @@ class KeyRecord(_message.Message):
     def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., applied_count: _Optional[int] = ..., tombstoned: _Optional[bool] = ..., code: _Optional[str] = ..., in_progress: _Optional[bool] = ...) -> None: ...
 
 class OrderLedger(_message.Message):
-    __slots__ = ("order_id", "order_created", "order_cancelled", "reserved_net", "charged_cents", "refunded_cents", "shipment_scheduled", "shipment_cancelled", "keys")
+    __slots__ = ("order_id", "order_created", "order_cancelled", "reserved_net", "charged_cents", "refunded_cents", "shipment_scheduled", "shipment_cancelled", "keys", "points")
     class ReservedNetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class OrderLedger(_message.Message):
     SHIPMENT_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     SHIPMENT_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     order_created: bool
     order_cancelled: bool
@@ -99,7 +100,20 @@ class OrderLedger(_message.Message):
     shipment_scheduled: bool
     shipment_cancelled: bool
     keys: _containers.RepeatedCompositeFieldContainer[KeyRecord]
-    def __init__(self, order_id: _Optional[str] = ..., order_created: _Optional[bool] = ..., order_cancelled: _Optional[bool] = ..., reserved_net: _Optional[_Mapping[str, int]] = ..., charged_cents: _Optional[int] = ..., refunded_cents: _Optional[int] = ..., shipment_scheduled: _Optional[bool] = ..., shipment_cancelled: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ...) -> None: ...
+    points: _containers.RepeatedCompositeFieldContainer[PointsLedger]
+    def __init__(self, order_id: _Optional[str] = ..., order_created: _Optional[bool] = ..., order_cancelled: _Optional[bool] = ..., reserved_net: _Optional[_Mapping[str, int]] = ..., charged_cents: _Optional[int] = ..., refunded_cents: _Optional[int] = ..., shipment_scheduled: _Optional[bool] = ..., shipment_cancelled: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., points: _Optional[_Iterable[_Union[PointsLedger, _Mapping]]] = ...) -> None: ...
+
+class PointsLedger(_message.Message):
+    __slots__ = ("user_id", "awarded", "revoked", "balance")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AWARDED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    awarded: int
+    revoked: int
+    balance: int
+    def __init__(self, user_id: _Optional[str] = ..., awarded: _Optional[int] = ..., revoked: _Optional[int] = ..., balance: _Optional[int] = ...) -> None: ...
 
 class GetLedgerResponse(_message.Message):
     __slots__ = ("ledgers",)
