@@ -5,7 +5,7 @@ token in the `authorization` metadata: a JWT checked with PyJWT (keys from a PEM
 it changes) or a static token whose SHA-256 is listed in the policy file. The token names the person or program; the
 certificate names the process that connected. Roles:
 
-    client      PlaceOrder, GetSaga, ListSagas, WatchSaga
+    client      PlaceOrder, StartSaga, GetSaga, ListSagas, WatchSaga
     operator    the read calls, SagaAdmin (dead letters), StubControl (development stubs), RingService.GetRing
     router      the read calls, ListDeadLetters (for its dashboard), RingService, and it may speak for another
                 principal (below)
@@ -65,9 +65,11 @@ _READERS = frozenset({Role.CLIENT, Role.OPERATOR, Role.ROUTER})
 # Who may call what, by full method name or by service ("/pkg.Service/"); the first match wins, else denied.
 DEFAULT_METHOD_ROLES: tuple[tuple[str, frozenset[Role]], ...] = (
     ("/saga.v1.SagaCoordinator/PlaceOrder", frozenset({Role.CLIENT})),
+    ("/saga.v1.SagaCoordinator/StartSaga", frozenset({Role.CLIENT})),
     ("/saga.v1.SagaCoordinator/", _READERS),
     # Listing dead letters changes nothing: the router's dashboard shows them to its signed-in viewers.
     ("/saga.v1.SagaAdmin/ListDeadLetters", frozenset({Role.OPERATOR, Role.ROUTER})),
+    ("/saga.v1.SagaAdmin/ListDefinitions", frozenset({Role.OPERATOR, Role.ROUTER})),
     ("/saga.v1.SagaAdmin/", frozenset({Role.OPERATOR})),
     ("/service_stubs.v1.StubControl/", frozenset({Role.OPERATOR})),
     # Ring epochs (coordinator.ring.ownership): routers install them; operators may look, and shards read their peers'

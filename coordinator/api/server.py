@@ -7,6 +7,7 @@ the admin handlers name in the audit trail the principal it authenticated (curre
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,9 @@ from common.rpc_errors import bad_request
 from common.tls import TlsFiles
 from coordinator.api import convert
 from coordinator.config import Limits
+from common.definitions.problems import DefinitionError
 from coordinator.engine import preview
+from coordinator.engine.book import DefinitionRefused, Offered
 from coordinator.ring.ownership import call_epoch
 from coordinator.saga.errors import InvalidRequest, SagaError
 from coordinator.saga.inputs import ORDER_TYPE, journal_key, split_key
@@ -275,6 +278,30 @@ class AdminServicer(saga_pb2_grpc.SagaAdminServicer):
         flow = self._shard.flow_of(rec)
         return saga_pb2.ResolveDeadLetterResponse(saga=convert.saga_message(rec, self._shard.cfg.shard_id, flow))
 
+    async def ListDefinitions(
+        self, request: saga_pb2.ListDefinitionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.ListDefinitionsResponse:
+        return await list_definitions(self._shard, request.include_documents)
+
+
+async def list_definitions(shard: Shard, include_documents: bool) -> saga_pb2.ListDefinitionsResponse:
+    """ListDefinitions as one shard answers it (the router merges its shards' answers)."""
+    book = shard.book
+    active = {h for h, _ in book.aliases().values()}
+    usage = await book.usage()
+    resp = saga_pb2.ListDefinitionsResponse()
+    for d in sorted(book.definitions(), key=lambda d: d.name):
+        resp.definitions.add(
+            name=d.name,
+            version=d.version,
+            hash=d.hash,
+            active=d.hash in active,
+            sagas=usage.get(d.hash, (0, []))[0],
+            document_json=json.dumps(d.document, sort_keys=True) if include_documents else "",
+            step_ids=[s.id for s in d.steps],
+        )
+    return resp
+
 
 def _previews(plans: list[preview.SagaPlan], shard_id: str) -> saga_pb2.RetryDeadLetterResponse:
     """A dry run's answer: the orders that would be retried and what each retry would do."""
@@ -304,6 +331,47 @@ class RingServicer(ring_pb2_grpc.RingServiceServicer):
         except SagaError as e:
             await abort(context, e)
         return ring_pb2.InstallRingResponse(history=history_message(held))
+
+    async def GetDefinitions(
+        self, request: ring_pb2.GetDefinitionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ring_pb2.GetDefinitionsResponse:
+        return ring_pb2.GetDefinitionsResponse(state=await self._definitions_state(request.with_usage))
+
+    async def InstallDefinitions(
+        self, request: ring_pb2.InstallDefinitionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ring_pb2.InstallDefinitionsResponse:
+        try:
+            offered = []
+            for i, d in enumerate(request.definitions):
+                try:
+                    document = json.loads(d.document_json)
+                except ValueError as e:
+                    raise InvalidRequest(f"definitions[{i}].document_json", f"is not JSON: {e}") from None
+                offered.append(Offered(d.hash, document))
+            await self._shard.book.install(offered, dict(request.aliases), request.history_version, request.drop)
+        except DefinitionError as e:
+            await abort(context, DefinitionRefused(str(e)))
+        except SagaError as e:
+            await abort(context, e)
+        return ring_pb2.InstallDefinitionsResponse(state=await self._definitions_state(False))
+
+    async def _definitions_state(self, with_usage: bool) -> ring_pb2.DefinitionsState:
+        book = self._shard.book
+        state = ring_pb2.DefinitionsState(
+            history_version=book.history_version,
+            definitions=[
+                ring_pb2.Definition(
+                    hash=d.hash, name=d.name, version=d.version, document_json=json.dumps(d.document, sort_keys=True)
+                )
+                for d in book.definitions()
+            ],
+            aliases={name: h for name, (h, _) in book.aliases().items()},
+        )
+        if with_usage:
+            for h, (count, keys) in (await book.usage()).items():
+                state.usage[h] = count
+                state.users[h].keys.extend(keys)
+        return state
 
 
 def build_server(

@@ -129,11 +129,19 @@ class DefinitionBook:
         self.accept(definition)
         return definition
 
-    async def install(self, offered: Iterable[Offered], aliases: dict[str, str], history_version: int) -> None:
+    async def usage(self) -> dict[str, tuple[int, list[str]]]:
+        """Per held version: how many sagas still need it and some of their keys."""
+        return {h: await self._journal.definition_users(h) for h in self._by_hash}
+
+    async def install(
+        self, offered: Iterable[Offered], aliases: dict[str, str], history_version: int, drop: Iterable[str] = ()
+    ) -> None:
         """Stores the offered definitions (checked and accepted first: all or none) and points the aliases at them,
-        durably; a history older than the one the aliases came from changes nothing."""
+        durably; a history older than the one the aliases came from changes nothing. `drop`: versions to forget,
+        refused while a saga or an alias needs one."""
         if history_version < self.history_version:
             return
+        await self._drop(list(drop), aliases)
         compiled = []
         for o in offered:
             if o.hash in self._by_hash:
@@ -152,6 +160,24 @@ class DefinitionBook:
         for d in compiled:
             self._by_hash[d.hash] = d
         self._aliases.update({name: (target, history_version) for name, target in aliases.items()})
+
+
+    async def _drop(self, hashes: list[str], aliases: dict[str, str]) -> None:
+        if not hashes:
+            return
+        targets = {h for h, _ in self._aliases.values()} | set(aliases.values())
+        for h in hashes:
+            if h in targets:
+                raise DefinitionRefused(f"definition {h} is the target of an alias: point the alias elsewhere first")
+            count, keys = await self._journal.definition_users(h)
+            if count:
+                raise DefinitionRefused(
+                    f"definition {h} is still needed by {count} saga(s) of shard {self._cfg.shard_id},"
+                    f" e.g. {', '.join(keys)}: unfinished, dead-lettered or retained"
+                )
+        await self._journal.forget_definitions(hashes)
+        for h in hashes:
+            self._by_hash.pop(h, None)
 
 
 def _stored(d: Definition) -> StoredDefinition:

@@ -182,6 +182,15 @@ class JournalStore(JournalWriter):
 
         await self.run_alone("definitions", run)
 
+    async def forget_definitions(self, hashes: Sequence[str]) -> None:
+        """Removes stored definitions (the caller checked that no saga and no alias needs them)."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.executemany("DELETE FROM definitions WHERE hash = ?", [(h,) for h in hashes])
+            await db.commit()
+
+        await self.run_alone("definitions", run)
+
     async def definition_users(self, definition_hash: str, limit: int = 5) -> tuple[int, list[str]]:
         """How many sagas still need this definition (unfinished, dead-lettered, or finished and retained, including
         what retention kept of them), and the keys of up to `limit` of them."""

@@ -6,6 +6,84 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Definition(_message.Message):
+    __slots__ = ("hash", "name", "version", "document_json")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    name: str
+    version: str
+    document_json: str
+    def __init__(self, hash: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., document_json: _Optional[str] = ...) -> None: ...
+
+class GetDefinitionsRequest(_message.Message):
+    __slots__ = ("with_usage",)
+    WITH_USAGE_FIELD_NUMBER: _ClassVar[int]
+    with_usage: bool
+    def __init__(self, with_usage: _Optional[bool] = ...) -> None: ...
+
+class DefinitionsState(_message.Message):
+    __slots__ = ("history_version", "definitions", "aliases", "usage", "users")
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class UsageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class UsersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: KeyList
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[KeyList, _Mapping]] = ...) -> None: ...
+    HISTORY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFINITIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    history_version: int
+    definitions: _containers.RepeatedCompositeFieldContainer[Definition]
+    aliases: _containers.ScalarMap[str, str]
+    usage: _containers.ScalarMap[str, int]
+    users: _containers.MessageMap[str, KeyList]
+    def __init__(self, history_version: _Optional[int] = ..., definitions: _Optional[_Iterable[_Union[Definition, _Mapping]]] = ..., aliases: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Mapping[str, int]] = ..., users: _Optional[_Mapping[str, KeyList]] = ...) -> None: ...
+
+class KeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InstallDefinitionsRequest(_message.Message):
+    __slots__ = ("history_version", "definitions", "aliases", "drop")
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HISTORY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFINITIONS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    history_version: int
+    definitions: _containers.RepeatedCompositeFieldContainer[Definition]
+    aliases: _containers.ScalarMap[str, str]
+    drop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, history_version: _Optional[int] = ..., definitions: _Optional[_Iterable[_Union[Definition, _Mapping]]] = ..., aliases: _Optional[_Mapping[str, str]] = ..., drop: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RingEpoch(_message.Message):
     __slots__ = ("epoch", "vnodes", "created_at_epoch_ms", "shards")
     EPOCH_FIELD_NUMBER: _ClassVar[int]

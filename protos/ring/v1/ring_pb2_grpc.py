@@ -45,6 +45,16 @@ class RingServiceStub:
                 request_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingRequest.SerializeToString,
                 response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingResponse.FromString,
                 _registered_method=True)
+        self.GetDefinitions = channel.unary_unary(
+                '/ring.v1.RingService/GetDefinitions',
+                request_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.SerializeToString,
+                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+                _registered_method=True)
+        self.InstallDefinitions = channel.unary_unary(
+                '/ring.v1.RingService/InstallDefinitions',
+                request_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.SerializeToString,
+                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+                _registered_method=True)
 
 
 class RingServiceServicer:
@@ -68,6 +78,24 @@ class RingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDefinitions(self, request, context):
+        """The saga definitions the shard holds, the aliases it starts new sagas by, and (on request) how many of its sagas
+        still need each version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallDefinitions(self, request, context):
+        """Offers the shard a definitions history (saga-router defs commit, and every router at start). The shard checks and
+        stores every definition it does not hold (all or none: FAILED_PRECONDITION naming what it cannot run, e.g. a
+        service with no address), then sets the aliases, durably, unless it holds a newer history already. `drop` names
+        versions to forget: refused (FAILED_PRECONDITION naming some sagas) while any saga of the shard still needs one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +108,16 @@ def add_RingServiceServicer_to_server(servicer, server):
                     servicer.InstallRing,
                     request_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingRequest.FromString,
                     response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingResponse.SerializeToString,
+            ),
+            'GetDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDefinitions,
+                    request_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.FromString,
+                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.SerializeToString,
+            ),
+            'InstallDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallDefinitions,
+                    request_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.FromString,
+                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +175,60 @@ class RingService:
             '/ring.v1.RingService/InstallRing',
             protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingRequest.SerializeToString,
             protos_dot_ring_dot_v1_dot_ring__pb2.InstallRingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ring.v1.RingService/GetDefinitions',
+            protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.SerializeToString,
+            protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ring.v1.RingService/InstallDefinitions',
+            protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.SerializeToString,
+            protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
             options,
             channel_credentials,
             insecure,
