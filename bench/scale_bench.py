@@ -56,9 +56,7 @@ class InstantCaller:
             return CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
         return CallResult(grpc.StatusCode.OK)
 
-    async def get_operation(
-        self, payload: Values, step: Step, action: Action, timeout_s: float
-    ) -> OperationAnswer:
+    async def get_operation(self, payload: Values, step: Step, action: Action, timeout_s: float) -> OperationAnswer:
         return OperationAnswer(OperationState.NOT_FOUND)  # never asked: every call answers
 
     async def close(self) -> None:

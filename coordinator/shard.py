@@ -15,11 +15,11 @@ from google.protobuf.message import Message
 from loguru import logger
 
 from common import tracing
+from common.definitions.model import Definition, Values
 from common.loops import run_every
 from coordinator.clock import Clock
 from coordinator.config import ShardConfig
 from coordinator.engine import preview, transitions
-from common.definitions.model import Definition, Values
 from coordinator.engine.book import DefinitionBook
 from coordinator.engine.caller import Caller
 from coordinator.engine.engine import Engine, SagaRun
@@ -189,7 +189,9 @@ class Shard:
     ) -> Placed:
         """A saga of type "order" (StartSaga with the order as its input and its order_id as the key)."""
         ttl_ms = req.ttl_ms if req.HasField("ttl_ms") else None
-        return await self.start_saga(inputs.ORDER_TYPE, req.order_id, req, ttl_ms, req.no_wait, ring_epoch, trace_context)
+        return await self.start_saga(
+            inputs.ORDER_TYPE, req.order_id, req, ttl_ms, req.no_wait, ring_epoch, trace_context
+        )
 
     async def start_saga(
         self,

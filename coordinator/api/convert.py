@@ -7,9 +7,9 @@ import binascii
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.definitions.model import Definition
 from coordinator.journal import DeadLetterRow
 from coordinator.saga.errors import InvalidRequest
-from common.definitions.model import Definition
 from coordinator.saga.inputs import legacy_step, split_key
 from coordinator.saga.model import SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord, StepProgress

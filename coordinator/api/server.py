@@ -20,6 +20,7 @@ from loguru import logger
 
 from common import tracing
 from common.auth import AuthPolicy, OnDenied, current_principal, server_interceptor
+from common.definitions.problems import DefinitionError
 from common.grpc_server import ServerLimits
 from common.grpc_server import build_server as build_grpc_server
 from common.grpc_server import listen as listen_on
@@ -28,7 +29,6 @@ from common.rpc_errors import bad_request
 from common.tls import TlsFiles
 from coordinator.api import convert
 from coordinator.config import Limits
-from common.definitions.problems import DefinitionError
 from coordinator.engine import preview
 from coordinator.engine.book import DefinitionRefused, Offered
 from coordinator.ring.ownership import call_epoch
@@ -148,7 +148,9 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
             except DecodeError as e:
                 raise InvalidRequest("input", f"is not a valid {want}") from e
             if not unpacked:
-                raise InvalidRequest("input", f"saga type {request.saga_type} takes a {want}, not {request.input.type_url!r}")
+                raise InvalidRequest(
+                    "input", f"saga type {request.saga_type} takes a {want}, not {request.input.type_url!r}"
+                )
             ttl_ms = request.ttl_ms if request.HasField("ttl_ms") else None
             trace = saga_trace(context) if tracing.enabled() else ""
             placed = await shard.start_saga(
@@ -306,7 +308,8 @@ async def list_definitions(shard: Shard, include_documents: bool) -> saga_pb2.Li
 def _previews(plans: list[preview.SagaPlan], shard_id: str) -> saga_pb2.RetryDeadLetterResponse:
     """A dry run's answer: the orders that would be retried and what each retry would do."""
     return saga_pb2.RetryDeadLetterResponse(
-        order_ids=[split_key(p.order_id)[1] for p in plans], previews=[preview.preview_message(p, shard_id) for p in plans]
+        order_ids=[split_key(p.order_id)[1] for p in plans],
+        previews=[preview.preview_message(p, shard_id) for p in plans],
     )
 
 

@@ -161,7 +161,6 @@ class DefinitionBook:
             self._by_hash[d.hash] = d
         self._aliases.update({name: (target, history_version) for name, target in aliases.items()})
 
-
     async def _drop(self, hashes: list[str], aliases: dict[str, str]) -> None:
         if not hashes:
             return

@@ -15,13 +15,13 @@ import grpc
 from loguru import logger
 
 from common import tracing
+from common.definitions.model import Call, Values
+from common.definitions.model import Step as StepDef
 from common.metadata import IDEMPOTENCY_KEY
 from common.rpc_errors import TOMBSTONED, error_reason
 from common.tls import ClientTls, TlsFiles
 from coordinator.config import Services
 from coordinator.saga.errors import CallResult, OperationAnswer, OperationState
-from common.definitions.model import Call, Values
-from common.definitions.model import Step as StepDef
 from coordinator.saga.model import Action, idempotency_key
 from protos.shop.v1 import common_pb2
 

@@ -44,7 +44,7 @@ from coordinator.metrics import ShardMetrics
 from coordinator.saga import retry
 from coordinator.saga.errors import RETRY_IF_NOT_APPLIED, CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.saga.model import Action, SagaState, StepStatus
-from coordinator.saga.policies import Policies, StepPolicies
+from coordinator.saga.policies import Policies
 from coordinator.saga.record import Event, EventKind, SagaRecord, asks_first
 
 
@@ -163,7 +163,11 @@ class Engine:
                 await self._expire(run, step, in_flight=True)
                 return
             if result.outcome is StepOutcome.FAILED:
-                await (self._park_forward(run, step, result.message) if committed else self._compensate_from(run, result.message))
+                await (
+                    self._park_forward(run, step, result.message)
+                    if committed
+                    else self._compensate_from(run, result.message)
+                )
                 return
         await self._move(run, SagaState.SUCCEEDED, cause="")
 
@@ -175,7 +179,9 @@ class Engine:
         cannot be undone); an operator's retry resumes it forward, with a fresh budget for the step."""
         saga = run.record
         progress = saga.progress(step.number)
-        note = f"{step.kind} step {step.label} failed after {progress.forward_attempts} attempts; parked for an operator"
+        note = (
+            f"{step.kind} step {step.label} failed after {progress.forward_attempts} attempts; parked for an operator"
+        )
         now = self._clock.now_epoch_ms()
         park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, cause, progress.forward_attempts, now)
         self._metrics.child(self._metrics.compensation_failures, step.label).inc()
@@ -422,7 +428,11 @@ class Engine:
                 )
                 return None
             age_ms = now - progress.accepted_at_epoch_ms
-            if action is Action.FORWARD and not saga.past_pivot(run.flow) and self._clock.monotonic() >= run.deadline_mono:
+            if (
+                action is Action.FORWARD
+                and not saga.past_pivot(run.flow)
+                and self._clock.monotonic() >= run.deadline_mono
+            ):
                 late = self._event(run, EventKind.DEADLINE, step, action, attempt, "DEADLINE_EXCEEDED", "saga deadline")
                 await self._append(run, [late], wait=False)
                 await self._expire(run, step, in_flight=True)
@@ -451,7 +461,9 @@ class Engine:
                 return None
             return now + self._poll_wait(policy, progress.polls + 1, 0)
 
-    async def _operation_done(self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult) -> None:
+    async def _operation_done(
+        self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult
+    ) -> None:
         """Journals how a waited-on call ended; the saga is then driven on from there."""
         age_ms = self._clock.now_epoch_ms() - run.record.progress(step.number).accepted_at_epoch_ms
         self._metrics.child(self._metrics.operation_duration, step.label, action.label).observe(age_ms / 1000)
@@ -524,7 +536,13 @@ class Engine:
         return round((self._clock.monotonic() - began_mono) * 1000)
 
     async def _retrying(
-        self, run: SagaRun, step: StepDef, action: Action, attempt: int, result: CallResult, decision: retry.RetryDecision
+        self,
+        run: SagaRun,
+        step: StepDef,
+        action: Action,
+        attempt: int,
+        result: CallResult,
+        decision: retry.RetryDecision,
     ) -> None:
         """Journals the failed attempt with the wait it drew (the next attempt's due time); the caller's loop then
         waits until that time, as a restarted shard would."""

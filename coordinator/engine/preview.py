@@ -100,7 +100,9 @@ def plan_retry(saga: SagaRecord, flow: Definition, policies: Policies) -> SagaPl
     return SagaPlan(saga.order_id, saga.saga_id, saga.state, SagaState.FAILED, tuple(calls))
 
 
-def _planned(saga: SagaRecord, step: StepDef, progress: StepProgress, action: Action, made: int, asks: bool) -> PlannedCall:
+def _planned(
+    saga: SagaRecord, step: StepDef, progress: StepProgress, action: Action, made: int, asks: bool
+) -> PlannedCall:
     call = step.call if action is Action.FORWARD else step.compensation
     assert call is not None
     return PlannedCall(

@@ -90,6 +90,7 @@ class DedupRecord:
             last_error=self.message,
             steps={},
             definition_hash=self.definition_hash,
+            retained_only=True,
         )
 
 

@@ -195,9 +195,7 @@ SAGA_COLUMNS = (
     "updated_at_epoch_ms, deadline_epoch_ms, last_error, parked_note, trace_context, definition_hash"
 )
 _SAGA_FIELDS = SAGA_COLUMNS.split(", ")
-EVENT_COLUMNS = (
-    "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms, output"
-)
+EVENT_COLUMNS = "saga_id, seq, at_epoch_ms, kind, step, action, attempt, code, detail, state, wait_ms, spent_ms, output"
 DEDUP_COLUMNS = (
     "order_id, payload_hash, state, message, saga_id, created_at_epoch_ms, finished_at_epoch_ms, definition_hash"
 )

@@ -138,7 +138,9 @@ class JournalStore(JournalWriter):
         async with self._reader.execute(
             "SELECT hash, name, version, document, accepted_at_epoch_ms FROM definitions ORDER BY accepted_at_epoch_ms"
         ) as cur:
-            return [StoredDefinition(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in await cur.fetchall()]
+            return [
+                StoredDefinition(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in await cur.fetchall()
+            ]
 
     async def definition_aliases(self) -> dict[str, tuple[str, int]]:
         """Alias name -> (definition hash, version of the definitions history that set it)."""
@@ -162,7 +164,10 @@ class JournalStore(JournalWriter):
                 await db.executemany(
                     "INSERT OR IGNORE INTO definitions (hash, name, version, document, accepted_at_epoch_ms) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [(d.hash, d.name, d.version, d.document, d.accepted_at_epoch_ms or now_epoch_ms) for d in definitions],
+                    [
+                        (d.hash, d.name, d.version, d.document, d.accepted_at_epoch_ms or now_epoch_ms)
+                        for d in definitions
+                    ],
                 )
                 await db.executemany(
                     "INSERT INTO definition_aliases (name, hash, history_version, set_at_epoch_ms) VALUES (?, ?, ?, ?)"
@@ -171,7 +176,9 @@ class JournalStore(JournalWriter):
                     [(name, h, v, now_epoch_ms) for name, (h, v) in aliases.items()],
                 )
                 if adopt_unnamed:
-                    await db.execute("UPDATE sagas SET definition_hash = ? WHERE definition_hash = ''", (adopt_unnamed,))
+                    await db.execute(
+                        "UPDATE sagas SET definition_hash = ? WHERE definition_hash = ''", (adopt_unnamed,)
+                    )
                     await db.execute(
                         "UPDATE order_dedup SET definition_hash = ? WHERE definition_hash = ''", (adopt_unnamed,)
                     )

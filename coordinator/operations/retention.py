@@ -231,6 +231,7 @@ def archive_line(a: ArchivedSaga) -> dict[str, Any]:
         "deadline_epoch_ms": rec.deadline_epoch_ms,
         "last_error": rec.last_error,
         "parked_note": rec.parked_note,
+        "definition_hash": rec.definition_hash,
         "events": [
             {
                 "seq": e.seq,
@@ -297,6 +298,7 @@ def saga_from_archive(line: dict[str, Any]) -> tuple[SagaRecord, list[Event]]:
         deadline_epoch_ms=line["deadline_epoch_ms"],
         last_error=line["last_error"],
         parked_note=line["parked_note"],
+        definition_hash=line.get("definition_hash", ""),
         steps=fold_steps(events),
         next_seq=(events[-1].seq + 1) if events else 1,
     )

@@ -78,8 +78,10 @@ def parts(message: Message) -> tuple[str, bytes, bytes]:
     if is_place_order(message):
         req: saga_pb2.PlaceOrderRequest = message
         stripped = saga_pb2.PlaceOrderRequest(order_id=req.order_id, user_id=req.user_id, items=req.items)
-        return req.user_id, stripped.SerializeToString(deterministic=True), req.payment_info.SerializeToString(
-            deterministic=True
+        return (
+            req.user_id,
+            stripped.SerializeToString(deterministic=True),
+            req.payment_info.SerializeToString(deterministic=True),
         )
     return "", b"", message.SerializeToString(deterministic=True)
 

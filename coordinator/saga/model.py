@@ -58,5 +58,3 @@ class StepStatus(enum.IntEnum):
     COMPENSATING = 5
     COMPENSATED = 6
     COMPENSATION_FAILED = 7
-
-

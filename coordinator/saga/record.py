@@ -10,9 +10,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from common.definitions.model import Definition
 from coordinator.config import OperationPolicy
 from coordinator.saga.errors import may_have_applied
-from common.definitions.model import Definition
 from coordinator.saga.model import Action, SagaState, StepStatus
 
 
@@ -279,6 +279,8 @@ class SagaRecord:
     """The trace its spans join (common.tracing.carrier); "" when tracing was off at its creation."""
     definition_hash: str = ""
     """The definition it runs (common.definitions.model.Definition.hash), fixed at its creation: it finishes on it."""
+    retained_only: bool = False
+    """What retention kept of a removed saga (DedupRecord.as_saga): its outcome, no input, steps or events."""
 
     def apply(self, event: Event) -> None:
         self.next_seq = max(self.next_seq, event.seq + 1)
@@ -320,12 +322,8 @@ class SagaRecord:
             self.next_seq,
             self.trace_context,
             self.definition_hash,
+            self.retained_only,
         )
-
-    @property
-    def retained_only(self) -> bool:
-        """What retention kept of a removed saga (DedupRecord.as_saga): its outcome, no input, steps or events."""
-        return not self.payment_sealed
 
     def progress(self, step: int) -> StepProgress:
         """The step's progress (PENDING if nothing happened to it yet)."""

@@ -73,9 +73,7 @@ class FakeCaller:
 
         self.script(step, action, accept)
 
-    async def get_operation(
-        self, payload: Values, step: Step, action: Action, timeout_s: float
-    ) -> OperationAnswer:
+    async def get_operation(self, payload: Values, step: Step, action: Action, timeout_s: float) -> OperationAnswer:
         key = idempotency_key(payload.saga_id, step.id, action)
         self.asked.append(key)
         if self.ask_unknown:

@@ -24,7 +24,10 @@ SAGA = "5a6a0000000000000000000000000001"
 
 def payload(order_id: str, token: str = "tok_ok") -> Values:
     pay = saga_pb2.PaymentInfo(payment_token=token, amount_cents=1200, currency="EUR")
-    return Values(SAGA + order_id[-1], order_id, "u-1", (("sku-1", 1),), pay)
+    order = saga_pb2.PlaceOrderRequest(
+        order_id=order_id, user_id="u-1", items=[saga_pb2.Item(item_id="sku-1", quantity=1)], payment_info=pay
+    )
+    return Values(SAGA + order_id[-1], order_id, order)
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ async def test_a_tombstoned_forward_call_is_final_and_a_plain_aborted_is_not(stu
     late = payload("o-late-1")
     forward_key = idempotency_key(late.saga_id, PROCESS_PAYMENT.id, Action.FORWARD)
     async with ShopClient(stubs) as shop:
-        await shop.compensate("payment", late.order_id, key="comp-1", forward_key=forward_key)
+        await shop.compensate("payment", late.key, key="comp-1", forward_key=forward_key)
     refused = await caller.call(late, PROCESS_PAYMENT, Action.FORWARD, 5.0)
     assert refused.code is grpc.StatusCode.ABORTED and refused.final
     assert refused.cls is CallClass.REJECTED  # not retried: nothing was applied and nothing will be

@@ -13,6 +13,7 @@ from coordinator.config import GroupCommit
 from coordinator.journal import MIGRATIONS, Journal, NewSaga, StateChange, TransitionConflict
 from coordinator.saga.model import IllegalTransition, SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
+from tests.helpers.order_flow import FLOW
 
 
 def saga(i: int) -> SagaRecord:
@@ -79,7 +80,7 @@ async def test_events_fold_into_steps_on_read(journal: Journal) -> None:
         ]
     )
     (rec,) = await journal.unfinished()
-    assert rec.next_seq == 3 and rec.steps[rec.next_forward()].forward_attempts == 1
+    assert rec.next_seq == 3 and rec.steps[rec.next_forward(FLOW) or 0].forward_attempts == 1
 
 
 async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:

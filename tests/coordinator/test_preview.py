@@ -117,7 +117,11 @@ def test_a_step_whose_forward_outcome_is_unknown_is_asked_about_first_unless_its
         (S.CREATE_ORDER, 1, False),
     ]
     quiet = ShardConfig(step_operations={"process_payment": OperationPolicy(ask_unknown=False)})
-    assert [c.asks_first for c in preview.plan_retry(saga, order_flow.FLOW, Policies(quiet)).calls] == [False, False, False]
+    assert [c.asks_first for c in preview.plan_retry(saga, order_flow.FLOW, Policies(quiet)).calls] == [
+        False,
+        False,
+        False,
+    ]
 
 
 def test_a_declined_charge_is_not_compensated_and_a_second_retry_counts_on() -> None:
@@ -151,7 +155,9 @@ def test_only_a_parked_saga_has_a_plan() -> None:
 
 
 def test_the_message_carries_every_field() -> None:
-    message = preview.preview_message(preview.plan_retry(shipment_rejected_refund_parked(), order_flow.FLOW, Policies(ShardConfig())), "shard-7")
+    message = preview.preview_message(
+        preview.plan_retry(shipment_rejected_refund_parked(), order_flow.FLOW, Policies(ShardConfig())), "shard-7"
+    )
     assert (message.order_id, message.saga_id, message.shard_id) == ("o-1", "saga-1", "shard-7")
     assert (message.state_now, message.end_state) == (SagaState.DEAD_LETTERED, SagaState.FAILED)
     first = message.calls[0]

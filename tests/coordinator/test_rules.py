@@ -27,6 +27,9 @@ def test_transition_table() -> None:
     assert legal == {
         (SagaState.RUNNING, SagaState.SUCCEEDED),
         (SagaState.RUNNING, SagaState.COMPENSATING),
+        # A retriable step (after the pivot) failed for good: parked, then resumed forward by an operator.
+        (SagaState.RUNNING, SagaState.DEAD_LETTERED),
+        (SagaState.DEAD_LETTERED, SagaState.RUNNING),
         (SagaState.COMPENSATING, SagaState.FAILED),
         (SagaState.COMPENSATING, SagaState.DEAD_LETTERED),
         (SagaState.DEAD_LETTERED, SagaState.COMPENSATING),
@@ -147,9 +150,24 @@ def test_sealing_round_trip_and_tamper(tmp_path: Path) -> None:
 
 def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
     rec = SagaRecord(
-        "s", "o", "u", b"r", b"p", "h", SagaState.RUNNING, 1, 2, 3, "err", "parked", next_seq=7, trace_context="00-tp"
+        "s",
+        "o",
+        "u",
+        b"r",
+        b"p",
+        "h",
+        SagaState.RUNNING,
+        1,
+        2,
+        3,
+        "err",
+        "parked",
+        next_seq=7,
+        trace_context="00-tp",
+        definition_hash="d1",
+        retained_only=True,
     )
-    rec.steps[PROCESS_PAYMENT.number].forward_attempts = 2
+    rec.progress(PROCESS_PAYMENT.number).forward_attempts = 2
     # Every field holds a value other than its default (a field added later must be set here, and in copy()) ...
     assert all(getattr(rec, f.name) != f.default for f in dataclasses.fields(rec))
     c = rec.copy()
@@ -161,6 +179,8 @@ def test_saga_record_copy_is_deep_for_steps_and_complete() -> None:
 
 
 def test_step_progress_copy_is_complete() -> None:
-    progress = StepProgress(PROCESS_PAYMENT, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 17))
+    progress = StepProgress(
+        PROCESS_PAYMENT.number, StepStatus.COMPENSATING, *range(1, 3), "e", "OK", *range(3, 18), b"response"
+    )
     assert all(getattr(progress, f.name) != f.default for f in dataclasses.fields(progress))
     assert progress.copy() == progress and progress.copy() is not progress

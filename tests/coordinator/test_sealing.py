@@ -61,7 +61,7 @@ def record_payment_tokens(h: Harness) -> dict[str, str]:
     seen: dict[str, str] = {}
 
     def script(p: Values, n: int) -> CallResult:
-        seen[p.key] = p.payment.payment_token
+        seen[p.key] = p.input.payment_info.payment_token
         return CallResult(grpc.StatusCode.OK)
 
     h.caller.script(PROCESS_PAYMENT, F, script)
@@ -346,7 +346,7 @@ async def test_rotation_with_200_sagas_in_flight_across_a_restart(tmp_path: Path
         seen: dict[str, str] = {}
 
         def pay(p: Values, n: int) -> CallResult | None:
-            seen.setdefault(p.key, p.payment.payment_token)
+            seen.setdefault(p.key, p.input.payment_info.payment_token)
             return None if p.key in at_payment else CallResult(grpc.StatusCode.OK)
 
         h.caller.script(PROCESS_PAYMENT, F, pay)
