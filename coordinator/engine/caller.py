@@ -1,5 +1,6 @@
 """Calls to the downstream services a definition names: one long-lived channel per address, the idempotency key in
-metadata, the request built by the step's compiled mapping (common.definitions.paths). Every attempt has a deadline; replies become CallResults for the engine.
+metadata, the request built by the step's compiled mapping (common.definitions.paths). Every attempt has a deadline;
+replies become CallResults for the engine.
 
 With TLS, the channels present the shard's certificate. grpcio fixes a channel's certificate when the channel is made,
 so when the files change on disk (checked at most once a second, on the next call) new channels are opened and the old

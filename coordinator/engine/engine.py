@@ -150,8 +150,7 @@ class Engine:
             committed = saga.past_pivot(run.flow)
             if progress.status is StepStatus.FAILED:
                 # The failure is journaled but the move out of RUNNING is not (crash in between).
-                cause = progress.last_error or f"{step.label} failed"
-                await (self._park_forward(run, step, cause) if committed else self._compensate_from(run, cause))
+                await self._failed_for_good(run, step, progress.last_error or f"{step.label} failed", committed)
                 return
             if not committed and self._clock.monotonic() >= run.deadline_mono:
                 await self._expire(run, step, in_flight=progress.forward_attempts > 0)
@@ -163,16 +162,16 @@ class Engine:
                 await self._expire(run, step, in_flight=True)
                 return
             if result.outcome is StepOutcome.FAILED:
-                await (
-                    self._park_forward(run, step, result.message)
-                    if committed
-                    else self._compensate_from(run, result.message)
-                )
+                await self._failed_for_good(run, step, result.message, committed)
                 return
         await self._move(run, SagaState.SUCCEEDED, cause="")
 
-    async def _compensate_from(self, run: SagaRun, cause: str) -> None:
-        await self._move(run, SagaState.COMPENSATING, cause=cause)
+    async def _failed_for_good(self, run: SagaRun, step: StepDef, cause: str, past_pivot: bool) -> None:
+        """Before the pivot the saga compensates; past it, it can only wait for an operator."""
+        if past_pivot:
+            await self._park_forward(run, step, cause)
+        else:
+            await self._move(run, SagaState.COMPENSATING, cause=cause)
 
     async def _park_forward(self, run: SagaRun, step: StepDef, cause: str) -> None:
         """Dead-letters a saga past its pivot: a retriable step failed for good. It is never compensated (the pivot
@@ -184,7 +183,7 @@ class Engine:
         )
         now = self._clock.now_epoch_ms()
         park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, cause, progress.forward_attempts, now)
-        self._metrics.child(self._metrics.compensation_failures, step.label).inc()
+        self._metrics.child(self._metrics.forward_parked, step.label).inc()
         await self._move(run, SagaState.DEAD_LETTERED, cause=cause, note=note, extra=[park])
         logger.warning("saga dead-lettered: {}", note)
 

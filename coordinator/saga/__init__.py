@@ -1,6 +1,7 @@
-"""What a saga is, with no I/O: its states, actions and step statuses (model), its journaled record and events folded into step progress
-(record), the retry schedule (retry), every error with its retry semantics (errors), and the checks of a PlaceOrder
-before anything is written (validation).
+"""What a saga is, with no I/O: its states, actions and step statuses (model), its journaled record and events folded
+into step progress (record), the retry schedule (retry), every error with its retry semantics (errors), its input as
+journaled (inputs), each step's policies (policies), and the checks of a PlaceOrder before anything is written
+(validation).
 
 May import: coordinator.config, common, protos. Imported by every other part of the coordinator.
 """

@@ -10,6 +10,7 @@ import math
 
 import grpc
 
+from common.definitions.model import Step
 from coordinator.config import OperationPolicy
 from coordinator.saga.errors import CallResult
 from coordinator.saga.model import Action, SagaState, StepStatus, idempotency_key
@@ -19,7 +20,6 @@ from .conftest import Harness, order
 from .test_engine import settle
 
 F, C = Action.FORWARD, Action.COMPENSATE
-from common.definitions.model import Step
 from tests.helpers import order_flow  # noqa: E402
 
 S = order_flow

@@ -9,6 +9,7 @@ import asyncio
 import grpc
 import pytest
 
+from common.definitions.model import Step
 from coordinator.config import OperationPolicy, ShardConfig
 from coordinator.engine import preview
 from coordinator.saga.errors import SagaNotFound, WrongState
@@ -20,7 +21,6 @@ from .conftest import Harness, order
 from .test_engine import _wait_terminal, settle
 
 F, C = Action.FORWARD, Action.COMPENSATE
-from common.definitions.model import Step
 from tests.helpers import order_flow  # noqa: E402
 
 S = order_flow

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.definitions.model import Step
 from coordinator.config import RetryPolicy, ShardConfig
 from coordinator.saga import retry
 from coordinator.saga.errors import CallResult, scrub
@@ -24,7 +25,6 @@ from coordinator.saga.record import Event, EventKind
 from .conftest import Harness, order
 
 F, C = Action.FORWARD, Action.COMPENSATE
-from common.definitions.model import Step
 from tests.helpers import order_flow  # noqa: E402
 
 S = order_flow
