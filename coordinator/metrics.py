@@ -16,6 +16,7 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_step_attempts_total{step,action,code}      downstream attempts by reply code
     saga_step_retries_total{step,action,code}       attempts that were retried
     saga_compensation_failures_total{step}          compensations that exhausted their policy
+    saga_forward_parked_total{step}                 retriable steps (past the pivot) that exhausted their policy
     saga_journal_commit_seconds                     one group commit (execute + fsync)
     saga_journal_batch_records                      records per commit
     saga_journal_commit_window_seconds              a commit's wait in the commit window (when it waited)
@@ -103,6 +104,12 @@ class ShardMetrics:
         )
         self.compensation_failures = Counter(
             "saga_compensation_failures", "Compensations that exhausted their retry policy", ["step"], registry=r
+        )
+        self.forward_parked = Counter(
+            "saga_forward_parked",
+            "Retriable steps (after the pivot) that exhausted their policy: the saga waits for an operator",
+            ["step"],
+            registry=r,
         )
         self.commit_seconds = Histogram(
             "saga_journal_commit_seconds", "One journal group commit", buckets=_LATENCY_BUCKETS, registry=r
