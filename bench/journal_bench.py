@@ -23,10 +23,12 @@ from typing import Any
 import uvloop
 from loguru import logger
 
+from common.definitions.check import order_flow
 from coordinator.journal import Journal, NewSaga, StateChange
 from coordinator.saga.model import Action, SagaState
 from coordinator.saga.record import Event, EventKind, SagaRecord
-from tests.helpers.order_flow import STEPS
+
+STEPS = order_flow().steps
 
 AWAITED_PER_SAGA = 5
 RECORDS_PER_SAGA = 12

@@ -30,29 +30,30 @@ from typing import Any
 import grpc
 import uvloop
 
+from common.definitions.check import order_flow
 from common.definitions.model import Values
 from coordinator.config import Services
 from coordinator.engine.caller import GrpcCaller
 from coordinator.saga.model import Action
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.helpers.order_flow import STEPS
 
 from . import grpc_floor
 from .cluster import REPO_ROOT, Cluster, free_port
 from .probes import cpu_seconds
 from .run import BenchError
 
+STEPS = order_flow().steps
+
 RELAYS = 3
 _PLACE_ORDER = "/saga.v1.SagaCoordinator/PlaceOrder"
 
 
 async def _serve(address: str, stubs: str) -> None:
-    caller = GrpcCaller(Services(order=stubs, inventory=stubs, payment=stubs, shipping=stubs))
+    caller = GrpcCaller(Services.all_at(stubs))
 
     async def place_order(body: bytes, context: Any) -> bytes:
         req = saga_pb2.PlaceOrderRequest.FromString(body)
-        items = tuple((i.item_id, i.quantity) for i in req.items)
-        payload = Values(f"relay-{req.order_id}", req.order_id, req.user_id, items, req.payment_info)
+        payload = Values(f"relay-{req.order_id}", req.order_id, req)
         for step in STEPS:
             result = await caller.call(payload, step, Action.FORWARD, 10.0)
             if not result.ok:

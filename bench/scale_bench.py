@@ -25,6 +25,7 @@ import grpc
 import uvloop
 from loguru import logger
 
+from common.definitions.check import order_flow
 from common.definitions.model import Step, Values
 from coordinator.clock import SystemClock
 from coordinator.config import Limits, Retention, ShardConfig
@@ -35,7 +36,8 @@ from coordinator.saga.record import Event, EventKind, SagaRecord
 from coordinator.security.sealing import open_sealer
 from coordinator.shard import Shard
 from protos.saga.v1 import saga_pb2
-from tests.helpers.order_flow import CREATE_ORDER, PROCESS_PAYMENT, RESERVE_INVENTORY
+
+CREATE_ORDER, RESERVE_INVENTORY, PROCESS_PAYMENT, SCHEDULE_SHIPMENT = order_flow().steps
 
 CONCURRENCY = 64
 DAY_MS = 86_400_000
@@ -51,8 +53,9 @@ class InstantCaller:
 
     async def call(self, payload: Values, step: Step, action: Action, timeout_s: float) -> CallResult:
         self.first_call.setdefault(payload.saga_id, time.perf_counter())
-        declined = payload.payment.payment_token == "tok_declined"
-        if step is PROCESS_PAYMENT and action is Action.FORWARD and declined:
+        order: saga_pb2.PlaceOrderRequest = payload.input  # type: ignore[assignment]
+        declined = order.payment_info.payment_token == "tok_declined"
+        if step == PROCESS_PAYMENT and action is Action.FORWARD and declined:
             return CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
         return CallResult(grpc.StatusCode.OK)
 
@@ -66,10 +69,11 @@ class InstantCaller:
 def _events(saga_id: str, at: int, failed: bool) -> list[Event]:
     """The events a real saga leaves: success 10, declined at payment 15 (with its two compensations)."""
     evs = [Event(saga_id, 1, at, EventKind.CREATED, SagaState.RUNNING, detail="ttl 30000 ms")]
-    steps = list(Step)[:3] if failed else list(Step)
+    every = list(order_flow().steps)
+    steps = every[:3] if failed else every
     for step in steps:
         evs.append(Event(saga_id, len(evs) + 1, at, EventKind.STARTED, SagaState.RUNNING, int(step), 1, 1))
-        if failed and step is PROCESS_PAYMENT:
+        if failed and step == PROCESS_PAYMENT:
             evs.append(Event(saga_id, len(evs) + 1, at, EventKind.FAILED, SagaState.RUNNING, int(step), 1, 1,
                              "FAILED_PRECONDITION", "payment declined"))  # fmt: skip
         else:
