@@ -53,7 +53,7 @@ class InstantCaller:
 
     async def call(self, payload: Values, step: Step, action: Action, timeout_s: float) -> CallResult:
         self.first_call.setdefault(payload.saga_id, time.perf_counter())
-        order: saga_pb2.PlaceOrderRequest = payload.input  # type: ignore[assignment]
+        order: saga_pb2.PlaceOrderRequest = payload.input
         declined = order.payment_info.payment_token == "tok_declined"
         if step == PROCESS_PAYMENT and action is Action.FORWARD and declined:
             return CallResult(grpc.StatusCode.FAILED_PRECONDITION, "payment declined")
