@@ -1,7 +1,8 @@
 """Prometheus metrics of one shard, in a registry of its own (several shards may share a test process).
 
-Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: step, action, gRPC code name,
-outcome, state. Never an order id, a key, a token or an amount.
+Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: saga type (a definition's name),
+step (its id), action, gRPC code name, outcome, state. Never an order id, a key, a token or an amount. The step
+metrics carry the saga type: a step id names a step within its definition.
 
     saga_started_total                              sagas accepted
     saga_completed_total{outcome}                   succeeded | failed | dead_lettered | resolved
@@ -12,11 +13,11 @@ outcome, state. Never an order id, a key, a token or an amount.
     saga_ttl_expired_total                          sagas whose deadline made them compensate
     saga_shed_total                                 PlaceOrder refused with RESOURCE_EXHAUSTED
     saga_place_order_seconds                        PlaceOrder at this shard, arrival to answer
-    saga_step_duration_seconds{step,action}         one downstream attempt
-    saga_step_attempts_total{step,action,code}      downstream attempts by reply code
-    saga_step_retries_total{step,action,code}       attempts that were retried
-    saga_compensation_failures_total{step}          compensations that exhausted their policy
-    saga_forward_parked_total{step}                 retriable steps (past the pivot) that exhausted their policy
+    saga_step_duration_seconds{saga_type,step,action}     one downstream attempt
+    saga_step_attempts_total{saga_type,step,action,code}  downstream attempts by reply code
+    saga_step_retries_total{saga_type,step,action,code}   attempts that were retried
+    saga_compensation_failures_total{saga_type,step}      compensations that exhausted their policy
+    saga_forward_parked_total{saga_type,step}       retriable steps (past the pivot) that exhausted their policy
     saga_journal_commit_seconds                     one group commit (execute + fsync)
     saga_journal_batch_records                      records per commit
     saga_journal_commit_window_seconds              a commit's wait in the commit window (when it waited)
@@ -92,23 +93,32 @@ class ShardMetrics:
         self.step_duration = Histogram(
             "saga_step_duration_seconds",
             "One downstream attempt",
-            ["step", "action"],
+            ["saga_type", "step", "action"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.step_attempts = Counter(
-            "saga_step_attempts", "Downstream attempts by reply code", ["step", "action", "code"], registry=r
+            "saga_step_attempts",
+            "Downstream attempts by reply code",
+            ["saga_type", "step", "action", "code"],
+            registry=r,
         )
         self.step_retries = Counter(
-            "saga_step_retries", "Downstream attempts that were retried", ["step", "action", "code"], registry=r
+            "saga_step_retries",
+            "Downstream attempts that were retried",
+            ["saga_type", "step", "action", "code"],
+            registry=r,
         )
         self.compensation_failures = Counter(
-            "saga_compensation_failures", "Compensations that exhausted their retry policy", ["step"], registry=r
+            "saga_compensation_failures",
+            "Compensations that exhausted their retry policy",
+            ["saga_type", "step"],
+            registry=r,
         )
         self.forward_parked = Counter(
             "saga_forward_parked",
             "Retriable steps (after the pivot) that exhausted their policy: the saga waits for an operator",
-            ["step"],
+            ["saga_type", "step"],
             registry=r,
         )
         self.commit_seconds = Histogram(

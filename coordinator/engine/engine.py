@@ -183,7 +183,7 @@ class Engine:
         )
         now = self._clock.now_epoch_ms()
         park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, cause, progress.forward_attempts, now)
-        self._metrics.child(self._metrics.forward_parked, step.label).inc()
+        self._metrics.child(self._metrics.forward_parked, run.flow.name, step.label).inc()
         await self._move(run, SagaState.DEAD_LETTERED, cause=cause, note=note, extra=[park])
         logger.warning("saga dead-lettered: {}", note)
 
@@ -283,7 +283,7 @@ class Engine:
         )
         now = self._clock.now_epoch_ms()
         park = DeadLetterOpen(saga.saga_id, saga.order_id, step.number, result.last_error, result.attempts, now)
-        self._metrics.child(self._metrics.compensation_failures, step.label).inc()
+        self._metrics.child(self._metrics.compensation_failures, run.flow.name, step.label).inc()
         await self._move(run, SagaState.DEAD_LETTERED, note=note, extra=[park])
         logger.warning("saga dead-lettered: {}", note)
 
@@ -550,7 +550,7 @@ class Engine:
             run, EventKind.RETRYING, step, action, attempt, code, result.note, decision.wait_ms, decision.spent_ms
         )
         await self._append(run, [event], wait=False)
-        self._metrics.child(self._metrics.step_retries, step.label, action.label, code).inc()
+        self._metrics.child(self._metrics.step_retries, run.flow.name, step.label, action.label, code).inc()
         logger.debug(
             "{} {} attempt {} got {}; next in {} ms", step.label, action.label, attempt, code, decision.wait_ms
         )
@@ -582,8 +582,8 @@ class Engine:
         if not result.ok and (classes := self.policies.of(run.flow, step).classes) is not None:
             result = dataclasses.replace(result, classes=classes)
         metrics = self._metrics
-        metrics.child(metrics.step_duration, step.label, action.label).observe(elapsed_s)
-        metrics.child(metrics.step_attempts, step.label, action.label, result.code.name).inc()
+        metrics.child(metrics.step_duration, run.flow.name, step.label, action.label).observe(elapsed_s)
+        metrics.child(metrics.step_attempts, run.flow.name, step.label, action.label, result.code.name).inc()
         logger.debug("{} {} -> {} in {:.1f} ms", step.label, action.label, result.code.name, elapsed_s * 1e3)
         return result
 

@@ -167,7 +167,8 @@ class ShardStats:
         return None, latest, "since start"
 
     def step_latency(self) -> dict[str, Any]:
-        """p50/p99/mean/count per (step, action), over the window if anything happened in it, else all time."""
+        """p50/p99/mean/count per (saga type, step, action), over the window if anything happened in it, else all
+        time. Steps keep the order in which their sagas first reported them (a definition's order, for one type)."""
         earlier, latest, label = self._window()
         if latest is None:
             return {"window": "", "steps": []}
@@ -178,20 +179,22 @@ class ShardStats:
             delta = _delta(None, latest, "saga_step_duration_seconds_bucket")
             counts = _delta(None, latest, "saga_step_duration_seconds_count")
         sums = _delta(earlier, latest, "saga_step_duration_seconds_sum")
-        buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        buckets: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
         for labels, value in delta.items():
             d = dict(labels)
             le = d.pop("le")
-            buckets.setdefault((d.get("step", ""), d.get("action", "")), []).append((float(le), value))
+            where = (d.get("saga_type", ""), d.get("step", ""), d.get("action", ""))
+            buckets.setdefault(where, []).append((float(le), value))
         steps = []
-        for (step, action), bs in sorted(buckets.items(), key=lambda kv: (_STEP_ORDER.get(kv[0][0], 9), kv[0][1])):
-            key = (("action", action), ("step", step))
+        for (saga_type, step, action), bs in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+            key = tuple(sorted({"action": action, "step": step, "saga_type": saga_type}.items()))
             n = counts.get(key, 0.0)
             if n <= 0:
                 continue
             bs.sort()
             steps.append(
                 {
+                    "saga_type": saga_type,
                     "step": step,
                     "action": action,
                     "count": n,
@@ -214,6 +217,7 @@ class ShardStats:
             d = dict(labels)
             rows.append(
                 {
+                    "saga_type": d.get("saga_type", ""),
                     "step": d.get("step", ""),
                     "action": d.get("action", ""),
                     "code": d.get("code", ""),
@@ -222,9 +226,6 @@ class ShardStats:
                 }
             )
         return {"window": label, "retries": rows}
-
-
-_STEP_ORDER = {"create_order": 0, "reserve_inventory": 1, "process_payment": 2, "schedule_shipment": 3}
 
 
 def _rate(prev: Sample, cur: Sample, name: str, labels: Mapping[str, str], dt: float) -> float:
