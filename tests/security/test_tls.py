@@ -304,13 +304,15 @@ async def test_long_lived_channels_are_reopened_when_the_client_certificate_rota
 
     shard_files = ca.issue("shard-1").files
     caller = GrpcCaller(
-        Services("127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:1"),
+        Services.all_at("127.0.0.1:1"),
         ClientTls(shard_files, check_interval_s=1.0, clock=lambda: now[0]),
     )
+    caller._channel("order")  # channels open at their first call
     before = dict(caller._channels)
     ca.issue("shard-1", renew=True)
     now[0] = 4.0
     caller._reopen_if_rotated()
+    caller._channel("order")  # the next call opens a new channel with the new certificate
     assert caller._channels and all(caller._channels[a] is not before[a] for a in before)
     await caller.close()
 
