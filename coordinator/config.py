@@ -2,7 +2,8 @@
 validated once at load. Nothing else in the coordinator reads files for configuration or touches os.environ.
 
 Environment overrides (each optional): SAGA_SHARD_ID, SAGA_LISTEN, SAGA_METRICS_LISTEN, SAGA_JOURNAL,
-SAGA_SERVICES (one address for all four services), SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR,
+SAGA_SERVICES (one address for every service: the five the stubs serve and the other names of [services]),
+SAGA_ORDER_ADDR, SAGA_INVENTORY_ADDR, SAGA_PAYMENT_ADDR, SAGA_LOYALTY_ADDR,
 SAGA_SHIPPING_ADDR, SAGA_DATA_DIR, SAGA_JOURNAL_KEY_FILE (the keys that seal payment details in the journal),
 SAGA_JOURNAL_KEY (the secret of older builds, to open what they sealed), SAGA_LOG_JSON=1, SAGA_LOG_LEVEL,
 SAGA_ARCHIVE_DIR (retention.archive_dir).

@@ -48,7 +48,7 @@ from .certs import LAUNCHER, LocalCA, tls_args
 from .cluster import ClusterSpec, ProcessSpec, Ready, launcher_bin
 from .supervisor import Child, Supervisor
 
-SERVICES = ("order", "inventory", "payment", "shipping")
+SERVICES = ("order", "inventory", "payment", "shipping", "loyalty")
 DEFAULT_SHARD_CONFIG = Path(__file__).with_name("shard.toml")
 LITESTREAM_CONFIG = Path(__file__).with_name("litestream.yml")
 _SOCKET_PATH_MAX = 103
@@ -231,7 +231,7 @@ class LocalSystem:
             args += ["--litestream-socket", str(self.litestream_socket(shard_id))]
         service_env: dict[str, str] = {}
         if o.services:
-            # One variable per service: --services would set all four to the stubs.
+            # One variable per service: --services would set every one to the stubs.
             service_env = {f"SAGA_{s.upper()}_ADDR": o.services.get(s, self._stubs_address) for s in SERVICES}
         else:
             args += ["--services", self._stubs_address]

@@ -73,7 +73,7 @@ async def test_an_accepted_call_and_what_get_operation_says_of_it(caller: GrpcCa
 
 
 async def test_a_service_that_cannot_be_asked_is_unknown(tmp_path: Path) -> None:
-    c = GrpcCaller(Services(*(["127.0.0.1:9"] * 4)))  # nothing listens on the discard port
+    c = GrpcCaller(Services.all_at("127.0.0.1:9"))  # nothing listens on the discard port
     try:
         answer = await c.get_operation(payload("o-x-4"), CREATE_ORDER, Action.FORWARD, 2.0)
     finally:

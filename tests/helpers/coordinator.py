@@ -29,7 +29,7 @@ def shard_config(tmp_path: Path, services: str, **overrides: Any) -> ShardConfig
         listen="127.0.0.1:0",
         journal_path=str(tmp_path / "shard.db"),
         journal_key="test-secret",
-        services=Services(services, services, services, services),
+        services=Services.all_at(services),
         forward=TEST_FORWARD,
         compensate=TEST_COMPENSATE,
         seed=1,
