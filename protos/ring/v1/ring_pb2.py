@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/ring/v1/ring.proto\x12\x07ring.v1\"P\n\nDefinition\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rdocument_json\x18\x04 \x01(\t\"+\n\x15GetDefinitionsRequest\x12\x12\n\nwith_usage\x18\x01 \x01(\x08\"\x96\x03\n\x10\x44\x65\x66initionsState\x12\x17\n\x0fhistory_version\x18\x01 \x01(\x03\x12(\n\x0b\x64\x65\x66initions\x18\x02 \x03(\x0b\x32\x13.ring.v1.Definition\x12\x37\n\x07\x61liases\x18\x03 \x03(\x0b\x32&.ring.v1.DefinitionsState.AliasesEntry\x12\x33\n\x05usage\x18\x04 \x03(\x0b\x32$.ring.v1.DefinitionsState.UsageEntry\x12\x33\n\x05users\x18\x05 \x03(\x0b\x32$.ring.v1.DefinitionsState.UsersEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a>\n\nUsersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.ring.v1.KeyList:\x02\x38\x01\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\xde\x01\n\x19InstallDefinitionsRequest\x12\x17\n\x0fhistory_version\x18\x01 \x01(\x03\x12(\n\x0b\x64\x65\x66initions\x18\x02 \x03(\x0b\x32\x13.ring.v1.Definition\x12@\n\x07\x61liases\x18\x03 \x03(\x0b\x32/.ring.v1.InstallDefinitionsRequest.AliasesEntry\x12\x0c\n\x04\x64rop\x18\x04 \x03(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\tRingEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06vnodes\x18\x02 \x01(\r\x12\x1b\n\x13\x63reated_at_epoch_ms\x18\x03 \x01(\x03\x12\"\n\x06shards\x18\x04 \x03(\x0b\x32\x12.ring.v1.RingShard\"(\n\tRingShard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"1\n\x0bRingHistory\x12\"\n\x06\x65pochs\x18\x01 \x03(\x0b\x32\x12.ring.v1.RingEpoch\"\x10\n\x0eGetRingRequest\"8\n\x0fGetRingResponse\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory\";\n\x12InstallRingRequest\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory\"<\n\x13InstallRingResponse\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory2\xb7\x02\n\x0bRingService\x12<\n\x07GetRing\x12\x17.ring.v1.GetRingRequest\x1a\x18.ring.v1.GetRingResponse\x12H\n\x0bInstallRing\x12\x1b.ring.v1.InstallRingRequest\x1a\x1c.ring.v1.InstallRingResponse\x12K\n\x0eGetDefinitions\x12\x1e.ring.v1.GetDefinitionsRequest\x1a\x19.ring.v1.DefinitionsState\x12S\n\x12InstallDefinitions\x12\".ring.v1.InstallDefinitionsRequest\x1a\x19.ring.v1.DefinitionsStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/ring/v1/ring.proto\x12\x07ring.v1\"P\n\nDefinition\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rdocument_json\x18\x04 \x01(\t\"+\n\x15GetDefinitionsRequest\x12\x12\n\nwith_usage\x18\x01 \x01(\x08\"\x96\x03\n\x10\x44\x65\x66initionsState\x12\x17\n\x0fhistory_version\x18\x01 \x01(\x03\x12(\n\x0b\x64\x65\x66initions\x18\x02 \x03(\x0b\x32\x13.ring.v1.Definition\x12\x37\n\x07\x61liases\x18\x03 \x03(\x0b\x32&.ring.v1.DefinitionsState.AliasesEntry\x12\x33\n\x05usage\x18\x04 \x03(\x0b\x32$.ring.v1.DefinitionsState.UsageEntry\x12\x33\n\x05users\x18\x05 \x03(\x0b\x32$.ring.v1.DefinitionsState.UsersEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a>\n\nUsersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.ring.v1.KeyList:\x02\x38\x01\"B\n\x16GetDefinitionsResponse\x12(\n\x05state\x18\x01 \x01(\x0b\x32\x19.ring.v1.DefinitionsState\"F\n\x1aInstallDefinitionsResponse\x12(\n\x05state\x18\x01 \x01(\x0b\x32\x19.ring.v1.DefinitionsState\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\xde\x01\n\x19InstallDefinitionsRequest\x12\x17\n\x0fhistory_version\x18\x01 \x01(\x03\x12(\n\x0b\x64\x65\x66initions\x18\x02 \x03(\x0b\x32\x13.ring.v1.Definition\x12@\n\x07\x61liases\x18\x03 \x03(\x0b\x32/.ring.v1.InstallDefinitionsRequest.AliasesEntry\x12\x0c\n\x04\x64rop\x18\x04 \x03(\t\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\tRingEpoch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0e\n\x06vnodes\x18\x02 \x01(\r\x12\x1b\n\x13\x63reated_at_epoch_ms\x18\x03 \x01(\x03\x12\"\n\x06shards\x18\x04 \x03(\x0b\x32\x12.ring.v1.RingShard\"(\n\tRingShard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"1\n\x0bRingHistory\x12\"\n\x06\x65pochs\x18\x01 \x03(\x0b\x32\x12.ring.v1.RingEpoch\"\x10\n\x0eGetRingRequest\"8\n\x0fGetRingResponse\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory\";\n\x12InstallRingRequest\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory\"<\n\x13InstallRingResponse\x12%\n\x07history\x18\x01 \x01(\x0b\x32\x14.ring.v1.RingHistory2\xc7\x02\n\x0bRingService\x12<\n\x07GetRing\x12\x17.ring.v1.GetRingRequest\x1a\x18.ring.v1.GetRingResponse\x12H\n\x0bInstallRing\x12\x1b.ring.v1.InstallRingRequest\x1a\x1c.ring.v1.InstallRingResponse\x12Q\n\x0eGetDefinitions\x12\x1e.ring.v1.GetDefinitionsRequest\x1a\x1f.ring.v1.GetDefinitionsResponse\x12]\n\x12InstallDefinitions\x12\".ring.v1.InstallDefinitionsRequest\x1a#.ring.v1.InstallDefinitionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,26 +51,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFINITIONSSTATE_USAGEENTRY']._serialized_end=508
   _globals['_DEFINITIONSSTATE_USERSENTRY']._serialized_start=510
   _globals['_DEFINITIONSSTATE_USERSENTRY']._serialized_end=572
-  _globals['_KEYLIST']._serialized_start=574
-  _globals['_KEYLIST']._serialized_end=597
-  _globals['_INSTALLDEFINITIONSREQUEST']._serialized_start=600
-  _globals['_INSTALLDEFINITIONSREQUEST']._serialized_end=822
+  _globals['_GETDEFINITIONSRESPONSE']._serialized_start=574
+  _globals['_GETDEFINITIONSRESPONSE']._serialized_end=640
+  _globals['_INSTALLDEFINITIONSRESPONSE']._serialized_start=642
+  _globals['_INSTALLDEFINITIONSRESPONSE']._serialized_end=712
+  _globals['_KEYLIST']._serialized_start=714
+  _globals['_KEYLIST']._serialized_end=737
+  _globals['_INSTALLDEFINITIONSREQUEST']._serialized_start=740
+  _globals['_INSTALLDEFINITIONSREQUEST']._serialized_end=962
   _globals['_INSTALLDEFINITIONSREQUEST_ALIASESENTRY']._serialized_start=416
   _globals['_INSTALLDEFINITIONSREQUEST_ALIASESENTRY']._serialized_end=462
-  _globals['_RINGEPOCH']._serialized_start=824
-  _globals['_RINGEPOCH']._serialized_end=931
-  _globals['_RINGSHARD']._serialized_start=933
-  _globals['_RINGSHARD']._serialized_end=973
-  _globals['_RINGHISTORY']._serialized_start=975
-  _globals['_RINGHISTORY']._serialized_end=1024
-  _globals['_GETRINGREQUEST']._serialized_start=1026
-  _globals['_GETRINGREQUEST']._serialized_end=1042
-  _globals['_GETRINGRESPONSE']._serialized_start=1044
-  _globals['_GETRINGRESPONSE']._serialized_end=1100
-  _globals['_INSTALLRINGREQUEST']._serialized_start=1102
-  _globals['_INSTALLRINGREQUEST']._serialized_end=1161
-  _globals['_INSTALLRINGRESPONSE']._serialized_start=1163
-  _globals['_INSTALLRINGRESPONSE']._serialized_end=1223
-  _globals['_RINGSERVICE']._serialized_start=1226
-  _globals['_RINGSERVICE']._serialized_end=1537
+  _globals['_RINGEPOCH']._serialized_start=964
+  _globals['_RINGEPOCH']._serialized_end=1071
+  _globals['_RINGSHARD']._serialized_start=1073
+  _globals['_RINGSHARD']._serialized_end=1113
+  _globals['_RINGHISTORY']._serialized_start=1115
+  _globals['_RINGHISTORY']._serialized_end=1164
+  _globals['_GETRINGREQUEST']._serialized_start=1166
+  _globals['_GETRINGREQUEST']._serialized_end=1182
+  _globals['_GETRINGRESPONSE']._serialized_start=1184
+  _globals['_GETRINGRESPONSE']._serialized_end=1240
+  _globals['_INSTALLRINGREQUEST']._serialized_start=1242
+  _globals['_INSTALLRINGREQUEST']._serialized_end=1301
+  _globals['_INSTALLRINGRESPONSE']._serialized_start=1303
+  _globals['_INSTALLRINGRESPONSE']._serialized_end=1363
+  _globals['_RINGSERVICE']._serialized_start=1366
+  _globals['_RINGSERVICE']._serialized_end=1693
 # @@protoc_insertion_point(module_scope)

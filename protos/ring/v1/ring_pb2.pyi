@@ -59,6 +59,18 @@ class DefinitionsState(_message.Message):
     users: _containers.MessageMap[str, KeyList]
     def __init__(self, history_version: _Optional[int] = ..., definitions: _Optional[_Iterable[_Union[Definition, _Mapping]]] = ..., aliases: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Mapping[str, int]] = ..., users: _Optional[_Mapping[str, KeyList]] = ...) -> None: ...
 
+class GetDefinitionsResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: DefinitionsState
+    def __init__(self, state: _Optional[_Union[DefinitionsState, _Mapping]] = ...) -> None: ...
+
+class InstallDefinitionsResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: DefinitionsState
+    def __init__(self, state: _Optional[_Union[DefinitionsState, _Mapping]] = ...) -> None: ...
+
 class KeyList(_message.Message):
     __slots__ = ("keys",)
     KEYS_FIELD_NUMBER: _ClassVar[int]

@@ -48,12 +48,12 @@ class RingServiceStub:
         self.GetDefinitions = channel.unary_unary(
                 '/ring.v1.RingService/GetDefinitions',
                 request_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.SerializeToString,
-                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsResponse.FromString,
                 _registered_method=True)
         self.InstallDefinitions = channel.unary_unary(
                 '/ring.v1.RingService/InstallDefinitions',
                 request_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.SerializeToString,
-                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+                response_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsResponse.FromString,
                 _registered_method=True)
 
 
@@ -112,12 +112,12 @@ def add_RingServiceServicer_to_server(servicer, server):
             'GetDefinitions': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDefinitions,
                     request_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.FromString,
-                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.SerializeToString,
+                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsResponse.SerializeToString,
             ),
             'InstallDefinitions': grpc.unary_unary_rpc_method_handler(
                     servicer.InstallDefinitions,
                     request_deserializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.FromString,
-                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.SerializeToString,
+                    response_serializer=protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,7 +201,7 @@ class RingService:
             target,
             '/ring.v1.RingService/GetDefinitions',
             protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsRequest.SerializeToString,
-            protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+            protos_dot_ring_dot_v1_dot_ring__pb2.GetDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -228,7 +228,7 @@ class RingService:
             target,
             '/ring.v1.RingService/InstallDefinitions',
             protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsRequest.SerializeToString,
-            protos_dot_ring_dot_v1_dot_ring__pb2.DefinitionsState.FromString,
+            protos_dot_ring_dot_v1_dot_ring__pb2.InstallDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -400,6 +400,36 @@ class ResolveDeadLetterResponse(_message.Message):
     preview: SagaPreview
     def __init__(self, saga: _Optional[_Union[Saga, _Mapping]] = ..., preview: _Optional[_Union[SagaPreview, _Mapping]] = ...) -> None: ...
 
+class ListDefinitionsRequest(_message.Message):
+    __slots__ = ("include_documents",)
+    INCLUDE_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    include_documents: bool
+    def __init__(self, include_documents: _Optional[bool] = ...) -> None: ...
+
+class ListDefinitionsResponse(_message.Message):
+    __slots__ = ("definitions",)
+    DEFINITIONS_FIELD_NUMBER: _ClassVar[int]
+    definitions: _containers.RepeatedCompositeFieldContainer[DefinitionVersion]
+    def __init__(self, definitions: _Optional[_Iterable[_Union[DefinitionVersion, _Mapping]]] = ...) -> None: ...
+
+class DefinitionVersion(_message.Message):
+    __slots__ = ("name", "version", "hash", "active", "sagas", "document_json", "step_ids")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SAGAS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STEP_IDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    hash: str
+    active: bool
+    sagas: int
+    document_json: str
+    step_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., hash: _Optional[str] = ..., active: _Optional[bool] = ..., sagas: _Optional[int] = ..., document_json: _Optional[str] = ..., step_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SagaPreview(_message.Message):
     __slots__ = ("order_id", "saga_id", "shard_id", "state_now", "end_state", "calls", "saga_type", "key")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -308,6 +308,11 @@ class SagaAdminStub:
                 request_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterRequest.SerializeToString,
                 response_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.ListDefinitions = channel.unary_unary(
+                '/saga.v1.SagaAdmin/ListDefinitions',
+                request_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsRequest.SerializeToString,
+                response_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsResponse.FromString,
+                _registered_method=True)
 
 
 class SagaAdminServicer:
@@ -338,6 +343,14 @@ class SagaAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDefinitions(self, request, context):
+        """The saga definitions the coordinator holds (every version any shard holds), which version each saga type's alias
+        starts new sagas on, and how many sagas still need each version (unfinished, dead-lettered or retained).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SagaAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -355,6 +368,11 @@ def add_SagaAdminServicer_to_server(servicer, server):
                     servicer.ResolveDeadLetter,
                     request_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterRequest.FromString,
                     response_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterResponse.SerializeToString,
+            ),
+            'ListDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDefinitions,
+                    request_deserializer=protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsRequest.FromString,
+                    response_serializer=protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +457,33 @@ class SagaAdmin:
             '/saga.v1.SagaAdmin/ResolveDeadLetter',
             protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterRequest.SerializeToString,
             protos_dot_saga_dot_v1_dot_saga__pb2.ResolveDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saga.v1.SagaAdmin/ListDefinitions',
+            protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsRequest.SerializeToString,
+            protos_dot_saga_dot_v1_dot_saga__pb2.ListDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
