@@ -39,11 +39,12 @@ from shard_router.relay.forwarding import (
     RESOLVE_DEAD_LETTER,
     RETRY_DEAD_LETTER,
     SAGA_SERVICE,
+    START_SAGA,
     Forwarder,
     IncomingCall,
     Reply,
 )
-from shard_router.relay.routing import Router, parse_order_id
+from shard_router.relay.routing import Router, parse_order_id, parse_start, saga_ref
 from shard_router.ring.reload import TopologyManager
 from shard_router.ring.shard_health import ShardHealth
 
@@ -100,9 +101,12 @@ class RouterServicer:
         order_id = parse_order_id(saga_pb2.PlaceOrderRequest, request)
         return await self._router.place_order(order_id, request, caller)
 
+    async def start_saga(self, request: bytes, caller: IncomingCall) -> Reply:
+        return await self._router.start(parse_start(request), START_SAGA, request, caller)
+
     async def get_saga(self, request: bytes, caller: IncomingCall) -> Reply:
-        order_id = parse_order_id(saga_pb2.GetSagaRequest, request)
-        return await self._router.to_holder(order_id, GET_SAGA, request, caller)
+        saga = saga_ref(_decode(saga_pb2.GetSagaRequest, request))
+        return await self._router.to_holder(saga.key, GET_SAGA, request, caller)
 
     async def list_sagas(self, request: bytes, caller: IncomingCall) -> bytes:
         parsed = _decode(saga_pb2.ListSagasRequest, request)
@@ -110,8 +114,8 @@ class RouterServicer:
 
     async def watch_saga(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         try:
-            order_id = parse_order_id(saga_pb2.WatchSagaRequest, request)
-            stream, message = await self._router.open_watch(order_id, request, IncomingCall.from_context(context))
+            saga = saga_ref(_decode(saga_pb2.WatchSagaRequest, request))
+            stream, message = await self._router.open_watch(saga.key, request, IncomingCall.from_context(context))
         except RouterError as e:
             await _abort(context, e)
             raise
@@ -138,11 +142,15 @@ class RouterServicer:
         parsed = _decode(saga_pb2.RetryDeadLetterRequest, request)
         if parsed.all:
             return bytes((await self._fanout.retry_all(request, caller, parsed.dry_run)).SerializeToString())
-        return await self._router.to_holder(parsed.order_id, RETRY_DEAD_LETTER, request, caller)
+        return await self._router.to_holder(saga_ref(parsed).key, RETRY_DEAD_LETTER, request, caller)
 
     async def resolve_dead_letter(self, request: bytes, caller: IncomingCall) -> Reply:
-        order_id = parse_order_id(saga_pb2.ResolveDeadLetterRequest, request)
-        return await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, request, caller)
+        saga = saga_ref(_decode(saga_pb2.ResolveDeadLetterRequest, request))
+        return await self._router.to_holder(saga.key, RESOLVE_DEAD_LETTER, request, caller)
+
+    async def list_definitions(self, request: bytes, caller: IncomingCall) -> bytes:
+        parsed = _decode(saga_pb2.ListDefinitionsRequest, request)
+        return bytes((await self._fanout.list_definitions(parsed, caller)).SerializeToString())
 
     def handlers(self) -> tuple[Any, ...]:
         return (
@@ -150,6 +158,7 @@ class RouterServicer:
                 SAGA_SERVICE,
                 {
                     "PlaceOrder": _unary(self.place_order, "PlaceOrder"),
+                    "StartSaga": _unary(self.start_saga, "StartSaga"),
                     "GetSaga": _unary(self.get_saga, "GetSaga"),
                     "ListSagas": _unary(self.list_sagas, "ListSagas"),
                     "WatchSaga": grpc.unary_stream_rpc_method_handler(self.watch_saga),
@@ -161,6 +170,7 @@ class RouterServicer:
                     "ListDeadLetters": _unary(self.list_dead_letters, "ListDeadLetters"),
                     "RetryDeadLetter": _unary(self.retry_dead_letter, "RetryDeadLetter"),
                     "ResolveDeadLetter": _unary(self.resolve_dead_letter, "ResolveDeadLetter"),
+                    "ListDefinitions": _unary(self.list_definitions, "ListDefinitions"),
                 },
             ),
         )
