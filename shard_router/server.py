@@ -30,6 +30,7 @@ from shard_router.config import ConfigError, RouterConfig
 from shard_router.config import load as load_config
 from shard_router.dashboard.app import Dashboard
 from shard_router.dashboard.shard_stats import ShardStats
+from shard_router.defs.push import DefinitionsPusher
 from shard_router.errors import InvalidArgument, RouterError
 from shard_router.metrics import Metrics, NullMetrics, RouterMetrics
 from shard_router.relay.fanout import FanOut
@@ -227,6 +228,7 @@ class RouterServer:
             (SAGA_SERVICE, ADMIN_SERVICE),
             settings.health_check_timeout_s,
         )
+        self.definitions = DefinitionsPusher(config.definitions_path, current, self.pool, self._metrics)
         self.dashboard: Dashboard | None = None
         if config.dashboard_listen is not None:
             stats = ShardStats(current, settings.dashboard_history_s)
@@ -283,6 +285,7 @@ class RouterServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.topologies.watch(settings.reload_interval_s)))
         self._tasks.append(asyncio.create_task(self.shard_health.run(settings.health_check_interval_s)))
+        self._tasks.append(asyncio.create_task(self.definitions.run(settings.reload_interval_s)))
         if self.dashboard is not None:
             self._tasks.append(asyncio.create_task(self.dashboard.stats.run(settings.dashboard_sample_interval_s)))
         return int(self.port)
