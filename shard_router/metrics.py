@@ -1,7 +1,7 @@
 """Where the router reports what it does: a Metrics protocol the forwarding, reload and health code call, a no-op
 default (tests, and a router started without --metrics-listen), and the Prometheus implementation.
 
-Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: method (the eight saga.v1
+Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: method (the saga.v1
 method names), shard (ids from the shards file), code (gRPC status code names). Never an order id.
 
     saga_router_forward_seconds{method,shard}          one call relayed to a shard, any outcome

@@ -1,8 +1,9 @@
 """The router's gRPC server: saga.v1.SagaCoordinator and saga.v1.SagaAdmin as a shard serves them, plus the health
 service and server reflection, so a client (or grpcurl) cannot tell the router from a shard.
 
-Every method is registered with bytes in and bytes out: requests routed by order are relayed without re-encoding
-(only their order_id is read), and list calls are decoded only because their pages must be merged.
+Every method is registered with bytes in and bytes out: requests routed by saga are relayed without re-encoding (only
+their order_id, or saga_type and key, is read; a StartSaga's input stays an Any whose payload the router never
+parses), and list calls are decoded only because their pages must be merged.
 
 Who may call is decided once, here, by the server's one common.auth interceptor (policy from --auth-policy); the
 principal it authenticated travels on to the shard in metadata (forwarding.IncomingCall), over the router's own mTLS
