@@ -180,6 +180,8 @@ async def _commit(
     try:
         defs_file.write(config.definitions_path, new, expect=history.version)
     except DefinitionsFileError as e:
+        # The shards were shown this history already; the routers show them the file's again (same version number,
+        # the file's aliases win), so committing again after reading the file is safe.
         print(f"saga-router defs: {e}")
         return 2
     for d in loaded:

@@ -140,8 +140,14 @@ class DefinitionsPusher:
 
     @staticmethod
     def _holds(held: ring_pb2.DefinitionsState, history: DefinitionsHistory) -> bool:
+        """Whether the shard holds every version of the history and, at the same history version, its aliases (two
+        racing commits may both have shown the shards a version N+1: the file's is the one that counts)."""
         hashes = {d.hash for d in held.definitions}
-        return held.history_version >= history.version and all(h in hashes for h in history.definitions)
+        if not all(h in hashes for h in history.definitions):
+            return False
+        if held.history_version != history.version:
+            return bool(held.history_version > history.version)
+        return all(held.aliases.get(name) == h for name, h in history.aliases.items())
 
     def _failed(self, sid: str, shard: _Shard, history: DefinitionsHistory, e: grpc.aio.AioRpcError) -> None:
         shard.failures += 1

@@ -144,3 +144,22 @@ async def test_a_router_shows_the_history_to_a_shard_on_a_fresh_journal(tmp_path
         )
         started = await client.saga.StartSaga(start_request("loyal_order", key), timeout=20)
         assert started.state == saga_pb2.SAGA_STATE_SUCCEEDED
+
+
+async def test_a_router_puts_back_the_files_aliases_at_the_same_history_version(tmp_path: Path) -> None:
+    async with real_system(tmp_path) as (system, _):
+        assert await system.defs("commit", str(LOYAL)) == 0
+        stored = json.loads(system.defs_path.read_text())
+        # What a commit that lost the race to write the file leaves on a shard: the same version, other aliases.
+        order_hash = (await held(system, "shard-1")).aliases["order"]
+        async with grpc.aio.insecure_channel(system.apps["shard-1"].address) as channel:
+            await ring_pb2_grpc.RingServiceStub(channel).InstallDefinitions(
+                ring_pb2.InstallDefinitionsRequest(history_version=1, aliases={"loyal_order": order_hash}), timeout=10
+            )
+        assert (await held(system, "shard-1")).aliases["loyal_order"] == order_hash
+        await system.start_router()
+
+        async def restored() -> bool:
+            return (await held(system, "shard-1")).aliases["loyal_order"] == stored["aliases"]["loyal_order"]
+
+        await eventually(restored, timeout_s=10)
