@@ -18,6 +18,7 @@ from protos.saga.v1 import saga_pb2
 from shard_router import RouterServer, load
 from shard_router.config import default_epochs_path
 from shard_router.defs import cli as defs_cli
+from shard_router.metrics import RouterMetrics
 from tests.helpers.coordinator import SagaClient, place_request, shard_config
 from tests.helpers.stubs import running_stubs
 
@@ -68,9 +69,9 @@ class RealSystem:
         shards = [(sid, app.address) for sid, app in self.apps.items()]
         write_shards(self.config_path, shards, FAST, default_epochs_path(self.config_path))
 
-    async def start_router(self) -> SagaClient:
+    async def start_router(self, metrics: RouterMetrics | None = None) -> SagaClient:
         await self.stop_router()
-        self.router = RouterServer(load(self.config_path, listen="127.0.0.1:0", env={}))
+        self.router = RouterServer(load(self.config_path, listen="127.0.0.1:0", env={}), metrics=metrics)
         await self.router.start()
         self.client = SagaClient(f"127.0.0.1:{self.router.port}")
         return self.client

@@ -9,11 +9,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from loguru import logger
 
+from common.definitions import load
 from coordinator.config import Retention
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
 from shard_router import HashRing
+from shard_router.defs import history as defs_history
+from shard_router.defs.history import DefinitionsHistory
+from shard_router.metrics import RouterMetrics
 from tests.helpers.coordinator import place_request
 
 from .conftest import eventually
@@ -133,12 +138,14 @@ async def test_a_router_shows_the_history_to_a_shard_on_a_fresh_journal(tmp_path
         assert "loyal_order" not in (await held(system, "shard-2")).aliases
         system.write_config()  # its new address (same id: same placement)
 
-        client = await system.start_router()
+        metrics = RouterMetrics()
+        client = await system.start_router(metrics)
 
         async def has_it() -> bool:
             return "loyal_order" in (await held(system, "shard-2")).aliases
 
         await eventually(has_it, timeout_s=10)
+        await eventually(lambda: _installed(metrics, "shard-2") == 1)
         key = next(
             k for k in (f"f-{i}" for i in range(100)) if HashRing(["shard-1", "shard-2"], 1024).owner(k) == "shard-2"
         )
@@ -163,3 +170,25 @@ async def test_a_router_puts_back_the_files_aliases_at_the_same_history_version(
             return (await held(system, "shard-1")).aliases["loyal_order"] == stored["aliases"]["loyal_order"]
 
         await eventually(restored, timeout_s=10)
+
+
+def _installed(metrics: RouterMetrics, shard_id: str) -> float | None:
+    return metrics.registry.get_sample_value("saga_router_definitions_installed", {"shard": shard_id})
+
+
+async def test_a_router_logs_a_shards_refusal_of_the_history_at_error(tmp_path: Path) -> None:
+    async with real_system(tmp_path) as (system, _):
+        # A file no `defs commit` would write (every shard refuses it): as a hand edit or a bad restore leaves it.
+        fraud = load(variant(tmp_path, "fraud", **{"service: loyalty": "service: fraud"}))
+        defs_history.write(system.defs_path, DefinitionsHistory().committed([fraud]), expect=0)
+        errors: list[str] = []
+        sink = logger.add(errors.append, level="ERROR", format="{message}")
+        try:
+            metrics = RouterMetrics()
+            await system.start_router(metrics)
+            await eventually(lambda: sum("refused definitions history version 1" in e for e in errors) == 2)
+        finally:
+            logger.remove(sink)
+        assert all("no address" in e and "fraud" in e for e in errors if "refused definitions" in e)
+        assert "loyal_order" not in (await held(system, "shard-1")).aliases
+        assert _installed(metrics, "shard-1") is None
