@@ -98,6 +98,10 @@ async def test_a_commit_a_shard_refuses_writes_nothing(tmp_path: Path, capsys: p
         assert "nothing committed" in capsys.readouterr().out
         assert not system.defs_path.exists()
 
+        assert await system.defs("commit", str(LOYAL), "--expect-version", "3") == 2
+        assert "at version 0, not 3" in capsys.readouterr().out
+        assert await system.defs("commit", str(LOYAL), "--expect-version", "0") == 0
+
 
 async def test_drop_waits_until_no_saga_needs_the_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Finished sagas leave the journal a second after they finish, so the version is free again soon.
