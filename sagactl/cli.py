@@ -9,6 +9,7 @@
     sagactl dlq resolve ORDER_ID --reason R
     sagactl dlq retry|resolve ... --dry-run      what it would do (every call, its key, the end state); changes nothing
     sagactl top [--interval 2] [--once]
+    sagactl defs list                            saga definition versions: type, version, hash, active, sagas
 
 Target: --router HOST:PORT, else $SAGA_ROUTER, else 127.0.0.1:50051. With --tls-cert, --tls-key and --tls-ca, sagactl
 speaks mutual TLS (the router's certificate must name the host dialled); without them plaintext, which is refused to a
@@ -152,6 +153,15 @@ def _parser() -> argparse.ArgumentParser:
     dv.add_argument("order_id")
     dv.add_argument("--reason", required=True, help="what was done (required; written to the saga's event log)")
     dv.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+
+    defs = sub.add_parser("defs", help="saga definitions (committed with `saga-router defs commit`)")
+    defsub = defs.add_subparsers(dest="defs_command", required=True, metavar="ACTION")
+    defsub.add_parser(
+        "list",
+        parents=[common],
+        help="every version the shards hold, whether new sagas start on it, its sagas",
+        epilog=epilog,
+    )
 
     j = sub.add_parser(
         "journals", parents=[common], help="each shard's journal and replica (its /metrics)", epilog=epilog
@@ -297,6 +307,15 @@ def _dlq(c: Client, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _defs(c: Client, ns: argparse.Namespace) -> int:
+    listed = c.list_definitions()
+    if ns.json:
+        render.print_json({"definitions": [render.to_dict(d) for d in listed.definitions]})
+    else:
+        render.table(render.definition_rows(listed.definitions), render.DEFINITION_HEADERS)
+    return EXIT_OK
+
+
 def _dry_run(ns: argparse.Namespace, order_ids: list[str], previews: Sequence[saga_pb2.SagaPreview]) -> int:
     """Prints what `dlq retry` or `dlq resolve` would do; nothing was changed, so this is always exit code 0."""
     if ns.json:
@@ -334,6 +353,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         "list": _list,
         "watch": _watch,
         "dlq": _dlq,
+        "defs": _defs,
         "top": top.run,
         "journals": journals.run,
     }

@@ -196,3 +196,11 @@ DEAD_LETTER_HEADERS = ("order", "step", "shard", "parked", "attempts", "status",
 def json_line(message: Message) -> str:
     """One message as compact JSON on one line (streams: one line per update)."""
     return json.dumps(to_dict(message), separators=(",", ":"))
+
+
+def definition_rows(definitions: Iterable[saga_pb2.DefinitionVersion]) -> list[list[object]]:
+    # 12 hex digits tell versions apart in a table; --json shows the whole hash.
+    return [[d.name, d.version, d.hash[:12], "yes" if d.active else "", d.sagas] for d in definitions]
+
+
+DEFINITION_HEADERS = ("type", "version", "hash", "active", "sagas")

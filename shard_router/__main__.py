@@ -6,6 +6,7 @@
     python -m shard_router epochs list --config deploy/local/shards.toml [--epochs PATH]
     python -m shard_router epochs commit --config deploy/local/shards.toml [--epochs PATH]
     python -m shard_router epochs drop --through N --config deploy/local/shards.toml [--epochs PATH] [--force]
+    python -m shard_router defs list|commit FILE...|drop HASH --config deploy/local/shards.toml [--epochs PATH]
 
 SIGTERM/SIGINT stop the router gracefully; SIGHUP reloads the config now (it is also polled about once a second).
 """
@@ -25,6 +26,7 @@ from common.auth import AuthConfigError, AuthPolicy, add_auth_arguments, auth_po
 from common.ring import EpochError
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from shard_router.config import ConfigError, RouterConfig, load
+from shard_router.defs import cli as defs_cli
 from shard_router.ring import epochs_cli
 from shard_router.ring.reload import RingChangeRefused
 from shard_router.server import RouterServer
@@ -34,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="saga-router",
         description="Routes saga.v1 calls to coordinator shards by consistent hashing of order_id.",
-        epilog="Subcommand: `saga-router epochs {list,commit,drop} ...` shows, extends or trims the ring history.",
+        epilog="Subcommands: `saga-router epochs {list,commit,drop} ...` shows, extends or trims the ring history;"
+        " `saga-router defs {list,commit,drop} ...` the saga definitions history.",
     )
     p.add_argument("--listen", help="host:port to serve on (default 127.0.0.1:50051, or $SAGA_ROUTER_LISTEN)")
     p.add_argument("--config", help="the shards TOML file (or $SAGA_ROUTER_CONFIG)")
@@ -79,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["epochs"]:
         return epochs_cli.main(args[1:])
+    if args[:1] == ["defs"]:
+        return defs_cli.main(args[1:])
     ns = _parser().parse_args(args)
     try:
         config = load(

@@ -167,6 +167,12 @@ class RouterConfig:
     """Certificate, key and CA for mutual TLS with clients and shards ([tls] or --tls-*); none: plaintext (loopback
     only unless tls.insecure)."""
 
+    @property
+    def definitions_path(self) -> Path:
+        """The saga definitions history (shard_router.defs.history): always beside the epochs file, so the two travel
+        together (one ConfigMap, one backup)."""
+        return definitions_path_for(self.epochs_path)
+
 
 def check_address(name: str, value: object) -> str:
     if value is None:
@@ -182,6 +188,13 @@ def check_address(name: str, value: object) -> str:
 def default_epochs_path(config_path: Path) -> Path:
     """``shards.toml`` keeps its earlier rings in ``shards.epochs.json`` beside it."""
     return config_path.with_name(config_path.stem + ".epochs.json")
+
+
+def definitions_path_for(epochs_path: Path) -> Path:
+    """``shards.epochs.json`` -> ``shards.defs.json``; any other name ``<stem>.defs.json``, in the same directory."""
+    name = epochs_path.name
+    base = name.removesuffix(".epochs.json") if name.endswith(".epochs.json") else epochs_path.stem
+    return epochs_path.with_name(base + ".defs.json")
 
 
 def load(

@@ -1,7 +1,7 @@
 """Where the router reports what it does: a Metrics protocol the forwarding, reload and health code call, a no-op
 default (tests, and a router started without --metrics-listen), and the Prometheus implementation.
 
-Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: method (the eight saga.v1
+Names follow Prometheus conventions (base units, _total, _seconds); labels are bounded: method (the saga.v1
 method names), shard (ids from the shards file), code (gRPC status code names). Never an order id.
 
     saga_router_forward_seconds{method,shard}          one call relayed to a shard, any outcome
@@ -15,6 +15,8 @@ method names), shard (ids from the shards file), code (gRPC status code names). 
                                                        not-owner, conflict), each followed by a ring refresh
     saga_router_shard_up{shard}                        1 if the shard answered its last health check SERVING
     saga_router_shards_up                              how many did; the router reports NOT_SERVING at 0
+    saga_router_definitions_installed{shard}           the definitions history version the shard was last seen to
+                                                       hold (shard_router.defs.push)
     saga_router_auth_denied_total{code,reason}         calls refused by the auth interceptor (UNAUTHENTICATED or
                                                        PERMISSION_DENIED; reason: no_credentials, bad_token, ...)
 """
@@ -48,6 +50,9 @@ class Metrics(Protocol):
     def auth_denied(self, code: str, reason: str) -> None:
         """A call was refused before its handler ran (common.auth.OnDenied)."""
 
+    def definitions_installed(self, shard_id: str, history_version: int) -> None:
+        """The shard holds this definitions history version (at least)."""
+
 
 class NullMetrics:
     """Records nothing."""
@@ -68,6 +73,9 @@ class NullMetrics:
         pass
 
     def auth_denied(self, code: str, reason: str) -> None:
+        pass
+
+    def definitions_installed(self, shard_id: str, history_version: int) -> None:
         pass
 
 
@@ -111,6 +119,12 @@ class RouterMetrics:
         self.auth_denials = Counter(
             "saga_router_auth_denied", "Calls refused before any handler ran", ["code", "reason"], registry=r
         )
+        self.definitions = Gauge(
+            "saga_router_definitions_installed",
+            "The definitions history version the shard was last seen to hold",
+            ["shard"],
+            registry=r,
+        )
         self._known: set[str] = set()
         # Children of a labelled metric are looked up by a dict under a lock; caching them keeps a relay's cost to
         # two observations.
@@ -148,3 +162,6 @@ class RouterMetrics:
 
     def auth_denied(self, code: str, reason: str) -> None:
         self.auth_denials.labels(code, reason).inc()
+
+    def definitions_installed(self, shard_id: str, history_version: int) -> None:
+        self.definitions.labels(shard_id).set(history_version)

@@ -1,8 +1,9 @@
 """The router's gRPC server: saga.v1.SagaCoordinator and saga.v1.SagaAdmin as a shard serves them, plus the health
 service and server reflection, so a client (or grpcurl) cannot tell the router from a shard.
 
-Every method is registered with bytes in and bytes out: requests routed by order are relayed without re-encoding
-(only their order_id is read), and list calls are decoded only because their pages must be merged.
+Every method is registered with bytes in and bytes out: requests routed by saga are relayed without re-encoding (only
+their order_id, or saga_type and key, is read; a StartSaga's input stays an Any whose payload the router never
+parses), and list calls are decoded only because their pages must be merged.
 
 Who may call is decided once, here, by the server's one common.auth interceptor (policy from --auth-policy); the
 principal it authenticated travels on to the shard in metadata (forwarding.IncomingCall), over the router's own mTLS
@@ -30,6 +31,7 @@ from shard_router.config import ConfigError, RouterConfig
 from shard_router.config import load as load_config
 from shard_router.dashboard.app import Dashboard
 from shard_router.dashboard.shard_stats import ShardStats
+from shard_router.defs.push import DefinitionsPusher
 from shard_router.errors import InvalidArgument, RouterError
 from shard_router.metrics import Metrics, NullMetrics, RouterMetrics
 from shard_router.relay.fanout import FanOut
@@ -39,11 +41,12 @@ from shard_router.relay.forwarding import (
     RESOLVE_DEAD_LETTER,
     RETRY_DEAD_LETTER,
     SAGA_SERVICE,
+    START_SAGA,
     Forwarder,
     IncomingCall,
     Reply,
 )
-from shard_router.relay.routing import Router, parse_order_id
+from shard_router.relay.routing import Router, parse_order_id, parse_start, saga_ref
 from shard_router.ring.reload import TopologyManager
 from shard_router.ring.shard_health import ShardHealth
 
@@ -100,9 +103,12 @@ class RouterServicer:
         order_id = parse_order_id(saga_pb2.PlaceOrderRequest, request)
         return await self._router.place_order(order_id, request, caller)
 
+    async def start_saga(self, request: bytes, caller: IncomingCall) -> Reply:
+        return await self._router.start(parse_start(request), START_SAGA, request, caller)
+
     async def get_saga(self, request: bytes, caller: IncomingCall) -> Reply:
-        order_id = parse_order_id(saga_pb2.GetSagaRequest, request)
-        return await self._router.to_holder(order_id, GET_SAGA, request, caller)
+        saga = saga_ref(_decode(saga_pb2.GetSagaRequest, request))
+        return await self._router.to_holder(saga.key, GET_SAGA, request, caller)
 
     async def list_sagas(self, request: bytes, caller: IncomingCall) -> bytes:
         parsed = _decode(saga_pb2.ListSagasRequest, request)
@@ -110,8 +116,8 @@ class RouterServicer:
 
     async def watch_saga(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         try:
-            order_id = parse_order_id(saga_pb2.WatchSagaRequest, request)
-            stream, message = await self._router.open_watch(order_id, request, IncomingCall.from_context(context))
+            saga = saga_ref(_decode(saga_pb2.WatchSagaRequest, request))
+            stream, message = await self._router.open_watch(saga.key, request, IncomingCall.from_context(context))
         except RouterError as e:
             await _abort(context, e)
             raise
@@ -138,11 +144,15 @@ class RouterServicer:
         parsed = _decode(saga_pb2.RetryDeadLetterRequest, request)
         if parsed.all:
             return bytes((await self._fanout.retry_all(request, caller, parsed.dry_run)).SerializeToString())
-        return await self._router.to_holder(parsed.order_id, RETRY_DEAD_LETTER, request, caller)
+        return await self._router.to_holder(saga_ref(parsed).key, RETRY_DEAD_LETTER, request, caller)
 
     async def resolve_dead_letter(self, request: bytes, caller: IncomingCall) -> Reply:
-        order_id = parse_order_id(saga_pb2.ResolveDeadLetterRequest, request)
-        return await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, request, caller)
+        saga = saga_ref(_decode(saga_pb2.ResolveDeadLetterRequest, request))
+        return await self._router.to_holder(saga.key, RESOLVE_DEAD_LETTER, request, caller)
+
+    async def list_definitions(self, request: bytes, caller: IncomingCall) -> bytes:
+        parsed = _decode(saga_pb2.ListDefinitionsRequest, request)
+        return bytes((await self._fanout.list_definitions(parsed, caller)).SerializeToString())
 
     def handlers(self) -> tuple[Any, ...]:
         return (
@@ -150,6 +160,7 @@ class RouterServicer:
                 SAGA_SERVICE,
                 {
                     "PlaceOrder": _unary(self.place_order, "PlaceOrder"),
+                    "StartSaga": _unary(self.start_saga, "StartSaga"),
                     "GetSaga": _unary(self.get_saga, "GetSaga"),
                     "ListSagas": _unary(self.list_sagas, "ListSagas"),
                     "WatchSaga": grpc.unary_stream_rpc_method_handler(self.watch_saga),
@@ -161,6 +172,7 @@ class RouterServicer:
                     "ListDeadLetters": _unary(self.list_dead_letters, "ListDeadLetters"),
                     "RetryDeadLetter": _unary(self.retry_dead_letter, "RetryDeadLetter"),
                     "ResolveDeadLetter": _unary(self.resolve_dead_letter, "ResolveDeadLetter"),
+                    "ListDefinitions": _unary(self.list_definitions, "ListDefinitions"),
                 },
             ),
         )
@@ -217,6 +229,7 @@ class RouterServer:
             (SAGA_SERVICE, ADMIN_SERVICE),
             settings.health_check_timeout_s,
         )
+        self.definitions = DefinitionsPusher(config.definitions_path, current, self.pool, self._metrics)
         self.dashboard: Dashboard | None = None
         if config.dashboard_listen is not None:
             stats = ShardStats(current, settings.dashboard_history_s)
@@ -273,6 +286,7 @@ class RouterServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.topologies.watch(settings.reload_interval_s)))
         self._tasks.append(asyncio.create_task(self.shard_health.run(settings.health_check_interval_s)))
+        self._tasks.append(asyncio.create_task(self.definitions.run(settings.reload_interval_s)))
         if self.dashboard is not None:
             self._tasks.append(asyncio.create_task(self.dashboard.stats.run(settings.dashboard_sample_interval_s)))
         return int(self.port)

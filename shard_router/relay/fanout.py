@@ -1,4 +1,5 @@
-"""Calls that concern every shard: ListSagas and ListDeadLetters (merged pages) and RetryDeadLetter(all).
+"""Calls that concern every shard: ListSagas and ListDeadLetters (merged pages), RetryDeadLetter(all), and
+ListDefinitions (merged by hash).
 
 Merging pages. Each shard lists its own items in order (sagas newest first by created_at, dead letters oldest first by
 parked_at) behind its own opaque page tokens. The router merges the shards' lists like a k-way merge and remembers, per
@@ -28,6 +29,7 @@ from shard_router.config import RouterSettings
 from shard_router.errors import InvalidArgument, ShardStatus
 from shard_router.relay.forwarding import (
     LIST_DEAD_LETTERS,
+    LIST_DEFINITIONS,
     LIST_SAGAS,
     RETRY_DEAD_LETTER,
     Forwarder,
@@ -251,6 +253,30 @@ _DEAD_LETTERS: _Listing[Any, saga_pb2.DeadLetter] = _Listing(
     lambda d: (d.parked_at.seconds, d.parked_at.nanos),  # oldest first
 )
 _RETRY_DEAD_LETTER = Method(RETRY_DEAD_LETTER, saga_pb2.RetryDeadLetterResponse.FromString)
+_LIST_DEFINITIONS = Method(LIST_DEFINITIONS, saga_pb2.ListDefinitionsResponse.FromString)
+
+
+def merge_definitions(answers: Sequence[saga_pb2.ListDefinitionsResponse]) -> saga_pb2.ListDefinitionsResponse:
+    """One entry per hash over the shards' answers: `sagas` summed; `active` only if the alias points at it on every
+    shard that answered (a version some shard does not start new sagas on is not what the type starts on, and a
+    half-installed commit shows as such); grouped by saga type, each type's versions in the order first seen (a shard
+    lists them oldest first)."""
+    merged: dict[str, saga_pb2.DefinitionVersion] = {}
+    active_on: dict[str, int] = {}
+    for answer in answers:
+        for d in answer.definitions:
+            entry = merged.get(d.hash)
+            if entry is None:
+                entry = merged[d.hash] = saga_pb2.DefinitionVersion()
+                entry.CopyFrom(d)
+                entry.sagas = 0
+            entry.sagas += d.sagas
+            active_on[d.hash] = active_on.get(d.hash, 0) + int(d.active)
+    out = saga_pb2.ListDefinitionsResponse()
+    for d in sorted(merged.values(), key=lambda d: d.name):  # stable: versions keep their order within a type
+        d.active = active_on[d.hash] == len(answers)
+        out.definitions.append(d)
+    return out
 
 
 class FanOut:
@@ -348,3 +374,19 @@ class FanOut:
                 f" (resumed {len(merged.order_ids)} on {', '.join(done) or 'no shard'}; calling again is safe)"
             )
         return merged
+
+    async def list_definitions(
+        self, request: saga_pb2.ListDefinitionsRequest, caller: IncomingCall
+    ) -> saga_pb2.ListDefinitionsResponse:
+        """ListDefinitions of every shard, merged (merge_definitions). Every shard must answer, as for the lists: a
+        count that silently skipped a down shard would let an operator drop a version its sagas still need."""
+        topo = self._topology()
+        body = bytes(request.SerializeToString())
+
+        async def one(sid: str) -> saga_pb2.ListDefinitionsResponse:
+            try:
+                return await self._forwarder.call(sid, topo.addresses[sid], _LIST_DEFINITIONS, body, caller)
+            except ShardStatus as e:
+                raise e.with_context(f"ListDefinitions needs every shard; shard {sid} did not answer") from None
+
+        return merge_definitions(await run_all([one(sid) for sid in topo.shard_ids]))

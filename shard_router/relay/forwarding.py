@@ -31,12 +31,14 @@ from shard_router.metrics import Metrics
 SAGA_SERVICE = "saga.v1.SagaCoordinator"
 ADMIN_SERVICE = "saga.v1.SagaAdmin"
 PLACE_ORDER = f"/{SAGA_SERVICE}/PlaceOrder"
+START_SAGA = f"/{SAGA_SERVICE}/StartSaga"
 GET_SAGA = f"/{SAGA_SERVICE}/GetSaga"
 LIST_SAGAS = f"/{SAGA_SERVICE}/ListSagas"
 WATCH_SAGA = f"/{SAGA_SERVICE}/WatchSaga"
 LIST_DEAD_LETTERS = f"/{ADMIN_SERVICE}/ListDeadLetters"
 RETRY_DEAD_LETTER = f"/{ADMIN_SERVICE}/RetryDeadLetter"
 RESOLVE_DEAD_LETTER = f"/{ADMIN_SERVICE}/ResolveDeadLetter"
+LIST_DEFINITIONS = f"/{ADMIN_SERVICE}/ListDefinitions"
 
 R = TypeVar("R")
 

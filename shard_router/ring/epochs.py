@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from common.ring import EpochError, EpochHistory
@@ -39,39 +40,48 @@ def read(path: Path) -> EpochHistory:
 def write(path: Path, history: EpochHistory, expect: int | None = None) -> None:
     """Replaces path atomically with history. expect: the current epoch number the caller read (0: no file yet); if
     the file holds another one now, nothing is written (EpochError), so two concurrent writers cannot both win."""
-    body = json.dumps(history.to_json(), indent=2) + "\n"
+
+    def check() -> None:
+        if expect is not None and (found := read(path).number) != expect:
+            raise EpochError(
+                f"epochs file {path} changed meanwhile (epoch {found}, expected {expect}): nothing written;"
+                " run the command again"
+            )
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            # Check and rename under one lock (on the directory: no lock file left behind): two commands racing on
-            # this file cannot both pass the check.
-            lock = os.open(path.parent, os.O_RDONLY)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if expect is not None and (found := read(path).number) != expect:
-                    raise EpochError(
-                        f"epochs file {path} changed meanwhile (epoch {found}, expected {expect}): nothing written;"
-                        " run the command again"
-                    )
-                os.replace(tmp, path)
-            finally:
-                os.close(lock)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        # The rename itself is durable only once the directory entry is.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(path, json.dumps(history.to_json(), indent=2) + "\n", check)
     except OSError as e:
         raise EpochError(f"cannot write epochs file {path}: {e}") from e
+
+
+def replace_file(path: Path, body: str, check: Callable[[], None]) -> None:
+    """Replaces path with body atomically (temporary file, fsync, rename, fsync of the directory), calling check()
+    just before the rename under a lock on the directory: two commands racing on one file cannot both pass their
+    check. Whatever check raises leaves the file as it was. OSError if the file cannot be written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        # The lock is on the directory: no lock file left behind.
+        lock = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            check()
+            os.replace(tmp, path)
+        finally:
+            os.close(lock)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the directory entry is.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def committed(history: EpochHistory, ring: RingSpec, now_epoch_ms: int) -> EpochHistory:

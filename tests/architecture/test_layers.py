@@ -50,6 +50,7 @@ LEVELS: dict[str, list[set[str]]] = {
     "shard_router": [
         {"config", "errors", "metrics", "channels"},
         {"ring"},
+        {"defs"},
         {"relay"},
         {"dashboard"},
         {"server"},

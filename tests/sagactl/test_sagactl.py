@@ -223,3 +223,15 @@ def test_journals_shows_each_shards_journal_from_its_metrics(live: LiveCluster) 
     down = ctl(live, "journals", "--metrics", f"127.0.0.1:{free_port()}")
     assert down.returncode == 3 and "unreachable" in down.stdout
     assert ctl(live, "journals").returncode == 2  # neither --metrics nor --shards-file
+
+
+def test_defs_list_shows_every_version_the_shards_hold(live: LiveCluster) -> None:
+    table = ctl(live, "defs", "list")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["TYPE", "VERSION", "HASH", "ACTIVE", "SAGAS"]
+    assert rows and rows[0].split()[:4][0] == "order" and "yes" in rows[0].split()
+    as_json = ctl(live, "defs", "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    (order,) = [d for d in json.loads(as_json.stdout)["definitions"] if d["name"] == "order"]
+    assert order["active"] and len(order["hash"]) == 32 and order["step_ids"][0] == "create_order"

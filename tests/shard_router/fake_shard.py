@@ -125,12 +125,22 @@ class FakeShard(saga_pb2_grpc.SagaCoordinatorServicer, saga_pb2_grpc.SagaAdminSe
             order_id=saga.order_id, status=saga_pb2.SUCCESS, saga_id=saga.saga_id, state=saga.state
         )
 
+    async def StartSaga(self, request: saga_pb2.StartSagaRequest, context: Any) -> saga_pb2.StartSagaResponse:
+        key = journal_key(request.saga_type, request.key)
+        await self._enter("StartSaga", key, context)
+        saga = self.sagas.get(key) or self.add_saga(key)
+        return saga_pb2.StartSagaResponse(
+            saga_type=request.saga_type, key=request.key, saga_id=saga.saga_id, state=saga.state
+        )
+
     async def GetSaga(self, request: saga_pb2.GetSagaRequest, context: Any) -> saga_pb2.Saga:
-        await self._enter("GetSaga", request.order_id, context)
+        # Called with order_id, or saga_type and key (recorded as the shard's journal key, "<type>/<key>").
+        key = request.order_id or journal_key(request.saga_type or "order", request.key)
+        await self._enter("GetSaga", key, context)
         await asyncio.sleep(self.get_delay_s)
-        saga = self.sagas.get(request.order_id)
+        saga = self.sagas.get(key)
         if saga is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no saga for order {request.order_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no saga for order {key!r}")
         return saga
 
     async def ListSagas(self, request: saga_pb2.ListSagasRequest, context: Any) -> saga_pb2.ListSagasResponse:
@@ -205,6 +215,11 @@ class FakeShard(saga_pb2_grpc.SagaCoordinatorServicer, saga_pb2_grpc.SagaAdminSe
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no saga for order {request.order_id!r}")
         saga.state = saga_pb2.SAGA_STATE_RESOLVED
         return saga_pb2.ResolveDeadLetterResponse(saga=saga)
+
+
+def journal_key(saga_type: str, key: str) -> str:
+    """Where a real shard stores the saga of a type and key: the order flow under its order id, others as "T/K"."""
+    return key if saga_type == "order" else f"{saga_type}/{key}"
 
 
 def _page(items: list[Any], page_size: int, token: str) -> tuple[list[Any], str]:

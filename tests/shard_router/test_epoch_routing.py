@@ -118,3 +118,19 @@ async def test_epochs_are_dropped_only_once_no_saga_needs_them(cluster: Cluster)
         await coordinator.GetSaga(saga_pb2.GetSagaRequest(order_id=MOVED[0]), timeout=5)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert await asyncio.to_thread(epochs_cli.main, ["list", "--config", str(cluster.config_path)]) == 0
+
+
+async def test_a_start_saga_after_a_reshard_asks_old_owners_by_type_and_key(cluster: Cluster) -> None:
+    await _resharded(cluster)  # the old owners hold ORDERS as order-flow sagas
+    coordinator, _ = cluster.stubs(cluster.routers[0])
+    key = MOVED[0]
+    old = cluster.shards[RING3.owner(key)]
+    # The return flow of an order whose order-flow saga is on its old owner is another saga: it starts on the new owner.
+    started = await coordinator.StartSaga(saga_pb2.StartSagaRequest(saga_type="returns", key=key), timeout=5)
+    assert f"returns/{key}" in cluster.shards["shard-4"].sagas and started.saga_id == f"saga-returns/{key}"
+    assert [c.order_id for c in old.calls_to("GetSaga")] == [f"returns/{key}"]  # probed by type and key
+    # The order flow of that key, started by StartSaga, joins the saga PlaceOrder made on the old owner.
+    joined = await coordinator.StartSaga(saga_pb2.StartSagaRequest(saga_type="order", key=key), timeout=5)
+    assert joined.saga_id == f"saga-{key}" and old.calls_to("StartSaga")
+    got = await coordinator.GetSaga(saga_pb2.GetSagaRequest(saga_type="returns", key=key), timeout=5)
+    assert got.shard_id == "shard-4"
