@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV_LINE = re.compile(r"^R=\S+; S=\S+; G=")
+ENV_LINE = re.compile(r"^R=\S+; S=\S+; (D=\S+; )?G=")
 
 
 @dataclass
@@ -91,9 +91,14 @@ def _expected_pairs(shown: str) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def run(walk: Walkthrough, router: str, stubs: str, workdir: Path, timeout_s: float = 120.0) -> list[str]:
-    """Runs every command; returns what did not match the page (empty: the page is true)."""
+def run(
+    walk: Walkthrough, router: str, stubs: str, workdir: Path, timeout_s: float = 120.0, data_dir: Path | None = None
+) -> list[str]:
+    """Runs every command; returns what did not match the page (empty: the page is true). data_dir: what the page's D
+    (the data directory of `make run`) stands for."""
     prelude = [re.sub(r"^R=\S+; S=\S+;", f"R={router}; S={stubs};", p) for p in walk.prelude]
+    if data_dir is not None:
+        prelude = [re.sub(r"; D=\S+;", f"; D={data_dir};", p) for p in prelude]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "PWD": str(workdir)}
     problems = []
     for cmd in walk.commands:
