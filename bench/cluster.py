@@ -4,11 +4,14 @@ same flags, stubs durable), on free loopback ports with fresh journals in the ru
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.definitions.check import load
 from common.tls import TlsFiles
 from deploy.local import Child, LaunchError, LocalSystem, SystemOptions, free_port
 
@@ -84,6 +87,19 @@ class Cluster:
 
     def of_kind(self, kind: str) -> list[Member]:
         return [m for m in self.children if m.kind == kind]
+
+    def commit_definition(self, path: str) -> str:
+        """Commits a definition file as an operator would (`saga-router defs commit`); returns its saga type."""
+        if self.system.options.tls:
+            raise ValueError("a definition is committed over plaintext here: run it without --tls")
+        done = subprocess.run(
+            [sys.executable, "-m", "shard_router", "defs", "commit", path, "--config", str(self.system.router_config),
+             "--epochs", str(self.system.epochs_file)],
+            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"defs commit {path} failed: {done.stdout}{done.stderr}")
+        return str(load(Path(path)).name)
 
     @property
     def router_address(self) -> str:

@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import uvloop
+from google.protobuf import any_pb2
 
 from common.tls import TlsFiles
-from protos.saga.v1 import saga_pb2
+from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from sagaclient import NO_RETRY, PaymentInfo, SagaClient, SagaError
 
 TOKEN_OK = "tok_ok"
@@ -71,6 +73,8 @@ class Spec:
     vnodes: int = 1024
     tls: tuple[str, str, str] | None = None
     """(cert, key, ca) files for mutual TLS with the router (or shards); None: plaintext."""
+    saga_type: str = "order"
+    """"order": PlaceOrder; any other: StartSaga of that type (a committed definition whose input is the order)."""
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Generator:
         self.spec = spec
         self._client_for = client_for
         self._rng = random.Random(spec.seed * 1_000 + spec.worker)
+        self._stubs: dict[int, saga_pb2_grpc.SagaCoordinatorStub] = {}
 
     def _requests(self, prefix: str, n: int) -> list[Request]:
         out = []
@@ -113,6 +118,8 @@ class Generator:
         return out
 
     async def _call(self, r: Request) -> str:
+        if self.spec.saga_type != "order":
+            return await self._start(r)
         try:
             reply = await r.client.place_order(
                 r.order_id, r.user_id, _LINES, _PAYMENT[r.declined], timeout_s=CALL_TIMEOUT_S
@@ -120,6 +127,23 @@ class Generator:
         except SagaError as e:
             return str(e.code.name)
         return str(saga_pb2.PlaceOrderStatus.Name(reply.status))
+
+    async def _start(self, r: Request) -> str:
+        """StartSaga of the spec's type with the same order as input, as a user of the generic call sends it."""
+        stub = self._stubs.get(id(r.client))
+        if stub is None:
+            stub = self._stubs[id(r.client)] = saga_pb2_grpc.SagaCoordinatorStub(r.client.channel)
+        order = saga_pb2.PlaceOrderRequest(
+            order_id=r.order_id, user_id=r.user_id, items=_LINES, payment_info=_PAYMENT[r.declined]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(order)
+        request = saga_pb2.StartSagaRequest(saga_type=self.spec.saga_type, key=r.order_id, input=packed)
+        try:
+            reply = await stub.StartSaga(request, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            return str(e.code().name)
+        return "SUCCESS" if reply.state == saga_pb2.SAGA_STATE_SUCCEEDED else "FAILED"
 
     async def closed(self, prefix: str, n: int, concurrency: int) -> Result:
         requests = self._requests(prefix, n)

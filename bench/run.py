@@ -69,6 +69,9 @@ class RunConfig:
     """With tracing: the OTLP protocol the processes export over ("grpc" or "http/protobuf")."""
     commit_window_ms: float | None = None
     """The shards' [group_commit] window_ms (None: their default; 0: no window)."""
+    definition: str = ""
+    """A definition file committed (saga-router defs commit) before the load: the sagas are StartSagas of its type,
+    with the order as their input. "": PlaceOrder, the order flow."""
 
     @property
     def label(self) -> str:
@@ -88,6 +91,8 @@ class RunConfig:
                 base += f"{self.trace_ratio:g}"
         if self.commit_window_ms is not None:
             base += f"-cw{self.commit_window_ms:g}"
+        if self.definition:
+            base += f"-{Path(self.definition).stem}"
         return f"{base}-s{self.shards}"
 
 
@@ -146,7 +151,7 @@ def _read_line(proc: subprocess.Popen[str], name: str, expect: str) -> None:
         print(f"  {name}: {line.rstrip()}", file=sys.stderr)
 
 
-def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path) -> list[Spec]:
+def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path, saga_type: str = "order") -> list[Spec]:
     router = cluster.router_address
     shards = tuple((c.name, c.address) for c in cluster.of_kind("shard"))
     n = cfg.loadgen_procs
@@ -169,6 +174,7 @@ def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path) -> list[Spec]:
                 result_path=str(workdir / f"loadgen-{w}.json"),
                 shards=shards,
                 direct=cfg.direct,
+                saga_type=saga_type,
             )
         )
     return specs
@@ -192,7 +198,8 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     try:
         print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
         cluster.start()
-        specs = _specs(cfg, cluster, workdir)
+        saga_type = cluster.commit_definition(cfg.definition) if cfg.definition else "order"
+        specs = _specs(cfg, cluster, workdir, saga_type)
         if cfg.tls:
             files = cluster.client_tls("client")
             specs = [replace(s, tls=(str(files.cert), str(files.key), str(files.ca))) for s in specs]

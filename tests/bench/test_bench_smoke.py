@@ -144,3 +144,17 @@ def test_a_sampled_traced_run_keeps_its_failed_sagas_and_measures_scrapes(tmp_pa
     assert figures["spans_received"] <= (failed + 2) * 9  # the 2 warm-up sagas may be declined too
     assert set(figures["scrape_cpu_ms"]) == {"router", "shard", "stubs"}
     assert all(v > 0 for v in figures["scrape_cpu_ms"].values())
+
+
+def test_a_run_of_a_second_saga_type(tmp_path: Path) -> None:
+    """`--definition FILE`: the file committed as an operator would, then StartSagas of its type (five steps)."""
+    proc = _bench(
+        "--sagas", "20", "--warmup", "2", "--shards", "1", "--concurrency", "4", "--no-floor", "--no-budget",
+        "--definition", "docs/definitions/order_loyalty.yaml", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["label"].endswith("-order_loyalty-s1")
+    assert figures["outcomes"] == {"SUCCESS": 20} and figures["errors"] == 0
+    assert figures["stub_calls_per_saga"] == 5.0  # the points step too
+    assert figures["ledger_checked"] == 20 and figures["ledger_violations"] == 0
