@@ -41,17 +41,23 @@ def install_loyalty(shard_addresses: Iterable[str], history_version: int = 1) ->
     return loyalty
 
 
-def start_loyalty(
-    shards: dict[str, str], request: saga_pb2.PlaceOrderRequest, no_wait: bool = False
-) -> saga_pb2.StartSagaResponse:
-    """StartSaga of type order_loyalty keyed by request.order_id, sent to the shard the current ring places that key
-    on (the ring hashes a saga's key whatever its type). shards: shard id -> address."""
+def owner_address(shards: dict[str, str], key: str) -> str:
+    """The address of the shard the current ring places key on (it hashes a saga's key whatever its type).
+    shards: shard id -> address."""
     with grpc.insecure_channel(next(iter(shards.values()))) as channel:
         reply = ring_pb2_grpc.RingServiceStub(channel).GetRing(ring_pb2.GetRingRequest(), timeout=10)
     epoch = history_from_message(reply.history).current
     assert epoch is not None, "the shards hold no ring yet"
+    return shards[epoch.ring.owner(key)]
+
+
+def start_loyalty(
+    shards: dict[str, str], request: saga_pb2.PlaceOrderRequest, no_wait: bool = False
+) -> saga_pb2.StartSagaResponse:
+    """StartSaga of type order_loyalty keyed by request.order_id, sent to the shard that owns that key (owner_address).
+    shards: shard id -> address."""
     packed = any_pb2.Any()
     packed.Pack(request)
     start = saga_pb2.StartSagaRequest(saga_type=LOYALTY_TYPE, key=request.order_id, input=packed, no_wait=no_wait)
-    with grpc.insecure_channel(shards[epoch.ring.owner(request.order_id)]) as channel:
+    with grpc.insecure_channel(owner_address(shards, request.order_id)) as channel:
         return saga_pb2_grpc.SagaCoordinatorStub(channel).StartSaga(start, timeout=30)
