@@ -22,7 +22,7 @@ from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.coordinator import place_request
 from tests.helpers.live_cluster import LiveCluster
-from tests.helpers.loyalty import LOYALTY_TYPE, install_loyalty, start_loyalty
+from tests.helpers.loyalty import LOYALTY_TYPE, commit_loyalty, start_loyalty
 from tests.helpers.tools import require_tool
 
 CHROMIUM = shutil.which("chromium")
@@ -56,8 +56,8 @@ def saga(live: LiveCluster) -> Iterator[saga_pb2_grpc.SagaCoordinatorStub]:
 
 @pytest.fixture(scope="module")
 def loyalty(live: LiveCluster) -> Definition:
-    """The second saga type, installed on both shards."""
-    return install_loyalty(live.grpc.values())
+    """The second saga type, committed to the router (and so to both shards)."""
+    return commit_loyalty(live.system)
 
 
 def http(
@@ -137,7 +137,7 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
 def test_a_saga_of_another_type_is_found_by_type_and_key_with_its_definition_and_steps(
     live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub, loyalty: Definition
 ) -> None:
-    started = start_loyalty(live.grpc, place_request("loy-1"))
+    started = start_loyalty(live.router, place_request("loy-1"))
     assert started.state == saga_pb2.SAGA_STATE_SUCCEEDED, started
     status, one = http(live, f"/api/sagas/loy-1?type={LOYALTY_TYPE}")
     assert status == 200, one
@@ -325,7 +325,7 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
 
             # A saga of the second type: its row names its type and definition version, its detail its steps by id
             # with their kinds (the pivot marked), and the Definitions panel the versions the shards hold.
-            assert start_loyalty(live.grpc, place_request("web-loy")).state == saga_pb2.SAGA_STATE_SUCCEEDED
+            assert start_loyalty(live.router, place_request("web-loy")).state == saga_pb2.SAGA_STATE_SUCCEEDED
             label = f"order_loyalty v1 · {loyalty.hash[:8]}"
             loy_row = recent.locator(f'[data-saga="web-loy"][data-type="{LOYALTY_TYPE}"]')
             expect(loy_row).to_contain_text(label)

@@ -1,9 +1,6 @@
-"""SagaClient and sagas of any type, against a real system with a second definition (order_loyalty) installed on its
-shard: start_saga (the input packed into Any, idempotent per type and key), get_saga and watch_saga by type and key,
-a saga parked past its pivot listed, planned and retried by type and key, and list_definitions.
-
-StartSaga and ListDefinitions go to the shard itself: the router of this branch relays neither yet. Reads and dead
-letter actions by type and key go through the router."""
+"""SagaClient and sagas of any type, through the router of a real system with a second definition (order_loyalty)
+committed: start_saga (the input packed into Any, idempotent per type and key), get_saga and watch_saga by type and
+key, a saga parked past its pivot listed, planned and retried by type and key, and list_definitions."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ from deploy.local import LocalSystem
 from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from sagaclient import AlreadyExists, InvalidRequest, NotFound, PaymentInfo, SagaClient, SyncSagaClient, api
-from tests.helpers.loyalty import LOYALTY_TYPE, install_loyalty
+from tests.helpers.loyalty import LOYALTY_TYPE, commit_loyalty
 
 from .conftest import DEAD_LETTER_RULE
 
@@ -38,7 +35,7 @@ def order(key: str, sku: str = "sku-1") -> saga_pb2.PlaceOrderRequest:
 
 @pytest.fixture(scope="module")
 def loyalty(system: LocalSystem) -> Iterator[Definition]:
-    definition = install_loyalty([system.shards[0].address])
+    definition = commit_loyalty(system)
     with grpc.insecure_channel(system.stubs.address) as channel:
         control = control_pb2_grpc.StubControlStub(channel)
         control.SetFaults(control_pb2.SetFaultsRequest(rules=[DEAD_LETTER_RULE, AWARD_REFUSED], seed=1), timeout=10)
@@ -51,23 +48,20 @@ def loyalty(system: LocalSystem) -> Iterator[Definition]:
 
 
 async def test_start_get_and_watch_a_saga_of_another_type(system: LocalSystem, loyalty: Definition) -> None:
-    async with (
-        await SagaClient.connect(system.shards[0].address, rng=random.Random(7)) as shard,
-        await SagaClient.connect(system.router.address, rng=random.Random(7)) as router,
-    ):
-        started = await shard.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1"))
+    async with await SagaClient.connect(system.router.address, rng=random.Random(7)) as router:
+        started = await router.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1"))
         assert started.state == saga_pb2.SAGA_STATE_SUCCEEDED, started
         assert (started.saga_type, started.key, started.definition_hash) == (LOYALTY_TYPE, "lc-1", loyalty.hash)
         assert started.definition_version == "1"
         # Idempotent per (type, key), as place_order is per order id: the same start joins the same saga ...
-        assert (await shard.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1"))).saga_id == started.saga_id
+        assert (await router.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1"))).saga_id == started.saga_id
         # ... and another input under that key is refused.
         with pytest.raises(AlreadyExists):
-            await shard.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1", sku="sku-2"))
+            await router.start_saga(LOYALTY_TYPE, "lc-1", order("lc-1", sku="sku-2"))
         with pytest.raises(NotFound):
-            await shard.start_saga("no_such_type", "lc-2", order("lc-2"))
+            await router.start_saga("no_such_type", "lc-2", order("lc-2"))
         with pytest.raises(InvalidRequest) as invalid:
-            await shard.start_saga(LOYALTY_TYPE, "lc-2", saga_pb2.GetSagaRequest(order_id="lc-2"))
+            await router.start_saga(LOYALTY_TYPE, "lc-2", saga_pb2.GetSagaRequest(order_id="lc-2"))
         assert invalid.value.field == "input", invalid.value.field_violations
 
         saga = await router.get_saga(saga_type=LOYALTY_TYPE, key="lc-1", include_events=True)
@@ -80,27 +74,24 @@ async def test_start_get_and_watch_a_saga_of_another_type(system: LocalSystem, l
         assert updates[-1].saga.state == saga_pb2.SAGA_STATE_SUCCEEDED
 
         # A start without waiting, followed to its end.
-        pending = await shard.start_saga(LOYALTY_TYPE, "lc-3", order("lc-3"), no_wait=True, ttl_ms=30_000)
+        pending = await router.start_saga(LOYALTY_TYPE, "lc-3", order("lc-3"), no_wait=True, ttl_ms=30_000)
         assert pending.state == saga_pb2.SAGA_STATE_RUNNING
         states = [u.saga.state async for u in router.watch_saga(saga_type=LOYALTY_TYPE, key="lc-3")]
         assert states[-1] == saga_pb2.SAGA_STATE_SUCCEEDED
 
-        versions = {d.name: d for d in await shard.list_definitions()}
+        versions = {d.name: d for d in await router.list_definitions()}
         assert versions[LOYALTY_TYPE].hash == loyalty.hash and versions[LOYALTY_TYPE].active
         assert list(versions[LOYALTY_TYPE].step_ids) == [s.id for s in loyalty.steps]
         assert versions[LOYALTY_TYPE].sagas >= 2 and not versions[LOYALTY_TYPE].document_json
-        documented = {d.name: d for d in await shard.list_definitions(include_documents=True)}
+        documented = {d.name: d for d in await router.list_definitions(include_documents=True)}
         assert '"saga.v1.PlaceOrderRequest"' in documented[LOYALTY_TYPE].document_json
 
 
 async def test_a_saga_parked_past_its_pivot_is_planned_and_retried_by_type_and_key(
     system: LocalSystem, loyalty: Definition
 ) -> None:
-    async with (
-        await SagaClient.connect(system.shards[0].address, rng=random.Random(7)) as shard,
-        await SagaClient.connect(system.router.address, rng=random.Random(7)) as router,
-    ):
-        parked = await shard.start_saga(LOYALTY_TYPE, "dlf-1", order("dlf-1"))
+    async with await SagaClient.connect(system.router.address, rng=random.Random(7)) as router:
+        parked = await router.start_saga(LOYALTY_TYPE, "dlf-1", order("dlf-1"))
         assert parked.state == saga_pb2.SAGA_STATE_DEAD_LETTERED, parked
         letters = [d async for p in router.list_dead_letters() for d in p.dead_letters if d.key == "dlf-1"]
         assert [(d.saga_type, d.step_id, d.action) for d in letters] == [
@@ -131,8 +122,8 @@ async def test_a_saga_parked_past_its_pivot_is_planned_and_retried_by_type_and_k
 
 
 def test_the_sync_client_starts_and_reads_by_type_and_key(system: LocalSystem, loyalty: Definition) -> None:
-    with SyncSagaClient.connect(system.shards[0].address) as shard, SyncSagaClient.connect(system.router.address) as r:
-        assert shard.start_saga(LOYALTY_TYPE, "lc-sync", order("lc-sync")).state == saga_pb2.SAGA_STATE_SUCCEEDED
+    with SyncSagaClient.connect(system.router.address) as r:
+        assert r.start_saga(LOYALTY_TYPE, "lc-sync", order("lc-sync")).state == saga_pb2.SAGA_STATE_SUCCEEDED
         assert r.get_saga(saga_type=LOYALTY_TYPE, key="lc-sync").definition_hash == loyalty.hash
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.live_cluster import LiveCluster
-from tests.helpers.loyalty import LOYALTY_TYPE, install_loyalty, owner_address
+from tests.helpers.loyalty import LOYALTY_TYPE, commit_loyalty
 from tests.helpers.net import free_port
 from tests.helpers.tcp_proxy import Mode, TcpProxy
 
@@ -60,40 +60,37 @@ def loyalty_input(key: str) -> str:
 
 
 def test_sagas_of_another_type_by_type_and_key(live: LiveCluster) -> None:
-    # StartSaga, ListDefinitions and routing by key are not the router's on this branch: sagactl talks to the shard
-    # that owns each key (it serves the same API).
-    loyalty = install_loyalty(live.grpc.values())
+    loyalty = commit_loyalty(live.system)
     label = f"order_loyalty v1 · {loyalty.hash[:8]}"
-    shard = owner_address(live.grpc, "ctl-loy-1")
     by_type = ("--type", LOYALTY_TYPE, "--key", "ctl-loy-1")
-    started = ctl(None, "start", *by_type, "--input-json", loyalty_input("ctl-loy-1"), router=shard)
+    started = ctl(live, "start", *by_type, "--input-json", loyalty_input("ctl-loy-1"))
     assert started.returncode == 0, started.stderr
     assert "order_loyalty/ctl-loy-1: SUCCEEDED" in started.stdout and label in started.stdout
 
-    human = ctl(None, "get", *by_type, router=shard)
+    human = ctl(live, "get", *by_type)
     assert human.returncode == 0 and label in human.stdout
     assert "pivot *" in human.stdout and "retriable" in human.stdout and "award_points" in human.stdout
-    saga = json.loads(ctl(None, "get", *by_type, "--events", "--json", router=shard).stdout)
+    saga = json.loads(ctl(live, "get", *by_type, "--events", "--json").stdout)
     assert (saga["saga_type"], saga["key"], saga["definition_hash"]) == (LOYALTY_TYPE, "ctl-loy-1", loyalty.hash)
     assert [st["step_id"] for st in saga["steps"]] == [s.id for s in loyalty.steps]
-    watched = ctl(None, "watch", *by_type, router=shard)
+    watched = ctl(live, "watch", *by_type)
     assert watched.returncode == 0 and "order_loyalty/ctl-loy-1: SUCCEEDED" in watched.stdout
-    listed = ctl(None, "list", router=shard)
+    listed = ctl(live, "list")
     assert "order_loyalty/ctl-loy-1" in listed.stdout and label in listed.stdout
+    assert ctl(live, "get", "ctl-loy-1").returncode == 4  # an order id names the order flow's saga: none
 
     # The input type named instead of learnt from ListDefinitions; and what is refused before any call.
-    shard_2 = owner_address(live.grpc, "ctl-loy-2")
     typed = ("--input-type", "saga.v1.PlaceOrderRequest", "--input-json", loyalty_input("ctl-loy-2"))
-    assert ctl(None, "start", "--type", LOYALTY_TYPE, "--key", "ctl-loy-2", *typed, router=shard_2).returncode == 0
-    assert ctl(None, "get", "ctl-loy-1", "--key", "ctl-loy-1", router=shard).returncode == 2
-    assert ctl(None, "get", router=shard).returncode == 2
-    bad = ctl(None, "start", *by_type, "--input-json", '{"no_such_field": 1}', router=shard)
+    assert ctl(live, "start", "--type", LOYALTY_TYPE, "--key", "ctl-loy-2", *typed).returncode == 0
+    assert ctl(live, "get", "ctl-loy-1", "--key", "ctl-loy-1").returncode == 2
+    assert ctl(live, "get").returncode == 2
+    bad = ctl(live, "start", *by_type, "--input-json", '{"no_such_field": 1}')
     assert bad.returncode == 2 and "--input-json" in bad.stderr
-    unknown = ctl(None, "start", *by_type, "--input-type", "x.v1.Nope", "--input-json", "{}", router=shard)
+    unknown = ctl(live, "start", *by_type, "--input-type", "x.v1.Nope", "--input-json", "{}")
     assert unknown.returncode == 2 and "--input-type" in unknown.stderr
-    assert ctl(None, "start", "--type", "nope", "--key", "k", "--input-json", "{}", router=shard).returncode == 2
+    assert ctl(live, "start", "--type", "nope", "--key", "k", "--input-json", "{}").returncode == 2
 
-    # A saga parked past its pivot: listed with its type, step and action; a retry resumes it forward.
+    # A saga parked past its pivot: listed with its type, step and action; a retry would resume it forward.
     set_faults(
         live,
         control_pb2.FaultRule(
@@ -101,17 +98,16 @@ def test_sagas_of_another_type_by_type_and_key(live: LiveCluster) -> None:
         ),
     )
     try:
-        shard = owner_address(live.grpc, "ctl-dlf-1")
         by_type = ("--type", LOYALTY_TYPE, "--key", "ctl-dlf-1")
-        parked = ctl(None, "start", *by_type, "--input-json", loyalty_input("ctl-dlf-1"), router=shard)
+        parked = ctl(live, "start", *by_type, "--input-json", loyalty_input("ctl-dlf-1"))
         assert parked.returncode == 1 and "DEAD_LETTERED" in parked.stdout
-        letters = ctl(None, "dlq", "list", router=shard).stdout
+        letters = ctl(live, "dlq", "list").stdout
         (row,) = [line for line in letters.splitlines() if line.startswith("ctl-dlf-1 ")]
         assert row.split()[:4] == ["ctl-dlf-1", LOYALTY_TYPE, "award_points", "forward"]
-        plan = ctl(None, "dlq", "retry", *by_type, "--dry-run", router=shard)
+        plan = ctl(live, "dlq", "retry", *by_type, "--dry-run")
         assert plan.returncode == 0 and "this would resume 1 saga(s)" in plan.stdout
         assert "order_loyalty/ctl-dlf-1" in plan.stdout and "award_points  forward" in plan.stdout
-        resolved = ctl(None, "dlq", "resolve", *by_type, "--reason", "points by hand", router=shard)
+        resolved = ctl(live, "dlq", "resolve", *by_type, "--reason", "points by hand")
         assert resolved.returncode == 0 and "order_loyalty/ctl-dlf-1: RESOLVED" in resolved.stdout
     finally:
         set_faults(live)
