@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from protos.saga.v1 import saga_pb2
@@ -144,6 +145,33 @@ def _saga_of(reply: saga_pb2.ResolveDeadLetterResponse) -> saga_pb2.Saga:
     return reply.saga
 
 
+def _definitions(reply: saga_pb2.ListDefinitionsResponse) -> list[saga_pb2.DefinitionVersion]:
+    return list(reply.definitions)
+
+
+_Named = TypeVar(
+    "_Named",
+    saga_pb2.GetSagaRequest,
+    saga_pb2.WatchSagaRequest,
+    saga_pb2.RetryDeadLetterRequest,
+    saga_pb2.ResolveDeadLetterRequest,
+)
+
+
+def _named(request: _Named, order_id: str, saga_type: str, key: str) -> _Named:
+    """The request naming one saga: by order_id (the order flow), or by saga_type (default "order") and key.
+    ValueError if it names none or both ways."""
+    if bool(order_id) == bool(key):
+        raise ValueError("name the saga by order_id, or by key (with saga_type for a type other than order)")
+    if saga_type and not key:
+        raise ValueError("saga_type goes with key: an order_id names a saga of type order")
+    if order_id:
+        request.order_id = order_id
+    else:
+        request.saga_type, request.key = saga_type, key
+    return request
+
+
 def place_order(
     order_id: str,
     user_id: str,
@@ -175,12 +203,47 @@ def place_order(
     return Unary("saga", "PlaceOrder", request, _same, timeout_s, retry)
 
 
+def start_saga(
+    saga_type: str,
+    key: str,
+    input_message: Message,
+    *,
+    ttl_ms: int | None = None,
+    no_wait: bool = False,
+    timeout_s: float | None = None,
+    retry: RetryPolicy | None = None,
+) -> Unary[saga_pb2.StartSagaResponse]:
+    """Runs a saga of any defined type (the name of a committed definition, e.g. "order_loyalty") and returns its
+    outcome (the saga's state, its error message, and the definition version it runs); with no_wait, answers as soon
+    as the saga is durably accepted (state RUNNING).
+
+    input_message is the definition's input type (e.g. saga_pb2.PlaceOrderRequest), packed into a
+    google.protobuf.Any; its key field must equal `key`. Retries are safe as for place_order: a start is idempotent
+    per (saga_type, key), so the same type, key and input joins the saga already started; the same (saga_type, key)
+    with another input raises AlreadyExists. UNAVAILABLE and RESOURCE_EXHAUSTED are retried by the client's policy
+    (or `retry`) within timeout_s. An unknown saga type raises NotFound; an input of another type than the
+    definition's, or a key that is not the input's key field, InvalidRequest."""
+    packed = any_pb2.Any()
+    packed.Pack(input_message)
+    request = saga_pb2.StartSagaRequest(saga_type=saga_type, key=key, input=packed, no_wait=no_wait)
+    if ttl_ms is not None:
+        request.ttl_ms = ttl_ms
+    return Unary("saga", "StartSaga", request, _same, timeout_s, retry)
+
+
 def get_saga(
-    order_id: str, *, include_events: bool = False, timeout_s: float | None = None, retry: RetryPolicy | None = None
+    order_id: str = "",
+    *,
+    include_events: bool = False,
+    saga_type: str = "",
+    key: str = "",
+    timeout_s: float | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Unary[saga_pb2.Saga]:
-    """The order's saga (steps; the event log too with include_events). NotFound if there is none. Retried by
-    `retry` (default: the client's policy)."""
-    request = saga_pb2.GetSagaRequest(order_id=order_id, include_events=include_events)
+    """The saga (steps by step_id, its saga_type and definition version; the event log too with include_events) of an
+    order, or of any type by saga_type and key (`get_saga(saga_type="order_loyalty", key="o-1")`). NotFound if
+    there is none. Retried by `retry` (default: the client's policy)."""
+    request = _named(saga_pb2.GetSagaRequest(include_events=include_events), order_id, saga_type, key)
     return Unary("saga", "GetSaga", request, _same, timeout_s, retry)
 
 
@@ -204,11 +267,12 @@ def list_sagas(
     return Paged("saga", "ListSagas", request_for, page, page_token, max_pages, timeout_s)
 
 
-def watch_saga(order_id: str) -> Stream[saga_pb2.SagaUpdate]:
+def watch_saga(order_id: str = "", *, saga_type: str = "", key: str = "") -> Stream[saga_pb2.SagaUpdate]:
     """The saga's current snapshot (event unset), then one update per journal event, ending after its terminal
-    state. No timeout and no retry: a watch lasts as long as the saga; if it breaks (Unavailable), watch again
-    (the first update is the current snapshot, so nothing is lost but intermediate events)."""
-    return Stream("saga", "WatchSaga", saga_pb2.WatchSagaRequest(order_id=order_id))
+    state; the saga named by order_id, or by saga_type and key. No timeout and no retry: a watch lasts as long as
+    the saga; if it breaks (Unavailable), watch again (the first update is the current snapshot, so nothing is lost
+    but intermediate events)."""
+    return Stream("saga", "WatchSaga", _named(saga_pb2.WatchSagaRequest(), order_id, saga_type, key))
 
 
 # ------------------------------------------------------------------ admin (the operator role)
@@ -237,16 +301,23 @@ def list_dead_letters(
 
 
 def retry_dead_letter(
-    order_id: str, reason: str, *, dry_run: bool = False, timeout_s: float | None = None
+    order_id: str,
+    reason: str,
+    *,
+    saga_type: str = "",
+    key: str = "",
+    dry_run: bool = False,
+    timeout_s: float | None = None,
 ) -> Unary[RetriedOrders]:
-    """Resumes the dead-lettered saga's compensation; returns the order ids resumed. Not retried (an answer lost
-    after the retry was journaled would make a second attempt fail with FailedPrecondition).
+    """Resumes the dead-lettered saga (its compensation, or for a retriable step after the pivot that step, forward);
+    returns the keys resumed. The saga is the order's, or with order_id "" the one of saga_type and key. Not retried
+    (an answer lost after the retry was journaled would make a second attempt fail with FailedPrecondition).
 
     With dry_run, nothing changes: returns the order id that would be resumed, with `.previews` saying what the retry
     would do (saga_pb2.SagaPreview: every call, its idempotency key and attempt, and the state it would end in). The
     same errors as the real call (NotFound, FailedPrecondition, PermissionDenied, ...). Dry runs are retried by the
     client's policy: they are safe to repeat."""
-    request = saga_pb2.RetryDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
+    request = _named(saga_pb2.RetryDeadLetterRequest(reason=reason, dry_run=dry_run), order_id, saga_type, key)
     return Unary("admin", "RetryDeadLetter", request, _retried, timeout_s, None if dry_run else NO_RETRY)
 
 
@@ -266,13 +337,29 @@ def retry_all_dead_letters(
 
 
 def resolve_dead_letter(
-    order_id: str, reason: str, *, dry_run: bool = False, timeout_s: float | None = None
+    order_id: str,
+    reason: str,
+    *,
+    saga_type: str = "",
+    key: str = "",
+    dry_run: bool = False,
+    timeout_s: float | None = None,
 ) -> Unary[saga_pb2.Saga]:
-    """Marks a dead-lettered saga as fixed by hand (RESOLVED), reason written to its log; returns the saga. Not
-    retried.
+    """Marks a dead-lettered saga as fixed by hand (RESOLVED), reason written to its log; returns the saga. The saga
+    is the order's, or with order_id "" the one of saga_type and key. Not retried.
 
     With dry_run, nothing changes: returns the saga as it stands (DEAD_LETTERED), after the same checks and with the
     same errors as the real call (a reason is required all the same). Resolving makes no call to any service; the
     saga would end RESOLVED. Retried by the client's policy."""
-    request = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
+    request = _named(saga_pb2.ResolveDeadLetterRequest(reason=reason, dry_run=dry_run), order_id, saga_type, key)
     return Unary("admin", "ResolveDeadLetter", request, _saga_of, timeout_s, None if dry_run else NO_RETRY)
+
+
+def list_definitions(
+    *, include_documents: bool = False, timeout_s: float | None = None
+) -> Unary[list[saga_pb2.DefinitionVersion]]:
+    """Every saga definition version the coordinator holds, grouped by type, oldest first: its version label, hash,
+    whether new sagas of its type start on it (active), how many sagas still need it, its step ids; with
+    include_documents also its normalised document (JSON, e.g. its input type). Retried."""
+    request = saga_pb2.ListDefinitionsRequest(include_documents=include_documents)
+    return Unary("admin", "ListDefinitions", request, _definitions, timeout_s)

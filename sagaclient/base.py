@@ -180,6 +180,7 @@ class ClientBase:
         )
 
     place_order = _UnaryMethod(api.place_order)
+    start_saga = _UnaryMethod(api.start_saga)
     get_saga = _UnaryMethod(api.get_saga)
     list_sagas = _PagedMethod(api.list_sagas)
     watch_saga = _StreamMethod(api.watch_saga)
@@ -187,6 +188,7 @@ class ClientBase:
     retry_dead_letter = _UnaryMethod(api.retry_dead_letter)
     retry_all_dead_letters = _UnaryMethod(api.retry_all_dead_letters)
     resolve_dead_letter = _UnaryMethod(api.resolve_dead_letter)
+    list_definitions = _UnaryMethod(api.list_definitions)
 
     # How a client sends what the methods build: SagaClient over grpc.aio, SyncSagaClient over grpc's blocking API.
     def _send(self, call: Unary[Any]) -> Any:

@@ -1,12 +1,14 @@
 """sagactl's commands and exit codes.
 
     sagactl place [ORDER_ID] --item sku-1=2 [--token tok_ok] [--amount-cents 2500] [--no-wait]
-    sagactl get ORDER_ID [--events]
+    sagactl start --type T --key K --input-json '{...}' [--input-type NAME] [--ttl-ms N] [--no-wait]
+    sagactl get ORDER_ID [--events]              |  sagactl get --type T --key K [--events]
     sagactl list [--state running] [--page-size 50] [--limit N]
-    sagactl watch ORDER_ID
+    sagactl watch ORDER_ID                       |  sagactl watch --type T --key K
     sagactl dlq list [--step process_payment] [--include-closed]
     sagactl dlq retry ORDER_ID [--reason R]      |  sagactl dlq retry --all [--step S] [--reason R]
     sagactl dlq resolve ORDER_ID --reason R
+    (dlq retry and dlq resolve take --type T --key K instead of ORDER_ID too: a saga of any type)
     sagactl dlq retry|resolve ... --dry-run      what it would do (every call, its key, the end state); changes nothing
     sagactl top [--interval 2] [--once]
     sagactl defs list                            saga definition versions: type, version, hash, active, sagas
@@ -31,11 +33,16 @@ ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, symbol_database
+from google.protobuf.message import Message
 
 from common.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from protos.saga.v1 import saga_pb2
@@ -70,6 +77,12 @@ EXIT_CODES = {
 DRY_RUN_HELP = "only show what it would do (the calls, their idempotency keys, the end state); change nothing"
 _STATES = {n.removeprefix("SAGA_STATE_").lower(): v for n, v in saga_pb2.SagaState.items() if v}
 _STEPS = {n.removeprefix("STEP_").lower(): v for n, v in saga_pb2.Step.items() if v}
+
+
+def _named_by_type(parser: argparse.ArgumentParser) -> None:
+    """--type and --key: a saga of any type, instead of an order id (a saga of type order)."""
+    parser.add_argument("--type", dest="saga_type", default="", metavar="T", help="the saga type (with --key)")
+    parser.add_argument("--key", default="", metavar="K", help="the saga's key (instead of ORDER_ID)")
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -125,8 +138,21 @@ def _parser() -> argparse.ArgumentParser:
     place.add_argument("--ttl-ms", type=int, help="saga deadline in ms (default: the shard's)")
     place.add_argument("--no-wait", action="store_true", help="answer PENDING once accepted; then `sagactl watch`")
 
+    start = sub.add_parser("start", parents=[common], help="start a saga of any defined type", epilog=epilog)
+    start.add_argument("--type", dest="saga_type", required=True, metavar="T", help="the saga type, e.g. order_loyalty")
+    start.add_argument("--key", required=True, metavar="K", help="the saga's key (the input's key field)")
+    start.add_argument("--input-json", required=True, metavar="JSON", help="the input, as the JSON of its message")
+    start.add_argument(
+        "--input-type",
+        metavar="NAME",
+        help="the input's message type (default: the active definition's, from ListDefinitions)",
+    )
+    start.add_argument("--ttl-ms", type=int, help="saga deadline in ms (default: the definition's, else the shard's)")
+    start.add_argument("--no-wait", action="store_true", help="answer once accepted; then `sagactl watch`")
+
     get = sub.add_parser("get", parents=[common], help="one saga, its steps (and --events)", epilog=epilog)
-    get.add_argument("order_id")
+    get.add_argument("order_id", nargs="?")
+    _named_by_type(get)
     get.add_argument("--events", action="store_true", help="also show the saga's event log")
 
     ls = sub.add_parser("list", parents=[common], help="sagas, newest first", epilog=epilog)
@@ -135,22 +161,25 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="follow pages up to this many sagas (default: one page)")
 
     watch = sub.add_parser("watch", parents=[common], help="follow a saga until it ends", epilog=epilog)
-    watch.add_argument("order_id")
+    watch.add_argument("order_id", nargs="?")
+    _named_by_type(watch)
 
-    dlq = sub.add_parser("dlq", help="dead letters: sagas whose compensation failed for good")
+    dlq = sub.add_parser("dlq", help="dead letters: sagas parked for an operator (a step failed for good)")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("list", parents=[common], help="open dead letters, oldest first", epilog=epilog)
     dl.add_argument("--step", type=str.lower, choices=sorted(_STEPS), help="only this step's")
     dl.add_argument("--include-closed", action="store_true", help="also retried and resolved ones")
     dl.add_argument("--page-size", type=int, default=100, help="at most this many, 1-500 (default 100)")
-    dr = dsub.add_parser("retry", parents=[common], help="resume compensation of one (or --all)", epilog=epilog)
+    dr = dsub.add_parser("retry", parents=[common], help="resume one parked saga (or --all)", epilog=epilog)
     dr.add_argument("order_id", nargs="?")
+    _named_by_type(dr)
     dr.add_argument("--all", action="store_true", help="every open dead letter (of --step)")
     dr.add_argument("--step", type=str.lower, choices=sorted(_STEPS), help="with --all: only this step's")
     dr.add_argument("--reason", default="", help="written to the saga's event log")
     dr.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     dv = dsub.add_parser("resolve", parents=[common], help="mark one as fixed by hand", epilog=epilog)
-    dv.add_argument("order_id")
+    dv.add_argument("order_id", nargs="?")
+    _named_by_type(dv)
     dv.add_argument("--reason", required=True, help="what was done (required; written to the saga's event log)")
     dv.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
 
@@ -209,9 +238,65 @@ def _place(c: Client, ns: argparse.Namespace) -> int:
     return EXIT_SAGA_FAILED if resp.status == saga_pb2.FAILED else EXIT_OK
 
 
+def _saga(ns: argparse.Namespace) -> tuple[str, str, str]:
+    """(order_id, saga_type, key): the saga a command names, by ORDER_ID or by --type and --key (type default
+    order)."""
+    if bool(ns.order_id) == bool(ns.key):
+        raise UsageError("name the saga by ORDER_ID, or by --type T --key K (not both)")
+    if ns.saga_type and not ns.key:
+        raise UsageError("--type: goes with --key")
+    return (ns.order_id or "", ns.saga_type, ns.key)
+
+
+def _name(ns: argparse.Namespace) -> str:
+    return render.saga_name(ns.saga_type, ns.key, ns.order_id or "")
+
+
+def _input_type(c: Client, saga_type: str) -> str:
+    """The input message type of the version new sagas of saga_type start on (ListDefinitions' documents)."""
+    with c.calling("list definitions"):
+        versions = c.sagas.list_definitions(include_documents=True)
+    for d in versions:
+        if d.name == saga_type and d.active:
+            return str(json.loads(d.document_json)["input"]["type"])
+    known = sorted({d.name for d in versions})
+    raise UsageError(f"--type: no active definition of {saga_type!r} (defined: {', '.join(known) or 'none'})")
+
+
+def _input(type_name: str, text: str) -> Message:
+    """The --input-json text parsed into the message type (one of the protos sagactl knows)."""
+    try:
+        cls: Any = symbol_database.Default().GetSymbol(type_name)
+    except KeyError:
+        raise UsageError(f"--input-type: {type_name} is not a message type sagactl knows") from None
+    try:
+        message: Message = json_format.Parse(text, cls())
+    except json_format.ParseError as e:
+        raise UsageError(f"--input-json: not a {type_name}: {e}") from None
+    return message
+
+
+def _start(c: Client, ns: argparse.Namespace) -> int:
+    message = _input(ns.input_type or _input_type(c, ns.saga_type), ns.input_json)
+    name = render.saga_name(ns.saga_type, ns.key)
+    with c.calling(f"start {name}"):
+        resp = c.sagas.start_saga(
+            ns.saga_type, ns.key, message, ttl_ms=ns.ttl_ms, no_wait=ns.no_wait, timeout_s=ns.timeout or PLACE_TIMEOUT_S
+        )
+    if ns.json:
+        render.print_json(render.to_dict(resp))
+    else:
+        version = render.definition(resp.saga_type, resp.definition_version, resp.definition_hash)
+        line = f"{name}: {render.state(resp.state)} (saga {resp.saga_id}, {version})"
+        print(line + (f": {resp.error_message}" if resp.error_message else ""))
+    done_badly = resp.state not in (saga_pb2.SAGA_STATE_SUCCEEDED, saga_pb2.SAGA_STATE_RUNNING)
+    return EXIT_SAGA_FAILED if done_badly else EXIT_OK
+
+
 def _get(c: Client, ns: argparse.Namespace) -> int:
-    with c.calling(f"get {ns.order_id}"):
-        s = c.sagas.get_saga(ns.order_id, include_events=ns.events)
+    with c.calling(f"get {_name(ns)}"):
+        order_id, saga_type, key = _saga(ns)
+        s = c.sagas.get_saga(order_id, saga_type=saga_type, key=key, include_events=ns.events)
     if ns.json:
         render.print_json(render.to_dict(s))
     else:
@@ -237,22 +322,26 @@ def _list(c: Client, ns: argparse.Namespace) -> int:
 def _watch(c: Client, ns: argparse.Namespace) -> int:
     last: saga_pb2.Saga | None = None
     t0: float | None = None
-    with c.calling(f"watch {ns.order_id}"):
-        for update in c.sagas.watch_saga(ns.order_id):
+    name = _name(ns)
+    order_id, saga_type, key = _saga(ns)
+    with c.calling(f"watch {name}"):
+        for update in c.sagas.watch_saga(order_id, saga_type=saga_type, key=key):
             last = update.saga
             if t0 is None:
                 t0 = render.seconds(update.saga.created_at)
             if ns.json:
                 print(render.json_line(update), flush=True)
             elif not update.HasField("event"):
-                print(f"{ns.order_id}: {render.state(update.saga.state)} on {update.saga.shard_id}", flush=True)
+                s = update.saga
+                version = render.definition(s.saga_type, s.definition_version, s.definition_hash)
+                print(f"{name}: {render.state(s.state)} on {s.shard_id} ({version})", flush=True)
             else:
                 row = render.event_row(update.event, t0)
                 print("  ".join(str(cell) for cell in row if cell != ""), flush=True)
     if last is None:
         return EXIT_NOT_FOUND
     if not ns.json:
-        print(f"{ns.order_id}: {render.state(last.state)}" + (f": {last.last_error}" if last.last_error else ""))
+        print(f"{name}: {render.state(last.state)}" + (f": {last.last_error}" if last.last_error else ""))
     return EXIT_OK if last.state == saga_pb2.SAGA_STATE_SUCCEEDED else EXIT_SAGA_FAILED
 
 
@@ -270,40 +359,44 @@ def _dlq(c: Client, ns: argparse.Namespace) -> int:
             render.table(render.dead_letter_rows(page.dead_letters), render.DEAD_LETTER_HEADERS)
         return EXIT_OK
     if ns.dlq_command == "retry":
-        if bool(ns.order_id) == bool(ns.all):
-            raise UsageError("dlq retry: give one ORDER_ID, or --all (not both)")
+        if bool(ns.order_id or ns.key) == bool(ns.all):
+            raise UsageError("dlq retry: give one ORDER_ID (or --type T --key K), or --all (not both)")
         if ns.step and not ns.all:
             raise UsageError("--step: only with --all")
         with c.calling("dlq retry" + (" --dry-run" if ns.dry_run else "")):
             if ns.all:
                 ids = c.sagas.retry_all_dead_letters(ns.reason, step=_STEPS.get(ns.step or "", 0), dry_run=ns.dry_run)
             else:
-                ids = c.sagas.retry_dead_letter(ns.order_id, ns.reason, dry_run=ns.dry_run)
+                order_id, saga_type, key = _saga(ns)
+                ids = c.sagas.retry_dead_letter(order_id, ns.reason, saga_type=saga_type, key=key, dry_run=ns.dry_run)
         if ns.dry_run:
             return _dry_run(ns, list(ids), ids.previews)
         if ns.json:
             render.print_json({"order_ids": ids})
         else:
-            print(f"compensation resumed for {len(ids)} saga(s)" + (": " + ", ".join(ids) if ids else ""))
+            print(f"resumed {len(ids)} saga(s)" + (": " + ", ".join(ids) if ids else ""))
         return EXIT_OK
     if not ns.reason.strip():
         raise UsageError("--reason: required (what was fixed by hand)")
-    with c.calling(f"dlq resolve {ns.order_id}" + (" --dry-run" if ns.dry_run else "")):
-        saga = c.sagas.resolve_dead_letter(ns.order_id, ns.reason, dry_run=ns.dry_run)
+    order_id, saga_type, key = _saga(ns)
+    with c.calling(f"dlq resolve {_name(ns)}" + (" --dry-run" if ns.dry_run else "")):
+        saga = c.sagas.resolve_dead_letter(order_id, ns.reason, saga_type=saga_type, key=key, dry_run=ns.dry_run)
     if ns.dry_run:
         # Resolving calls no service: the shard's answer is the saga as it stands, which says all there is to say.
         plan = saga_pb2.SagaPreview(
             order_id=saga.order_id,
+            saga_type=saga.saga_type,
+            key=saga.key,
             saga_id=saga.saga_id,
             shard_id=saga.shard_id,
             state_now=saga.state,
             end_state=saga_pb2.SAGA_STATE_RESOLVED,
         )
-        return _dry_run(ns, [saga.order_id], [plan])
+        return _dry_run(ns, [saga.key or saga.order_id], [plan])
     if ns.json:
         render.print_json({"saga": render.to_dict(saga)})
     else:
-        print(f"{ns.order_id}: {render.state(saga.state)}")
+        print(f"{_name(ns)}: {render.state(saga.state)}")
     return EXIT_OK
 
 
@@ -321,7 +414,9 @@ def _dry_run(ns: argparse.Namespace, order_ids: list[str], previews: Sequence[sa
     if ns.json:
         render.print_json({"dry_run": True, "order_ids": order_ids, "previews": [render.to_dict(p) for p in previews]})
         return EXIT_OK
-    what = "resume compensation of" if ns.dlq_command == "retry" else "resolve"
+    # A saga parked past its pivot resumes forward (its retriable step); any other resumes its compensation.
+    forward = any(c.action == saga_pb2.ACTION_FORWARD for p in previews for c in p.calls)
+    what = ("resume" if forward else "resume compensation of") if ns.dlq_command == "retry" else "resolve"
     print(f"dry run, nothing was changed: without --dry-run this would {what} {len(previews)} saga(s)")
     for p in previews:
         print()
@@ -349,6 +444,7 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         return EXIT_USAGE
     commands = {
         "place": _place,
+        "start": _start,
         "get": _get,
         "list": _list,
         "watch": _watch,

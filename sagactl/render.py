@@ -48,6 +48,30 @@ def step(value: int) -> str:
     return str(saga_pb2.Step.Name(value)).removeprefix("STEP_").lower()
 
 
+def step_name(step_id: str, value: int) -> str:
+    """A step by its id in the saga's definition; the enum's name only from a shard that sends no step_id."""
+    return step_id or (step(value) if value else "")
+
+
+def saga_name(saga_type: str, key: str, order_id: str = "") -> str:
+    """How a saga is named: its order id for the order flow, "<type>/<key>" for any other type."""
+    if not saga_type or saga_type == "order":
+        return order_id or key
+    return f"{saga_type}/{key}"
+
+
+def definition(saga_type: str, version: str, definition_hash: str) -> str:
+    """A definition version as people read it: "order_loyalty v1 · 917436a5"."""
+    label = f"v{version}" if version.replace(".", "").isdigit() else version
+    return " ".join(
+        x for x in (saga_type or "order", label, f"· {definition_hash[:8]}" if definition_hash else "") if x
+    )
+
+
+KIND_MARK = {"pivot": "pivot *"}
+"""The pivot is the point of no return: steps before it are compensated on failure, steps after it retried."""
+
+
 def step_status(value: int) -> str:
     return str(saga_pb2.StepStatus.Name(value)).removeprefix("STEP_STATUS_")
 
@@ -83,16 +107,28 @@ def duration(value: float | None) -> str:
 
 def saga_rows(sagas: Iterable[saga_pb2.Saga]) -> list[list[object]]:
     return [
-        [s.order_id, state(s.state), s.shard_id, clock(s.created_at), duration(age(s)), s.last_error] for s in sagas
+        [
+            saga_name(s.saga_type, s.key, s.order_id),
+            definition(s.saga_type, s.definition_version, s.definition_hash),
+            state(s.state),
+            s.shard_id,
+            clock(s.created_at),
+            duration(age(s)),
+            s.last_error,
+        ]
+        for s in sagas
     ]
 
 
-SAGA_HEADERS = ("order", "state", "shard", "created", "took/age", "error")
+SAGA_HEADERS = ("saga", "definition", "state", "shard", "created", "took/age", "error")
 
 
 def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    out.write(f"order     {s.order_id}\n")
+    if s.order_id:
+        out.write(f"order     {s.order_id}\n")
+    out.write(f"type      {s.saga_type or 'order'}   key {s.key or s.order_id}\n")
+    out.write(f"def       {definition(s.saga_type, s.definition_version, s.definition_hash)}\n")
     out.write(f"saga      {s.saga_id}\n")
     out.write(f"state     {state(s.state)}\n")
     out.write(f"shard     {s.shard_id}\n")
@@ -112,7 +148,8 @@ def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout, now: float | None = 
         took = seconds(st.updated_at) - seconds(st.started_at) if st.started_at.seconds else None
         rows.append(
             [
-                step(st.step),
+                step_name(st.step_id, st.step),
+                KIND_MARK.get(st.kind, st.kind),
                 step_status(st.status) + (" (waiting)" if st.waiting else ""),
                 st.forward_attempts,
                 st.compensate_attempts,
@@ -120,7 +157,7 @@ def saga_detail(s: saga_pb2.Saga, out: TextIO = sys.stdout, now: float | None = 
                 st.last_error,
             ]
         )
-    table(rows, ("step", "status", "fwd", "comp", "took", "last error"), out)
+    table(rows, ("step", "kind", "status", "fwd", "comp", "took", "last error"), out)
     if s.events:
         out.write("\n")
         t0 = seconds(s.created_at)
@@ -134,7 +171,8 @@ def waiting(st: saga_pb2.StepInfo, now: float) -> str:
     waited = max(0.0, now - seconds(st.waiting_since))
     due = seconds(st.next_poll_at) - now
     when = f"next poll in {duration(due)} ({clock(st.next_poll_at)})" if due > 0 else "next poll due now"
-    return f"{step(st.step)} {action(st.waiting_action)}: accepted by the service {duration(waited)} ago; {when}"
+    which = f"{step_name(st.step_id, st.step)} {action(st.waiting_action)}"
+    return f"{which}: accepted by the service {duration(waited)} ago; {when}"
 
 
 _NEXT = {"accepted": "next poll", "polled": "next poll", "retrying": "next attempt"}
@@ -150,7 +188,7 @@ def event_row(e: saga_pb2.SagaEvent, t0: float) -> list[object]:
         e.seq,
         f"+{duration(max(0.0, seconds(e.at) - t0))}",
         e.kind + (f" -> {state(e.state)}" if e.kind == "state" else ""),
-        step(e.step) if e.step else "",
+        step_name(e.step_id, e.step),
         action(e.action) if e.action else "",
         e.attempt or "",
         e.code,
@@ -164,9 +202,8 @@ PLAN_HEADERS = ("#", "step", "action", "service", "method", "attempt", "idempote
 def preview(p: saga_pb2.SagaPreview, out: TextIO = sys.stdout) -> None:
     """One saga's dry run: where it would go, and every call it would make, in order."""
     calls = f"{len(p.calls)} call{'' if len(p.calls) == 1 else 's'}" if p.calls else "no calls to any service"
-    out.write(
-        f"{p.order_id} (saga {p.saga_id} on {p.shard_id}): {state(p.state_now)} -> {state(p.end_state)}, {calls}\n"
-    )
+    name = saga_name(p.saga_type, p.key, p.order_id)
+    out.write(f"{name} (saga {p.saga_id} on {p.shard_id}): {state(p.state_now)} -> {state(p.end_state)}, {calls}\n")
     if not p.calls:
         return
     rows = []
@@ -177,20 +214,41 @@ def preview(p: saga_pb2.SagaPreview, out: TextIO = sys.stdout) -> None:
         if c.asks_first:
             notes.append("asks GetOperation first: skipped if the forward call was rejected")
         rows.append(
-            [i, step(c.step), action(c.action), c.service, c.method, c.attempt, c.idempotency_key, "; ".join(notes)]
+            [
+                i,
+                step_name(c.step_id, c.step),
+                action(c.action),
+                c.service,
+                c.method,
+                c.attempt,
+                c.idempotency_key,
+                "; ".join(notes),
+            ]
         )
     # Wide: a method or an idempotency key cut short would not say what is called.
     table(rows, PLAN_HEADERS, out, max_width=200)
 
 
 def dead_letter_rows(letters: Iterable[saga_pb2.DeadLetter]) -> list[list[object]]:
+    # action: compensate (a compensation failed for good; retry resumes compensating) or forward (a retriable step
+    # after the pivot; retry resumes it forward). Shards from before definitions send no action: compensate.
     return [
-        [d.order_id, step(d.step), d.shard_id, clock(d.parked_at), d.attempts, d.closed_note or "open", d.last_error]
+        [
+            d.key or d.order_id,
+            d.saga_type or "order",
+            step_name(d.step_id, d.step),
+            action(d.action) if d.action else "compensate",
+            d.shard_id,
+            clock(d.parked_at),
+            d.attempts,
+            d.closed_note or "open",
+            d.last_error,
+        ]
         for d in letters
     ]
 
 
-DEAD_LETTER_HEADERS = ("order", "step", "shard", "parked", "attempts", "status", "last error")
+DEAD_LETTER_HEADERS = ("key", "type", "step", "action", "shard", "parked", "attempts", "status", "last error")
 
 
 def json_line(message: Message) -> str:

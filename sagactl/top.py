@@ -36,9 +36,9 @@ def _current_step(s: saga_pb2.Saga, now: float) -> str:
     for st in s.steps:
         if st.waiting:
             waited = render.duration(max(0.0, now - render.seconds(st.waiting_since)))
-            return f"{render.step(st.step)} {render.action(st.waiting_action)} waiting {waited}"
+            return f"{render.step_name(st.step_id, st.step)} {render.action(st.waiting_action)} waiting {waited}"
         if st.status in (saga_pb2.STEP_STATUS_IN_FLIGHT, saga_pb2.STEP_STATUS_COMPENSATING):
-            return f"{render.step(st.step)} {render.step_status(st.status).lower()}"
+            return f"{render.step_name(st.step_id, st.step)} {render.step_status(st.status).lower()}"
     return ""
 
 
@@ -55,11 +55,14 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
     with c.calling("dlq list"):
         (page,) = c.sagas.list_dead_letters(page_size=SCAN, max_pages=1)
     letters = page.dead_letters
-    per_step: dict[int, list[float]] = {}
-    for s in recent:
+    # By saga type and step id: two definitions may name a step alike. Types in name order, steps in their
+    # definition's order (a saga lists every step of its definition).
+    per_step: dict[tuple[str, str], list[float]] = {}
+    for s in sorted(recent, key=lambda s: s.saga_type or "order"):
         for st in s.steps:
+            where = (s.saga_type or "order", render.step_name(st.step_id, st.step))
             if st.status == saga_pb2.STEP_STATUS_SUCCEEDED and st.started_at.seconds:
-                per_step.setdefault(st.step, []).append(render.seconds(st.updated_at) - render.seconds(st.started_at))
+                per_step.setdefault(where, []).append(render.seconds(st.updated_at) - render.seconds(st.started_at))
     live = sorted([*running, *compensating], key=lambda s: render.seconds(s.created_at))
     last_minute = [s for s in recent if render.seconds(s.created_at) >= now - 60]
     outcomes: dict[str, int] = {}
@@ -77,16 +80,19 @@ def collect(c: Client, rows: int) -> dict[str, Any]:
         "recent_outcomes": outcomes,
         "steps": [
             {
-                "step": render.step(step),
+                "saga_type": saga_type,
+                "step": step,
                 "count": len(values),
                 "p50_seconds": _quantile(values, 0.5),
                 "p99_seconds": _quantile(values, 0.99),
             }
-            for step, values in sorted(per_step.items())
+            for (saga_type, step), values in per_step.items()
         ],
         "oldest_in_flight": [
             {
                 "order_id": s.order_id,
+                "saga_type": s.saga_type or "order",
+                "key": s.key or s.order_id,
                 "state": render.state(s.state),
                 "shard_id": s.shard_id,
                 "age_seconds": render.age(s, now),
@@ -116,7 +122,13 @@ def frame(data: dict[str, Any]) -> str:
     lines.append(f"last {RECENT} sagas: {outcomes or 'none yet'}")
     lines.append("")
     rows = [
-        [s["step"], render.duration(s["p50_seconds"]), render.duration(s["p99_seconds"]), s["count"]]
+        [
+            s.get("saga_type", "order"),
+            s["step"],
+            render.duration(s["p50_seconds"]),
+            render.duration(s["p99_seconds"]),
+            s["count"],
+        ]
         for s in data["steps"]
     ]
     slowest = max((s["p99_seconds"] or 0 for s in data["steps"]), default=0)
@@ -125,15 +137,21 @@ def frame(data: dict[str, Any]) -> str:
             row.append("<- slowest")
         else:
             row.append("")
-    lines.extend(_table(rows, ("step (forward)", "p50", "p99", "n", "")))
+    lines.extend(_table(rows, ("type", "step (forward)", "p50", "p99", "n", "")))
     lines.append("")
     live = [
-        [s["order_id"], s["state"], s["shard_id"], render.duration(s["age_seconds"]), s["at"]]
+        [
+            render.saga_name(s.get("saga_type", "order"), s.get("key", ""), s["order_id"]),
+            s["state"],
+            s["shard_id"],
+            render.duration(s["age_seconds"]),
+            s["at"],
+        ]
         for s in data["oldest_in_flight"]
     ]
     lines.append("oldest in flight:" if live else "nothing in flight.")
     if live:
-        lines.extend(_table(live, ("order", "state", "shard", "age", "at step")))
+        lines.extend(_table(live, ("saga", "state", "shard", "age", "at step")))
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,11 @@
     GET  /api/summary                       everything the page's overview shows, one call (polled every 2 s)
     GET  /api/sagas?state=RUNNING&limit=50  sagas, newest first, merged across shards
     GET  /api/dead-letters                  open dead letters, oldest first
-    GET  /api/sagas/{order_id}              one saga with its steps and event log (the page polls it while open)
-    POST /api/dead-letters/{order_id}/retry    {"reason": "..."} (optional)
-    POST /api/dead-letters/{order_id}/resolve  {"reason": "..."} (required)
+    GET  /api/definitions                   the saga definitions the shards hold, merged (ListDefinitions)
+    GET  /api/sagas/{key}?type=T            one saga with its steps and event log (the page polls it while open);
+                                            T defaults to "order", whose key is the order id
+    POST /api/dead-letters/{key}/retry?type=T    {"reason": "..."} (optional)
+    POST /api/dead-letters/{key}/resolve?type=T  {"reason": "..."} (required)
          either with "dry_run": true            what it would do (the planned calls, the end state); nothing changes
     GET  /api/whoami                        who is signed in, and whether they may act
     POST /api/session                       {"token": "..."}: sign in (sets an HttpOnly, SameSite=Strict cookie)
@@ -62,7 +64,13 @@ TOP_N = 10
 DEAD_LETTERS_SHOWN = 100
 """Open dead letters listed (oldest first); the count in the gauges covers all of them."""
 T = TypeVar("T")
+M = TypeVar("M", saga_pb2.GetSagaRequest, saga_pb2.RetryDeadLetterRequest, saga_pb2.ResolveDeadLetterRequest)
+ORDER_TYPE = "order"
+"""The saga type whose key is the order id: its sagas are addressed by order_id, as before definitions."""
 _ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NUMBERED = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+"""A version label that is a number ("1", "2.1") shows as "v1"; any other label as it is."""
+_SAGA_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _STATUS_HTTP = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
@@ -79,13 +87,32 @@ def _ts(t: Any) -> float | None:
     return t.seconds + t.nanos / 1e9 if t.seconds or t.nanos else None
 
 
+def _step_id(step_id: str, step: int) -> str:
+    """A step by its id in the definition; the enum's name only from a shard that sets no step_id."""
+    return step_id or (_enum(saga_pb2.Step, step, "STEP_").lower() if step else "")
+
+
+def definition_label(saga_type: str, version: str, definition_hash: str) -> str:
+    """How the page names a definition version: "order_loyalty v1 · 917436a5"."""
+    if not saga_type:
+        return ""
+    label = f"v{version}" if _NUMBERED.match(version) else version
+    return " ".join(x for x in (saga_type, label, f"· {definition_hash[:8]}" if definition_hash else "") if x)
+
+
 def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
     created, updated = _ts(s.created_at), _ts(s.updated_at)
     state = _enum(saga_pb2.SagaState, s.state, "SAGA_STATE_")
     live = state in ("RUNNING", "COMPENSATING")
     end = time.time() if live else updated
+    saga_type = s.saga_type or ORDER_TYPE
     return {
         "order_id": s.order_id,
+        "saga_type": saga_type,
+        "key": s.key or s.order_id,
+        "definition_hash": s.definition_hash,
+        "definition_version": s.definition_version,
+        "definition": definition_label(saga_type, s.definition_version, s.definition_hash),
         "saga_id": s.saga_id,
         "shard_id": s.shard_id,
         "user_id": s.user_id,
@@ -99,7 +126,8 @@ def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
         "items": [{"item_id": i.item_id, "quantity": i.quantity} for i in s.items],
         "steps": [
             {
-                "step": _enum(saga_pb2.Step, st.step, "STEP_").lower(),
+                "step": _step_id(st.step_id, st.step),
+                "kind": st.kind,
                 "status": _enum(saga_pb2.StepStatus, st.status, "STEP_STATUS_"),
                 "forward_attempts": st.forward_attempts,
                 "compensate_attempts": st.compensate_attempts,
@@ -119,7 +147,7 @@ def saga_json(s: saga_pb2.Saga) -> dict[str, Any]:
                 "seq": e.seq,
                 "at": _ts(e.at),
                 "kind": e.kind,
-                "step": _enum(saga_pb2.Step, e.step, "STEP_").lower() if e.step else "",
+                "step": _step_id(e.step_id, e.step),
                 "action": _enum(saga_pb2.Action, e.action, "ACTION_").lower() if e.action else "",
                 "attempt": e.attempt,
                 "code": e.code,
@@ -136,13 +164,15 @@ def preview_json(p: saga_pb2.SagaPreview) -> dict[str, Any]:
     """A dry run's plan for one saga (saga.v1 SagaPreview)."""
     return {
         "order_id": p.order_id,
+        "saga_type": p.saga_type or ORDER_TYPE,
+        "key": p.key or p.order_id,
         "saga_id": p.saga_id,
         "shard_id": p.shard_id,
         "state_now": _enum(saga_pb2.SagaState, p.state_now, "SAGA_STATE_"),
         "end_state": _enum(saga_pb2.SagaState, p.end_state, "SAGA_STATE_"),
         "calls": [
             {
-                "step": _enum(saga_pb2.Step, c.step, "STEP_").lower(),
+                "step": _step_id(c.step_id, c.step),
                 "action": _enum(saga_pb2.Action, c.action, "ACTION_").lower(),
                 "service": c.service,
                 "method": c.method,
@@ -159,9 +189,14 @@ def preview_json(p: saga_pb2.SagaPreview) -> dict[str, Any]:
 def dead_letter_json(d: saga_pb2.DeadLetter) -> dict[str, Any]:
     return {
         "order_id": d.order_id,
+        "saga_type": d.saga_type or ORDER_TYPE,
+        "key": d.key or d.order_id,
         "saga_id": d.saga_id,
         "shard_id": d.shard_id,
-        "step": _enum(saga_pb2.Step, d.step, "STEP_").lower(),
+        "step": _step_id(d.step_id, d.step),
+        # A compensation that failed for good (retry resumes compensating), or a retriable step after the pivot
+        # (retry resumes it forward).
+        "action": _enum(saga_pb2.Action, d.action, "ACTION_").lower() if d.action else "compensate",
         "last_error": d.last_error,
         "attempts": d.attempts,
         "parked_at": _ts(d.parked_at),
@@ -264,8 +299,11 @@ class Dashboard:
             if path == "/api/dead-letters":
                 letters, errors = await self.dead_letters()
                 return Response.of_json({"dead_letters": letters, "errors": errors})
+            if path == "/api/definitions":
+                return Response.of_json(await self.definitions())
             if path.startswith("/api/sagas/"):
-                return Response.of_json(await self.saga(_order_id(path.removeprefix("/api/sagas/"))))
+                key = _key(path.removeprefix("/api/sagas/"))
+                return Response.of_json(await self.saga(key, _saga_type(req.query)))
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
         if req.method == "POST":
             m = re.fullmatch(r"/api/dead-letters/([^/]+)/(retry|resolve)", path)
@@ -280,12 +318,12 @@ class Dashboard:
             dry_run = body.get("dry_run", False) if isinstance(body, dict) else False
             if not isinstance(dry_run, bool):
                 raise HttpError(HTTPStatus.BAD_REQUEST, "dry_run: must be true or false")
-            order_id = _order_id(m.group(1))
+            key, saga_type = _key(m.group(1)), _saga_type(req.query)
             if m.group(2) == "retry":
-                return Response.of_json(await self.retry(order_id, reason, session, dry_run))
+                return Response.of_json(await self.retry(key, reason, session, dry_run, saga_type))
             if not reason.strip():
                 raise HttpError(HTTPStatus.BAD_REQUEST, "reason: required to resolve a dead letter")
-            return Response.of_json(await self.resolve(order_id, reason, session, dry_run))
+            return Response.of_json(await self.resolve(key, reason, session, dry_run, saga_type))
         raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {req.method} not allowed")
 
     # ---- reads ----------------------------------------------------------------------------------------------------
@@ -340,10 +378,18 @@ class Dashboard:
         letters.sort(key=lambda d: (d.parked_at.seconds, d.parked_at.nanos))
         return [dead_letter_json(d) for d in letters[:DEAD_LETTERS_SHOWN]], errors
 
-    async def saga(self, order_id: str) -> dict[str, Any]:
-        req = saga_pb2.GetSagaRequest(order_id=order_id, include_events=True).SerializeToString()
+    async def definitions(self) -> dict[str, Any]:
+        """Every definition version any shard that answers holds, merged by hash, in the shards' order (by type,
+        oldest first); and {shard: error} for the others."""
+        req = saga_pb2.ListDefinitionsRequest()
+        answers, errors = await self._each_shard(lambda c: c.admin.ListDefinitions(req, timeout=CALL_TIMEOUT_S))
+        return {"definitions": merge_definitions([list(a.definitions) for a in answers]), "errors": errors}
+
+    async def saga(self, key: str, saga_type: str = ORDER_TYPE) -> dict[str, Any]:
+        req = _named(saga_pb2.GetSagaRequest(include_events=True), key, saga_type).SerializeToString()
         try:
-            reply = await self._router.to_holder(order_id, GET_SAGA, req, self._caller())
+            # The ring hashes a saga's key, whatever its type.
+            reply = await self._router.to_holder(key, GET_SAGA, req, self._caller())
         except RouterError as e:
             raise _http_error(e) from None
         return saga_json(saga_pb2.Saga.FromString(reply.body))
@@ -403,13 +449,17 @@ class Dashboard:
     # A dry run is the same call with dry_run set, on behalf of the same operator: the shard checks and refuses it as
     # it would the action, and changes nothing.
 
-    async def retry(self, order_id: str, reason: str, session: Session, dry_run: bool = False) -> dict[str, Any]:
-        req = saga_pb2.RetryDeadLetterRequest(
-            order_id=order_id, reason=reason or "retried from the dashboard", dry_run=dry_run
+    async def retry(
+        self, key: str, reason: str, session: Session, dry_run: bool = False, saga_type: str = ORDER_TYPE
+    ) -> dict[str, Any]:
+        req = _named(
+            saga_pb2.RetryDeadLetterRequest(reason=reason or "retried from the dashboard", dry_run=dry_run),
+            key,
+            saga_type,
         )
         try:
             body = req.SerializeToString()
-            reply = await self._router.to_holder(order_id, RETRY_DEAD_LETTER, body, self._caller(session))
+            reply = await self._router.to_holder(key, RETRY_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
         answer = saga_pb2.RetryDeadLetterResponse.FromString(reply.body)
@@ -421,11 +471,13 @@ class Dashboard:
             }
         return {"order_ids": list(answer.order_ids)}
 
-    async def resolve(self, order_id: str, reason: str, session: Session, dry_run: bool = False) -> dict[str, Any]:
-        req = saga_pb2.ResolveDeadLetterRequest(order_id=order_id, reason=reason, dry_run=dry_run)
+    async def resolve(
+        self, key: str, reason: str, session: Session, dry_run: bool = False, saga_type: str = ORDER_TYPE
+    ) -> dict[str, Any]:
+        req = _named(saga_pb2.ResolveDeadLetterRequest(reason=reason, dry_run=dry_run), key, saga_type)
         try:
             body = req.SerializeToString()
-            reply = await self._router.to_holder(order_id, RESOLVE_DEAD_LETTER, body, self._caller(session))
+            reply = await self._router.to_holder(key, RESOLVE_DEAD_LETTER, body, self._caller(session))
         except RouterError as e:
             raise _http_error(e) from None
         answer = saga_pb2.ResolveDeadLetterResponse.FromString(reply.body)
@@ -434,10 +486,54 @@ class Dashboard:
         return {"saga": saga_json(answer.saga)}
 
 
-def _order_id(raw: str) -> str:
+def merge_definitions(answers: list[list[saga_pb2.DefinitionVersion]]) -> list[dict[str, Any]]:
+    """The shards' ListDefinitions answers as one list, by hash: the sagas that need a version summed, `active` only
+    if every answering shard starts new sagas of its type on it, `shards` how many hold it."""
+    merged: dict[str, dict[str, Any]] = {}
+    for versions in answers:
+        for d in versions:
+            row = merged.setdefault(
+                d.hash,
+                {
+                    "name": d.name,
+                    "version": d.version,
+                    "hash": d.hash,
+                    "label": definition_label(d.name, d.version, d.hash),
+                    "active": True,
+                    "sagas": 0,
+                    "shards": 0,
+                    "step_ids": list(d.step_ids),
+                },
+            )
+            row["active"] = row["active"] and d.active
+            row["sagas"] += d.sagas
+            row["shards"] += 1
+    for row in merged.values():
+        # A shard that does not hold a version does not start new sagas on it.
+        row["active"] = row["active"] and row["shards"] == len(answers)
+    return sorted(merged.values(), key=lambda r: r["name"])
+
+
+def _named(request: M, key: str, saga_type: str) -> M:
+    """The request naming one saga: by order_id for the order flow (as always), else by saga_type and key."""
+    if saga_type == ORDER_TYPE:
+        request.order_id = key
+    else:
+        request.saga_type, request.key = saga_type, key
+    return request
+
+
+def _key(raw: str) -> str:
     if not _ORDER_ID.match(raw):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "order_id: 1-128 characters of [A-Za-z0-9._:-]")
+        raise HttpError(HTTPStatus.BAD_REQUEST, "key: 1-128 characters of [A-Za-z0-9._:-]")
     return raw
 
 
-__all__ = ["Dashboard", "dead_letter_json", "preview_json", "saga_json"]
+def _saga_type(query: dict[str, str]) -> str:
+    saga_type = query.get("type", "") or ORDER_TYPE
+    if not _SAGA_TYPE.match(saga_type):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "type: a definition name (a lowercase letter, then a-z, 0-9 or _)")
+    return saga_type
+
+
+__all__ = ["Dashboard", "dead_letter_json", "definition_label", "merge_definitions", "preview_json", "saga_json"]

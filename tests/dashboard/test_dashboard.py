@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 import pytest
 
+from common.definitions.model import Definition
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.coordinator import place_request
 from tests.helpers.live_cluster import LiveCluster
+from tests.helpers.loyalty import LOYALTY_TYPE, commit_loyalty, start_loyalty
 from tests.helpers.tools import require_tool
 
 CHROMIUM = shutil.which("chromium")
@@ -50,6 +52,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
 def saga(live: LiveCluster) -> Iterator[saga_pb2_grpc.SagaCoordinatorStub]:
     with live.channel() as channel:
         yield saga_pb2_grpc.SagaCoordinatorStub(channel)
+
+
+@pytest.fixture(scope="module")
+def loyalty(live: LiveCluster) -> Definition:
+    """The second saga type, committed to the router (and so to both shards)."""
+    return commit_loyalty(live.system)
 
 
 def http(
@@ -101,12 +109,19 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
     assert summary["errors"] == {}
     status, one = http(live, "/api/sagas/api-1")
     assert status == 200 and one["state"] == "SUCCEEDED" and len(one["steps"]) == 4 and one["events"]
+    assert (one["saga_type"], one["key"], one["definition_version"]) == ("order", "api-1", "1")
+    assert one["definition"] == f"order v1 · {one['definition_hash'][:8]}"
+    assert [(st["step"], st["kind"]) for st in one["steps"]] == [
+        (step, "compensable") for step in ("create_order", "reserve_inventory", "process_payment", "schedule_shipment")
+    ]
+    assert http(live, "/api/sagas/api-1?type=order")[1]["saga_id"] == one["saga_id"]
     assert SECRET_TOKEN not in json.dumps(one) and SECRET_TOKEN not in json.dumps(summary)
     status, listed = http(live, "/api/sagas?state=succeeded&limit=5")
     assert status == 200 and all(s["state"] == "SUCCEEDED" for s in listed["sagas"])
 
     assert http(live, "/api/sagas/api-missing")[0] == 404
     assert http(live, "/api/sagas/bad%20id")[0] == 400
+    assert http(live, "/api/sagas/api-1?type=Not-A-Type")[0] == 400
     assert http(live, "/api/sagas?state=nope")[0] == 400
     assert http(live, "/nope")[0] == 404
     # Actions: JSON only (a cross-site form cannot send it), a reason to resolve, and the shard's own refusal.
@@ -117,6 +132,43 @@ def test_json_api(live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub) ->
     assert status == 409 and "FAILED_PRECONDITION" in err["error"]
     status, page = http(live, "/")
     assert status == 200 and "<title>" in page
+
+
+def test_a_saga_of_another_type_is_found_by_type_and_key_with_its_definition_and_steps(
+    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub, loyalty: Definition
+) -> None:
+    started = start_loyalty(live.router, place_request("loy-1"))
+    assert started.state == saga_pb2.SAGA_STATE_SUCCEEDED, started
+    status, one = http(live, f"/api/sagas/loy-1?type={LOYALTY_TYPE}")
+    assert status == 200, one
+    assert (one["saga_type"], one["key"], one["order_id"], one["state"]) == (LOYALTY_TYPE, "loy-1", "", "SUCCEEDED")
+    assert one["definition"] == f"order_loyalty v1 · {loyalty.hash[:8]}" and one["definition_hash"] == loyalty.hash
+    assert [(st["step"], st["kind"]) for st in one["steps"]] == [(s.id, s.kind.value) for s in loyalty.steps]
+    assert {e["step"] for e in one["events"]} >= {"award_points"}
+    # Another type's saga is not the order flow's: no order loy-1.
+    assert http(live, "/api/sagas/loy-1")[0] == 404
+    assert http(live, f"/api/sagas/loy-nope?type={LOYALTY_TYPE}")[0] == 404
+
+    status, defs = http(live, "/api/definitions")
+    assert status == 200 and defs["errors"] == {}
+    rows = {d["name"]: d for d in defs["definitions"]}
+    assert set(rows) == {"order", LOYALTY_TYPE}
+    row = rows[LOYALTY_TYPE]
+    assert (row["hash"], row["version"], row["active"], row["shards"]) == (loyalty.hash, "1", True, 2)
+    assert row["step_ids"] == [s.id for s in loyalty.steps] and row["sagas"] >= 1
+    assert rows["order"]["active"] and len(rows["order"]["step_ids"]) == 4
+
+    summary = wait_for(
+        lambda: (
+            (s := http(live, "/api/summary")[1])
+            and any(x["saga_type"] == LOYALTY_TYPE for x in s["latency"]["steps"])
+            and s
+        ),
+        "the second type's step latencies",
+    )
+    assert ("loy-1", LOYALTY_TYPE) in {(x["key"], x["saga_type"]) for x in summary["recent"]}
+    steps = {(x["saga_type"], x["step"], x["action"]) for x in summary["latency"]["steps"]}
+    assert (LOYALTY_TYPE, "award_points", "forward") in steps and ("order", "create_order", "forward") in steps
 
 
 def wait_for(check: Callable[[], Any], what: str, limit_s: float = 30.0) -> Any:
@@ -241,7 +293,7 @@ def require_chromium() -> str:
 
 
 def test_the_page_shows_orders_and_retries_a_dead_letter(
-    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
+    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub, loyalty: Definition
 ) -> None:
     chromium = require_chromium()
     from playwright.sync_api import expect, sync_playwright
@@ -266,7 +318,38 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
                 expect(recent.locator(f'[data-saga="{order_id}"]')).to_contain_text("SUCCEEDED")
             expect(recent.locator('[data-saga="web-declined"]')).to_contain_text("FAILED")
             # Step latencies come from the shards' /metrics; every forward step has run by now.
-            expect(page.get_by_test_id("latency").locator('[data-step="process_payment/forward"]')).to_be_visible()
+            expect(
+                page.get_by_test_id("latency").locator('[data-step="process_payment/forward"]').first
+            ).to_be_visible()
+            expect(recent.locator('[data-saga="web-0"]')).to_contain_text("order v1 · ")
+
+            # A saga of the second type: its row names its type and definition version, its detail its steps by id
+            # with their kinds (the pivot marked), and the Definitions panel the versions the shards hold.
+            assert start_loyalty(live.router, place_request("web-loy")).state == saga_pb2.SAGA_STATE_SUCCEEDED
+            label = f"order_loyalty v1 · {loyalty.hash[:8]}"
+            loy_row = recent.locator(f'[data-saga="web-loy"][data-type="{LOYALTY_TYPE}"]')
+            expect(loy_row).to_contain_text(label)
+            expect(
+                page.get_by_test_id("latency").locator(
+                    f'[data-saga-type="{LOYALTY_TYPE}"][data-step="award_points/forward"]'
+                )
+            ).to_be_visible()
+            definitions = page.get_by_test_id("definitions")
+            loy_def = definitions.locator(f'[data-definition="{loyalty.hash}"]')
+            expect(loy_def).to_contain_text("active")
+            expect(loy_def).to_contain_text("create_order → reserve_inventory")
+            loy_row.locator("a[data-order]").click()
+            detail = page.get_by_test_id("detail")
+            expect(detail.get_by_test_id("detail-type")).to_have_text(LOYALTY_TYPE)
+            expect(detail.get_by_test_id("detail-definition")).to_contain_text(label)
+            expect(detail.locator('tr[data-step="process_payment"]')).to_contain_text("◆ pivot")
+            expect(detail.locator('tr[data-step="award_points"]')).to_contain_text("retriable")
+            assert f"type={LOYALTY_TYPE}&key=web-loy" in page.url  # the page's address names the open saga
+            page.locator("#d-close").click()
+            # ... and an address naming a saga by type and key opens it.
+            page.goto(live.dashboard_url + f"/?type={LOYALTY_TYPE}&key=web-loy")
+            expect(detail.get_by_test_id("detail-definition")).to_contain_text(label)
+            page.locator("#d-close").click()
 
             park(live, saga, "web-dlq", "web-dlq-resolve")
             saga_id = saga.GetSaga(saga_pb2.GetSagaRequest(order_id="web-dlq"), timeout=10).saga_id
@@ -319,7 +402,6 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
 
             # The detail view: its state after the retry, and the timeline with the failed refunds and the retry.
             recent.locator('a[data-order="web-dlq"]').click()
-            detail = page.get_by_test_id("detail")
             expect(detail.get_by_test_id("detail-state")).to_have_text("FAILED")
             timeline = detail.get_by_test_id("timeline")
             expect(timeline).to_contain_text("admin_retry")
@@ -356,7 +438,7 @@ def test_a_shard_down_is_named_and_the_other_shards_still_shown(
     # Orders on both shards of its own: the browser test, which places some too, is skipped without Chromium.
     for i in range(8):
         assert saga.PlaceOrder(place_request(f"down-{i}"), timeout=30).status == saga_pb2.SUCCESS
-    before = {s["order_id"]: s["shard_id"] for s in http(live, "/api/summary")[1]["recent"]}
+    before = {(s["saga_type"], s["key"]): s["shard_id"] for s in http(live, "/api/summary")[1]["recent"]}
     assert set(before.values()) == set(live.shard_ids)
     live.kill("shard-2")
     deadline = time.monotonic() + 10
@@ -368,5 +450,5 @@ def test_a_shard_down_is_named_and_the_other_shards_still_shown(
         time.sleep(0.2)
     assert status == 200 and down == ["shard-2"]
     assert "shard shard-2" in summary["errors"] and "UNAVAILABLE" in summary["errors"]["shard shard-2"]
-    shown = {s["order_id"] for s in summary["recent"]}
+    shown = {(s["saga_type"], s["key"]) for s in summary["recent"]}
     assert shown == {o for o, sid in before.items() if sid == "shard-1"}

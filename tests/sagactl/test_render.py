@@ -185,3 +185,48 @@ def test_a_dry_run_prints_every_call_with_its_full_key() -> None:
     resolve = io.StringIO()
     render.preview(saga_pb2.SagaPreview(order_id="o-2", end_state=saga_pb2.SAGA_STATE_RESOLVED), resolve)
     assert resolve.getvalue().endswith("-> RESOLVED, no calls to any service\n")
+
+
+def test_a_saga_of_another_type_is_named_by_type_and_key_its_steps_by_id_and_top_groups_steps_by_type() -> None:
+    saga = saga_pb2.Saga(
+        saga_id="saga-2",
+        saga_type="order_loyalty",
+        key="o-9",
+        definition_hash="917436a53f0dcf569f1e327fc6456151",
+        definition_version="1",
+        state=saga_pb2.SAGA_STATE_SUCCEEDED,
+        created_at=ts(T0),
+        updated_at=ts(T0 + 1),
+        steps=[
+            saga_pb2.StepInfo(
+                step=saga_pb2.STEP_PROCESS_PAYMENT,
+                step_id="process_payment",
+                kind="pivot",
+                status=saga_pb2.STEP_STATUS_SUCCEEDED,
+                started_at=ts(T0),
+                updated_at=ts(T0 + 0.5),
+            ),
+            saga_pb2.StepInfo(
+                step_id="award_points",
+                kind="retriable",
+                status=saga_pb2.STEP_STATUS_SUCCEEDED,
+                started_at=ts(T0 + 0.5),
+                updated_at=ts(T0 + 1),
+            ),
+        ],
+    )
+    out = io.StringIO()
+    render.saga_detail(saga, out, now=T0 + 2)
+    text = out.getvalue()
+    assert "order " not in text.splitlines()[0]  # no order id to show
+    assert "type      order_loyalty   key o-9" in text and "order_loyalty v1 · 917436a5" in text
+    (award,) = [line for line in text.splitlines() if line.startswith("award_points")]
+    assert award.split()[:3] == ["award_points", "retriable", "SUCCEEDED"]
+    assert "pivot *" in text
+    assert render.saga_rows([saga])[0][:3] == ["order_loyalty/o-9", "order_loyalty v1 · 917436a5", "SUCCEEDED"]
+    letter = saga_pb2.DeadLetter(
+        saga_type="order_loyalty", key="o-9", step_id="award_points", action=saga_pb2.ACTION_FORWARD
+    )
+    assert render.dead_letter_rows([letter])[0][:4] == ["o-9", "order_loyalty", "award_points", "forward"]
+    old = saga_pb2.DeadLetter(order_id="o-1", step=saga_pb2.STEP_PROCESS_PAYMENT)
+    assert render.dead_letter_rows([old])[0][:4] == ["o-1", "order", "process_payment", "compensate"]

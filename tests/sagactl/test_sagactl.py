@@ -17,6 +17,7 @@ import pytest
 
 from protos.service_stubs.v1 import control_pb2, control_pb2_grpc
 from tests.helpers.live_cluster import LiveCluster
+from tests.helpers.loyalty import LOYALTY_TYPE, commit_loyalty
 from tests.helpers.net import free_port
 from tests.helpers.tcp_proxy import Mode, TcpProxy
 
@@ -45,6 +46,71 @@ def set_faults(live: LiveCluster, *rules: control_pb2.FaultRule) -> None:
             control.SetFaults(control_pb2.SetFaultsRequest(rules=rules, seed=1), timeout=10)
         else:
             control.ClearFaults(control_pb2.ClearFaultsRequest(), timeout=10)
+
+
+def loyalty_input(key: str) -> str:
+    return json.dumps(
+        {
+            "order_id": key,
+            "user_id": "u-1",
+            "items": [{"item_id": "sku-1", "quantity": 1}],
+            "payment_info": {"payment_token": "tok_ok", "amount_cents": 1000, "currency": "EUR"},
+        }
+    )
+
+
+def test_sagas_of_another_type_by_type_and_key(live: LiveCluster) -> None:
+    loyalty = commit_loyalty(live.system)
+    label = f"order_loyalty v1 · {loyalty.hash[:8]}"
+    by_type = ("--type", LOYALTY_TYPE, "--key", "ctl-loy-1")
+    started = ctl(live, "start", *by_type, "--input-json", loyalty_input("ctl-loy-1"))
+    assert started.returncode == 0, started.stderr
+    assert "order_loyalty/ctl-loy-1: SUCCEEDED" in started.stdout and label in started.stdout
+
+    human = ctl(live, "get", *by_type)
+    assert human.returncode == 0 and label in human.stdout
+    assert "pivot *" in human.stdout and "retriable" in human.stdout and "award_points" in human.stdout
+    saga = json.loads(ctl(live, "get", *by_type, "--events", "--json").stdout)
+    assert (saga["saga_type"], saga["key"], saga["definition_hash"]) == (LOYALTY_TYPE, "ctl-loy-1", loyalty.hash)
+    assert [st["step_id"] for st in saga["steps"]] == [s.id for s in loyalty.steps]
+    watched = ctl(live, "watch", *by_type)
+    assert watched.returncode == 0 and "order_loyalty/ctl-loy-1: SUCCEEDED" in watched.stdout
+    listed = ctl(live, "list")
+    assert "order_loyalty/ctl-loy-1" in listed.stdout and label in listed.stdout
+    assert ctl(live, "get", "ctl-loy-1").returncode == 4  # an order id names the order flow's saga: none
+
+    # The input type named instead of learnt from ListDefinitions; and what is refused before any call.
+    typed = ("--input-type", "saga.v1.PlaceOrderRequest", "--input-json", loyalty_input("ctl-loy-2"))
+    assert ctl(live, "start", "--type", LOYALTY_TYPE, "--key", "ctl-loy-2", *typed).returncode == 0
+    assert ctl(live, "get", "ctl-loy-1", "--key", "ctl-loy-1").returncode == 2
+    assert ctl(live, "get").returncode == 2
+    bad = ctl(live, "start", *by_type, "--input-json", '{"no_such_field": 1}')
+    assert bad.returncode == 2 and "--input-json" in bad.stderr
+    unknown = ctl(live, "start", *by_type, "--input-type", "x.v1.Nope", "--input-json", "{}")
+    assert unknown.returncode == 2 and "--input-type" in unknown.stderr
+    assert ctl(live, "start", "--type", "nope", "--key", "k", "--input-json", "{}").returncode == 2
+
+    # A saga parked past its pivot: listed with its type, step and action; a retry would resume it forward.
+    set_faults(
+        live,
+        control_pb2.FaultRule(
+            method="AwardPoints", order_id_prefix="ctl-dlf-", error_rate=1.0, error_code="FAILED_PRECONDITION"
+        ),
+    )
+    try:
+        by_type = ("--type", LOYALTY_TYPE, "--key", "ctl-dlf-1")
+        parked = ctl(live, "start", *by_type, "--input-json", loyalty_input("ctl-dlf-1"))
+        assert parked.returncode == 1 and "DEAD_LETTERED" in parked.stdout
+        letters = ctl(live, "dlq", "list").stdout
+        (row,) = [line for line in letters.splitlines() if line.startswith("ctl-dlf-1 ")]
+        assert row.split()[:4] == ["ctl-dlf-1", LOYALTY_TYPE, "award_points", "forward"]
+        plan = ctl(live, "dlq", "retry", *by_type, "--dry-run")
+        assert plan.returncode == 0 and "this would resume 1 saga(s)" in plan.stdout
+        assert "order_loyalty/ctl-dlf-1" in plan.stdout and "award_points  forward" in plan.stdout
+        resolved = ctl(live, "dlq", "resolve", *by_type, "--reason", "points by hand")
+        assert resolved.returncode == 0 and "order_loyalty/ctl-dlf-1: RESOLVED" in resolved.stdout
+    finally:
+        set_faults(live)
 
 
 def test_place_get_and_list(live: LiveCluster) -> None:
@@ -80,7 +146,7 @@ def test_place_get_and_list(live: LiveCluster) -> None:
     assert proc.wait(timeout=60) == 0
     assert proc.stderr.read() == b""
     table = ctl(live, "list", "--page-size", "1")
-    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["ORDER", "STATE"]
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["SAGA", "DEFINITION", "STATE"]
     assert len(table.stdout.splitlines()) == 2 and "more" in table.stderr
 
 
