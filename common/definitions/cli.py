@@ -1,11 +1,15 @@
-"""saga-defs: check saga definition files and print their JSON Schema (docs/definitions.md).
+"""saga-defs: check, compare and draw saga definition files, print their JSON Schema (docs/definitions.md).
 
     saga-defs check FILE... [--descriptor-set F]... [--reflect HOST:PORT [--tls-ca ...]]... [--json]
+    saga-defs diff A B [--json]                         (and the type sources of check)
+    saga-defs graph FILE [--format mermaid|dot] [--json]  (likewise)
     saga-defs schema > saga-v1.schema.json
 
 `check` reports every problem of every file, one a line, `FILE:/json/pointer: code: message (hint: ...)`; a file
 without problems prints its name, version label, hash and steps. Message and service types come from the project's
 compiled protos, plus descriptor set files and the reflection of running servers for services outside the repo.
+
+`diff` and `graph` check their files the same way and print the problems of a file that does not check.
 
 Exit status: 0 every file checks; 1 some file has a problem; 2 the command could not run (bad arguments, an unreadable
 descriptor set, a server whose reflection does not answer).
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.definitions import check, reflect
+from common.definitions import check, diff, graph, reflect
 from common.definitions.catalog import CatalogError, add_files, default_catalog
 from common.definitions.model import Definition
 from common.definitions.problems import DefinitionError, Problem
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 every file checks, 1 a problem in some file, 2 the command could not run.",
     )
-    # plan, verify, diff and graph join these as subcommands of their own.
+    # plan and verify join these as subcommands of their own.
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = commands.add_parser(
         "check",
@@ -78,6 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structure (the JSON Schema), saga rules and types against the message and service descriptors.",
     )
     c.add_argument("files", nargs="+", type=Path, metavar="FILE", help="definition files, YAML or JSON")
+    _add_type_sources(c)
+    c.add_argument("--json", action="store_true", help="print one JSON document: a list with an entry per file")
+    d = commands.add_parser(
+        "diff",
+        help="what B changes from A, and what that means for sagas in flight and new ones",
+        description="Semantic differences between two definition files: labels, input, TTL, steps by id (added, "
+        "removed, reordered), kinds, services, methods, compensations, request fields, policies.",
+        epilog="Exit status: 0 both files check, 1 either has a problem (printed), 2 the command could not run.",
+    )
+    d.add_argument("files", nargs=2, type=Path, metavar="FILE", help="A then B, YAML or JSON")
+    _add_type_sources(d)
+    d.add_argument("--json", action="store_true", help="print one JSON document")
+    g = commands.add_parser(
+        "graph",
+        help="draw the saga: Mermaid or DOT text, or nodes and edges as JSON",
+        description="Steps in order, failures and compensations as dashed edges, the pivot and retriable steps marked.",
+        epilog="Exit status: 0 the file checks, 1 it has a problem (printed), 2 the command could not run.",
+    )
+    g.add_argument("files", nargs=1, type=Path, metavar="FILE", help="a definition file, YAML or JSON")
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="the text to print (mermaid)")
+    _add_type_sources(g)
+    g.add_argument("--json", action="store_true", help="print the nodes and edges as JSON instead")
+    commands.add_parser("schema", help="print the JSON Schema of definition files (for editors)")
+    return parser
+
+
+def _add_type_sources(c: argparse.ArgumentParser) -> None:
+    """Where message and service types come from besides the project's protos (every command that checks)."""
     c.add_argument(
         "--descriptor-set",
         action="append",
@@ -94,9 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also take the types the definitions name from this server's gRPC reflection; repeatable",
     )
     add_tls_arguments(c)
-    c.add_argument("--json", action="store_true", help="print one JSON document: a list with an entry per file")
-    commands.add_parser("schema", help="print the JSON Schema of definition files (for editors)")
-    return parser
 
 
 def _read(path: Path) -> tuple[Any, list[Problem]]:
@@ -145,7 +174,12 @@ def _print_text(results: list[Result]) -> None:
             )
 
 
-def _check(args: argparse.Namespace) -> int:
+class _CannotRun(Exception):
+    """A type source (descriptor set, reflection, TLS settings) failed: exit 2."""
+
+
+def _results(args: argparse.Namespace) -> list[Result]:
+    """Every file of args.files read and checked against the project's types plus the sources args names."""
     read = [(path, *_read(path)) for path in args.files]
     try:
         catalog = default_catalog(args.descriptor_set)
@@ -156,14 +190,63 @@ def _check(args: argparse.Namespace) -> int:
                 files, _unknown = reflect.fetch(address, wanted, tls)  # an unknown one is reported at its step
                 add_files(files, f"reflection of {address}")
     except (CatalogError, reflect.ReflectionError, TlsConfigError) as e:
-        print(f"saga-defs: {e}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
+        raise _CannotRun(str(e)) from e
     results = []
     for path, document, problems in read:
         definition = None
         if not problems:
             definition, problems = check.check(document, catalog)
         results.append(Result(str(path), document, definition, problems))
+    return results
+
+
+def _print_problems(results: list[Result]) -> None:
+    for r in results:
+        for p in r.problems:
+            print(f"{r.file}:{p}")
+    failed = [r for r in results if r.problems]
+    count = sum(len(r.problems) for r in failed)
+    print(f"{count} problem(s) in {len(failed)} of {len(results)} file(s)", file=sys.stderr)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    results = _results(args)
+    a, b = (r.definition for r in results)
+    found = diff.diff(a, b) if a is not None and b is not None else None
+    if args.json:
+        out: dict[str, Any] = {"files": [r.as_dict() for r in results]}
+        if found is not None:
+            out |= found.as_dict()
+        print(json.dumps(out, indent=2))
+    if found is None:
+        if not args.json:
+            _print_problems(results)
+        return EXIT_PROBLEMS
+    if not args.json:
+        for label, r, d in (("A", results[0], found.a), ("B", results[1], found.b)):
+            print(f"{label}: {r.file}: {d.name} version {d.version} hash {d.hash}")
+        print("\n".join(found.lines()))
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    (result,) = _results(args)
+    if result.definition is None:
+        if args.json:
+            print(json.dumps({"files": [result.as_dict()]}, indent=2))
+        else:
+            _print_problems([result])
+        return EXIT_PROBLEMS
+    drawn = graph.build(result.definition)
+    if args.json:
+        print(json.dumps(drawn.as_dict(), indent=2))
+    else:
+        print(graph.mermaid(drawn) if args.format == "mermaid" else graph.dot(drawn), end="")
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    results = _results(args)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
@@ -181,7 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(check.schema(), indent=2))
         return EXIT_OK
-    return _check(args)
+    run = {"check": _check, "diff": _diff, "graph": _graph}[args.command]
+    try:
+        return run(args)
+    except _CannotRun as e:
+        print(f"saga-defs: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ spot (a .proto compiled with grpc_tools into a descriptor set, loaded into a poo
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -112,3 +114,14 @@ def pool_of(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> descriptor_p
     for f in files:
         pool.Add(f)
     return pool
+
+
+def saga_defs(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The command line in a process of its own, as users run it (python -m common.definitions.cli)."""
+    return subprocess.run(
+        [sys.executable, "-m", "common.definitions.cli", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

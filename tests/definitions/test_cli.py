@@ -23,25 +23,15 @@ from tests.definitions.conftest import (
     BROKEN,
     LOYALTY_PROTO,
     ORDER,
-    REPO_ROOT,
     compile_proto,
     loyalty_doc,
     pool_of,
     read_set,
+    saga_defs,
 )
 from tests.helpers.stubs import running_stubs
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "saga-defs"
-
-
-def saga_defs(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "common.definitions.cli", *map(str, args)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def saga_defs_async(*args: str | Path) -> subprocess.CompletedProcess[str]:
