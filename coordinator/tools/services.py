@@ -238,7 +238,8 @@ class FakeServices:
         elif (effect_undone := self._applied.get(target)) is not None:
             effect_undone.undone_by.append(key)
             _set(response, "undone", True)
-            note = f"undone {target}"
+            own = target == idempotency_key(values.saga_id, step.id, Action.FORWARD)
+            note = "undone" if own else f"undone {target}"
         else:
             self.tombstones.append(Tombstone(values.saga_id, step.id, target, key))
             _set(response, "tombstoned", True)
