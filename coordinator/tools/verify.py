@@ -94,7 +94,12 @@ class Report:
     violations: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        found = [f"{c.step} x {c.outcome.value}: {v}" for c in self.cells for v in c.violations]
+        # The same mistake breaks many runs the same way: one line per violation, naming the runs.
+        runs: dict[str, list[str]] = defaultdict(list)
+        for c in self.cells:
+            for v in c.violations:
+                runs[v].append(f"{c.step} x {c.outcome.value}")
+        found = [f"{v} [{len(r)} run(s): {', '.join(r)}]" for v, r in runs.items()]
         object.__setattr__(self, "violations", tuple(found))
 
     @property
@@ -159,7 +164,7 @@ def invariants(flow: Definition, failing: StepDef, outcome: Outcome, expected: S
     undos = [c for c in ran.calls if c.action is Action.COMPENSATE and not c.asks]
     if ran.state is SagaState.FAILED:
         for effect in ran.effects:
-            if not effect.undone_by:
+            if not effect.undone_by and effect.action is Action.FORWARD:
                 found.append(_never_undone(flow, ran, effect.step_id, effect.method, effect.key))
             elif len(effect.undone_by) > 1:
                 found.append(f"{effect.step_id}: undone {len(effect.undone_by)} times ({', '.join(effect.undone_by)})")
@@ -181,7 +186,8 @@ def invariants(flow: Definition, failing: StepDef, outcome: Outcome, expected: S
         for step in flow.steps:
             if step.id not in applied:
                 found.append(f"{step.id}: never applied, yet the saga SUCCEEDED")
-    return found
+    # Keys carry the saga's id, which differs per run: without it the same mistake reads the same in every run.
+    return [v.replace(ran.saga_id, "<saga_id>") for v in found]
 
 
 def _number(flow: Definition, step_id: str) -> int:
