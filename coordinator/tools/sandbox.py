@@ -120,6 +120,8 @@ class Sandbox:
         endpoints = {s.endpoint for s in self.flow.steps}
         cfg = ShardConfig(
             shard_id="sandbox",
+            # A fixed secret: the sealer derives saga ids from its hash key, so the same plan prints the same keys.
+            journal_key="saga-defs sandbox",
             journal_path=str(self._dir / "sandbox.db"),
             services=ServiceAddresses.all_at(_UNREACHABLE, {name: _UNREACHABLE for name in endpoints}),
             seed=self.seed,

@@ -119,3 +119,9 @@ async def test_an_input_the_shard_refuses_and_an_unknown_step_are_sandbox_errors
         await plan(ORDER, bad, {})
     with pytest.raises(SandboxError, match="no step charge"):
         await plan(ORDER, _input(), {"charge": Outcome.REJECTED})
+
+
+async def test_the_same_plan_twice_is_the_same_plan() -> None:
+    first = await plan(LOYALTY, _input(LOYALTY), {"award_points": Outcome.HANG})
+    again = await plan(LOYALTY, _input(LOYALTY), {"award_points": Outcome.HANG})
+    assert first.as_dict() == again.as_dict()
