@@ -121,10 +121,13 @@ async def _plan(args: argparse.Namespace) -> tuple[int, Any, str]:
             step, outcome = planning.parse_failure(text)
         except ValueError as e:
             raise CannotRun(f"--fail-at {e}") from e
-        if flow.by_id(step) is None:
-            raise CannotRun(
-                f"--fail-at {text}: {flow.name} has no step {step!r} ({', '.join(s.id for s in flow.steps)})"
-            )
+        found = flow.by_id(step)
+        if found is None:
+            steps = ", ".join(s.id for s in flow.steps)
+            raise CannotRun(f"--fail-at {text}: {flow.name} has no step {step!r} (its steps: {steps})")
+        if not outcome.applies_to(found):
+            method = found.call.method
+            raise CannotRun(f"--fail-at {text}: {method} cannot be long-running (its response has no `operation`)")
         failures[step] = outcome
     result = await planning.plan(flow, _input(flow, args.input), failures)
     return EXIT_OK, result.as_dict(), planning.render(result)

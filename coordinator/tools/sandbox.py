@@ -76,7 +76,10 @@ class _ObservedJournal(Journal):
     """A real journal that says when it has nothing in flight: time must not move while a commit or a read is under
     way, or a saga's deadline would pass during its own write-ahead record."""
 
-    open_work = 0
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.open_work = 0
+        """Commits and reads submitted and not yet finished."""
 
     def submit(self, records: Sequence[Record], ends_round: bool = True) -> asyncio.Future[None]:
         fut = super().submit(records, ends_round)

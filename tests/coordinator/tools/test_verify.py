@@ -4,12 +4,15 @@ that names it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from common.definitions.check import load, order_flow
+from common.definitions.check import from_document, load, order_flow
+from common.definitions.model import Definition
 from coordinator.saga.model import SagaState
+from coordinator.tools.cli import main
 from coordinator.tools.services import Outcome
 from coordinator.tools.verify import OUTCOMES, expected_state, render, ttl_problems, verify
 
@@ -68,3 +71,28 @@ async def test_a_seeded_mistake_passes_check_and_fails_verify(name: str) -> None
     said = [*report.problems, *report.violations]
     assert any(MISTAKES[name] in line for line in said), "\n".join(said)
     assert "verify: " in render(report)
+
+
+def _with_a_plain_first_step() -> Definition:
+    """The order flow whose first step calls a method that cannot be long-running (no `operation` in its response)."""
+    document = json.loads(json.dumps(order_flow().document))
+    document["steps"][0]["call"] = {
+        "method": "shop.v1.OrderService/GetOperation",
+        "request": {"idempotency_key": "$input.order_id"},
+    }
+    return from_document(document, "plain-first-step")
+
+
+async def test_accepted_then_failed_is_not_applicable_to_a_method_that_cannot_be_long_running() -> None:
+    report = await verify(_with_a_plain_first_step())
+    cell = next(c for c in report.cells if c.step == "create_order" and c.outcome is Outcome.ACCEPTED_THEN_FAILED)
+    assert cell.expected is None and cell.state is None and cell.ok
+    assert report.ok, render(report)
+    assert "n/a" in render(report)
+
+
+def test_plan_refuses_it_for_such_a_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text(json.dumps(_with_a_plain_first_step().document))
+    assert main(["plan", str(path), "--fail-at", "create_order=accepted-then-failed"]) == 2
+    assert "cannot be long-running" in capsys.readouterr().err
