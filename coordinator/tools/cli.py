@@ -57,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE", help="a definition file, YAML or JSON")
     p.add_argument(
         "--fail-at",
-        action="append",
+        action=_InOrder,
+        dest="injected",
         default=[],
         metavar="STEP=OUTCOME",
         help=f"the step's forward call meets OUTCOME ({outcomes}); repeatable; every other call answers OK",
+    )
+    p.add_argument(
+        "--then",
+        action=_InOrder,
+        dest="injected",
+        metavar="OUTCOME",
+        help="after a --fail-at: what the step's next attempt meets (ok, or another outcome); repeatable, in order;"
+        " the last one holds for every later attempt (without --then, the failure does)",
     )
     _input_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -113,10 +122,31 @@ def _input(flow: Definition, text: str | None) -> Message:
         raise CannotRun(f"--input is not a {flow.input_type.DESCRIPTOR.full_name} in JSON: {e}") from e
 
 
+class _InOrder(argparse.Action):
+    """Keeps --fail-at and --then in the order given: (option, value) pairs in one list."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        seen = list(getattr(namespace, self.dest, None) or [])
+        seen.append((option or "", values))
+        setattr(namespace, self.dest, seen)
+
+
 async def _plan(args: argparse.Namespace) -> tuple[int, Any, str]:
     flow = _definition(args.file)
     failures: dict[str, Outcome] = {}
-    for text in args.fail_at:
+    then: dict[str, tuple[Outcome, ...]] = {}
+    step = ""
+    for option, text in args.injected:
+        if option == "--then":
+            if not step:
+                raise CannotRun(f"--then {text}: comes after a --fail-at STEP=OUTCOME")
+            try:
+                then[step] = (*then.get(step, ()), Outcome(text))
+            except ValueError:
+                raise CannotRun(f"--then {text}: no outcome {text!r} (one of {', '.join(Outcome)})") from None
+            continue
         try:
             step, outcome = planning.parse_failure(text)
         except ValueError as e:
@@ -129,7 +159,7 @@ async def _plan(args: argparse.Namespace) -> tuple[int, Any, str]:
             method = found.call.method
             raise CannotRun(f"--fail-at {text}: {method} cannot be long-running (its response has no `operation`)")
         failures[step] = outcome
-    result = await planning.plan(flow, _input(flow, args.input), failures)
+    result = await planning.plan(flow, _input(flow, args.input), failures, then=then)
     return EXIT_OK, result.as_dict(), planning.render(result)
 
 

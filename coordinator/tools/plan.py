@@ -31,6 +31,7 @@ class Plan:
     definition: Definition
     input: Message
     failures: Mapping[str, Outcome]
+    then: Mapping[str, tuple[Outcome, ...]]
     ran: Ran
 
     def as_dict(self) -> dict[str, Any]:
@@ -41,6 +42,7 @@ class Plan:
             "hash": d.hash,
             "input": masked(self.input),
             "failures": {step: outcome.value for step, outcome in self.failures.items()},
+            "then": {step: [o.value for o in seq] for step, seq in self.then.items()},
             "saga_id": ran.saga_id,
             "calls": [c.as_dict() for c in ran.calls],
             "end_state": ran.state.name,
@@ -61,17 +63,28 @@ def parse_failure(text: str) -> tuple[str, Outcome]:
         raise ValueError(f"{text!r}: no outcome {outcome!r} (one of {choices})") from None
 
 
-async def plan(flow: Definition, message: Message, failures: Mapping[str, Outcome], seed: int = 0) -> Plan:
-    """One saga of `flow` on `message`, each step named in `failures` meeting its outcome; SandboxError if it
-    cannot run."""
+async def plan(
+    flow: Definition,
+    message: Message,
+    failures: Mapping[str, Outcome],
+    seed: int = 0,
+    then: Mapping[str, tuple[Outcome, ...]] | None = None,
+) -> Plan:
+    """One saga of `flow` on `message`, each step named in `failures` meeting its outcome (and, in `then`, what its
+    later attempts meet); SandboxError if it cannot run."""
     async with Sandbox(flow, seed) as box:
-        ran = await box.run(message, failures)
-    return Plan(flow, message, dict(failures), ran)
+        ran = await box.run(message, failures, then)
+    return Plan(flow, message, dict(failures), dict(then or {}), ran)
 
 
 def render(p: Plan) -> str:
     d, ran = p.definition, p.ran
-    failing = ", ".join(f"{s}={o.value}" for s, o in p.failures.items()) or "none"
+    failing = (
+        ", ".join(
+            f"{s}={o.value}" + "".join(f" then {t.value}" for t in p.then.get(s, ())) for s, o in p.failures.items()
+        )
+        or "none"
+    )
     lines = [
         f"{d.name} version {d.version} hash {d.hash}; failing: {failing}",
         f"input {d.input_type.DESCRIPTOR.full_name} {json.dumps(masked(p.input))}",

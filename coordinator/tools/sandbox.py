@@ -158,15 +158,19 @@ class Sandbox:
                 shutil.rmtree(self._dir, ignore_errors=True)
             logger.enable("coordinator")
 
-    async def run(self, message: Message, failures: Mapping[str, Outcome]) -> Ran:
+    async def run(
+        self, message: Message, failures: Mapping[str, Outcome], then: Mapping[str, Sequence[Outcome]] | None = None
+    ) -> Ran:
         """Starts a saga of the definition with `message` as its input, its steps' forward calls meeting `failures`
-        (every other call OK), and drives it to SUCCEEDED, FAILED or DEAD_LETTERED."""
+        (every other call OK; `then`: what a step's later attempts meet, in order, the last repeating), and drives it
+        to SUCCEEDED, FAILED or DEAD_LETTERED."""
         shard = self._shard
         assert shard is not None, "use the sandbox as an async context manager"
         unknown = sorted(set(failures) - {s.id for s in self.flow.steps})
         if unknown:
             raise SandboxError(f"no step {', '.join(unknown)} in {self.flow.name}")
         self.services.failures = dict(failures)
+        self.services.then = {step: tuple(seq) for step, seq in (then or {}).items()}
         key = self.flow.key_of(message)
         began_ms, first_call = self.clock.elapsed_ms, len(self.services.calls)
         task = asyncio.create_task(shard.start_saga(self.flow.name, key, message, None, False))

@@ -125,6 +125,9 @@ class FakeServices:
     def __init__(self, clock: VirtualClock) -> None:
         self._clock = clock
         self.failures: dict[str, Outcome] = {}
+        self.then: dict[str, tuple[Outcome, ...]] = {}
+        """Step id -> the outcomes of its forward call's later attempts (2nd, 3rd, ...; the last one repeats); a
+        step with none meets its failure on every attempt."""
         self.calls: list[CallRecord] = []
         self.effects: list[Effect] = []
         self.tombstones: list[Tombstone] = []
@@ -184,6 +187,14 @@ class FakeServices:
 
     # ---- the services' behaviour ------------------------------------------------------------------------------------
 
+    def _outcome(self, step_id: str, attempt: int) -> Outcome:
+        """What attempt `attempt` (from 1) of the step's forward call meets: its failure, then its --then sequence."""
+        first = self.failures.get(step_id, Outcome.OK)
+        later = self.then.get(step_id, ())
+        if attempt <= 1 or not later:
+            return first
+        return later[min(attempt - 2, len(later) - 1)]
+
     def _operation(self, step: StepDef, key: str) -> OperationAnswer:
         if not step.get_operation:
             return OperationAnswer(OperationState.UNKNOWN, CallResult(grpc.StatusCode.UNIMPLEMENTED, "no GetOperation"))
@@ -202,7 +213,9 @@ class FakeServices:
         found = self._answers.get(key)
         if found is not None:
             return found, "the key's first answer"
-        outcome = self.failures.get(step.id, Outcome.OK) if action is Action.FORWARD else Outcome.OK
+        outcome = self._outcome(step.id, self._attempts[(key, call.method)]) if action is Action.FORWARD else Outcome.OK
+        if outcome is Outcome.OK:
+            self._unknown.discard(key)  # a later attempt answered: the service can say again
         if outcome is Outcome.REJECTED:
             result = self._answers[key] = CallResult(grpc.StatusCode.FAILED_PRECONDITION, "rejected (injected)")
             return result, ""

@@ -88,3 +88,13 @@ def test_the_console_script_runs_plan() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["end_state"] == "FAILED"
+
+
+def test_then_follows_its_fail_at(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", str(ORDER), "--fail-at", "process_payment=unknown", "--then", "ok", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["then"] == {"process_payment": ["ok"]}
+    assert main(["plan", str(ORDER), "--then", "ok"]) == 2
+    assert "comes after a --fail-at" in capsys.readouterr().err
+    assert main(["plan", str(ORDER), "--fail-at", "create_order=rejected", "--then", "soon"]) == 2
+    assert "no outcome 'soon'" in capsys.readouterr().err

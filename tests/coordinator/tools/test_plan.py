@@ -103,6 +103,19 @@ async def test_a_lost_reply_is_asked_about_and_the_saga_goes_on() -> None:
     assert len(ran.effects) == 4 and not any(e.undone_by for e in ran.effects)
 
 
+async def test_then_gives_the_later_attempts_their_own_outcomes() -> None:
+    """--fail-at reserve_inventory=timeout --then timeout --then ok: two timeouts, then the reservation goes through
+    (the same key each time) and the saga succeeds; the failure alone would have repeated until the budget ran out."""
+    then = {"reserve_inventory": (Outcome.TIMEOUT, Outcome.OK)}
+    result = await plan(ORDER, _input(), {"reserve_inventory": Outcome.TIMEOUT}, then=then)
+    forward = [c for c in result.ran.calls if c.step_id == "reserve_inventory" and c.action is F and not c.asks]
+    assert [c.result.split(":")[0] for c in forward] == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "OK (applied)"]
+    assert len({c.key for c in forward}) == 1 and [c.attempt for c in forward] == [1, 2, 3]
+    assert result.ran.state is SagaState.SUCCEEDED
+    assert "reserve_inventory=timeout then timeout then ok" in render(result)
+    assert result.as_dict()["then"] == {"reserve_inventory": ["timeout", "ok"]}
+
+
 def test_failures_and_inputs_are_parsed_or_refused_by_name() -> None:
     assert parse_failure("process_payment=hang") == ("process_payment", Outcome.HANG)
     with pytest.raises(ValueError, match="no outcome 'late'"):
