@@ -171,6 +171,67 @@ def test_a_saga_of_another_type_is_found_by_type_and_key_with_its_definition_and
     assert (LOYALTY_TYPE, "award_points", "forward") in steps and ("order", "create_order", "forward") in steps
 
 
+AWARD_REFUSED = "graph-dlf-"
+"""Loyalty sagas whose key starts so park past the pivot: the stubs refuse their points for good."""
+
+
+def park_loyalty(live: LiveCluster, *keys: str) -> None:
+    """Parks each loyalty saga on award_points (a retriable step past the pivot, refused for good)."""
+    rule = control_pb2.FaultRule(
+        method="AwardPoints", order_id_prefix=AWARD_REFUSED, error_rate=1.0, error_code="FAILED_PRECONDITION"
+    )
+    set_faults(live, rule)
+    try:
+        for key in keys:
+            assert key.startswith(AWARD_REFUSED)
+            assert start_loyalty(live.router, place_request(key)).state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+    finally:
+        set_faults(live)
+
+
+def test_a_definitions_graph_counts_its_live_sagas_at_their_steps(
+    live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub, loyalty: Definition
+) -> None:
+    park_loyalty(live, "graph-dlf-1", "graph-dlf-2")
+    # A charge the payment service runs as a long-running operation (20 s): the saga is in flight at the pivot.
+    start_loyalty(live.router, place_request("graph-wait", token="tok_lro-charge-20s"), no_wait=True)
+    park(live, saga, "graph-order-dlq")  # an order parked by its refund: at process_payment, compensating for good
+
+    path = f"/api/definitions/{loyalty.hash}/graph"
+    graph = wait_for(
+        lambda: (g := http(live, path)[1])["counts"]["process_payment"]["waiting"] == 1 and g,
+        "the waiting loyalty saga counted at its pivot",
+    )
+    assert (graph["name"], graph["version"], graph["hash"]) == (LOYALTY_TYPE, "1", loyalty.hash)
+    assert graph["label"] == f"order_loyalty v1 · {loyalty.hash[:8]}"
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    assert [n["step"] for n in graph["nodes"] if n["type"] == "step"] == [s.id for s in loyalty.steps]
+    assert [sid for sid, n in nodes.items() if n.get("pivot")] == ["step_process_payment"]
+    assert nodes["step_award_points"]["retriable"] and "undo_award_points" not in nodes
+    edges = {(e["from"], e["to"]): e for e in graph["edges"]}
+    assert not edges[("step_process_payment", "step_award_points")]["dashed"]
+    assert edges[("undo_reserve_inventory", "undo_create_order")]["dashed"]
+    assert edges[("step_award_points", "parked")]["type"] == "park"
+    counts = graph["counts"]
+    assert list(counts) == [s.id for s in loyalty.steps]
+    assert counts["award_points"] == {"in_flight": 0, "failed": 0, "compensating": 0, "parked": 2, "waiting": 0}
+    assert counts["process_payment"] == {"in_flight": 1, "failed": 0, "compensating": 0, "parked": 0, "waiting": 1}
+    assert sum(c[b] for c in counts.values() for b in ("in_flight", "failed", "compensating", "parked")) == 3
+    assert (graph["bottleneck"], graph["bottleneck_rule"]) == (
+        "process_payment",
+        "the step with the most sagas in flight",
+    )
+    assert graph["complete"] and graph["errors"] == {} and graph["scanned"] >= 4
+
+    # The order flow's version: its own sagas only (the parked order, at the step whose refund failed).
+    order_hash = http(live, "/api/sagas/graph-order-dlq")[1]["definition_hash"]
+    order = http(live, f"/api/definitions/{order_hash}/graph")[1]
+    assert order["name"] == "order" and "award_points" not in order["counts"]
+    assert order["counts"]["process_payment"]["parked"] >= 1
+    assert http(live, f"/api/definitions/{'0' * 32}/graph")[0] == 404
+    assert http(live, "/api/definitions/not-a-hash/graph")[0] == 404
+
+
 def wait_for(check: Callable[[], Any], what: str, limit_s: float = 30.0) -> Any:
     """check()'s first truthy answer, polled; AssertionError naming `what` after limit_s (generous: busy machines)."""
     deadline = time.monotonic() + limit_s
