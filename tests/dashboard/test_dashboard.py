@@ -492,6 +492,53 @@ def test_the_page_shows_orders_and_retries_a_dead_letter(
             browser.close()
 
 
+def test_the_page_draws_a_definitions_graph_with_live_counts(live: LiveCluster, loyalty: Definition) -> None:
+    chromium = require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    park_loyalty(live, "graph-dlf-web")
+    start_loyalty(live.router, place_request("graph-web-wait", token="tok_lro-charge-20s"), no_wait=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live.dashboard_url + "/")
+            # Each version in Definitions links its graph; the graph marks the pivot and counts sagas at each step.
+            page.get_by_test_id("definitions").locator(f'a[data-graph="{loyalty.hash}"]').click()
+            panel = page.get_by_test_id("graph")
+            expect(panel.get_by_test_id("graph-title")).to_have_text(f"order_loyalty v1 · {loyalty.hash[:8]}")
+            pivot = panel.locator('[data-node="step_process_payment"]')
+            expect(pivot).to_have_attribute("data-pivot", "true")
+            expect(pivot).to_contain_text("◆ pivot")
+            expect(panel.locator('[data-node="step_create_order"]')).to_have_attribute("data-pivot", "false")
+            expect(panel.locator('[data-node="undo_create_order"]')).to_have_count(1)
+            expect(panel.locator("line.edge.dashed").first).to_be_attached()
+            parked = panel.locator('[data-node="step_award_points"] [data-count="parked"]')
+            expect(parked).to_contain_text(re.compile(r"parked [1-9]"))
+            # The waiting charge is in flight at the pivot: the bottleneck, by the rule the page states.
+            expect(pivot).to_have_class(re.compile(r"\bbottleneck\b"))
+            expect(pivot.get_by_test_id("bottleneck")).to_be_visible()
+            expect(pivot.locator('[data-count="in_flight"]')).to_contain_text(re.compile(r"in flight [1-9]"))
+            expect(panel.get_by_test_id("graph-note")).to_contain_text(
+                "bottleneck: process_payment (the step with the most sagas in flight)"
+            )
+
+            # A saga's page names its version and links its graph.
+            page.goto(live.dashboard_url + f"/?type={LOYALTY_TYPE}&key=graph-dlf-web")
+            detail = page.get_by_test_id("detail")
+            link = detail.get_by_test_id("detail-definition").locator(f'a[data-graph="{loyalty.hash}"]')
+            expect(link).to_contain_text(f"order_loyalty v1 · {loyalty.hash[:8]}")
+            link.click()
+            expect(detail).to_be_hidden()
+            expect(panel.locator(f'svg[data-hash="{loyalty.hash}"]')).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_a_shard_down_is_named_and_the_other_shards_still_shown(
     live: LiveCluster, saga: saga_pb2_grpc.SagaCoordinatorStub
 ) -> None:
