@@ -558,5 +558,7 @@ def test_a_shard_down_is_named_and_the_other_shards_still_shown(
         time.sleep(0.2)
     assert status == 200 and down == ["shard-2"]
     assert "shard shard-2" in summary["errors"] and "UNAVAILABLE" in summary["errors"]["shard shard-2"]
-    shown = {(s["saga_type"], s["key"]) for s in summary["recent"]}
-    assert shown == {o for o, sid in before.items() if sid == "shard-1"}
+    # Recent is the newest 20: with shard-2's gone, older sagas of shard-1 may join those it showed before.
+    shown = {(s["saga_type"], s["key"]): s["shard_id"] for s in summary["recent"]}
+    assert set(shown.values()) == {"shard-1"}
+    assert {o for o, sid in before.items() if sid == "shard-1"} <= set(shown)
