@@ -5,6 +5,8 @@
     GET  /api/sagas?state=RUNNING&limit=50  sagas, newest first, merged across shards
     GET  /api/dead-letters                  open dead letters, oldest first
     GET  /api/definitions                   the saga definitions the shards hold, merged (ListDefinitions)
+    GET  /api/definitions/{hash}/graph      one version's graph (common.definitions.graph) with live counts per step
+                                            and its bottleneck step (shard_router.dashboard.step_counts)
     GET  /api/sagas/{key}?type=T            one saga with its steps and event log (the page polls it while open);
                                             T defaults to "order", whose key is the order id
     POST /api/dead-letters/{key}/retry?type=T    {"reason": "..."} (optional)
@@ -27,6 +29,7 @@ its actions reach the shard on behalf of the signed-in operator (the shard's aud
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -37,12 +40,16 @@ from typing import Any, TypeVar
 import grpc
 
 from common.auth import Authenticator, forwarded_metadata
+from common.definitions import DefinitionError, from_document
+from common.definitions.graph import build
 from common.tls import is_loopback
 from protos.saga.v1 import saga_pb2
 from shard_router.channels import ChannelPool, ShardClient
 from shard_router.dashboard.auth import DashboardGuard, Session, page_csp
 from shard_router.dashboard.http import HttpError, HttpServer, Request, Response
 from shard_router.dashboard.shard_stats import ShardStats
+from shard_router.dashboard.step_counts import BOTTLENECK_RULE, LIVE_STATES, bottleneck, step_counts
+from shard_router.dashboard.step_counts import step_id as _step_id
 from shard_router.errors import RouterError
 from shard_router.relay.forwarding import GET_SAGA, RESOLVE_DEAD_LETTER, RETRY_DEAD_LETTER, IncomingCall
 from shard_router.relay.routing import Router
@@ -61,6 +68,8 @@ decoded on the router's loop, between relayed calls, so this stays small."""
 STUCK_AFTER_S = 10.0
 """A live saga older than this is listed as stuck."""
 TOP_N = 10
+GRAPHS_KEPT = 64
+"""Definition graphs kept built, by hash (a hash names one document forever, so a kept graph never goes stale)."""
 DEAD_LETTERS_SHOWN = 100
 """Open dead letters listed (oldest first); the count in the gauges covers all of them."""
 T = TypeVar("T")
@@ -70,6 +79,7 @@ ORDER_TYPE = "order"
 _ORDER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NUMBERED = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 """A version label that is a number ("1", "2.1") shows as "v1"; any other label as it is."""
+_HASH = re.compile(r"/api/definitions/([0-9a-f]{8,64})/graph")
 _SAGA_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _STATUS_HTTP = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
@@ -85,11 +95,6 @@ def _enum(enum: Any, value: int, prefix: str) -> str:
 
 def _ts(t: Any) -> float | None:
     return t.seconds + t.nanos / 1e9 if t.seconds or t.nanos else None
-
-
-def _step_id(step_id: str, step: int) -> str:
-    """A step by its id in the definition; the enum's name only from a shard that sets no step_id."""
-    return step_id or (_enum(saga_pb2.Step, step, "STEP_").lower() if step else "")
 
 
 def definition_label(saga_type: str, version: str, definition_hash: str) -> str:
@@ -232,6 +237,7 @@ class Dashboard:
         self._allow_remote = allow_remote
         self._hosts = hosts
         self.guard = DashboardGuard(auth, hosts)
+        self._graphs: dict[str, dict[str, Any]] = {}
 
     @property
     def port(self) -> int:
@@ -301,6 +307,8 @@ class Dashboard:
                 return Response.of_json({"dead_letters": letters, "errors": errors})
             if path == "/api/definitions":
                 return Response.of_json(await self.definitions())
+            if m := _HASH.fullmatch(path):
+                return Response.of_json(await self.definition_graph(m.group(1)))
             if path.startswith("/api/sagas/"):
                 key = _key(path.removeprefix("/api/sagas/"))
                 return Response.of_json(await self.saga(key, _saga_type(req.query)))
@@ -384,6 +392,51 @@ class Dashboard:
         req = saga_pb2.ListDefinitionsRequest()
         answers, errors = await self._each_shard(lambda c: c.admin.ListDefinitions(req, timeout=CALL_TIMEOUT_S))
         return {"definitions": merge_definitions([list(a.definitions) for a in answers]), "errors": errors}
+
+    async def _scan(self, state: int) -> tuple[list[saga_pb2.ListSagasResponse], dict[str, str]]:
+        """One page (SCAN_LIMIT) of the sagas in this state from every shard that answers, as they come."""
+        req = saga_pb2.ListSagasRequest(state=state, page_size=SCAN_LIMIT)
+        return await self._each_shard(lambda c: c.coordinator.ListSagas(req, timeout=CALL_TIMEOUT_S))
+
+    async def _graph(self, definition_hash: str) -> dict[str, Any]:
+        """The version's graph as data, built once from the document a shard holds."""
+        if (kept := self._graphs.get(definition_hash)) is not None:
+            return kept
+        req = saga_pb2.ListDefinitionsRequest(include_documents=True)
+        answers, errors = await self._each_shard(lambda c: c.admin.ListDefinitions(req, timeout=CALL_TIMEOUT_S))
+        found = next((d for a in answers for d in a.definitions if d.hash == definition_hash), None)
+        if found is None:
+            held = "no shard that answered holds it" + (f" ({len(errors)} did not answer)" if errors else "")
+            raise HttpError(HTTPStatus.NOT_FOUND, f"definition {definition_hash}: {held}")
+        try:
+            definition = from_document(json.loads(found.document_json), f"definition {definition_hash}")
+        except (ValueError, DefinitionError) as e:
+            raise HttpError(HTTPStatus.BAD_GATEWAY, f"definition {definition_hash}: a shard's document: {e}") from None
+        graph = build(definition).as_dict()
+        graph["label"] = definition_label(found.name, found.version, found.hash)
+        if len(self._graphs) >= GRAPHS_KEPT:
+            self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[definition_hash] = graph
+        return graph
+
+    async def definition_graph(self, definition_hash: str) -> dict[str, Any]:
+        """The version's graph with its live sagas counted at their current steps, from one page (SCAN_LIMIT) of each
+        live state per shard: "complete" is false if a page was full (the counts are then a lower bound)."""
+        graph = await self._graph(definition_hash)
+        scans = await asyncio.gather(*(self._scan(state) for state in LIVE_STATES))
+        pages = [page for answers, _ in scans for page in answers]
+        errors = {f"shard {sid}": message for _, e in scans for sid, message in e.items()}
+        step_ids = [n["step"] for n in graph["nodes"] if n["type"] == "step"]
+        counts = step_counts((s for page in pages for s in page.sagas), definition_hash, step_ids)
+        return {
+            **graph,
+            "counts": counts,
+            "bottleneck": bottleneck(counts),
+            "bottleneck_rule": BOTTLENECK_RULE,
+            "scanned": sum(len(page.sagas) for page in pages),
+            "complete": not any(page.next_page_token for page in pages),
+            "errors": errors,
+        }
 
     async def saga(self, key: str, saga_type: str = ORDER_TYPE) -> dict[str, Any]:
         req = _named(saga_pb2.GetSagaRequest(include_events=True), key, saga_type).SerializeToString()
