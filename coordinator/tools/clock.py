@@ -1,7 +1,8 @@
 """Virtual time for the definition tools: the engine's sleeps and attempt timeouts pass at once, in wake-up order.
 
 A coordinator.clock.Clock whose time moves only when the sandbox (coordinator.tools.sandbox) finds nothing else to do:
-it jumps to the earliest sleeper's wake-up time. A saga whose retries span minutes runs in milliseconds, and the same
+it jumps to the earliest sleeper's wake-up time. The engine's unit tests drive the same clock by hand
+(tests/helpers/clock.py). A saga whose retries span minutes runs in milliseconds, and the same
 run gives the same calls every time.
 """
 
@@ -16,14 +17,14 @@ START_EPOCH_MS = 1_700_000_000_000
 class VirtualClock:
     def __init__(self, start_epoch_ms: int = START_EPOCH_MS) -> None:
         self._mono = 0.0
-        self._start_epoch_ms = start_epoch_ms
+        self._epoch_offset_ms = start_epoch_ms
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def monotonic(self) -> float:
         return self._mono
 
     def now_epoch_ms(self) -> int:
-        return self._start_epoch_ms + int(self._mono * 1000)
+        return self._epoch_offset_ms + int(self._mono * 1000)
 
     @property
     def elapsed_ms(self) -> int:

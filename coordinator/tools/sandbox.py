@@ -72,7 +72,7 @@ class Ran:
     """Virtual time from the start to the end."""
 
 
-class _ObservedJournal(Journal):
+class ObservedJournal(Journal):
     """A real journal that says when it has nothing in flight: time must not move while a commit or a read is under
     way, or a saga's deadline would pass during its own write-ahead record."""
 
@@ -113,7 +113,7 @@ class Sandbox:
         self.clock = VirtualClock()
         self.services = FakeServices(self.clock)
         self._dir: Path | None = None
-        self._journal: _ObservedJournal | None = None
+        self._journal: ObservedJournal | None = None
         self._shard: Shard | None = None
 
     async def __aenter__(self) -> Sandbox:
@@ -130,7 +130,7 @@ class Sandbox:
             seed=self.seed,
         )
         try:
-            self._journal = _ObservedJournal(cfg.journal_path)
+            self._journal = ObservedJournal(cfg.journal_path)
             await self._journal.open()
             sealer = await open_sealer(cfg, self._journal)
             self._shard = Shard(cfg, self._journal, self.services, self.clock, sealer, random.Random(self.seed))

@@ -3,19 +3,19 @@ a journal that says when it is idle (so a fake clock moves only once the real I/
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
 from common.definitions.model import Step, Values
-from coordinator.journal import Journal, Record
+from coordinator.journal import Journal
 from coordinator.saga.errors import CallClass, CallResult, OperationAnswer, OperationState
 from coordinator.saga.model import Action, SagaState, idempotency_key
+from coordinator.tools.sandbox import ObservedJournal as SandboxJournal
 from tests.helpers.clock import FakeClock
 
 Script = Callable[[Values, int], CallResult | None]
@@ -146,26 +146,13 @@ class FakeCaller:
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
-class ObservedJournal(Journal):
-    """A real journal that counts what it has not finished: submitted records not yet committed, reads under way."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.open_work = 0
+class ObservedJournal(SandboxJournal):
+    """A real journal that counts what it has not finished (coordinator.tools.sandbox's): submitted records not yet
+    committed, reads under way."""
 
     @property
     def idle(self) -> bool:
         return self.open_work == 0
-
-    def submit(self, records: Sequence[Record], ends_round: bool = True) -> asyncio.Future[None]:
-        fut = super().submit(records, ends_round)
-        if not fut.done():
-            self.open_work += 1
-            fut.add_done_callback(self._finished)
-        return fut
-
-    def _finished(self, _: object) -> None:
-        self.open_work -= 1
 
     async def state_counts(self) -> dict[SagaState, int]:
         """How many sagas the journal holds in each state (a test's question: no product code asks it)."""

@@ -5,34 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from coordinator.tools.clock import START_EPOCH_MS, VirtualClock
 
-class FakeClock:
-    """A clock tests advance by hand: sleeping tasks wake when advance() passes their wake-up time."""
 
-    def __init__(self, start_epoch_ms: int = 1_700_000_000_000) -> None:
+class FakeClock(VirtualClock):
+    """A clock tests advance by hand: sleeping tasks wake when advance() passes their wake-up time (the tools'
+    virtual clock, moved by the test instead of by the sandbox)."""
+
+    def __init__(self, start_epoch_ms: int = START_EPOCH_MS) -> None:
+        super().__init__(start_epoch_ms)
         # Awaited between wake-ups so that real I/O (the journal's thread) finishes before time moves on again.
         self.settle: Callable[[], Awaitable[None]] | None = None
-        self._mono = 0.0
-        self._epoch_offset_ms = start_epoch_ms
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def now_epoch_ms(self) -> int:
-        return self._epoch_offset_ms + int(self._mono * 1000)
 
     def jump_wall_clock(self, delta_ms: int) -> None:
         """Moves the wall clock only, as an NTP step would; monotonic timers are unaffected."""
         self._epoch_offset_ms += delta_ms
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + seconds, fut))
-        await fut
 
     @property
     def sleepers(self) -> int:
