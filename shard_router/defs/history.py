@@ -23,7 +23,7 @@ from typing import Any
 
 from common.definitions import Definition
 from protos.ring.v1 import ring_pb2
-from shard_router.ring.epochs import replace_file
+from shard_router.ring.epochs import read_history, replace_file
 
 
 class DefinitionsFileError(Exception):
@@ -124,18 +124,7 @@ class DefinitionsHistory:
 
 def read(path: Path) -> DefinitionsHistory:
     """The history in path; an empty one (version 0) if the file does not exist."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return DefinitionsHistory()
-    except OSError as e:
-        raise DefinitionsFileError(f"cannot read definitions file {path}: {e}") from e
-    try:
-        return DefinitionsHistory.from_json(json.loads(text))
-    except ValueError as e:
-        raise DefinitionsFileError(
-            f"definitions file {path} is corrupt ({e}); restore it from version control or a backup"
-        ) from e
+    return read_history(path, "definitions", DefinitionsHistory, DefinitionsHistory.from_json, DefinitionsFileError)
 
 
 def write(path: Path, history: DefinitionsHistory, expect: int) -> None:

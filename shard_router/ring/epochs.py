@@ -18,23 +18,32 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from common.ring import EpochError, EpochHistory
 from shard_router.config import RingSpec
 
+T = TypeVar("T")
+
 
 def read(path: Path) -> EpochHistory:
     """The history in path; an empty history if the file does not exist."""
+    return read_history(path, "epochs", EpochHistory, EpochHistory.from_json, EpochError)
+
+
+def read_history(path: Path, what: str, empty: Callable[[], T], parse: Callable[[Any], T], error: type[Exception]) -> T:
+    """A history file (the epochs, the definitions) parsed; empty() if there is none; `error` naming the file if it
+    cannot be read or parsed."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return EpochHistory()
+        return empty()
     except OSError as e:
-        raise EpochError(f"cannot read epochs file {path}: {e}") from e
+        raise error(f"cannot read {what} file {path}: {e}") from e
     try:
-        return EpochHistory.from_json(json.loads(text))
-    except (ValueError, EpochError) as e:
-        raise EpochError(f"epochs file {path} is corrupt ({e}); restore it from version control or a backup") from e
+        return parse(json.loads(text))
+    except (ValueError, error) as e:
+        raise error(f"{what} file {path} is corrupt ({e}); restore it from version control or a backup") from e
 
 
 def write(path: Path, history: EpochHistory, expect: int | None = None) -> None:
