@@ -322,7 +322,9 @@ def test_each_shards_journal_is_shown(live: LiveCluster, saga: saga_pb2_grpc.Sag
     while True:
         shards = http(live, "/api/summary")[1]["shards"]
         journals = {sh["id"]: sh["journal"] for sh in shards}
-        if sum(j.get("rows.sagas", 0) for j in journals.values()) >= 1 or time.monotonic() > deadline:
+        # Every shard's figures arrive with its next scrape: wait for all of them, not the first.
+        scraped = all("file_bytes" in j for j in journals.values())
+        if (scraped and sum(j.get("rows.sagas", 0) for j in journals.values()) >= 1) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert set(journals) == set(live.shard_ids)
