@@ -10,6 +10,11 @@ read, a ledger and a restart cannot disagree with what was applied. The final st
 its own idempotency key like a forward call and committed together with the forward record it marks. Each transition
 is decided with no await between the check and the change (idempotency.py's module docstring), so a final step and a
 compensation of the same effect cannot both win; the loser is FAILED_PRECONDITION.
+
+A final step is long-running when the effect's items ask for it (lro_rules.py: "lro-approve-", "lro-confirm-",
+"lro-dispatch-"): accepted, it is decided again when it comes due, and until then the effect's compensation is refused
+(it will become final). A final step's record names the forward key it is about in its `effect` ({key: 1}), so it
+completes against that effect even if the order has gained another one meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from protos.shop.v1 import common_pb2
 from service_stubs.errors import StubError
 from service_stubs.idempotency import Call, Req, ShopService
 from service_stubs.keys import Answer, KeyRecord, request_digest
+from service_stubs.lro_rules import Lro
 from service_stubs.validation import read_idempotency_key, require_id, require_key
 
 Resp = TypeVar("Resp", bound=Message)
@@ -102,6 +108,10 @@ class HoldingService(ShopService[Req]):
     def read_reply(self, forward: KeyRecord) -> Message:
         """The read's response for the `forward` effect, in whatever state it is."""
 
+    @abc.abstractmethod
+    def final_rule(self, forward: KeyRecord) -> Lro | None:
+        """The long-running rule of the final step of `forward`'s effect (from its items); None: answered at once."""
+
     # ---- state ----
 
     def proto_state(self, hold: Hold | None) -> int:
@@ -114,10 +124,14 @@ class HoldingService(ShopService[Req]):
         return self.proto_state(summary(hold_of(r) for r in records if r.method == self.forward_method))
 
     def undo_refusal(self, forward: KeyRecord) -> Answer | None:
-        if forward.finalized_by is None:
-            return None
         what = self.describe.format(forward.order_id)
-        message = f"{what} is {self.state_names[Hold.FINAL]}: that is final, it cannot be undone"
+        final = self.state_names[Hold.FINAL]
+        if forward.finalized_by is not None:
+            message = f"{what} is {final}: that is final, it cannot be undone"
+        elif any(r.method == self.final_method and forward.key in r.effect for r in self.in_progress.values()):
+            message = f"{what} is becoming {final} (a {self.final_method} in progress): it cannot be undone"
+        else:
+            return None
         return Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message)
 
     def find(self, order_id: str, forward_key: str = "") -> Found:
@@ -130,8 +144,10 @@ class HoldingService(ShopService[Req]):
             records = [record]
         else:
             records = [r for r in self.keys.for_order(order_id) if r.method == self.forward_method]
-        for record in records:
-            self._finish_if_due(record)  # an operation's outcome is decided by its due time, not by when one looked
+        # An operation's outcome is decided by its due time, not by when one looked: the effect's, and its final step's.
+        for record in self.keys.for_order(order_id):
+            if record.in_progress and record.method in (self.forward_method, self.final_method):
+                self._finish_if_due(record)
         applied = [r for r in records if r.applied]
         in_progress = any(r.in_progress for r in records)
         live = [r for r in applied if r.undone_by is None]
@@ -167,12 +183,27 @@ class HoldingService(ShopService[Req]):
             async with self.keys.locked(key):
                 record = self.keys.get(key)
                 if record is None:
-                    record, touched = self._apply_final(key, digest, order_id, forward_key)
-                    await self.store.commit(touched)
+                    # From here to keys.put() (in _accept or below) there is no await.
+                    forward = self._target(order_id, forward_key)
+                    answer, applies = self._decide_final(forward, order_id)
+                    lro = self.final_rule(forward) if applies and forward is not None else None
+                    if forward is not None and lro is not None:
+                        accepted = self._accept(key, method, digest, order_id, request, lro, None)
+                        accepted.effect = {forward.key: 1}
+                        return self._after_answer(fault, await self._commit_accepted(accepted))
+                    record = KeyRecord(key=key, method=method, order_id=order_id, request_digest=digest, answer=None)
+                    touched = self._settle_final(record, forward, answer, applies)
+                    self.keys.put(record)
+                    await self.store.commit([record, *touched])
                 answer = await self._answer(record, digest)
             return self._after_answer(fault, answer)
 
         return response.FromString(await self._serve(method, context, body))
+
+    def complete_other(self, record: KeyRecord) -> list[KeyRecord]:
+        forward = self.keys.get(next(iter(record.effect)))
+        answer, applies = self._decide_final(forward, record.order_id)
+        return self._settle_final(record, forward, answer, applies)
 
     async def read(
         self,
@@ -200,38 +231,52 @@ class HoldingService(ShopService[Req]):
 
         return response.FromString(await self._serve(self.read_method, context, body))
 
-    def _apply_final(self, key: str, digest: str, order_id: str, forward_key: str) -> tuple[KeyRecord, list[KeyRecord]]:
-        """Decides the final step and applies it in memory (no await); returns its record and every record to commit.
-        Raises (recording nothing) while the effect is still being applied: that outcome is not decided yet."""
+    def _target(self, order_id: str, forward_key: str) -> KeyRecord | None:
+        """The applied effect a final step is about (find()); raises, recording nothing, while it is still being
+        applied: that outcome is not decided yet."""
         found = self.find(order_id, forward_key)
-        forward = found.record
-        hold = None if forward is None else hold_of(forward)
-        what = self.describe.format(order_id)
+        hold = None if found.record is None else hold_of(found.record)
         if found.in_progress and hold in (None, Hold.UNDONE):
-            raise StubError(grpc.StatusCode.UNAVAILABLE, f"{what} is still in progress: retry")
+            raise StubError(
+                grpc.StatusCode.UNAVAILABLE, f"{self.describe.format(order_id)} is still in progress: retry"
+            )
+        return found.record
+
+    def _decide_final(self, forward: KeyRecord | None, order_id: str) -> tuple[Answer, bool]:
+        """The final step's answer for `forward`'s effect now, and whether it makes it final (HELD -> FINAL)."""
+        what = self.describe.format(order_id)
         names = self.state_names
-        touched: list[KeyRecord] = []
-        applied = 0
+        hold = None if forward is None else hold_of(forward)
         if forward is None or hold is None:
-            answer = Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, f"{what} not found")
-        elif hold is Hold.UNDONE:
+            return Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, f"{what} not found"), False
+        if hold is Hold.UNDONE:
             message = f"{what} is {names[Hold.UNDONE]}: it cannot become {names[Hold.FINAL]}"
-            answer = Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message)
-        elif self._undo_in_progress(forward):
+            return Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message), False
+        if self._undo_in_progress(forward):
             message = f"{what} is being undone: it cannot become {names[Hold.FINAL]}"
-            answer = Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message)
-        else:
-            if hold is Hold.HELD:
-                assert Hold.FINAL in TRANSITIONS[hold]
-                forward.finalized_by = key
+            return Answer.rejection(grpc.StatusCode.FAILED_PRECONDITION, message), False
+        # FINAL already: the same answer, nothing new.
+        return Answer.success(self.final_reply(forward)), hold is Hold.HELD
+
+    def _settle_final(
+        self, record: KeyRecord, forward: KeyRecord | None, answer: Answer, applies: bool
+    ) -> list[KeyRecord]:
+        """Applies a decided final step in memory: its record's answer, and the effect it makes final; returns the
+        other records to commit."""
+        record.answer = answer
+        record.applied_count = int(applies)
+        touched: list[KeyRecord] = []
+        if forward is not None:
+            record.effect = {forward.key: 1}
+            if applies:
+                hold = hold_of(forward)
+                assert hold is not None and Hold.FINAL in TRANSITIONS[hold], f"{forward.key}: {hold} -> FINAL"
+                forward.finalized_by = record.key
                 touched.append(forward)
-                applied = 1
-            answer = Answer.success(self.final_reply(forward))  # FINAL already: the same answer, nothing new
-        record = KeyRecord(key=key, method=self.final_method, order_id=order_id, request_digest=digest, answer=answer)
-        record.applied_count = applied
-        self.keys.put(record)
-        logger.debug("{} {} order={} key={} -> {}", self.name, self.final_method, order_id, key, record.code)
-        return record, [record, *touched]
+        logger.debug(
+            "{} {} order={} key={} -> {}", self.name, self.final_method, record.order_id, record.key, answer.code
+        )
+        return touched
 
     def _undo_in_progress(self, forward: KeyRecord) -> bool:
         """True if a compensation of `forward` was accepted as a long-running operation and has not settled yet."""

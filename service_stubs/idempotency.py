@@ -138,6 +138,11 @@ class ShopService(abc.ABC, Generic[Req]):
         """A rejection for a compensation of the applied `forward` call if it may no longer be undone, else None."""
         return None
 
+    def complete_other(self, record: KeyRecord) -> list[KeyRecord]:
+        """Decides and applies in memory an operation of another method (other_responses) that has come due: sets the
+        record's answer and applied count; returns the other records to commit. Must not await."""
+        raise AssertionError(f"{self.name} has no long-running {record.method}")
+
     def restore(self, loaded: Loaded) -> None:
         """Rebuilds derived in-memory state (e.g. open orders) from what the store loaded."""
 
@@ -450,10 +455,12 @@ class ShopService(abc.ABC, Generic[Req]):
             if not decision.answer.ok:
                 record.undo_lro = None
             stock = decision.stock
-        else:
+        elif record.method == self.compensation_method:
             touched, stock = self._settle_compensation(
                 record, common_pb2.CompensationRequest.FromString(record.request)
             )
+        else:
+            touched = self.complete_other(record)
         assert record.answer is not None
         record.answer = done_answer(record.answer, self._response_type(record.method), record.key)
         record.request = None

@@ -15,7 +15,7 @@ from service_stubs.faults import FaultInjector
 from service_stubs.holds import Hold, HoldingService, hold_of
 from service_stubs.idempotency import Decision
 from service_stubs.keys import Answer, KeyRecord, derived_id
-from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.lro_rules import Lro, LroRules, item_id_rule, item_rules
 from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
@@ -99,6 +99,9 @@ class InventoryService(HoldingService[inventory_pb2.ReserveInventoryRequest]):
             items=[common_pb2.Item(item_id=i, quantity=q) for i, q in sorted(forward.effect.items())],
         )
 
+    def final_rule(self, forward: KeyRecord) -> Lro | None:
+        return item_id_rule("confirm", sorted(forward.effect))
+
     def restore(self, loaded: Loaded) -> None:
         self._stock.update(loaded.stock)
 
@@ -121,7 +124,7 @@ class InventoryService(HoldingService[inventory_pb2.ReserveInventoryRequest]):
         require_items(request.items)
 
     def lro_rules(self, request: inventory_pb2.ReserveInventoryRequest) -> LroRules:
-        return item_rules(request.items, "reserve", "release")
+        return item_rules(request.items, "reserve", "release", "confirm")
 
     def apply(self, key: str, request: inventory_pb2.ReserveInventoryRequest) -> Decision:
         wanted = units_per_item(request.items)

@@ -16,10 +16,10 @@ from service_stubs.loyalty import LoyaltyService
 from service_stubs.order import OrderService
 from service_stubs.shipping import ShippingService
 
-_STATE_FIELDS: dict[type[HoldingService[Any]], str] = {
-    OrderService: "order_state",
-    InventoryService: "reservation_state",
-    ShippingService: "shipment_state",
+_STATE_FIELDS: dict[str, str] = {
+    OrderService.name: "order_state",
+    InventoryService.name: "reservation_state",
+    ShippingService.name: "shipment_state",
 }
 """Which OrderLedger field shows each holding service's state (holds.summary over the order's effects)."""
 
@@ -69,7 +69,7 @@ def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control
     ledger.shipment_cancelled = bool(shipments) and all(shipments)
     for service in services:
         if isinstance(service, HoldingService):
-            setattr(ledger, _STATE_FIELDS[type(service)], service.order_state(order_id))
+            setattr(ledger, _STATE_FIELDS[service.name], service.order_state(order_id))
     loyalty = next((s for s in services if isinstance(s, LoyaltyService)), None)
     for user_id in sorted(points):
         awarded, revoked = points[user_id]

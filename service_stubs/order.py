@@ -9,7 +9,7 @@ from service_stubs.faults import FaultInjector
 from service_stubs.holds import Hold, HoldingService, hold_of
 from service_stubs.idempotency import Decision
 from service_stubs.keys import Answer, KeyRecord
-from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.lro_rules import Lro, LroRules, item_id_rule, item_rules
 from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
@@ -82,6 +82,10 @@ class OrderService(HoldingService[order_pb2.CreateOrderRequest]):
             items=created.items,
         )
 
+    def final_rule(self, forward: KeyRecord) -> Lro | None:
+        created = order_pb2.CreateOrderRequest.FromString(forward.details or b"")
+        return item_id_rule("approve", (item.item_id for item in created.items))
+
     def restore(self, loaded: Loaded) -> None:
         for record in self.keys:
             if record.method == self.forward_method and record.applied and record.undone_by is None:
@@ -93,7 +97,7 @@ class OrderService(HoldingService[order_pb2.CreateOrderRequest]):
         require_items(request.items)
 
     def lro_rules(self, request: order_pb2.CreateOrderRequest) -> LroRules:
-        return item_rules(request.items, "create", "cancelorder")
+        return item_rules(request.items, "create", "cancelorder", "approve")
 
     def apply(self, key: str, request: order_pb2.CreateOrderRequest) -> Decision:
         if request.order_id in self._open_orders:

@@ -8,7 +8,7 @@ from protos.shop.v1 import common_pb2, shipping_pb2
 from service_stubs.holds import Hold, HoldingService, hold_of
 from service_stubs.idempotency import Decision
 from service_stubs.keys import Answer, KeyRecord, derived_id
-from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.lro_rules import Lro, LroRules, item_id_rule, item_rules
 from service_stubs.validation import require_id, require_items
 
 UNSHIPPABLE_PREFIX = "unshippable-"
@@ -70,13 +70,17 @@ class ShippingService(HoldingService[shipping_pb2.ScheduleShipmentRequest]):
             items=scheduled.items,
         )
 
+    def final_rule(self, forward: KeyRecord) -> Lro | None:
+        scheduled = shipping_pb2.ScheduleShipmentRequest.FromString(forward.details or b"")
+        return item_id_rule("dispatch", (item.item_id for item in scheduled.items))
+
     def validate(self, request: shipping_pb2.ScheduleShipmentRequest) -> None:
         require_id(request.order_id, "order_id")
         require_id(request.user_id, "user_id")
         require_items(request.items)
 
     def lro_rules(self, request: shipping_pb2.ScheduleShipmentRequest) -> LroRules:
-        return item_rules(request.items, "schedule", "cancel")
+        return item_rules(request.items, "schedule", "cancel", "dispatch")
 
     def apply(self, key: str, request: shipping_pb2.ScheduleShipmentRequest) -> Decision:
         for item in request.items:

@@ -336,3 +336,52 @@ async def test_states_survive_sigkill_of_the_process(tmp_path: Path) -> None:
         await asyncio.to_thread(proc.kill)
         await asyncio.to_thread(proc.start)
         await check_states(proc.address)
+
+
+# ---------------------------------------------------------------- long-running final steps
+
+
+async def test_a_long_running_approval_holds_off_the_cancellation_until_it_is_done(
+    shop: ShopClient, control: StubControlClient
+) -> None:
+    await shop.create_order("o-1", key="c", lines=[("lro-approve-1s-sku", 1)])
+    accepted = await approve(shop, "o-1", key="a")
+    assert not accepted.operation.done and accepted.operation.name == "a"
+    assert (await approve(shop, "o-1", key="a")).operation.done is False  # a retry: still in progress
+    assert (await get_order(shop, "o-1")).state == PENDING
+    error = await rpc_error(
+        shop.compensate("order", "o-1", key="x", forward_key="c"), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert "becoming APPROVED" in (error.details() or "")
+    reply = await shop.wait_done("order", "a")
+    response = order_pb2.ApproveOrderResponse()
+    assert reply.code == "OK" and reply.response.Unpack(response) and response.state == APPROVED
+    final = await approve(shop, "o-1", key="a")
+    assert (final.state, final.operation.done) == (APPROVED, True)
+    assert (await get_order(shop, "o-1")).state == APPROVED
+    assert (await control.get_operation_stats())["ApproveOrder"] == (1, 1, 0)
+
+
+async def test_long_running_confirmation_and_dispatch(shop: ShopClient, control: StubControlClient) -> None:
+    await shop.reserve("o-1", key="r", lines=[("lro-confirm-0s-sku", 1)])
+    assert not (await confirm(shop, "o-1", key="cr")).operation.done
+    assert (await get_reservation(shop, "o-1")).state == SOLD  # due at once: the read finishes it
+    await shop.schedule("o-2", key="s", lines=[("lro-dispatch-never-sku", 1)])
+    assert not (await release_shipment(shop, "o-2", key="rs")).operation.done
+    await rpc_error(shop.compensate("shipping", "o-2", key="x", forward_key="s"), grpc.StatusCode.FAILED_PRECONDITION)
+    assert (await get_shipment(shop, "o-2")).state == SCHEDULED
+    # A rule out of bounds is refused with the forward call, not later with its final step.
+    error = await rpc_error(
+        shop.create_order("o-3", key="c3", lines=[("lro-approve-99999999s", 1)]), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "items[0].item_id" in (error.details() or "")
+
+
+async def test_a_long_running_approval_finishes_after_a_restart(data_dir: Path) -> None:
+    async with running_stubs(data_dir) as stubs, ShopClient(stubs.address) as shop:
+        await shop.create_order("o-1", key="c", lines=[("lro-approve-1s-sku", 1)])
+        assert not (await approve(shop, "o-1", key="a")).operation.done
+    async with running_stubs(data_dir) as stubs, ShopClient(stubs.address) as shop:
+        assert (await shop.wait_done("order", "a")).code == "OK"
+        assert (await get_order(shop, "o-1")).state == APPROVED
+        await rpc_error(shop.compensate("order", "o-1", key="x", forward_key="c"), grpc.StatusCode.FAILED_PRECONDITION)

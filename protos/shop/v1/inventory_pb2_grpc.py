@@ -96,7 +96,9 @@ class InventoryServiceServicer:
         has no compensation. Idempotent by idempotency key; confirming a SOLD reservation again (under another key) answers
         SOLD and changes nothing. FAILED_PRECONDITION (recorded for the key) if the reservation is RELEASED, is being
         released, was never made, or (named by order alone) the order holds several: name one by its key. UNAVAILABLE (not
-        recorded: retry) while the reservation is still a long-running operation in progress.
+        recorded: retry) while the reservation is still a long-running operation in progress. Long-running (common.proto)
+        when an item id of the reservation contains "lro-confirm-<N>s" or "lro-confirm-never"; while it runs,
+        ReleaseInventory of it is FAILED_PRECONDITION (it is becoming SOLD) and GetReservation still says HELD.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -95,7 +95,9 @@ class OrderServiceServicer:
         has no compensation. Idempotent by idempotency key like every call here; approving an APPROVED order again (under
         another key) answers APPROVED and changes nothing. FAILED_PRECONDITION (recorded for the key) if the order is
         REJECTED, is being cancelled, or was never created; UNAVAILABLE (not recorded: retry) while its CreateOrder is
-        still a long-running operation in progress.
+        still a long-running operation in progress. Long-running (common.proto) when an item id of the order contains
+        "lro-approve-<N>s" or "lro-approve-never"; while it runs, CancelOrder of the order is FAILED_PRECONDITION (it is
+        becoming APPROVED) and GetOrder still says PENDING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

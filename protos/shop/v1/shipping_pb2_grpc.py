@@ -95,7 +95,9 @@ class ShippingServiceServicer:
         the saga's point of no return: it has no compensation. Idempotent by idempotency key; releasing a RELEASED shipment
         again (under another key) answers RELEASED and changes nothing. FAILED_PRECONDITION (recorded for the key) if the
         shipment is CANCELLED, is being cancelled, or was never scheduled; UNAVAILABLE (not recorded: retry) while its
-        ScheduleShipment is still a long-running operation in progress.
+        ScheduleShipment is still a long-running operation in progress. Long-running (common.proto) when an item id of the
+        shipment contains "lro-dispatch-<N>s" or "lro-dispatch-never"; while it runs, CancelShipment of it is
+        FAILED_PRECONDITION (it is becoming RELEASED) and GetShipment still says SCHEDULED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
