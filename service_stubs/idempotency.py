@@ -63,6 +63,8 @@ class Decision:
     """What was applied (see KeyRecord.effect); empty for a rejection."""
     stock: Sequence[tuple[str, int]] = ()
     """Stock levels changed by the apply, to commit with the key record."""
+    details: bytes | None = None
+    """What a read of the effect reports (KeyRecord.details); None for a rejection, or a service with no such read."""
 
 
 class Call:
@@ -92,6 +94,8 @@ class ShopService(abc.ABC, Generic[Req]):
     forward_request: ClassVar[type[Message]]
     """The forward method's request message, to apply an operation accepted earlier."""
     forward_response: ClassVar[type[Message]]
+    other_responses: ClassVar[Mapping[str, type[Message]]] = {}
+    """Response messages of the service's other recorded methods (holds.py's final step), by method name."""
 
     def __init__(
         self,
@@ -129,6 +133,15 @@ class ShopService(abc.ABC, Generic[Req]):
     def undo(self, record: KeyRecord) -> Sequence[tuple[str, int]]:
         """Reverts in memory what the applied `record` did; returns changed stock levels. Must not await."""
         return ()
+
+    def undo_refusal(self, forward: KeyRecord) -> Answer | None:
+        """A rejection for a compensation of the applied `forward` call if it may no longer be undone, else None."""
+        return None
+
+    def complete_other(self, record: KeyRecord) -> list[KeyRecord]:
+        """Decides and applies in memory an operation of another method (other_responses) that has come due: sets the
+        record's answer and applied count; returns the other records to commit. Must not await."""
+        raise AssertionError(f"{self.name} has no long-running {record.method}")
 
     def restore(self, loaded: Loaded) -> None:
         """Rebuilds derived in-memory state (e.g. open orders) from what the store loaded."""
@@ -243,6 +256,7 @@ class ShopService(abc.ABC, Generic[Req]):
             applied_count=1 if decision.answer.ok else 0,
             effect=decision.effect,
             undo_lro=undo_lro if decision.answer.ok else None,
+            details=decision.details,
         )
         self.keys.put(record)
         logger.debug("{} {} order={} key={} -> {}", self.name, self.forward_method, order_id, key, record.code)
@@ -259,7 +273,8 @@ class ShopService(abc.ABC, Generic[Req]):
             # due time, not by when someone looked.
             self._finish_if_due(forward)
             undo_lro = forward.undo_lro
-            if undo_lro is not None and self._matches(forward, request) and forward.applied and not forward.undone_by:
+            undoable = forward.applied and not forward.undone_by and self.undo_refusal(forward) is None
+            if undo_lro is not None and self._matches(forward, request) and undoable:
                 record = self._accept(key, self.compensation_method, digest, request.order_id, request, undo_lro, None)
                 return record, [record], ()
         record = KeyRecord(
@@ -303,6 +318,8 @@ class ShopService(abc.ABC, Generic[Req]):
             touched.append(forward)
             reply.tombstoned = True
             applied = 1
+        elif forward.applied and (refusal := self.undo_refusal(forward)) is not None:
+            rejection = refusal
         elif forward.applied:
             reply.undone = True
             if forward.undone_by is None:  # else another compensation key undid it already: nothing new to apply
@@ -434,13 +451,16 @@ class ShopService(abc.ABC, Generic[Req]):
             record.answer = decision.answer
             record.applied_count = 1 if decision.answer.ok else 0
             record.effect = decision.effect
+            record.details = decision.details
             if not decision.answer.ok:
                 record.undo_lro = None
             stock = decision.stock
-        else:
+        elif record.method == self.compensation_method:
             touched, stock = self._settle_compensation(
                 record, common_pb2.CompensationRequest.FromString(record.request)
             )
+        else:
+            touched = self.complete_other(record)
         assert record.answer is not None
         record.answer = done_answer(record.answer, self._response_type(record.method), record.key)
         record.request = None
@@ -467,6 +487,8 @@ class ShopService(abc.ABC, Generic[Req]):
         """The response message of one of this service's methods (a record's)."""
         if method == self.forward_method:
             return self.forward_response
+        if method in self.other_responses:
+            return self.other_responses[method]
         assert method == self.compensation_method, f"{self.name} has no method {method}"
         compensation: type[Message] = common_pb2.CompensationResponse
         return compensation

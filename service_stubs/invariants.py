@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1.control_pb2 import OrderLedger
+from protos.shop.v1 import inventory_pb2, order_pb2, shipping_pb2
 
 
 def ledger_violations(
@@ -12,8 +13,9 @@ def ledger_violations(
 ) -> list[str]:
     """SUCCESS => every effect exactly once, nothing compensated; FAILED => net zero everywhere; never a key twice.
     Loyalty points (no saga step awards them yet, so only where some were): never more revoked than awarded, never a
-    balance below what the order still holds; none revoked on SUCCESS, all of them on FAILED."""
-    out = []
+    balance below what the order still holds; none revoked on SUCCESS, all of them on FAILED. Whatever the status, the
+    semantic lock's invariants (state_violations)."""
+    out = state_violations(order_id, ledger)
     for k in ledger.keys:
         if k.applied_count > 1:
             out.append(f"{order_id}: key {k.idempotency_key} applied {k.applied_count} times")
@@ -59,4 +61,32 @@ def ledger_violations(
                 out.append(f"{order_id}: FAILED but user {p.user_id} awarded {p.awarded} revoked {p.revoked}")
     else:
         out.append(f"{order_id}: status {status} is neither SUCCESS nor FAILED")
+    return out
+
+
+def state_violations(order_id: str, ledger: OrderLedger) -> list[str]:
+    """The semantic lock, over a ledger of every service (one process hosting them all): APPROVED => charged and not
+    refunded, reservation HELD or SOLD, shipment not CANCELLED; REJECTED => nothing held (reservation RELEASED or never
+    made), no net charge, shipment CANCELLED or never scheduled. A PENDING order (a saga running, or the order flow,
+    which never approves) is held to nothing here."""
+    out = []
+    reservation = ledger.reservation_state
+    shipment = ledger.shipment_state
+    reserved = {i: q for i, q in ledger.reserved_net.items() if q}
+    if ledger.order_state == order_pb2.ORDER_STATE_APPROVED:
+        if ledger.charged_cents <= 0 or ledger.refunded_cents:
+            out.append(f"{order_id}: APPROVED but charged {ledger.charged_cents} refunded {ledger.refunded_cents}")
+        if reservation not in (inventory_pb2.RESERVATION_STATE_HELD, inventory_pb2.RESERVATION_STATE_SOLD):
+            out.append(f"{order_id}: APPROVED but reservation {inventory_pb2.ReservationState.Name(reservation)}")
+        if shipment == shipping_pb2.SHIPMENT_STATE_CANCELLED:
+            out.append(f"{order_id}: APPROVED but its shipment is cancelled")
+    elif ledger.order_state == order_pb2.ORDER_STATE_REJECTED:
+        if reservation not in (inventory_pb2.RESERVATION_STATE_UNSPECIFIED, inventory_pb2.RESERVATION_STATE_RELEASED):
+            out.append(f"{order_id}: REJECTED but reservation {inventory_pb2.ReservationState.Name(reservation)}")
+        if reserved:
+            out.append(f"{order_id}: REJECTED but still reserved {reserved}")
+        if ledger.charged_cents != ledger.refunded_cents:
+            out.append(f"{order_id}: REJECTED but charged {ledger.charged_cents} refunded {ledger.refunded_cents}")
+        if shipment not in (shipping_pb2.SHIPMENT_STATE_UNSPECIFIED, shipping_pb2.SHIPMENT_STATE_CANCELLED):
+            out.append(f"{order_id}: REJECTED but shipment {shipping_pb2.ShipmentState.Name(shipment)}")
     return out

@@ -1,4 +1,8 @@
-"""The Inventory service: reserves stock for orders and releases it."""
+"""The Inventory service: reserves stock for orders, and sells or releases it.
+
+Stock is a counter per item, changed only by adding or subtracting a reservation's units in one synchronous section
+(apply, undo): never by writing back a level read before an await. So reserves and releases of concurrent orders
+commute, and stock never goes negative (a reservation that does not fit is refused whole)."""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import grpc
 
 from protos.shop.v1 import common_pb2, inventory_pb2
 from service_stubs.faults import FaultInjector
-from service_stubs.idempotency import Decision, ShopService
+from service_stubs.holds import Hold, HoldingService, hold_of
+from service_stubs.idempotency import Decision
 from service_stubs.keys import Answer, KeyRecord, derived_id
-from service_stubs.lro_rules import LroRules, item_rules
+from service_stubs.lro_rules import Lro, LroRules, item_id_rule, item_rules
 from service_stubs.operations import OperationSettings
 from service_stubs.stats import CallStats
 from service_stubs.store import Loaded, Store
@@ -20,8 +25,9 @@ SOLD_OUT_PREFIX = "sold-out-"
 """Test fixture: items whose id starts with this start with no stock."""
 
 
-class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
-    """Reserving more than is in stock, for any item, is FAILED_PRECONDITION and reserves nothing."""
+class InventoryService(HoldingService[inventory_pb2.ReserveInventoryRequest]):
+    """Reserving more than is in stock, for any item, is FAILED_PRECONDITION and reserves nothing. A reservation is HELD
+    until ConfirmReservation sells it (its units never come back) or ReleaseInventory puts its units back."""
 
     name = "inventory"
     grpc_service = "shop.v1.InventoryService"
@@ -29,6 +35,16 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
     compensation_method = "ReleaseInventory"
     forward_request = inventory_pb2.ReserveInventoryRequest
     forward_response = inventory_pb2.ReserveInventoryResponse
+    final_method = "ConfirmReservation"
+    read_method = "GetReservation"
+    other_responses = {"ConfirmReservation": inventory_pb2.ConfirmReservationResponse}
+    describe = "the reservation of order {}"
+    state_names = {Hold.HELD: "HELD", Hold.FINAL: "SOLD", Hold.UNDONE: "RELEASED"}
+    proto_states = {
+        Hold.HELD: inventory_pb2.RESERVATION_STATE_HELD,
+        Hold.FINAL: inventory_pb2.RESERVATION_STATE_SOLD,
+        Hold.UNDONE: inventory_pb2.RESERVATION_STATE_RELEASED,
+    }
 
     def __init__(
         self,
@@ -56,6 +72,36 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
     ) -> common_pb2.CompensationResponse:
         return await self.compensate(request, context)
 
+    async def ConfirmReservation(
+        self, request: inventory_pb2.ConfirmReservationRequest, context: grpc.aio.ServicerContext
+    ) -> inventory_pb2.ConfirmReservationResponse:
+        key = request.reservation_idempotency_key
+        response = inventory_pb2.ConfirmReservationResponse
+        return await self.finalize(request, request.order_id, key, context, response, "reservation_idempotency_key")
+
+    async def GetReservation(
+        self, request: inventory_pb2.GetReservationRequest, context: grpc.aio.ServicerContext
+    ) -> inventory_pb2.GetReservationResponse:
+        key = request.reservation_idempotency_key
+        response = inventory_pb2.GetReservationResponse
+        return await self.read(request.order_id, key, context, response, "reservation_idempotency_key")
+
+    def final_reply(self, forward: KeyRecord) -> inventory_pb2.ConfirmReservationResponse:
+        return inventory_pb2.ConfirmReservationResponse(
+            state=inventory_pb2.RESERVATION_STATE_SOLD, reservation_id=derived_id("res", forward.key)
+        )
+
+    def read_reply(self, forward: KeyRecord) -> inventory_pb2.GetReservationResponse:
+        return inventory_pb2.GetReservationResponse(
+            order_id=forward.order_id,
+            reservation_id=derived_id("res", forward.key),
+            state=self.proto_state(hold_of(forward)),
+            items=[common_pb2.Item(item_id=i, quantity=q) for i, q in sorted(forward.effect.items())],
+        )
+
+    def final_rule(self, forward: KeyRecord) -> Lro | None:
+        return item_id_rule("confirm", sorted(forward.effect))
+
     def restore(self, loaded: Loaded) -> None:
         self._stock.update(loaded.stock)
 
@@ -78,7 +124,7 @@ class InventoryService(ShopService[inventory_pb2.ReserveInventoryRequest]):
         require_items(request.items)
 
     def lro_rules(self, request: inventory_pb2.ReserveInventoryRequest) -> LroRules:
-        return item_rules(request.items, "reserve", "release")
+        return item_rules(request.items, "reserve", "release", "confirm")
 
     def apply(self, key: str, request: inventory_pb2.ReserveInventoryRequest) -> Decision:
         wanted = units_per_item(request.items)

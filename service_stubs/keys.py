@@ -89,6 +89,11 @@ class KeyRecord:
     """The serialized request while in progress, to apply when the operation finishes; dropped then."""
     undo_lro: Lro | None = None
     """For an applied forward call: the long-running rule of the compensation that would undo it."""
+    finalized_by: str | None = None
+    """Key of the final step (ApproveOrder, ConfirmReservation, ReleaseShipment) that made this forward call's effect
+    final: no compensation undoes it from then on (holds.py)."""
+    details: bytes | None = None
+    """For an applied forward call whose effect a read reports (GetOrder, GetShipment): what it applied, serialized."""
 
     @classmethod
     def tombstone(cls, key: str, method: str, order_id: str) -> KeyRecord:

@@ -9,8 +9,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from protos.service_stubs.v1 import control_pb2
+from service_stubs.holds import HoldingService
 from service_stubs.idempotency import ShopService
+from service_stubs.inventory import InventoryService
 from service_stubs.loyalty import LoyaltyService
+from service_stubs.order import OrderService
+from service_stubs.shipping import ShippingService
+
+_STATE_FIELDS: dict[str, str] = {
+    OrderService.name: "order_state",
+    InventoryService.name: "reservation_state",
+    ShippingService.name: "shipment_state",
+}
+"""Which OrderLedger field shows each holding service's state (holds.summary over the order's effects)."""
 
 
 def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control_pb2.OrderLedger:
@@ -56,6 +67,9 @@ def order_ledger(order_id: str, services: Sequence[ShopService[Any]]) -> control
     ledger.order_cancelled = bool(creates) and all(creates)
     ledger.shipment_scheduled = bool(shipments)
     ledger.shipment_cancelled = bool(shipments) and all(shipments)
+    for service in services:
+        if isinstance(service, HoldingService):
+            setattr(ledger, _STATE_FIELDS[service.name], service.order_state(order_id))
     loyalty = next((s for s in services if isinstance(s, LoyaltyService)), None)
     for user_id in sorted(points):
         awarded, revoked = points[user_id]

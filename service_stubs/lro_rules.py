@@ -29,9 +29,13 @@ WHATS: tuple[str, ...] = (
     "cancelorder",
     "award",
     "revoke",
+    "approve",
+    "confirm",
+    "dispatch",
 )
 """The calls a rule can name: ChargePayment, RefundPayment, ReserveInventory, ReleaseInventory, ScheduleShipment,
-CancelShipment, CreateOrder, CancelOrder, AwardPoints, RevokePoints."""
+CancelShipment, CreateOrder, CancelOrder, AwardPoints, RevokePoints, and the final steps ApproveOrder,
+ConfirmReservation and ReleaseShipment (holds.py), whose rule comes from the items of the effect they make final."""
 MAX_LRO_S = 86_400
 """Bound on N: a day is longer than any test or demo waits, and keeps due times far from int64 overflow."""
 _PREFIX = "lro-"
@@ -70,6 +74,9 @@ class LroRules:
 
     forward: Lro | None = None
     undo: Lro | None = None
+    final: Lro | None = None
+    """The final step's (holds.py): read again from the effect when that step comes, checked here so a bad rule is
+    refused with the forward call."""
 
 
 NO_RULES = LroRules()
@@ -103,9 +110,18 @@ def field_rules(field: str, value: str, forward: str, undo: str) -> LroRules:
     return LroRules(forward=lro_rule(forward, fields), undo=lro_rule(undo, fields))
 
 
-def item_rules(items: Sequence[common_pb2.Item], forward: str, undo: str) -> LroRules:
-    """The rules for `forward` and its compensation `undo` in the item ids of an order."""
+def item_rules(items: Sequence[common_pb2.Item], forward: str, undo: str, final: str | None = None) -> LroRules:
+    """The rules for `forward`, its compensation `undo` and its final step `final` in the item ids of an order."""
     if not any(_PREFIX in item.item_id for item in items):  # the usual case: nothing to look for
         return NO_RULES
     fields = [(f"items[{index}].item_id", item.item_id) for index, item in enumerate(items)]
-    return LroRules(forward=lro_rule(forward, fields), undo=lro_rule(undo, fields))
+    return LroRules(
+        forward=lro_rule(forward, fields),
+        undo=lro_rule(undo, fields),
+        final=None if final is None else lro_rule(final, fields),
+    )
+
+
+def item_id_rule(what: str, item_ids: Iterable[str]) -> Lro | None:
+    """The rule for `what` in item ids already accepted (a held effect's): never out of bounds, item_rules checked."""
+    return lro_rule(what, [(f"items[{index}].item_id", item_id) for index, item_id in enumerate(item_ids)])

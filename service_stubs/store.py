@@ -52,6 +52,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE idempotency_keys ADD COLUMN request BLOB;
     ALTER TABLE idempotency_keys ADD COLUMN undo_lro_ms INTEGER;
     """,
+    # Held effects (holds.py): the final step that made a forward call's effect final, and what a read returns of it.
+    """
+    ALTER TABLE idempotency_keys ADD COLUMN finalized_by TEXT;
+    ALTER TABLE idempotency_keys ADD COLUMN details BLOB;
+    """,
 )
 
 NEVER_MS = -1
@@ -61,8 +66,8 @@ NEVER_MS = -1
 _UPSERT_KEY = """
     INSERT INTO idempotency_keys (key, method, order_id, request_digest, code, message, response, applied_count,
                                   tombstoned, effect_json, undone_by, updated_at_epoch_ms, in_progress, lro_ms,
-                                  accepted_at_epoch_ms, request, undo_lro_ms)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  accepted_at_epoch_ms, request, undo_lro_ms, finalized_by, details)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET
         method = excluded.method, order_id = excluded.order_id, request_digest = excluded.request_digest,
         code = excluded.code, message = excluded.message, response = excluded.response,
@@ -70,7 +75,7 @@ _UPSERT_KEY = """
         undone_by = excluded.undone_by, updated_at_epoch_ms = excluded.updated_at_epoch_ms,
         in_progress = excluded.in_progress, lro_ms = excluded.lro_ms,
         accepted_at_epoch_ms = excluded.accepted_at_epoch_ms, request = excluded.request,
-        undo_lro_ms = excluded.undo_lro_ms
+        undo_lro_ms = excluded.undo_lro_ms, finalized_by = excluded.finalized_by, details = excluded.details
 """
 _UPSERT_STOCK = """
     INSERT INTO stock (item_id, quantity, updated_at_epoch_ms) VALUES (?, ?, ?)
@@ -78,7 +83,7 @@ _UPSERT_STOCK = """
 """
 _SELECT_KEYS = """
     SELECT key, method, order_id, request_digest, code, message, response, applied_count, tombstoned, effect_json,
-           undone_by, in_progress, lro_ms, accepted_at_epoch_ms, request, undo_lro_ms
+           undone_by, in_progress, lro_ms, accepted_at_epoch_ms, request, undo_lro_ms, finalized_by, details
     FROM idempotency_keys ORDER BY rowid
 """
 _SELECT_STOCK = "SELECT item_id, quantity FROM stock"
@@ -101,6 +106,8 @@ KeyRow = tuple[
     int | None,
     bytes | None,
     int | None,
+    str | None,
+    bytes | None,
 ]
 StockRow = tuple[str, int, int]
 
@@ -153,6 +160,8 @@ def _key_row(record: KeyRecord, now_ms: int) -> KeyRow:
         record.accepted_at_epoch_ms,
         record.request,
         _lro_ms(record.undo_lro),
+        record.finalized_by,
+        record.details,
     )
 
 
@@ -173,6 +182,8 @@ def _record_from_row(row: sqlite3.Row) -> KeyRecord:
         accepted_at_epoch_ms=row["accepted_at_epoch_ms"],
         request=None if row["request"] is None else bytes(row["request"]),
         undo_lro=_lro(row["undo_lro_ms"]),
+        finalized_by=row["finalized_by"],
+        details=None if row["details"] is None else bytes(row["details"]),
     )
 
 

@@ -22,9 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos.shop.v1 import inventory_pb2 as protos_dot_shop_dot_v1_dot_inventory__pb2
+from protos.shop.v1 import order_pb2 as protos_dot_shop_dot_v1_dot_order__pb2
+from protos.shop.v1 import shipping_pb2 as protos_dot_shop_dot_v1_dot_shipping__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/service_stubs/v1/control.proto\x12\x10service_stubs.v1\"\xa1\x01\n\tFaultRule\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0forder_id_prefix\x18\x02 \x01(\t\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x05\x12\x11\n\thang_rate\x18\x06 \x01(\x01\x12\x1c\n\x14\x61pply_then_fail_rate\x18\x07 \x01(\x01\"L\n\x10SetFaultsRequest\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.service_stubs.v1.FaultRule\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"\"\n\x11SetFaultsResponse\x12\r\n\x05rules\x18\x01 \x01(\x05\"\x14\n\x12\x43learFaultsRequest\"\x15\n\x13\x43learFaultsResponse\"7\n\x10GetLedgerRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x93\x01\n\tKeyRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x15\n\rapplied_count\x18\x04 \x01(\x05\x12\x12\n\ntombstoned\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0bin_progress\x18\x07 \x01(\x08\"\x8b\x03\n\x0bOrderLedger\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x15\n\rorder_created\x18\x02 \x01(\x08\x12\x17\n\x0forder_cancelled\x18\x03 \x01(\x08\x12\x44\n\x0creserved_net\x18\x04 \x03(\x0b\x32..service_stubs.v1.OrderLedger.ReservedNetEntry\x12\x15\n\rcharged_cents\x18\x05 \x01(\x03\x12\x16\n\x0erefunded_cents\x18\x06 \x01(\x03\x12\x1a\n\x12shipment_scheduled\x18\x07 \x01(\x08\x12\x1a\n\x12shipment_cancelled\x18\x08 \x01(\x08\x12)\n\x04keys\x18\t \x03(\x0b\x32\x1b.service_stubs.v1.KeyRecord\x12.\n\x06points\x18\n \x03(\x0b\x32\x1e.service_stubs.v1.PointsLedger\x1a\x32\n\x10ReservedNetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"R\n\x0cPointsLedger\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61warded\x18\x02 \x01(\x03\x12\x0f\n\x07revoked\x18\x03 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x04 \x01(\x03\"C\n\x11GetLedgerResponse\x12.\n\x07ledgers\x18\x01 \x03(\x0b\x32\x1d.service_stubs.v1.OrderLedger\"\x11\n\x0fGetStatsRequest\"9\n\nMethodStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"W\n\rOperationStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\"t\n\x10GetStatsResponse\x12+\n\x05stats\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.MethodStat\x12\x33\n\noperations\x18\x02 \x03(\x0b\x32\x1f.service_stubs.v1.OperationStat\"/\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"?\n\x0fSetStockRequest\x12,\n\x06levels\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.StockLevel\"\x12\n\x10SetStockResponse2\xbb\x03\n\x0bStubControl\x12T\n\tSetFaults\x12\".service_stubs.v1.SetFaultsRequest\x1a#.service_stubs.v1.SetFaultsResponse\x12Z\n\x0b\x43learFaults\x12$.service_stubs.v1.ClearFaultsRequest\x1a%.service_stubs.v1.ClearFaultsResponse\x12T\n\tGetLedger\x12\".service_stubs.v1.GetLedgerRequest\x1a#.service_stubs.v1.GetLedgerResponse\x12Q\n\x08GetStats\x12!.service_stubs.v1.GetStatsRequest\x1a\".service_stubs.v1.GetStatsResponse\x12Q\n\x08SetStock\x12!.service_stubs.v1.SetStockRequest\x1a\".service_stubs.v1.SetStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/service_stubs/v1/control.proto\x12\x10service_stubs.v1\x1a\x1eprotos/shop/v1/inventory.proto\x1a\x1aprotos/shop/v1/order.proto\x1a\x1dprotos/shop/v1/shipping.proto\"\xa1\x01\n\tFaultRule\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0forder_id_prefix\x18\x02 \x01(\t\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x05\x12\x11\n\thang_rate\x18\x06 \x01(\x01\x12\x1c\n\x14\x61pply_then_fail_rate\x18\x07 \x01(\x01\"L\n\x10SetFaultsRequest\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.service_stubs.v1.FaultRule\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"\"\n\x11SetFaultsResponse\x12\r\n\x05rules\x18\x01 \x01(\x05\"\x14\n\x12\x43learFaultsRequest\"\x15\n\x13\x43learFaultsResponse\"7\n\x10GetLedgerRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x93\x01\n\tKeyRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x15\n\rapplied_count\x18\x04 \x01(\x05\x12\x12\n\ntombstoned\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12\x13\n\x0bin_progress\x18\x07 \x01(\x08\"\x9b\x04\n\x0bOrderLedger\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x15\n\rorder_created\x18\x02 \x01(\x08\x12\x17\n\x0forder_cancelled\x18\x03 \x01(\x08\x12\x44\n\x0creserved_net\x18\x04 \x03(\x0b\x32..service_stubs.v1.OrderLedger.ReservedNetEntry\x12\x15\n\rcharged_cents\x18\x05 \x01(\x03\x12\x16\n\x0erefunded_cents\x18\x06 \x01(\x03\x12\x1a\n\x12shipment_scheduled\x18\x07 \x01(\x08\x12\x1a\n\x12shipment_cancelled\x18\x08 \x01(\x08\x12)\n\x04keys\x18\t \x03(\x0b\x32\x1b.service_stubs.v1.KeyRecord\x12.\n\x06points\x18\n \x03(\x0b\x32\x1e.service_stubs.v1.PointsLedger\x12(\n\x0border_state\x18\x0b \x01(\x0e\x32\x13.shop.v1.OrderState\x12\x34\n\x11reservation_state\x18\x0c \x01(\x0e\x32\x19.shop.v1.ReservationState\x12.\n\x0eshipment_state\x18\r \x01(\x0e\x32\x16.shop.v1.ShipmentState\x1a\x32\n\x10ReservedNetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"R\n\x0cPointsLedger\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61warded\x18\x02 \x01(\x03\x12\x0f\n\x07revoked\x18\x03 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x04 \x01(\x03\"C\n\x11GetLedgerResponse\x12.\n\x07ledgers\x18\x01 \x03(\x0b\x32\x1d.service_stubs.v1.OrderLedger\"\x11\n\x0fGetStatsRequest\"9\n\nMethodStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"W\n\rOperationStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\"t\n\x10GetStatsResponse\x12+\n\x05stats\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.MethodStat\x12\x33\n\noperations\x18\x02 \x03(\x0b\x32\x1f.service_stubs.v1.OperationStat\"/\n\nStockLevel\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"?\n\x0fSetStockRequest\x12,\n\x06levels\x18\x01 \x03(\x0b\x32\x1c.service_stubs.v1.StockLevel\"\x12\n\x10SetStockResponse2\xbb\x03\n\x0bStubControl\x12T\n\tSetFaults\x12\".service_stubs.v1.SetFaultsRequest\x1a#.service_stubs.v1.SetFaultsResponse\x12Z\n\x0b\x43learFaults\x12$.service_stubs.v1.ClearFaultsRequest\x1a%.service_stubs.v1.ClearFaultsResponse\x12T\n\tGetLedger\x12\".service_stubs.v1.GetLedgerRequest\x1a#.service_stubs.v1.GetLedgerResponse\x12Q\n\x08GetStats\x12!.service_stubs.v1.GetStatsRequest\x1a\".service_stubs.v1.GetStatsResponse\x12Q\n\x08SetStock\x12!.service_stubs.v1.SetStockRequest\x1a\".service_stubs.v1.SetStockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +36,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDERLEDGER_RESERVEDNETENTRY']._loaded_options = None
   _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_options = b'8\001'
-  _globals['_FAULTRULE']._serialized_start=60
-  _globals['_FAULTRULE']._serialized_end=221
-  _globals['_SETFAULTSREQUEST']._serialized_start=223
-  _globals['_SETFAULTSREQUEST']._serialized_end=299
-  _globals['_SETFAULTSRESPONSE']._serialized_start=301
-  _globals['_SETFAULTSRESPONSE']._serialized_end=335
-  _globals['_CLEARFAULTSREQUEST']._serialized_start=337
-  _globals['_CLEARFAULTSREQUEST']._serialized_end=357
-  _globals['_CLEARFAULTSRESPONSE']._serialized_start=359
-  _globals['_CLEARFAULTSRESPONSE']._serialized_end=380
-  _globals['_GETLEDGERREQUEST']._serialized_start=382
-  _globals['_GETLEDGERREQUEST']._serialized_end=437
-  _globals['_KEYRECORD']._serialized_start=440
-  _globals['_KEYRECORD']._serialized_end=587
-  _globals['_ORDERLEDGER']._serialized_start=590
-  _globals['_ORDERLEDGER']._serialized_end=985
-  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_start=935
-  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_end=985
-  _globals['_POINTSLEDGER']._serialized_start=987
-  _globals['_POINTSLEDGER']._serialized_end=1069
-  _globals['_GETLEDGERRESPONSE']._serialized_start=1071
-  _globals['_GETLEDGERRESPONSE']._serialized_end=1138
-  _globals['_GETSTATSREQUEST']._serialized_start=1140
-  _globals['_GETSTATSREQUEST']._serialized_end=1157
-  _globals['_METHODSTAT']._serialized_start=1159
-  _globals['_METHODSTAT']._serialized_end=1216
-  _globals['_OPERATIONSTAT']._serialized_start=1218
-  _globals['_OPERATIONSTAT']._serialized_end=1305
-  _globals['_GETSTATSRESPONSE']._serialized_start=1307
-  _globals['_GETSTATSRESPONSE']._serialized_end=1423
-  _globals['_STOCKLEVEL']._serialized_start=1425
-  _globals['_STOCKLEVEL']._serialized_end=1472
-  _globals['_SETSTOCKREQUEST']._serialized_start=1474
-  _globals['_SETSTOCKREQUEST']._serialized_end=1537
-  _globals['_SETSTOCKRESPONSE']._serialized_start=1539
-  _globals['_SETSTOCKRESPONSE']._serialized_end=1557
-  _globals['_STUBCONTROL']._serialized_start=1560
-  _globals['_STUBCONTROL']._serialized_end=2003
+  _globals['_FAULTRULE']._serialized_start=151
+  _globals['_FAULTRULE']._serialized_end=312
+  _globals['_SETFAULTSREQUEST']._serialized_start=314
+  _globals['_SETFAULTSREQUEST']._serialized_end=390
+  _globals['_SETFAULTSRESPONSE']._serialized_start=392
+  _globals['_SETFAULTSRESPONSE']._serialized_end=426
+  _globals['_CLEARFAULTSREQUEST']._serialized_start=428
+  _globals['_CLEARFAULTSREQUEST']._serialized_end=448
+  _globals['_CLEARFAULTSRESPONSE']._serialized_start=450
+  _globals['_CLEARFAULTSRESPONSE']._serialized_end=471
+  _globals['_GETLEDGERREQUEST']._serialized_start=473
+  _globals['_GETLEDGERREQUEST']._serialized_end=528
+  _globals['_KEYRECORD']._serialized_start=531
+  _globals['_KEYRECORD']._serialized_end=678
+  _globals['_ORDERLEDGER']._serialized_start=681
+  _globals['_ORDERLEDGER']._serialized_end=1220
+  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_start=1170
+  _globals['_ORDERLEDGER_RESERVEDNETENTRY']._serialized_end=1220
+  _globals['_POINTSLEDGER']._serialized_start=1222
+  _globals['_POINTSLEDGER']._serialized_end=1304
+  _globals['_GETLEDGERRESPONSE']._serialized_start=1306
+  _globals['_GETLEDGERRESPONSE']._serialized_end=1373
+  _globals['_GETSTATSREQUEST']._serialized_start=1375
+  _globals['_GETSTATSREQUEST']._serialized_end=1392
+  _globals['_METHODSTAT']._serialized_start=1394
+  _globals['_METHODSTAT']._serialized_end=1451
+  _globals['_OPERATIONSTAT']._serialized_start=1453
+  _globals['_OPERATIONSTAT']._serialized_end=1540
+  _globals['_GETSTATSRESPONSE']._serialized_start=1542
+  _globals['_GETSTATSRESPONSE']._serialized_end=1658
+  _globals['_STOCKLEVEL']._serialized_start=1660
+  _globals['_STOCKLEVEL']._serialized_end=1707
+  _globals['_SETSTOCKREQUEST']._serialized_start=1709
+  _globals['_SETSTOCKREQUEST']._serialized_end=1772
+  _globals['_SETSTOCKRESPONSE']._serialized_start=1774
+  _globals['_SETSTOCKRESPONSE']._serialized_end=1792
+  _globals['_STUBCONTROL']._serialized_start=1795
+  _globals['_STUBCONTROL']._serialized_end=2238
 # @@protoc_insertion_point(module_scope)

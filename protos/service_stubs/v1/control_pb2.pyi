@@ -1,3 +1,6 @@
+from protos.shop.v1 import inventory_pb2 as _inventory_pb2
+from protos.shop.v1 import order_pb2 as _order_pb2
+from protos.shop.v1 import shipping_pb2 as _shipping_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -73,7 +76,7 @@ class KeyRecord(_message.Message):
     def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., applied_count: _Optional[int] = ..., tombstoned: _Optional[bool] = ..., code: _Optional[str] = ..., in_progress: _Optional[bool] = ...) -> None: ...
 
 class OrderLedger(_message.Message):
-    __slots__ = ("order_id", "order_created", "order_cancelled", "reserved_net", "charged_cents", "refunded_cents", "shipment_scheduled", "shipment_cancelled", "keys", "points")
+    __slots__ = ("order_id", "order_created", "order_cancelled", "reserved_net", "charged_cents", "refunded_cents", "shipment_scheduled", "shipment_cancelled", "keys", "points", "order_state", "reservation_state", "shipment_state")
     class ReservedNetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +94,9 @@ class OrderLedger(_message.Message):
     SHIPMENT_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_STATE_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_STATE_FIELD_NUMBER: _ClassVar[int]
+    SHIPMENT_STATE_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     order_created: bool
     order_cancelled: bool
@@ -101,7 +107,10 @@ class OrderLedger(_message.Message):
     shipment_cancelled: bool
     keys: _containers.RepeatedCompositeFieldContainer[KeyRecord]
     points: _containers.RepeatedCompositeFieldContainer[PointsLedger]
-    def __init__(self, order_id: _Optional[str] = ..., order_created: _Optional[bool] = ..., order_cancelled: _Optional[bool] = ..., reserved_net: _Optional[_Mapping[str, int]] = ..., charged_cents: _Optional[int] = ..., refunded_cents: _Optional[int] = ..., shipment_scheduled: _Optional[bool] = ..., shipment_cancelled: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., points: _Optional[_Iterable[_Union[PointsLedger, _Mapping]]] = ...) -> None: ...
+    order_state: _order_pb2.OrderState
+    reservation_state: _inventory_pb2.ReservationState
+    shipment_state: _shipping_pb2.ShipmentState
+    def __init__(self, order_id: _Optional[str] = ..., order_created: _Optional[bool] = ..., order_cancelled: _Optional[bool] = ..., reserved_net: _Optional[_Mapping[str, int]] = ..., charged_cents: _Optional[int] = ..., refunded_cents: _Optional[int] = ..., shipment_scheduled: _Optional[bool] = ..., shipment_cancelled: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., points: _Optional[_Iterable[_Union[PointsLedger, _Mapping]]] = ..., order_state: _Optional[_Union[_order_pb2.OrderState, str]] = ..., reservation_state: _Optional[_Union[_inventory_pb2.ReservationState, str]] = ..., shipment_state: _Optional[_Union[_shipping_pb2.ShipmentState, str]] = ...) -> None: ...
 
 class PointsLedger(_message.Message):
     __slots__ = ("user_id", "awarded", "revoked", "balance")

@@ -25,17 +25,27 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/shop/v1/inventory.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"I\n\x17ReserveInventoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x05items\x18\x02 \x03(\x0b\x32\r.shop.v1.Item\"Y\n\x18ReserveInventoryResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\x89\x02\n\x10InventoryService\x12W\n\x10ReserveInventory\x12 .shop.v1.ReserveInventoryRequest\x1a!.shop.v1.ReserveInventoryResponse\x12O\n\x10ReleaseInventory\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/shop/v1/inventory.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"I\n\x17ReserveInventoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1c\n\x05items\x18\x02 \x03(\x0b\x32\r.shop.v1.Item\"Y\n\x18ReserveInventoryResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation\"R\n\x19\x43onfirmReservationRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12#\n\x1breservation_idempotency_key\x18\x02 \x01(\t\"\x85\x01\n\x1a\x43onfirmReservationResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.shop.v1.ReservationState\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12%\n\toperation\x18\x03 \x01(\x0b\x32\x12.shop.v1.Operation\"N\n\x15GetReservationRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12#\n\x1breservation_idempotency_key\x18\x02 \x01(\t\"\x8a\x01\n\x16GetReservationResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.shop.v1.ReservationState\x12\x1c\n\x05items\x18\x04 \x03(\x0b\x32\r.shop.v1.Item*\x8d\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_HELD\x10\x01\x12\x1a\n\x16RESERVATION_STATE_SOLD\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x32\xbb\x03\n\x10InventoryService\x12W\n\x10ReserveInventory\x12 .shop.v1.ReserveInventoryRequest\x1a!.shop.v1.ReserveInventoryResponse\x12O\n\x10ReleaseInventory\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponse\x12]\n\x12\x43onfirmReservation\x12\".shop.v1.ConfirmReservationRequest\x1a#.shop.v1.ConfirmReservationResponse\x12Q\n\x0eGetReservation\x12\x1e.shop.v1.GetReservationRequest\x1a\x1f.shop.v1.GetReservationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.shop.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RESERVATIONSTATE']._serialized_start=680
+  _globals['_RESERVATIONSTATE']._serialized_end=821
   _globals['_RESERVEINVENTORYREQUEST']._serialized_start=72
   _globals['_RESERVEINVENTORYREQUEST']._serialized_end=145
   _globals['_RESERVEINVENTORYRESPONSE']._serialized_start=147
   _globals['_RESERVEINVENTORYRESPONSE']._serialized_end=236
-  _globals['_INVENTORYSERVICE']._serialized_start=239
-  _globals['_INVENTORYSERVICE']._serialized_end=504
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_start=238
+  _globals['_CONFIRMRESERVATIONREQUEST']._serialized_end=320
+  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_start=323
+  _globals['_CONFIRMRESERVATIONRESPONSE']._serialized_end=456
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=458
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=536
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=539
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=677
+  _globals['_INVENTORYSERVICE']._serialized_start=824
+  _globals['_INVENTORYSERVICE']._serialized_end=1267
 # @@protoc_insertion_point(module_scope)

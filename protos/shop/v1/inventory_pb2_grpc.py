@@ -50,6 +50,16 @@ class InventoryServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
                 _registered_method=True)
+        self.ConfirmReservation = channel.unary_unary(
+                '/shop.v1.InventoryService/ConfirmReservation',
+                request_serializer=protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/shop.v1.InventoryService/GetReservation',
+                request_serializer=protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -65,16 +75,38 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseInventory(self, request, context):
-        """Compensation of ReserveInventory: puts back exactly what forward_idempotency_key reserved. Long-running when an item
-        id of that reservation contains "lro-release-<N>s" or "lro-release-never".
+        """Compensation of ReserveInventory: puts back exactly what forward_idempotency_key reserved (RELEASED).
+        FAILED_PRECONDITION if that reservation is SOLD: a sale is final. Long-running when an item id of that reservation
+        contains "lro-release-<N>s" or "lro-release-never".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOperation(self, request, context):
-        """What became of a ReserveInventory or ReleaseInventory call, by its idempotency key (common.proto). A cheap read;
-        needs no idempotency-key metadata.
+        """What became of a ReserveInventory, ReleaseInventory or ConfirmReservation call, by its idempotency key
+        (common.proto). A cheap read; needs no idempotency-key metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmReservation(self, request, context):
+        """Sells a HELD reservation: HELD -> SOLD, final. Meant for a retriable step after the saga's point of no return: it
+        has no compensation. Idempotent by idempotency key; confirming a SOLD reservation again (under another key) answers
+        SOLD and changes nothing. FAILED_PRECONDITION (recorded for the key) if the reservation is RELEASED, is being
+        released, was never made, or (named by order alone) the order holds several: name one by its key. UNAVAILABLE (not
+        recorded: retry) while the reservation is still a long-running operation in progress. Long-running (common.proto)
+        when an item id of the reservation contains "lro-confirm-<N>s" or "lro-confirm-never"; while it runs,
+        ReleaseInventory of it is FAILED_PRECONDITION (it is becoming SOLD) and GetReservation still says HELD.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """A reservation and its state. A read: needs no idempotency-key metadata. NOT_FOUND if no reservation was made
+        (refused, never sent, or still in progress); FAILED_PRECONDITION if, named by order alone, the order holds several.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +129,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetOperation,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
+            ),
+            'ConfirmReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmReservation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +222,60 @@ class InventoryService:
             '/shop.v1.InventoryService/GetOperation',
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.InventoryService/ConfirmReservation',
+            protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_inventory__pb2.ConfirmReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.InventoryService/GetReservation',
+            protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,17 +25,27 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/shop/v1/order.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"U\n\x12\x43reateOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"N\n\x13\x43reateOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\xf1\x01\n\x0cOrderService\x12H\n\x0b\x43reateOrder\x12\x1b.shop.v1.CreateOrderRequest\x1a\x1c.shop.v1.CreateOrderResponse\x12J\n\x0b\x43\x61ncelOrder\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/shop/v1/order.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"U\n\x12\x43reateOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"N\n\x13\x43reateOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation\"\'\n\x13\x41pproveOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"a\n\x14\x41pproveOrderResponse\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.shop.v1.OrderState\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"w\n\x10GetOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.shop.v1.OrderState\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1c\n\x05items\x18\x04 \x03(\x0b\x32\r.shop.v1.Item*v\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x18\n\x14ORDER_STATE_APPROVED\x10\x02\x12\x18\n\x14ORDER_STATE_REJECTED\x10\x03\x32\xff\x02\n\x0cOrderService\x12H\n\x0b\x43reateOrder\x12\x1b.shop.v1.CreateOrderRequest\x1a\x1c.shop.v1.CreateOrderResponse\x12J\n\x0b\x43\x61ncelOrder\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponse\x12K\n\x0c\x41pproveOrder\x12\x1c.shop.v1.ApproveOrderRequest\x1a\x1d.shop.v1.ApproveOrderResponse\x12?\n\x08GetOrder\x12\x18.shop.v1.GetOrderRequest\x1a\x19.shop.v1.GetOrderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.shop.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ORDERSTATE']._serialized_start=533
+  _globals['_ORDERSTATE']._serialized_end=651
   _globals['_CREATEORDERREQUEST']._serialized_start=68
   _globals['_CREATEORDERREQUEST']._serialized_end=153
   _globals['_CREATEORDERRESPONSE']._serialized_start=155
   _globals['_CREATEORDERRESPONSE']._serialized_end=233
-  _globals['_ORDERSERVICE']._serialized_start=236
-  _globals['_ORDERSERVICE']._serialized_end=477
+  _globals['_APPROVEORDERREQUEST']._serialized_start=235
+  _globals['_APPROVEORDERREQUEST']._serialized_end=274
+  _globals['_APPROVEORDERRESPONSE']._serialized_start=276
+  _globals['_APPROVEORDERRESPONSE']._serialized_end=373
+  _globals['_GETORDERREQUEST']._serialized_start=375
+  _globals['_GETORDERREQUEST']._serialized_end=410
+  _globals['_GETORDERRESPONSE']._serialized_start=412
+  _globals['_GETORDERRESPONSE']._serialized_end=531
+  _globals['_ORDERSERVICE']._serialized_start=654
+  _globals['_ORDERSERVICE']._serialized_end=1037
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,16 @@ class OrderServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
                 _registered_method=True)
+        self.ApproveOrder = channel.unary_unary(
+                '/shop.v1.OrderService/ApproveOrder',
+                request_serializer=protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderResponse.FromString,
+                _registered_method=True)
+        self.GetOrder = channel.unary_unary(
+                '/shop.v1.OrderService/GetOrder',
+                request_serializer=protos_dot_shop_dot_v1_dot_order__pb2.GetOrderRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_order__pb2.GetOrderResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -64,7 +74,8 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelOrder(self, request, context):
-        """Compensation of CreateOrder: cancels the order created under forward_idempotency_key. Long-running when an item id
+        """Compensation of CreateOrder: cancels the order created under forward_idempotency_key, which becomes REJECTED (and
+        stays, for readers). FAILED_PRECONDITION if the order is APPROVED: approval is final. Long-running when an item id
         of that order contains "lro-cancelorder-<N>s" or "lro-cancelorder-never".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -72,8 +83,30 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetOperation(self, request, context):
-        """What became of a CreateOrder or CancelOrder call, by its idempotency key (common.proto). A cheap read; needs no
-        idempotency-key metadata.
+        """What became of a CreateOrder, CancelOrder or ApproveOrder call, by its idempotency key (common.proto). A cheap read;
+        needs no idempotency-key metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveOrder(self, request, context):
+        """Approves the order: PENDING -> APPROVED, final. Meant for a retriable step after the saga's point of no return: it
+        has no compensation. Idempotent by idempotency key like every call here; approving an APPROVED order again (under
+        another key) answers APPROVED and changes nothing. FAILED_PRECONDITION (recorded for the key) if the order is
+        REJECTED, is being cancelled, or was never created; UNAVAILABLE (not recorded: retry) while its CreateOrder is
+        still a long-running operation in progress. Long-running (common.proto) when an item id of the order contains
+        "lro-approve-<N>s" or "lro-approve-never"; while it runs, CancelOrder of the order is FAILED_PRECONDITION (it is
+        becoming APPROVED) and GetOrder still says PENDING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrder(self, request, context):
+        """The order and its state. A read: needs no idempotency-key metadata. NOT_FOUND if no CreateOrder was applied for the
+        id (never created, refused, or still in progress). An order id created again after its rejection reports its latest
+        creation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +129,16 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.GetOperation,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
+            ),
+            'ApproveOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveOrder,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderResponse.SerializeToString,
+            ),
+            'GetOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrder,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_order__pb2.GetOrderRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_order__pb2.GetOrderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +222,60 @@ class OrderService:
             '/shop.v1.OrderService/GetOperation',
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.OrderService/ApproveOrder',
+            protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_order__pb2.ApproveOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.OrderService/GetOrder',
+            protos_dot_shop_dot_v1_dot_order__pb2.GetOrderRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_order__pb2.GetOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,17 +25,27 @@ _sym_db = _symbol_database.Default()
 from protos.shop.v1 import common_pb2 as protos_dot_shop_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/shop/v1/shipping.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"Z\n\x17ScheduleShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"V\n\x18ScheduleShipmentResponse\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation2\x86\x02\n\x0fShippingService\x12W\n\x10ScheduleShipment\x12 .shop.v1.ScheduleShipmentRequest\x1a!.shop.v1.ScheduleShipmentResponse\x12M\n\x0e\x43\x61ncelShipment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/shop/v1/shipping.proto\x12\x07shop.v1\x1a\x1bprotos/shop/v1/common.proto\"Z\n\x17ScheduleShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x05items\x18\x03 \x03(\x0b\x32\r.shop.v1.Item\"V\n\x18ScheduleShipmentResponse\x12\x13\n\x0bshipment_id\x18\x01 \x01(\t\x12%\n\toperation\x18\x02 \x01(\x0b\x32\x12.shop.v1.Operation\"*\n\x16ReleaseShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"|\n\x17ReleaseShipmentResponse\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.shop.v1.ShipmentState\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12%\n\toperation\x18\x03 \x01(\x0b\x32\x12.shop.v1.Operation\"&\n\x12GetShipmentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x81\x01\n\x13GetShipmentResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0bshipment_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.shop.v1.ShipmentState\x12\x1c\n\x05items\x18\x04 \x03(\x0b\x32\r.shop.v1.Item*\x88\x01\n\rShipmentState\x12\x1e\n\x1aSHIPMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SHIPMENT_STATE_SCHEDULED\x10\x01\x12\x1b\n\x17SHIPMENT_STATE_RELEASED\x10\x02\x12\x1c\n\x18SHIPMENT_STATE_CANCELLED\x10\x03\x32\xa6\x03\n\x0fShippingService\x12W\n\x10ScheduleShipment\x12 .shop.v1.ScheduleShipmentRequest\x1a!.shop.v1.ScheduleShipmentResponse\x12M\n\x0e\x43\x61ncelShipment\x12\x1c.shop.v1.CompensationRequest\x1a\x1d.shop.v1.CompensationResponse\x12K\n\x0cGetOperation\x12\x1c.shop.v1.GetOperationRequest\x1a\x1d.shop.v1.GetOperationResponse\x12T\n\x0fReleaseShipment\x12\x1f.shop.v1.ReleaseShipmentRequest\x1a .shop.v1.ReleaseShipmentResponse\x12H\n\x0bGetShipment\x12\x1b.shop.v1.GetShipmentRequest\x1a\x1c.shop.v1.GetShipmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.shop.v1.shipping_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SHIPMENTSTATE']._serialized_start=594
+  _globals['_SHIPMENTSTATE']._serialized_end=730
   _globals['_SCHEDULESHIPMENTREQUEST']._serialized_start=71
   _globals['_SCHEDULESHIPMENTREQUEST']._serialized_end=161
   _globals['_SCHEDULESHIPMENTRESPONSE']._serialized_start=163
   _globals['_SCHEDULESHIPMENTRESPONSE']._serialized_end=249
-  _globals['_SHIPPINGSERVICE']._serialized_start=252
-  _globals['_SHIPPINGSERVICE']._serialized_end=514
+  _globals['_RELEASESHIPMENTREQUEST']._serialized_start=251
+  _globals['_RELEASESHIPMENTREQUEST']._serialized_end=293
+  _globals['_RELEASESHIPMENTRESPONSE']._serialized_start=295
+  _globals['_RELEASESHIPMENTRESPONSE']._serialized_end=419
+  _globals['_GETSHIPMENTREQUEST']._serialized_start=421
+  _globals['_GETSHIPMENTREQUEST']._serialized_end=459
+  _globals['_GETSHIPMENTRESPONSE']._serialized_start=462
+  _globals['_GETSHIPMENTRESPONSE']._serialized_end=591
+  _globals['_SHIPPINGSERVICE']._serialized_start=733
+  _globals['_SHIPPINGSERVICE']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,16 @@ class ShippingServiceStub:
                 request_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
                 response_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
                 _registered_method=True)
+        self.ReleaseShipment = channel.unary_unary(
+                '/shop.v1.ShippingService/ReleaseShipment',
+                request_serializer=protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentResponse.FromString,
+                _registered_method=True)
+        self.GetShipment = channel.unary_unary(
+                '/shop.v1.ShippingService/GetShipment',
+                request_serializer=protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentRequest.SerializeToString,
+                response_deserializer=protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentResponse.FromString,
+                _registered_method=True)
 
 
 class ShippingServiceServicer:
@@ -64,16 +74,38 @@ class ShippingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelShipment(self, request, context):
-        """Compensation of ScheduleShipment: cancels the shipment scheduled under forward_idempotency_key. Long-running when an
-        item id of that shipment contains "lro-cancel-<N>s" or "lro-cancel-never".
+        """Compensation of ScheduleShipment: cancels the shipment scheduled under forward_idempotency_key (CANCELLED).
+        FAILED_PRECONDITION if that shipment is RELEASED: it is with the carrier. Long-running when an item id of that
+        shipment contains "lro-cancel-<N>s" or "lro-cancel-never".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOperation(self, request, context):
-        """What became of a ScheduleShipment or CancelShipment call, by its idempotency key (common.proto). A cheap read;
-        needs no idempotency-key metadata.
+        """What became of a ScheduleShipment, CancelShipment or ReleaseShipment call, by its idempotency key (common.proto).
+        A cheap read; needs no idempotency-key metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseShipment(self, request, context):
+        """Hands the order's SCHEDULED shipment to the carrier: SCHEDULED -> RELEASED, final. Meant for a retriable step after
+        the saga's point of no return: it has no compensation. Idempotent by idempotency key; releasing a RELEASED shipment
+        again (under another key) answers RELEASED and changes nothing. FAILED_PRECONDITION (recorded for the key) if the
+        shipment is CANCELLED, is being cancelled, or was never scheduled; UNAVAILABLE (not recorded: retry) while its
+        ScheduleShipment is still a long-running operation in progress. Long-running (common.proto) when an item id of the
+        shipment contains "lro-dispatch-<N>s" or "lro-dispatch-never"; while it runs, CancelShipment of it is
+        FAILED_PRECONDITION (it is becoming RELEASED) and GetShipment still says SCHEDULED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShipment(self, request, context):
+        """The order's shipment and its state. A read: needs no idempotency-key metadata. NOT_FOUND if none was scheduled
+        (refused, never sent, or still in progress).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +128,16 @@ def add_ShippingServiceServicer_to_server(servicer, server):
                     servicer.GetOperation,
                     request_deserializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.FromString,
                     response_serializer=protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.SerializeToString,
+            ),
+            'ReleaseShipment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseShipment,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentResponse.SerializeToString,
+            ),
+            'GetShipment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShipment,
+                    request_deserializer=protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentRequest.FromString,
+                    response_serializer=protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +221,60 @@ class ShippingService:
             '/shop.v1.ShippingService/GetOperation',
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationRequest.SerializeToString,
             protos_dot_shop_dot_v1_dot_common__pb2.GetOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseShipment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.ShippingService/ReleaseShipment',
+            protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_shipping__pb2.ReleaseShipmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShipment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.v1.ShippingService/GetShipment',
+            protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentRequest.SerializeToString,
+            protos_dot_shop_dot_v1_dot_shipping__pb2.GetShipmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
