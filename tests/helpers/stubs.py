@@ -366,6 +366,10 @@ def merge_ledgers(into: OrderLedger, other: OrderLedger) -> None:
     into.shipment_cancelled |= other.shipment_cancelled
     into.keys.extend(other.keys)
     into.points.extend(other.points)
+    # Each state comes from the one process hosting its service (unset elsewhere).
+    into.order_state = into.order_state or other.order_state
+    into.reservation_state = into.reservation_state or other.reservation_state
+    into.shipment_state = into.shipment_state or other.shipment_state
 
 
 async def get_ledgers(addresses: str | Sequence[str], order_ids: Iterable[str]) -> dict[str, OrderLedger]:
