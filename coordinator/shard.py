@@ -448,22 +448,33 @@ class Shard:
     ) -> tuple[SagaRecord, list[Event]]:
         """ring_epoch: the ring the router routed the call by; a NOT_FOUND is then fenced
         (coordinator.ring.ownership)."""
-        run = self._live.get(order_id)
-        if run is not None and run.created is not None and not run.created.done():
-            # A saga being created is held already: a router asking whether this shard has the order must not hear
-            # NOT_FOUND and start it elsewhere. Its answer waits for the creation's commit.
-            await asyncio.gather(asyncio.shield(run.created), return_exceptions=True)
+        key = inputs.routing_key(order_id)
+        while True:
             run = self._live.get(order_id)
-        if run is not None and (run.created is None or run.created.done()) and run.view.next_seq > 1:
-            rec = run.view.copy()
-        else:
+            if run is not None and run.created is not None and not run.created.done():
+                # A saga being created is held already: a router asking whether this shard has the order must not hear
+                # NOT_FOUND and start it elsewhere. Its answer waits for the creation's commit.
+                await asyncio.gather(asyncio.shield(run.created), return_exceptions=True)
+                continue
+            if run is not None and run.view.next_seq > 1:
+                rec = run.view.copy()
+                break
             # The router asks earlier ring owners GetSaga to learn whether they hold an order: an order whose details
             # retention removed still exists (a minimal view, without steps or events).
+            # Whether the fence would let this call hear NOT_FOUND, taken before the read: a saga started here during
+            # the read (its start is on the event loop, the read on a reader thread) passed the fence under the ring
+            # the shard held then. If the shard learnt the call's ring during the read, that saga may be this order,
+            # created by a router still on the older ring: look again rather than answer NOT_FOUND (also if a saga of
+            # this order was registered here meanwhile, whatever the ring).
+            settled = self.ownership.allows(ring_epoch, key)
             found = await self.journal.get_by_order(order_id, kept=True)
-            if found is None:
-                self.ownership.check(ring_epoch, inputs.routing_key(order_id), creating=False)
-                raise SagaNotFound(f"no saga for order {order_id}")
-            rec = found
+            if found is not None:
+                rec = found
+                break
+            if self._live.get(order_id) is not run or (not settled and self.ownership.allows(ring_epoch, key)):
+                continue
+            self.ownership.check(ring_epoch, key, creating=False)
+            raise SagaNotFound(f"no saga for order {order_id}")
         events = await self.journal.events(rec.saga_id) if with_events else []
         if with_events and rec.retained_only:
             # What retention kept of a removed saga (DedupRecord.as_saga: no request, no events): the operators'

@@ -131,6 +131,12 @@ class Ownership:
             why = f"ring epoch {known} does not place order {order_id!r} on shard {self._shard_id}"
         raise RingRefused(f"{why}; the router refreshes its ring and retries", refusal, known)
 
+    def allows(self, call_epoch: int | None, order_id: str) -> bool:
+        """Whether check(call_epoch, order_id, creating=False) would pass now; counts nothing."""
+        if self.catching_up and call_epoch is not None:
+            return False
+        return fence(call_epoch, self.history, self._shard_id, order_id, creating=False) is None
+
     async def install(self, offered: EpochHistory) -> EpochHistory:
         """Keeps offered if it is newer than (or a trimmed/readdressed copy of) what the shard holds, durably; returns
         what the shard holds afterwards. Raises RingRefused (CONFLICT) if offered has another placement under a number

@@ -168,3 +168,38 @@ async def test_a_restored_journal_creates_no_saga_until_it_has_caught_up_with_it
         assert not a.shard.ownership.catching_up and a.shard.ownership.history.number == 2
     async with running_shard(configs["shard-b"]) as b, SagaClient(b.address) as client:
         assert (await client.get(moved)).saga_id == placed.saga_id
+
+
+async def test_a_probe_whose_read_spans_a_ring_install_sees_a_saga_created_meanwhile(
+    tmp_path: Path, stubs: str
+) -> None:
+    """The hole chaos found (multi_router, one order run on two shards at a ring change): a router on epoch 2 asks the
+    order's epoch-1 owner GetSaga while that shard still holds epoch 1. The shard's journal read is slow (a reader
+    thread); meanwhile a router still on epoch 1 places the order there (allowed: epoch 1 places it here), and epoch 2
+    is installed. When the read comes back empty, the fence passes for epoch 2: answering NOT_FOUND would send the
+    order to its epoch-2 owner too. The shard must answer with the saga it created meanwhile."""
+    async with running_shard(shard_config(tmp_path, stubs, shard_id=SHARD)) as app, SagaClient(app.address) as client:
+        ring = ring_pb2_grpc.RingServiceStub(client.channel)
+        first = EpochHistory(HISTORY.epochs[:1])
+        await ring.InstallRing(ring_pb2.InstallRingRequest(history=history_message(first)), timeout=10)
+        journal = app.shard.journal
+        read = journal.get_by_order
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_read(order_id: str, with_events: bool = True, kept: bool = False) -> object:
+            found = await read(order_id, with_events=with_events, kept=kept)
+            if order_id == THEIRS and not entered.is_set():
+                entered.set()  # read, not yet answered: what a busy reader thread does
+                await release.wait()
+            return found
+
+        journal.get_by_order = slow_read  # type: ignore[method-assign]
+        probe = asyncio.ensure_future(
+            client.saga.GetSaga(saga_pb2.GetSagaRequest(order_id=THEIRS), metadata=routed(2), timeout=30)
+        )
+        await asyncio.wait_for(entered.wait(), 30)
+        placed = await client.saga.PlaceOrder(place_request(THEIRS, no_wait=True), metadata=routed(1), timeout=30)
+        await ring.InstallRing(ring_pb2.InstallRingRequest(history=history_message(HISTORY)), timeout=10)
+        release.set()
+        found = await probe
+        assert found.saga_id == placed.saga_id
