@@ -3,6 +3,7 @@ by paths and literals only, so a definition can be checked completely without ru
 
 A mapping is a table of the request message's fields. Each value is:
 - a path: `$input.<field>...` (the saga's input), `$steps.<step id>.output.<field>...` (a step's response),
+  `$steps.<step id>.key` (the idempotency key of an earlier step's forward call: names the effect it applied),
   `$saga.id`, `$saga.key`, `$forward_key` (a compensation only: the idempotency key of the forward call it undoes);
 - a literal: a string (`$$` at its start stands for one `$`), a number, a boolean, or an enum value's name;
 - a table: the fields of a message-typed field, mapped the same way;
@@ -27,7 +28,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from common.definitions.model import RequestBuilder, Values
+from common.definitions.model import Action, RequestBuilder, Values, idempotency_key
 from common.definitions.problems import Problem
 
 _INTS = {
@@ -190,13 +191,19 @@ def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Pr
             ]
         return _Path(_STRING, lambda v, fk: fk), []
     if root == "steps":
-        if len(parts) < 3 or parts[2] != "output":
-            return None, [Problem("path.syntax", ptr, f"{expr!r} is not a step path", "$steps.<id>.output.<field>")]
+        keyed = len(parts) == 3 and parts[2] == "key"
+        if not keyed and (len(parts) < 3 or parts[2] != "output"):
+            return None, [
+                Problem("path.syntax", ptr, f"{expr!r} is not a step path", "$steps.<id>.output.<field> or $steps.<id>.key")
+            ]
         step_id = parts[1]
         if step_id not in scope.steps:
             known = ", ".join(scope.steps) or "none"
             return None, [Problem("path.unknown-step", ptr, f"{expr!r}: no step {step_id!r}", f"steps: {known}")]
         number, response = scope.steps[step_id]
+        if keyed:
+            # Known before the step ran (derived from the saga id): any step, forward or compensation, may name it.
+            return _Path(_STRING, lambda v, fk: idempotency_key(v.saga_id, step_id, Action.FORWARD)), []
         if scope.compensation and number != scope.current:
             return None, [
                 Problem(

@@ -218,6 +218,20 @@ def test_the_saga_identity_and_the_forward_key(types: dict[str, Descriptor]) -> 
     assert codes(problems) == [("path.no-such-field", "/request/text")]
 
 
+def test_a_step_s_forward_key_names_the_effect_it_applied(types: dict[str, Descriptor]) -> None:
+    """$steps.<id>.key: the idempotency key of that step's forward call, known from the saga id alone (so a later step
+    can name exactly the reservation an earlier one made, never another saga's of the same order)."""
+    steps: dict[str, tuple[int, Descriptor | None]] = {"first": (1, types["Target"]), "second": (2, types["Target"])}
+    build, problems, scope = compile_({"text": "$steps.first.key"}, types["Target"], types["Source"], steps, current=2)
+    assert build is not None, problems
+    assert scope.used_outputs == set()  # nothing to journal: the key is derived
+    assert build(Values("s-1", "k", source(types), {}), "").text == "s-1/first/forward"
+    _, problems, _ = compile_({"small": "$steps.first.key"}, types["Target"], types["Source"], steps, current=2)
+    assert codes(problems) == [("request.type-mismatch", "/request/small")]
+    _, problems, _ = compile_({"text": "$steps.first.keys"}, types["Target"], types["Source"], steps, current=2)
+    assert codes(problems) == [("path.syntax", "/request/text")]
+
+
 def test_map_fields_are_refused(types: dict[str, Descriptor]) -> None:
     _, problems, _ = compile_({"counts": {"a": 1}, "big": "$input.counts"}, types["Target"], types["Source"])
     assert codes(problems) == [("path.map-field", "/request/counts"), ("path.map-field", "/request/big")]
