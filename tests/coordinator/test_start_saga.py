@@ -4,6 +4,7 @@ name steps by id and definitions by hash, and every bad start refused with its f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,11 +20,14 @@ from common.definitions.check import from_document, load, order_flow
 from protos.ring.v1 import ring_pb2, ring_pb2_grpc
 from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1 import control_pb2
+from protos.shop.v1 import inventory_pb2, order_pb2, shipping_pb2
+from service_stubs.invariants import state_violations
 from tests.helpers.coordinator import SagaClient, place_request, running_shard, shard_config
-from tests.helpers.stubs import StubControlClient, running_stubs
+from tests.helpers.stubs import StubControlClient, fault_rule, running_stubs
 
 ROOT = Path(__file__).resolve().parents[2]
 LOYALTY = load(ROOT / "docs" / "definitions" / "order_loyalty.yaml")
+ISOLATED = load(ROOT / "common" / "definitions" / "shipped" / "order_isolated.yaml")
 
 
 @pytest.fixture
@@ -150,3 +154,60 @@ async def test_a_definition_the_shard_cannot_run_is_refused_whole(
     async with grpc.aio.insecure_channel(address) as channel:
         held = await ring_pb2_grpc.RingServiceStub(channel).GetDefinitions(ring_pb2.GetDefinitionsRequest(), timeout=30)
     assert {d.name for d in held.state.definitions} == {"order"}  # all or none: not even order_loyalty
+
+
+async def states(control: StubControlClient, order_id: str) -> tuple[str, str, str]:
+    ledger = await control.get_ledger(order_id)
+    assert state_violations(order_id, ledger) == []
+    return (
+        order_pb2.OrderState.Name(ledger.order_state),
+        inventory_pb2.ReservationState.Name(ledger.reservation_state),
+        shipping_pb2.ShipmentState.Name(ledger.shipment_state),
+    )
+
+
+async def test_the_isolated_order_flow_locks_until_approved(system: tuple[SagaClient, StubControlClient, str]) -> None:
+    """Order flow v2 as the "order" alias: PlaceOrder runs it; a success ends APPROVED/SOLD/RELEASED, a decline
+    REJECTED/RELEASED/CANCELLED with nothing charged, and a step after the pivot that keeps failing parks the saga with
+    the order still PENDING and its units HELD (never REJECTED: the charge stands) until an operator's retry approves
+    it."""
+    client, control, address = system
+    await install(address, ISOLATED)
+    ok = await client.place(place_request("iso-1"))
+    assert ok.status == saga_pb2.SUCCESS
+    assert (await client.get("iso-1")).definition_version == "2"
+    assert await states(control, "iso-1") == (
+        "ORDER_STATE_APPROVED",
+        "RESERVATION_STATE_SOLD",
+        "SHIPMENT_STATE_RELEASED",
+    )
+    declined = await client.place(place_request("iso-2", token="tok_declined"))
+    assert declined.status == saga_pb2.FAILED and "process_payment" in declined.error_message
+    assert await states(control, "iso-2") == (
+        "ORDER_STATE_REJECTED",
+        "RESERVATION_STATE_RELEASED",
+        "SHIPMENT_STATE_CANCELLED",
+    )
+    assert (await control.get_ledger("iso-2")).charged_cents == 0
+
+    await control.set_faults([fault_rule("ApproveOrder", error_rate=1.0, error_code="FAILED_PRECONDITION")], seed=1)
+    parked = await client.place(place_request("iso-3"))
+    assert parked.state == saga_pb2.SAGA_STATE_DEAD_LETTERED
+    assert await states(control, "iso-3") == (
+        "ORDER_STATE_PENDING",
+        "RESERVATION_STATE_HELD",
+        "SHIPMENT_STATE_SCHEDULED",
+    )
+    await control.clear_faults()
+    await client.admin.RetryDeadLetter(saga_pb2.RetryDeadLetterRequest(order_id="iso-3", reason="fixed"), timeout=30)
+    for _ in range(300):
+        saga = await client.get("iso-3")
+        if saga.state == saga_pb2.SAGA_STATE_SUCCEEDED:
+            break
+        await asyncio.sleep(0.1)
+    assert saga.state == saga_pb2.SAGA_STATE_SUCCEEDED
+    assert await states(control, "iso-3") == (
+        "ORDER_STATE_APPROVED",
+        "RESERVATION_STATE_SOLD",
+        "SHIPMENT_STATE_RELEASED",
+    )
