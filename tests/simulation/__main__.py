@@ -4,6 +4,7 @@ python -m tests.simulation --seeds 20000            # explore; prints schedules/
 python -m tests.simulation --replay 1234            # one schedule, step by step
 python -m tests.simulation --seeds 2000 --unfenced  # the variant without fencing (it must fail)
 python -m tests.simulation --no-file [--before-fix]  # routers without an epochs file, uncommitted edits
+python -m tests.simulation --probe fence_at_answer  # the shards' GetSaga rule before the re-read fix (it must fail)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 import time
 
-from .ring_protocol import Violation, World, explore
+from .ring_protocol import PROBES, Violation, World, explore
 
 
 def main() -> int:
@@ -27,9 +28,17 @@ def main() -> int:
         action="store_true",
         help="with --no-file: a router without a file takes its config as epoch 1, fresh shards check no peers",
     )
+    p.add_argument(
+        "--probe",
+        choices=PROBES,
+        default=PROBES[0],
+        help="a shard's GetSaga to an earlier owner: read then answer, NOT_FOUND only from a read begun under the "
+        "call's epoch (reread, the shard's rule); read then answer, fenced when answering (fence_at_answer, the rule "
+        "before the fix); one atomic step (atomic)",
+    )
     ns = p.parse_args()
     fence = (lambda *a: None) if ns.unfenced else None
-    world_args: dict[str, object] = {"no_file": ns.no_file}
+    world_args: dict[str, object] = {"no_file": ns.no_file, "probe": ns.probe}
     if ns.before_fix:
         world_args.update(first_ring="config", peer_check=False, block_on_conflict=False)
     if ns.replay is not None:
@@ -54,6 +63,8 @@ def main() -> int:
             for f, on in (("unfenced", ns.unfenced), ("no-file", ns.no_file), ("before-fix", ns.before_fix))
             if on
         )
+        if ns.probe != PROBES[0]:
+            flags += f" --probe {ns.probe}"
         print(f"  {why}  (replay: python -m tests.simulation --replay {seed}{flags})")
     return 1 if failures else 0
 

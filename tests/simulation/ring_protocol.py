@@ -4,8 +4,15 @@ restart with nothing; clients that retry through any router, several copies at o
 The shards' rule is the product's own (common.ring.fence, EpochHistory); the routers' steps model
 shard_router.relay.routing and shard_router.ring.reload one remote call at a time: each call is one atomic step at one
 shard, as a shard's single event loop makes it (its fence check and the registration of a new saga happen with no await
-in between). A seeded scheduler interleaves every process step by step, so a seed names one schedule and replays it
-exactly.
+in between), except the probe. A router's GetSaga to an earlier owner of the order is two steps at that shard, as in
+coordinator.shard.Shard.get: a read (the journal, on a reader thread: it snapshots whether the shard holds the order and
+whether the fence would allow NOT_FOUND at that moment), then the answer, with any other process's steps in between.
+With probe="reread" (the shard's rule today) an empty read answers NOT_FOUND only if the fence allowed it before the
+read and no saga of the order was registered since; otherwise the shard reads again (another two steps). (A saga's
+creation is one step here, so a probe never meets one in flight, which the shard's GetSaga waits for.)
+probe="fence_at_answer" models the rule before that fix (NOT_FOUND if the read was empty and the fence passes when
+answering), and probe="atomic" the probe as one step. A seeded scheduler interleaves every process step by step, so a
+seed names one schedule and replays it exactly.
 
 Checked after every step: no order is held by two shards, and every PlaceOrder a router answered names the saga the
 order's one holder has (so nothing acknowledged was lost or duplicated). `python -m tests.simulation --help`.
@@ -17,14 +24,16 @@ they see, or without one: they ask every shard of their config for its history, 
 against its peers' (coordinator.ring.ownership; atomic here, one step), and a router that a shard refuses as a conflict
 places nothing until the shards agree with it. first_ring="config", peer_check=False and block_on_conflict=False model
 the rules before that fix (a router without a file took its config as epoch 1, a fresh shard took any first history, a
-refused router went on placing): the simulation must find orders run twice there."""
+refused router went on placing): the simulation must find orders run twice there, as with probe="fence_at_answer"
+(a router still on the older ring starts the order at the probed shard during the read, the shard then learns the
+probe's ring, the empty read answers NOT_FOUND and the order is placed on its newer owner too)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import ring as ring_rules
 from common.ring import EpochHistory, Refusal
@@ -36,6 +45,8 @@ RINGS: tuple[tuple[str, ...], ...] = (("A", "B"), ("A", "B", "C"), ("A", "B", "C
 ATTEMPTS = 5  # routing.RING_ATTEMPTS
 
 Fence = Callable[[int | None, EpochHistory, str, str, bool], Refusal | None]
+PROBES = ("reread", "fence_at_answer", "atomic")
+"""How a shard answers a probe (GetSaga): see the module's docstring."""
 
 
 def _histories() -> list[EpochHistory]:
@@ -56,6 +67,13 @@ STAYING = [o for o in (f"o{n}" for n in range(200)) if len({owner(o) for owner i
 
 class Violation(AssertionError):
     pass
+
+
+class Read(NamedTuple):
+    """What a probe's journal read saw: the order's saga (None: none), and whether the fence allowed NOT_FOUND then."""
+
+    held: str | None
+    settled: bool
 
 
 @dataclass
@@ -90,6 +108,21 @@ class Shard:
     def get(self, order: str, epoch: int) -> tuple[str, Any]:
         if order in self.held:
             return "found", self.held[order]
+        refusal = self.fence(epoch, self.history, self.id, order, False)
+        return ("refused", refusal) if refusal else ("absent", None)
+
+    def read(self, order: str, epoch: int) -> Read:
+        """A probe's first step: the journal read, with whether the fence allowed NOT_FOUND when it began."""
+        return Read(self.held.get(order), self.fence(epoch, self.history, self.id, order, False) is None)
+
+    def answer(self, order: str, epoch: int, read: Read, rule: str) -> tuple[str, Any]:
+        """A probe's second step, after its read: ("reread", None) if the shard reads again."""
+        if read.held is not None:
+            return "found", read.held
+        if rule == "reread":
+            allowed_now = self.fence(epoch, self.history, self.id, order, False) is None
+            if order in self.held or (not read.settled and allowed_now):
+                return "reread", None
         refusal = self.fence(epoch, self.history, self.id, order, False)
         return ("refused", refusal) if refusal else ("absent", None)
 
@@ -154,7 +187,10 @@ class World:
         first_ring: str = "shards",
         peer_check: bool = True,
         block_on_conflict: bool = True,
+        probe: str = "reread",
     ) -> None:
+        assert probe in PROBES, probe
+        self.probe_rule = probe
         self.rng = random.Random(seed)
         self.seed = seed
         self.files: list[EpochHistory] = FILES
@@ -202,7 +238,7 @@ class World:
                     earlier.append(sid)
             target, refused = owner, None
             for sid in earlier:  # the real router asks them all at once; any order of answers is a schedule here
-                result, value = yield self.shards[sid], lambda s, o=order, n=history.number: s.get(o, n)
+                result, value = yield from self.probe(self.shards[sid], order, history.number)
                 if result == "refused":
                     refused = (sid, value)
                     break
@@ -227,6 +263,17 @@ class World:
                 held = yield self.shards[sid], lambda s: s.history
                 router.adopt(held, sid)
         return None  # UNAVAILABLE: the client retries
+
+    def probe(self, shard: Shard, order: str, epoch: int) -> Step:
+        """GetSaga(order) at an earlier owner: one step (probe="atomic"), or a read step and an answer step, again
+        while the shard reads again."""
+        if self.probe_rule == "atomic":
+            return (yield shard, lambda s: s.get(order, epoch))
+        while True:
+            read = yield shard, lambda s: s.read(order, epoch)
+            answer = yield shard, lambda s, r=read: s.answer(order, epoch, r, self.probe_rule)
+            if answer[0] != "reread":
+                return answer
 
     def announce(self, router: Router) -> Step:
         """Shows the router's history to every shard of its topology: its epochs' and its config's."""
@@ -356,7 +403,8 @@ class World:
         """One remote call of proc, run atomically at its shard; then the process runs up to its next one."""
         shard, action = proc.request
         result = action(shard)
-        self.trace.append(("  %s -> shard %s: %s", proc.router.name, shard.id, result))
+        who = proc.router.name if proc.order is None else f"{proc.router.name} ({proc.order})"
+        self.trace.append(("  %s -> shard %s: %s", who, shard.id, result))
         try:
             proc.request = proc.steps.send(result)
         except StopIteration as done:
@@ -377,7 +425,11 @@ class World:
         """The trace, readable: histories are shown by their epoch number."""
 
         def show(value: Any) -> Any:
-            return f"ring epoch {value.number}" if isinstance(value, EpochHistory) else value
+            if isinstance(value, EpochHistory):
+                return f"ring epoch {value.number}"
+            if type(value) is tuple:
+                return "(" + ", ".join(str(show(v)) for v in value) + ")"
+            return value
 
         return [fmt % tuple(show(a) for a in args) for fmt, *args in self.trace]
 
@@ -400,8 +452,8 @@ class World:
 
 
 def explore(seeds: range, fence: Fence = ring_rules.fence, **world: Any) -> list[tuple[int, str]]:
-    """Runs every seed (World's keyword arguments: no_file, first_ring, peer_check, block_on_conflict); returns (seed,
-    violation) for each that broke an invariant."""
+    """Runs every seed (World's keyword arguments: no_file, first_ring, peer_check, block_on_conflict, probe); returns
+    (seed, violation) for each that broke an invariant."""
     failures = []
     for seed in seeds:
         try:
