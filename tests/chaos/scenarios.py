@@ -1095,15 +1095,16 @@ ISOLATION_UNITS = 12
 
 
 async def isolation(ctx: Ctx) -> None:
-    """The isolated order flow (order_isolated.yaml) committed, orders racing for the last units of four items (a
-    quarter of them declined), a random shard SIGKILLed every 3 s, calls failing and replies lost on both sides of the
-    pivot, a GetOrder reader all along: every isolation countermeasure holds on the ledgers, the stock left and what
-    the reader saw (tests/helpers/isolation.py)."""
+    """The isolated order flow (order_isolated.yaml) committed, orders racing for the last units of the items on sale
+    (a quarter of them declined), a random shard SIGKILLed every 3 s, calls failing and replies lost on both sides of
+    the pivot, a GetOrder reader all along: every isolation countermeasure holds on the ledgers, the stock left and
+    what the reader saw (tests/helpers/isolation.py)."""
     cluster = ctx.cluster
     assert cluster.system is not None
     definition = commit_isolated(cluster.system)
-    # Items go on sale two at a time, a new pair every WAVE_S, each with a few units: the load (tens of orders a
-    # second) fights over the last units of the pair on sale all through the run, not only in its first second.
+    # Items go on sale two at a time, a new pair every ISOLATION_WAVE_S, each with a few units: the load (tens of
+    # orders a second) fights over the last units of the pair on sale all through the run, not only in its first
+    # second.
     waves = [
         [f"scarce-{w}-a", f"scarce-{w}-b"] for w in range(int((ctx.duration_s + after(ctx)) / ISOLATION_WAVE_S) + 1)
     ]
