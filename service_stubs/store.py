@@ -275,16 +275,23 @@ class Store:
         """Returns once everything committed so far is durable: what a read saw in memory is then on disk too.
 
         Commits resolve in the order they were made, so the last one resolved means all of them are. A cancelled
-        future (its caller gave up) says nothing, so then an empty commit goes through the writer behind it."""
-        if self.failure is not None:
-            raise StoreFailed(self.failure)
-        last = self._last_commit
-        if last is None or (last.done() and not last.cancelled()):
-            return
-        if last.cancelled():
-            assert self._committer is not None, "store not attached to a committer"
-            last = self._last_commit = self._committer.submit(self, [], [])
-        await asyncio.shield(last)
+        future (its caller gave up) says nothing, so then an empty commit goes through the writer behind it; that
+        includes one cancelled while this waits on it (asyncio.wait neither propagates nor causes its cancellation),
+        which would otherwise cancel the read too, and leave its caller without an answer."""
+        while True:
+            if self.failure is not None:
+                raise StoreFailed(self.failure)
+            last = self._last_commit
+            if last is None or (last.done() and not last.cancelled()):
+                break
+            if last.cancelled():
+                assert self._committer is not None, "store not attached to a committer"
+                last = self._last_commit = self._committer.submit(self, [], [])
+            await asyncio.wait([last])
+            if not last.cancelled():
+                break
+        if last is not None:
+            last.result()  # a failed commit fails the read, as it failed its own call
 
     def write(self, key_rows: Sequence[KeyRow], stock_rows: Sequence[StockRow]) -> None:
         """One transaction (writer thread only)."""

@@ -17,6 +17,8 @@ everything finish and checks I1-I6 (tests/helpers/cluster_invariants.py) plus it
     clock_jumps      shard wall clocks jump by minutes to hours (injected clock): no double expiry, no resurrection
     disk_full        a shard's journal on a tmpfs that fills up, then empties (needs root)
     fuzz             hypothesis: arbitrary PlaceOrder/admin requests and raw bytes, only sane statuses
+    isolation        the isolated order flow on scarce stock with declines, shard kills and faults: every isolation
+                     countermeasure (tests/helpers/isolation.py) on the ledgers, the stock and a GetOrder reader
 
 `make chaos` runs the long versions and prints one table (python -m tests.chaos --help); test_chaos.py runs short
 versions inside `make test`. Seeds are printed; the same seed replays the same fault schedule.

@@ -31,6 +31,7 @@ from protos.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.helpers.cluster import Cluster, ShardChild, ShardSettings
 from tests.helpers.cluster_invariants import Report, check_cluster, holdings, list_all_sagas
 from tests.helpers.coordinator import place_request
+from tests.helpers.isolation import OrderReader, check_isolation, commit_isolated, scarce_orders
 from tests.helpers.load import ITEMS, Load, Order
 from tests.helpers.order_flow import STEPS
 from tests.helpers.scrape import scrape, value
@@ -111,12 +112,15 @@ async def run_frame(
     twins: bool = False,
     quiesce_s: float = 90.0,
     ttl_ms: int | None = None,
+    make: Callable[[str, random.Random], Order] | None = None,
 ) -> Report:
     """Load for duration_s + after_s, `faults(ctx, until)` during the first duration_s, then drain and check. The load
     goes through every router: a client's retries (and a twin's copy) through the next one."""
     cluster = ctx.cluster
     addresses = [r.address for r in cluster.router_children]
-    load = Load(addresses, ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins, ttl_ms=ttl_ms)
+    load = Load(
+        addresses, ctx.result.seed, workers=workers, fail_share=fail_share, twins=twins, ttl_ms=ttl_ms, make=make
+    )
     load.give_up_s = 60.0 if ctx.short else 180.0
     ctx.loads.append(load)
     started = time.monotonic()
@@ -1084,6 +1088,83 @@ async def _no_faults(ctx: Ctx, until: float) -> None:
     await sleep_until(until)
 
 
+# ---------------------------------------------------------------- 13. isolation
+
+ISOLATION_WAVE_S = 2.0
+ISOLATION_UNITS = 12
+
+
+async def isolation(ctx: Ctx) -> None:
+    """The isolated order flow (order_isolated.yaml) committed, orders racing for the last units of the items on sale
+    (a quarter of them declined), a random shard SIGKILLed every 3 s, calls failing and replies lost on both sides of
+    the pivot, a GetOrder reader all along: every isolation countermeasure holds on the ledgers, the stock left and
+    what the reader saw (tests/helpers/isolation.py)."""
+    cluster = ctx.cluster
+    assert cluster.system is not None
+    definition = commit_isolated(cluster.system)
+    # Items go on sale two at a time, a new pair every ISOLATION_WAVE_S, each with a few units: the load (tens of
+    # orders a second) fights over the last units of the pair on sale all through the run, not only in its first
+    # second.
+    waves = [
+        [f"scarce-{w}-a", f"scarce-{w}-b"] for w in range(int((ctx.duration_s + after(ctx)) / ISOLATION_WAVE_S) + 1)
+    ]
+    stock = {item: ISOLATION_UNITS for wave in waves for item in wave}
+    started = time.monotonic()
+
+    def on_sale() -> list[str]:
+        return waves[min(int((time.monotonic() - started) / ISOLATION_WAVE_S), len(waves) - 1)]
+
+    async with StubControlClient(cluster.stub_address) as control:
+        await control.set_stock(stock)
+        # The payment slow (stock stays held through it), and ambiguous outcomes on every kind of call, reads included.
+        rules = [
+            fault_rule("ChargePayment", latency_ms=40, error_rate=0.05, apply_then_fail_rate=0.05),
+            fault_rule("*", latency_ms=10, error_rate=0.05, apply_then_fail_rate=0.03),
+        ]
+        await control.set_faults(rules, seed=ctx.result.seed)
+    reader = OrderReader(cluster.stub_address)
+    reading = asyncio.create_task(reader.run())
+
+    # A kill every 3 s; a short run gets one, half-way.
+    period_s = min(3.0, ctx.duration_s / 2)
+
+    async def faults(ctx: Ctx, until: float) -> None:
+        next_kill = time.monotonic() + period_s
+        while time.monotonic() < until:
+            reader.watch(list(ctx.loads[-1].orders))
+            if time.monotonic() >= next_kill:
+                i = ctx.rng.randrange(len(cluster.nodes))
+                await _until_in_flight(cluster.nodes[i], time.monotonic() + 10.0)
+                await cluster.kill_shard(i)
+                ctx.result.faults["shard_sigkill"] += 1
+                await cluster.start_shard(i)
+                next_kill = time.monotonic() + period_s
+            await asyncio.sleep(0.05)
+        async with StubControlClient(cluster.stub_address) as control:
+            await control.clear_faults()
+
+    try:
+        await run_frame(ctx, faults, after_s=after(ctx), make=scarce_orders(stock, 0.25, on_sale))
+    finally:
+        reader.watch(list(ctx.loads[-1].orders) if ctx.loads else [])
+        reader.stop()
+        await asyncio.wait_for(reading, 120)
+    # run_frame's check waited for every saga to end (I1), so the stock probes race with nothing.
+    shards = {n.shard_id: n.address for n in cluster.nodes}
+    order_ids = sorted(ctx.loads[-1].orders)
+    found = await check_isolation(shards, cluster.stub_address, order_ids, stock, reader.seen, definition.hash)
+    ctx.result.violations.extend(f"isolation: {v}" for v in found.violations[:50])
+    if reader.errors["DEADLINE_EXCEEDED"]:
+        ctx.violation(f"isolation: {reader.errors['DEADLINE_EXCEEDED']} GetOrder reads never answered")
+    ctx.result.faults.update({f"reads_{code.lower()}": n for code, n in reader.errors.items()})
+    sold_out = sum(1 for item, units in found.sold.items() if units == stock[item])
+    ctx.result.notes.append(
+        f"orders {dict(found.orders)}; {len(stock)} items of {ISOLATION_UNITS} units, {sold_out} sold out, "
+        f"{sum(found.sold.values())} units sold; "
+        f"reader: {reader.reads} reads in {reader.rounds} rounds, saw {dict(reader.moves())}"
+    )
+
+
 # ---------------------------------------------------------------- registry and runner
 
 
@@ -1146,6 +1227,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("clock_jumps", clock_jumps, min_success_per_s=1.0, shard_module="tests.helpers.shard_clockskew"),
         Scenario("disk_full", disk_full, min_success_per_s=1.0, needs_root=True),
         Scenario("fuzz", fuzz, min_success_per_s=1.0),
+        # Successes are bounded by the stock (about 80 in 15 s), not by throughput.
+        Scenario("isolation", isolation, min_success_per_s=1.0),
     )
 }
 

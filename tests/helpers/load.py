@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -78,6 +79,8 @@ class Load:
     ttl_ms: int | None = None
     twins: bool = False
     """Every order placed by two clients at once (both retrying until answered)."""
+    make: Callable[[str, random.Random], Order] | None = None
+    """What each new order is (order id, the load's seeded rng); None: make_order's mix."""
     orders: dict[str, Order] = field(default_factory=dict)
     answers: dict[str, Answer] = field(default_factory=dict)
     extra_answers: list[tuple[str, Answer]] = field(default_factory=list)
@@ -105,7 +108,10 @@ class Load:
     def new_order(self) -> Order:
         order_id = f"{self.prefix}-{self.seed}-{self._next}"
         self._next += 1
-        order = make_order(order_id, self._rng, self.fail_share, self.ttl_ms)
+        if self.make is not None:
+            order = self.make(order_id, self._rng)
+        else:
+            order = make_order(order_id, self._rng, self.fail_share, self.ttl_ms)
         self.orders[order_id] = order
         return order
 

@@ -4,17 +4,15 @@ operator does; and sagas of it started through the router."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 from google.protobuf import any_pb2
 
-from common.definitions.check import load
 from common.definitions.model import Definition
 from deploy.local import LocalSystem
 from protos.saga.v1 import saga_pb2, saga_pb2_grpc
+from tests.helpers.definitions import commit_definition
 
 ROOT = Path(__file__).resolve().parents[2]
 LOYALTY_FILE = ROOT / "docs" / "definitions" / "order_loyalty.yaml"
@@ -23,17 +21,7 @@ LOYALTY_TYPE = "order_loyalty"
 
 def commit_loyalty(system: LocalSystem) -> Definition:
     """Commits order_loyalty to the system's router (every shard holds it when this returns); the definition."""
-    config = ["--config", str(system.router_config), "--epochs", str(system.epochs_file)]
-    done = subprocess.run(
-        [sys.executable, "-m", "shard_router", "defs", "commit", str(LOYALTY_FILE), *config],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return load(LOYALTY_FILE)
+    return commit_definition(system, LOYALTY_FILE)
 
 
 def start_loyalty(
