@@ -108,3 +108,21 @@ class StubControlService:
             await abort(context, error)
         logger.info("stock set for {} items", len(levels))
         return control_pb2.SetStockResponse()
+
+    async def GetStock(
+        self, request: control_pb2.GetStockRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.GetStockResponse:
+        inventory = next((s for s in self._services if isinstance(s, InventoryService)), None)
+        try:
+            if inventory is None:
+                raise StubError(grpc.StatusCode.FAILED_PRECONDITION, "this process does not serve inventory")
+            if len(request.item_ids) > self._config.max_batch_rows:
+                raise InvalidArgument("item_ids", f"more than {self._config.max_batch_rows} items")
+            for index, item_id in enumerate(request.item_ids):
+                require_id(item_id, f"item_ids[{index}]")
+            await inventory.store.barrier()  # what is read is durable, as every read here
+        except StubError as error:
+            await abort(context, error)
+        return control_pb2.GetStockResponse(
+            levels=[control_pb2.StockLevel(item_id=i, quantity=inventory.level(i)) for i in request.item_ids]
+        )

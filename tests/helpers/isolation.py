@@ -32,7 +32,7 @@ from tests.helpers.cluster_invariants import holdings
 from tests.helpers.coordinator import place_request
 from tests.helpers.definitions import commit_definition
 from tests.helpers.load import Order
-from tests.helpers.stubs import ShopClient, get_ledgers
+from tests.helpers.stubs import StubControlClient, get_ledgers
 
 ROOT = Path(__file__).resolve().parents[2]
 ISOLATED_FILE = ROOT / "common" / "definitions" / "shipped" / "order_isolated.yaml"
@@ -144,39 +144,6 @@ class OrderReader:
         return out
 
 
-async def stock_levels(address: str, items: Iterable[str], most: int) -> dict[str, int]:
-    """Units of each item in stock now, measured through the Inventory service itself (it has no read of its
-    levels): the largest n in [0, most] that a reservation of n units gets, each probe released at once. Only on a
-    quiet system (no fault plan, no saga touching the items)."""
-    levels: dict[str, int] = {}
-    probes = 0
-    async with ShopClient(address) as shop:
-
-        async def fits(item: str, units: int) -> bool:
-            nonlocal probes
-            probes += 1
-            order_id, key = f"stock-probe-{item}-{probes}", f"stock-probe-{item}-{probes}"
-            try:
-                await shop.reserve(order_id, key=key, lines=[(item, units)])
-            except grpc.aio.AioRpcError as e:
-                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, f"{order_id}: {e.code()} {e.details()}"
-                return False
-            undone = await shop.compensate("inventory", order_id, key=f"{key}/undo", forward_key=key)
-            assert undone.undone, f"{order_id}: the probe's reservation was not released"
-            return True
-
-        for item in items:
-            low, high = 0, most  # fits(low) holds (a reservation of nothing always would)
-            while low < high:
-                mid = (low + high + 1) // 2
-                if await fits(item, mid):
-                    low = mid
-                else:
-                    high = mid - 1
-            levels[item] = low
-    return levels
-
-
 @dataclass
 class Found:
     """What check_isolation found: the violations, and figures for the report."""
@@ -189,7 +156,7 @@ class Found:
     sold: dict[str, int] = field(default_factory=dict)
     """Units held or sold per scarce item at the end, by the ledgers."""
     levels: dict[str, int] = field(default_factory=dict)
-    """Units in stock at the end, measured (stock_levels)."""
+    """Units in stock at the end (StubControl.GetStock)."""
 
 
 async def check_isolation(
@@ -215,8 +182,8 @@ async def check_isolation(
             if h.saga.definition_hash != definition_hash:
                 found.violations.append(f"{order_id}: ran definition {h.saga.definition_hash}, not the isolated flow")
         found.violations += isolation_violations(order_id, saga_state, ledgers[order_id], seen.get(order_id, ()))
-    most = max(initial_stock.values(), default=0) * 2
-    found.levels = await stock_levels(stub_address, sorted(initial_stock), most)
+    async with StubControlClient(stub_address) as control:
+        found.levels = await control.get_stock(sorted(initial_stock))
     found.violations += stock_violations(initial_stock, ledgers.values(), found.levels)
     for item in initial_stock:
         found.sold[item] = sum(ledger.reserved_net.get(item, 0) for ledger in ledgers.values())
@@ -231,5 +198,4 @@ __all__ = [
     "check_isolation",
     "commit_isolated",
     "scarce_orders",
-    "stock_levels",
 ]

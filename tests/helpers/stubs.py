@@ -353,6 +353,10 @@ class StubControlClient(_Channel):
         )
         await self.stub.SetStock(request, timeout=timeout_s)
 
+    async def get_stock(self, item_ids: Iterable[str], timeout_s: float = 10.0) -> dict[str, int]:
+        reply = await self.stub.GetStock(control_pb2.GetStockRequest(item_ids=list(item_ids)), timeout=timeout_s)
+        return {level.item_id: level.quantity for level in reply.levels}
+
 
 def merge_ledgers(into: OrderLedger, other: OrderLedger) -> None:
     """Adds `other` (the same order, seen by another process hosting other services) into `into`."""

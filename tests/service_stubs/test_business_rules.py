@@ -40,6 +40,19 @@ async def test_set_stock_can_restock_a_sold_out_item(shop: ShopClient, control: 
     await shop.reserve("o-1", key="k1", lines=[("sold-out-x", 2)])
 
 
+async def test_get_stock_reads_what_reservations_left(shop: ShopClient, control: StubControlClient) -> None:
+    await control.set_stock({"sku-a": 10})
+    await shop.reserve("o-1", key="k1", lines=[("sku-a", 4)])
+    assert await control.get_stock(["sku-a", "sold-out-y", "sku-default"]) == {
+        "sku-a": 6,
+        "sold-out-y": 0,
+        "sku-default": 1_000_000,
+    }
+    await shop.compensate("inventory", "o-1", key="k1/undo", forward_key="k1")
+    assert await control.get_stock(["sku-a"]) == {"sku-a": 10}
+    await rpc_error(control.get_stock([""]), grpc.StatusCode.INVALID_ARGUMENT)
+
+
 async def test_initial_stock_applies_until_the_data_dir_has_a_level(data_dir: Path) -> None:
     async with running_stubs(data_dir, initial_stock={"sku-few": 3}) as stubs, ShopClient(stubs.address) as shop:
         await rpc_error(shop.reserve("o-1", key="k1", lines=[("sku-few", 4)]), grpc.StatusCode.FAILED_PRECONDITION)

@@ -59,6 +59,11 @@ class StubControlStub:
                 request_serializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockRequest.SerializeToString,
                 response_deserializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockResponse.FromString,
                 _registered_method=True)
+        self.GetStock = channel.unary_unary(
+                '/service_stubs.v1.StubControl/GetStock',
+                request_serializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockRequest.SerializeToString,
+                response_deserializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockResponse.FromString,
+                _registered_method=True)
 
 
 class StubControlServicer:
@@ -99,6 +104,14 @@ class StubControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStock(self, request, context):
+        """The stock level of items now (units neither held by a reservation nor sold): what an isolation check compares
+        with the units the ledgers say are held or sold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StubControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_StubControlServicer_to_server(servicer, server):
                     servicer.SetStock,
                     request_deserializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockRequest.FromString,
                     response_serializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockResponse.SerializeToString,
+            ),
+            'GetStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStock,
+                    request_deserializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockRequest.FromString,
+                    response_serializer=protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class StubControl:
             '/service_stubs.v1.StubControl/SetStock',
             protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockRequest.SerializeToString,
             protos_dot_service__stubs_dot_v1_dot_control__pb2.SetStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/service_stubs.v1.StubControl/GetStock',
+            protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockRequest.SerializeToString,
+            protos_dot_service__stubs_dot_v1_dot_control__pb2.GetStockResponse.FromString,
             options,
             channel_credentials,
             insecure,
