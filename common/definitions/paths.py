@@ -194,7 +194,9 @@ def check_path(expr: str, scope: Scope, ptr: str) -> tuple[_Path | None, list[Pr
         keyed = len(parts) == 3 and parts[2] == "key"
         if not keyed and (len(parts) < 3 or parts[2] != "output"):
             return None, [
-                Problem("path.syntax", ptr, f"{expr!r} is not a step path", "$steps.<id>.output.<field> or $steps.<id>.key")
+                Problem(
+                    "path.syntax", ptr, f"{expr!r} is not a step path", "$steps.<id>.output.<field> or $steps.<id>.key"
+                )
             ]
         step_id = parts[1]
         if step_id not in scope.steps:
