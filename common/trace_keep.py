@@ -110,6 +110,9 @@ class _HeldSpan:
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self.attributes.update(attributes)
+
     def set_status(self, status: Status) -> None:
         self.status = status
 

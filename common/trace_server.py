@@ -12,6 +12,8 @@ What a recorded span carries, as the instrumentation's did: rpc.system, rpc.serv
 (the code the handler ended with, aborts included), net.peer.ip and net.peer.port; an error status (with the code's
 name only, never the handler's message) for the codes the semantic conventions count as the server's fault. Not kept:
 rpc.user_agent and net.peer.name (grpc's version string; "localhost" for loopback peers).
+
+Each method's handler is wrapped once (not on every call), as common.auth does.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):
     def __init__(self, tracer: trace.Tracer, untraced: frozenset[str]) -> None:
         self._tracer = tracer
         self._untraced = untraced
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -90,8 +93,16 @@ class ServerSpans(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # the same handler wrapped the same way: not rebuilt on every call
         if handler is None or handler.request_streaming or method.lstrip("/").partition("/")[0] in self._untraced:
             return handler
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         tracer = self._tracer
         if not handler.response_streaming:
             behavior = handler.unary_unary
