@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -147,7 +147,6 @@ def setup(
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from common.trace_keep import Hold, KeepMarked
-    from common.trace_server import ServerSpans
 
     _context, _propagate, _trace = context, propagate, trace
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
@@ -171,7 +170,7 @@ def setup(
         tracer=tracer,
         sampler=provider.sampler,
         hold=Hold(held_spans_max),
-        server=[ServerSpans(tracer, frozenset(excluded))],
+        untraced=frozenset(excluded),
         client=aio_client_interceptors(tracer_provider=provider, filter_=traced),  # type: ignore[no-untyped-call]
     )
     return True
@@ -215,10 +214,15 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors(joined: Collection[str] = ()) -> list[grpc.aio.ServerInterceptor]:
     """The server span interceptor (common.trace_server) when tracing is on (first in the chain, so refused calls
-    are traced too)."""
-    return list(_state.get("server", ()))
+    are traced too); joined: methods ("/pkg.Service/Method") whose calls join their caller's span rather than make
+    one of their own when the caller sent its context (a shard's saga-starting methods)."""
+    if not _state:
+        return []
+    from common.trace_server import ServerSpans
+
+    return [ServerSpans(_state["tracer"], _state["untraced"], frozenset(joined))]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
@@ -354,11 +358,12 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
         yield s
 
 
-def saga(kept: str, fields: Mapping[str, Any], failing: str = "") -> Any:
+def saga(kept: str, fields: Mapping[str, Any], failing: str = "", summary: Mapping[str, Any] | None = None) -> Any:
     """One saga's spans in this process (common.trace_keep.SagaTrace), under the context kept (carrier()); None when
-    off. fields go on every span. Whether its spans are made at once or held until the saga's end is known is the
-    configured sampler's decision for the kept context; failing (the state of a saga loaded past its failure, e.g.
-    "COMPENSATING"): kept from the start."""
+    off. fields go on every span, summary (what is the same for the whole saga and not needed to find its spans: its
+    type, say) only on its state spans (SagaTrace.moved). Whether its spans are made at once or held until the saga's
+    end is known is the configured sampler's decision for the kept context; failing (the state of a saga loaded past
+    its failure, e.g. "COMPENSATING"): kept from the start."""
     if not _state:
         return None
     from common.trace_keep import SagaTrace
@@ -367,7 +372,7 @@ def saga(kept: str, fields: Mapping[str, Any], failing: str = "") -> Any:
     ctx = _trace.get_current_span(parent).get_span_context()
     # No kept trace (the saga began with tracing off): each span is a root, sampled as the SDK samples roots.
     sampled = not ctx.is_valid or _state["sampler"].should_sample(parent, ctx.trace_id, "saga").decision.is_sampled()
-    return SagaTrace(_state["tracer"], _state["hold"], parent, fields, sampled, failing)
+    return SagaTrace(_state["tracer"], _state["hold"], parent, fields, sampled, failing, summary)
 
 
 def outcome(span: Any, code: str, ok: bool) -> None:
