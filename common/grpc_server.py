@@ -178,11 +178,13 @@ def build_server(
     *,
     streams: Collection[str] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    joined: Collection[str] = (),
 ) -> grpc.aio.Server:
     """A grpc.aio server with limits applied; `streams` are the server's own long-lived streaming methods, bounded per
     peer together with OPEN_STREAMS (health watch, reflection). `interceptors` (authentication) run before the bound,
-    after tracing's (common.tracing; none when it is off), so refused calls show in traces too."""
-    chain = [*tracing.server_interceptors(), *interceptors]
+    after tracing's (common.tracing; none when it is off), so refused calls show in traces too. `joined`: methods
+    whose calls join their caller's span instead of making a server span (common.trace_server)."""
+    chain = [*tracing.server_interceptors(joined), *interceptors]
     chain.append(PeerStreamLimit((*streams, *OPEN_STREAMS), limits.max_streams_per_peer))
     return grpc.aio.server(
         options=server_options(limits),

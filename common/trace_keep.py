@@ -110,6 +110,9 @@ class _HeldSpan:
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
 
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self.attributes.update(attributes)
+
     def set_status(self, status: Status) -> None:
         self.status = status
 
@@ -121,9 +124,10 @@ _HOLDING, _EXPORTING, _DROPPED = "holding", "exporting", "dropped"
 
 
 class SagaTrace:
-    """One saga's spans in this process (see the module's contract). fields go on every span."""
+    """One saga's spans in this process (see the module's contract). fields go on every span, summary only on the
+    state spans (moved())."""
 
-    __slots__ = ("_hold", "_mode", "_tracer", "fields", "held", "parent", "reason")
+    __slots__ = ("_hold", "_mode", "_tracer", "fields", "held", "parent", "reason", "summary")
 
     def __init__(
         self,
@@ -133,11 +137,13 @@ class SagaTrace:
         fields: Mapping[str, Any],
         sampled: bool,
         kept: str = "",
+        summary: Mapping[str, Any] | None = None,
     ) -> None:
         self._tracer = tracer
         self._hold = hold
         self.parent = parent
         self.fields = dict(fields)
+        self.summary = dict(summary or {})
         self.held: list[_HeldSpan] = []
         self.reason = ""
         self._mode = _EXPORTING if sampled else _HOLDING
@@ -188,6 +194,13 @@ class SagaTrace:
         """Hold made room: the saga's records are gone, so it exports nothing more (no partial tree)."""
         self.held = []
         self._mode = _DROPPED
+
+    def moved(self, state: str) -> None:
+        """The saga's state span, `saga <state>` (no duration): saga.state and the summary fields."""
+        if self._mode is _DROPPED:
+            return  # nothing to make (a succeeded saga that was not sampled), not even a record
+        with self.span(f"saga {state}", {**self.summary, "saga.state": state}):
+            pass
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Mapping[str, Any], client: bool = False) -> Iterator[Any]:

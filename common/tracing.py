@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -87,8 +87,18 @@ HELD_SPANS_MAX = 100_000
 OUTGOING_CACHED = 4096
 """Contexts whose outgoing headers are kept (about the sagas in flight in a shard, whose calls share one each)."""
 
+RESTORED_CACHED = 4096
+"""Contexts carrier() wrote that restore() answers without parsing them again (a new saga's, kept, then restored)."""
+
 _state: dict[str, Any] = {}
 """The process's tracing once setup() turned it on: provider, tracer, interceptors. Empty: off."""
+
+# The OpenTelemetry API's modules, bound by setup(): a process with tracing off never imports them, and the functions
+# below, called on every saga and every call, do not pay an import statement's look-ups each time.
+_context: Any = None
+_propagate: Any = None
+_trace: Any = None
+_CODES = {code.name: code.value[0] for code in grpc.StatusCode}
 
 
 class TracingConfigError(ValueError):
@@ -129,15 +139,16 @@ def setup(
         return bool(_state)
     exporter = _exporter(protocol(environ))
     # Imported here: a process with tracing off never loads the SDK or the exporter.
-    from opentelemetry import trace
+    global _context, _propagate, _trace
+    from opentelemetry import context, propagate, trace
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from common.trace_keep import Hold, KeepMarked
-    from common.trace_server import ServerSpans
 
+    _context, _propagate, _trace = context, propagate, trace
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     attributes = {} if named else {SERVICE_NAME: service}
     if instance:
@@ -159,7 +170,7 @@ def setup(
         tracer=tracer,
         sampler=provider.sampler,
         hold=Hold(held_spans_max),
-        server=[ServerSpans(tracer, frozenset(excluded))],
+        untraced=frozenset(excluded),
         client=aio_client_interceptors(tracer_provider=provider, filter_=traced),  # type: ignore[no-untyped-call]
     )
     return True
@@ -203,10 +214,15 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors(joined: Collection[str] = ()) -> list[grpc.aio.ServerInterceptor]:
     """The server span interceptor (common.trace_server) when tracing is on (first in the chain, so refused calls
-    are traced too)."""
-    return list(_state.get("server", ()))
+    are traced too); joined: methods ("/pkg.Service/Method") whose calls join their caller's span rather than make
+    one of their own when the caller sent its context (a shard's saga-starting methods)."""
+    if not _state:
+        return []
+    from common.trace_server import ServerSpans
+
+    return [ServerSpans(_state["tracer"], _state["untraced"], frozenset(joined))]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
@@ -219,7 +235,8 @@ def carrier() -> str:
     they inject nothing: outside any span and without baggage)."""
     if not _state:
         return ""
-    return _kept(_injected(None))
+    current = _context.get_current()
+    return _remembered(_kept(_injected(current)), current)
 
 
 def restore(kept: str) -> Any:
@@ -227,9 +244,10 @@ def restore(kept: str) -> Any:
     (None when off or nothing was kept)."""
     if not _state or not kept:
         return None
-    from opentelemetry import propagate
-
-    return propagate.extract(_headers(kept))
+    cached = _state.get("restored", {}).get(kept)
+    if cached is not None and cached[1] is _propagate.get_global_textmap():
+        return cached[0]
+    return _propagate.extract(_headers(kept))
 
 
 def outgoing() -> tuple[tuple[str, str], ...]:
@@ -237,8 +255,7 @@ def outgoing() -> tuple[tuple[str, str], ...]:
     any span. The configured propagators write it: nothing here formats headers."""
     if not _state:
         return ()
-    from opentelemetry import context, propagate, trace
-
+    context, propagate, trace = _context, _propagate, _trace
     # A saga whose trace is not sampled makes each of its calls under one context object (its parent's): its headers
     # are written once. Contexts are immutable, so an object always injects the same headers for one propagator.
     current, textmap = context.get_current(), propagate.get_global_textmap()
@@ -260,10 +277,8 @@ def context_keys() -> frozenset[str]:
     hop that replaces its caller's context with its own drops these. Empty when off."""
     if not _state:
         return frozenset()
-    from opentelemetry import propagate
-
     # Asked on every call a router forwards: computed again only when the global propagator is replaced.
-    textmap = propagate.get_global_textmap()
+    textmap = _propagate.get_global_textmap()
     cached = _state.get("keys")
     if cached is None or cached[0] is not textmap:
         cached = _state["keys"] = (textmap, frozenset(key.lower() for key in textmap.fields))
@@ -279,22 +294,29 @@ def remote_parent(metadata: Sequence[tuple[str, Any]] | None) -> str:
     ends only with the PlaceOrder call, and is lost with the process if the shard is killed before."""
     if not _state or not metadata:
         return ""
-    from opentelemetry import propagate, trace
-
     # As the gRPC instrumentation's server interceptor reads it (the last value of a key wins; binary ones are no
     # propagator's).
-    context = propagate.extract({key: value for key, value in metadata if isinstance(value, str)})
-    if not trace.get_current_span(context).get_span_context().is_valid:
+    context = _propagate.extract({key: value for key, value in metadata if isinstance(value, str)})
+    if not _trace.get_current_span(context).get_span_context().is_valid:
         return ""  # no caller's span (baggage alone, say): the saga's spans join this call's own, which carries it
-    return _kept(_injected(context))
+    return _remembered(_kept(_injected(context)), context)
+
+
+def _remembered(kept: str, context: Any) -> str:
+    """kept, with context remembered for restore() when the propagators read it (a caller's, as a saga started by a
+    call keeps it): that saga's restore() then costs a look-up, not a parse and an extract."""
+    if kept and _trace.get_current_span(context).get_span_context().is_remote:
+        restored: dict[str, Any] = _state.setdefault("restored", {})
+        if len(restored) >= RESTORED_CACHED:
+            restored.clear()
+        restored[kept] = (context, _propagate.get_global_textmap())
+    return kept
 
 
 def _injected(context: Any) -> dict[str, str]:
     """What the configured propagators write for context (None: the current one)."""
-    from opentelemetry import propagate
-
     headers: dict[str, str] = {}
-    propagate.inject(headers, context=context)
+    _propagate.inject(headers, context=context)
     return headers
 
 
@@ -336,46 +358,37 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
         yield s
 
 
-def saga(kept: str, fields: Mapping[str, Any], failing: str = "") -> Any:
+def saga(kept: str, fields: Mapping[str, Any], failing: str = "", summary: Mapping[str, Any] | None = None) -> Any:
     """One saga's spans in this process (common.trace_keep.SagaTrace), under the context kept (carrier()); None when
-    off. fields go on every span. Whether its spans are made at once or held until the saga's end is known is the
-    configured sampler's decision for the kept context; failing (the state of a saga loaded past its failure, e.g.
-    "COMPENSATING"): kept from the start."""
+    off. fields go on every span, summary (what is the same for the whole saga and not needed to find its spans: its
+    type, say) only on its state spans (SagaTrace.moved). Whether its spans are made at once or held until the saga's
+    end is known is the configured sampler's decision for the kept context; failing (the state of a saga loaded past
+    its failure, e.g. "COMPENSATING"): kept from the start."""
     if not _state:
         return None
-    from opentelemetry import trace
-    from opentelemetry.context import Context
-
     from common.trace_keep import SagaTrace
 
-    parent = restore(kept) or Context()
-    ctx = trace.get_current_span(parent).get_span_context()
+    parent = restore(kept) or _context.Context()
+    ctx = _trace.get_current_span(parent).get_span_context()
     # No kept trace (the saga began with tracing off): each span is a root, sampled as the SDK samples roots.
     sampled = not ctx.is_valid or _state["sampler"].should_sample(parent, ctx.trace_id, "saga").decision.is_sampled()
-    return SagaTrace(_state["tracer"], _state["hold"], parent, fields, sampled, failing)
+    return SagaTrace(_state["tracer"], _state["hold"], parent, fields, sampled, failing, summary)
 
 
 def outcome(span: Any, code: str, ok: bool) -> None:
     """Marks span (from span(); None: nothing) with the attempt's status code name, as an error unless ok."""
     if span is None:
         return
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("saga.outcome", code)
-    span.set_attribute(
-        "rpc.grpc.status_code", grpc.StatusCode[code].value[0] if code in grpc.StatusCode.__members__ else 2
-    )
+    span.set_attributes({"saga.outcome": code, "rpc.grpc.status_code": _CODES.get(code, 2)})
     if not ok:
-        span.set_status(Status(StatusCode.ERROR, code))
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR, code))
 
 
 def current_trace_id() -> str:
     """The current span's trace id (32 hex digits), or "" when off or outside any sampled span."""
     if not _state:
         return ""
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
+    ctx = _trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
@@ -385,7 +398,5 @@ def trace_id_of(kept: str) -> str:
     context = restore(kept)
     if context is None:
         return ""
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span(context).get_span_context()
+    ctx = _trace.get_current_span(context).get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""

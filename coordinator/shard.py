@@ -344,17 +344,16 @@ class Shard:
         )
         if tracing.enabled():
             run.resumed = created is None
-            fields: dict[str, object] = {
-                "saga.id": rec.saga_id,
-                "saga.order_id": rec.order_id,
-                "saga.type": flow.name,
-                "saga.shard": self.cfg.shard_id,
-            }
+            # The ids on every span (what an operator searches by); the rest of what is the same for the whole saga on
+            # its state spans only: each attribute costs each span about 10 us of this process's CPU, set and encoded
+            # (saga.shard is also the spans' resource attribute service.instance.id).
+            fields: dict[str, object] = {"saga.id": rec.saga_id, "saga.order_id": rec.order_id}
             if run.resumed:
                 fields["saga.resumed"] = True
+            summary = {"saga.type": flow.name, "saga.shard": self.cfg.shard_id}
             # A saga loaded past its failure (compensating, dead-lettered, failed): exported whatever the sampler says.
             failing = "" if rec.state in (SagaState.RUNNING, SagaState.SUCCEEDED) else rec.state.name
-            run.trace = tracing.saga(rec.trace_context, fields, failing)
+            run.trace = tracing.saga(rec.trace_context, fields, failing, summary)
             run.trace_id = run.trace.trace_id
         self._live[rec.order_id] = run
         if start:

@@ -47,6 +47,8 @@ SERVICE_NAMES = (
     ring_pb2.DESCRIPTOR.services_by_name["RingService"].full_name,
 )
 WATCH_METHODS = (f"/{SERVICE_NAMES[0]}/WatchSaga",)
+SAGA_STARTS = (f"/{SERVICE_NAMES[0]}/PlaceOrder", f"/{SERVICE_NAMES[0]}/StartSaga")
+"""Calls that start a saga: traced under their caller's span, without a server span of the shard's (saga_trace)."""
 WATCH_STREAMS_PER_PEER = 2_000
 """WatchSaga streams one peer may hold open on a shard. A router is one peer carrying all its clients' watches (each
 client is bounded at the router), so this is far above one client's share; sagactl or a client calling a shard
@@ -75,9 +77,10 @@ def ring_epoch(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
         raise InvalidRequest(EPOCH_KEY, str(e)) from None
 
 
-def saga_trace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The trace a new saga's spans join: its caller's (the router's call), else this call's own span."""
-    return tracing.remote_parent(context.invocation_metadata()) or tracing.carrier()
+def saga_trace() -> str:
+    """The trace a new saga's spans join: its caller's (the router's call), else this call's own span. Both are the
+    current context in a SAGA_STARTS handler (common.trace_server makes a span only for a call without its caller's)."""
+    return tracing.carrier()
 
 
 def operator_name() -> str:
@@ -122,7 +125,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
     ) -> saga_pb2.PlaceOrderResponse:
         started = time.perf_counter()
         try:
-            trace = saga_trace(context) if tracing.enabled() else ""
+            trace = saga_trace() if tracing.enabled() else ""
             placed = await self._shard.place_order(request, ring_epoch(context), trace)
         except SagaError as e:
             await abort(context, e)
@@ -152,7 +155,7 @@ class CoordinatorServicer(saga_pb2_grpc.SagaCoordinatorServicer):
                     "input", f"saga type {request.saga_type} takes a {want}, not {request.input.type_url!r}"
                 )
             ttl_ms = request.ttl_ms if request.HasField("ttl_ms") else None
-            trace = saga_trace(context) if tracing.enabled() else ""
+            trace = saga_trace() if tracing.enabled() else ""
             placed = await shard.start_saga(
                 request.saga_type, request.key, message, ttl_ms, request.no_wait, ring_epoch(context), trace
             )
@@ -390,7 +393,7 @@ def build_server(
     on_denied counts refusals."""
     limits = limits or server_limits(shard.cfg.limits.max_concurrent_rpcs)
     interceptor = server_interceptor(auth or AuthPolicy.open_for_development(), on_denied)
-    server = build_grpc_server(limits, streams=WATCH_METHODS, interceptors=[interceptor])
+    server = build_grpc_server(limits, streams=WATCH_METHODS, interceptors=[interceptor], joined=SAGA_STARTS)
     saga_pb2_grpc.add_SagaCoordinatorServicer_to_server(CoordinatorServicer(shard), server)
     saga_pb2_grpc.add_SagaAdminServicer_to_server(AdminServicer(shard), server)
     ring_pb2_grpc.add_RingServiceServicer_to_server(RingServicer(shard), server)

@@ -648,8 +648,7 @@ class Engine:
                 run.trace.drop()
             elif new is not SagaState.RUNNING:
                 run.trace.keep(new.name)
-            with run.trace.span(f"saga {new.name}", {"saga.state": new.name}):
-                pass
+            run.trace.moved(new.name)
         await transitions.move(
             run.record,
             new,

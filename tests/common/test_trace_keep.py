@@ -135,3 +135,36 @@ def test_a_sampled_saga_is_exported_as_it_is(receiver: OtlpReceiver) -> None:
     with saga.span("saga FAILED", {}) as span:
         span.set_status(Status(StatusCode.ERROR, "FAILED"))
     assert sorted(exported(receiver)) == [("s", "forward create_order", None), ("s", "saga FAILED", None)]
+
+
+@pytest.mark.parametrize("receiver", [("parentbased_traceidratio", "0.01", 100_000)], indirect=True)
+def test_the_summary_fields_are_on_the_state_spans_only(receiver: OtlpReceiver) -> None:
+    """fields go on every span, summary on the `saga <state>` spans; a successful saga that was not sampled makes no
+    state span, not even a record (nothing held afterwards), and a failed one's state spans carry the summary too."""
+    rng = random.Random(5)
+    summary = {"saga.type": "order", "saga.shard": "shard-1"}
+    sampled = tracing.saga(kept_context(SAMPLED, rng), {"saga.id": "sampled"}, summary=summary)
+    dropped = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "dropped"}, summary=summary)
+    failed = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "failed"}, summary=summary)
+    for saga in (sampled, dropped, failed):
+        attempt(saga, "create_order")
+    sampled.drop()
+    sampled.moved("SUCCEEDED")
+    dropped.drop()
+    dropped.moved("SUCCEEDED")
+    failed.keep("FAILED")
+    failed.moved("FAILED")
+    assert tracing._state["hold"].spans == 0
+    tracing.shutdown()
+    by_name = {(s.attributes["saga.id"], s.name): s.attributes for s in receiver.spans}
+    assert sorted(by_name) == [
+        ("failed", "forward create_order"),
+        ("failed", "saga FAILED"),
+        ("sampled", "forward create_order"),
+        ("sampled", "saga SUCCEEDED"),
+    ]
+    for (_, name), attributes in by_name.items():
+        on_state = name.startswith("saga ")
+        assert ("saga.type" in attributes, "saga.shard" in attributes) == (on_state, on_state), (name, attributes)
+    assert by_name[("sampled", "saga SUCCEEDED")]["saga.state"] == "SUCCEEDED"
+    assert by_name[("failed", "saga FAILED")][KEPT] == "FAILED"

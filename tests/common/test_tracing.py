@@ -251,6 +251,29 @@ def test_the_callers_context_is_kept_whole_from_grpc_metadata(traced: OtlpReceiv
     assert tracing.remote_parent((("baggage", "tenant=acme"),)) == ""
 
 
+def test_a_remembered_context_restores_as_reading_it_again_would(traced: OtlpReceiver) -> None:
+    """restore() answers a caller's context it saw kept (remote_parent(), carrier() under it) from memory: the same
+    parent, tracestate and baggage as parsing the kept string; after the propagators change it reads it again."""
+    propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
+    metadata = (("traceparent", TRACEPARENT), ("tracestate", "vendor=x"), ("baggage", "tenant=acme"))
+    kept = tracing.remote_parent(metadata)
+    remembered, parsed = tracing.restore(kept), propagate.extract(json.loads(kept))
+    assert remembered is tracing.restore(kept)  # from memory, not parsed again
+    for ctx in (remembered, parsed):
+        span_context = trace.get_current_span(ctx).get_span_context()
+        assert _ids(ctx) == (TRACE_ID, SPAN_ID) and span_context.is_remote and span_context.trace_flags.sampled
+        assert span_context.trace_state.get("vendor") == "x" and baggage.get_baggage("tenant", ctx) == "acme"
+    token = context.attach(remembered)
+    try:
+        assert tracing.carrier() == kept
+    finally:
+        context.detach(token)
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    again = tracing.restore(kept)
+    assert again is not remembered and _ids(again) == (TRACE_ID, SPAN_ID)
+    assert baggage.get_baggage("tenant", again) is None  # the baggage propagator is no longer configured
+
+
 def test_a_propagator_that_is_not_w3c_survives_the_round_trip(traced: OtlpReceiver) -> None:
     """Whatever headers OTEL_PROPAGATORS' propagators use are what the journal keeps, and what a router replaces."""
     propagate.set_global_textmap(_PairPropagator())

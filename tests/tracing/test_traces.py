@@ -152,13 +152,19 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
     orphans = [(s.service, s.name) for s in spans if s.parent_id and s.parent_id not in by_id]
     assert not orphans, f"spans whose parent never arrived: {orphans}"
 
-    # client -> router -> shard: the router's span under the client's call, the shard's under the router's.
+    # client -> router -> shard: the router's span under the client's call, the shard's under the router's. The
+    # shard's PlaceOrder makes no server span of its own: the router's call carried its context, and the saga's spans
+    # hang under it (what a shard server span said, the router's span says).
     (client_call,) = [s for s in spans if s.service == "test-client" and s.kind == CLIENT]
     (router_in,) = [s for s in spans if s.service == "saga-router"]
     assert router_in.parent_id == client_call.span_id and router_in.name == "/saga.v1.SagaCoordinator/PlaceOrder"
     assert router_in.kind == SERVER
-    (shard_in,) = [s for s in spans if s.service == "saga-coordinator" and s.kind == SERVER]
-    assert shard_in.parent_id == router_in.span_id
+    assert not [s for s in spans if s.service == "saga-coordinator" and s.kind == SERVER]
+    (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED"]
+    assert succeeded.parent_id == router_in.span_id and succeeded.instance != ""
+    # What is the same for the whole saga, and not needed to find its spans, is on its state spans only.
+    assert succeeded.attributes["saga.type"] == "order" and succeeded.attributes["saga.shard"] == succeeded.instance
+    assert succeeded.attributes["saga.id"] == reply.saga_id and succeeded.attributes["saga.order_id"] == "trace-ok-1"
 
     # Each step: the attempt's span is the shard's call (under the router's call), the service's own span its child.
     for step, method in FORWARD.items():
@@ -172,13 +178,13 @@ async def test_a_saga_is_one_tree_from_the_client_to_each_service(
         assert attempt.attributes["saga.step"] == step and attempt.attributes["saga.action"] == "forward"
         assert attempt.attributes["saga.attempt"] == 1 and attempt.attributes["saga.outcome"] == "OK"
         assert attempt.attributes["saga.id"] == reply.saga_id
-        assert attempt.instance == shard_in.instance != ""
-    assert any(s.name == "saga SUCCEEDED" for s in spans)
+        assert "saga.type" not in attempt.attributes and "saga.shard" not in attempt.attributes
+        assert attempt.instance == succeeded.instance
     assert_no_secret(receiver)
 
     # The saga's journal row keeps the router's context whole, the caller's baggage with it (spans after a restart
     # join the trace, and the services' calls carry the baggage).
-    (node,) = [n for n in cluster.nodes if n.shard_id == shard_in.instance]
+    (node,) = [n for n in cluster.nodes if n.shard_id == succeeded.instance]
     with contextlib.closing(sqlite3.connect(f"file:{node.journal}?mode=ro", uri=True)) as journal:
         (kept,) = journal.execute("SELECT trace_context FROM sagas WHERE order_id = ?", ("trace-ok-1",)).fetchone()
     headers = json.loads(kept)
@@ -386,3 +392,35 @@ async def test_an_unsupported_otlp_protocol_stops_the_processes_at_start_up(tmp_
     assert "Traceback" not in str(refused.value)
     expected = "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported: traces are exported over "
     assert expected + '"grpc" or "http/protobuf"' in str(refused.value)
+
+
+async def test_a_saga_started_without_a_callers_context_joins_the_shards_server_span(
+    cluster: Cluster, receiver: OtlpReceiver
+) -> None:
+    """A shard's PlaceOrder makes a server span only when its caller sent no context (here: a client calling the shard
+    directly, untraced): the saga's spans then hang under that span, one trace, rather than each being a root."""
+    order = "trace-direct-1"
+    for address in cluster.shard_addresses:
+        async with aio_channel(address, TlsFiles()) as channel:
+            saga = saga_pb2_grpc.SagaCoordinatorStub(channel)
+            try:
+                reply = await saga.PlaceOrder(place_request(order, token=SECRET), timeout=60)
+            except grpc.aio.AioRpcError as e:  # not this shard's order (the ring): the other one owns it
+                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+                continue
+        assert reply.status == saga_pb2.SUCCESS, reply
+        break
+    else:
+        pytest.fail("no shard took the order")
+
+    def finished(spans: list[Span]) -> bool:
+        mine = [s for s in spans if s.attributes.get("saga.order_id") == order]
+        return any(s.name == "saga SUCCEEDED" for s in mine)
+
+    spans = receiver.wait_for(finished, timeout_s=60)
+    (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED" and s.attributes["saga.order_id"] == order]
+    trace = one_trace(spans, succeeded.trace_id)
+    (shard_in,) = [s for s in trace if s.service == "saga-coordinator" and s.kind == SERVER]
+    assert shard_in.name == "/saga.v1.SagaCoordinator/PlaceOrder" and not shard_in.parent_id
+    attempts = [s for s in trace if s.name.startswith("forward ")]
+    assert len(attempts) == len(FORWARD) and {s.parent_id for s in [*attempts, succeeded]} == {shard_in.span_id}
