@@ -7,9 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1.control_pb2 import OrderLedger
-from protos.shop.v1 import inventory_pb2, order_pb2, shipping_pb2
 from service_stubs.invariants import (
     isolation_violations,
     order_lock_violations,
@@ -19,28 +17,23 @@ from service_stubs.invariants import (
     shipment_gate_violations,
     stock_violations,
 )
-
-NONE, PENDING, APPROVED, REJECTED = (
-    order_pb2.ORDER_STATE_UNSPECIFIED,
-    order_pb2.ORDER_STATE_PENDING,
-    order_pb2.ORDER_STATE_APPROVED,
-    order_pb2.ORDER_STATE_REJECTED,
-)
-HELD, SOLD, RELEASED = (
-    inventory_pb2.RESERVATION_STATE_HELD,
-    inventory_pb2.RESERVATION_STATE_SOLD,
-    inventory_pb2.RESERVATION_STATE_RELEASED,
-)
-SCHEDULED, SHIPPED, CANCELLED = (
-    shipping_pb2.SHIPMENT_STATE_SCHEDULED,
-    shipping_pb2.SHIPMENT_STATE_RELEASED,
-    shipping_pb2.SHIPMENT_STATE_CANCELLED,
-)
-SUCCEEDED, FAILED, RUNNING, DEAD = (
-    saga_pb2.SAGA_STATE_SUCCEEDED,
-    saga_pb2.SAGA_STATE_FAILED,
-    saga_pb2.SAGA_STATE_RUNNING,
-    saga_pb2.SAGA_STATE_DEAD_LETTERED,
+from tests.service_stubs.states import (
+    APPROVED,
+    CANCELLED,
+    DEAD,
+    FAILED,
+    HELD,
+    NO_SAGA,
+    NONE,
+    PENDING,
+    REJECTED,
+    RELEASED,
+    RUNNING,
+    SCHEDULED,
+    SHIPPED,
+    SOLD,
+    SUCCEEDED,
+    ledger,
 )
 
 Check = Callable[[str, OrderLedger, int], list[str]]
@@ -48,39 +41,42 @@ Check = Callable[[str, OrderLedger, int], list[str]]
 
 def approved(**fields: object) -> OrderLedger:
     """What a SUCCEEDED saga of the isolated flow leaves."""
-    base: dict[str, object] = {
-        "order_id": "o",
-        "order_state": APPROVED,
-        "charged_cents": 500,
-        "reservation_state": SOLD,
-        "reserved_net": {"sku": 1},
-        "shipment_state": SHIPPED,
-    }
-    return OrderLedger(**(base | fields))  # type: ignore[arg-type]
+    return ledger(
+        {
+            "order_state": APPROVED,
+            "charged_cents": 500,
+            "reservation_state": SOLD,
+            "reserved_net": {"sku": 1},
+            "shipment_state": SHIPPED,
+        },
+        fields,
+    )
 
 
 def rejected(**fields: object) -> OrderLedger:
     """What a FAILED saga of the isolated flow leaves when the payment was declined (so nothing to refund)."""
-    base: dict[str, object] = {
-        "order_id": "o",
-        "order_state": REJECTED,
-        "reservation_state": RELEASED,
-        "shipment_state": CANCELLED,
-    }
-    return OrderLedger(**(base | fields))  # type: ignore[arg-type]
+    return ledger(
+        {
+            "order_state": REJECTED,
+            "reservation_state": RELEASED,
+            "shipment_state": CANCELLED,
+        },
+        fields,
+    )
 
 
 def pending(**fields: object) -> OrderLedger:
     """A saga in flight, charged, about to approve."""
-    base: dict[str, object] = {
-        "order_id": "o",
-        "order_state": PENDING,
-        "charged_cents": 500,
-        "reservation_state": HELD,
-        "reserved_net": {"sku": 1},
-        "shipment_state": SCHEDULED,
-    }
-    return OrderLedger(**(base | fields))  # type: ignore[arg-type]
+    return ledger(
+        {
+            "order_state": PENDING,
+            "charged_cents": 500,
+            "reservation_state": HELD,
+            "reserved_net": {"sku": 1},
+            "shipment_state": SCHEDULED,
+        },
+        fields,
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +139,7 @@ def test_each_countermeasure_catches_a_ledger_that_breaks_it(
         (RUNNING, approved(reservation_state=HELD, shipment_state=SCHEDULED)),
         # Parked after the pivot: approved and paid, the units still held, for an operator to resume.
         (DEAD, approved(reservation_state=HELD, shipment_state=SCHEDULED)),
-        (saga_pb2.SAGA_STATE_UNSPECIFIED, OrderLedger(order_id="o")),
+        (NO_SAGA, OrderLedger(order_id="o")),
     ],
 )
 def test_what_the_isolated_flow_leaves_passes(saga: int, ledger: OrderLedger) -> None:

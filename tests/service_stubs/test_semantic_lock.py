@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from protos.service_stubs.v1 import control_pb2
-from protos.shop.v1 import common_pb2, inventory_pb2, order_pb2, shipping_pb2
+from protos.shop.v1 import common_pb2, order_pb2
 from tests.helpers.stubs import ShopClient, StubControlClient, StubProcess, fault_rule, running_stubs
 from tests.service_stubs.conftest import (
     approve,
@@ -22,22 +22,7 @@ from tests.service_stubs.conftest import (
     release_shipment,
     rpc_error,
 )
-
-PENDING, APPROVED, REJECTED = (
-    order_pb2.ORDER_STATE_PENDING,
-    order_pb2.ORDER_STATE_APPROVED,
-    order_pb2.ORDER_STATE_REJECTED,
-)
-HELD, SOLD, RELEASED = (
-    inventory_pb2.RESERVATION_STATE_HELD,
-    inventory_pb2.RESERVATION_STATE_SOLD,
-    inventory_pb2.RESERVATION_STATE_RELEASED,
-)
-SCHEDULED, SHIPPED, CANCELLED = (
-    shipping_pb2.SHIPMENT_STATE_SCHEDULED,
-    shipping_pb2.SHIPMENT_STATE_RELEASED,
-    shipping_pb2.SHIPMENT_STATE_CANCELLED,
-)
+from tests.service_stubs.states import APPROVED, CANCELLED, HELD, PENDING, REJECTED, RELEASED, SCHEDULED, SHIPPED, SOLD
 
 
 def applied(records: Iterable[control_pb2.KeyRecord], key: str) -> int:

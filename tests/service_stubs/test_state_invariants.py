@@ -7,42 +7,37 @@ import pytest
 
 from protos.saga.v1 import saga_pb2
 from protos.service_stubs.v1.control_pb2 import OrderLedger
-from protos.shop.v1 import inventory_pb2, order_pb2, shipping_pb2
+from protos.shop.v1 import order_pb2, shipping_pb2
 from service_stubs.invariants import ledger_violations, state_violations
 from tests.helpers.stubs import ShopClient, StubControlClient
 from tests.service_stubs.conftest import approve, confirm, release_shipment
-
-APPROVED, REJECTED = order_pb2.ORDER_STATE_APPROVED, order_pb2.ORDER_STATE_REJECTED
-HELD, SOLD, RELEASED = (
-    inventory_pb2.RESERVATION_STATE_HELD,
-    inventory_pb2.RESERVATION_STATE_SOLD,
-    inventory_pb2.RESERVATION_STATE_RELEASED,
-)
-SCHEDULED, CANCELLED = shipping_pb2.SHIPMENT_STATE_SCHEDULED, shipping_pb2.SHIPMENT_STATE_CANCELLED
+from tests.service_stubs.states import APPROVED, CANCELLED, HELD, REJECTED, RELEASED, SCHEDULED, SOLD, ledger
 
 
 def approved(**fields: object) -> OrderLedger:
-    base: dict[str, object] = {
-        "order_id": "o",
-        "order_state": APPROVED,
-        "charged_cents": 500,
-        "reservation_state": SOLD,
-        "reserved_net": {"sku": 1},
-        "shipment_state": SCHEDULED,
-    }
-    return OrderLedger(**(base | fields))  # type: ignore[arg-type]
+    return ledger(
+        {
+            "order_state": APPROVED,
+            "charged_cents": 500,
+            "reservation_state": SOLD,
+            "reserved_net": {"sku": 1},
+            "shipment_state": SCHEDULED,
+        },
+        fields,
+    )
 
 
 def rejected(**fields: object) -> OrderLedger:
-    base: dict[str, object] = {
-        "order_id": "o",
-        "order_state": REJECTED,
-        "charged_cents": 500,
-        "refunded_cents": 500,
-        "reservation_state": RELEASED,
-        "shipment_state": CANCELLED,
-    }
-    return OrderLedger(**(base | fields))  # type: ignore[arg-type]
+    return ledger(
+        {
+            "order_state": REJECTED,
+            "charged_cents": 500,
+            "refunded_cents": 500,
+            "reservation_state": RELEASED,
+            "shipment_state": CANCELLED,
+        },
+        fields,
+    )
 
 
 @pytest.mark.parametrize(
