@@ -92,6 +92,6 @@ async def test_ledgers_of_real_orders_pass(shop: ShopClient, control: StubContro
     assert ledgers["o-ok"].order_state == APPROVED and ledgers["o-undone"].order_state == REJECTED
     assert ledger_violations("o-ok", saga_pb2.SUCCESS, ledgers["o-ok"], {"sku-1": 1}) == []
     assert ledger_violations("o-undone", saga_pb2.FAILED, ledgers["o-undone"]) == []
-    # The order flow today: a success leaves the order PENDING, and only the old invariants apply.
+    # Version 1 of the order flow: a success leaves the order PENDING, and only the old invariants apply.
     assert ledgers["o-flow"].order_state == order_pb2.ORDER_STATE_PENDING
     assert ledger_violations("o-flow", saga_pb2.SUCCESS, ledgers["o-flow"], {"sku-1": 1}) == []
