@@ -9,6 +9,7 @@ from collections import deque
 from pathlib import Path
 
 import aiosqlite
+import backoff
 
 from coordinator.config import GroupCommit
 from coordinator.journal.reads import JournalReads
@@ -65,7 +66,7 @@ class Journal(JournalReads, JournalUpkeep, JournalStore):
             # Only a new file can take it (an existing one would need a VACUUM): freed pages can then be handed back to
             # the file system in small steps (vacuum_step) after retention removes rows.
             await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        await db.execute("PRAGMA journal_mode=WAL")
+        await _enter_wal(db)
         await db.execute(f"PRAGMA journal_size_limit={DEFAULT_WAL_LIMIT_BYTES}")
         # FULL: a commit returns only once the WAL is fsynced, so an acknowledged state survives power loss.
         await db.execute("PRAGMA synchronous=FULL")
@@ -108,3 +109,26 @@ class Journal(JournalReads, JournalUpkeep, JournalStore):
             if db is not None:
                 await db.close()
         self._checkpoint_db = self._reader_db = self._writer_db = None
+
+
+WAL_SWITCH_BOUND_S = 30.0
+"""How long opening a journal keeps trying to put a new file into WAL mode while another process does the same."""
+
+
+def _switch_refused(e: Exception) -> bool:
+    return not (isinstance(e, sqlite3.OperationalError) and "locked" in str(e))
+
+
+@backoff.on_exception(
+    backoff.expo, sqlite3.OperationalError, max_time=WAL_SWITCH_BOUND_S, giveup=_switch_refused, max_value=0.5
+)
+async def _enter_wal(db: aiosqlite.Connection) -> None:
+    """Puts the file into WAL mode. Litestream, watching for the file to appear, switches a new one to WAL too: when
+    both try at once, SQLite refuses one at once with SQLITE_BUSY, without waiting out busy_timeout (two connections
+    each holding a shared lock and wanting an exclusive one would deadlock). The refused one tries again; by then the
+    file is in WAL mode and the switch is a no-op."""
+    async with db.execute("PRAGMA journal_mode=WAL") as cur:
+        row = await cur.fetchone()
+    if row is None or str(row[0]).lower() != "wal":
+        raise sqlite3.OperationalError(f"{row[0] if row else 'no'} journal mode: this file system cannot hold a WAL")
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +52,29 @@ async def test_wal_and_full_sync(journal: Journal, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "j.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert await journal.integrity_check() == "ok"
+
+
+async def test_a_new_journal_opens_while_another_process_switches_the_same_file_to_wal(tmp_path: Path) -> None:
+    """Litestream takes a journal file as soon as it sees it and writes to it. A switch to WAL while another connection
+    holds the file's write lock is refused at once (SQLITE_BUSY, busy_timeout not waited out: SQLite's way out of two
+    connections waiting on each other), as a shard of the CI run found at start. The opening must wait, not fail."""
+    path = tmp_path / "j.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO _litestream_seq VALUES (1, 1)")
+    released = threading.Timer(0.5, lambda: (other.execute("COMMIT"), other.close()))
+    released.start()
+    j = Journal(str(path))
+    try:
+        await j.open()
+        assert not released.is_alive()  # it did have to wait
+        await j.write([NewSaga(saga(1))])
+    finally:
+        released.join()
+        await j.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 async def test_guarded_transition_fails_only_the_offender(journal: Journal) -> None:
