@@ -2,16 +2,14 @@
 
 Contract:
 
-- The process's sampler is the SDK's own, read from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, wrapped in
-  KeepMarked: a span whose attributes carry KEPT is recorded and sampled whatever the wrapped sampler says (the
-  shard marks the spans of a saga that compensates, fails or is dead-lettered); every other span gets the wrapped
-  sampler's decision. Nothing here samples, batches or exports: the SDK does, through its BatchSpanProcessor.
+- The process's sampler is the SDK's own, read from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG; common.tracing
+  asks it once a saga, for the saga's kept context. Nothing here batches or exports: the SDK does, through its
+  BatchSpanProcessor (spans are common.trace_spans', handed to it finished).
 - SagaTrace is one saga's spans in one process. A saga whose trace the sampler keeps makes its spans at once, as
-  any traced code does. A saga it does not keep makes no SDK span at all (a span the SDK records only, to decide
-  later, costs nearly as much as one exported): each span is held as a small record (name, kind, times,
-  attributes, status) until the saga's end is known. keep() (the saga compensates, fails, is dead-lettered) makes
-  the held spans then, with their own times, marked KEPT so the sampler passes them, and every later span directly;
-  drop() (it succeeded) forgets them.
+  any traced code does. A saga it does not keep makes no span at all: each span is held as a small record (name,
+  kind, times, attributes, status) until the saga's end is known. keep() (the saga compensates, fails, is
+  dead-lettered) makes the held spans then, sampled whatever the sampler said, with their own times and marked KEPT
+  (the reason: the saga's state), and every later span too; drop() (it succeeded) forgets them.
 - What is held is bounded per process (Hold: common.tracing.HELD_SPANS_MAX records): past it, the saga holding the
   oldest records loses all of them, and makes no span afterwards either, so a trace is exported or dropped whole.
 - Held or not, a saga's span is current in the block (its context, or its parent's while held, goes on in the
@@ -23,44 +21,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-__all__ = ["KEPT", "Hold", "KeepMarked", "SagaTrace"]
+from common.trace_spans import Recorder
+
+__all__ = ["KEPT", "Hold", "SagaTrace"]
 
 KEPT = "saga.kept"
-"""The attribute that makes KeepMarked sample a span; its value is why (the saga's state: COMPENSATING, FAILED, ...)."""
-
-
-class KeepMarked(Sampler):
-    """The configured sampler, except that a span marked KEPT is always recorded and sampled."""
-
-    def __init__(self, configured: Sampler) -> None:
-        self.configured = configured
-
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        if attributes and KEPT in attributes:
-            parent = trace.get_current_span(parent_context).get_span_context()
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state if parent else None)
-        return self.configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        return f"KeepMarked{{{self.configured.get_description()}}}"
+"""The attribute on the spans of a saga exported because it went wrong; its value is why (its state: FAILED, ...)."""
 
 
 class Hold:
@@ -127,11 +100,11 @@ class SagaTrace:
     """One saga's spans in this process (see the module's contract). fields go on every span, summary only on the
     state spans (moved())."""
 
-    __slots__ = ("_hold", "_mode", "_tracer", "fields", "held", "parent", "reason", "summary")
+    __slots__ = ("_hold", "_mode", "_recorder", "_sampled", "fields", "held", "parent", "reason", "summary")
 
     def __init__(
         self,
-        tracer: trace.Tracer,
+        recorder: Recorder,
         hold: Hold,
         parent: otel_context.Context,
         fields: Mapping[str, Any],
@@ -139,9 +112,12 @@ class SagaTrace:
         kept: str = "",
         summary: Mapping[str, Any] | None = None,
     ) -> None:
-        self._tracer = tracer
+        self._recorder = recorder
         self._hold = hold
         self.parent = parent
+        # A kept trace's decision is made once, for the saga (sampled); without one (the saga began with tracing off)
+        # each span is a root of its own trace, sampled as the sampler samples roots (None: ask it).
+        self._sampled: bool | None = True if trace.get_current_span(parent).get_span_context().is_valid else None
         self.fields = dict(fields)
         self.summary = dict(summary or {})
         self.held: list[_HeldSpan] = []
@@ -175,12 +151,10 @@ class SagaTrace:
             self.reason = reason
             for h in held:
                 attributes = {**h.attributes, KEPT: reason}
-                span = self._tracer.start_span(
-                    h.name, context=self.parent, kind=h.kind, attributes=attributes, start_time=h.start_ns
-                )
+                span = self._recorder.start(h.name, self.parent, h.kind, attributes, True, h.start_ns)
                 if h.status is not None:
                     span.set_status(h.status)
-                span.end(end_time=h.end_ns or None)
+                span.end(h.end_ns or None)
         # A saga whose trace was sampled anyway is exported as it is: no mark, no change.
 
     def drop(self) -> None:
@@ -209,8 +183,12 @@ class SagaTrace:
         is recorded as the span's error status."""
         kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
         if self._mode is _EXPORTING:
-            fields = {**self.fields, **attributes, KEPT: self.reason} if self.reason else {**self.fields, **attributes}
-            with started_span(self._tracer, name, self.parent, kind, fields) as span:
+            if self.reason:
+                fields = {**self.fields, **attributes, KEPT: self.reason}
+                span = self._recorder.start(name, self.parent, kind, fields, True)
+            else:
+                span = self._recorder.start(name, self.parent, kind, {**self.fields, **attributes}, self._sampled)
+            with current(span, self.parent):
                 yield span
             return
         # Held or dropped: no SDK span; the parent's context is current, so the calls carry the trace unsampled.
@@ -233,14 +211,13 @@ class SagaTrace:
 
 
 @contextlib.contextmanager
-def started_span(tracer: Any, name: str, parent: Any, kind: SpanKind, attributes: Mapping[str, Any]) -> Iterator[Any]:
-    """A span started under `parent` and current for the block with the rest of parent (its baggage stays current
-    too: given only as start_span's context, parent would name the span's parent and nothing else of it would be
-    current); an exception leaving the block is recorded on it as its error status."""
-    span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+def current(span: Any, parent: otel_context.Context) -> Iterator[None]:
+    """span current for the block together with the rest of parent (its baggage stays current too: given only as
+    the span's parent, nothing else of parent would be current), ended after it; an exception leaving the block is
+    recorded on it as its error status."""
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     try:
-        yield span
+        yield
     except BaseException as e:
         span.record_exception(e)
         span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))

@@ -1,6 +1,6 @@
-"""The server span of every traced gRPC call (grpc.aio), made with the OpenTelemetry API: the caller's context read
-by the configured propagators, a SERVER span named for the method under it (the sampler decides), current in the
-handler.
+"""The server span of every traced gRPC call (grpc.aio): the caller's context read by the configured propagators, a
+SERVER span named for the method under it (the configured sampler decides; common.trace_spans makes it), current in
+the handler.
 
 Why not opentelemetry-instrumentation-grpc's server interceptor: measured on this machine (an echo server on uvloop
 behind one pass-through interceptor, 5,000 calls at c=32 carrying an unsampled traceparent), it added 240-290 us of
@@ -37,6 +37,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from common.trace_spans import RecordedSpan, Recorder
+
 __all__ = ["ServerSpans"]
 
 SERVER_FAULTS = frozenset(
@@ -64,23 +66,22 @@ def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context
 
 
 def _start(
-    tracer: trace.Tracer, method: str, context: grpc.aio.ServicerContext[Any, Any], joined: bool = False
+    recorder: Recorder, method: str, context: grpc.aio.ServicerContext[Any, Any], joined: bool = False
 ) -> tuple[Any, Any]:
     parent = _parent(context)
     traced_caller = trace.get_current_span(parent).get_span_context().is_valid
     if joined and traced_caller:
         return None, otel_context.attach(parent)  # no span of its own: the caller's is the saga's parent
-    span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=_fixed(method))
+    span = recorder.start(method, parent, SpanKind.SERVER, _fixed(method))
     if not traced_caller and span.is_recording():
         peer = context.peer()
         if peer.startswith(("ipv4:", "ipv6:")):
             ip, _, port = peer.split(",")[0].split(":", 1)[1].rpartition(":")
-            span.set_attribute("net.peer.ip", unquote(ip))
-            span.set_attribute("net.peer.port", port)
+            span.set_attributes({"net.peer.ip": unquote(ip), "net.peer.port": port})
     return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
 
-def _end(span: Any, token: Any, context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> None:
+def _end(span: RecordedSpan | None, token: Any, context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> None:
     otel_context.detach(token)
     if span is None:
         return
@@ -98,8 +99,8 @@ class ServerSpans(grpc.aio.ServerInterceptor):
     """A span per call of every unary-request method whose service is not in `untraced` (see the module's doc);
     `joined`: full method names ("/pkg.Service/Method") whose calls join their caller's span instead."""
 
-    def __init__(self, tracer: trace.Tracer, untraced: frozenset[str], joined: frozenset[str] = frozenset()) -> None:
-        self._tracer = tracer
+    def __init__(self, recorder: Recorder, untraced: frozenset[str], joined: frozenset[str] = frozenset()) -> None:
+        self._recorder = recorder
         self._untraced = untraced
         self._joined = joined
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -121,13 +122,13 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        tracer = self._tracer
+        recorder = self._recorder
         joined = method in self._joined
         if not handler.response_streaming:
             behavior = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                span, token = _start(tracer, method, context, joined)
+                span, token = _start(recorder, method, context, joined)
                 failed = True
                 try:
                     reply = await behavior(request, context)
@@ -144,7 +145,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         stream = handler.unary_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            span, token = _start(tracer, method, context, joined)
+            span, token = _start(recorder, method, context, joined)
             failed = True
             try:
                 replies = stream(request, context)

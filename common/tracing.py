@@ -17,8 +17,11 @@ Contract:
   (common.trace_server, on the OpenTelemetry API), and every channel built through common.tls with traced=True
   carries OpenTelemetry's client interceptors (opentelemetry-instrumentation-grpc), in the headers of the configured
   propagators (OTEL_PROPAGATORS: W3C traceparent, tracestate and baggage by default).
-- Sampling is the SDK's (OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), wrapped so that a saga that goes wrong is
+- Sampling is the SDK's (OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), except that a saga that goes wrong is
   exported whatever it says (saga(), common.trace_keep).
+- The spans this project makes itself (server spans, a saga's, span()) are common.trace_spans': an implementation of
+  the API's Span handed to the SDK's span processor, finished, when it ends (ids, sampler, batching, encoding and
+  export stay the SDK's). The client interceptors' spans are the SDK's own.
   Health checks, reflection and the ring service (routers' bookkeeping) are not traced, nor services named in
   OTEL_PYTHON_GRPC_EXCLUDED_SERVICES.
 - Spans carry identifiers and outcomes only. Nothing here or in the callers puts request payloads on a span: a
@@ -91,7 +94,7 @@ RESTORED_CACHED = 4096
 """Contexts carrier() wrote that restore() answers without parsing them again (a new saga's, kept, then restored)."""
 
 _state: dict[str, Any] = {}
-"""The process's tracing once setup() turned it on: provider, tracer, interceptors. Empty: off."""
+"""The process's tracing once setup() turned it on: provider, recorder, interceptors. Empty: off."""
 
 # The OpenTelemetry API's modules, bound by setup(): a process with tracing off never imports them, and the functions
 # below, called on every saga and every call, do not pay an import statement's look-ups each time.
@@ -146,7 +149,8 @@ def setup(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from common.trace_keep import Hold, KeepMarked
+    from common.trace_keep import Hold
+    from common.trace_spans import Recorder
 
     _context, _propagate, _trace = context, propagate, trace
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
@@ -154,20 +158,20 @@ def setup(
     if instance:
         attributes["service.instance.id"] = instance
     resource = Resource.create(attributes)
-    # The sampler the SDK reads from OTEL_TRACES_SAMPLER(_ARG), as a provider built without one would have it; wrapped
-    # so that the spans of a saga that goes wrong pass whatever it says (common.trace_keep).
-    configured = TracerProvider(shutdown_on_exit=False).sampler
-    provider = TracerProvider(resource=resource, sampler=KeepMarked(configured))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Built without a sampler, the provider has the one the SDK reads from OTEL_TRACES_SAMPLER(_ARG).
+    provider = TracerProvider(resource=resource)
+    processor = BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
+    # This project's own spans (server spans, a saga's) are common.trace_spans', handed to the same processor.
+    recorder = Recorder(provider.id_generator, provider.sampler, processor, resource, "saga-coordinator")
 
     excluded = set(UNTRACED_SERVICES)
     excluded.update(s.strip() for s in environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", "").split(",") if s.strip())
     traced = _traced_filter(frozenset(excluded))
-    tracer = provider.get_tracer("saga-coordinator")
     _state.update(
         provider=provider,
-        tracer=tracer,
+        recorder=recorder,
         sampler=provider.sampler,
         hold=Hold(held_spans_max),
         untraced=frozenset(excluded),
@@ -222,7 +226,7 @@ def server_interceptors(joined: Collection[str] = ()) -> list[grpc.aio.ServerInt
         return []
     from common.trace_server import ServerSpans
 
-    return [ServerSpans(_state["tracer"], _state["untraced"], frozenset(joined))]
+    return [ServerSpans(_state["recorder"], _state["untraced"], frozenset(joined))]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
@@ -345,16 +349,16 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
     """A span named `name` under `parent` (restore()'s context; None: a root or the current span), current inside the
     block together with the rest of parent (its baggage: outgoing() carries it on); yields the span (None when tracing
     is off). client: the span of an outgoing call (kind CLIENT). An exception leaving the block is recorded on it."""
-    tracer = _state.get("tracer")
-    if tracer is None:
+    recorder = _state.get("recorder")
+    if recorder is None:
         yield None
         return
     from opentelemetry.trace import SpanKind
 
-    from common.trace_keep import started_span
+    from common.trace_keep import current
 
-    kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-    with started_span(tracer, name, parent, kind, attributes) as s:
+    s = recorder.start(name, parent, SpanKind.CLIENT if client else SpanKind.INTERNAL, attributes)
+    with current(s, parent or _context.get_current()):
         yield s
 
 
@@ -372,7 +376,7 @@ def saga(kept: str, fields: Mapping[str, Any], failing: str = "", summary: Mappi
     ctx = _trace.get_current_span(parent).get_span_context()
     # No kept trace (the saga began with tracing off): each span is a root, sampled as the SDK samples roots.
     sampled = not ctx.is_valid or _state["sampler"].should_sample(parent, ctx.trace_id, "saga").decision.is_sampled()
-    return SagaTrace(_state["tracer"], _state["hold"], parent, fields, sampled, failing, summary)
+    return SagaTrace(_state["recorder"], _state["hold"], parent, fields, sampled, failing, summary)
 
 
 def outcome(span: Any, code: str, ok: bool) -> None:
