@@ -97,10 +97,21 @@ _HOLDING, _EXPORTING, _DROPPED = "holding", "exporting", "dropped"
 
 
 class SagaTrace:
-    """One saga's spans in this process (see the module's contract). fields go on every span, summary only on the
-    state spans (moved())."""
+    """One saga's spans in this process (see the module's contract). fields go on every span, summary on its first
+    span in this process and on its state spans (moved())."""
 
-    __slots__ = ("_hold", "_mode", "_recorder", "_sampled", "fields", "held", "parent", "reason", "summary")
+    __slots__ = (
+        "_hold",
+        "_mode",
+        "_recorder",
+        "_sampled",
+        "_unsummarized",
+        "fields",
+        "held",
+        "parent",
+        "reason",
+        "summary",
+    )
 
     def __init__(
         self,
@@ -120,6 +131,7 @@ class SagaTrace:
         self._sampled: bool | None = True if trace.get_current_span(parent).get_span_context().is_valid else None
         self.fields = dict(fields)
         self.summary = dict(summary or {})
+        self._unsummarized = bool(self.summary)
         self.held: list[_HeldSpan] = []
         self.reason = ""
         self._mode = _EXPORTING if sampled else _HOLDING
@@ -170,9 +182,11 @@ class SagaTrace:
         self._mode = _DROPPED
 
     def moved(self, state: str) -> None:
-        """The saga's state span, `saga <state>` (no duration): saga.state and the summary fields."""
-        if self._mode is _DROPPED:
-            return  # nothing to make (a succeeded saga that was not sampled), not even a record
+        """The saga's state span, `saga <state>` (no duration), with saga.state and the summary fields. A success
+        makes none: the caller's span (the router's PlaceOrder) ends with the saga and carries its status, and each
+        span costs every saga its export (the summary fields are on the saga's first span in this process too)."""
+        if self._mode is _DROPPED or state == "SUCCEEDED":
+            return  # nothing to make (a succeeded saga's trace says it already), not even a record
         with self.span(f"saga {state}", {**self.summary, "saga.state": state}):
             pass
 
@@ -182,32 +196,45 @@ class SagaTrace:
         Yields the span (or a held record with the same set_attribute/set_status); an exception leaving the block
         is recorded as the span's error status."""
         kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-        if self._mode is _EXPORTING:
-            if self.reason:
-                fields = {**self.fields, **attributes, KEPT: self.reason}
-                span = self._recorder.start(name, self.parent, kind, fields, True)
-            else:
-                span = self._recorder.start(name, self.parent, kind, {**self.fields, **attributes}, self._sampled)
-            with current(span, self.parent):
-                yield span
+        if self._mode is _DROPPED:
+            token = otel_context.attach(self.parent)  # the calls carry the trace, unsampled
+            try:
+                yield trace.INVALID_SPAN
+            finally:
+                otel_context.detach(token)
             return
-        # Held or dropped: no SDK span; the parent's context is current, so the calls carry the trace unsampled.
-        token = otel_context.attach(self.parent)
-        held = None
+        fields = {**self.fields, **attributes}
+        if self._unsummarized:
+            fields.update(self.summary)
+            self._unsummarized = False
         if self._mode is _HOLDING:
-            held = _HeldSpan(name, kind, {**self.fields, **attributes})
+            # No span: a record. The parent's context is current, so the calls carry the trace unsampled.
+            held = _HeldSpan(name, kind, fields)
             self.held.append(held)
             self._hold.add(self)
-        try:
-            yield held if held is not None else trace.INVALID_SPAN
-        except BaseException as e:
-            if held is not None:
+            token = otel_context.attach(self.parent)
+            try:
+                yield held
+            except BaseException as e:
                 held.status = Status(StatusCode.ERROR, type(e).__name__)
+                raise
+            finally:
+                otel_context.detach(token)
+                held.end_ns = time.time_ns()
+            return
+        if self.reason:
+            fields[KEPT] = self.reason
+        span = self._recorder.start(name, self.parent, kind, fields, True if self.reason else self._sampled)
+        token = otel_context.attach(trace.set_span_in_context(span, self.parent))
+        try:
+            yield span
+        except BaseException as e:
+            span.record_exception(e)
+            span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
             raise
         finally:
             otel_context.detach(token)
-            if held is not None:
-                held.end_ns = time.time_ns()
+            span.end()
 
 
 @contextlib.contextmanager

@@ -365,9 +365,9 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
 def saga(kept: str, fields: Mapping[str, Any], failing: str = "", summary: Mapping[str, Any] | None = None) -> Any:
     """One saga's spans in this process (common.trace_keep.SagaTrace), under the context kept (carrier()); None when
     off. fields go on every span, summary (what is the same for the whole saga and not needed to find its spans: its
-    type, say) only on its state spans (SagaTrace.moved). Whether its spans are made at once or held until the saga's
-    end is known is the configured sampler's decision for the kept context; failing (the state of a saga loaded past
-    its failure, e.g. "COMPENSATING"): kept from the start."""
+    type, say) on its first span in this process and its state spans only (SagaTrace.moved). Whether its spans are
+    made at once or held until the saga's end is known is the configured sampler's decision for the kept context;
+    failing (the state of a saga loaded past its failure, e.g. "COMPENSATING"): kept from the start."""
     if not _state:
         return None
     from common.trace_keep import SagaTrace
