@@ -544,6 +544,24 @@ def _switched(cfg: RunConfig, switch: str, on: bool) -> RunConfig:
     return replace(cfg, tls=on) if switch == "tls" else replace(cfg, tracing=on)
 
 
+def _paired(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each round's on/off ratios (a round: one run off, then one on), and their medians. Ratios within a round, not
+    each side's median: this machine's speed drifts by more than a run's cost between rounds (a run off in a slow
+    minute cost more than one on in a fast one), and both runs of a round share the minute they ran in.
+    router+shard: the coordinator's CPU a saga, the issue's figure (both kinds of process summed)."""
+
+    def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        ca, cb = a["cpu_ms_per_saga"], b["cpu_ms_per_saga"]
+        out = {"router+shard": (cb["router"] + cb["shard"]) / (ca["router"] + ca["shard"])}
+        out.update({k: cb[k] / ca[k] for k in ("router", "shard", "stubs") if ca.get(k) and k in cb})
+        out["throughput"] = b["throughput_sagas_per_s"] / a["throughput_sagas_per_s"]
+        return {k: round(v, 3) for k, v in out.items()}
+
+    rounds = [ratios(a, b) for a, b in zip(off, on, strict=True)]
+    median = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+    return {"rounds": rounds, "median": median}
+
+
 def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
     """Runs with `switch` ("tls" or "tracing") off and on, alternated (so drift on the machine hits both alike), each
     side's median, then what it adds: CPU ms per saga by process kind, and the throughput ratio."""
@@ -568,6 +586,7 @@ def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
         "off": off,
         "on": on_,
     }
+    cost["paired"] = _paired(sides[False], sides[True])
     print(f"{switch} cost (median of {args.repeat} run(s) each side)")
     print(f"  throughput  {off['throughput_sagas_per_s']:g} -> {on_['throughput_sagas_per_s']:g} sagas/s")
     print(f"  p50 / p99   {off['p50_ms']:g} / {off['p99_ms']:g} -> {on_['p50_ms']:g} / {on_['p99_ms']:g} ms")
@@ -575,6 +594,9 @@ def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
     for kind, added in cost["cpu_ms_per_saga_added"].items():
         before, after = off["cpu_ms_per_saga"][kind], on_["cpu_ms_per_saga"][kind]
         print(f"  cpu ms/saga {kind:<8} {before:g} -> {after:g}  ({added:+g})")
+    paired = cost["paired"]
+    print(f"  per round, on/off (median of {len(paired['rounds'])}; the machine's drift cancels within a round):")
+    print("    " + "  ".join(f"{k} x{v:g}" for k, v in paired["median"].items()))
     cost["results_file"] = str(_save(cost, args.results_dir, cost["label"]))
     print(json.dumps(cost), flush=True)
     bad = any(r["errors"] or r["ledger_violations"] for r in sides[False] + sides[True])

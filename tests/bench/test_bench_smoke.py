@@ -158,3 +158,19 @@ def test_a_run_of_a_second_saga_type(tmp_path: Path) -> None:
     assert figures["outcomes"] == {"SUCCESS": 20} and figures["errors"] == 0
     assert figures["stub_calls_per_saga"] == 5.0  # the points step too
     assert figures["ledger_checked"] == 20 and figures["ledger_violations"] == 0
+
+
+def test_a_comparison_pairs_each_round_so_the_machines_drift_cancels() -> None:
+    """Round 2 ran in a slow minute (everything cost twice as much, on and off): each side's median would mix the
+    minutes, the per-round ratios do not."""
+    from bench.__main__ import _paired
+
+    def run(router: float, shard: float, stubs: float, throughput: float) -> dict[str, object]:
+        cpu = {"router": router, "shard": shard, "stubs": stubs}
+        return {"cpu_ms_per_saga": cpu, "throughput_sagas_per_s": throughput}
+
+    off = [run(1.0, 3.0, 2.0, 300.0), run(2.0, 6.0, 4.0, 150.0), run(1.0, 3.0, 2.0, 300.0)]
+    on = [run(1.1, 3.3, 2.2, 270.0), run(2.2, 6.6, 4.4, 135.0), run(1.2, 3.2, 2.2, 280.0)]
+    paired = _paired(off, on)
+    assert paired["rounds"][1] == {"router+shard": 1.1, "router": 1.1, "shard": 1.1, "stubs": 1.1, "throughput": 0.9}
+    assert paired["median"] == {"router+shard": 1.1, "router": 1.1, "shard": 1.1, "stubs": 1.1, "throughput": 0.9}
