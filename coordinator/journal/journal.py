@@ -131,4 +131,3 @@ async def _enter_wal(db: aiosqlite.Connection) -> None:
         row = await cur.fetchone()
     if row is None or str(row[0]).lower() != "wal":
         raise sqlite3.OperationalError(f"{row[0] if row else 'no'} journal mode: this file system cannot hold a WAL")
-
