@@ -558,7 +558,7 @@ def _paired(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> dict[str, An
         return {k: round(v, 3) for k, v in out.items()}
 
     rounds = [ratios(a, b) for a, b in zip(off, on, strict=True)]
-    median = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0]}
+    median = {k: round(statistics.median(r[k] for r in rounds), 3) for k in rounds[0] if all(k in r for r in rounds)}
     return {"rounds": rounds, "median": median}
 
 

@@ -106,6 +106,7 @@ class SagaTrace:
         "_recorder",
         "_sampled",
         "_unsummarized",
+        "closes_caller",
         "fields",
         "held",
         "parent",
@@ -132,6 +133,9 @@ class SagaTrace:
         self.fields = dict(fields)
         self.summary = dict(summary or {})
         self._unsummarized = bool(self.summary)
+        self.closes_caller = False
+        """The call that created the saga waits for its end, so its caller's span ends with it (set by the shard; a
+        saga resumed, answered early or started without waiting: False). A success then makes no state span."""
         self.held: list[_HeldSpan] = []
         self.reason = ""
         self._mode = _EXPORTING if sampled else _HOLDING
@@ -183,10 +187,12 @@ class SagaTrace:
 
     def moved(self, state: str) -> None:
         """The saga's state span, `saga <state>` (no duration), with saga.state and the summary fields. A success
-        makes none: the caller's span (the router's PlaceOrder) ends with the saga and carries its status, and each
-        span costs every saga its export (the summary fields are on the saga's first span in this process too)."""
-        if self._mode is _DROPPED or state == "SUCCEEDED":
-            return  # nothing to make (a succeeded saga's trace says it already), not even a record
+        makes none when the caller's span ends with the saga (closes_caller: a PlaceOrder that waited for it, and
+        it never went wrong): that span carries the outcome, and each span costs every saga its export."""
+        if self._mode is _DROPPED:
+            return  # nothing to make (a succeeded saga that was not sampled), not even a record
+        if state == "SUCCEEDED" and self.closes_caller and not self.reason:
+            return
         with self.span(f"saga {state}", {**self.summary, "saga.state": state}):
             pass
 

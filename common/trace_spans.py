@@ -12,18 +12,24 @@ propagators.
 
 Contract:
 
-- Recorder.start(name, parent, kind, attributes) is a span under `parent` (an OpenTelemetry Context; None or one
-  without a valid span: a root in a new trace), sampled as the configured sampler decides for it, or as the caller
-  says (sampled=True: a saga whose trace was kept). Its span context carries the decision in its trace flags, so
-  the headers the propagators write for it tell the next process.
-- A span that is not sampled records nothing and costs its ids only; is_recording() is False, as the SDK's
-  NonRecordingSpan. A sampled one records attributes, status, events and its name until end(); end() hands it to
-  the span processor once (a second end() does nothing).
+- Recorder.start(name, parent, kind, attributes) is a span under `parent`'s span (an OpenTelemetry Context; None:
+  the current context's; a context without a valid span: a root in a new trace), sampled as the configured sampler
+  decides for it (its attributes and trace state as the SDK takes them from the decision), or as the caller says
+  (sampled=True: a saga whose trace was kept). Its span context carries the decision in its trace flags, with the
+  W3C random-trace-id flag as the SDK sets it, so the headers the propagators write for it tell the next process.
+- A span whose decision is not to record (a sampler's RECORD_ONLY included: nothing would export it) records nothing
+  and costs its ids only; is_recording() is False, as the SDK's NonRecordingSpan. A sampled one records attributes,
+  status, events and its name until end(); end() hands it to the span processor once (a second end() does nothing).
+- The span processor is the one common.tracing.setup installs (a BatchSpanProcessor with the OTLP exporter, the
+  provider's only one): end() calls its on_end; there is no on_start (a batch processor does nothing there).
+- The SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, the event limits, ...)
+  apply when one of them is set; otherwise a span's attributes are left as given (these spans carry about ten).
 - Not thread-safe: a span is made and ended by one task (the SDK's is shared across threads; these never are).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -31,8 +37,9 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -41,23 +48,41 @@ from opentelemetry.util import types
 
 __all__ = ["RecordedSpan", "Recorder"]
 
-_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
+_LIMIT_VARIABLES = (
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+)
+"""The SDK's span limit variables: when one is set, this project's spans are bounded as the SDK bounds its own."""
 
 
 class Recorder:
-    """What a recorded span needs of the SDK: its ids, resource and scope, the sampler, the span processor."""
+    """What a recorded span needs of the SDK: its ids, resource and scope, the sampler, the span processor, the span
+    limits (None: none set, nothing to bound)."""
 
-    __slots__ = ("ids", "processor", "resource", "sampler", "scope")
+    __slots__ = ("ids", "limits", "processor", "random_ids", "resource", "sampler", "scope")
 
     def __init__(
-        self, ids: IdGenerator, sampler: Sampler, processor: SpanProcessor, resource: Resource, scope: str
+        self,
+        ids: IdGenerator,
+        sampler: Sampler,
+        processor: SpanProcessor,
+        resource: Resource,
+        scope: str,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         self.ids = ids
+        self.random_ids = ids.is_trace_id_random()
         self.sampler = sampler
         self.processor = processor
         self.resource = resource
         self.scope = InstrumentationScope(scope)
+        # SpanLimits() reads the variables itself; built only when one is set.
+        self.limits = SpanLimits() if any(environ.get(v, "").strip() for v in _LIMIT_VARIABLES) else None
 
     def start(
         self,
@@ -74,36 +99,32 @@ class Recorder:
         valid = up.is_valid
         trace_id = up.trace_id if valid else self.ids.generate_trace_id()
         trace_state = up.trace_state if valid else None
+        recorded: dict[str, Any] | None = None
         if sampled is None:
             result = self.sampler.should_sample(parent, trace_id, name, kind, attributes)
             sampled, trace_state = result.decision.is_sampled(), result.trace_state  # type: ignore[no-untyped-call]
+            if sampled:
+                recorded = dict(result.attributes if result.attributes is not None else attributes)
+        elif sampled:
+            recorded = dict(attributes)
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+        # As the SDK sets it: the W3C random-trace-id flag from the parent, or the id generator's for a new trace.
+        if up.trace_flags.random_trace_id if valid else self.random_ids:
+            flags |= TraceFlags.RANDOM_TRACE_ID
         context = SpanContext(
             trace_id,
             self.ids.generate_span_id(),
             is_remote=False,
-            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+            trace_flags=TraceFlags(flags),
             trace_state=trace_state,
         )
-        return RecordedSpan(
-            self, name, context, up if valid else None, kind, dict(attributes) if sampled else None, start_ns
-        )
+        return RecordedSpan(self, name, context, up if valid else None, kind, recorded, start_ns)
 
 
 class RecordedSpan(trace.Span):
     """A span of this process (see the module's contract)."""
 
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_ns",
-        "_events",
-        "_kind",
-        "_name",
-        "_parent",
-        "_recorder",
-        "_start_ns",
-        "_status",
-    )
+    # No __slots__: the API's Span has none, so they would save nothing.
 
     def __init__(
         self,
@@ -168,8 +189,9 @@ class RecordedSpan(trace.Span):
         if not self.is_recording():
             return
         stack = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+        module, qualname = type(exception).__module__, type(exception).__qualname__
         event: dict[str, Any] = {
-            "exception.type": type(exception).__qualname__,
+            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
             "exception.message": str(exception),
             "exception.stacktrace": stack,
             "exception.escaped": str(escaped),
@@ -183,14 +205,36 @@ class RecordedSpan(trace.Span):
         if self._attributes is None:
             return
         r = self._recorder
+        attributes: Mapping[str, Any] = self._attributes
+        events = self._events
+        if r.limits is not None:
+            limits = r.limits
+            attributes = BoundedAttributes(
+                limits.max_span_attributes, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
+            )
+            if limits.max_events is not None:
+                events = events[: limits.max_events]
+            events = [
+                Event(
+                    e.name,
+                    BoundedAttributes(
+                        limits.max_event_attributes,
+                        e.attributes,
+                        immutable=True,
+                        max_value_len=limits.max_attribute_length,
+                    ),
+                    e.timestamp,
+                )
+                for e in events
+            ]
         r.processor.on_end(
             ReadableSpan(
                 name=self._name,
                 context=self._context,
                 parent=self._parent,
                 resource=r.resource,
-                attributes=self._attributes,
-                events=self._events,
+                attributes=attributes,
+                events=events,
                 kind=self._kind,
                 status=self._status,
                 start_time=self._start_ns,

@@ -358,7 +358,7 @@ def span(name: str, parent: Any, attributes: Mapping[str, Any], client: bool = F
     from common.trace_keep import current
 
     s = recorder.start(name, parent, SpanKind.CLIENT if client else SpanKind.INTERNAL, attributes)
-    with current(s, parent or _context.get_current()):
+    with current(s, parent if parent is not None else _context.get_current()):
         yield s
 
 

@@ -345,8 +345,8 @@ class Shard:
         if tracing.enabled():
             run.resumed = created is None
             # The ids on every span (what an operator searches by); the rest of what is the same for the whole saga on
-            # its state spans only: each attribute costs each span about 10 us of this process's CPU, set and encoded
-            # (saga.shard is also the spans' resource attribute service.instance.id).
+            # its first span and its state spans only: each attribute costs each span about 10 us of this process's
+            # CPU, set and encoded (saga.shard is also the spans' resource attribute service.instance.id).
             fields: dict[str, object] = {"saga.id": rec.saga_id, "saga.order_id": rec.order_id}
             if run.resumed:
                 fields["saga.resumed"] = True
@@ -354,6 +354,7 @@ class Shard:
             # A saga loaded past its failure (compensating, dead-lettered, failed): exported whatever the sampler says.
             failing = "" if rec.state in (SagaState.RUNNING, SagaState.SUCCEEDED) else rec.state.name
             run.trace = tracing.saga(rec.trace_context, fields, failing, summary)
+            run.trace.closes_caller = created is not None  # until it is answered before its end (_answer, _supervise)
             run.trace_id = run.trace.trace_id
         self._live[rec.order_id] = run
         if start:
@@ -408,6 +409,8 @@ class Shard:
                     # answered now (PENDING while running, FAILED once compensating), not after hours.
                     self._poller.add(run, run.record.steps[waiting[0]].next_poll_at_epoch_ms)
             if not run.done.done() and not self._stopping:
+                if run.trace is not None:
+                    run.trace.closes_caller = False  # answered before its end (it waits on a service)
                 run.done.set_result(None)
 
     async def _answer(self, run: SagaRun, no_wait: bool) -> Placed:
@@ -415,8 +418,15 @@ class Shard:
             # Creator and joiners alike are answered only once the saga's creation is durable.
             await asyncio.shield(run.created)
         if no_wait:
+            if run.trace is not None:
+                run.trace.closes_caller = False  # the caller's span ends now, not with the saga
             return Placed(run.view.copy(), pending=True)
-        await asyncio.shield(run.done)
+        try:
+            await asyncio.shield(run.done)
+        except asyncio.CancelledError:
+            if run.trace is not None:
+                run.trace.closes_caller = False  # the caller gave up (its deadline): its span ended before the saga
+            raise
         return Placed(run.view.copy(), pending=False)
 
     @staticmethod

@@ -139,15 +139,16 @@ def test_a_sampled_saga_is_exported_as_it_is(receiver: OtlpReceiver) -> None:
 
 @pytest.mark.parametrize("receiver", [("parentbased_traceidratio", "0.01", 100_000)], indirect=True)
 def test_the_summary_fields_are_on_the_first_and_the_state_spans_only(receiver: OtlpReceiver) -> None:
-    """fields go on every span, summary on the saga's first span and its `saga <state>` spans; a successful saga
-    makes no state span (sampled or not, not even a record: nothing held afterwards), and a failed one's state spans
-    carry the summary too."""
+    """fields go on every span, summary on the saga's first span and its `saga <state>` spans; a saga that succeeds
+    under the call waiting for it makes no state span (sampled or not, not even a record: nothing held afterwards),
+    and a failed one's state spans carry the summary too."""
     rng = random.Random(5)
     summary = {"saga.type": "order", "saga.shard": "shard-1"}
     sampled = tracing.saga(kept_context(SAMPLED, rng), {"saga.id": "sampled"}, summary=summary)
     dropped = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "dropped"}, summary=summary)
     failed = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "failed"}, summary=summary)
     for saga in (sampled, dropped, failed):
+        saga.closes_caller = True  # each created by a PlaceOrder that waits for it
         attempt(saga, "create_order")
         attempt(saga, "reserve_inventory")
     sampled.drop()
@@ -171,3 +172,26 @@ def test_the_summary_fields_are_on_the_first_and_the_state_spans_only(receiver: 
         assert ("saga.type" in attributes, "saga.shard" in attributes) == (summarised, summarised), (name, attributes)
     assert by_name[("failed", "saga FAILED")]["saga.state"] == "FAILED"
     assert by_name[("failed", "saga FAILED")][KEPT] == "FAILED"
+
+
+@pytest.mark.parametrize("receiver", [("parentbased_traceidratio", "0.01", 100_000)], indirect=True)
+def test_a_success_has_a_state_span_unless_it_ends_under_the_call_that_waited_for_it(receiver: OtlpReceiver) -> None:
+    """closes_caller (set by the shard for a saga whose creating call waits for it): its success makes no state span,
+    the caller's span says it. A saga resumed (or answered early: closes_caller False) and a kept one that then
+    succeeds (a dead letter retried past its pivot) end with `saga SUCCEEDED`."""
+    rng = random.Random(6)
+    waited, resumed, kept = (
+        tracing.saga(kept_context(SAMPLED if i < 2 else UNSAMPLED, rng), {"saga.id": n})
+        for i, n in enumerate(("waited", "resumed", "kept"))
+    )
+    waited.closes_caller = True
+    kept.closes_caller = True
+    for saga in (waited, resumed, kept):
+        attempt(saga, "create_order")
+    kept.keep("DEAD_LETTERED")
+    kept.moved("DEAD_LETTERED")
+    for saga in (waited, resumed, kept):
+        saga.drop()
+        saga.moved("SUCCEEDED")
+    states = sorted((saga_id, name) for saga_id, name, _ in exported(receiver) if name.startswith("saga "))
+    assert states == [("kept", "saga DEAD_LETTERED"), ("kept", "saga SUCCEEDED"), ("resumed", "saga SUCCEEDED")]

@@ -3,12 +3,15 @@ span would hand its processors (the SDK's in-memory exporter behind its simple p
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from common.trace_spans import Recorder
@@ -87,3 +90,48 @@ def test_status_and_exceptions_as_the_sdk_records_them() -> None:
     ok.set_status(Status(StatusCode.ERROR, "later"))  # OK is final
     ok.end()
     assert exported.get_finished_spans()[1].status.status_code is StatusCode.OK
+
+
+def test_the_random_trace_id_flag_is_set_as_the_sdk_sets_it() -> None:
+    """W3C level 2: a new trace from the SDK's random id generator says so (flag 0x02); a child copies its parent's."""
+    r, _ = recorder()
+    root = r.start("root", context.Context(), SpanKind.SERVER, {})
+    assert root.get_span_context().trace_flags == TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
+    child = r.start("child", trace.set_span_in_context(root), SpanKind.CLIENT, {})
+    assert child.get_span_context().trace_flags.random_trace_id
+    assert not r.start("x", remote(True), SpanKind.CLIENT, {}).get_span_context().trace_flags.random_trace_id
+
+
+def test_a_non_builtin_exception_is_named_with_its_module_as_the_sdk_names_it() -> None:
+    r, exported = recorder()
+    span = r.start("x", None, SpanKind.INTERNAL, {})
+    span.record_exception(asyncio.CancelledError())
+    span.end()
+    (event,) = exported.get_finished_spans()[0].events
+    assert (event.attributes or {})["exception.type"] == "asyncio.exceptions.CancelledError"
+
+
+def test_the_sdks_span_limits_apply_when_one_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "5")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    r, exported = recorder()
+    span = r.start("x", None, SpanKind.INTERNAL, {"b": 1, "c": 2, "a": "0123456789"})
+    span.add_event("e", {"long": "abcdefgh"})
+    span.end()
+    (got,) = exported.get_finished_spans()
+    # As the SDK bounds its own: the oldest attribute makes room, long values are cut.
+    assert dict(got.attributes or {}) == {"c": 2, "a": "01234"} and got.dropped_attributes == 1
+    assert dict(got.events[0].attributes or {}) == {"long": "abcde"}
+
+
+def test_the_attributes_the_sampler_decides_on_are_the_spans() -> None:
+    class Adding(Sampler):
+        def should_sample(self, *args: object, **kwargs: object) -> SamplingResult:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, {"given": 1, "sampler.added": True})
+
+        def get_description(self) -> str:
+            return "Adding"
+
+    r, exported = recorder(Adding())
+    r.start("x", None, SpanKind.INTERNAL, {"given": 1}).end()
+    assert dict(exported.get_finished_spans()[0].attributes or {}) == {"given": 1, "sampler.added": True}

@@ -302,9 +302,7 @@ async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluste
 
     def finished(spans: list[Span]) -> bool:
         mine = one_trace(spans, trace_id)
-        return bool(stub_span(mine, FORWARD["schedule_shipment"])) and any(
-            s.name == "forward schedule_shipment" and s.attributes["saga.outcome"] == "OK" for s in mine
-        )
+        return bool(stub_span(mine, FORWARD["schedule_shipment"])) and any(s.name == "saga SUCCEEDED" for s in mine)
 
     spans = one_trace(receiver.wait_for(finished, timeout_s=60), trace_id)
     attempts = [s for s in spans if s.name.startswith(("forward ", "compensate "))]
@@ -324,10 +322,12 @@ async def test_spans_after_a_shard_is_killed_join_the_same_trace(cluster: Cluste
         top = chain(spans, s)[-1]
         if top.name != "checkout":
             assert s.start_ns < dead_at_ns and top.service == "saga-stubs", (s.name, s.start_ns - dead_at_ns, top.name)
-    (last,) = [s for s in after if s.name == "forward schedule_shipment" and s.attributes["saga.outcome"] == "OK"]
-    assert last.parent_id == router_in.span_id
+    # A resumed saga's success has its state span (the router's span ended with the killed shard's call).
+    (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED"]
+    assert succeeded.attributes["saga.resumed"] and succeeded.parent_id == router_in.span_id
     # The restarted shard's first span of the saga (and only that one) carries what is the same for the whole saga.
-    summarised = [s for s in spans if s.attributes.get("saga.resumed") and "saga.type" in s.attributes]
+    resumed = [s for s in spans if s.attributes.get("saga.resumed") and not s.name.startswith("saga ")]
+    summarised = [s for s in resumed if "saga.type" in s.attributes]
     assert len(summarised) == 1 and summarised[0].attributes["saga.type"] == "order", summarised
     assert_no_secret(receiver)
 
@@ -430,3 +430,24 @@ async def test_a_saga_started_without_a_callers_context_joins_the_shards_server_
     assert shard_in.name == "/saga.v1.SagaCoordinator/PlaceOrder" and not shard_in.parent_id
     attempts = [s for s in trace if s.name.startswith("forward ")]
     assert len(attempts) == len(FORWARD) and {s.parent_id for s in attempts} == {shard_in.span_id}
+
+
+async def test_a_saga_answered_before_its_end_still_ends_its_trace_with_its_state(
+    cluster: Cluster, receiver: OtlpReceiver
+) -> None:
+    """A PlaceOrder with no_wait is answered at once: the router's span ends then, so it cannot say how the saga
+    ended. The saga's own `saga SUCCEEDED` span does (only a saga that succeeds under the call waiting for it goes
+    without one)."""
+    order = "trace-nowait-1"
+    async with aio_channel(cluster.router.address, TlsFiles()) as channel:
+        saga = saga_pb2_grpc.SagaCoordinatorStub(channel)
+        reply = await saga.PlaceOrder(place_request(order, token=SECRET, no_wait=True), timeout=60)
+    assert reply.status == saga_pb2.PENDING, reply
+
+    def finished(spans: list[Span]) -> bool:
+        return any(s.name == "saga SUCCEEDED" and s.attributes.get("saga.order_id") == order for s in spans)
+
+    spans = receiver.wait_for(finished, timeout_s=60)
+    (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED" and s.attributes["saga.order_id"] == order]
+    (router_in,) = [s for s in one_trace(spans, succeeded.trace_id) if s.service == "saga-router"]
+    assert succeeded.parent_id == router_in.span_id and router_in.end_ns <= succeeded.start_ns
