@@ -420,8 +420,11 @@ async def test_a_saga_started_without_a_callers_context_joins_the_shards_server_
         pytest.fail("no shard took the order")
 
     def finished(spans: list[Span]) -> bool:
-        mine = [s for s in spans if s.attributes.get("saga.order_id") == order]
-        return any(s.name == "forward schedule_shipment" for s in mine)
+        last = [
+            s for s in spans if s.name == "forward schedule_shipment" and s.attributes.get("saga.order_id") == order
+        ]
+        trace = one_trace(spans, last[0].trace_id) if last else []
+        return any(s.service == "saga-coordinator" and s.kind == SERVER for s in trace)  # it ends after the saga
 
     spans = receiver.wait_for(finished, timeout_s=60)
     (last,) = [s for s in spans if s.name == "forward schedule_shipment" and s.attributes["saga.order_id"] == order]
@@ -445,7 +448,9 @@ async def test_a_saga_answered_before_its_end_still_ends_its_trace_with_its_stat
     assert reply.status == saga_pb2.PENDING, reply
 
     def finished(spans: list[Span]) -> bool:
-        return any(s.name == "saga SUCCEEDED" and s.attributes.get("saga.order_id") == order for s in spans)
+        """The saga's state span and the router's span of its trace (each process exports in batches of its own)."""
+        ends = [s for s in spans if s.name == "saga SUCCEEDED" and s.attributes.get("saga.order_id") == order]
+        return bool(ends) and any(s.service == "saga-router" for s in one_trace(spans, ends[0].trace_id))
 
     spans = receiver.wait_for(finished, timeout_s=60)
     (succeeded,) = [s for s in spans if s.name == "saga SUCCEEDED" and s.attributes["saga.order_id"] == order]
