@@ -46,7 +46,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
-__all__ = ["RecordedSpan", "Recorder"]
+__all__ = ["HashedResource", "RecordedSpan", "Recorder"]
 
 _UNSET = Status(StatusCode.UNSET)
 _LIMIT_VARIABLES = (
@@ -58,6 +58,20 @@ _LIMIT_VARIABLES = (
     "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
 )
 """The SDK's span limit variables: when one is set, this project's spans are bounded as the SDK bounds its own."""
+
+
+class HashedResource(Resource):
+    """The SDK's Resource, its hash computed once. The OTLP encoder files every span it encodes under its resource
+    (a dict keyed by it), and Resource.__hash__ serialises the attributes to sorted JSON on each call: some 5 us a
+    span, a tenth of encoding one. A resource is immutable (the SDK's own docstring), so its hash never changes;
+    equality is Resource's, so spans of this and of an equal plain Resource still go out as one ResourceSpans."""
+
+    def __init__(self, attributes: types.Attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class Recorder:

@@ -150,14 +150,15 @@ def setup(
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from common.trace_keep import Hold
-    from common.trace_spans import Recorder
+    from common.trace_spans import HashedResource, Recorder
 
     _context, _propagate, _trace = context, propagate, trace
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     attributes = {} if named else {SERVICE_NAME: service}
     if instance:
         attributes["service.instance.id"] = instance
-    resource = Resource.create(attributes)
+    created = Resource.create(attributes)  # the SDK's detectors and OTEL_RESOURCE_ATTRIBUTES, merged
+    resource = HashedResource(created.attributes, created.schema_url)
     # Built without a sampler, the provider has the one the SDK reads from OTEL_TRACES_SAMPLER(_ARG).
     provider = TracerProvider(resource=resource)
     processor = BatchSpanProcessor(exporter)

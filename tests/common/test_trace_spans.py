@@ -135,3 +135,27 @@ def test_the_attributes_the_sampler_decides_on_are_the_spans() -> None:
     r, exported = recorder(Adding())
     r.start("x", None, SpanKind.INTERNAL, {"given": 1}).end()
     assert dict(exported.get_finished_spans()[0].attributes or {}) == {"given": 1, "sampler.added": True}
+
+
+def test_a_hashed_resource_is_the_sdks_resource_with_its_hash_kept() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from common.trace_spans import HashedResource
+
+    plain = Resource.create({"service.name": "test", "service.instance.id": "shard-1"})
+    hashed = HashedResource(plain.attributes, plain.schema_url)
+    assert hashed == plain and plain == hashed and hash(hashed) == hash(plain)
+    assert dict(hashed.attributes) == dict(plain.attributes) and hashed.schema_url == plain.schema_url
+    assert hash(hashed) != hash(HashedResource({**plain.attributes, "service.instance.id": "shard-2"}))
+    with pytest.raises(TypeError):  # immutable, as the SDK's: the kept hash cannot go stale
+        hashed.attributes["service.name"] = "other"  # type: ignore[index]
+    # Spans of both go out as one ResourceSpans, as spans of one resource do.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=hashed)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    Recorder(provider.id_generator, ALWAYS_ON, SimpleSpanProcessor(exporter), plain, "t").start(
+        "a", None, SpanKind.INTERNAL, {}
+    ).end()
+    provider.get_tracer("t").start_span("b").end()
+    (resource_spans,) = encode_spans(exporter.get_finished_spans()).resource_spans
+    assert sorted(s.name for scope in resource_spans.scope_spans for s in scope.spans) == ["a", "b"]
