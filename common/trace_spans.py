@@ -33,11 +33,12 @@ import os
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import resources
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -66,7 +67,7 @@ class HashedResource(Resource):
     span, a tenth of encoding one. A resource is immutable (the SDK's own docstring), so its hash never changes;
     equality is Resource's, so spans of this and of an equal plain Resource still go out as one ResourceSpans."""
 
-    def __init__(self, attributes: types.Attributes, schema_url: str | None = None) -> None:
+    def __init__(self, attributes: resources.Attributes, schema_url: str | None = None) -> None:
         super().__init__(attributes, schema_url)
         self._hash = super().__hash__()
 
@@ -135,8 +136,10 @@ class Recorder:
         return RecordedSpan(self, name, context, up if valid else None, kind, recorded, start_ns)
 
 
-class RecordedSpan(trace.Span):
-    """A span of this process (see the module's contract)."""
+class RecordedSpan(trace.Span, ReadableSpan):
+    """A span of this process (see the module's contract). Like the SDK's own Span, it is both the API's Span and the
+    SDK's ReadableSpan: once ended it is handed to the span processor as it is, no copy made (its fields are
+    ReadableSpan's, under ReadableSpan's names, and nothing changes them after end())."""
 
     # No __slots__: the API's Span has none, so they would save nothing.
 
@@ -150,6 +153,7 @@ class RecordedSpan(trace.Span):
         attributes: dict[str, Any] | None,
         start_ns: int | None,
     ) -> None:
+        # ReadableSpan.__init__ is not called: it would build a default resource and set what is set here anyway.
         self._recorder = recorder
         self._name = name
         self._context = context
@@ -157,15 +161,19 @@ class RecordedSpan(trace.Span):
         self._kind = kind
         self._attributes = attributes  # None: not sampled, nothing is recorded
         self._events: list[Event] = []
+        self._links = ()
         self._status = _UNSET
-        self._start_ns = start_ns or time.time_ns()
-        self._end_ns = 0
+        self._start_time = start_ns or time.time_ns()
+        self._end_time: int | None = None
+        self._resource = recorder.resource
+        self._instrumentation_scope = recorder.scope
+        self._instrumentation_info = None
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return cast(SpanContext, self._context)  # always set here; ReadableSpan's may be None
 
     def is_recording(self) -> bool:
-        return self._attributes is not None and not self._end_ns
+        return self._attributes is not None and self._end_time is None
 
     def set_attribute(self, key: str, value: types.AttributeValue) -> None:
         if self.is_recording():
@@ -213,22 +221,21 @@ class RecordedSpan(trace.Span):
         self.add_event("exception", {**event, **(attributes or {})}, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_ns:
+        if self._end_time is not None:
             return
-        self._end_ns = end_time or time.time_ns()
+        self._end_time = end_time or time.time_ns()
         if self._attributes is None:
             return
-        r = self._recorder
-        attributes: Mapping[str, Any] = self._attributes
-        events = self._events
-        if r.limits is not None:
-            limits = r.limits
-            attributes = BoundedAttributes(
-                limits.max_span_attributes, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
+        limits = self._recorder.limits
+        if limits is not None:
+            self._attributes = BoundedAttributes(
+                limits.max_span_attributes,
+                self._attributes,
+                immutable=True,
+                max_value_len=limits.max_span_attribute_length,
             )
-            if limits.max_events is not None:
-                events = events[: limits.max_events]
-            events = [
+            events = self._events if limits.max_events is None else self._events[: limits.max_events]
+            self._events = [
                 Event(
                     e.name,
                     BoundedAttributes(
@@ -241,21 +248,7 @@ class RecordedSpan(trace.Span):
                 )
                 for e in events
             ]
-        r.processor.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=r.resource,
-                attributes=attributes,
-                events=events,
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_ns,
-                end_time=self._end_ns,
-                instrumentation_scope=r.scope,
-            )
-        )
+        self._recorder.processor.on_end(self)
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         pass  # this project's spans carry no links

@@ -78,7 +78,7 @@ def test_status_and_exceptions_as_the_sdk_records_them() -> None:
         raise ValueError("boom")
     except ValueError as e:
         span.record_exception(e)
-    span.end(end_time=span._start_ns + 5)
+    span.end(end_time=span.start_time + 5)
     (got,) = exported.get_finished_spans()
     assert got.status.status_code is StatusCode.ERROR and got.status.description == "UNAVAILABLE"
     (event,) = got.events
