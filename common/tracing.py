@@ -381,10 +381,11 @@ def saga(kept: str, fields: Mapping[str, Any], failing: str = "", summary: Mappi
 
 
 def outcome(span: Any, code: str, ok: bool) -> None:
-    """Marks span (from span(); None: nothing) with the attempt's status code name, as an error unless ok."""
+    """Marks span (from span(); None: nothing) with the attempt's gRPC status code (rpc.grpc.status_code), as an error
+    whose message is the code's name unless ok."""
     if span is None:
         return
-    span.set_attributes({"saga.outcome": code, "rpc.grpc.status_code": _CODES.get(code, 2)})
+    span.set_attribute("rpc.grpc.status_code", _CODES.get(code, 2))
     if not ok:
         span.set_status(_trace.Status(_trace.StatusCode.ERROR, code))
 

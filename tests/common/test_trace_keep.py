@@ -95,7 +95,8 @@ def test_a_saga_that_goes_wrong_is_exported_whole_whatever_the_sampler_says(rece
         ]
     )
     failed = next(s for s in receiver.spans if s.name == "forward process_payment")
-    assert failed.attributes["saga.outcome"] == "FAILED_PRECONDITION" and failed.status_code == StatusCode.ERROR.value
+    assert failed.attributes["rpc.grpc.status_code"] == 9 and failed.status_code == StatusCode.ERROR.value
+    assert failed.status_message == "FAILED_PRECONDITION"
     assert failed.end_ns > failed.start_ns
     assert len({s.trace_id for s in receiver.spans}) == 1
 

@@ -132,7 +132,7 @@ def test_spans_are_exported_over_the_protocol_the_environment_names(
         if isinstance(receiver, OtlpHttpReceiver):
             assert receiver.paths == ["/v1/traces"]
     assert (got.service, got.instance, got.name) == ("test-export", "i-1", "work")
-    assert got.attributes["saga.step"] == "create_order" and got.attributes["saga.outcome"] == "UNAVAILABLE"
+    assert got.attributes["saga.step"] == "create_order" and got.attributes["rpc.grpc.status_code"] == 14
     assert got.status_code == 2 and got.status_message == "UNAVAILABLE"  # STATUS_CODE_ERROR
     assert len(receiver.requests) == receiver.exports == 1
 
