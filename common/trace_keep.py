@@ -196,50 +196,65 @@ class SagaTrace:
         with self.span(f"saga {state}", {**self.summary, "saga.state": state}):
             pass
 
-    @contextlib.contextmanager
-    def span(self, name: str, attributes: Mapping[str, Any], client: bool = False) -> Iterator[Any]:
+    def span(self, name: str, attributes: Mapping[str, Any], client: bool = False) -> _SagaSpan:
         """A span of the saga, current in the block with the rest of the saga's parent context (its baggage).
         Yields the span (or a held record with the same set_attribute/set_status); an exception leaving the block
         is recorded as the span's error status."""
-        kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
-        if self._mode is _DROPPED:
-            token = otel_context.attach(self.parent)  # the calls carry the trace, unsampled
-            try:
-                yield trace.INVALID_SPAN
-            finally:
-                otel_context.detach(token)
-            return
-        fields = {**self.fields, **attributes}
-        if self._unsummarized:
-            fields.update(self.summary)
-            self._unsummarized = False
-        if self._mode is _HOLDING:
+        return _SagaSpan(self, name, attributes, SpanKind.CLIENT if client else SpanKind.INTERNAL)
+
+
+class _SagaSpan:
+    """SagaTrace.span's block. A class, not a generator-based context manager: a saga's attempts each open one, and
+    a generator, its context manager object and their frames cost more than the span they wrap (issue 32)."""
+
+    __slots__ = ("_attributes", "_kind", "_name", "_saga", "_span", "_token")
+
+    def __init__(self, saga: SagaTrace, name: str, attributes: Mapping[str, Any], kind: SpanKind) -> None:
+        self._saga = saga
+        self._name = name
+        self._attributes = attributes
+        self._kind = kind
+        self._span: Any = None
+        self._token: Any = None
+
+    def __enter__(self) -> Any:
+        saga = self._saga
+        if saga._mode is _DROPPED:
+            self._token = otel_context.attach(saga.parent)  # the calls carry the trace, unsampled
+            self._span = trace.INVALID_SPAN
+            return self._span
+        fields = {**saga.fields, **self._attributes}
+        if saga._unsummarized:
+            fields.update(saga.summary)
+            saga._unsummarized = False
+        if saga._mode is _HOLDING:
             # No span: a record. The parent's context is current, so the calls carry the trace unsampled.
-            held = _HeldSpan(name, kind, fields)
-            self.held.append(held)
-            self._hold.add(self)
-            token = otel_context.attach(self.parent)
-            try:
-                yield held
-            except BaseException as e:
-                held.status = Status(StatusCode.ERROR, type(e).__name__)
-                raise
-            finally:
-                otel_context.detach(token)
-                held.end_ns = time.time_ns()
-            return
-        if self.reason:
-            fields[KEPT] = self.reason
-        span = self._recorder.start(name, self.parent, kind, fields, True if self.reason else self._sampled)
-        token = otel_context.attach(trace.set_span_in_context(span, self.parent))
-        try:
-            yield span
-        except BaseException as e:
-            span.record_exception(e)
-            span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
-            raise
-        finally:
-            otel_context.detach(token)
+            held = _HeldSpan(self._name, self._kind, fields)
+            saga.held.append(held)
+            saga._hold.add(saga)
+            self._token = otel_context.attach(saga.parent)
+            self._span = held
+            return held
+        if saga.reason:
+            fields[KEPT] = saga.reason
+        span = saga._recorder.start(
+            self._name, saga.parent, self._kind, fields, True if saga.reason else saga._sampled, owned=True
+        )
+        self._token = otel_context.attach(trace.set_span_in_context(span, saga.parent))
+        self._span = span
+        return span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        otel_context.detach(self._token)
+        span = self._span
+        if isinstance(span, _HeldSpan):
+            if error is not None:
+                span.status = Status(StatusCode.ERROR, type(error).__name__)
+            span.end_ns = time.time_ns()
+        elif span is not trace.INVALID_SPAN:
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             span.end()
 
 

@@ -107,9 +107,11 @@ class Recorder:
         attributes: Mapping[str, Any],
         sampled: bool | None = None,
         start_ns: int | None = None,
+        owned: bool = False,
     ) -> RecordedSpan:
         """A span under parent, sampled as the configured sampler says (or as `sampled` says); start_ns: when it
-        began, if before now (a held span made later)."""
+        began, if before now (a held span made later); owned: attributes is a dict of the caller's own making, which
+        the span may keep as its own (not copied)."""
         up = trace.get_current_span(parent).get_span_context()
         valid = up.is_valid
         trace_id = up.trace_id if valid else self.ids.generate_trace_id()
@@ -121,7 +123,7 @@ class Recorder:
             if sampled:
                 recorded = dict(result.attributes if result.attributes is not None else attributes)
         elif sampled:
-            recorded = dict(attributes)
+            recorded = attributes if owned and type(attributes) is dict else dict(attributes)
         flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         # As the SDK sets it: the W3C random-trace-id flag from the parent, or the id generator's for a new trace.
         if up.trace_flags.random_trace_id if valid else self.random_ids:
