@@ -260,21 +260,28 @@ def outgoing() -> tuple[tuple[str, str], ...]:
     any span. The configured propagators write it: nothing here formats headers."""
     if not _state:
         return ()
-    context, propagate, trace = _context, _propagate, _trace
     # A saga whose trace is not sampled makes each of its calls under one context object (its parent's): its headers
     # are written once. Contexts are immutable, so an object always injects the same headers for one propagator.
-    current, textmap = context.get_current(), propagate.get_global_textmap()
+    current, textmap = _context.get_current(), _propagate.get_global_textmap()
+    if _trace.get_current_span(current).is_recording():  # a recorded span's context serves one call only
+        return _lowered(textmap, current)
     written: dict[int, tuple[Any, Any, tuple[tuple[str, str], ...]]] = _state.setdefault("outgoing", {})
     last = written.get(id(current))
     if last is not None and last[0] is current and last[1] is textmap:
         return last[2]
-    # gRPC refuses metadata keys with capitals; header names, all a propagator knows, are case-insensitive.
-    headers = tuple((key.lower(), value) for key, value in _injected(current).items())
-    if not trace.get_current_span(current).is_recording():  # a recorded span's context serves one call only
-        if len(written) >= OUTGOING_CACHED:
-            written.clear()
-        written[id(current)] = (current, textmap, headers)
+    headers = _lowered(textmap, current)
+    if len(written) >= OUTGOING_CACHED:
+        written.clear()
+    written[id(current)] = (current, textmap, headers)
     return headers
+
+
+def _lowered(textmap: Any, context: Any) -> tuple[tuple[str, str], ...]:
+    """What the propagators write for context, as gRPC metadata: gRPC refuses keys with capitals, and header names,
+    all a propagator knows, are case-insensitive."""
+    headers: dict[str, str] = {}
+    textmap.inject(headers, context=context)
+    return tuple([(key.lower(), value) for key, value in headers.items()])
 
 
 def context_keys() -> frozenset[str]:
@@ -325,8 +332,12 @@ def _injected(context: Any) -> dict[str, str]:
     return headers
 
 
+_KEPT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+"""carrier()'s encoder, built once: json.dumps with arguments builds one on every call."""
+
+
 def _kept(headers: Mapping[str, str]) -> str:
-    return json.dumps(headers, separators=(",", ":"), sort_keys=True) if headers else ""
+    return _KEPT_JSON.encode(headers) if headers else ""
 
 
 def _headers(kept: str) -> dict[str, str]:
