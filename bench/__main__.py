@@ -36,7 +36,7 @@ from typing import Any
 
 from . import grpc_floor, journal_bench, profile_summary, relay_bench, scale_bench, stub_bench
 from .cluster import REPO_ROOT, ClusterError
-from .run import KINDS, BenchError, RunConfig, run
+from .run import KINDS, BenchError, RunConfig, Session, run
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --tracing: OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=R in every process",
     )
     p.add_argument(
+        "--windows",
+        action="store_true",
+        help="with compare: both sides on clusters started once, measured in alternating windows of --sagas each "
+        "(off, on, on, off, ...; --repeat pairs): the machine's drift between the two sides is seconds, not minutes",
+    )
+    p.add_argument(
         "--scrape-cost",
         action="store_true",
         help="after the window: server CPU of a /metrics scrape, and per saga when every process is scraped every 5 s",
@@ -133,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad input: a message naming the flag (argparse exits 2), never a traceback."""
+    compares = [s for s in (args.tls, args.tracing, args.commit_window) if s == "compare"]
+    if args.windows and not compares:
+        p.error("--windows goes with a compare (--tls, --tracing or --commit-window compare)")
     what = args.what[0]
     if what not in ("cluster", "journal", "scale", "stubs", "grpc", "relay", "profile-summary"):
         p.error(f"unknown benchmark {what!r}: cluster, journal, scale, stubs, grpc, relay or profile-summary DIR")
@@ -544,6 +553,42 @@ def _switched(cfg: RunConfig, switch: str, on: bool) -> RunConfig:
     return replace(cfg, tls=on) if switch == "tls" else replace(cfg, tracing=on)
 
 
+def _runs(args: argparse.Namespace, cfg: RunConfig, switch: str) -> dict[bool, list[dict[str, Any]]]:
+    """Each round a fresh run off, then a fresh run on."""
+    sides: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for i in range(args.repeat):
+        for on in (False, True):
+            side = _switched(replace(cfg, seed=cfg.seed + i), switch, on)
+            figures = run(side)
+            sides[on].append(figures)
+            print(_table(figures, f"run {i + 1}/{args.repeat}: {side.label}"), flush=True)
+    return sides
+
+
+def _windows(args: argparse.Namespace, cfg: RunConfig, switch: str) -> dict[bool, list[dict[str, Any]]]:
+    """Both sides' clusters started once and warmed up, then measured in alternating windows, in ABBA order so that
+    neither side always goes second. A side's cluster is idle while the other's window runs. Each side's ledgers are
+    checked at the end, over all its windows.
+
+    What a window leaves behind is not counted in it: with tracing, the spans of its last seconds are exported (in
+    batches of 512, or every 5 s) while the other side's window runs. Each process leaves half a batch on average,
+    about 1% of a shard's CPU in a 1,500-saga window (0.5% at 3,000). A fresh run (_runs) leaves the same amount
+    behind at its end, and takes over the warm-up's instead."""
+    sides: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    with Session(_switched(cfg, switch, False)) as off, Session(_switched(cfg, switch, True)) as on_:
+        sessions = {False: off, True: on_}
+        for i in range(args.repeat):
+            for on in (False, True) if i % 2 == 0 else (True, False):
+                figures = sessions[on].measure()
+                sides[on].append(figures)
+                print(_table(figures, f"window {i + 1}/{args.repeat}: {sessions[on].cfg.label}"), flush=True)
+        for on, session in sessions.items():
+            checked = session.finish()
+            for figures in sides[on]:
+                figures.update(checked)  # the ledgers cover every window: a violation marks them all
+    return sides
+
+
 def _paired(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> dict[str, Any]:
     """Each round's on/off ratios (a round: one run off, then one on), and their medians. Ratios within a round, not
     each side's median: this machine's speed drifts by more than a run's cost between rounds (a run off in a slow
@@ -565,13 +610,7 @@ def _paired(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> dict[str, An
 def _compare(args: argparse.Namespace, cfg: RunConfig, switch: str) -> int:
     """Runs with `switch` ("tls" or "tracing") off and on, alternated (so drift on the machine hits both alike), each
     side's median, then what it adds: CPU ms per saga by process kind, and the throughput ratio."""
-    sides: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for i in range(args.repeat):
-        for on in (False, True):
-            side = _switched(replace(cfg, seed=cfg.seed + i), switch, on)
-            figures = run(side)
-            sides[on].append(figures)
-            print(_table(figures, f"run {i + 1}/{args.repeat}: {side.label}"), flush=True)
+    sides = _windows(args, cfg, switch) if args.windows else _runs(args, cfg, switch)
     off, on_ = (runs[0] if len(runs) == 1 else _median(runs) for runs in (sides[False], sides[True]))
     cost = {
         "label": f"{switch}-compare-{_switched(cfg, switch, True).label}",

@@ -5,7 +5,8 @@ status code, not hidden behind a retry.
 
 It talks to the harness over its standard streams: warms up, prints `ready`, waits for `go` on stdin (so the harness
 can read every process's CPU time at the start of the measured window), runs, writes its results to the file the spec
-names, prints `done`.
+names, prints `done`. Another `go` measures another window of as many sagas (new order ids; the harness reads the file
+before it asks), until stdin says anything else or closes.
 
 Closed loop: `concurrency` callers, each sending its next order as soon as the previous one is answered.
 Open loop: orders are due at fixed times (rate per second); each call's latency is measured from when it was due, not
@@ -164,8 +165,8 @@ class Generator:
         await asyncio.gather(*(caller() for _ in range(min(concurrency, n))))
         return self._result(started, requests, latencies, outcomes, 0.0)
 
-    async def open(self, n: int, rate: float, max_outstanding: int) -> Result:
-        requests = self._requests("m", n)
+    async def open(self, prefix: str, n: int, rate: float, max_outstanding: int) -> Result:
+        requests = self._requests(prefix, n)
         latencies = [0.0] * n
         outcomes = [""] * n
         slots = asyncio.Semaphore(max_outstanding)
@@ -230,7 +231,7 @@ async def _client(stack: contextlib.AsyncExitStack, spec: Spec, address: str) ->
     return client
 
 
-async def run(spec: Spec) -> Result | None:
+async def run(spec: Spec) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if spec.direct:
             # Client-side routing (what dropping the router hop would look like): one client per shard, the router's
@@ -250,14 +251,19 @@ async def run(spec: Spec) -> Result | None:
             if bad:
                 _say(f"warning: {len(bad)} warm-up calls failed, e.g. {bad[0]}")
         _say("ready")
-        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        if line.strip() != "go":
-            return None  # the harness gave up (its stdin closed): leave quietly
-        if spec.mode == "open":
-            result = await gen.open(spec.sagas, spec.rate, spec.concurrency)
-        else:
-            result = await gen.closed("m", spec.sagas, spec.concurrency)
-    return result
+        window = 0
+        while True:
+            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            if line.strip() != "go":
+                return  # done, or the harness gave up (its stdin closed): leave quietly
+            prefix = "m" if window == 0 else f"m{window}."
+            if spec.mode == "open":
+                result = await gen.open(prefix, spec.sagas, spec.rate, spec.concurrency)
+            else:
+                result = await gen.closed(prefix, spec.sagas, spec.concurrency)
+            await asyncio.to_thread(Path(spec.result_path).write_text, json.dumps(asdict(result)))
+            _say("done")
+            window += 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,11 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     data["shards"] = tuple(tuple(pair) for pair in data.get("shards", ()))
     if data.get("tls") is not None:
         data["tls"] = tuple(data["tls"])
-    spec = Spec(**data)
-    result = uvloop.run(run(spec))
-    if result is not None:
-        Path(spec.result_path).write_text(json.dumps(asdict(result)))
-        _say("done")
+    uvloop.run(run(Spec(**data)))
 
 
 if __name__ == "__main__":

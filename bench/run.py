@@ -1,8 +1,10 @@
 """One benchmark run: a fresh cluster, load generator processes, CPU and /metrics read at both ends of the measured
-window, the services' ledgers checked afterwards, everything started stopped again (also on Ctrl-C and errors)."""
+window, the services' ledgers checked afterwards, everything started stopped again (also on Ctrl-C and errors).
+Session is the same in parts: a cluster measured over several windows (two of them, alternated, compare)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -182,29 +184,65 @@ def _specs(cfg: RunConfig, cluster: Cluster, workdir: Path, saga_type: str = "or
 
 def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
     """Runs the benchmark once; returns the figures (the JSON line's content)."""
-    workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
-    receiver: OtlpReceiver | OtlpHttpReceiver | None = None
-    if cfg.tracing:
-        receiver = (OtlpReceiver if cfg.otlp_protocol == "grpc" else OtlpHttpReceiver)(keep=False).start()
-    shard_config = "" if cfg.commit_window_ms is None else f"[group_commit]\nwindow_ms = {cfg.commit_window_ms:g}\n"
-    env = receiver.environment(None) if receiver else None
-    if env is not None and cfg.trace_ratio is not None:
-        env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{cfg.trace_ratio:g}"}
-    cluster = Cluster(workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
-    workers: list[subprocess.Popen[str]] = []
-    profiler: Profiler | None = None
-    stopped = False
-    try:
-        print(f"starting stubs, {cfg.shards} shard(s) and the router in {workdir}", file=log)
+    with Session(cfg, log) as session:
+        figures = session.measure()
+        figures.update(session.finish())
+        return figures
+
+
+class Session:
+    """One cluster under load, started and warmed up once (with), then measured one window at a time (measure(): each
+    a fresh batch of cfg.sagas orders), then its ledgers checked and its span count read (finish()), and everything
+    it started stopped again on the way out (also on Ctrl-C and errors). Two sessions measured in alternating
+    windows compare two builds or settings under the same minute of the machine (`--tracing compare --windows`)."""
+
+    def __init__(self, cfg: RunConfig, log: IO[str] = sys.stderr) -> None:
+        self.cfg = cfg
+        self._log = log
+        self._workdir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+        self._receiver: OtlpReceiver | OtlpHttpReceiver | None = None
+        self._cluster: Cluster | None = None
+        self._workers: list[subprocess.Popen[str]] = []
+        self._specs: list[Spec] = []
+        self._pids: dict[str, list[int]] = {}
+        self._results: list[dict[str, Any]] = []
+        self._stopped = False
+        self._profiler: Profiler | None = None
+
+    def __enter__(self) -> Session:
+        try:
+            self._start()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _start(self) -> None:
+        cfg, log = self.cfg, self._log
+        # The SDK's default batching (a batch every 5 s or 512 spans), as a production process would export.
+        if cfg.tracing:
+            self._receiver = (OtlpReceiver if cfg.otlp_protocol == "grpc" else OtlpHttpReceiver)(keep=False).start()
+        shard_config = "" if cfg.commit_window_ms is None else f"[group_commit]\nwindow_ms = {cfg.commit_window_ms:g}\n"
+        env = self._receiver.environment(None) if self._receiver else None
+        if env is not None and cfg.trace_ratio is not None:
+            env |= {
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": f"{cfg.trace_ratio:g}",
+            }
+        cluster = self._cluster = Cluster(self._workdir, cfg.shards, tls=cfg.tls, env=env, shard_config=shard_config)
+        print(f"starting stubs, {cfg.shards} shard(s) and the router in {self._workdir}", file=log)
         cluster.start()
         saga_type = cluster.commit_definition(cfg.definition) if cfg.definition else "order"
-        specs = _specs(cfg, cluster, workdir, saga_type)
+        specs = _specs(cfg, cluster, self._workdir, saga_type)
         if cfg.tls:
             files = cluster.client_tls("client")
             specs = [replace(s, tls=(str(files.cert), str(files.key), str(files.ca))) for s in specs]
+        self._specs = specs
         for spec in specs:
-            workers.append(
+            self._workers.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "bench.loadgen", json.dumps(asdict(spec))],
                     cwd=REPO_ROOT,
@@ -215,73 +253,99 @@ def run(cfg: RunConfig, log: IO[str] = sys.stderr) -> dict[str, Any]:
                 )
             )
         print(f"warming up ({cfg.warmup} sagas), then measuring {cfg.sagas} sagas ({cfg.label})", file=log)
-        for i, w in enumerate(workers):
+        for i, w in enumerate(self._workers):
             _read_line(w, f"loadgen-{i}", "ready")
-        pids = {kind: [c.pid for c in cluster.of_kind(kind)] for kind in ("router", "shard", "stubs")}
-        pids["loadgen"] = [w.pid for w in workers]
+        self._pids = {kind: [c.pid for c in cluster.of_kind(kind)] for kind in ("router", "shard", "stubs")}
+        self._pids["loadgen"] = [w.pid for w in self._workers]
+
+    def measure(self) -> dict[str, Any]:
+        """One measured window of cfg.sagas orders: its figures."""
+        cfg, cluster, pids = self.cfg, self._cluster, self._pids
+        assert cluster is not None
         if cfg.profile_dir:
-            profiler = Profiler(
+            self._profiler = Profiler(
                 Path(cfg.profile_dir), {c.name: c.pid for c in cluster.children}, native=cfg.profile_native
             )
-            profiler.start()
+            self._profiler.start()
         counters_before = _counters(cluster)
         cpu_before = _cpu_by_kind(pids)
         cpu_before["machine"] = machine_busy_seconds()
         window_start = time.monotonic()
-        for w in workers:
+        for w in self._workers:
             assert w.stdin is not None
             w.stdin.write("go\n")
             w.stdin.flush()
-        for i, w in enumerate(workers):
+        for i, w in enumerate(self._workers):
             _read_line(w, f"loadgen-{i}", "done")
         window_s = time.monotonic() - window_start
         cpu_after = _cpu_by_kind(pids)
         cpu_after["machine"] = machine_busy_seconds()
         counters_after = _counters(cluster)
-        if profiler is not None:
-            profiler.stop()
-        results = [json.loads(Path(s.result_path).read_text()) for s in specs]
+        if self._profiler is not None:
+            self._profiler.stop()
+        results = [json.loads(Path(s.result_path).read_text()) for s in self._specs]
+        self._results.extend(results)
         figures = _figures(cfg, results, cpu_before, cpu_after, counters_before, counters_after, window_s)
         if cfg.scrape_cost:
             figures.update(_scrape_cost(cluster, pids, figures["throughput_sagas_per_s"]))
-        print("checking the services' ledgers", file=log)
+        if self._profiler is not None:
+            figures["profiles"] = self._profiler.outputs
+            self._profiler = None
+        return figures
+
+    def finish(self) -> dict[str, Any]:
+        """The services' ledgers checked against every window's orders; with tracing, the spans received (the
+        processes flush their last batch as they exit: the SDK's batching trails by up to 5 s)."""
+        cluster = self._cluster
+        assert cluster is not None
+        print("checking the services' ledgers", file=self._log)
+        results = self._results
         order_ids = [o for r in results for o in r["order_ids"]]
         outcomes = [o for r in results for o in r["outcomes"]]
         declined = [d for r in results for d in r["declined"]]
         checked = ledger.check(cluster.stubs_address, order_ids, outcomes, declined, cluster.client_tls("operator"))
-        figures["ledger_checked"] = checked.checked
-        figures["ledger_failed_verified"] = checked.failed_checked
-        figures["ledger_violations"] = len(checked.violations)
-        if checked.violations:
-            for v in checked.violations[:10]:
-                print(f"  ledger violation: {v}", file=log)
-        if profiler is not None:
-            figures["profiles"] = profiler.outputs
-        if receiver is not None:
-            # The processes flush their last batch as they exit (the SDK's batching trails by up to 5 s).
+        figures: dict[str, Any] = {
+            "ledger_checked": checked.checked,
+            "ledger_failed_verified": checked.failed_checked,
+            "ledger_violations": len(checked.violations),
+        }
+        for v in checked.violations[:10]:
+            print(f"  ledger violation: {v}", file=self._log)
+        if self._receiver is not None:
+            self._stop_workers()
             cluster.stop()
-            stopped = True
-            figures["spans_received"] = receiver.span_count
-            figures["otlp_bytes_received"] = receiver.bytes
+            self._stopped = True
+            figures["spans_received"] = self._receiver.span_count
+            figures["otlp_bytes_received"] = self._receiver.bytes
         return figures
-    finally:
-        if profiler is not None:
-            profiler.stop()
-        for w in workers:
-            if w.poll() is None:
+
+    def _stop_workers(self) -> None:
+        for w in self._workers:
+            if w.poll() is None and w.stdin is not None and not w.stdin.closed:
+                with contextlib.suppress(OSError):
+                    w.stdin.close()  # the loadgen's cue to leave
+            try:
+                w.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 w.kill()
-            w.wait()
+                w.wait()
             for stream in (w.stdin, w.stdout):
-                if stream is not None:
+                if stream is not None and not stream.closed:
                     stream.close()
-        if not stopped:
-            cluster.stop()
-        if receiver is not None:
-            receiver.stop()
-        if cfg.keep:
-            print(f"kept {workdir}", file=log)
+        self._workers = []
+
+    def _close(self) -> None:
+        if self._profiler is not None:
+            self._profiler.stop()
+        self._stop_workers()
+        if self._cluster is not None and not self._stopped:
+            self._cluster.stop()
+        if self._receiver is not None:
+            self._receiver.stop()
+        if self.cfg.keep:
+            print(f"kept {self._workdir}", file=self._log)
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 SCRAPE_INTERVAL_S = 5.0

@@ -174,3 +174,27 @@ def test_a_comparison_pairs_each_round_so_the_machines_drift_cancels() -> None:
     paired = _paired(off, on)
     assert paired["rounds"][1] == {"router+shard": 1.1, "router": 1.1, "shard": 1.1, "stubs": 1.1, "throughput": 0.9}
     assert paired["median"] == {"router+shard": 1.1, "router": 1.1, "shard": 1.1, "stubs": 1.1, "throughput": 0.9}
+
+
+def test_a_windowed_comparison_measures_both_sides_on_clusters_started_once(tmp_path: Path) -> None:
+    """--windows: two clusters, each warmed up once, measured in alternating windows (off, on, on, off); each window
+    places new orders (the loadgen serves another `go`), and each side's ledgers cover all its windows."""
+    proc = _bench(
+        "--sagas", "6", "--warmup", "2", "--shards", "1", "--concurrency", "2", "--tracing", "compare", "--windows",
+        "--repeat", "2", "--no-floor", "--no-budget", "--results-dir", str(tmp_path),
+        timeout_s=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    windows = [line for line in proc.stdout.splitlines() if line.startswith("window ")]
+    assert [w.split(": ")[0] for w in windows] == ["window 1/2"] * 2 + ["window 2/2"] * 2
+    assert ["-otel-" in w for w in windows] == [False, True, True, False]
+    cost = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(cost["paired"]["rounds"]) == 2
+    for side in ("off", "on"):
+        runs = cost[side]["runs"]
+        assert [r["outcomes"] for r in runs] == [{"SUCCESS": 6}, {"SUCCESS": 6}]
+        # Every window's orders are in the side's ledgers: 2 windows of 6.
+        assert all(r["ledger_checked"] == 12 and r["ledger_violations"] == 0 for r in runs)
+    assert cost["on"]["spans_received"] >= 14 * 9  # both windows and the warm-up, flushed as the processes stop
+    assert "spans_received" not in cost["off"]
+    assert _bench("--windows", timeout_s=20).returncode == 2  # only with a compare
