@@ -60,9 +60,35 @@ def _fixed(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
+EXTRACTED_CACHED = 4096
+"""Callers' contexts remembered by the header values they were read from (see _parent)."""
+
+_extracted: dict[tuple[Any, ...], tuple[Any, otel_context.Context]] = {}
+
+
 def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context:
+    """The caller's context, as the configured propagators read the call's metadata. Remembered by the values of the
+    headers they read (their `fields`): a saga whose trace is not sampled makes all its calls under one context, so
+    a service reads the same traceparent at each step, and an untraced caller sends none at all; each is read once.
+    A Context is immutable, so the one read before serves again."""
     # Text metadata only (binary values are no propagator's); the last value of a key wins.
-    return propagate.extract({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+    headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    textmap = propagate.get_global_textmap()
+    key = (textmap, *(headers.get(field) for field in _fields(textmap)))
+    hit = _extracted.get(key)
+    if hit is not None:
+        return hit[1]
+    parent = textmap.extract(headers)
+    if len(_extracted) >= EXTRACTED_CACHED:
+        _extracted.clear()
+    _extracted[key] = (textmap, parent)
+    return parent
+
+
+@functools.lru_cache(maxsize=8)
+def _fields(textmap: Any) -> tuple[str, ...]:
+    """The metadata keys a propagator reads, in a fixed order (header names are lower case in gRPC metadata)."""
+    return tuple(sorted({field.lower() for field in textmap.fields}))
 
 
 def _start(

@@ -91,3 +91,39 @@ async def test_other_methods_make_their_span_and_name_the_peer_only_when_untrace
     assert not untraced.parent_id and untraced.attributes["net.peer.ip"] == "127.0.0.1"
     for span in (traced, untraced):
         assert span.name == METHOD and span.attributes["rpc.method"] == "PlaceOrder"
+
+
+def test_a_callers_context_is_read_once_for_the_same_headers_and_again_for_others(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unsampled saga's calls all carry its parent's traceparent; an untraced caller sends none: each is read
+    once. Other values, or another global propagator, are read anew; headers no propagator reads are not the key."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from common import trace_server
+
+    reads: list[dict[str, str]] = []
+    textmap = propagate.get_global_textmap()
+
+    class Counting(type(textmap)):  # type: ignore[misc]
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            reads.append(dict(carrier))
+            return super().extract(carrier, context) if getter is None else super().extract(carrier, context, getter)
+
+    counting = Counting(list(textmap._propagators))  # the configured ones: tracecontext, baggage
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", counting)
+    unsampled = TRACEPARENT[:-2] + "00"
+    first = trace_server._parent(Context((("traceparent", unsampled), ("idempotency-key", "a"))))
+    again = trace_server._parent(Context((("traceparent", unsampled), ("idempotency-key", "b"))))
+    assert again is first and len(reads) == 1  # the same context, not read again
+    span = trace.get_current_span(first).get_span_context()
+    assert format(span.trace_id, "032x") == TRACEPARENT.split("-")[1] and not span.trace_flags.sampled
+    other = trace_server._parent(Context((("traceparent", TRACEPARENT),)))
+    assert other is not first and trace.get_current_span(other).get_span_context().trace_flags.sampled
+    none = trace_server._parent(Context(()))
+    assert trace_server._parent(Context((("user-agent", "x"),))) is none and len(reads) == 3
+    assert not trace.get_current_span(none).get_span_context().is_valid
+    # Another propagator is not answered from what the first one read.
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", TraceContextTextMapPropagator())
+    assert trace_server._parent(Context((("traceparent", unsampled),))) is not first
