@@ -63,32 +63,46 @@ def _fixed(method: str) -> dict[str, str]:
 EXTRACTED_CACHED = 4096
 """Callers' contexts remembered by the header values they were read from (see _parent)."""
 
-_extracted: dict[tuple[Any, ...], tuple[Any, otel_context.Context]] = {}
+_extracted: dict[tuple[Any, ...], otel_context.Context] = {}
 
 
 def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context:
-    """The caller's context, as the configured propagators read the call's metadata. Remembered by the values of the
-    headers they read (their `fields`): a saga whose trace is not sampled makes all its calls under one context, so
-    a service reads the same traceparent at each step, and an untraced caller sends none at all; each is read once.
-    A Context is immutable, so the one read before serves again."""
+    """The caller's context, as the configured propagators read the call's metadata. With the W3C propagators (the
+    default: tracecontext and baggage), remembered by the values of the headers they read: a saga whose trace is not
+    sampled makes all its calls under one context, so a service reads the same traceparent at each step, and an
+    untraced caller sends none at all; each is read once. A Context is immutable, so the one read before serves again.
+    Other propagators (B3, Jaeger, ...) may read headers they do not list in `fields`: they read every call afresh."""
     # Text metadata only (binary values are no propagator's); the last value of a key wins.
     headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     textmap = propagate.get_global_textmap()
-    key = (textmap, *(headers.get(field) for field in _fields(textmap)))
-    hit = _extracted.get(key)
-    if hit is not None:
-        return hit[1]
-    parent = textmap.extract(headers)
-    if len(_extracted) >= EXTRACTED_CACHED:
-        _extracted.clear()
-    _extracted[key] = (textmap, parent)
+    fields = _w3c_fields(textmap)
+    if fields is None:
+        return textmap.extract(headers)
+    key = (textmap, *(headers.get(field) for field in fields))
+    parent = _extracted.get(key)
+    if parent is None:
+        # From an empty context, so that what is remembered depends on the headers alone (a baggage propagator
+        # listed first would otherwise start from the current one).
+        parent = textmap.extract(headers, context=otel_context.Context())
+        if len(_extracted) >= EXTRACTED_CACHED:
+            _extracted.clear()
+        _extracted[key] = parent
     return parent
 
 
 @functools.lru_cache(maxsize=8)
-def _fields(textmap: Any) -> tuple[str, ...]:
-    """The metadata keys a propagator reads, in a fixed order (header names are lower case in gRPC metadata)."""
-    return tuple(sorted({field.lower() for field in textmap.fields}))
+def _w3c_fields(textmap: Any) -> tuple[str, ...] | None:
+    """The headers the W3C propagators read (traceparent, tracestate, baggage: exactly the ones they list), if
+    textmap is made of them only; None for any other (a propagator may read more than its `fields` lists)."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    known = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+    parts = getattr(textmap, "_propagators", None) if type(textmap) is CompositePropagator else [textmap]
+    if not parts or any(type(p) not in known for p in parts):
+        return None
+    return tuple(sorted({field.lower() for p in parts for field in p.fields}))
 
 
 def _start(

@@ -96,23 +96,24 @@ async def test_other_methods_make_their_span_and_name_the_peer_only_when_untrace
 def test_a_callers_context_is_read_once_for_the_same_headers_and_again_for_others(
     receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unsampled saga's calls all carry its parent's traceparent; an untraced caller sends none: each is read
-    once. Other values, or another global propagator, are read anew; headers no propagator reads are not the key."""
+    """With the W3C propagators, an unsampled saga's calls all carry its parent's traceparent and an untraced caller
+    sends none: each is read once. Other values, or another global propagator, are read anew; headers no propagator
+    reads are not the key. A propagator that is not W3C's may read headers it does not list: read every time."""
     from opentelemetry import propagate, trace
+    from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from common import trace_server
 
     reads: list[dict[str, str]] = []
-    textmap = propagate.get_global_textmap()
+    original = TraceContextTextMapPropagator.extract
 
-    class Counting(type(textmap)):  # type: ignore[misc]
-        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
-            reads.append(dict(carrier))
-            return super().extract(carrier, context) if getter is None else super().extract(carrier, context, getter)
+    def counting(self: Any, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        reads.append(dict(carrier))
+        return original(self, carrier, context) if getter is None else original(self, carrier, context, getter)
 
-    counting = Counting(list(textmap._propagators))  # the configured ones: tracecontext, baggage
-    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", counting)
+    monkeypatch.setattr(TraceContextTextMapPropagator, "extract", counting)
+    monkeypatch.setattr(trace_server, "_extracted", {})  # what earlier tests' calls left
     unsampled = TRACEPARENT[:-2] + "00"
     first = trace_server._parent(Context((("traceparent", unsampled), ("idempotency-key", "a"))))
     again = trace_server._parent(Context((("traceparent", unsampled), ("idempotency-key", "b"))))
@@ -124,6 +125,14 @@ def test_a_callers_context_is_read_once_for_the_same_headers_and_again_for_other
     none = trace_server._parent(Context(()))
     assert trace_server._parent(Context((("user-agent", "x"),))) is none and len(reads) == 3
     assert not trace.get_current_span(none).get_span_context().is_valid
-    # Another propagator is not answered from what the first one read.
-    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", TraceContextTextMapPropagator())
-    assert trace_server._parent(Context((("traceparent", unsampled),))) is not first
+    # Another W3C composite is not answered from what the first one read.
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([TraceContextTextMapPropagator()]))
+    assert trace_server._parent(Context((("traceparent", unsampled),))) is not first and len(reads) == 4
+
+    class Reads(TraceContextTextMapPropagator):
+        """Not W3C's own type: it might read a header outside its fields (as B3 reads x-b3-* under `b3`)."""
+
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", CompositePropagator([Reads()]))
+    for _ in range(2):
+        trace_server._parent(Context((("traceparent", unsampled),)))
+    assert len(reads) == 6
