@@ -142,6 +142,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     compares = [s for s in (args.tls, args.tracing, args.commit_window) if s == "compare"]
     if args.windows and not compares:
         p.error("--windows goes with a compare (--tls, --tracing or --commit-window compare)")
+    if args.windows and args.profile:
+        p.error("--profile measures one run: not with --windows (every window would write the same files)")
     what = args.what[0]
     if what not in ("cluster", "journal", "scale", "stubs", "grpc", "relay", "profile-summary"):
         p.error(f"unknown benchmark {what!r}: cluster, journal, scale, stubs, grpc, relay or profile-summary DIR")

@@ -295,7 +295,8 @@ class Session:
 
     def finish(self) -> dict[str, Any]:
         """The services' ledgers checked against every window's orders; with tracing, the spans received (the
-        processes flush their last batch as they exit: the SDK's batching trails by up to 5 s)."""
+        processes flush their last batch as they exit: the SDK's batching trails by up to 5 s). Both are the
+        session's totals, warm-up included for the spans, whatever the number of windows."""
         cluster = self._cluster
         assert cluster is not None
         print("checking the services' ledgers", file=self._log)
@@ -312,40 +313,54 @@ class Session:
         for v in checked.violations[:10]:
             print(f"  ledger violation: {v}", file=self._log)
         if self._receiver is not None:
-            self._stop_workers()
+            self._stop_workers(graceful=True)
             cluster.stop()
             self._stopped = True
             figures["spans_received"] = self._receiver.span_count
             figures["otlp_bytes_received"] = self._receiver.bytes
         return figures
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, graceful: bool) -> None:
+        """graceful: every loadgen told to leave (its stdin closed) and waited for, under one deadline; otherwise (an
+        error, Ctrl-C) killed at once: a loadgen in the middle of a window reads no stdin."""
         for w in self._workers:
-            if w.poll() is None and w.stdin is not None and not w.stdin.closed:
+            if graceful and w.stdin is not None and not w.stdin.closed:
                 with contextlib.suppress(OSError):
                     w.stdin.close()  # the loadgen's cue to leave
-            try:
-                w.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 10
+        for w in self._workers:
+            if graceful:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    w.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if w.poll() is None:
                 w.kill()
-                w.wait()
+            w.wait()
             for stream in (w.stdin, w.stdout):
                 if stream is not None and not stream.closed:
-                    stream.close()
+                    with contextlib.suppress(OSError):
+                        stream.close()
         self._workers = []
 
     def _close(self) -> None:
-        if self._profiler is not None:
-            self._profiler.stop()
-        self._stop_workers()
-        if self._cluster is not None and not self._stopped:
-            self._cluster.stop()
-        if self._receiver is not None:
-            self._receiver.stop()
-        if self.cfg.keep:
-            print(f"kept {self._workdir}", file=self._log)
-        else:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        try:
+            if self._profiler is not None:
+                self._profiler.stop()
+        finally:
+            try:
+                self._stop_workers(graceful=False)
+            finally:
+                try:
+                    if self._cluster is not None and not self._stopped:
+                        self._cluster.stop()
+                finally:
+                    try:
+                        if self._receiver is not None:
+                            self._receiver.stop()
+                    finally:
+                        if self.cfg.keep:
+                            print(f"kept {self._workdir}", file=self._log)
+                        else:
+                            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 SCRAPE_INTERVAL_S = 5.0
