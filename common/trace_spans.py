@@ -1,14 +1,14 @@
 """The spans this project's own code makes (server spans, a saga's spans): an implementation of the OpenTelemetry API's
-Span that hands the SDK a finished span (its ReadableSpan) when it ends.
+Span that is also the SDK's ReadableSpan, as the SDK's own Span is, handed to the SDK's span processor when it ends.
 
 Why not the SDK's own Span (Tracer.start_span): measured in a shard with every saga traced, an SDK span cost about
 0.3 ms of CPU from start to export, five a saga; a quarter of it in a thread-safe live object (a lock, validated
 bounded attributes, the span processors' on_start, the sampler's attribute copies) that code whose span ends with
-a block never needs. This one is a plain object until it ends; then it becomes the SDK's ReadableSpan, the type the
-SDK's span processors and exporters take. Everything else stays the SDK's: span and trace ids (its IdGenerator), the
-sampling decision (the configured sampler, asked at the start as the SDK asks it), batching (BatchSpanProcessor),
-encoding and export (its OTLP exporter), resource; and the context's headers are written by the configured
-propagators.
+a block never needs. This one is a plain object (the SDK's ReadableSpan, the type its span processors and exporters
+take), changed only by the task that opened it and never after it ends. Everything else stays the SDK's: span and
+trace ids (its IdGenerator), the sampling decision (the configured sampler, asked at the start as the SDK asks it),
+batching (BatchSpanProcessor), encoding and export (its OTLP exporter), resource; and the context's headers are
+written by the configured propagators.
 
 Contract:
 
@@ -24,7 +24,8 @@ Contract:
   provider's only one): end() calls its on_end; there is no on_start (a batch processor does nothing there).
 - The SDK's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, the event limits, ...)
   apply when one of them is set; otherwise a span's attributes are left as given (these spans carry about ten).
-- Not thread-safe: a span is made and ended by one task (the SDK's is shared across threads; these never are).
+- Not thread-safe while open: a span is made, changed and ended by one task (the SDK's may be shared across threads;
+  these never are). Once ended it no longer changes, and the batch processor's export thread only reads it.
 """
 
 from __future__ import annotations

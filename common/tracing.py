@@ -25,8 +25,8 @@ Contract:
   Health checks, reflection and the ring service (routers' bookkeeping) are not traced, nor services named in
   OTEL_PYTHON_GRPC_EXCLUDED_SERVICES.
 - Spans carry identifiers and outcomes only. Nothing here or in the callers puts request payloads on a span: a
-  server span records method, peer and status code; the coordinator adds saga id, order id, step, action, attempt,
-  outcome code.
+  server span records method, peer and status code; the coordinator adds saga id, order id, step and attempt (the
+  action is in the span's name, the outcome is its status code).
 - A saga outlives its request: carrier()/restore() turn a context into the string the journal keeps (every header
   the configured propagators inject, as a JSON object) and back, so spans made after a restart join the same trace.
   restore() still reads what journals kept before: a bare traceparent, then tracestate after a newline.

@@ -102,8 +102,9 @@ class SagaRun:
 
 @functools.lru_cache(maxsize=4096)
 def _span_of(service: str, step_id: str, action: Action, method: str) -> tuple[str, dict[str, Any]]:
-    """The name and the fixed attributes of the span of a call to step's service (built once). The action is the
-    name's first word, not an attribute: each attribute costs every span its encoding."""
+    """The name and the fixed attributes of the span of a call to step's service (built once). The action is in the
+    name ("forward create_order", "get_operation compensate ..."), not an attribute: each attribute costs every span
+    its encoding."""
     fields = {**rpc_attributes(service, method), "saga.step": step_id}
     if method == "GetOperation":
         return f"get_operation {action.label} {step_id}", fields

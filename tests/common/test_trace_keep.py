@@ -196,3 +196,35 @@ def test_a_success_has_a_state_span_unless_it_ends_under_the_call_that_waited_fo
         saga.moved("SUCCEEDED")
     states = sorted((saga_id, name) for saga_id, name, _ in exported(receiver) if name.startswith("saga "))
     assert states == [("kept", "saga DEAD_LETTERED"), ("kept", "saga SUCCEEDED"), ("resumed", "saga SUCCEEDED")]
+
+
+@pytest.mark.parametrize("receiver", [("parentbased_always_on", "", 100_000)], indirect=True)
+def test_an_exception_leaving_a_saga_span_marks_it_in_every_mode_and_the_context_is_restored(
+    receiver: OtlpReceiver,
+) -> None:
+    """Exported, held and dropped spans alike: the exception goes on (CancelledError too), the span (or the held
+    record) is an error named by its type, and the context current before the block is current again."""
+    import asyncio
+
+    from opentelemetry import context as otel_context
+
+    rng = random.Random(5)
+    before = otel_context.get_current()
+    exporting = tracing.saga(kept_context(SAMPLED, rng), {"saga.id": "exporting"})
+    holding = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "holding"})
+    dropping = tracing.saga(kept_context(UNSAMPLED, rng), {"saga.id": "dropping"})
+    dropping.drop()
+    for saga, error in ((exporting, ValueError("boom")), (holding, asyncio.CancelledError()), (dropping, KeyError())):
+        with pytest.raises(type(error)):
+            with saga.span("forward create_order", {"saga.step": "create_order"}, client=True):
+                assert otel_context.get_current() is not before
+                raise error
+        assert otel_context.get_current() is before
+    assert holding.held[0].status.status_code is StatusCode.ERROR
+    assert holding.held[0].status.description == "CancelledError" and holding.held[0].end_ns
+    holding.keep("FAILED")  # its held record becomes a span, with the error
+    tracing.shutdown()  # flushes the batch processor
+    spans = {s.attributes["saga.id"]: s for s in receiver.spans}
+    assert set(spans) == {"exporting", "holding"}  # a dropped saga's spans are not recorded
+    assert spans["exporting"].status_message == "ValueError: boom" and spans["exporting"].status_code == 2
+    assert spans["holding"].status_message == "CancelledError" and spans["holding"].attributes[KEPT] == "FAILED"

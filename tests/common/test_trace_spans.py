@@ -159,3 +159,13 @@ def test_a_hashed_resource_is_the_sdks_resource_with_its_hash_kept() -> None:
     provider.get_tracer("t").start_span("b").end()
     (resource_spans,) = encode_spans(exporter.get_finished_spans()).resource_spans
     assert sorted(s.name for scope in resource_spans.scope_spans for s in scope.spans) == ["a", "b"]
+
+
+def test_a_recorded_span_sets_every_field_the_sdks_readable_span_has() -> None:
+    """RecordedSpan skips ReadableSpan.__init__ (it sets the same fields itself): should the SDK add a field, this
+    fails rather than an exporter reading a missing attribute."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    r, _ = recorder()
+    span = r.start("x", None, SpanKind.INTERNAL, {})
+    assert set(vars(ReadableSpan(name="x"))) <= set(vars(span))
