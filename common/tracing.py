@@ -263,16 +263,15 @@ def outgoing() -> tuple[tuple[str, str], ...]:
     # A saga whose trace is not sampled makes each of its calls under one context object (its parent's): its headers
     # are written once. Contexts are immutable, so an object always injects the same headers for one propagator.
     current, textmap = _context.get_current(), _propagate.get_global_textmap()
-    if _trace.get_current_span(current).is_recording():  # a recorded span's context serves one call only
-        return _lowered(textmap, current)
     written: dict[int, tuple[Any, Any, tuple[tuple[str, str], ...]]] = _state.setdefault("outgoing", {})
     last = written.get(id(current))
     if last is not None and last[0] is current and last[1] is textmap:
         return last[2]
     headers = _lowered(textmap, current)
-    if len(written) >= OUTGOING_CACHED:
-        written.clear()
-    written[id(current)] = (current, textmap, headers)
+    if not _trace.get_current_span(current).is_recording():  # a recorded span's context serves one call only
+        if len(written) >= OUTGOING_CACHED:
+            written.clear()
+        written[id(current)] = (current, textmap, headers)
     return headers
 
 
