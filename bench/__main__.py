@@ -8,6 +8,8 @@
     make bench BENCH_ARGS="--direct"                    clients route by the ring themselves: no router hop
     make bench BENCH_ARGS="--tls on"                    mutual TLS on every hop (client, router, shards, stubs)
     make bench BENCH_ARGS="--tls compare --repeat 3"    plaintext and TLS runs alternated: the CPU per saga TLS costs
+    make bench BENCH_ARGS="--tracing compare --windows --repeat 9 --sagas 3000"
+                                                        traces off and on, two clusters measured in alternating windows
     make bench BENCH_ARGS="--profile /tmp/prof"         py-spy on every process over the window, then a summary
     make bench BENCH_ARGS="journal"                     journal micro-benchmark (group commit vs none)
     make bench BENCH_ARGS="scale --scale-sagas 200000"  cost at 0, N/10, N finished sagas; retention of half
