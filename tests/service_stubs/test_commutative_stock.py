@@ -17,6 +17,7 @@ from tests.service_stubs.conftest import confirm, get_reservation
 
 STOCK = {"last-a": 6, "last-b": 4}
 ORDERS = 80
+ARRIVALS_S = 0.4
 SEED = 20261205
 
 
@@ -28,7 +29,10 @@ async def one_order(shop: ShopClient, rng: random.Random, index: int) -> tuple[s
     early_release = rng.random() < 0.1
     duplicate = rng.random() < 0.3
     sell = rng.random() < 0.25
-    await asyncio.sleep(rng.random() * 0.05)
+    # Arrivals spread over ARRIVALS_S, several times as long as an order holds its units (up to 50 ms, then a call):
+    # late orders find units that early ones released, however slow the machine is (all arriving within one hold,
+    # as when this was 50 ms, a busy machine could leave the last units never reused).
+    await asyncio.sleep(rng.random() * ARRIVALS_S)
     if early_release:  # the compensation overtakes its forward call: the reservation must never apply
         await shop.compensate("inventory", order_id, key=f"release-{index}", forward_key=key)
     calls = [shop.reserve(order_id, key=key, lines=lines) for _ in range(2 if duplicate else 1)]
